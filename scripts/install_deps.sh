@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package optd needs to build, test and run. Idempotent: a package already
+# present is left alone, and apt is not called at all when nothing is missing.
+set -euo pipefail
+
+PACKAGES=(
+  # C++ toolchain and libraries
+  cmake ninja-build g++ pkg-config git
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
+  libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # Python: clients, torch-parity tests (always /usr/bin/python3)
+  python3 python3-grpcio python3-protobuf python3-numpy python3-torch python3-pytest
+  # tools used by tests
+  curl ca-certificates
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install_deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install_deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

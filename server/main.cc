@@ -1,0 +1,74 @@
+// optd: the remote optimizer server. Flags and wiring only: parse flags, start OptdServer, wait for
+// SIGTERM or SIGINT, shut down gracefully (in-flight calls get --shutdown_grace to finish).
+
+#include <csignal>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "server/service/server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "host:port for the gRPC server; port 0 picks a free port, printed at start-up. Use "
+          "0.0.0.0:50051 to accept remote workers.");
+ABSL_FLAG(int64_t, max_message_bytes, 256 << 20,
+          "Largest gRPC request or reply in bytes (default 256 MiB, room for a 64 MiB tensor and "
+          "its reply). Larger requests fail with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_sessions, 1024,
+          "Most sessions held at once; CreateSession beyond it fails with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
+          "On SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "remote optimizer server (gRPC service optd.v1.Optimizer).\n"
+      "Usage: optd [--listen=127.0.0.1:50051] [--max_message_bytes=N] [--max_sessions=N]\n"
+      "            [--shutdown_grace=10s]");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the shutdown signals in every thread (gRPC's included); one thread waits for them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  optd::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.store.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  absl::StatusOr<std::unique_ptr<optd::OptdServer>> server = optd::OptdServer::Start(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "optd: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  const std::string host = options.listen.substr(0, options.listen.rfind(':'));
+  // Scripts and tests read the bound port from this line.
+  std::printf("optd listening on %s:%d\n", host.c_str(), (*server)->port());
+  std::fflush(stdout);
+
+  std::thread waiter([&] {
+    int signal = 0;
+    sigwait(&signals, &signal);
+    std::fprintf(stderr, "optd: signal %d, shutting down\n", signal);
+    (*server)->Shutdown(absl::Now() + absl::GetFlag(FLAGS_shutdown_grace));
+  });
+  (*server)->Wait();
+  waiter.join();
+  std::fprintf(stderr, "optd: stopped\n");
+  return 0;
+}

@@ -1,0 +1,199 @@
+#include "server/service/optimizer_service.h"
+
+#include <string>
+#include "absl/strings/string_view.h"
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "server/service/proto_convert.h"
+#include "server/service/status_util.h"
+
+namespace optd {
+namespace {
+
+constexpr int kDefaultPageSize = 100;
+constexpr int kMaxPageSize = 1000;
+
+grpc::ServerUnaryReactor* FinishWith(grpc::CallbackServerContext* context,
+                                     const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+// Serves one StreamSteps stream: read a request, step, write its reply, read the next. One request
+// is in flight at a time, so replies keep request order. A refused step is reported in its reply
+// and the stream goes on.
+class StepStreamReactor final
+    : public grpc::ServerBidiReactor<v1::StepRequest, v1::StreamStepsResponse> {
+ public:
+  explicit StepStreamReactor(OptimizerServiceImpl* service) : service_(service) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client half-closed (or the call ended)
+      Finish(grpc::Status::OK);
+      return;
+    }
+    response_.Clear();
+    const absl::Status status = service_->DoStep(request_, response_.mutable_reply());
+    if (!status.ok()) {
+      v1::StepError* error = response_.mutable_error();  // replaces the partial reply
+      error->set_code(static_cast<int>(status.code()));
+      error->set_message(std::string(status.message()));
+    }
+    StartWrite(&response_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream closed while writing a reply"));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  OptimizerServiceImpl* const service_;
+  v1::StepRequest request_;
+  v1::StreamStepsResponse response_;
+};
+
+}  // namespace
+
+absl::Status OptimizerServiceImpl::DoCreateSession(const v1::CreateSessionRequest& request,
+                                                   v1::Session* response) {
+  if (!request.session_id().empty()) {
+    if (absl::Status s = ValidateSessionId(request.session_id()); !s.ok()) return s;
+  }
+  absl::StatusOr<SessionConfig> config = ConfigFromProto(request.config());
+  if (!config.ok()) return config.status();
+  absl::StatusOr<std::vector<WireTensorView>> tensors = ViewsOf("tensors", request.tensors());
+  if (!tensors.ok()) return tensors.status();
+  absl::StatusOr<std::shared_ptr<Session>> session =
+      store_->Create(request.session_id(), *std::move(config), *tensors);
+  if (!session.ok()) return session.status();
+  SessionInfoToProto((*session)->Info(), response);
+  return absl::OkStatus();
+}
+
+absl::Status OptimizerServiceImpl::DoGetSession(const v1::GetSessionRequest& request,
+                                                v1::Session* response) {
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
+  if (!session.ok()) return session.status();
+  SessionInfoToProto((*session)->Info(), response);
+  return absl::OkStatus();
+}
+
+absl::Status OptimizerServiceImpl::DoListSessions(const v1::ListSessionsRequest& request,
+                                                  v1::ListSessionsResponse* response) {
+  if (request.page_size() < 0 || request.page_size() > kMaxPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat("page_size = ", request.page_size(),
+                                                   " is out of range: must be in [0, ",
+                                                   kMaxPageSize, "] (0 means ",
+                                                   kDefaultPageSize, ")"));
+  }
+  const int page_size = request.page_size() == 0 ? kDefaultPageSize : request.page_size();
+  // One extra tells whether another page follows.
+  std::vector<std::shared_ptr<Session>> sessions =
+      store_->List(request.page_token(), page_size + 1);
+  const bool more = static_cast<int>(sessions.size()) > page_size;
+  if (more) sessions.pop_back();
+  for (const std::shared_ptr<Session>& s : sessions) {
+    SessionInfoToProto(s->Info(), response->add_sessions());
+  }
+  if (more) response->set_next_page_token(sessions.back()->id());
+  return absl::OkStatus();
+}
+
+absl::Status OptimizerServiceImpl::DoPull(const v1::PullRequest& request,
+                                          v1::PullResponse* response) {
+  absl::StatusOr<WireDType> dtype = DTypeFromProto("dtype", request.dtype());
+  if (!dtype.ok()) return dtype.status();
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
+  if (!session.ok()) return session.status();
+  std::vector<absl::string_view> names(request.names().begin(), request.names().end());
+  absl::StatusOr<PullOutput> out = (*session)->Pull(names, *dtype);
+  if (!out.ok()) return out.status();
+  response->set_version(out->version);
+  for (WireTensor& t : out->tensors) TensorToProto(std::move(t), response->add_tensors());
+  return absl::OkStatus();
+}
+
+absl::Status OptimizerServiceImpl::DoStep(const v1::StepRequest& request,
+                                          v1::StepResponse* response) {
+  absl::StatusOr<WireDType> return_dtype = DTypeFromProto("return_dtype", request.return_dtype());
+  if (!return_dtype.ok()) return return_dtype.status();
+  if (!v1::ReturnParameters_IsValid(request.return_parameters())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "return_parameters = ", request.return_parameters(),
+        " is not a known value; must be RETURN_PARAMETERS_ALL (0) or RETURN_PARAMETERS_NONE (1)"));
+  }
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
+  if (!session.ok()) return session.status();
+  absl::StatusOr<std::vector<WireTensorView>> gradients =
+      ViewsOf("gradients", request.gradients());
+  if (!gradients.ok()) return gradients.status();
+
+  StepInput input;
+  input.worker_id = request.worker_id();
+  input.gradients = *gradients;
+  if (request.has_loss()) input.loss = request.loss();
+  input.return_parameters = request.return_parameters() == v1::RETURN_PARAMETERS_ALL;
+  input.return_dtype = *return_dtype;
+  absl::StatusOr<StepOutput> out = (*session)->Step(input);
+  if (!out.ok()) return out.status();
+
+  response->set_version(out->version);
+  response->set_gradient_norm(out->gradient_norm);
+  response->set_learning_rate(out->learning_rate);
+  for (WireTensor& t : out->parameters) TensorToProto(std::move(t), response->add_parameters());
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* OptimizerServiceImpl::CreateSession(
+    grpc::CallbackServerContext* context, const v1::CreateSessionRequest* request,
+    v1::Session* response) {
+  return FinishWith(context, DoCreateSession(*request, response));
+}
+
+grpc::ServerUnaryReactor* OptimizerServiceImpl::GetSession(grpc::CallbackServerContext* context,
+                                                           const v1::GetSessionRequest* request,
+                                                           v1::Session* response) {
+  return FinishWith(context, DoGetSession(*request, response));
+}
+
+grpc::ServerUnaryReactor* OptimizerServiceImpl::ListSessions(
+    grpc::CallbackServerContext* context, const v1::ListSessionsRequest* request,
+    v1::ListSessionsResponse* response) {
+  return FinishWith(context, DoListSessions(*request, response));
+}
+
+grpc::ServerUnaryReactor* OptimizerServiceImpl::DeleteSession(
+    grpc::CallbackServerContext* context, const v1::DeleteSessionRequest* request,
+    v1::DeleteSessionResponse* response) {
+  return FinishWith(context, store_->Delete(request->session_id()));
+}
+
+grpc::ServerUnaryReactor* OptimizerServiceImpl::Pull(grpc::CallbackServerContext* context,
+                                                     const v1::PullRequest* request,
+                                                     v1::PullResponse* response) {
+  return FinishWith(context, DoPull(*request, response));
+}
+
+grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext* context,
+                                                     const v1::StepRequest* request,
+                                                     v1::StepResponse* response) {
+  return FinishWith(context, DoStep(*request, response));
+}
+
+grpc::ServerBidiReactor<v1::StepRequest, v1::StreamStepsResponse>*
+OptimizerServiceImpl::StreamSteps(grpc::CallbackServerContext* context) {
+  return new StepStreamReactor(this);
+}
+
+}  // namespace optd

@@ -1,0 +1,42 @@
+// File: proto_convert.h
+//
+// Conversions between optd.v1 messages and the domain types of server/session and server/optim.
+// Decoding validates what the types cannot express (a required field, an unknown enum value, a
+// missing oneof) and returns InvalidArgument naming the field with its full path, e.g.
+// "config.optimizer.sgd.lr is required". Range checks are the optimizers' own Validate().
+//
+// Only server/service uses this file. Pure functions, thread-safe.
+
+#ifndef OPTD_SERVER_SERVICE_PROTO_CONVERT_H_
+#define OPTD_SERVER_SERVICE_PROTO_CONVERT_H_
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "optd/v1/optd.pb.h"
+#include "server/session/session.h"
+#include "server/session/wire_tensor.h"
+
+namespace optd {
+
+// InvalidArgument for an unknown dtype value, naming `field`.
+absl::StatusOr<WireDType> DTypeFromProto(const char* field, int dtype);
+
+// Views of the tensors of a request; they borrow from `tensors`. Fails on an unknown dtype.
+absl::StatusOr<std::vector<WireTensorView>> ViewsOf(
+    const char* field, const google::protobuf::RepeatedPtrField<v1::Tensor>& tensors);
+
+// Moves `tensor`'s bytes into `*out`.
+void TensorToProto(WireTensor&& tensor, v1::Tensor* out);
+
+// Fails if no optimizer is set, a required field is missing, or an enum value is unknown.
+absl::StatusOr<SessionConfig> ConfigFromProto(const v1::SessionConfig& config);
+
+// Writes `config` with every field set (the defaults in force made explicit).
+void ConfigToProto(const SessionConfig& config, v1::SessionConfig* out);
+
+void SessionInfoToProto(const SessionInfo& info, v1::Session* out);
+
+}  // namespace optd
+
+#endif  // OPTD_SERVER_SERVICE_PROTO_CONVERT_H_

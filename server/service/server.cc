@@ -1,0 +1,66 @@
+#include "server/service/server.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "server/service/optimizer_service.h"
+
+namespace optd {
+
+absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOptions& options) {
+  if (options.max_message_bytes < 1024 || options.max_message_bytes > (int64_t{1} << 31) - 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_message_bytes = ",
+                                                   options.max_message_bytes,
+                                                   " is out of range: must be in [1024, 2^31 - 1]"));
+  }
+  if (options.store.max_sessions < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_sessions = ", options.store.max_sessions, " is out of range: must be >= 1"));
+  }
+  std::unique_ptr<OptdServer> server(new OptdServer());
+  server->store_ = std::make_unique<SessionStore>(options.store);
+  server->service_ = std::make_unique<OptimizerServiceImpl>(server->store_.get());
+  server->max_message_bytes_ = options.max_message_bytes;
+
+  // Both are process-wide switches; they must be set before the first server is built.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+  }
+  server->server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
+  return server;
+}
+
+OptdServer::~OptdServer() {
+  if (server_ != nullptr && !shut_down_) Shutdown(absl::Now());
+}
+
+std::shared_ptr<grpc::Channel> OptdServer::InProcessChannel() {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes_));
+  args.SetMaxSendMessageSize(static_cast<int>(max_message_bytes_));
+  return server_->InProcessChannel(args);
+}
+
+void OptdServer::Shutdown(absl::Time deadline) {
+  shut_down_ = true;
+  // Health checkers see NOT_SERVING first, so load balancers drain us.
+  server_->GetHealthCheckService()->Shutdown();
+  server_->Shutdown(absl::ToChronoTime(deadline));
+}
+
+void OptdServer::Wait() { server_->Wait(); }
+
+}  // namespace optd

@@ -1,0 +1,75 @@
+// File: server.h
+//
+// OptdServer: the optd gRPC server assembled and started: the Optimizer service over a SessionStore,
+// the grpc.health.v1 service (overall "" and "optd.v1.Optimizer") and server reflection. main.cc
+// and the tests use it; nothing else does.
+//
+// Thread safety: Start, port, InProcessChannel and store are safe from any thread. Shutdown may be
+// called once, from any thread that is not a gRPC callback; Wait blocks until Shutdown completes.
+
+#ifndef OPTD_SERVER_SERVICE_SERVER_H_
+#define OPTD_SERVER_SERVICE_SERVER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/server.h"
+#include "server/session/session_store.h"
+
+namespace optd {
+
+class OptimizerServiceImpl;
+
+struct ServerOptions {
+  // host:port to listen on; port 0 picks a free port (read it back with port()).
+  std::string listen = "127.0.0.1:50051";
+  // Largest request or reply, in bytes. A larger request fails with RESOURCE_EXHAUSTED.
+  // The default leaves room for a 64 MiB tensor plus its reply.
+  int64_t max_message_bytes = 256 << 20;
+  SessionStoreOptions store;
+};
+
+class OptdServer {
+ public:
+  // Builds and starts the server. Returns Unavailable if the address cannot be bound and
+  // InvalidArgument for bad options.
+  static absl::StatusOr<std::unique_ptr<OptdServer>> Start(const ServerOptions& options);
+
+  // The gRPC service name, as the health service reports it.
+  static constexpr char kServiceName[] = "optd.v1.Optimizer";
+
+  ~OptdServer();  // Shuts down (if not yet) with a zero deadline.
+
+  // The port actually bound.
+  int port() const { return port_; }
+
+  // A channel to this server that does not go through a socket (for tests).
+  std::shared_ptr<grpc::Channel> InProcessChannel();
+
+  SessionStore& store() { return *store_; }
+
+  // Marks the services NOT_SERVING, stops accepting calls, lets in-flight calls finish until
+  // `deadline`, then cancels the rest.
+  void Shutdown(absl::Time deadline);
+
+  // Blocks until the server has shut down.
+  void Wait();
+
+ private:
+  OptdServer() = default;
+
+  std::unique_ptr<SessionStore> store_;
+  std::unique_ptr<OptimizerServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  int64_t max_message_bytes_ = 0;
+  bool shut_down_ = false;  // only touched by Shutdown and the destructor (one thread)
+};
+
+}  // namespace optd
+
+#endif  // OPTD_SERVER_SERVICE_SERVER_H_

@@ -1,0 +1,12 @@
+#include "server/service/status_util.h"
+
+#include <string>
+
+namespace optd {
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+}  // namespace optd

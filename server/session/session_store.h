@@ -1,0 +1,63 @@
+// File: session_store.h
+//
+// SessionStore: the server's sessions by id, in memory.
+//
+// Who may call it: the service layer (and tests). Thread-safe: mu_ guards only the id -> session
+// map and is held just long enough to find, insert or erase an entry; a caller copies out the
+// std::shared_ptr<Session> and works on the session under the session's own lock. A session being
+// stepped while it is deleted finishes that step and is freed when its last user lets go.
+//
+// Errors: NotFound for an unknown id, AlreadyExists for a taken id, ResourceExhausted when
+// max_sessions are held, InvalidArgument from Session::Create.
+
+#ifndef OPTD_SERVER_SESSION_SESSION_STORE_H_
+#define OPTD_SERVER_SESSION_SESSION_STORE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "server/session/session.h"
+
+namespace optd {
+
+struct SessionStoreOptions {
+  // Most sessions held at once; one more CreateSession is ResourceExhausted.
+  int max_sessions = 1024;
+};
+
+class SessionStore {
+ public:
+  explicit SessionStore(SessionStoreOptions options = {}) : options_(options) {}
+
+  // Creates a session. An empty `id` gets a generated one ("s-" and 16 hex digits).
+  absl::StatusOr<std::shared_ptr<Session>> Create(std::string id, SessionConfig config,
+                                                  absl::Span<const WireTensorView> tensors);
+
+  absl::StatusOr<std::shared_ptr<Session>> Find(absl::string_view id) const;
+
+  absl::Status Delete(absl::string_view id);
+
+  // Up to `limit` sessions whose ids sort after `start_after` (all when empty), in id order.
+  std::vector<std::shared_ptr<Session>> List(absl::string_view start_after, int limit) const;
+
+  int size() const;
+
+ private:
+  const SessionStoreOptions options_;
+  mutable absl::Mutex mu_;
+  // Ordered, so that ListSessions pages are stable.
+  std::map<std::string, std::shared_ptr<Session>, std::less<>> sessions_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace optd
+
+#endif  // OPTD_SERVER_SESSION_SESSION_STORE_H_

@@ -1,0 +1,236 @@
+#include "server/session/session.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace optd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// A tensor that owns its bytes and can lend a WireTensorView.
+struct OwnedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string data;
+  WireTensorView view() const { return {name, shape, WireDType::kF32, data}; }
+};
+
+OwnedTensor Make(std::string name, std::vector<int64_t> shape, std::vector<float> values) {
+  OwnedTensor t{std::move(name), std::move(shape), {}};
+  EncodeFloats(WireDType::kF32, values, &t.data);
+  return t;
+}
+
+std::vector<float> Floats(const WireTensor& t) {
+  std::vector<float> v(t.data.size() / BytesPerElement(t.dtype));
+  EXPECT_TRUE(DecodeFloats(t.name, t.dtype, t.data, absl::MakeSpan(v)).ok());
+  return v;
+}
+
+SessionConfig Sgd(double lr) {
+  SgdOptions o;
+  o.lr = lr;
+  return {o};
+}
+
+std::unique_ptr<Session> MakeSession(std::vector<OwnedTensor> tensors, SessionConfig config) {
+  std::vector<WireTensorView> views;
+  for (const OwnedTensor& t : tensors) views.push_back(t.view());
+  absl::StatusOr<std::unique_ptr<Session>> s =
+      Session::Create("s1", std::move(config), views, absl::Now());
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *std::move(s) : nullptr;
+}
+
+absl::StatusOr<StepOutput> StepWith(Session& s, const std::vector<OwnedTensor>& grads) {
+  std::vector<WireTensorView> views;
+  for (const OwnedTensor& g : grads) views.push_back(g.view());
+  StepInput in;
+  in.gradients = views;
+  return s.Step(in);
+}
+
+absl::Status CreateStatus(std::string id, std::vector<OwnedTensor> tensors,
+                          SessionConfig config = Sgd(0.1)) {
+  std::vector<WireTensorView> views;
+  for (const OwnedTensor& t : tensors) views.push_back(t.view());
+  return Session::Create(std::move(id), std::move(config), views, absl::Now()).status();
+}
+
+TEST(SessionTest, CreateDescribesTensorsAndStartsAtVersionZero) {
+  auto s = MakeSession({Make("w", {2, 3}, std::vector<float>(6, 1.0f)), Make("b", {}, {0.5f})},
+                       Sgd(0.1));
+  SessionInfo info = s->Info();
+  EXPECT_EQ(info.id, "s1");
+  EXPECT_EQ(info.version, 0);
+  EXPECT_EQ(info.num_parameters, 7);
+  EXPECT_EQ(info.parameter_bytes, 28);
+  ASSERT_EQ(info.tensors.size(), 2u);
+  EXPECT_EQ(info.tensors[0].name, "w");
+  EXPECT_THAT(info.tensors[0].shape, ElementsAre(2, 3));
+  EXPECT_EQ(info.tensors[1].num_elements, 1);
+}
+
+TEST(SessionTest, StepAppliesTheOptimizerAndReturnsNewParameters) {
+  auto s = MakeSession({Make("w", {2}, {1.0f, 2.0f}), Make("b", {1}, {0.0f})}, Sgd(0.5));
+  absl::StatusOr<StepOutput> out =
+      StepWith(*s, {Make("b", {1}, {4.0f}), Make("w", {2}, {2.0f, -2.0f})});
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->version, 1);
+  EXPECT_DOUBLE_EQ(out->gradient_norm, std::sqrt(24.0));  // sqrt(16 + 4 + 4)
+  EXPECT_DOUBLE_EQ(out->learning_rate, 0.5);
+  ASSERT_EQ(out->parameters.size(), 2u);
+  EXPECT_EQ(out->parameters[0].name, "w");  // creation order, not request order
+  EXPECT_THAT(Floats(out->parameters[0]), ElementsAre(0.0f, 3.0f));
+  EXPECT_THAT(Floats(out->parameters[1]), ElementsAre(-2.0f));
+}
+
+TEST(SessionTest, StepCanReturnNothingOrOtherDTypes) {
+  auto s = MakeSession({Make("w", {2}, {1.0f, 2.0f})}, Sgd(1));
+  std::vector<OwnedTensor> g = {Make("w", {2}, {0.5f, 0.5f})};
+  std::vector<WireTensorView> views = {g[0].view()};
+  StepInput in;
+  in.gradients = views;
+  in.return_parameters = false;
+  absl::StatusOr<StepOutput> out = s->Step(in);
+  ASSERT_TRUE(out.ok());
+  EXPECT_TRUE(out->parameters.empty());
+  in.return_parameters = true;
+  in.return_dtype = WireDType::kBf16;
+  out = s->Step(in);
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->parameters[0].data.size(), 4u);
+  EXPECT_THAT(Floats(out->parameters[0]), ElementsAre(0.0f, 1.0f));
+}
+
+TEST(SessionTest, GradientsInBf16AndF16AreDecoded) {
+  auto s = MakeSession({Make("w", {2}, {1.0f, 2.0f})}, Sgd(1));
+  OwnedTensor g{"w", {2}, {}};
+  EncodeFloats(WireDType::kF16, {0.5f, -1.0f}, &g.data);
+  WireTensorView v = g.view();
+  v.dtype = WireDType::kF16;
+  StepInput in;
+  in.gradients = absl::MakeConstSpan(&v, 1);
+  absl::StatusOr<StepOutput> out = s->Step(in);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_THAT(Floats(out->parameters[0]), ElementsAre(0.5f, 3.0f));
+}
+
+struct BadStep {
+  const char* what;
+  std::vector<OwnedTensor> grads;
+  const char* message;
+};
+
+TEST(SessionTest, MalformedStepsAreRefusedAndChangeNothing) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<BadStep> cases = {
+      {"missing", {Make("w", {2}, {1, 1})}, "no entry for tensor \"b\""},
+      {"unknown", {Make("w", {2}, {1, 1}), Make("b", {1}, {1}), Make("x", {1}, {1})},
+       "gradients[2].name \"x\" is not a tensor of session s1"},
+      {"repeated", {Make("w", {2}, {1, 1}), Make("w", {2}, {1, 1})}, "is repeated"},
+      {"shape", {Make("w", {1, 2}, {1, 1}), Make("b", {1}, {1})},
+       "gradients[0].shape [1, 2] of \"w\" must be [2]"},
+      {"nan", {Make("w", {2}, {1, nan}), Make("b", {1}, {1})},
+       "gradients[0] \"w\" element 1 is nan; every value must be finite"},
+      {"inf", {Make("w", {2}, {1, 1}), Make("b", {1}, {-inf})}, "element 0 is -inf"},
+  };
+  OwnedTensor short_bytes = Make("b", {1}, {1});
+  short_bytes.data.resize(3);
+  cases.push_back({"bytes", {Make("w", {2}, {1, 1}), short_bytes},
+                   "gradients[1].data has 3 bytes; must be 4"});
+
+  auto s = MakeSession({Make("w", {2}, {1.0f, 2.0f}), Make("b", {1}, {3.0f})}, Sgd(1));
+  for (const BadStep& c : cases) {
+    absl::StatusOr<StepOutput> out = StepWith(*s, c.grads);
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument) << c.what;
+    EXPECT_THAT(out.status().message(), HasSubstr(c.message)) << c.what;
+  }
+  absl::StatusOr<PullOutput> pulled = s->Pull({}, WireDType::kF32);
+  ASSERT_TRUE(pulled.ok());
+  EXPECT_EQ(pulled->version, 0);
+  EXPECT_THAT(Floats(pulled->tensors[0]), ElementsAre(1.0f, 2.0f));
+  EXPECT_THAT(Floats(pulled->tensors[1]), ElementsAre(3.0f));
+}
+
+TEST(SessionTest, PullReturnsNamedTensorsInRequestOrder) {
+  auto s = MakeSession({Make("w", {2}, {1, 2}), Make("b", {1}, {3})}, Sgd(1));
+  std::vector<absl::string_view> names = {"b", "w"};
+  absl::StatusOr<PullOutput> out = s->Pull(names, WireDType::kF32);
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->tensors[0].name, "b");
+  EXPECT_THAT(Floats(out->tensors[1]), ElementsAre(1.0f, 2.0f));
+
+  names = {"nope"};
+  EXPECT_THAT(s->Pull(names, WireDType::kF32).status().message(),
+              HasSubstr("names[0] \"nope\" is not a tensor"));
+  names = {"w", "w"};
+  EXPECT_EQ(s->Pull(names, WireDType::kF32).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(SessionTest, CreateValidatesIdTensorsAndOptimizer) {
+  auto one = [] { return std::vector<OwnedTensor>{Make("w", {1}, {0})}; };
+  EXPECT_THAT(CreateStatus("", one()).message(), HasSubstr("session_id \"\" has length 0"));
+  EXPECT_THAT(CreateStatus("a b", one()).message(), HasSubstr("invalid character"));
+  EXPECT_THAT(CreateStatus(std::string(129, 'a'), one()).message(),
+              HasSubstr("must be 1 to 128 characters"));
+  EXPECT_THAT(CreateStatus("s", {}).message(), HasSubstr("tensors has 0 entries"));
+  EXPECT_THAT(CreateStatus("s", {Make("", {1}, {0})}).message(),
+              HasSubstr("tensors[0].name \"\" has length 0"));
+  EXPECT_THAT(CreateStatus("s", {Make("w", {1}, {0}), Make("w", {1}, {0})}).message(),
+              HasSubstr("tensors[1].name \"w\" is repeated"));
+  EXPECT_THAT(CreateStatus("s", {Make("w", {2, 0}, {})}).message(),
+              HasSubstr("dimension 1 is 0"));
+  EXPECT_THAT(CreateStatus("s", {Make("w", std::vector<int64_t>(9, 1), {0})}).message(),
+              HasSubstr("has rank 9; must be at most 8"));
+  EXPECT_THAT(
+      CreateStatus("s", {Make("w", {int64_t{1} << 40, int64_t{1} << 40}, {0})}).message(),
+      HasSubstr("the product at most"));
+  EXPECT_THAT(CreateStatus("s", {Make("w", {2}, {0})}).message(),
+              HasSubstr("tensors[0].data has 4 bytes; must be 8"));
+  EXPECT_THAT(CreateStatus("s", {Make("w", {1}, {std::nanf("")})}).message(),
+              HasSubstr("tensors[0] \"w\" element 0 is nan"));
+  EXPECT_THAT(CreateStatus("s", one(), Sgd(-1)).message(), HasSubstr("sgd.lr = -1"));
+  for (const absl::Status& s :
+       {CreateStatus("", one()), CreateStatus("s", {}), CreateStatus("s", one(), Sgd(-1))}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST(SessionTest, ConcurrentStepsAreAtomicAndExact) {
+  // lr a power of two and small-integer gradients: every float sum is exact, so the result does
+  // not depend on the order the threads win the lock.
+  constexpr int kThreads = 8;
+  constexpr int kSteps = 200;
+  auto s = MakeSession({Make("w", {3}, {0, 0, 0}), Make("b", {1}, {0})}, Sgd(0.25));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kSteps; ++i) {
+        const float g = static_cast<float>(t + 1);
+        ASSERT_TRUE(StepWith(*s, {Make("w", {3}, {g, -g, 2 * g}), Make("b", {1}, {1})}).ok());
+        if (i % 50 == 0) ASSERT_TRUE(s->Pull({}, WireDType::kF32).ok());
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  const float sum = kSteps * (kThreads * (kThreads + 1) / 2);  // sum over t of (t+1), per step
+  absl::StatusOr<PullOutput> out = s->Pull({}, WireDType::kF32);
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->version, kThreads * kSteps);
+  EXPECT_THAT(Floats(out->tensors[0]), ElementsAre(-0.25f * sum, 0.25f * sum, -0.5f * sum));
+  EXPECT_THAT(Floats(out->tensors[1]), ElementsAre(-0.25f * kThreads * kSteps));
+}
+
+}  // namespace
+}  // namespace optd

@@ -1,0 +1,46 @@
+// File: wire_dtype.h
+//
+// The element encodings of tensors on optd's wire (optd.v1.DType) and conversions between them and
+// float32: F32 (IEEE binary32), BF16 (bfloat16) and F16 (IEEE binary16), all little-endian.
+// Conversions to BF16 and F16 round to nearest, ties to even; NaN stays NaN (quiet), values beyond
+// the range become Inf, F16 subnormals are produced and read exactly.
+//
+// Used by the server (server/session) and by the C++ client. Pure functions: thread-safe.
+
+#ifndef OPTD_WIRE_WIRE_DTYPE_H_
+#define OPTD_WIRE_WIRE_DTYPE_H_
+
+#include <cstdint>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+
+namespace optd {
+
+// Values match optd.v1.DType.
+enum class WireDType { kF32 = 0, kBf16 = 1, kF16 = 2 };
+
+// Bytes per element: 4 for F32, 2 for BF16 and F16.
+int64_t BytesPerElement(WireDType dtype);
+
+// "F32", "BF16", "F16".
+absl::string_view WireDTypeName(WireDType dtype);
+
+uint16_t FloatToBf16(float value);
+float Bf16ToFloat(uint16_t bits);
+uint16_t FloatToF16(float value);
+float F16ToFloat(uint16_t bits);
+
+// Decodes `data` (encoded as `dtype`) into `out`. Returns InvalidArgument naming `what` if the byte
+// length is not out.size() * BytesPerElement(dtype); `out` is then unspecified.
+absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
+                          absl::Span<float> out);
+
+// Encodes `values` as `dtype`, replacing the contents of `*out`.
+void EncodeFloats(WireDType dtype, absl::Span<const float> values, std::string* out);
+
+}  // namespace optd
+
+#endif  // OPTD_WIRE_WIRE_DTYPE_H_

@@ -1,0 +1,133 @@
+#include "wire/wire_dtype.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace optd {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+float FloatFromBits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+TEST(WireDTypeTest, BytesPerElement) {
+  EXPECT_EQ(BytesPerElement(WireDType::kF32), 4);
+  EXPECT_EQ(BytesPerElement(WireDType::kBf16), 2);
+  EXPECT_EQ(BytesPerElement(WireDType::kF16), 2);
+}
+
+TEST(Bf16Test, ExactValuesRoundTrip) {
+  for (float v : {0.0f, -0.0f, 1.0f, -2.5f, std::ldexp(1.5f, 127), std::ldexp(1.0f, -126), kInf,
+                  -kInf}) {
+    EXPECT_EQ(Bf16ToFloat(FloatToBf16(v)), v) << v;
+  }
+  EXPECT_TRUE(std::signbit(Bf16ToFloat(FloatToBf16(-0.0f))));
+}
+
+TEST(Bf16Test, RoundsToNearestEven) {
+  // 1 + 2^-8 lies halfway between bf16 1 and 1 + 2^-7: ties go to the even mantissa (1).
+  EXPECT_EQ(FloatToBf16(1.0f + std::ldexp(1.0f, -8)), 0x3f80);
+  // 1 + 3*2^-8 lies halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even): goes up.
+  EXPECT_EQ(FloatToBf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
+  // Just above the tie rounds up.
+  EXPECT_EQ(FloatToBf16(FloatFromBits(0x3f808001)), 0x3f81);
+}
+
+TEST(Bf16Test, NanStaysNanAndOverflowBecomesInf) {
+  EXPECT_TRUE(std::isnan(Bf16ToFloat(FloatToBf16(std::nanf("")))));
+  // A NaN whose payload sits only in the low 16 bits must not become Inf.
+  EXPECT_TRUE(std::isnan(Bf16ToFloat(FloatToBf16(FloatFromBits(0x7f800001)))));
+  EXPECT_EQ(Bf16ToFloat(FloatToBf16(std::numeric_limits<float>::max())), kInf);
+}
+
+TEST(Bf16Test, SubnormalsKeepTheirTopBits) {
+  const float tiny = FloatFromBits(0x00010000);  // a float subnormal exactly representable in bf16
+  EXPECT_EQ(Bf16ToFloat(FloatToBf16(tiny)), tiny);
+}
+
+TEST(F16Test, ExactValuesRoundTrip) {
+  for (float v : {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 6.103515625e-05f /* 2^-14 */,
+                  5.9604644775390625e-08f /* 2^-24, smallest subnormal */, kInf, -kInf}) {
+    EXPECT_EQ(F16ToFloat(FloatToF16(v)), v) << v;
+  }
+}
+
+TEST(F16Test, KnownEncodings) {
+  EXPECT_EQ(FloatToF16(1.0f), 0x3c00);
+  EXPECT_EQ(FloatToF16(-2.0f), 0xc000);
+  EXPECT_EQ(FloatToF16(65504.0f), 0x7bff);
+  EXPECT_EQ(FloatToF16(std::ldexp(1.0f, -24)), 0x0001);
+  EXPECT_EQ(FloatToF16(std::ldexp(1.0f, -14)), 0x0400);
+}
+
+TEST(F16Test, RoundsToNearestEven) {
+  // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: to even (1).
+  EXPECT_EQ(FloatToF16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);
+  // 1 + 3*2^-11 is halfway between 1 + 2^-10 (odd) and 1 + 2^-9: up.
+  EXPECT_EQ(FloatToF16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3c02);
+  // Subnormal ties: 1.5 * 2^-24 -> 2 * 2^-24 (even); 2.5 * 2^-24 -> 2 * 2^-24.
+  EXPECT_EQ(FloatToF16(1.5f * std::ldexp(1.0f, -24)), 0x0002);
+  EXPECT_EQ(FloatToF16(2.5f * std::ldexp(1.0f, -24)), 0x0002);
+  // Half the smallest subnormal is a tie with zero: to even (zero).
+  EXPECT_EQ(FloatToF16(std::ldexp(1.0f, -25)), 0x0000);
+  // The largest subnormal rounds up into the smallest normal.
+  EXPECT_EQ(FloatToF16(std::ldexp(1.0f, -14) - std::ldexp(1.0f, -26)), 0x0400);
+}
+
+TEST(F16Test, OverflowBecomesInfAndNanStaysNan) {
+  EXPECT_EQ(FloatToF16(65519.0f), 0x7bff);  // below the midpoint to 2^16
+  EXPECT_EQ(FloatToF16(65520.0f), 0x7c00);  // the midpoint rounds to even: Inf
+  EXPECT_EQ(FloatToF16(1e10f), 0x7c00);
+  EXPECT_EQ(FloatToF16(-1e10f), 0xfc00);
+  EXPECT_TRUE(std::isnan(F16ToFloat(FloatToF16(std::nanf("")))));
+  EXPECT_TRUE(std::isnan(F16ToFloat(FloatToF16(FloatFromBits(0x7f800001)))));
+}
+
+TEST(F16Test, EveryHalfRoundTripsThroughFloat) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const float f = F16ToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(FloatToF16(f), h) << std::hex << h;
+  }
+}
+
+TEST(CodecTest, EncodeThenDecodeEachDType) {
+  const std::vector<float> values = {1.0f, -0.5f, 0.25f, 1024.0f};
+  for (WireDType dtype : {WireDType::kF32, WireDType::kBf16, WireDType::kF16}) {
+    std::string bytes;
+    EncodeFloats(dtype, values, &bytes);
+    EXPECT_EQ(bytes.size(), values.size() * BytesPerElement(dtype));
+    std::vector<float> back(values.size());
+    ASSERT_TRUE(DecodeFloats("t", dtype, bytes, absl::MakeSpan(back)).ok());
+    EXPECT_EQ(back, values) << WireDTypeName(dtype);
+  }
+}
+
+TEST(CodecTest, F32IsLittleEndianBinary32) {
+  std::string bytes;
+  EncodeFloats(WireDType::kF32, {1.0f}, &bytes);
+  EXPECT_EQ(bytes, std::string("\x00\x00\x80\x3f", 4));
+}
+
+TEST(CodecTest, WrongByteLengthNamesTheFieldAndTheExpectedLength) {
+  std::vector<float> out(3);
+  absl::Status s = DecodeFloats("gradients[1]", WireDType::kF16, std::string(5, '\0'),
+                                absl::MakeSpan(out));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("gradients[1].data has 5 bytes; must be 6"));
+}
+
+}  // namespace
+}  // namespace optd
