@@ -47,11 +47,11 @@ struct AdamOptions {
 // torch.optim.AdamW: p *= 1 - lr*wd, then the Adam update without wd in the gradient.
 struct AdamWOptions {
   static constexpr std::string_view kName = "adamw";
-  double lr = 1e-3;           // >= 0
-  double beta1 = 0.9;         // [0, 1)
-  double beta2 = 0.999;       // [0, 1)
-  double eps = 1e-8;          // > 0
-  double weight_decay = 1e-2; // >= 0, and lr * weight_decay <= 1
+  double lr = 1e-3;            // >= 0
+  double beta1 = 0.9;          // [0, 1)
+  double beta2 = 0.999;        // [0, 1)
+  double eps = 1e-8;           // > 0
+  double weight_decay = 1e-2;  // >= 0, and lr * weight_decay <= 1
   bool amsgrad = false;
   bool maximize = false;
   absl::Status Validate() const;
@@ -60,11 +60,11 @@ struct AdamWOptions {
 // torch.optim.Adagrad: eps outside the sqrt, lr / (1 + (t-1) * lr_decay).
 struct AdagradOptions {
   static constexpr std::string_view kName = "adagrad";
-  double lr = 1e-2;                         // >= 0
-  double lr_decay = 0.0;                    // >= 0
-  double weight_decay = 0.0;                // >= 0
-  double initial_accumulator_value = 0.0;   // >= 0
-  double eps = 1e-10;                       // >= 0, not 0 when initial_accumulator_value is 0
+  double lr = 1e-2;                        // >= 0
+  double lr_decay = 0.0;                   // >= 0
+  double weight_decay = 0.0;               // >= 0
+  double initial_accumulator_value = 0.0;  // >= 0
+  double eps = 1e-10;                      // >= 0, not 0 when initial_accumulator_value is 0
   bool maximize = false;
   absl::Status Validate() const;
 };
@@ -75,9 +75,9 @@ struct NormalizedGdOptions {
   static constexpr std::string_view kName = "normalized_gd";
   enum class Norm { kGlobal, kPerTensor };
   enum class Guard { kAddEps, kMaxEps };
-  double lr = 1e-2;            // >= 0
-  double eps = 1e-6;           // >= 0
-  Norm norm = Norm::kGlobal;   // one norm over all tensors, or one per tensor
+  double lr = 1e-2;           // >= 0
+  double eps = 1e-6;          // >= 0
+  Norm norm = Norm::kGlobal;  // one norm over all tensors, or one per tensor
   Guard guard = Guard::kAddEps;
   absl::Status Validate() const;
 };

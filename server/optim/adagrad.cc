@@ -1,0 +1,66 @@
+#include "server/optim/adagrad.h"
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "server/optim/kernel_internal.h"
+
+namespace optd {
+namespace {
+
+using optim_internal::DispatchBool;
+
+// One fused pass over a tensor, in torch's op order (addcmul_, sqrt().add_(eps), addcdiv_).
+template <bool kWeightDecay>
+void AdagradKernel(float* __restrict p, const float* __restrict g, float* __restrict sum, int64_t n,
+                   float sign, float wd, float neg_clr, float eps) {
+  for (int64_t i = 0; i < n; ++i) {
+    float d = sign * g[i];
+    if constexpr (kWeightDecay) d += wd * p[i];
+    const float s = sum[i] + d * d;
+    sum[i] = s;
+    p[i] += (neg_clr * d) / (std::sqrt(s) + eps);
+  }
+}
+
+}  // namespace
+
+Adagrad::Adagrad(const AdagradOptions& options, std::vector<int64_t> tensor_sizes)
+    : Optimizer(std::move(tensor_sizes)), options_(options), state_(this->tensor_sizes().size()) {}
+
+int64_t Adagrad::StateBytes() const {
+  int64_t bytes = 0;
+  for (const TensorState& s : state_) {
+    bytes += static_cast<int64_t>(s.sum.size() * sizeof(float));
+  }
+  return bytes;
+}
+
+int64_t Adagrad::StateBytesPerElement() const { return static_cast<int64_t>(sizeof(float)); }
+
+void Adagrad::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
+  const float sign = options_.maximize ? -1.0f : 1.0f;
+  const float wd = static_cast<float>(options_.weight_decay);
+  const float eps = static_cast<float>(options_.eps);
+  const bool has_weight_decay = options_.weight_decay != 0.0;
+
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    TensorState& s = state_[t];
+    const int64_t n = static_cast<int64_t>(tensors[t].param.size());
+    if (s.step == 0) s.sum.assign(n, static_cast<float>(options_.initial_accumulator_value));
+    ++s.step;
+    const double clr = lr / (1.0 + static_cast<double>(s.step - 1) * options_.lr_decay);
+    const float neg_clr = static_cast<float>(-clr);
+
+    float* p = tensors[t].param.data();
+    const float* g = tensors[t].grad.data();
+    DispatchBool(has_weight_decay, [&](auto kWd) {
+      AdagradKernel<decltype(kWd)::value>(p, g, s.sum.data(), n, sign, wd, neg_clr, eps);
+    });
+  }
+}
+
+}  // namespace optd

@@ -1,0 +1,146 @@
+#include "server/optim/adam.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "server/optim/kernel_internal.h"
+
+namespace optd {
+namespace {
+
+using optim_internal::DispatchBool;
+
+// The float32 coefficients of one step, computed in double and rounded once.
+struct AdamCoefficients {
+  float sign;          // -1 if maximize, else 1
+  float weight_decay;  // coupled L2 (Adam)
+  float decay;         // 1 - lr * weight_decay (AdamW)
+  float beta1;
+  float one_minus_beta1;
+  float beta2;
+  float one_minus_beta2;
+  float sqrt_bias_correction2;  // sqrt(1 - beta2^t)
+  float eps;
+  float neg_step_size;  // -lr / (1 - beta1^t)
+};
+
+// One fused pass over a tensor. The operation order follows torch's ops (mul_ then add_,
+// addcmul_, sqrt / sqrt(bc2) + eps, addcdiv_) so float32 results stay within a few ulp of torch.
+template <bool kCoupledDecay, bool kDecoupledDecay, bool kAmsgrad>
+void AdamKernel(float* __restrict p, const float* __restrict g, float* __restrict m,
+                float* __restrict v, float* __restrict vmax, int64_t n, const AdamCoefficients& c) {
+  // Local copies: the compiler need not reload them after stores through the pointers.
+  const float sign = c.sign;
+  const float weight_decay = c.weight_decay;
+  const float decay = c.decay;
+  const float beta1 = c.beta1;
+  const float one_minus_beta1 = c.one_minus_beta1;
+  const float beta2 = c.beta2;
+  const float one_minus_beta2 = c.one_minus_beta2;
+  const float sqrt_bc2 = c.sqrt_bias_correction2;
+  const float eps = c.eps;
+  const float neg_step_size = c.neg_step_size;
+  for (int64_t i = 0; i < n; ++i) {
+    float pi = p[i];
+    float d = sign * g[i];
+    if constexpr (kCoupledDecay) d += weight_decay * pi;
+    if constexpr (kDecoupledDecay) pi *= decay;
+    const float mi = beta1 * m[i] + one_minus_beta1 * d;
+    const float vi = beta2 * v[i] + (one_minus_beta2 * d) * d;
+    m[i] = mi;
+    v[i] = vi;
+    float denom_v = vi;
+    if constexpr (kAmsgrad) {
+      denom_v = std::max(vmax[i], vi);
+      vmax[i] = denom_v;
+    }
+    const float denom = std::sqrt(denom_v) / sqrt_bc2 + eps;
+    p[i] = pi + (neg_step_size * mi) / denom;
+  }
+}
+
+}  // namespace
+
+Adam::Adam(const AdamOptions& options, std::vector<int64_t> tensor_sizes)
+    : Adam(options,
+           Hyperparameters{options.beta1, options.beta2, options.eps, options.weight_decay,
+                           options.amsgrad, options.maximize, /*decoupled_weight_decay=*/false},
+           std::move(tensor_sizes)) {}
+
+Adam::Adam(const AdamWOptions& options, std::vector<int64_t> tensor_sizes)
+    : Adam(options,
+           Hyperparameters{options.beta1, options.beta2, options.eps, options.weight_decay,
+                           options.amsgrad, options.maximize, /*decoupled_weight_decay=*/true},
+           std::move(tensor_sizes)) {}
+
+Adam::Adam(OptimizerOptions options, const Hyperparameters& hyper,
+           std::vector<int64_t> tensor_sizes)
+    : Optimizer(std::move(tensor_sizes)),
+      options_(std::move(options)),
+      hyper_(hyper),
+      state_(this->tensor_sizes().size()) {}
+
+int64_t Adam::StateBytes() const {
+  int64_t bytes = 0;
+  for (const TensorState& s : state_) {
+    bytes += static_cast<int64_t>(
+        (s.exp_avg.size() + s.exp_avg_sq.size() + s.max_exp_avg_sq.size()) * sizeof(float));
+  }
+  return bytes;
+}
+
+int64_t Adam::StateBytesPerElement() const {
+  return static_cast<int64_t>((hyper_.amsgrad ? 3 : 2) * sizeof(float));
+}
+
+void Adam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
+  const bool has_weight_decay = hyper_.weight_decay != 0.0;
+  // AdamW with weight_decay == 0 multiplies p by exactly 1: skipping it changes nothing.
+  const bool coupled = has_weight_decay && !hyper_.decoupled_weight_decay;
+  const bool decoupled = has_weight_decay && hyper_.decoupled_weight_decay;
+
+  AdamCoefficients c;
+  c.sign = hyper_.maximize ? -1.0f : 1.0f;
+  c.weight_decay = static_cast<float>(hyper_.weight_decay);
+  c.decay = static_cast<float>(1.0 - lr * hyper_.weight_decay);
+  c.beta1 = static_cast<float>(hyper_.beta1);
+  c.one_minus_beta1 = static_cast<float>(1.0 - hyper_.beta1);
+  c.beta2 = static_cast<float>(hyper_.beta2);
+  c.one_minus_beta2 = static_cast<float>(1.0 - hyper_.beta2);
+  c.eps = static_cast<float>(hyper_.eps);
+
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    TensorState& s = state_[t];
+    const int64_t n = static_cast<int64_t>(tensors[t].param.size());
+    if (s.step == 0) {
+      s.exp_avg.assign(n, 0.0f);
+      s.exp_avg_sq.assign(n, 0.0f);
+      if (hyper_.amsgrad) s.max_exp_avg_sq.assign(n, 0.0f);
+    }
+    ++s.step;
+    const double step = static_cast<double>(s.step);
+    const double bias_correction1 = 1.0 - std::pow(hyper_.beta1, step);
+    const double bias_correction2 = 1.0 - std::pow(hyper_.beta2, step);
+    c.sqrt_bias_correction2 = static_cast<float>(std::sqrt(bias_correction2));
+    c.neg_step_size = static_cast<float>(-(lr / bias_correction1));
+
+    float* p = tensors[t].param.data();
+    const float* g = tensors[t].grad.data();
+    float* vmax = hyper_.amsgrad ? s.max_exp_avg_sq.data() : nullptr;
+    DispatchBool(coupled, [&](auto kCoupled) {
+      DispatchBool(decoupled, [&](auto kDecoupled) {
+        DispatchBool(hyper_.amsgrad, [&](auto kAmsgrad) {
+          AdamKernel<decltype(kCoupled)::value, decltype(kDecoupled)::value,
+                     decltype(kAmsgrad)::value>(p, g, s.exp_avg.data(), s.exp_avg_sq.data(), vmax,
+                                                n, c);
+        });
+      });
+    });
+  }
+}
+
+}  // namespace optd

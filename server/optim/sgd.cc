@@ -1,0 +1,103 @@
+#include "server/optim/sgd.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "server/optim/kernel_internal.h"
+
+namespace optd {
+namespace {
+
+using optim_internal::DispatchBool;
+
+// p += neg_lr * (sign * g + wd * p). Plain SGD, no state.
+template <bool kWeightDecay>
+void SgdKernel(float* __restrict p, const float* __restrict g, int64_t n, float sign, float wd,
+               float neg_lr) {
+  for (int64_t i = 0; i < n; ++i) {
+    float d = sign * g[i];
+    if constexpr (kWeightDecay) d += wd * p[i];
+    p[i] += neg_lr * d;
+  }
+}
+
+// SGD with momentum. On the first step the buffer is a copy of d (torch.clone), with no
+// (1 - dampening) factor.
+template <bool kWeightDecay, bool kFirstStep, bool kNesterov>
+void SgdMomentumKernel(float* __restrict p, const float* __restrict g, float* __restrict buf,
+                       int64_t n, float sign, float wd, float momentum, float one_minus_dampening,
+                       float neg_lr) {
+  for (int64_t i = 0; i < n; ++i) {
+    float d = sign * g[i];
+    if constexpr (kWeightDecay) d += wd * p[i];
+    float b;
+    if constexpr (kFirstStep) {
+      b = d;
+    } else {
+      b = momentum * buf[i] + one_minus_dampening * d;
+    }
+    buf[i] = b;
+    if constexpr (kNesterov) {
+      p[i] += neg_lr * (d + momentum * b);
+    } else {
+      p[i] += neg_lr * b;
+    }
+  }
+}
+
+}  // namespace
+
+Sgd::Sgd(const SgdOptions& options, std::vector<int64_t> tensor_sizes)
+    : Optimizer(std::move(tensor_sizes)),
+      options_(options),
+      momentum_buffers_(this->tensor_sizes().size()) {}
+
+int64_t Sgd::StateBytes() const {
+  int64_t bytes = 0;
+  for (const std::vector<float>& buf : momentum_buffers_) {
+    bytes += static_cast<int64_t>(buf.size() * sizeof(float));
+  }
+  return bytes;
+}
+
+int64_t Sgd::StateBytesPerElement() const {
+  return options_.momentum != 0.0 ? static_cast<int64_t>(sizeof(float)) : 0;
+}
+
+void Sgd::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
+  const float sign = options_.maximize ? -1.0f : 1.0f;
+  const float wd = static_cast<float>(options_.weight_decay);
+  const float neg_lr = static_cast<float>(-lr);
+  const float momentum = static_cast<float>(options_.momentum);
+  const float one_minus_dampening = static_cast<float>(1.0 - options_.dampening);
+  const bool has_weight_decay = options_.weight_decay != 0.0;
+
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    float* p = tensors[t].param.data();
+    const float* g = tensors[t].grad.data();
+    const int64_t n = static_cast<int64_t>(tensors[t].param.size());
+
+    if (options_.momentum == 0.0) {
+      DispatchBool(has_weight_decay,
+                   [&](auto kWd) { SgdKernel<decltype(kWd)::value>(p, g, n, sign, wd, neg_lr); });
+      continue;
+    }
+
+    std::vector<float>& buf = momentum_buffers_[t];
+    const bool first_step = buf.empty();
+    if (first_step) buf.resize(n);
+    DispatchBool(has_weight_decay, [&](auto kWd) {
+      DispatchBool(first_step, [&](auto kFirst) {
+        DispatchBool(options_.nesterov, [&](auto kNesterov) {
+          SgdMomentumKernel<decltype(kWd)::value, decltype(kFirst)::value,
+                            decltype(kNesterov)::value>(p, g, buf.data(), n, sign, wd, momentum,
+                                                        one_minus_dampening, neg_lr);
+        });
+      });
+    });
+  }
+}
+
+}  // namespace optd
