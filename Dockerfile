@@ -10,7 +10,7 @@ RUN bash scripts/test.sh
 
 FROM debian:bookworm AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgrpc++1.51 libprotobuf32 libabsl20220623 \
+ && apt-get install -y --no-install-recommends libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home optd

@@ -1,0 +1,245 @@
+"""Shared helpers for Python tests that drive the real optd binary.
+
+* ``build_dir()``: the CMake build directory, from ``OPTD_BUILD_DIR`` (default ``<repo>/build``).
+* ``load_stubs()``: imports the generated ``optd.v1`` modules from ``<build>/python``.
+* ``OptdProcess``: starts ``<build>/server/optd --listen=127.0.0.1:0``, reads the bound port from its
+  ``optd listening on HOST:PORT`` line and stops it with SIGTERM (SIGKILL after a grace period).
+* ``optd_server``: a module-scoped pytest fixture yielding a started ``OptdProcess`` (``.address``,
+  ``.stub``, ``.pb2``). A missing binary or missing stubs FAIL the test: in CI that is a bug, not a
+  reason to skip.
+* ``to_tensor`` / ``from_tensor``: numpy float32 <-> ``optd_pb2.Tensor`` without per-element loops.
+
+Run with Debian's interpreter: ``/usr/bin/python3 -m pytest -q tests/...``.
+"""
+
+import atexit
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MAX_MESSAGE_BYTES = 256 << 20
+STARTUP_TIMEOUT_S = 20.0
+CHANNEL_READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+_LISTEN_LINE = re.compile(r"^optd listening on (?P<host>\S+):(?P<port>\d+)\s*$")
+
+
+class OptdSetupError(RuntimeError):
+    """The build (binary or stubs) is missing or the server did not start."""
+
+
+def build_dir() -> Path:
+    return Path(os.environ.get("OPTD_BUILD_DIR") or REPO_ROOT / "build").resolve()
+
+
+def binary_path() -> Path:
+    return build_dir() / "server" / "optd"
+
+
+def stub_dir() -> Path:
+    return build_dir() / "python"
+
+
+_stubs = None
+
+
+def load_stubs():
+    """Returns (optd_pb2, optd_pb2_grpc) from <build>/python; raises OptdSetupError if absent."""
+    global _stubs
+    if _stubs is None:
+        d = stub_dir()
+        for name in ("optd_pb2.py", "optd_pb2_grpc.py"):
+            if not (d / "optd" / "v1" / name).is_file():
+                raise OptdSetupError(
+                    f"generated Python stub {d / 'optd' / 'v1' / name} is missing: build the "
+                    f"optd_python_proto target (OPTD_BUILD_DIR={build_dir()})")
+        if str(d) not in sys.path:
+            sys.path.insert(0, str(d))
+        from optd.v1 import optd_pb2, optd_pb2_grpc  # pylint: disable=import-outside-toplevel
+        _stubs = (optd_pb2, optd_pb2_grpc)
+    return _stubs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tensors.
+
+def to_tensor(name: str, array) -> "optd_pb2.Tensor":
+    """A float32 optd_pb2.Tensor (little-endian bytes, row-major) from anything numpy accepts."""
+    optd_pb2, _ = load_stubs()
+    arr = np.ascontiguousarray(array, dtype="<f4")
+    return optd_pb2.Tensor(name=name, shape=arr.shape, dtype=optd_pb2.DTYPE_F32,
+                           data=arr.tobytes())
+
+
+def from_tensor(tensor) -> np.ndarray:
+    """The float32 values of a DTYPE_F32 optd_pb2.Tensor, shaped (a read-only view of its bytes)."""
+    optd_pb2, _ = load_stubs()
+    if tensor.dtype != optd_pb2.DTYPE_F32:
+        raise ValueError(f"tensor {tensor.name!r}: dtype {tensor.dtype}, expected DTYPE_F32")
+    shape = tuple(tensor.shape)
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(tensor.data) != 4 * count:
+        raise ValueError(f"tensor {tensor.name!r}: {len(tensor.data)} data bytes for shape {shape} "
+                         f"(expected {4 * count})")
+    return np.frombuffer(tensor.data, dtype="<f4").reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The server process.
+
+_live = {}  # pid -> Popen of servers this module started and has not stopped yet.
+
+
+def _kill_leftovers():
+    for proc in list(_live.values()):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+atexit.register(_kill_leftovers)
+
+
+class OptdProcess:
+    """One optd server process started by this test run (never anything else)."""
+
+    def __init__(self, extra_args=()):
+        self.binary = binary_path()
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.address = None
+        self.port = None
+        self.channel = None
+        self.stub = None
+        self.pb2 = None
+        self.pb2_grpc = None
+        self.stdout_lines = []
+        self._stderr = None
+        self._reader = None
+        self._listen = threading.Event()
+
+    # -- start -------------------------------------------------------------------------------------
+
+    def start(self):
+        if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
+            raise OptdSetupError(f"optd binary {self.binary} is missing or not executable: build "
+                                 f"the project first (OPTD_BUILD_DIR={build_dir()})")
+        self.pb2, self.pb2_grpc = load_stubs()
+        self._stderr = tempfile.TemporaryFile(mode="w+b")
+        args = [str(self.binary), "--listen=127.0.0.1:0", *self.extra_args]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=self._stderr)
+        _live[self.proc.pid] = self.proc
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not self._listen.wait(0.05):
+            if self.proc.poll() is not None:
+                self._reader.join(1.0)
+                if self._listen.is_set():
+                    break
+                raise OptdSetupError(f"optd exited with status {self.proc.returncode} before "
+                                     f"printing its listen line\n{self.output()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise OptdSetupError(f"optd printed no 'optd listening on HOST:PORT' line within "
+                                     f"{STARTUP_TIMEOUT_S:.0f} s\n{self.output()}")
+        if self.proc.poll() is not None:
+            raise OptdSetupError(f"optd exited with status {self.proc.returncode} right after "
+                                 f"start-up\n{self.output()}")
+
+        self.channel = grpc.insecure_channel(self.address, options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ])
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=CHANNEL_READY_TIMEOUT_S)
+        except grpc.FutureTimeoutError:
+            self.stop()
+            raise OptdSetupError(f"no gRPC connection to optd at {self.address} within "
+                                 f"{CHANNEL_READY_TIMEOUT_S:.0f} s\n{self.output()}") from None
+        self.stub = self.pb2_grpc.OptimizerStub(self.channel)
+        return self
+
+    def _read_stdout(self):
+        # Drains stdout for the whole life of the process so the server never blocks on a full pipe.
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.stdout_lines.append(line)
+            m = _LISTEN_LINE.match(line)
+            if m and not self._listen.is_set():
+                self.port = int(m.group("port"))
+                self.address = f"{m.group('host')}:{self.port}"
+                self._listen.set()
+
+    # -- stop --------------------------------------------------------------------------------------
+
+    def stop(self):
+        """SIGTERM, wait up to STOP_TIMEOUT_S, then SIGKILL. Returns (returncode, killed)."""
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc is None:
+            return None, False
+        killed = False
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                killed = True
+        _live.pop(self.proc.pid, None)
+        if self._reader is not None:
+            self._reader.join(2.0)
+        return self.proc.returncode, killed
+
+    def output(self) -> str:
+        """stdout and (the tail of) stderr so far, for failure messages."""
+        err = ""
+        if self._stderr is not None:
+            self._stderr.flush()
+            self._stderr.seek(0)
+            err = self._stderr.read().decode("utf-8", "replace")[-8000:]
+        return ("--- optd stdout ---\n" + "\n".join(self.stdout_lines) +
+                "\n--- optd stderr (tail) ---\n" + err)
+
+
+def start_optd(extra_args=()) -> OptdProcess:
+    return OptdProcess(extra_args).start()
+
+
+@pytest.fixture(scope="module")
+def optd_server():
+    """A real optd server for the test module. Setup FAILS (never skips) if it cannot start."""
+    server, error = None, None
+    try:
+        server = start_optd()
+    except OptdSetupError as e:
+        error = str(e)
+    if server is None:
+        pytest.fail(error, pytrace=False)
+    try:
+        yield server
+    finally:
+        returncode, killed = server.stop()
+    if killed:
+        pytest.fail(f"optd did not exit within {STOP_TIMEOUT_S:.0f} s of SIGTERM\n{server.output()}",
+                    pytrace=False)
+    if returncode != 0:
+        pytest.fail(f"optd exited with status {returncode} after SIGTERM\n{server.output()}",
+                    pytrace=False)
