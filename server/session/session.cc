@@ -80,6 +80,22 @@ absl::Status NonFiniteError(absl::string_view field, absl::string_view name, int
 
 }  // namespace
 
+absl::string_view RefusalReasonName(RefusalReason reason) {
+  switch (reason) {
+    case RefusalReason::kInvalid:
+      return "invalid";
+    case RefusalReason::kNonFinite:
+      return "non_finite";
+    case RefusalReason::kStale:
+      return "stale";
+    case RefusalReason::kDuplicate:
+      return "duplicate";
+    case RefusalReason::kBarrierTimeout:
+      return "barrier_timeout";
+  }
+  return "unknown";
+}
+
 absl::Status ValidateSessionId(absl::string_view id) {
   if (id.empty() || id.size() > kMaxSessionIdLength) {
     return absl::InvalidArgumentError(absl::StrCat("session_id \"", id, "\" has length ",
@@ -97,7 +113,8 @@ absl::Status ValidateSessionId(absl::string_view id) {
 
 absl::StatusOr<std::unique_ptr<Session>> Session::Create(std::string id, SessionConfig config,
                                                          absl::Span<const WireTensorView> tensors,
-                                                         absl::Time now) {
+                                                         absl::Time now,
+                                                         SessionObserver* observer) {
   if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
   if (tensors.empty() || tensors.size() > kMaxTensorsPerSession) {
     return absl::InvalidArgumentError(absl::StrCat("tensors has ", tensors.size(),
@@ -135,15 +152,16 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Create(std::string id, Session
       CreateOptimizer(config.optimizer, std::move(sizes));
   if (!optimizer.ok()) return optimizer.status();
   return std::unique_ptr<Session>(new Session(std::move(id), std::move(specs), std::move(values),
-                                              *std::move(optimizer), now));
+                                              *std::move(optimizer), now, observer));
 }
 
 Session::Session(std::string id, std::vector<TensorSpec> specs,
                  std::vector<std::vector<float>> values, std::unique_ptr<Optimizer> optimizer,
-                 absl::Time create_time)
+                 absl::Time create_time, SessionObserver* observer)
     : id_(std::move(id)),
       specs_(std::move(specs)),
       create_time_(create_time),
+      observer_(observer),
       values_(std::move(values)),
       optimizer_(std::move(optimizer)) {}
 
@@ -154,13 +172,13 @@ int Session::FindTensor(absl::string_view name) const {
   return -1;
 }
 
-absl::StatusOr<StepOutput> Session::Step(const StepInput& input) {
-  // Decode and validate outside the lock: names and shapes never change after Create.
+absl::Status Session::DecodeGradients(const StepInput& input,
+                                      std::vector<std::vector<float>>* grads,
+                                      double* sum_squares, RefusalReason* reason) const {
   const size_t n = specs_.size();
-  std::vector<int> index_of(input.gradients.size());
-  std::vector<std::vector<float>> grads(n);
+  grads->assign(n, {});
   std::vector<bool> seen(n, false);
-  double sum_squares = 0;
+  *reason = RefusalReason::kInvalid;
   for (size_t i = 0; i < input.gradients.size(); ++i) {
     const WireTensorView& g = input.gradients[i];
     const std::string field = absl::StrCat("gradients[", i, "]");
@@ -180,13 +198,14 @@ absl::StatusOr<StepOutput> Session::Step(const StepInput& input) {
                                                      " of \"", g.name, "\" must be ",
                                                      ShapeString(spec.shape)));
     }
-    grads[k].resize(spec.num_elements);
-    if (absl::Status s = DecodeFloats(field, g.dtype, g.data, absl::MakeSpan(grads[k]));
-        !s.ok()) {
+    std::vector<float>& v = (*grads)[k];
+    v.resize(spec.num_elements);
+    if (absl::Status s = DecodeFloats(field, g.dtype, g.data, absl::MakeSpan(v)); !s.ok()) {
       return s;
     }
-    if (int64_t bad = FirstNonFinite(grads[k], &sum_squares); bad >= 0) {
-      return NonFiniteError(field, g.name, bad, grads[k][bad]);
+    if (int64_t bad = FirstNonFinite(v, sum_squares); bad >= 0) {
+      *reason = RefusalReason::kNonFinite;
+      return NonFiniteError(field, g.name, bad, v[bad]);
     }
   }
   for (size_t k = 0; k < n; ++k) {
@@ -196,18 +215,50 @@ absl::StatusOr<StepOutput> Session::Step(const StepInput& input) {
                                                      " tensors needs a gradient"));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepOutput> Session::Step(const StepInput& input) {
+  // Decode and validate outside the lock: names and shapes never change after Create.
+  std::vector<std::vector<float>> grads;
+  double sum_squares = 0;
+  RefusalReason reason;
+  if (absl::Status s = DecodeGradients(input, &grads, &sum_squares, &reason); !s.ok()) {
+    if (observer_ != nullptr) observer_->OnRefused(id_, reason);
+    return s;
+  }
 
   StepOutput out;
   out.gradient_norm = std::sqrt(sum_squares);
-  absl::MutexLock lock(&mu_);
-  std::vector<TensorGrad> step(n);
-  for (size_t k = 0; k < n; ++k) step[k] = {absl::MakeSpan(values_[k]), grads[k]};
-  out.learning_rate = BaseLearningRate(optimizer_->options());
-  if (absl::Status s = optimizer_->Step(step, out.learning_rate); !s.ok()) return s;
-  out.version = ++version_;
-  if (input.return_parameters) {
-    out.parameters.reserve(n);
-    for (size_t k = 0; k < n; ++k) out.parameters.push_back(EncodeTensor(k, input.return_dtype));
+  StepEvent event;
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<TensorGrad> step(grads.size());
+    for (size_t k = 0; k < grads.size(); ++k) step[k] = {absl::MakeSpan(values_[k]), grads[k]};
+    out.learning_rate = BaseLearningRate(optimizer_->options());
+    if (absl::Status s = optimizer_->Step(step, out.learning_rate); !s.ok()) return s;
+    out.version = ++version_;
+    if (input.return_parameters) {
+      out.parameters.reserve(grads.size());
+      for (size_t k = 0; k < grads.size(); ++k) {
+        out.parameters.push_back(EncodeTensor(k, input.return_dtype));
+      }
+    }
+    const std::string_view name = OptimizerName(optimizer_->options());
+    event.optimizer = absl::string_view(name.data(), name.size());
+    event.optimizer_state_bytes = optimizer_->StateBytes();
+  }
+  if (observer_ != nullptr) {
+    event.session_id = id_;
+    event.version = out.version;
+    event.gradient_norm = out.gradient_norm;
+    event.learning_rate = out.learning_rate;
+    event.loss = input.loss;
+    observer_->OnStep(event);
+    RequestEvent request{id_, 0, 0, -1};
+    for (const WireTensorView& g : input.gradients) request.bytes_received += g.data.size();
+    for (const WireTensor& p : out.parameters) request.bytes_sent += p.data.size();
+    observer_->OnRequest(request);
   }
   return out;
 }

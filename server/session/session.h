@@ -33,6 +33,7 @@
 #include "absl/types/span.h"
 #include "server/optim/optimizer.h"
 #include "server/optim/optimizer_options.h"
+#include "server/session/session_observer.h"
 #include "server/session/wire_tensor.h"
 
 namespace optd {
@@ -94,10 +95,12 @@ class Session {
   // Creates a session holding `tensors` (decoded to float32) and the optimizer `config` names.
   // Returns InvalidArgument for an invalid id, config, or tensor (no tensors, empty or repeated or
   // badly formed name, rank > kMaxTensorRank, a dimension < 1, wrong byte length, a non-finite
-  // initial value).
+  // initial value). `observer`, if not null, must outlive the session; it is told of every step and
+  // refusal.
   static absl::StatusOr<std::unique_ptr<Session>> Create(std::string id, SessionConfig config,
                                                          absl::Span<const WireTensorView> tensors,
-                                                         absl::Time now);
+                                                         absl::Time now,
+                                                         SessionObserver* observer = nullptr);
 
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -118,7 +121,12 @@ class Session {
 
  private:
   Session(std::string id, std::vector<TensorSpec> specs, std::vector<std::vector<float>> values,
-          std::unique_ptr<Optimizer> optimizer, absl::Time create_time);
+          std::unique_ptr<Optimizer> optimizer, absl::Time create_time, SessionObserver* observer);
+
+  // Decodes and validates the gradients of `input` into `grads` (one per tensor, creation order)
+  // and adds their sum of squares to `*sum_squares`. On failure sets `*reason`.
+  absl::Status DecodeGradients(const StepInput& input, std::vector<std::vector<float>>* grads,
+                               double* sum_squares, RefusalReason* reason) const;
 
   // Index of the tensor named `name`, or -1.
   int FindTensor(absl::string_view name) const;
@@ -129,6 +137,7 @@ class Session {
   const std::string id_;
   const std::vector<TensorSpec> specs_;
   const absl::Time create_time_;
+  SessionObserver* const observer_;  // may be null; thread-safe itself
 
   mutable absl::Mutex mu_;
   std::vector<std::vector<float>> values_ ABSL_GUARDED_BY(mu_);

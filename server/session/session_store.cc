@@ -33,16 +33,22 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Create(
     }
   }
   absl::StatusOr<std::unique_ptr<Session>> session =
-      Session::Create(id, std::move(config), tensors, absl::Now());
+      Session::Create(id, std::move(config), tensors, absl::Now(), observer_);
   if (!session.ok()) return session.status();
   std::shared_ptr<Session> shared = *std::move(session);
-  absl::MutexLock lock(&mu_);
-  if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the server holds ", sessions_.size(), " sessions, its maximum (--max_sessions)"));
+  {
+    absl::MutexLock lock(&mu_);
+    if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the server holds ", sessions_.size(), " sessions, its maximum (--max_sessions)"));
+    }
+    if (!sessions_.emplace(id, shared).second) {
+      return absl::AlreadyExistsError(absl::StrCat("session ", id, " already exists"));
+    }
   }
-  if (!sessions_.emplace(id, shared).second) {
-    return absl::AlreadyExistsError(absl::StrCat("session ", id, " already exists"));
+  if (observer_ != nullptr) {
+    const std::string_view name = OptimizerName(shared->Info().config.optimizer);
+    observer_->OnSessionCreated(shared->id(), absl::string_view(name.data(), name.size()));
   }
   return shared;
 }
@@ -58,13 +64,16 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Find(absl::string_view id
 
 absl::Status SessionStore::Delete(absl::string_view id) {
   std::shared_ptr<Session> doomed;  // freed after the lock is released
-  absl::MutexLock lock(&mu_);
-  auto it = sessions_.find(id);
-  if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("session ", id, " not found"));
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) {
+      return absl::NotFoundError(absl::StrCat("session ", id, " not found"));
+    }
+    doomed = std::move(it->second);
+    sessions_.erase(it);
   }
-  doomed = std::move(it->second);
-  sessions_.erase(it);
+  if (observer_ != nullptr) observer_->OnSessionDeleted(doomed->id());
   return absl::OkStatus();
 }
 

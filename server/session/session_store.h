@@ -36,7 +36,10 @@ struct SessionStoreOptions {
 
 class SessionStore {
  public:
-  explicit SessionStore(SessionStoreOptions options = {}) : options_(options) {}
+  // `observer`, if not null, must outlive the store and its sessions; it hears of every session
+  // created and deleted, and (through the sessions) of every step.
+  explicit SessionStore(SessionStoreOptions options = {}, SessionObserver* observer = nullptr)
+      : options_(options), observer_(observer) {}
 
   // Creates a session. An empty `id` gets a generated one ("s-" and 16 hex digits).
   absl::StatusOr<std::shared_ptr<Session>> Create(std::string id, SessionConfig config,
@@ -53,6 +56,7 @@ class SessionStore {
 
  private:
   const SessionStoreOptions options_;
+  SessionObserver* const observer_;
   mutable absl::Mutex mu_;
   // Ordered, so that ListSessions pages are stable.
   std::map<std::string, std::shared_ptr<Session>, std::less<>> sessions_ ABSL_GUARDED_BY(mu_);

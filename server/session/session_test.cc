@@ -234,3 +234,68 @@ TEST(SessionTest, ConcurrentStepsAreAtomicAndExact) {
 
 }  // namespace
 }  // namespace optd
+
+namespace optd {
+namespace {
+
+// Records what the session reports.
+class RecordingObserver : public SessionObserver {
+ public:
+  void OnStep(const StepEvent& e) override {
+    steps.push_back({std::string(e.session_id), std::string(e.optimizer), e.version,
+                     e.gradient_norm, e.learning_rate, e.loss.value_or(-1)});
+  }
+  void OnRequest(const RequestEvent& e) override {
+    bytes_in += e.bytes_received;
+    bytes_out += e.bytes_sent;
+  }
+  void OnRefused(absl::string_view id, RefusalReason reason) override {
+    refused.push_back(std::string(RefusalReasonName(reason)));
+  }
+  struct Step {
+    std::string id, optimizer;
+    int64_t version;
+    double gradient_norm, lr, loss;
+  };
+  std::vector<Step> steps;
+  std::vector<std::string> refused;
+  int64_t bytes_in = 0, bytes_out = 0;
+};
+
+TEST(SessionObserverTest, ReportsAppliedStepsAndRefusalsWithTheirReason) {
+  RecordingObserver observer;
+  OwnedTensor init = Make("w", {2}, {1, 2});
+  std::vector<WireTensorView> views = {init.view()};
+  auto s = Session::Create("obs", Sgd(0.5), views, absl::Now(), &observer);
+  ASSERT_TRUE(s.ok());
+
+  OwnedTensor g = Make("w", {2}, {3, 4});
+  std::vector<WireTensorView> grads = {g.view()};
+  StepInput in;
+  in.gradients = grads;
+  in.loss = 0.25;
+  ASSERT_TRUE((*s)->Step(in).ok());
+  ASSERT_EQ(observer.steps.size(), 1u);
+  EXPECT_EQ(observer.steps[0].id, "obs");
+  EXPECT_EQ(observer.steps[0].optimizer, "sgd");
+  EXPECT_EQ(observer.steps[0].version, 1);
+  EXPECT_DOUBLE_EQ(observer.steps[0].gradient_norm, 5.0);
+  EXPECT_DOUBLE_EQ(observer.steps[0].lr, 0.5);
+  EXPECT_DOUBLE_EQ(observer.steps[0].loss, 0.25);
+  EXPECT_EQ(observer.bytes_in, 8);
+  EXPECT_EQ(observer.bytes_out, 8);
+
+  OwnedTensor nan = Make("w", {2}, {std::nanf(""), 0});
+  grads = {nan.view()};
+  in.gradients = grads;
+  EXPECT_FALSE((*s)->Step(in).ok());
+  OwnedTensor wrong = Make("v", {2}, {0, 0});
+  grads = {wrong.view()};
+  in.gradients = grads;
+  EXPECT_FALSE((*s)->Step(in).ok());
+  EXPECT_THAT(observer.refused, ElementsAre("non_finite", "invalid"));
+  EXPECT_EQ(observer.steps.size(), 1u);
+}
+
+}  // namespace
+}  // namespace optd
