@@ -236,7 +236,25 @@ absl::StatusOr<StepOutput> Session::Step(const StepInput& input) {
     std::vector<TensorGrad> step(grads.size());
     for (size_t k = 0; k < grads.size(); ++k) step[k] = {absl::MakeSpan(values_[k]), grads[k]};
     out.learning_rate = BaseLearningRate(optimizer_->options());
+    // The update norm needs the parameters from before the step: a copy, made only when someone
+    // observes. (The kernels could report it as a by-product of their pass instead.)
+    std::vector<std::vector<float>> old_values;
+    if (observer_ != nullptr) old_values = values_;
     if (absl::Status s = optimizer_->Step(step, out.learning_rate); !s.ok()) return s;
+    if (observer_ != nullptr) {
+      double update_sq = 0, param_sq = 0;
+      for (size_t k = 0; k < values_.size(); ++k) {
+        const float* now = values_[k].data();
+        const float* before = old_values[k].data();
+        for (size_t i = 0; i < values_[k].size(); ++i) {
+          const double d = static_cast<double>(now[i]) - before[i];
+          update_sq += d * d;
+          param_sq += static_cast<double>(now[i]) * now[i];
+        }
+      }
+      event.update_norm = std::sqrt(update_sq);
+      event.parameter_norm = std::sqrt(param_sq);
+    }
     out.version = ++version_;
     if (input.return_parameters) {
       out.parameters.reserve(grads.size());

@@ -243,7 +243,8 @@ class RecordingObserver : public SessionObserver {
  public:
   void OnStep(const StepEvent& e) override {
     steps.push_back({std::string(e.session_id), std::string(e.optimizer), e.version,
-                     e.gradient_norm, e.learning_rate, e.loss.value_or(-1)});
+                     e.gradient_norm, e.learning_rate, e.loss.value_or(-1), e.update_norm,
+                     e.parameter_norm});
   }
   void OnRequest(const RequestEvent& e) override {
     bytes_in += e.bytes_received;
@@ -255,7 +256,7 @@ class RecordingObserver : public SessionObserver {
   struct Step {
     std::string id, optimizer;
     int64_t version;
-    double gradient_norm, lr, loss;
+    double gradient_norm, lr, loss, update_norm, parameter_norm;
   };
   std::vector<Step> steps;
   std::vector<std::string> refused;
@@ -282,6 +283,8 @@ TEST(SessionObserverTest, ReportsAppliedStepsAndRefusalsWithTheirReason) {
   EXPECT_DOUBLE_EQ(observer.steps[0].gradient_norm, 5.0);
   EXPECT_DOUBLE_EQ(observer.steps[0].lr, 0.5);
   EXPECT_DOUBLE_EQ(observer.steps[0].loss, 0.25);
+  EXPECT_DOUBLE_EQ(observer.steps[0].update_norm, 2.5);      // w moved by -0.5 * (3, 4)
+  EXPECT_DOUBLE_EQ(observer.steps[0].parameter_norm, 0.5);   // w = (-0.5, 0)
   EXPECT_EQ(observer.bytes_in, 8);
   EXPECT_EQ(observer.bytes_out, 8);
 
