@@ -12,6 +12,8 @@ PACKAGES=(
   python3 python3-grpcio python3-protobuf python3-numpy python3-torch python3-pytest
   # tools used by tests
   curl ca-certificates
+  # metrics: a real Prometheus and promtool for the deploy/ configs and the metrics integration test
+  prometheus
 )
 
 missing=()

@@ -24,6 +24,13 @@ ABSL_FLAG(int64_t, max_message_bytes, 256 << 20,
           "its reply). Larger requests fail with RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_sessions, 1024,
           "Most sessions held at once; CreateSession beyond it fails with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "host:port of the Prometheus exporter (GET /metrics); port 0 picks a free port, printed "
+          "at start-up. Empty: no metrics. Use 0.0.0.0:9464 to be scraped from other hosts.");
+ABSL_FLAG(int, metrics_max_sessions, 100,
+          "Sessions whose metrics carry their own session label; the metrics of sessions created "
+          "beyond it are aggregated under session=\"_other\", so the number of series stays "
+          "bounded.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "On SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled.");
 
@@ -31,6 +38,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "remote optimizer server (gRPC service optd.v1.Optimizer).\n"
       "Usage: optd [--listen=127.0.0.1:50051] [--max_message_bytes=N] [--max_sessions=N]\n"
+      "            [--metrics_listen=127.0.0.1:9464] [--metrics_max_sessions=N]\n"
       "            [--shutdown_grace=10s]");
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
@@ -51,10 +59,21 @@ int main(int argc, char** argv) {
   options.listen = absl::GetFlag(FLAGS_listen);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.store.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (!metrics_listen.empty()) {
+    options.metrics.emplace();
+    options.metrics->listen = metrics_listen;
+    options.metrics->max_sessions = absl::GetFlag(FLAGS_metrics_max_sessions);
+  }
   absl::StatusOr<std::unique_ptr<optd::OptdServer>> server = optd::OptdServer::Start(options);
   if (!server.ok()) {
     std::fprintf(stderr, "optd: %s\n", server.status().ToString().c_str());
     return 1;
+  }
+  if (optd::Metrics* metrics = (*server)->metrics(); metrics != nullptr) {
+    // Scripts and tests read the exporter's port from this line.
+    const std::string metrics_host = metrics_listen.substr(0, metrics_listen.rfind(':'));
+    std::printf("optd metrics on %s:%d\n", metrics_host.c_str(), metrics->port());
   }
   const std::string host = options.listen.substr(0, options.listen.rfind(':'));
   // Scripts and tests read the bound port from this line.

@@ -4,6 +4,10 @@
 * ``load_stubs()``: imports the generated ``optd.v1`` modules from ``<build>/python``.
 * ``OptdProcess``: starts ``<build>/server/optd --listen=127.0.0.1:0``, reads the bound port from its
   ``optd listening on HOST:PORT`` line and stops it with SIGTERM (SIGKILL after a grace period).
+  Metrics are off (``--metrics_listen=``) unless ``metrics=True``: then the Prometheus exporter
+  listens on 127.0.0.1:0, its address is read from the ``optd metrics on HOST:PORT`` line
+  (``.metrics_address``) and ``.metrics_text()`` fetches ``/metrics``. ``extra_args`` come last, so
+  they can override either flag.
 * ``optd_server``: a module-scoped pytest fixture yielding a started ``OptdProcess`` (``.address``,
   ``.stub``, ``.pb2``). A missing binary or missing stubs FAIL the test: in CI that is a bug, not a
   reason to skip.
@@ -21,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -34,6 +39,7 @@ CHANNEL_READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
 _LISTEN_LINE = re.compile(r"^optd listening on (?P<host>\S+):(?P<port>\d+)\s*$")
+_METRICS_LINE = re.compile(r"^optd metrics on (?P<host>\S+):(?P<port>\d+)\s*$")
 
 
 class OptdSetupError(RuntimeError):
@@ -115,9 +121,11 @@ atexit.register(_kill_leftovers)
 class OptdProcess:
     """One optd server process started by this test run (never anything else)."""
 
-    def __init__(self, extra_args=()):
+    def __init__(self, extra_args=(), metrics=False):
         self.binary = binary_path()
         self.extra_args = list(extra_args)
+        self.metrics = metrics
+        self.metrics_address = None  # "host:port" of /metrics, when the exporter is on
         self.proc = None
         self.address = None
         self.port = None
@@ -138,7 +146,8 @@ class OptdProcess:
                                  f"the project first (OPTD_BUILD_DIR={build_dir()})")
         self.pb2, self.pb2_grpc = load_stubs()
         self._stderr = tempfile.TemporaryFile(mode="w+b")
-        args = [str(self.binary), "--listen=127.0.0.1:0", *self.extra_args]
+        metrics_flag = "--metrics_listen=127.0.0.1:0" if self.metrics else "--metrics_listen="
+        args = [str(self.binary), "--listen=127.0.0.1:0", metrics_flag, *self.extra_args]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self._stderr)
         _live[self.proc.pid] = self.proc
@@ -160,6 +169,10 @@ class OptdProcess:
         if self.proc.poll() is not None:
             raise OptdSetupError(f"optd exited with status {self.proc.returncode} right after "
                                  f"start-up\n{self.output()}")
+        if self.metrics and self.metrics_address is None:
+            self.stop()
+            raise OptdSetupError(f"optd printed no 'optd metrics on HOST:PORT' line before its "
+                                 f"listen line\n{self.output()}")
 
         self.channel = grpc.insecure_channel(self.address, options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -179,11 +192,22 @@ class OptdProcess:
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             self.stdout_lines.append(line)
+            m = _METRICS_LINE.match(line)  # printed before the listen line
+            if m and self.metrics_address is None:
+                self.metrics_address = f"{m.group('host')}:{m.group('port')}"
             m = _LISTEN_LINE.match(line)
             if m and not self._listen.is_set():
                 self.port = int(m.group("port"))
                 self.address = f"{m.group('host')}:{self.port}"
                 self._listen.set()
+
+    def metrics_text(self, timeout=10.0) -> str:
+        """The exporter's /metrics page (Prometheus text format)."""
+        if self.metrics_address is None:
+            raise OptdSetupError("optd was started without metrics (OptdProcess(metrics=True))")
+        url = f"http://{self.metrics_address}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read().decode("utf-8")
 
     # -- stop --------------------------------------------------------------------------------------
 
@@ -219,8 +243,8 @@ class OptdProcess:
                 "\n--- optd stderr (tail) ---\n" + err)
 
 
-def start_optd(extra_args=()) -> OptdProcess:
-    return OptdProcess(extra_args).start()
+def start_optd(extra_args=(), metrics=False) -> OptdProcess:
+    return OptdProcess(extra_args, metrics=metrics).start()
 
 
 @pytest.fixture(scope="module")

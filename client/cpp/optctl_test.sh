@@ -90,7 +90,7 @@ run 1 create --session=bad-beta --optimizer=adam --beta1=1.5 --tensor=w:1
 err_has '^optctl: INVALID_ARGUMENT: .*beta1'
 run 2 create --session=x --optimizer=adam --momentum=0.9 --tensor=w:1
 err_has '^optctl: INVALID_ARGUMENT: --momentum does not apply to Adam'
-run 2 create --session=x --optimizer=rmsprop --tensor=w:1
+run 2 create --session=x --optimizer=adamax --tensor=w:1
 err_has 'must be one of sgd, adam, adamw, adagrad, normalized_gd'
 run 2 create --session=x --optimizer=adam
 err_has 'no tensors'

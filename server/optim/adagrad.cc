@@ -47,20 +47,26 @@ void Adagrad::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   const float eps = static_cast<float>(options_.eps);
   const bool has_weight_decay = options_.weight_decay != 0.0;
 
+  // State and the per-tensor lr are set up before the loop, which runs on the pool.
+  std::vector<float> neg_clr(tensors.size());
   for (size_t t = 0; t < tensors.size(); ++t) {
     TensorState& s = state_[t];
     const int64_t n = static_cast<int64_t>(tensors[t].param.size());
     if (s.step == 0) s.sum.assign(n, static_cast<float>(options_.initial_accumulator_value));
     ++s.step;
     const double clr = lr / (1.0 + static_cast<double>(s.step - 1) * options_.lr_decay);
-    const float neg_clr = static_cast<float>(-clr);
-
-    float* p = tensors[t].param.data();
-    const float* g = tensors[t].grad.data();
-    DispatchBool(has_weight_decay, [&](auto kWd) {
-      AdagradKernel<decltype(kWd)::value>(p, g, s.sum.data(), n, sign, wd, neg_clr, eps);
-    });
+    neg_clr[t] = static_cast<float>(-clr);
   }
+
+  ForEachSegment([&](const Segment& seg) {
+    float* p = tensors[seg.tensor].param.data() + seg.begin;
+    const float* g = tensors[seg.tensor].grad.data() + seg.begin;
+    float* sum = state_[seg.tensor].sum.data() + seg.begin;
+    DispatchBool(has_weight_decay, [&](auto kWd) {
+      AdagradKernel<decltype(kWd)::value>(p, g, sum, seg.end - seg.begin, sign, wd,
+                                          neg_clr[seg.tensor], eps);
+    });
+  });
 }
 
 }  // namespace optd

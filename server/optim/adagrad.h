@@ -44,8 +44,11 @@ class Adagrad final : public Optimizer {
   };
 
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  void SetOptions(const OptimizerOptions& options) override {
+    options_ = std::get<AdagradOptions>(options);
+  }
 
-  const AdagradOptions options_;
+  AdagradOptions options_;
   std::vector<TensorState> state_;  // one per tensor
 };
 

@@ -84,6 +84,24 @@ Adam::Adam(OptimizerOptions options, const Hyperparameters& hyper,
       hyper_(hyper),
       state_(this->tensor_sizes().size()) {}
 
+Adam::Hyperparameters Adam::HyperparametersOf(const OptimizerOptions& options) {
+  if (const auto* o = std::get_if<AdamWOptions>(&options)) {
+    return {o->beta1, o->beta2, o->eps, o->weight_decay, o->amsgrad, o->maximize, true};
+  }
+  const AdamOptions& o = std::get<AdamOptions>(options);
+  return {o.beta1, o.beta2, o.eps, o.weight_decay, o.amsgrad, o.maximize, false};
+}
+
+void Adam::SetOptions(const OptimizerOptions& options) {
+  options_ = options;
+  hyper_ = HyperparametersOf(options);
+}
+
+std::string_view Adam::StructuralChange(const OptimizerOptions& options) const {
+  // max_exp_avg_sq exists only with amsgrad (torch has no history for it either).
+  return HyperparametersOf(options).amsgrad != hyper_.amsgrad ? "amsgrad" : "";
+}
+
 int64_t Adam::StateBytes() const {
   int64_t bytes = 0;
   for (const TensorState& s : state_) {
@@ -103,7 +121,7 @@ void Adam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   const bool coupled = has_weight_decay && !hyper_.decoupled_weight_decay;
   const bool decoupled = has_weight_decay && hyper_.decoupled_weight_decay;
 
-  AdamCoefficients c;
+  AdamCoefficients c = {};
   c.sign = hyper_.maximize ? -1.0f : 1.0f;
   c.weight_decay = static_cast<float>(hyper_.weight_decay);
   c.decay = static_cast<float>(1.0 - lr * hyper_.weight_decay);
@@ -113,6 +131,8 @@ void Adam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   c.one_minus_beta2 = static_cast<float>(1.0 - hyper_.beta2);
   c.eps = static_cast<float>(hyper_.eps);
 
+  // State and the per-tensor coefficients are set up before the loop, which runs on the pool.
+  std::vector<AdamCoefficients> coefficients(tensors.size(), c);
   for (size_t t = 0; t < tensors.size(); ++t) {
     TensorState& s = state_[t];
     const int64_t n = static_cast<int64_t>(tensors[t].param.size());
@@ -125,22 +145,26 @@ void Adam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     const double step = static_cast<double>(s.step);
     const double bias_correction1 = 1.0 - std::pow(hyper_.beta1, step);
     const double bias_correction2 = 1.0 - std::pow(hyper_.beta2, step);
-    c.sqrt_bias_correction2 = static_cast<float>(std::sqrt(bias_correction2));
-    c.neg_step_size = static_cast<float>(-(lr / bias_correction1));
+    coefficients[t].sqrt_bias_correction2 = static_cast<float>(std::sqrt(bias_correction2));
+    coefficients[t].neg_step_size = static_cast<float>(-(lr / bias_correction1));
+  }
 
-    float* p = tensors[t].param.data();
-    const float* g = tensors[t].grad.data();
-    float* vmax = hyper_.amsgrad ? s.max_exp_avg_sq.data() : nullptr;
+  ForEachSegment([&](const Segment& seg) {
+    TensorState& s = state_[seg.tensor];
+    float* p = tensors[seg.tensor].param.data() + seg.begin;
+    const float* g = tensors[seg.tensor].grad.data() + seg.begin;
+    float* vmax = hyper_.amsgrad ? s.max_exp_avg_sq.data() + seg.begin : nullptr;
     DispatchBool(coupled, [&](auto kCoupled) {
       DispatchBool(decoupled, [&](auto kDecoupled) {
         DispatchBool(hyper_.amsgrad, [&](auto kAmsgrad) {
           AdamKernel<decltype(kCoupled)::value, decltype(kDecoupled)::value,
-                     decltype(kAmsgrad)::value>(p, g, s.exp_avg.data(), s.exp_avg_sq.data(), vmax,
-                                                n, c);
+                     decltype(kAmsgrad)::value>(p, g, s.exp_avg.data() + seg.begin,
+                                                s.exp_avg_sq.data() + seg.begin, vmax,
+                                                seg.end - seg.begin, coefficients[seg.tensor]);
         });
       });
     });
-  }
+  });
 }
 
 }  // namespace optd

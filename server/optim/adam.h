@@ -67,9 +67,14 @@ class Adam final : public Optimizer {
   Adam(OptimizerOptions options, const Hyperparameters& hyper, std::vector<int64_t> tensor_sizes);
 
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  void SetOptions(const OptimizerOptions& options) override;
+  std::string_view StructuralChange(const OptimizerOptions& options) const override;
 
-  const OptimizerOptions options_;
-  const Hyperparameters hyper_;
+  // The hyperparameters of AdamOptions or AdamWOptions.
+  static Hyperparameters HyperparametersOf(const OptimizerOptions& options);
+
+  OptimizerOptions options_;
+  Hyperparameters hyper_;
   std::vector<TensorState> state_;  // one per tensor
 };
 

@@ -12,11 +12,16 @@
 //     Kernel<decltype(kWeightDecay)::value>(p, g, n);
 //   });
 //
+// SumOfSquares is the one reduction the norm-based kernels share. Coefficients that a float cannot
+// hold well (FitsFloat) take a double path.
+//
 // Stateless; thread-safe.
 
 #ifndef OPTD_SERVER_OPTIM_KERNEL_INTERNAL_H_
 #define OPTD_SERVER_OPTIM_KERNEL_INTERNAL_H_
 
+#include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <utility>
 
@@ -31,6 +36,33 @@ inline void DispatchBool(bool flag, F&& f) {
   } else {
     std::forward<F>(f)(std::false_type());
   }
+}
+
+// Sum of x[i]^2 in double, in a fixed order: eight interleaved partial sums (which the compiler
+// vectorises) combined pairwise, then the tail.
+inline double SumOfSquares(const float* __restrict x, int64_t n) {
+  constexpr int kLanes = 8;
+  double acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const double xj = x[i + j];
+      acc[j] += xj * xj;
+    }
+  }
+  double sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) {
+    const double xi = x[i];
+    sum += xi * xi;
+  }
+  return sum;
+}
+
+// True if the non-negative coefficient `c` rounds to a normal float or to 0: a huge one would
+// overflow to inf (and inf * 0 = NaN), a tiny one would lose digits as a subnormal.
+inline bool FitsFloat(double c) {
+  return c == 0.0 ||
+         (c >= std::numeric_limits<float>::min() && c <= std::numeric_limits<float>::max());
 }
 
 }  // namespace optim_internal

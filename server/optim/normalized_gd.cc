@@ -1,32 +1,20 @@
 #include "server/optim/normalized_gd.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <utility>
 #include <vector>
 
+#include "server/optim/kernel_internal.h"
+
 namespace optd {
 namespace {
 
-// Sum of g[i]^2 in double. Four partial sums give the CPU independent chains to work on.
-double SumOfSquares(const float* __restrict g, int64_t n) {
-  double acc0 = 0.0, acc1 = 0.0, acc2 = 0.0, acc3 = 0.0;
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const double g0 = g[i], g1 = g[i + 1], g2 = g[i + 2], g3 = g[i + 3];
-    acc0 += g0 * g0;
-    acc1 += g1 * g1;
-    acc2 += g2 * g2;
-    acc3 += g3 * g3;
-  }
-  for (; i < n; ++i) {
-    const double gi = g[i];
-    acc0 += gi * gi;
-  }
-  return (acc0 + acc1) + (acc2 + acc3);
-}
+using optim_internal::FitsFloat;
+using optim_internal::SumOfSquares;
 
 // p -= coef * g.
 void ScaledSubtract(float* __restrict p, const float* __restrict g, int64_t n, float coef) {
@@ -44,40 +32,42 @@ NormalizedGd::NormalizedGd(const NormalizedGdOptions& options, std::vector<int64
     : Optimizer(std::move(tensor_sizes)), options_(options) {}
 
 void NormalizedGd::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
+  const std::vector<std::array<double, 1>> sums = SumPerTensor<1>([&](const Segment& s) {
+    return std::array<double, 1>{
+        SumOfSquares(tensors[s.tensor].grad.data() + s.begin, s.end - s.begin)};
+  });
+  std::vector<double> coefficients(tensors.size());
   if (options_.norm == NormalizedGdOptions::Norm::kPerTensor) {
-    for (const TensorGrad& tensor : tensors) {
-      const double norm =
-          std::sqrt(SumOfSquares(tensor.grad.data(), static_cast<int64_t>(tensor.grad.size())));
-      Update(tensor, lr, norm);
+    for (size_t t = 0; t < tensors.size(); ++t) {
+      coefficients[t] = Coefficient(lr, std::sqrt(sums[t][0]));
     }
-    return;
+  } else {
+    double sum_of_squares = 0.0;
+    for (const std::array<double, 1>& sum : sums) sum_of_squares += sum[0];
+    coefficients.assign(tensors.size(), Coefficient(lr, std::sqrt(sum_of_squares)));
   }
-  double sum_of_squares = 0.0;
-  for (const TensorGrad& tensor : tensors) {
-    sum_of_squares += SumOfSquares(tensor.grad.data(), static_cast<int64_t>(tensor.grad.size()));
-  }
-  const double norm = std::sqrt(sum_of_squares);
-  for (const TensorGrad& tensor : tensors) Update(tensor, lr, norm);
+  ForEachSegment([&](const Segment& s) {
+    const double coef = coefficients[s.tensor];
+    if (coef == 0.0) return;
+    float* p = tensors[s.tensor].param.data() + s.begin;
+    const float* g = tensors[s.tensor].grad.data() + s.begin;
+    // A tiny norm with a tiny eps can make coef overflow a float (inf * g); a huge norm can make
+    // it subnormal. Both are rare, so keep the double path out of the common loop.
+    if (!FitsFloat(coef)) {
+      ScaledSubtractDouble(p, g, s.end - s.begin, coef);
+      return;
+    }
+    ScaledSubtract(p, g, s.end - s.begin, static_cast<float>(coef));
+  });
 }
 
-void NormalizedGd::Update(const TensorGrad& tensor, double lr, double norm) const {
+double NormalizedGd::Coefficient(double lr, double norm) const {
   // g == 0: no update. Without this guard eps = 0 would give 0 * (lr / 0) = NaN.
-  if (norm == 0.0) return;
+  if (norm == 0.0) return 0.0;
   const double denominator = options_.guard == NormalizedGdOptions::Guard::kAddEps
                                  ? norm + options_.eps
                                  : std::max(norm, options_.eps);
-  const double coef = lr / denominator;
-  float* p = tensor.param.data();
-  const float* g = tensor.grad.data();
-  const int64_t n = static_cast<int64_t>(tensor.param.size());
-  // A tiny norm with a tiny eps can make coef overflow a float (inf * g); a huge norm can make it
-  // subnormal. Both are rare, so keep the double path out of the common loop.
-  if (coef > std::numeric_limits<float>::max() ||
-      (coef > 0.0 && coef < std::numeric_limits<float>::min())) {
-    ScaledSubtractDouble(p, g, n, coef);
-    return;
-  }
-  ScaledSubtract(p, g, n, static_cast<float>(coef));
+  return lr / denominator;
 }
 
 }  // namespace optd

@@ -7,8 +7,9 @@
 //   p -= lr * g / (n + eps)            Guard::kAddEps
 //   p -= lr * g / max(n, eps)          Guard::kMaxEps
 //
-// The norm is accumulated in double; the coefficient lr / (n + eps) is computed in double and
-// rounded to float once, then p -= coef * g in float32. A zero gradient (n == 0) gives exactly no
+// The norm is accumulated in double, in a fixed order (per block of the step, see
+// Optimizer::SumPerTensor); the coefficient lr / (n + eps) is computed in double and rounded to
+// float once, then p -= coef * g in float32. A zero gradient (n == 0) gives exactly no
 // update, whatever eps (including 0): never 0/0. No state.
 //
 // Built by CreateOptimizer (optimizer.h); tests may construct it directly. Not thread-safe, like
@@ -37,11 +38,14 @@ class NormalizedGd final : public Optimizer {
 
  private:
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  void SetOptions(const OptimizerOptions& options) override {
+    options_ = std::get<NormalizedGdOptions>(options);
+  }
 
-  // Applies p -= lr * g / denominator(norm) to one tensor; nothing if norm == 0.
-  void Update(const TensorGrad& tensor, double lr, double norm) const;
+  // lr / denominator(norm), the coefficient of p -= coef * g; 0 if norm == 0.
+  double Coefficient(double lr, double norm) const;
 
-  const NormalizedGdOptions options_;
+  NormalizedGdOptions options_;
 };
 
 }  // namespace optd

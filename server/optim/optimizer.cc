@@ -1,7 +1,10 @@
 #include "server/optim/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <type_traits>
 #include <utility>
@@ -11,12 +14,123 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_format.h"
+#include "server/optim/adadelta.h"
 #include "server/optim/adagrad.h"
 #include "server/optim/adam.h"
+#include "server/optim/lamb.h"
+#include "server/optim/lars.h"
+#include "server/optim/lion.h"
+#include "server/optim/nadam.h"
 #include "server/optim/normalized_gd.h"
+#include "server/optim/parallel.h"
+#include "server/optim/radam.h"
+#include "server/optim/rmsprop.h"
 #include "server/optim/sgd.h"
 
 namespace optd {
+namespace {
+
+// The Optimizer class built for each options type; a missing one does not compile.
+template <typename T>
+struct OptimizerFor;
+template <>
+struct OptimizerFor<SgdOptions> {
+  using type = Sgd;
+};
+template <>
+struct OptimizerFor<AdamOptions> {
+  using type = Adam;
+};
+template <>
+struct OptimizerFor<AdamWOptions> {
+  using type = Adam;
+};
+template <>
+struct OptimizerFor<AdagradOptions> {
+  using type = Adagrad;
+};
+template <>
+struct OptimizerFor<NormalizedGdOptions> {
+  using type = NormalizedGd;
+};
+template <>
+struct OptimizerFor<AdadeltaOptions> {
+  using type = Adadelta;
+};
+template <>
+struct OptimizerFor<RmspropOptions> {
+  using type = Rmsprop;
+};
+template <>
+struct OptimizerFor<NadamOptions> {
+  using type = Nadam;
+};
+template <>
+struct OptimizerFor<RadamOptions> {
+  using type = Radam;
+};
+template <>
+struct OptimizerFor<LionOptions> {
+  using type = Lion;
+};
+template <>
+struct OptimizerFor<LambOptions> {
+  using type = Lamb;
+};
+template <>
+struct OptimizerFor<LarsOptions> {
+  using type = Lars;
+};
+
+}  // namespace
+
+Optimizer::Optimizer(std::vector<int64_t> tensor_sizes) : tensor_sizes_(std::move(tensor_sizes)) {
+  for (size_t t = 0; t < tensor_sizes_.size(); ++t) {
+    for (int64_t begin = 0; begin < tensor_sizes_[t];) {
+      const int64_t flat = total_elements_ + begin;
+      const int64_t block = flat / kBlockElements;
+      const int64_t end = std::min(tensor_sizes_[t], begin + (block + 1) * kBlockElements - flat);
+      while (static_cast<int64_t>(block_first_segment_.size()) <= block) {
+        block_first_segment_.push_back(segments_.size());
+      }
+      segments_.push_back(Segment{segments_.size(), t, begin, end});
+      begin = end;
+    }
+    total_elements_ += tensor_sizes_[t];
+  }
+  block_first_segment_.push_back(segments_.size());
+}
+
+void Optimizer::ForEachSegment(const std::function<void(const Segment&)>& fn) const {
+  if (pool_ == nullptr || pool_->num_threads() == 1 || total_elements_ < kParallelMinElements) {
+    for (const Segment& s : segments_) fn(s);
+    return;
+  }
+  pool_->ParallelFor(total_elements_, kBlockElements, [&](int64_t begin, int64_t /*end*/) {
+    const size_t block = static_cast<size_t>(begin / kBlockElements);
+    for (size_t i = block_first_segment_[block]; i < block_first_segment_[block + 1]; ++i) {
+      fn(segments_[i]);
+    }
+  });
+}
+
+absl::Status Optimizer::UpdateOptions(const OptimizerOptions& options) {
+  const OptimizerOptions current = this->options();
+  if (options.index() != current.index()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "optimizer is %s but this one runs %s; the kind cannot change", OptimizerName(options),
+        OptimizerName(current)));
+  }
+  if (absl::Status s = Validate(options); !s.ok()) return s;
+  if (const std::string_view field = StructuralChange(options); !field.empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s.%s cannot change on a running session: the state it needs would have no history "
+        "(create a new session instead)",
+        OptimizerName(options), field));
+  }
+  SetOptions(options);
+  return absl::OkStatus();
+}
 
 absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr) {
   if (!std::isfinite(lr) || lr < 0.0) {
@@ -45,7 +159,8 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr) {
 }
 
 absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(const OptimizerOptions& options,
-                                                           std::vector<int64_t> tensor_sizes) {
+                                                           std::vector<int64_t> tensor_sizes,
+                                                           ThreadPool* pool) {
   if (absl::Status status = Validate(options); !status.ok()) return status;
   if (tensor_sizes.empty()) {
     return absl::InvalidArgumentError(
@@ -57,21 +172,14 @@ absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(const OptimizerOption
           "tensor_sizes[%d] = %d is out of range: must be >= 1", i, tensor_sizes[i]));
     }
   }
-  return std::visit(
+  std::unique_ptr<Optimizer> optimizer = std::visit(
       [&tensor_sizes](const auto& o) -> std::unique_ptr<Optimizer> {
-        using T = std::decay_t<decltype(o)>;
-        if constexpr (std::is_same_v<T, SgdOptions>) {
-          return std::make_unique<Sgd>(o, std::move(tensor_sizes));
-        } else if constexpr (std::is_same_v<T, AdamOptions> || std::is_same_v<T, AdamWOptions>) {
-          return std::make_unique<Adam>(o, std::move(tensor_sizes));
-        } else if constexpr (std::is_same_v<T, AdagradOptions>) {
-          return std::make_unique<Adagrad>(o, std::move(tensor_sizes));
-        } else {
-          static_assert(std::is_same_v<T, NormalizedGdOptions>, "unhandled optimizer options");
-          return std::make_unique<NormalizedGd>(o, std::move(tensor_sizes));
-        }
+        using Class = typename OptimizerFor<std::decay_t<decltype(o)>>::type;
+        return std::make_unique<Class>(o, std::move(tensor_sizes));
       },
       options);
+  optimizer->set_pool(pool);
+  return optimizer;
 }
 
 }  // namespace optd

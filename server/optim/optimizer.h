@@ -7,6 +7,12 @@
 // Who may call it: server/session, which owns one Optimizer per session and calls it under the
 // session's lock, and tests. An Optimizer is NOT thread-safe: one caller at a time.
 //
+// Threads: a step over many elements (kParallelMinElements in all) runs its element loops on a
+// ThreadPool (parallel.h), by default the process-wide ThreadPool::Default(). The pool is not
+// owned by the optimizer and is shared by every optimizer that uses it; it is thread-safe, so
+// steps of different sessions may run at once. Step still returns only when the whole update is
+// done, and its results are bit-identical whatever the pool size (see ForEachSegment).
+//
 // Semantics follow torch.optim 1.13 single-tensor code paths (reference/optimizers.md): state is
 // created lazily on a tensor's first step, step counters are int64 and per tensor, and scalar
 // coefficients are computed in double and rounded to float once per step.
@@ -14,8 +20,12 @@
 #ifndef OPTD_SERVER_OPTIM_OPTIMIZER_H_
 #define OPTD_SERVER_OPTIM_OPTIMIZER_H_
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -23,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "server/optim/optimizer_options.h"
+#include "server/optim/parallel.h"
 
 namespace optd {
 
@@ -49,6 +60,13 @@ class Optimizer {
   // The options in force, with every default filled in.
   virtual OptimizerOptions options() const = 0;
 
+  // Replaces the options for the next step, keeping all state (moments, accumulators, step
+  // counters), as changing a torch param_group does. Returns InvalidArgument, and changes nothing,
+  // if `options` holds another optimizer, fails Validate(), or changes an option that decides which
+  // state exists (Adam's amsgrad; RMSprop's centered, or momentum to or from 0): that state would
+  // have no history.
+  absl::Status UpdateOptions(const OptimizerOptions& options);
+
   // Bytes of optimizer state allocated now (grows as tensors take their first step).
   virtual int64_t StateBytes() const = 0;
 
@@ -58,21 +76,81 @@ class Optimizer {
 
   const std::vector<int64_t>& tensor_sizes() const { return tensor_sizes_; }
 
+  // The pool large steps run on: not owned, and must outlive the optimizer or be replaced before
+  // it is destroyed. nullptr runs every step on the calling thread. ThreadPool::Default() unless
+  // set. Not thread-safe: set it under the same exclusion as Step.
+  void set_pool(ThreadPool* pool) { pool_ = pool; }
+  ThreadPool* pool() const { return pool_; }
+
+  // Steps with at least this many elements in all run on the pool.
+  static constexpr int64_t kParallelMinElements = 256 * 1024;
+  // The elements of all tensors, laid end to end, are cut into blocks of this many.
+  static constexpr int64_t kBlockElements = 64 * 1024;
+
  protected:
-  explicit Optimizer(std::vector<int64_t> tensor_sizes) : tensor_sizes_(std::move(tensor_sizes)) {}
+  // REQUIRES: tensor_sizes non-empty and every size >= 1 (CreateOptimizer checks).
+  explicit Optimizer(std::vector<int64_t> tensor_sizes);
 
   // Does the work of Step once the sizes are checked.
   virtual void StepImpl(absl::Span<const TensorGrad> tensors, double lr) = 0;
 
+  // Replaces the options; `options` holds this optimizer's kind and is valid.
+  virtual void SetOptions(const OptimizerOptions& options) = 0;
+
+  // The name of an option whose new value in `options` would need state that does not exist, or
+  // empty when the change is fine.
+  virtual std::string_view StructuralChange(const OptimizerOptions& options) const { return {}; }
+
+  // Elements [begin, end) of tensor `tensor`; segments()[index] is this segment.
+  struct Segment {
+    size_t index;
+    size_t tensor;
+    int64_t begin;
+    int64_t end;
+  };
+
+  // The elements of all tensors, laid end to end in order, cut every kBlockElements elements and
+  // at every tensor boundary. Fixed at creation: depends only on tensor_sizes().
+  const std::vector<Segment>& segments() const { return segments_; }
+
+  // Calls fn once for every segment. Inline and in order when the step has fewer than
+  // kParallelMinElements elements, there is no pool or it has one thread; otherwise on the pool,
+  // concurrently and in any order. fn must only write state of its own segment. Elementwise
+  // kernels give the same bits either way: a cut does not change the math of any element.
+  void ForEachSegment(const std::function<void(const Segment&)>& fn) const;
+
+  // Returns, for each tensor, the kWidth sums over its segments of value(segment), which runs
+  // through ForEachSegment. Partials are kept per segment and added in segment order, so the
+  // result is the same bits whatever the pool size.
+  template <size_t kWidth>
+  std::vector<std::array<double, kWidth>> SumPerTensor(
+      const std::function<std::array<double, kWidth>(const Segment&)>& value) const {
+    std::vector<std::array<double, kWidth>> partials(segments_.size());
+    ForEachSegment([&](const Segment& s) { partials[s.index] = value(s); });
+    std::vector<std::array<double, kWidth>> sums(tensor_sizes_.size());  // zeros
+    for (const Segment& s : segments_) {
+      for (size_t k = 0; k < kWidth; ++k) sums[s.tensor][k] += partials[s.index][k];
+    }
+    return sums;
+  }
+
  private:
   const std::vector<int64_t> tensor_sizes_;
+  int64_t total_elements_ = 0;
+  std::vector<Segment> segments_;
+  // Block k (elements [k, k + 1) * kBlockElements of all tensors) is segments
+  // [block_first_segment_[k], block_first_segment_[k + 1]).
+  std::vector<size_t> block_first_segment_;
+  ThreadPool* pool_ = ThreadPool::Default();
 };
 
-// Creates the optimizer `options` names for tensors of the given element counts.
+// Creates the optimizer `options` names for tensors of the given element counts, running large
+// steps on `pool` (not owned; see Optimizer::set_pool).
 // Returns InvalidArgument, naming the field, value and valid range, if options.Validate() fails or
 // `tensor_sizes` is empty or has a size < 1.
-absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(const OptimizerOptions& options,
-                                                           std::vector<int64_t> tensor_sizes);
+absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(
+    const OptimizerOptions& options, std::vector<int64_t> tensor_sizes,
+    ThreadPool* pool = ThreadPool::Default());
 
 }  // namespace optd
 

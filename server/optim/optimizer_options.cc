@@ -133,6 +133,61 @@ absl::Status NormalizedGdOptions::Validate() const {
   return CheckFields(kName, {{"lr", lr, kNonNegative}, {"eps", eps, kNonNegative}});
 }
 
+absl::Status AdadeltaOptions::Validate() const {
+  return CheckFields(kName, {{"lr", lr, kNonNegative},
+                             {"rho", rho, kUnitHalfOpen},
+                             {"eps", eps, kPositive},
+                             {"weight_decay", weight_decay, kNonNegative}});
+}
+
+absl::Status RmspropOptions::Validate() const {
+  return CheckFields(kName, {{"lr", lr, kNonNegative},
+                             {"alpha", alpha, kUnitClosed},
+                             {"eps", eps, kNonNegative},
+                             {"weight_decay", weight_decay, kNonNegative},
+                             {"momentum", momentum, kUnitHalfOpen}});
+}
+
+absl::Status NadamOptions::Validate() const {
+  return CheckFields(kName, {{"lr", lr, kNonNegative},
+                             {"beta1", beta1, kUnitHalfOpen},
+                             {"beta2", beta2, kUnitHalfOpen},
+                             {"eps", eps, kPositive},
+                             {"weight_decay", weight_decay, kNonNegative},
+                             {"momentum_decay", momentum_decay, kNonNegative}});
+}
+
+absl::Status RadamOptions::Validate() const {
+  return CheckFields(kName, {{"lr", lr, kNonNegative},
+                             {"beta1", beta1, kUnitHalfOpen},
+                             {"beta2", beta2, kUnitHalfOpen},
+                             {"eps", eps, kNonNegative},
+                             {"weight_decay", weight_decay, kNonNegative}});
+}
+
+absl::Status LionOptions::Validate() const {
+  return CheckFields(kName, {{"lr", lr, kPositive},
+                             {"beta1", beta1, kUnitClosed},
+                             {"beta2", beta2, kUnitClosed},
+                             {"weight_decay", weight_decay, kNonNegative}});
+}
+
+absl::Status LambOptions::Validate() const {
+  return CheckFields(kName, {{"lr", lr, kNonNegative},
+                             {"beta1", beta1, kUnitHalfOpen},
+                             {"beta2", beta2, kUnitHalfOpen},
+                             {"eps", eps, kPositive},
+                             {"weight_decay", weight_decay, kNonNegative}});
+}
+
+absl::Status LarsOptions::Validate() const {
+  return CheckFields(kName, {{"lr", lr, kNonNegative},
+                             {"momentum", momentum, kUnitHalfOpen},
+                             {"weight_decay", weight_decay, kNonNegative},
+                             {"trust_coefficient", trust_coefficient, kPositive},
+                             {"eps", eps, kNonNegative}});
+}
+
 absl::Status Validate(const OptimizerOptions& options) {
   return std::visit([](const auto& o) { return o.Validate(); }, options);
 }

@@ -82,8 +82,102 @@ struct NormalizedGdOptions {
   absl::Status Validate() const;
 };
 
+// torch.optim.Adadelta: square_avg and acc_delta, both with eps inside the sqrt; lr scales the
+// un-scaled delta (1.0 reproduces Zeiler 2012).
+struct AdadeltaOptions {
+  static constexpr std::string_view kName = "adadelta";
+  double lr = 1.0;            // >= 0
+  double rho = 0.9;           // [0, 1) (torch accepts 1, which never moves the params)
+  double eps = 1e-6;          // > 0 (eps = 0 never moves the params, and 0/0 on a zero gradient)
+  double weight_decay = 0.0;  // >= 0, coupled L2
+  bool maximize = false;
+  absl::Status Validate() const;
+};
+
+// torch.optim.RMSprop: eps outside the sqrt; the momentum buffer starts at zeros and lr stays
+// outside it.
+struct RmspropOptions {
+  static constexpr std::string_view kName = "rmsprop";
+  double lr = 1e-2;           // >= 0
+  double alpha = 0.99;        // [0, 1] (torch accepts alpha > 1)
+  double eps = 1e-8;          // >= 0
+  double weight_decay = 0.0;  // >= 0, coupled L2
+  double momentum = 0.0;      // [0, 1)
+  bool centered = false;      // divide by the centered sqrt(E[d^2] - E[d]^2)
+  bool maximize = false;
+  absl::Status Validate() const;
+};
+
+// torch.optim.NAdam (1.13): Dozat's momentum schedule mu_t = beta1 (1 - 0.5 * 0.96^(t psi)).
+// torch 1.13 has no maximize for NAdam.
+struct NadamOptions {
+  static constexpr std::string_view kName = "nadam";
+  double lr = 2e-3;             // >= 0
+  double beta1 = 0.9;           // [0, 1)
+  double beta2 = 0.999;         // [0, 1)
+  double eps = 1e-8;            // > 0
+  double weight_decay = 0.0;    // >= 0, coupled L2
+  double momentum_decay = 4e-3;  // >= 0 (psi above)
+  absl::Status Validate() const;
+};
+
+// torch.optim.RAdam (1.13): bias-corrected SGD with momentum until rho_t > 5, then the rectified
+// adaptive step. torch 1.13 has no maximize for RAdam.
+struct RadamOptions {
+  static constexpr std::string_view kName = "radam";
+  double lr = 1e-3;           // >= 0
+  double beta1 = 0.9;         // [0, 1)
+  double beta2 = 0.999;       // [0, 1)
+  double eps = 1e-8;          // >= 0
+  double weight_decay = 0.0;  // >= 0, coupled L2
+  absl::Status Validate() const;
+};
+
+// Lion (Chen et al. 2023; not in torch): p = p (1 - lr wd) - lr sign(beta1 m + (1 - beta1) g),
+// then m = beta2 m + (1 - beta2) g. Defaults: lr from lion-pytorch, the rest from optax.
+struct LionOptions {
+  static constexpr std::string_view kName = "lion";
+  double lr = 1e-4;            // > 0
+  double beta1 = 0.9;          // [0, 1]
+  double beta2 = 0.99;         // [0, 1]
+  double weight_decay = 1e-3;  // >= 0, decoupled: p *= 1 - lr * weight_decay
+  absl::Status Validate() const;
+};
+
+// LAMB (You et al. 2019; not in torch), optax's lamb: the bias-corrected Adam direction plus
+// decoupled weight decay, scaled per tensor by the trust ratio ||p|| / ||u|| (1 when either norm
+// is 0).
+struct LambOptions {
+  static constexpr std::string_view kName = "lamb";
+  double lr = 1e-3;           // >= 0
+  double beta1 = 0.9;         // [0, 1)
+  double beta2 = 0.999;       // [0, 1)
+  double eps = 1e-6;          // > 0, outside the sqrt (as Adam: eps = 0 gives 0/0 on a zero v)
+  double weight_decay = 0.0;  // >= 0, added to the direction inside the trust ratio
+  absl::Status Validate() const;
+};
+
+// LARS (You et al. 2017; not in torch), optax's lars: u = g + wd p, scaled per tensor by
+// trust_coefficient ||p|| / (||u|| + eps) (1 when either norm is 0), then by lr, then momentum
+// with lr inside the buffer. lr has no default in optax; 1.0 here because the trust coefficient
+// already scales each step to about lr * trust_coefficient * ||p|| (LARS is run with lr of order
+// 0.1-10, e.g. SimCLR's 0.3 * batch / 256).
+struct LarsOptions {
+  static constexpr std::string_view kName = "lars";
+  double lr = 1.0;                   // >= 0
+  double momentum = 0.9;             // [0, 1)
+  double weight_decay = 0.0;         // >= 0
+  double trust_coefficient = 1e-3;   // > 0
+  double eps = 0.0;                  // >= 0, added to ||u|| in the trust ratio
+  bool nesterov = false;             // p -= lr-scaled u + momentum * buf instead of buf
+  absl::Status Validate() const;
+};
+
+// Alternatives are only ever appended, so an index stays the same optimizer.
 using OptimizerOptions =
-    std::variant<SgdOptions, AdamOptions, AdamWOptions, AdagradOptions, NormalizedGdOptions>;
+    std::variant<SgdOptions, AdamOptions, AdamWOptions, AdagradOptions, NormalizedGdOptions,
+                 AdadeltaOptions, RmspropOptions, NadamOptions, RadamOptions, LionOptions,
+                 LambOptions, LarsOptions>;
 
 // Validates whichever options `options` holds.
 absl::Status Validate(const OptimizerOptions& options);

@@ -147,7 +147,99 @@ INSTANTIATE_TEST_SUITE_P(
                        "-0.1", "must be >= 0"},
         OutOfRangeCase{"NormalizedGdNegativeEps",
                        With<NormalizedGdOptions>([](auto& o) { o.eps = -1e-6; }),
-                       "normalized_gd.eps", "-1e-06", "must be >= 0"}),
+                       "normalized_gd.eps", "-1e-06", "must be >= 0"},
+        OutOfRangeCase{"AdadeltaNegativeLr", With<AdadeltaOptions>([](auto& o) { o.lr = -1; }),
+                       "adadelta.lr", "-1", "must be >= 0"},
+        OutOfRangeCase{"AdadeltaRhoOne", With<AdadeltaOptions>([](auto& o) { o.rho = 1; }),
+                       "adadelta.rho", "1", "must be in [0, 1)"},
+        OutOfRangeCase{"AdadeltaNegativeRho", With<AdadeltaOptions>([](auto& o) { o.rho = -0.1; }),
+                       "adadelta.rho", "-0.1", "must be in [0, 1)"},
+        OutOfRangeCase{"AdadeltaZeroEps", With<AdadeltaOptions>([](auto& o) { o.eps = 0; }),
+                       "adadelta.eps", "0", "must be > 0"},
+        OutOfRangeCase{"AdadeltaNegativeWeightDecay",
+                       With<AdadeltaOptions>([](auto& o) { o.weight_decay = -0.1; }),
+                       "adadelta.weight_decay", "-0.1", "must be >= 0"},
+        OutOfRangeCase{"RmspropNegativeLr", With<RmspropOptions>([](auto& o) { o.lr = -0.01; }),
+                       "rmsprop.lr", "-0.01", "must be >= 0"},
+        OutOfRangeCase{"RmspropAlphaAboveOne",
+                       With<RmspropOptions>([](auto& o) { o.alpha = 1.5; }), "rmsprop.alpha",
+                       "1.5", "must be in [0, 1]"},
+        OutOfRangeCase{"RmspropNegativeAlpha",
+                       With<RmspropOptions>([](auto& o) { o.alpha = -0.5; }), "rmsprop.alpha",
+                       "-0.5", "must be in [0, 1]"},
+        OutOfRangeCase{"RmspropNegativeEps", With<RmspropOptions>([](auto& o) { o.eps = -1e-8; }),
+                       "rmsprop.eps", "-1e-08", "must be >= 0"},
+        OutOfRangeCase{"RmspropNegativeWeightDecay",
+                       With<RmspropOptions>([](auto& o) { o.weight_decay = -1; }),
+                       "rmsprop.weight_decay", "-1", "must be >= 0"},
+        OutOfRangeCase{"RmspropMomentumOne",
+                       With<RmspropOptions>([](auto& o) { o.momentum = 1; }), "rmsprop.momentum",
+                       "1", "must be in [0, 1)"},
+        OutOfRangeCase{"RmspropNegativeMomentum",
+                       With<RmspropOptions>([](auto& o) { o.momentum = -0.9; }),
+                       "rmsprop.momentum", "-0.9", "must be in [0, 1)"},
+        OutOfRangeCase{"NadamNegativeLr", With<NadamOptions>([](auto& o) { o.lr = -2e-3; }),
+                       "nadam.lr", "-0.002", "must be >= 0"},
+        OutOfRangeCase{"NadamBeta1One", With<NadamOptions>([](auto& o) { o.beta1 = 1; }),
+                       "nadam.beta1", "1", "must be in [0, 1)"},
+        OutOfRangeCase{"NadamNegativeBeta2", With<NadamOptions>([](auto& o) { o.beta2 = -0.5; }),
+                       "nadam.beta2", "-0.5", "must be in [0, 1)"},
+        OutOfRangeCase{"NadamZeroEps", With<NadamOptions>([](auto& o) { o.eps = 0; }), "nadam.eps",
+                       "0", "must be > 0"},
+        OutOfRangeCase{"NadamNegativeWeightDecay",
+                       With<NadamOptions>([](auto& o) { o.weight_decay = -0.01; }),
+                       "nadam.weight_decay", "-0.01", "must be >= 0"},
+        OutOfRangeCase{"NadamNegativeMomentumDecay",
+                       With<NadamOptions>([](auto& o) { o.momentum_decay = -4e-3; }),
+                       "nadam.momentum_decay", "-0.004", "must be >= 0"},
+        OutOfRangeCase{"RadamNegativeLr", With<RadamOptions>([](auto& o) { o.lr = -1; }),
+                       "radam.lr", "-1", "must be >= 0"},
+        OutOfRangeCase{"RadamBeta1AboveOne", With<RadamOptions>([](auto& o) { o.beta1 = 1.5; }),
+                       "radam.beta1", "1.5", "must be in [0, 1)"},
+        OutOfRangeCase{"RadamBeta2One", With<RadamOptions>([](auto& o) { o.beta2 = 1; }),
+                       "radam.beta2", "1", "must be in [0, 1)"},
+        OutOfRangeCase{"RadamNegativeEps", With<RadamOptions>([](auto& o) { o.eps = -1e-8; }),
+                       "radam.eps", "-1e-08", "must be >= 0"},
+        OutOfRangeCase{"RadamNegativeWeightDecay",
+                       With<RadamOptions>([](auto& o) { o.weight_decay = -0.1; }),
+                       "radam.weight_decay", "-0.1", "must be >= 0"},
+        OutOfRangeCase{"LionZeroLr", With<LionOptions>([](auto& o) { o.lr = 0; }), "lion.lr", "0",
+                       "must be > 0"},
+        OutOfRangeCase{"LionNegativeLr", With<LionOptions>([](auto& o) { o.lr = -1e-4; }),
+                       "lion.lr", "-0.0001", "must be > 0"},
+        OutOfRangeCase{"LionBeta1AboveOne", With<LionOptions>([](auto& o) { o.beta1 = 1.1; }),
+                       "lion.beta1", "1.1", "must be in [0, 1]"},
+        OutOfRangeCase{"LionNegativeBeta2", With<LionOptions>([](auto& o) { o.beta2 = -0.1; }),
+                       "lion.beta2", "-0.1", "must be in [0, 1]"},
+        OutOfRangeCase{"LionNegativeWeightDecay",
+                       With<LionOptions>([](auto& o) { o.weight_decay = -1e-3; }),
+                       "lion.weight_decay", "-0.001", "must be >= 0"},
+        OutOfRangeCase{"LambNegativeLr", With<LambOptions>([](auto& o) { o.lr = -1e-3; }),
+                       "lamb.lr", "-0.001", "must be >= 0"},
+        OutOfRangeCase{"LambBeta1One", With<LambOptions>([](auto& o) { o.beta1 = 1; }),
+                       "lamb.beta1", "1", "must be in [0, 1)"},
+        OutOfRangeCase{"LambBeta2AboveOne", With<LambOptions>([](auto& o) { o.beta2 = 1.001; }),
+                       "lamb.beta2", "1.001", "must be in [0, 1)"},
+        OutOfRangeCase{"LambZeroEps", With<LambOptions>([](auto& o) { o.eps = 0; }), "lamb.eps",
+                       "0", "must be > 0"},
+        OutOfRangeCase{"LambNegativeWeightDecay",
+                       With<LambOptions>([](auto& o) { o.weight_decay = -0.01; }),
+                       "lamb.weight_decay", "-0.01", "must be >= 0"},
+        OutOfRangeCase{"LarsNegativeLr", With<LarsOptions>([](auto& o) { o.lr = -1; }), "lars.lr",
+                       "-1", "must be >= 0"},
+        OutOfRangeCase{"LarsMomentumOne", With<LarsOptions>([](auto& o) { o.momentum = 1; }),
+                       "lars.momentum", "1", "must be in [0, 1)"},
+        OutOfRangeCase{"LarsNegativeMomentum",
+                       With<LarsOptions>([](auto& o) { o.momentum = -0.9; }), "lars.momentum",
+                       "-0.9", "must be in [0, 1)"},
+        OutOfRangeCase{"LarsNegativeWeightDecay",
+                       With<LarsOptions>([](auto& o) { o.weight_decay = -1e-4; }),
+                       "lars.weight_decay", "-0.0001", "must be >= 0"},
+        OutOfRangeCase{"LarsZeroTrustCoefficient",
+                       With<LarsOptions>([](auto& o) { o.trust_coefficient = 0; }),
+                       "lars.trust_coefficient", "0", "must be > 0"},
+        OutOfRangeCase{"LarsNegativeEps", With<LarsOptions>([](auto& o) { o.eps = -1e-9; }),
+                       "lars.eps", "-1e-09", "must be >= 0"}),
     [](const ::testing::TestParamInfo<OutOfRangeCase>& info) { return info.param.name; });
 
 TEST(SgdOptionsTest, NesterovWithoutMomentumIsInvalid) {
@@ -215,6 +307,40 @@ std::vector<DoubleField> AllDoubleFields() {
       Field("eps", ">= 0", &AdagradOptions::eps),
       Field("lr", ">= 0", &NormalizedGdOptions::lr),
       Field("eps", ">= 0", &NormalizedGdOptions::eps),
+      Field("lr", ">= 0", &AdadeltaOptions::lr),
+      Field("rho", "in [0, 1)", &AdadeltaOptions::rho),
+      Field("eps", "> 0", &AdadeltaOptions::eps),
+      Field("weight_decay", ">= 0", &AdadeltaOptions::weight_decay),
+      Field("lr", ">= 0", &RmspropOptions::lr),
+      Field("alpha", "in [0, 1]", &RmspropOptions::alpha),
+      Field("eps", ">= 0", &RmspropOptions::eps),
+      Field("weight_decay", ">= 0", &RmspropOptions::weight_decay),
+      Field("momentum", "in [0, 1)", &RmspropOptions::momentum),
+      Field("lr", ">= 0", &NadamOptions::lr),
+      Field("beta1", "in [0, 1)", &NadamOptions::beta1),
+      Field("beta2", "in [0, 1)", &NadamOptions::beta2),
+      Field("eps", "> 0", &NadamOptions::eps),
+      Field("weight_decay", ">= 0", &NadamOptions::weight_decay),
+      Field("momentum_decay", ">= 0", &NadamOptions::momentum_decay),
+      Field("lr", ">= 0", &RadamOptions::lr),
+      Field("beta1", "in [0, 1)", &RadamOptions::beta1),
+      Field("beta2", "in [0, 1)", &RadamOptions::beta2),
+      Field("eps", ">= 0", &RadamOptions::eps),
+      Field("weight_decay", ">= 0", &RadamOptions::weight_decay),
+      Field("lr", "> 0", &LionOptions::lr),
+      Field("beta1", "in [0, 1]", &LionOptions::beta1),
+      Field("beta2", "in [0, 1]", &LionOptions::beta2),
+      Field("weight_decay", ">= 0", &LionOptions::weight_decay),
+      Field("lr", ">= 0", &LambOptions::lr),
+      Field("beta1", "in [0, 1)", &LambOptions::beta1),
+      Field("beta2", "in [0, 1)", &LambOptions::beta2),
+      Field("eps", "> 0", &LambOptions::eps),
+      Field("weight_decay", ">= 0", &LambOptions::weight_decay),
+      Field("lr", ">= 0", &LarsOptions::lr),
+      Field("momentum", "in [0, 1)", &LarsOptions::momentum),
+      Field("weight_decay", ">= 0", &LarsOptions::weight_decay),
+      Field("trust_coefficient", "> 0", &LarsOptions::trust_coefficient),
+      Field("eps", ">= 0", &LarsOptions::eps),
   };
 }
 
@@ -290,6 +416,66 @@ INSTANTIATE_TEST_SUITE_P(
         ValidCase{"NormalizedGdZeroLrAndEps", With<NormalizedGdOptions>([](auto& o) {
                     o.lr = 0;
                     o.eps = 0;
+                  })},
+        ValidCase{"AdadeltaDefaults", AdadeltaOptions{}},
+        ValidCase{"RmspropDefaults", RmspropOptions{}}, ValidCase{"NadamDefaults", NadamOptions{}},
+        ValidCase{"RadamDefaults", RadamOptions{}}, ValidCase{"LionDefaults", LionOptions{}},
+        ValidCase{"LambDefaults", LambOptions{}}, ValidCase{"LarsDefaults", LarsOptions{}},
+        ValidCase{"AdadeltaBoundaries", With<AdadeltaOptions>([](auto& o) {
+                    o.lr = 0;
+                    o.rho = 0;
+                    o.eps = 1e-300;
+                    o.weight_decay = 0;
+                  })},
+        ValidCase{"AdadeltaRhoJustBelowOne",
+                  With<AdadeltaOptions>([](auto& o) { o.rho = 0.9999999; })},
+        ValidCase{"RmspropLowerBoundaries", With<RmspropOptions>([](auto& o) {
+                    o.lr = 0;
+                    o.alpha = 0;
+                    o.eps = 0;
+                    o.momentum = 0;
+                  })},
+        ValidCase{"RmspropAlphaOneCenteredMomentum", With<RmspropOptions>([](auto& o) {
+                    o.alpha = 1;
+                    o.momentum = 0.999;
+                    o.centered = true;
+                    o.maximize = true;
+                  })},
+        ValidCase{"NadamBoundaries", With<NadamOptions>([](auto& o) {
+                    o.lr = 0;
+                    o.beta1 = 0;
+                    o.beta2 = 0;
+                    o.eps = 1e-300;
+                    o.momentum_decay = 0;
+                  })},
+        ValidCase{"RadamBoundaries", With<RadamOptions>([](auto& o) {
+                    o.lr = 0;
+                    o.beta1 = 0;
+                    o.beta2 = 0;
+                    o.eps = 0;
+                  })},
+        ValidCase{"LionBetasZero", With<LionOptions>([](auto& o) {
+                    o.beta1 = 0;
+                    o.beta2 = 0;
+                    o.weight_decay = 0;
+                  })},
+        ValidCase{"LionBetasOneTinyLr", With<LionOptions>([](auto& o) {
+                    o.lr = 1e-300;
+                    o.beta1 = 1;
+                    o.beta2 = 1;
+                  })},
+        ValidCase{"LambBoundaries", With<LambOptions>([](auto& o) {
+                    o.lr = 0;
+                    o.beta1 = 0;
+                    o.beta2 = 0;
+                    o.eps = 1e-300;
+                  })},
+        ValidCase{"LarsBoundaries", With<LarsOptions>([](auto& o) {
+                    o.lr = 0;
+                    o.momentum = 0;
+                    o.trust_coefficient = 1e-300;
+                    o.eps = 0;
+                    o.nesterov = true;
                   })}),
     [](const ::testing::TestParamInfo<ValidCase>& info) { return info.param.name; });
 
@@ -308,6 +494,13 @@ TEST(OptimizerOptionsTest, OptimizerNameIsTheShortName) {
   EXPECT_EQ(OptimizerName(AdamWOptions{}), "adamw");
   EXPECT_EQ(OptimizerName(AdagradOptions{}), "adagrad");
   EXPECT_EQ(OptimizerName(NormalizedGdOptions{}), "normalized_gd");
+  EXPECT_EQ(OptimizerName(AdadeltaOptions{}), "adadelta");
+  EXPECT_EQ(OptimizerName(RmspropOptions{}), "rmsprop");
+  EXPECT_EQ(OptimizerName(NadamOptions{}), "nadam");
+  EXPECT_EQ(OptimizerName(RadamOptions{}), "radam");
+  EXPECT_EQ(OptimizerName(LionOptions{}), "lion");
+  EXPECT_EQ(OptimizerName(LambOptions{}), "lamb");
+  EXPECT_EQ(OptimizerName(LarsOptions{}), "lars");
 }
 
 TEST(OptimizerOptionsTest, BaseLearningRateIsTheOptionsLr) {
@@ -316,6 +509,56 @@ TEST(OptimizerOptionsTest, BaseLearningRateIsTheOptionsLr) {
   EXPECT_EQ(BaseLearningRate(AdamWOptions{}), 1e-3);
   EXPECT_EQ(BaseLearningRate(AdagradOptions{}), 1e-2);
   EXPECT_EQ(BaseLearningRate(NormalizedGdOptions{}), 1e-2);
+  EXPECT_EQ(BaseLearningRate(AdadeltaOptions{}), 1.0);
+  EXPECT_EQ(BaseLearningRate(RmspropOptions{}), 1e-2);
+  EXPECT_EQ(BaseLearningRate(NadamOptions{}), 2e-3);
+  EXPECT_EQ(BaseLearningRate(RadamOptions{}), 1e-3);
+  EXPECT_EQ(BaseLearningRate(LionOptions{}), 1e-4);
+  EXPECT_EQ(BaseLearningRate(LambOptions{}), 1e-3);
+  EXPECT_EQ(BaseLearningRate(LarsOptions{}), 1.0);
+}
+
+// The defaults written in the options structs: torch 1.13's, or the reference implementation's
+// where torch has no such optimizer (reference/optimizers.md section 1.13).
+TEST(OptimizerOptionsTest, NewOptimizersHaveTheReferenceDefaults) {
+  const AdadeltaOptions adadelta;
+  EXPECT_EQ(adadelta.rho, 0.9);
+  EXPECT_EQ(adadelta.eps, 1e-6);
+  EXPECT_EQ(adadelta.weight_decay, 0.0);
+  EXPECT_FALSE(adadelta.maximize);
+  const RmspropOptions rmsprop;
+  EXPECT_EQ(rmsprop.alpha, 0.99);
+  EXPECT_EQ(rmsprop.eps, 1e-8);
+  EXPECT_EQ(rmsprop.weight_decay, 0.0);
+  EXPECT_EQ(rmsprop.momentum, 0.0);
+  EXPECT_FALSE(rmsprop.centered);
+  EXPECT_FALSE(rmsprop.maximize);
+  const NadamOptions nadam;
+  EXPECT_EQ(nadam.beta1, 0.9);
+  EXPECT_EQ(nadam.beta2, 0.999);
+  EXPECT_EQ(nadam.eps, 1e-8);
+  EXPECT_EQ(nadam.weight_decay, 0.0);
+  EXPECT_EQ(nadam.momentum_decay, 4e-3);
+  const RadamOptions radam;
+  EXPECT_EQ(radam.beta1, 0.9);
+  EXPECT_EQ(radam.beta2, 0.999);
+  EXPECT_EQ(radam.eps, 1e-8);
+  EXPECT_EQ(radam.weight_decay, 0.0);
+  const LionOptions lion;
+  EXPECT_EQ(lion.beta1, 0.9);
+  EXPECT_EQ(lion.beta2, 0.99);
+  EXPECT_EQ(lion.weight_decay, 1e-3);
+  const LambOptions lamb;
+  EXPECT_EQ(lamb.beta1, 0.9);
+  EXPECT_EQ(lamb.beta2, 0.999);
+  EXPECT_EQ(lamb.eps, 1e-6);
+  EXPECT_EQ(lamb.weight_decay, 0.0);
+  const LarsOptions lars;
+  EXPECT_EQ(lars.momentum, 0.9);
+  EXPECT_EQ(lars.weight_decay, 0.0);
+  EXPECT_EQ(lars.trust_coefficient, 1e-3);
+  EXPECT_EQ(lars.eps, 0.0);
+  EXPECT_FALSE(lars.nesterov);
 }
 
 }  // namespace

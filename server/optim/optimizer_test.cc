@@ -10,9 +10,17 @@
 #include "absl/status/statusor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/optim/adadelta.h"
 #include "server/optim/adagrad.h"
 #include "server/optim/adam.h"
+#include "server/optim/lamb.h"
+#include "server/optim/lars.h"
+#include "server/optim/lion.h"
+#include "server/optim/nadam.h"
 #include "server/optim/normalized_gd.h"
+#include "server/optim/parallel.h"
+#include "server/optim/radam.h"
+#include "server/optim/rmsprop.h"
 #include "server/optim/sgd.h"
 #include "server/optim/testing.h"
 
@@ -38,6 +46,35 @@ TEST(CreateOptimizerTest, BuildsTheClassTheOptionsName) {
   EXPECT_NE(dynamic_cast<Adam*>(MustCreate(AdamWOptions{}, {1}).get()), nullptr);
   EXPECT_NE(dynamic_cast<Adagrad*>(MustCreate(AdagradOptions{}, {1}).get()), nullptr);
   EXPECT_NE(dynamic_cast<NormalizedGd*>(MustCreate(NormalizedGdOptions{}, {1}).get()), nullptr);
+  EXPECT_NE(dynamic_cast<Adadelta*>(MustCreate(AdadeltaOptions{}, {1}).get()), nullptr);
+  EXPECT_NE(dynamic_cast<Rmsprop*>(MustCreate(RmspropOptions{}, {1}).get()), nullptr);
+  EXPECT_NE(dynamic_cast<Nadam*>(MustCreate(NadamOptions{}, {1}).get()), nullptr);
+  EXPECT_NE(dynamic_cast<Radam*>(MustCreate(RadamOptions{}, {1}).get()), nullptr);
+  EXPECT_NE(dynamic_cast<Lion*>(MustCreate(LionOptions{}, {1}).get()), nullptr);
+  EXPECT_NE(dynamic_cast<Lamb*>(MustCreate(LambOptions{}, {1}).get()), nullptr);
+  EXPECT_NE(dynamic_cast<Lars*>(MustCreate(LarsOptions{}, {1}).get()), nullptr);
+}
+
+TEST(CreateOptimizerTest, RunsOnTheDefaultPoolUnlessGivenOne) {
+  EXPECT_EQ(MustCreate(AdamOptions{}, {1})->pool(), ThreadPool::Default());
+  ThreadPool pool;
+  absl::StatusOr<std::unique_ptr<Optimizer>> on_pool = CreateOptimizer(AdamOptions{}, {1}, &pool);
+  ASSERT_OK(on_pool);
+  EXPECT_EQ((*on_pool)->pool(), &pool);
+  absl::StatusOr<std::unique_ptr<Optimizer>> inline_only =
+      CreateOptimizer(AdamOptions{}, {1}, nullptr);
+  ASSERT_OK(inline_only);
+  EXPECT_EQ((*inline_only)->pool(), nullptr);
+}
+
+TEST(CreateOptimizerTest, StateBytesPerElementFollowsTheReferenceTable) {
+  EXPECT_EQ(MustCreate(AdadeltaOptions{}, {1})->StateBytesPerElement(), 8);
+  EXPECT_EQ(MustCreate(RmspropOptions{}, {1})->StateBytesPerElement(), 4);
+  EXPECT_EQ(MustCreate(NadamOptions{}, {1})->StateBytesPerElement(), 8);
+  EXPECT_EQ(MustCreate(RadamOptions{}, {1})->StateBytesPerElement(), 8);
+  EXPECT_EQ(MustCreate(LionOptions{}, {1})->StateBytesPerElement(), 4);
+  EXPECT_EQ(MustCreate(LambOptions{}, {1})->StateBytesPerElement(), 8);
+  EXPECT_EQ(MustCreate(LarsOptions{}, {1})->StateBytesPerElement(), 4);
 }
 
 TEST(CreateOptimizerTest, OptimizerReportsTheOptionsItWasCreatedWith) {

@@ -74,30 +74,39 @@ void Sgd::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   const float one_minus_dampening = static_cast<float>(1.0 - options_.dampening);
   const bool has_weight_decay = options_.weight_decay != 0.0;
 
+  if (options_.momentum == 0.0) {
+    ForEachSegment([&](const Segment& s) {
+      float* p = tensors[s.tensor].param.data() + s.begin;
+      const float* g = tensors[s.tensor].grad.data() + s.begin;
+      DispatchBool(has_weight_decay, [&](auto kWd) {
+        SgdKernel<decltype(kWd)::value>(p, g, s.end - s.begin, sign, wd, neg_lr);
+      });
+    });
+    return;
+  }
+
+  // Buffers are created (and first steps decided) before the loop, which runs on the pool.
+  std::vector<char> first_step(tensors.size());
   for (size_t t = 0; t < tensors.size(); ++t) {
-    float* p = tensors[t].param.data();
-    const float* g = tensors[t].grad.data();
-    const int64_t n = static_cast<int64_t>(tensors[t].param.size());
-
-    if (options_.momentum == 0.0) {
-      DispatchBool(has_weight_decay,
-                   [&](auto kWd) { SgdKernel<decltype(kWd)::value>(p, g, n, sign, wd, neg_lr); });
-      continue;
-    }
-
     std::vector<float>& buf = momentum_buffers_[t];
-    const bool first_step = buf.empty();
-    if (first_step) buf.resize(n);
+    first_step[t] = buf.empty();
+    if (buf.empty()) buf.resize(tensors[t].param.size());
+  }
+  ForEachSegment([&](const Segment& s) {
+    float* p = tensors[s.tensor].param.data() + s.begin;
+    const float* g = tensors[s.tensor].grad.data() + s.begin;
+    float* buf = momentum_buffers_[s.tensor].data() + s.begin;
+    const int64_t n = s.end - s.begin;
     DispatchBool(has_weight_decay, [&](auto kWd) {
-      DispatchBool(first_step, [&](auto kFirst) {
+      DispatchBool(first_step[s.tensor], [&](auto kFirst) {
         DispatchBool(options_.nesterov, [&](auto kNesterov) {
           SgdMomentumKernel<decltype(kWd)::value, decltype(kFirst)::value,
-                            decltype(kNesterov)::value>(p, g, buf.data(), n, sign, wd, momentum,
+                            decltype(kNesterov)::value>(p, g, buf, n, sign, wd, momentum,
                                                         one_minus_dampening, neg_lr);
         });
       });
     });
-  }
+  });
 }
 
 }  // namespace optd

@@ -36,8 +36,11 @@ class Sgd final : public Optimizer {
 
  private:
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  void SetOptions(const OptimizerOptions& options) override {
+    options_ = std::get<SgdOptions>(options);
+  }
 
-  const SgdOptions options_;
+  SgdOptions options_;
   // momentum_buffers_[i] is empty until tensor i's first step, and stays empty if momentum == 0.
   std::vector<std::vector<float>> momentum_buffers_;
 };

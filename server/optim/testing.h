@@ -85,6 +85,32 @@ inline void ExpectGoldenTrajectory(Optimizer& optimizer, double lr,
   }
 }
 
+// Params after a given step of the golden sequence.
+struct GoldenCheckpoint {
+  int step;
+  std::array<double, 4> params;
+};
+
+// Runs the golden sequence up to the last checkpoint's step with learning rate `lr` and expects
+// the params after each checkpoint's step to be within `tolerance` (absolute plus relative).
+inline void ExpectGoldenCheckpoints(Optimizer& optimizer, double lr,
+                                    const std::vector<GoldenCheckpoint>& expected,
+                                    double tolerance = 1e-6) {
+  std::vector<float> param = GoldenInitialParams();
+  int t = 0;
+  for (const GoldenCheckpoint& checkpoint : expected) {
+    while (t < checkpoint.step) {
+      ++t;
+      ASSERT_OK(StepOne(optimizer, param, GoldenGradient(t), lr));
+    }
+    for (size_t i = 0; i < param.size(); ++i) {
+      const double want = checkpoint.params[i];
+      EXPECT_NEAR(param[i], want, tolerance * (1.0 + std::abs(want)))
+          << "element " << i << " after step " << t;
+    }
+  }
+}
+
 }  // namespace optd
 
 #endif  // OPTD_SERVER_OPTIM_TESTING_H_

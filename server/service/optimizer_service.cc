@@ -38,13 +38,17 @@ class StepStreamReactor final
       return;
     }
     response_.Clear();
-    const absl::Status status = service_->DoStep(request_, response_.mutable_reply());
-    if (!status.ok()) {
-      v1::StepError* error = response_.mutable_error();  // replaces the partial reply
-      error->set_code(static_cast<int>(status.code()));
-      error->set_message(std::string(status.message()));
-    }
-    StartWrite(&response_);
+    // Replies go out in request order: the next read starts only after this reply is written.
+    service_->StartStep(request_, response_.mutable_reply(),
+                        [this](absl::Status status, int64_t current_version) {
+                          if (!status.ok()) {
+                            v1::StepError* error = response_.mutable_error();  // replaces reply
+                            error->set_code(static_cast<int>(status.code()));
+                            error->set_message(std::string(status.message()));
+                            error->set_current_version(current_version);
+                          }
+                          StartWrite(&response_);
+                        });
   }
 
   void OnWriteDone(bool ok) override {
@@ -110,6 +114,31 @@ absl::Status OptimizerServiceImpl::DoListSessions(const v1::ListSessionsRequest&
   return absl::OkStatus();
 }
 
+absl::Status OptimizerServiceImpl::DoUpdateSession(const v1::UpdateSessionRequest& request,
+                                                   v1::Session* response) {
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
+  if (!session.ok()) return session.status();
+  SessionUpdate update;
+  if (request.has_optimizer()) {
+    update.optimizer = [&request](OptimizerOptions* options) {
+      return MergeOptimizerFromProto(request.optimizer(), /*require_same_kind=*/true, options);
+    };
+  }
+  if (request.has_schedule()) {
+    absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(request.schedule());
+    if (!schedule.ok()) return schedule.status();
+    update.schedule = *std::move(schedule);
+  }
+  if (request.has_clipping()) {
+    absl::StatusOr<ClipOptions> clipping = ClippingFromProto(request.clipping());
+    if (!clipping.ok()) return clipping.status();
+    update.clipping = *clipping;
+  }
+  if (absl::Status s = (*session)->Update(update); !s.ok()) return s;
+  SessionInfoToProto((*session)->Info(), response);
+  return absl::OkStatus();
+}
+
 absl::Status OptimizerServiceImpl::DoPull(const v1::PullRequest& request,
                                           v1::PullResponse* response) {
   absl::StatusOr<WireDType> dtype = DTypeFromProto("dtype", request.dtype());
@@ -117,42 +146,56 @@ absl::Status OptimizerServiceImpl::DoPull(const v1::PullRequest& request,
   absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
   if (!session.ok()) return session.status();
   std::vector<absl::string_view> names(request.names().begin(), request.names().end());
-  absl::StatusOr<PullOutput> out = (*session)->Pull(names, *dtype);
+  std::vector<RowSelection> rows;
+  for (const v1::TensorRows& r : request.rows()) {
+    rows.push_back({r.name(), absl::MakeConstSpan(r.indices().data(), r.indices().size())});
+  }
+  absl::StatusOr<PullOutput> out = (*session)->Pull(names, *dtype, rows);
   if (!out.ok()) return out.status();
   response->set_version(out->version);
   for (WireTensor& t : out->tensors) TensorToProto(std::move(t), response->add_tensors());
   return absl::OkStatus();
 }
 
-absl::Status OptimizerServiceImpl::DoStep(const v1::StepRequest& request,
-                                          v1::StepResponse* response) {
+void OptimizerServiceImpl::StartStep(const v1::StepRequest& request, v1::StepResponse* response,
+                                     StepDone done) {
   absl::StatusOr<WireDType> return_dtype = DTypeFromProto("return_dtype", request.return_dtype());
-  if (!return_dtype.ok()) return return_dtype.status();
+  if (!return_dtype.ok()) return done(return_dtype.status(), -1);
   if (!v1::ReturnParameters_IsValid(request.return_parameters())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "return_parameters = ", request.return_parameters(),
-        " is not a known value; must be RETURN_PARAMETERS_ALL (0) or RETURN_PARAMETERS_NONE (1)"));
+    return done(absl::InvalidArgumentError(absl::StrCat(
+                    "return_parameters = ", request.return_parameters(),
+                    " is not a known value; must be RETURN_PARAMETERS_ALL (0), "
+                    "RETURN_PARAMETERS_NONE (1) or RETURN_PARAMETERS_TOUCHED (2)")),
+                -1);
   }
   absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
-  if (!session.ok()) return session.status();
+  if (!session.ok()) return done(session.status(), -1);
   absl::StatusOr<std::vector<WireTensorView>> gradients =
       ViewsOf("gradients", request.gradients());
-  if (!gradients.ok()) return gradients.status();
+  if (!gradients.ok()) return done(gradients.status(), -1);
 
   StepInput input;
   input.worker_id = request.worker_id();
   input.gradients = *gradients;
   if (request.has_loss()) input.loss = request.loss();
-  input.return_parameters = request.return_parameters() == v1::RETURN_PARAMETERS_ALL;
+  input.return_mode = static_cast<ReturnMode>(request.return_parameters());
   input.return_dtype = *return_dtype;
-  absl::StatusOr<StepOutput> out = (*session)->Step(input);
-  if (!out.ok()) return out.status();
-
-  response->set_version(out->version);
-  response->set_gradient_norm(out->gradient_norm);
-  response->set_learning_rate(out->learning_rate);
-  for (WireTensor& t : out->parameters) TensorToProto(std::move(t), response->add_parameters());
-  return absl::OkStatus();
+  input.sequence = request.sequence();
+  if (request.has_version()) input.version = request.version();
+  (*session)->Step(input, [response, done = std::move(done)](
+                              absl::StatusOr<StepOutput> out) mutable {
+    if (!out.ok()) return done(out.status(), CurrentVersionOf(out.status()));
+    response->set_version(out->version);
+    response->set_gradient_norm(out->gradient_norm);
+    response->set_learning_rate(out->learning_rate);
+    response->set_duplicate(out->duplicate);
+    response->set_parameters_version(out->parameters_version);
+    response->set_workers(out->workers);
+    for (std::string& w : out->missing_workers) response->add_missing_workers(std::move(w));
+    response->set_staleness(out->staleness);
+    for (WireTensor& t : out->parameters) TensorToProto(std::move(t), response->add_parameters());
+    done(absl::OkStatus(), -1);
+  });
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::CreateSession(
@@ -173,6 +216,12 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::ListSessions(
   return FinishWith(context, DoListSessions(*request, response));
 }
 
+grpc::ServerUnaryReactor* OptimizerServiceImpl::UpdateSession(
+    grpc::CallbackServerContext* context, const v1::UpdateSessionRequest* request,
+    v1::Session* response) {
+  return FinishWith(context, DoUpdateSession(*request, response));
+}
+
 grpc::ServerUnaryReactor* OptimizerServiceImpl::DeleteSession(
     grpc::CallbackServerContext* context, const v1::DeleteSessionRequest* request,
     v1::DeleteSessionResponse* response) {
@@ -188,7 +237,14 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Pull(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext* context,
                                                      const v1::StepRequest* request,
                                                      v1::StepResponse* response) {
-  return FinishWith(context, DoStep(*request, response));
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  StartStep(*request, response, [context, reactor](absl::Status status, int64_t current_version) {
+    if (current_version >= 0) {
+      context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
+    }
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  return reactor;
 }
 
 grpc::ServerBidiReactor<v1::StepRequest, v1::StreamStepsResponse>*

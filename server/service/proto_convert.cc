@@ -1,128 +1,327 @@
 #include "server/service/proto_convert.h"
 
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
 
 namespace optd {
 namespace {
 
-// Copies an optional proto field into an options field when it is set.
-#define OPTD_TAKE(msg, options, field) \
-  if ((msg).has_##field()) (options).field = (msg).field()
+using google::protobuf::FieldDescriptor;
+using google::protobuf::Message;
+using google::protobuf::Reflection;
 
-SgdOptions FromProto(const v1::Sgd& m) {
-  SgdOptions o;
-  OPTD_TAKE(m, o, lr);
-  OPTD_TAKE(m, o, momentum);
-  OPTD_TAKE(m, o, dampening);
-  OPTD_TAKE(m, o, weight_decay);
-  OPTD_TAKE(m, o, nesterov);
-  OPTD_TAKE(m, o, maximize);
-  return o;
+// One field of an options struct bound to the same-named field of its proto message: how to read
+// it (only when the message sets it) and how to write it.
+template <typename Options>
+struct Binding {
+  const char* name;
+  std::function<absl::Status(const std::string& path, const Message&, const FieldDescriptor*,
+                             Options*)>
+      read;
+  std::function<void(const Options&, Message*, const FieldDescriptor*)> write;
+};
+
+template <typename Options>
+Binding<Options> Double(const char* name, double Options::*member) {
+  return {name,
+          [member](const std::string&, const Message& m, const FieldDescriptor* f, Options* o) {
+            o->*member = m.GetReflection()->GetDouble(m, f);
+            return absl::OkStatus();
+          },
+          [member](const Options& o, Message* m, const FieldDescriptor* f) {
+            m->GetReflection()->SetDouble(m, f, o.*member);
+          }};
 }
 
-template <typename Options, typename Message>
-Options AdamFromProto(const Message& m) {
-  Options o;
-  OPTD_TAKE(m, o, lr);
-  OPTD_TAKE(m, o, beta1);
-  OPTD_TAKE(m, o, beta2);
-  OPTD_TAKE(m, o, eps);
-  OPTD_TAKE(m, o, weight_decay);
-  OPTD_TAKE(m, o, amsgrad);
-  OPTD_TAKE(m, o, maximize);
-  return o;
+template <typename Options>
+Binding<Options> Bool(const char* name, bool Options::*member) {
+  return {name,
+          [member](const std::string&, const Message& m, const FieldDescriptor* f, Options* o) {
+            o->*member = m.GetReflection()->GetBool(m, f);
+            return absl::OkStatus();
+          },
+          [member](const Options& o, Message* m, const FieldDescriptor* f) {
+            m->GetReflection()->SetBool(m, f, o.*member);
+          }};
 }
 
-AdagradOptions FromProto(const v1::Adagrad& m) {
-  AdagradOptions o;
-  OPTD_TAKE(m, o, lr);
-  OPTD_TAKE(m, o, lr_decay);
-  OPTD_TAKE(m, o, weight_decay);
-  OPTD_TAKE(m, o, initial_accumulator_value);
-  OPTD_TAKE(m, o, eps);
-  OPTD_TAKE(m, o, maximize);
-  return o;
+template <typename Options>
+Binding<Options> Int64(const char* name, int64_t Options::*member) {
+  return {name,
+          [member](const std::string&, const Message& m, const FieldDescriptor* f, Options* o) {
+            o->*member = m.GetReflection()->GetInt64(m, f);
+            return absl::OkStatus();
+          },
+          [member](const Options& o, Message* m, const FieldDescriptor* f) {
+            m->GetReflection()->SetInt64(m, f, o.*member);
+          }};
 }
 
-#undef OPTD_TAKE
+template <typename Options>
+Binding<Options> Int64List(const char* name, std::vector<int64_t> Options::*member) {
+  return {name,
+          [member](const std::string&, const Message& m, const FieldDescriptor* f, Options* o) {
+            const Reflection* r = m.GetReflection();
+            (o->*member).clear();
+            for (int i = 0; i < r->FieldSize(m, f); ++i) {
+              (o->*member).push_back(r->GetRepeatedInt64(m, f, i));
+            }
+            return absl::OkStatus();
+          },
+          [member](const Options& o, Message* m, const FieldDescriptor* f) {
+            for (int64_t v : o.*member) m->GetReflection()->AddInt64(m, f, v);
+          }};
+}
 
-absl::StatusOr<NormalizedGdOptions> FromProto(const v1::NormalizedGd& m) {
-  NormalizedGdOptions o;
-  if (m.has_lr()) o.lr = m.lr();
-  if (m.has_eps()) o.eps = m.eps();
-  switch (m.norm()) {
-    case v1::NormalizedGd::NORM_GLOBAL:
-      o.norm = NormalizedGdOptions::Norm::kGlobal;
-      break;
-    case v1::NormalizedGd::NORM_PER_TENSOR:
-      o.norm = NormalizedGdOptions::Norm::kPerTensor;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("config.optimizer.normalized_gd.norm = ", m.norm(),
-                       " is not a known value; must be NORM_GLOBAL (0) or NORM_PER_TENSOR (1)"));
+// An enum whose C++ values equal the proto values (0, 1, ...). Unknown values are refused.
+template <typename Options, typename Enum>
+Binding<Options> EnumField(const char* name, Enum Options::*member) {
+  return {name,
+          [member](const std::string& path, const Message& m, const FieldDescriptor* f,
+                   Options* o) {
+            const int value = m.GetReflection()->GetEnumValue(m, f);
+            if (f->enum_type()->FindValueByNumber(value) == nullptr) {
+              std::vector<std::string> known;
+              for (int i = 0; i < f->enum_type()->value_count(); ++i) {
+                known.push_back(absl::StrCat(f->enum_type()->value(i)->name(), " (",
+                                             f->enum_type()->value(i)->number(), ")"));
+              }
+              return absl::InvalidArgumentError(absl::StrCat(path, ".", f->name(), " = ", value,
+                                                             " is not a known value; must be ",
+                                                             absl::StrJoin(known, ", ")));
+            }
+            o->*member = static_cast<Enum>(value);
+            return absl::OkStatus();
+          },
+          [member](const Options& o, Message* m, const FieldDescriptor* f) {
+            m->GetReflection()->SetEnumValue(m, f, static_cast<int>(o.*member));
+          }};
+}
+
+template <typename Options>
+std::vector<Binding<Options>> AdamLike() {
+  return {Double("lr", &Options::lr),   Double("beta1", &Options::beta1),
+          Double("beta2", &Options::beta2), Double("eps", &Options::eps),
+          Double("weight_decay", &Options::weight_decay), Bool("amsgrad", &Options::amsgrad),
+          Bool("maximize", &Options::maximize)};
+}
+
+// The bindings of each options struct, in its proto message's field order.
+template <typename O>
+const std::vector<Binding<O>>& BindingsOf();
+
+#define OPTD_BINDINGS(Type, ...)                                    \
+  template <>                                                       \
+  const std::vector<Binding<Type>>& BindingsOf<Type>() {            \
+    static const auto* const bindings = new std::vector<Binding<Type>>(__VA_ARGS__); \
+    return *bindings;                                               \
   }
-  switch (m.guard()) {
-    case v1::NormalizedGd::GUARD_ADD_EPS:
-      o.guard = NormalizedGdOptions::Guard::kAddEps;
-      break;
-    case v1::NormalizedGd::GUARD_MAX_EPS:
-      o.guard = NormalizedGdOptions::Guard::kMaxEps;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("config.optimizer.normalized_gd.guard = ", m.guard(),
-                       " is not a known value; must be GUARD_ADD_EPS (0) or GUARD_MAX_EPS (1)"));
+
+using O1 = SgdOptions;
+OPTD_BINDINGS(SgdOptions, {Double("lr", &O1::lr), Double("momentum", &O1::momentum),
+                           Double("dampening", &O1::dampening),
+                           Double("weight_decay", &O1::weight_decay),
+                           Bool("nesterov", &O1::nesterov), Bool("maximize", &O1::maximize)})
+OPTD_BINDINGS(AdamOptions, AdamLike<AdamOptions>())
+OPTD_BINDINGS(AdamWOptions, AdamLike<AdamWOptions>())
+using O4 = AdagradOptions;
+OPTD_BINDINGS(AdagradOptions,
+              {Double("lr", &O4::lr), Double("lr_decay", &O4::lr_decay),
+               Double("weight_decay", &O4::weight_decay),
+               Double("initial_accumulator_value", &O4::initial_accumulator_value),
+               Double("eps", &O4::eps), Bool("maximize", &O4::maximize)})
+using O5 = NormalizedGdOptions;
+OPTD_BINDINGS(NormalizedGdOptions,
+              {Double("lr", &O5::lr), Double("eps", &O5::eps), EnumField("norm", &O5::norm),
+               EnumField("guard", &O5::guard)})
+using O6 = AdadeltaOptions;
+OPTD_BINDINGS(AdadeltaOptions, {Double("lr", &O6::lr), Double("rho", &O6::rho),
+                                Double("eps", &O6::eps), Double("weight_decay", &O6::weight_decay),
+                                Bool("maximize", &O6::maximize)})
+using O7 = RmspropOptions;
+OPTD_BINDINGS(RmspropOptions,
+              {Double("lr", &O7::lr), Double("alpha", &O7::alpha), Double("eps", &O7::eps),
+               Double("weight_decay", &O7::weight_decay), Double("momentum", &O7::momentum),
+               Bool("centered", &O7::centered), Bool("maximize", &O7::maximize)})
+using O8 = NadamOptions;
+OPTD_BINDINGS(NadamOptions,
+              {Double("lr", &O8::lr), Double("beta1", &O8::beta1), Double("beta2", &O8::beta2),
+               Double("eps", &O8::eps), Double("weight_decay", &O8::weight_decay),
+               Double("momentum_decay", &O8::momentum_decay)})
+using O9 = RadamOptions;
+OPTD_BINDINGS(RadamOptions, {Double("lr", &O9::lr), Double("beta1", &O9::beta1),
+                             Double("beta2", &O9::beta2), Double("eps", &O9::eps),
+                             Double("weight_decay", &O9::weight_decay)})
+using O10 = LionOptions;
+OPTD_BINDINGS(LionOptions, {Double("lr", &O10::lr), Double("beta1", &O10::beta1),
+                            Double("beta2", &O10::beta2),
+                            Double("weight_decay", &O10::weight_decay)})
+using O11 = LambOptions;
+OPTD_BINDINGS(LambOptions, {Double("lr", &O11::lr), Double("beta1", &O11::beta1),
+                            Double("beta2", &O11::beta2), Double("eps", &O11::eps),
+                            Double("weight_decay", &O11::weight_decay)})
+using O12 = LarsOptions;
+OPTD_BINDINGS(LarsOptions,
+              {Double("lr", &O12::lr), Double("momentum", &O12::momentum),
+               Double("weight_decay", &O12::weight_decay),
+               Double("trust_coefficient", &O12::trust_coefficient), Double("eps", &O12::eps),
+               Bool("nesterov", &O12::nesterov)})
+
+OPTD_BINDINGS(ConstantScheduleOptions, {})
+using S2 = StepScheduleOptions;
+OPTD_BINDINGS(StepScheduleOptions,
+              {Int64("step_size", &S2::step_size), Double("gamma", &S2::gamma)})
+using S3 = MultiStepScheduleOptions;
+OPTD_BINDINGS(MultiStepScheduleOptions,
+              {Int64List("milestones", &S3::milestones), Double("gamma", &S3::gamma)})
+OPTD_BINDINGS(ExponentialScheduleOptions, {Double("gamma", &ExponentialScheduleOptions::gamma)})
+using S5 = CosineAnnealingScheduleOptions;
+OPTD_BINDINGS(CosineAnnealingScheduleOptions,
+              {Int64("t_max", &S5::t_max), Double("eta_min", &S5::eta_min)})
+using S6 = LinearWarmupScheduleOptions;
+OPTD_BINDINGS(LinearWarmupScheduleOptions,
+              {Double("start_factor", &S6::start_factor), Double("end_factor", &S6::end_factor),
+               Int64("total_iters", &S6::total_iters)})
+using S7 = WarmupCosineScheduleOptions;
+OPTD_BINDINGS(WarmupCosineScheduleOptions,
+              {Double("init_factor", &S7::init_factor), Int64("warmup_steps", &S7::warmup_steps),
+               Int64("decay_steps", &S7::decay_steps), Double("end_factor", &S7::end_factor),
+               Double("exponent", &S7::exponent)})
+using S8 = InverseSqrtScheduleOptions;
+OPTD_BINDINGS(InverseSqrtScheduleOptions,
+              {Int64("warmup_steps", &S8::warmup_steps), Int64("timescale", &S8::timescale)})
+using S9 = OneCycleScheduleOptions;
+OPTD_BINDINGS(OneCycleScheduleOptions,
+              {Double("max_lr", &S9::max_lr), Int64("total_steps", &S9::total_steps),
+               Double("pct_start", &S9::pct_start),
+               EnumField("anneal_strategy", &S9::anneal_strategy),
+               Double("div_factor", &S9::div_factor),
+               Double("final_div_factor", &S9::final_div_factor),
+               Bool("three_phase", &S9::three_phase)})
+using S10 = ReduceOnPlateauScheduleOptions;
+OPTD_BINDINGS(ReduceOnPlateauScheduleOptions,
+              {EnumField("mode", &S10::mode), Double("factor", &S10::factor),
+               Int64("patience", &S10::patience), Double("threshold", &S10::threshold),
+               EnumField("threshold_mode", &S10::threshold_mode),
+               Int64("cooldown", &S10::cooldown), Double("min_lr", &S10::min_lr),
+               Double("eps", &S10::eps)})
+#undef OPTD_BINDINGS
+
+// Reads the fields `m` sets into `*o` (others keep their values). `path` names `m` in messages.
+template <typename Options>
+absl::Status Merge(const std::string& path, const Message& m, Options* o) {
+  for (const Binding<Options>& b : BindingsOf<Options>()) {
+    const FieldDescriptor* f = m.GetDescriptor()->FindFieldByName(b.name);
+    const bool present = f->is_repeated() ? m.GetReflection()->FieldSize(m, f) > 0
+                         : f->has_presence() ? m.GetReflection()->HasField(m, f)
+                                             : true;
+    if (!present) continue;
+    if (absl::Status s = b.read(path, m, f, o); !s.ok()) return s;
   }
-  return o;
+  return absl::OkStatus();
 }
 
-// Writes every field of the options into the message (so a reader sees the defaults in force).
-void ToProto(const SgdOptions& o, v1::Sgd* m) {
-  m->set_lr(o.lr);
-  m->set_momentum(o.momentum);
-  m->set_dampening(o.dampening);
-  m->set_weight_decay(o.weight_decay);
-  m->set_nesterov(o.nesterov);
-  m->set_maximize(o.maximize);
+// Writes every field of `o` into `*m`.
+template <typename Options>
+void Write(const Options& o, Message* m) {
+  for (const Binding<Options>& b : BindingsOf<Options>()) {
+    b.write(o, m, m->GetDescriptor()->FindFieldByName(b.name));
+  }
 }
 
-template <typename Options, typename Message>
-void AdamToProto(const Options& o, Message* m) {
-  m->set_lr(o.lr);
-  m->set_beta1(o.beta1);
-  m->set_beta2(o.beta2);
-  m->set_eps(o.eps);
-  m->set_weight_decay(o.weight_decay);
-  m->set_amsgrad(o.amsgrad);
-  m->set_maximize(o.maximize);
+template <size_t I, typename Variant>
+absl::Status MergeAlternative(const std::string& path, const Message& sub, bool reset,
+                              Variant* out) {
+  if (reset) *out = std::variant_alternative_t<I, Variant>{};
+  return Merge(path, sub, &std::get<I>(*out));
 }
 
-void ToProto(const AdagradOptions& o, v1::Adagrad* m) {
-  m->set_lr(o.lr);
-  m->set_lr_decay(o.lr_decay);
-  m->set_weight_decay(o.weight_decay);
-  m->set_initial_accumulator_value(o.initial_accumulator_value);
-  m->set_eps(o.eps);
-  m->set_maximize(o.maximize);
+template <typename Variant, size_t... I>
+absl::Status MergeAlternativeAt(size_t index, const std::string& path, const Message& sub,
+                                bool reset, Variant* out, std::index_sequence<I...>) {
+  absl::Status status;
+  ((I == index ? (void)(status = MergeAlternative<I>(path, sub, reset, out)) : void()), ...);
+  return status;
 }
 
-void ToProto(const NormalizedGdOptions& o, v1::NormalizedGd* m) {
-  m->set_lr(o.lr);
-  m->set_eps(o.eps);
-  m->set_norm(o.norm == NormalizedGdOptions::Norm::kGlobal ? v1::NormalizedGd::NORM_GLOBAL
-                                                          : v1::NormalizedGd::NORM_PER_TENSOR);
-  m->set_guard(o.guard == NormalizedGdOptions::Guard::kAddEps ? v1::NormalizedGd::GUARD_ADD_EPS
-                                                             : v1::NormalizedGd::GUARD_MAX_EPS);
+// A oneof `kind` whose field numbers are the variant's alternative indices + 1 (OptimizerConfig
+// and OptimizerOptions; LrSchedule and ScheduleOptions): reads the alternative the message sets,
+// merged over `*out` when `*out` already holds that alternative, else over its defaults.
+template <typename Variant>
+absl::Status MergeOneof(const std::string& path, const Message& m, Variant* out,
+                        bool* kind_changed) {
+  const google::protobuf::OneofDescriptor* oneof = m.GetDescriptor()->FindOneofByName("kind");
+  const FieldDescriptor* f = m.GetReflection()->GetOneofFieldDescriptor(m, oneof);
+  const size_t index = static_cast<size_t>(f->number() - 1);
+  *kind_changed = index != out->index();
+  return MergeAlternativeAt(index, absl::StrCat(path, ".", f->name()),
+                            m.GetReflection()->GetMessage(m, f), *kind_changed, out,
+                            std::make_index_sequence<std::variant_size_v<Variant>>());
 }
 
-// Prefixes "config.optimizer." to an optimizer's validation message ("adam.lr = ...").
-absl::Status InConfig(const absl::Status& s) {
+template <typename Variant>
+void WriteOneof(const Variant& v, Message* m) {
+  const FieldDescriptor* f = m->GetDescriptor()->FindFieldByNumber(static_cast<int>(v.index()) + 1);
+  Message* sub = m->GetReflection()->MutableMessage(m, f);
+  std::visit([sub](const auto& o) { Write(o, sub); }, v);
+}
+
+// Prefixes `prefix` to a validation message ("adam.lr = ..." -> "config.optimizer.adam.lr = ...").
+absl::Status Prefixed(const std::string& prefix, const absl::Status& s) {
   if (s.ok()) return s;
-  return absl::Status(s.code(), absl::StrCat("config.optimizer.", s.message()));
+  return absl::Status(s.code(), absl::StrCat(prefix, s.message()));
+}
+
+absl::StatusOr<ConsistencyOptions> ConsistencyFromProto(const v1::Consistency& m) {
+  ConsistencyOptions o;
+  if (!v1::Consistency::Mode_IsValid(m.mode())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.consistency.mode = ", m.mode(),
+        " is not a known value; must be MODE_ASYNC (0), MODE_SYNC (1) or MODE_BOUNDED (2)"));
+  }
+  if (!v1::Consistency::Reduce_IsValid(m.reduce())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.consistency.reduce = ", m.reduce(),
+                     " is not a known value; must be REDUCE_MEAN (0) or REDUCE_SUM (1)"));
+  }
+  o.mode = static_cast<ConsistencyOptions::Mode>(m.mode());
+  o.reduce = static_cast<ConsistencyOptions::Reduce>(m.reduce());
+  o.worker_ids.assign(m.worker_ids().begin(), m.worker_ids().end());
+  o.workers = m.workers() == 0 && !o.worker_ids.empty() ? static_cast<int>(o.worker_ids.size())
+                                                         : m.workers();
+  if (o.mode != ConsistencyOptions::Mode::kSync) o.workers = std::max(o.workers, 1);
+  if (m.barrier_timeout_seconds() != 0) {
+    if (!std::isfinite(m.barrier_timeout_seconds()) || m.barrier_timeout_seconds() < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.consistency.barrier_timeout_seconds = ", m.barrier_timeout_seconds(),
+          " is out of range: must be in (0, 86400] (0 means 30)"));
+    }
+    o.barrier_timeout = absl::Seconds(m.barrier_timeout_seconds());
+  }
+  o.quorum = m.quorum();
+  o.max_staleness = m.max_staleness();
+  if (absl::Status s = o.Validate(); !s.ok()) return Prefixed("config.", s);
+  return o;
+}
+
+void ConsistencyToProto(const ConsistencyOptions& o, v1::Consistency* m) {
+  m->set_mode(static_cast<v1::Consistency::Mode>(o.mode));
+  m->set_workers(o.workers);
+  for (const std::string& w : o.worker_ids) m->add_worker_ids(w);
+  m->set_reduce(static_cast<v1::Consistency::Reduce>(o.reduce));
+  m->set_barrier_timeout_seconds(absl::ToDoubleSeconds(o.barrier_timeout));
+  m->set_quorum(o.effective_quorum());
+  m->set_max_staleness(o.max_staleness);
 }
 
 }  // namespace
@@ -146,7 +345,8 @@ absl::StatusOr<std::vector<WireTensorView>> ViewsOf(
     absl::StatusOr<WireDType> dtype = DTypeFromProto(dtype_field.c_str(), t.dtype());
     if (!dtype.ok()) return dtype.status();
     views.push_back({t.name(), absl::MakeConstSpan(t.shape().data(), t.shape().size()), *dtype,
-                     t.data()});
+                     t.data(), t.has_rows(),
+                     absl::MakeConstSpan(t.rows().indices().data(), t.rows().indices().size())});
   }
   return views;
 }
@@ -156,61 +356,77 @@ void TensorToProto(WireTensor&& tensor, v1::Tensor* out) {
   out->mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
   out->set_dtype(static_cast<v1::DType>(tensor.dtype));
   out->set_data(std::move(tensor.data));
+  if (tensor.has_rows) out->mutable_rows()->mutable_indices()->Add(tensor.rows.begin(), tensor.rows.end());
+}
+
+absl::Status MergeOptimizerFromProto(const v1::OptimizerConfig& config, bool require_same_kind,
+                                     OptimizerOptions* options) {
+  if (config.kind_case() == v1::OptimizerConfig::KIND_NOT_SET) {
+    return absl::InvalidArgumentError(
+        "config.optimizer is not set; must be one of sgd, adam, adamw, adagrad, normalized_gd, "
+        "adadelta, rmsprop, nadam, radam, lion, lamb, lars");
+  }
+  const std::string before(OptimizerName(*options));
+  bool kind_changed = false;
+  OptimizerOptions merged = *options;
+  if (absl::Status s = MergeOneof("config.optimizer", config, &merged, &kind_changed); !s.ok()) {
+    return s;
+  }
+  if (require_same_kind && kind_changed) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "optimizer is ", std::string(OptimizerName(merged)), " but the session runs ", before,
+        "; the optimizer kind cannot change (its state would be lost): create a new session"));
+  }
+  if (absl::Status s = Prefixed("config.optimizer.", Validate(merged)); !s.ok()) return s;
+  *options = std::move(merged);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ScheduleOptions> ScheduleFromProto(const v1::LrSchedule& schedule) {
+  ScheduleOptions out;  // constant
+  if (schedule.kind_case() == v1::LrSchedule::KIND_NOT_SET) return out;
+  bool kind_changed = false;
+  if (absl::Status s = MergeOneof("config.schedule", schedule, &out, &kind_changed); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = Prefixed("config.", Validate(out)); !s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<ClipOptions> ClippingFromProto(const v1::Clipping& clipping) {
+  ClipOptions out;
+  out.max_norm = clipping.max_norm();
+  out.clip_value = clipping.clip_value();
+  if (absl::Status s = Prefixed("config.", out.Validate()); !s.ok()) return s;
+  return out;
 }
 
 absl::StatusOr<SessionConfig> ConfigFromProto(const v1::SessionConfig& config) {
   SessionConfig out;
   const v1::OptimizerConfig& opt = config.optimizer();
-  switch (opt.kind_case()) {
-    case v1::OptimizerConfig::kSgd:
-      if (!opt.sgd().has_lr()) {
-        return absl::InvalidArgumentError(
-            "config.optimizer.sgd.lr is required (torch.optim.SGD has no default); must be >= 0");
-      }
-      out.optimizer = FromProto(opt.sgd());
-      break;
-    case v1::OptimizerConfig::kAdam:
-      out.optimizer = AdamFromProto<AdamOptions>(opt.adam());
-      break;
-    case v1::OptimizerConfig::kAdamw:
-      out.optimizer = AdamFromProto<AdamWOptions>(opt.adamw());
-      break;
-    case v1::OptimizerConfig::kAdagrad:
-      out.optimizer = FromProto(opt.adagrad());
-      break;
-    case v1::OptimizerConfig::kNormalizedGd: {
-      absl::StatusOr<NormalizedGdOptions> o = FromProto(opt.normalized_gd());
-      if (!o.ok()) return o.status();
-      out.optimizer = *o;
-      break;
-    }
-    case v1::OptimizerConfig::KIND_NOT_SET:
-      return absl::InvalidArgumentError(
-          "config.optimizer is not set; must be one of sgd, adam, adamw, adagrad, normalized_gd");
+  if (opt.kind_case() == v1::OptimizerConfig::kSgd && !opt.sgd().has_lr()) {
+    return absl::InvalidArgumentError(
+        "config.optimizer.sgd.lr is required (torch.optim.SGD has no default); must be >= 0");
   }
-  if (absl::Status s = InConfig(Validate(out.optimizer)); !s.ok()) return s;
+  if (absl::Status s = MergeOptimizerFromProto(opt, false, &out.optimizer); !s.ok()) return s;
+  absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(config.schedule());
+  if (!schedule.ok()) return schedule.status();
+  out.schedule = *std::move(schedule);
+  absl::StatusOr<ClipOptions> clipping = ClippingFromProto(config.clipping());
+  if (!clipping.ok()) return clipping.status();
+  out.clipping = *clipping;
+  absl::StatusOr<ConsistencyOptions> consistency = ConsistencyFromProto(config.consistency());
+  if (!consistency.ok()) return consistency.status();
+  out.consistency = *std::move(consistency);
   return out;
 }
 
 void ConfigToProto(const SessionConfig& config, v1::SessionConfig* out) {
-  v1::OptimizerConfig* opt = out->mutable_optimizer();
-  std::visit(
-      [opt](const auto& o) {
-        using T = std::decay_t<decltype(o)>;
-        if constexpr (std::is_same_v<T, SgdOptions>) {
-          ToProto(o, opt->mutable_sgd());
-        } else if constexpr (std::is_same_v<T, AdamOptions>) {
-          AdamToProto(o, opt->mutable_adam());
-        } else if constexpr (std::is_same_v<T, AdamWOptions>) {
-          AdamToProto(o, opt->mutable_adamw());
-        } else if constexpr (std::is_same_v<T, AdagradOptions>) {
-          ToProto(o, opt->mutable_adagrad());
-        } else {
-          static_assert(std::is_same_v<T, NormalizedGdOptions>);
-          ToProto(o, opt->mutable_normalized_gd());
-        }
-      },
-      config.optimizer);
+  WriteOneof(config.optimizer, out->mutable_optimizer());
+  WriteOneof(config.schedule, out->mutable_schedule());
+  out->mutable_clipping()->set_max_norm(config.clipping.max_norm);
+  out->mutable_clipping()->set_clip_value(config.clipping.clip_value);
+  ConsistencyToProto(config.consistency, out->mutable_consistency());
 }
 
 void SessionInfoToProto(const SessionInfo& info, v1::Session* out) {
@@ -223,6 +439,7 @@ void SessionInfoToProto(const SessionInfo& info, v1::Session* out) {
     t->set_num_elements(spec.num_elements);
   }
   out->set_version(info.version);
+  out->set_learning_rate(info.learning_rate);
   out->set_num_parameters(info.num_parameters);
   out->set_parameter_bytes(info.parameter_bytes);
   out->set_optimizer_state_bytes(info.optimizer_state_bytes);

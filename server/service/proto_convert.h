@@ -29,8 +29,18 @@ absl::StatusOr<std::vector<WireTensorView>> ViewsOf(
 // Moves `tensor`'s bytes into `*out`.
 void TensorToProto(WireTensor&& tensor, v1::Tensor* out);
 
-// Fails if no optimizer is set, a required field is missing, or an enum value is unknown.
+// Fails if no optimizer is set, a required field is missing, an enum value is unknown, or a value
+// is out of range.
 absl::StatusOr<SessionConfig> ConfigFromProto(const v1::SessionConfig& config);
+
+// Merges the fields `config` sets over `*options` and validates the result; with
+// `require_same_kind`, a different optimizer kind is refused. `*options` changes only on success.
+absl::Status MergeOptimizerFromProto(const v1::OptimizerConfig& config, bool require_same_kind,
+                                     OptimizerOptions* options);
+
+// An unset schedule is the constant schedule.
+absl::StatusOr<ScheduleOptions> ScheduleFromProto(const v1::LrSchedule& schedule);
+absl::StatusOr<ClipOptions> ClippingFromProto(const v1::Clipping& clipping);
 
 // Writes `config` with every field set (the defaults in force made explicit).
 void ConfigToProto(const SessionConfig& config, v1::SessionConfig* out);

@@ -1,8 +1,10 @@
 #include "server/service/server.h"
 
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/descriptor.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -22,7 +24,25 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
         "max_sessions = ", options.store.max_sessions, " is out of range: must be >= 1"));
   }
   std::unique_ptr<OptdServer> server(new OptdServer());
-  server->store_ = std::make_unique<SessionStore>(options.store);
+  SessionObserver* observer = nullptr;
+  if (options.metrics.has_value()) {
+    absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Create(*options.metrics);
+    if (!metrics.ok()) return metrics.status();
+    server->metrics_ = *std::move(metrics);
+    observer = server->metrics_->session_observer();
+    // Zero-valued series for every method served here, as go-grpc-prometheus's InitializeMetrics.
+    GrpcServerMetrics& grpc_metrics = server->metrics_->grpc();
+    const google::protobuf::ServiceDescriptor* optimizer =
+        google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+            v1::Optimizer::service_full_name());
+    if (optimizer == nullptr) return absl::InternalError("no descriptor for optd.v1.Optimizer");
+    grpc_metrics.InitializeService(*optimizer);
+    grpc_metrics.InitializeMethod("grpc.health.v1.Health", "Check", GrpcType::kUnary);
+    grpc_metrics.InitializeMethod("grpc.health.v1.Health", "Watch", GrpcType::kServerStream);
+    grpc_metrics.InitializeMethod("grpc.reflection.v1alpha.ServerReflection",
+                                  "ServerReflectionInfo", GrpcType::kBidiStream);
+  }
+  server->store_ = std::make_unique<SessionStore>(options.store, observer);
   server->service_ = std::make_unique<OptimizerServiceImpl>(server->store_.get());
   server->max_message_bytes_ = options.max_message_bytes;
 
@@ -35,6 +55,11 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->service_.get());
+  if (server->metrics_ != nullptr) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(server->metrics_->grpc().NewInterceptorFactory());
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
@@ -58,6 +83,8 @@ void OptdServer::Shutdown(absl::Time deadline) {
   shut_down_ = true;
   // Health checkers see NOT_SERVING first, so load balancers drain us.
   server_->GetHealthCheckService()->Shutdown();
+  // Calls waiting at SYNC barriers would otherwise hold shutdown until the deadline.
+  store_->CloseSyncSessions(absl::UnavailableError("the server is shutting down"));
   server_->Shutdown(absl::ToChronoTime(deadline));
 }
 

@@ -1,8 +1,10 @@
 // File: server.h
 //
-// OptdServer: the optd gRPC server assembled and started: the Optimizer service over a SessionStore,
-// the grpc.health.v1 service (overall "" and "optd.v1.Optimizer") and server reflection. main.cc
-// and the tests use it; nothing else does.
+// OptdServer: the optd gRPC server assembled and started: the Optimizer service over a
+// SessionStore, the grpc.health.v1 service (overall "" and "optd.v1.Optimizer") and server
+// reflection, and, when ServerOptions::metrics is set, the Prometheus metrics (server/metrics: a
+// gRPC interceptor, the store's SessionObserver and the /metrics exporter). main.cc and the tests
+// use it; nothing else does.
 //
 // Thread safety: Start, port, InProcessChannel and store are safe from any thread. Shutdown may be
 // called once, from any thread that is not a gRPC callback; Wait blocks until Shutdown completes.
@@ -12,12 +14,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/server.h"
+#include "server/metrics/metrics.h"
 #include "server/session/session_store.h"
 
 namespace optd {
@@ -31,6 +35,10 @@ struct ServerOptions {
   // The default leaves room for a 64 MiB tensor plus its reply.
   int64_t max_message_bytes = 256 << 20;
   SessionStoreOptions store;
+  // Prometheus metrics. Unset (the default, for tests and embedders): none are kept and no port is
+  // opened. Set: every RPC and session event is recorded, and served on `metrics->listen` when
+  // that is not empty (main.cc's --metrics_listen).
+  std::optional<MetricsOptions> metrics;
 };
 
 class OptdServer {
@@ -52,6 +60,9 @@ class OptdServer {
 
   SessionStore& store() { return *store_; }
 
+  // The metrics, or null when ServerOptions::metrics was unset.
+  Metrics* metrics() { return metrics_.get(); }
+
   // Marks the services NOT_SERVING, stops accepting calls, lets in-flight calls finish until
   // `deadline`, then cancels the rest.
   void Shutdown(absl::Time deadline);
@@ -62,6 +73,7 @@ class OptdServer {
  private:
   OptdServer() = default;
 
+  std::unique_ptr<Metrics> metrics_;  // first: outlives the store and the server that report to it
   std::unique_ptr<SessionStore> store_;
   std::unique_ptr<OptimizerServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;

@@ -1,9 +1,15 @@
 #include "server/session/session.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -78,7 +84,27 @@ absl::Status NonFiniteError(absl::string_view field, absl::string_view name, int
                                                  value, "; every value must be finite"));
 }
 
+// OptimizerName as an absl::string_view (Debian's abseil does not take std::string_view).
+absl::string_view NameOf(const OptimizerOptions& options) {
+  const std::string_view name = OptimizerName(options);
+  return absl::string_view(name.data(), name.size());
+}
+
+constexpr char kVersionPayload[] = "type.optd/current_version";
+
+absl::Status WithVersion(absl::Status status, int64_t version) {
+  status.SetPayload(kVersionPayload, absl::Cord(absl::StrCat(version)));
+  return status;
+}
+
 }  // namespace
+
+int64_t CurrentVersionOf(const absl::Status& status) {
+  absl::optional<absl::Cord> payload = status.GetPayload(kVersionPayload);
+  int64_t version = -1;
+  if (!payload.has_value() || !absl::SimpleAtoi(std::string(*payload), &version)) return -1;
+  return version;
+}
 
 absl::string_view RefusalReasonName(RefusalReason reason) {
   switch (reason) {
@@ -111,11 +137,16 @@ absl::Status ValidateSessionId(absl::string_view id) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Session>> Session::Create(std::string id, SessionConfig config,
+absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, SessionConfig config,
                                                          absl::Span<const WireTensorView> tensors,
                                                          absl::Time now,
-                                                         SessionObserver* observer) {
+                                                         SessionObserver* observer,
+                                                         DeadlineScheduler* scheduler) {
   if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
+  if (absl::Status s = config.consistency.Validate(); !s.ok()) return s;
+  if (config.consistency.mode == ConsistencyOptions::Mode::kSync && scheduler == nullptr) {
+    return absl::InternalError("a SYNC session needs a DeadlineScheduler");
+  }
   if (tensors.empty() || tensors.size() > kMaxTensorsPerSession) {
     return absl::InvalidArgumentError(absl::StrCat("tensors has ", tensors.size(),
                                                    " entries; must be 1 to ",
@@ -151,19 +182,30 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Create(std::string id, Session
   absl::StatusOr<std::unique_ptr<Optimizer>> optimizer =
       CreateOptimizer(config.optimizer, std::move(sizes));
   if (!optimizer.ok()) return optimizer.status();
-  return std::unique_ptr<Session>(new Session(std::move(id), std::move(specs), std::move(values),
-                                              *std::move(optimizer), now, observer));
+  absl::StatusOr<LrSchedule> schedule =
+      LrSchedule::Create(config.schedule, BaseLearningRate(config.optimizer));
+  if (!schedule.ok()) return schedule.status();
+  if (absl::Status s = config.clipping.Validate(); !s.ok()) return s;
+  return std::shared_ptr<Session>(new Session(std::move(id), std::move(specs), std::move(values),
+                                              *std::move(optimizer), *std::move(schedule),
+                                              config.clipping, std::move(config.consistency), now,
+                                              observer, scheduler));
 }
 
 Session::Session(std::string id, std::vector<TensorSpec> specs,
                  std::vector<std::vector<float>> values, std::unique_ptr<Optimizer> optimizer,
-                 absl::Time create_time, SessionObserver* observer)
+                 LrSchedule schedule, ClipOptions clipping, ConsistencyOptions consistency,
+                 absl::Time create_time, SessionObserver* observer, DeadlineScheduler* scheduler)
     : id_(std::move(id)),
       specs_(std::move(specs)),
+      consistency_(std::move(consistency)),
       create_time_(create_time),
       observer_(observer),
+      scheduler_(scheduler),
       values_(std::move(values)),
-      optimizer_(std::move(optimizer)) {}
+      optimizer_(std::move(optimizer)),
+      schedule_(std::move(schedule)),
+      clipping_(clipping) {}
 
 int Session::FindTensor(absl::string_view name) const {
   for (size_t i = 0; i < specs_.size(); ++i) {
@@ -172,8 +214,22 @@ int Session::FindTensor(absl::string_view name) const {
   return -1;
 }
 
-absl::Status Session::DecodeGradients(const StepInput& input,
-                                      std::vector<std::vector<float>>* grads,
+int64_t Session::RowSize(int index) const {
+  const TensorSpec& spec = specs_[index];
+  return spec.shape.empty() ? 1 : spec.num_elements / spec.shape[0];
+}
+
+std::vector<float> Session::Densify(int index, Gradient&& g) const {
+  if (!g.sparse) return std::move(g.values);
+  const int64_t row_size = RowSize(index);
+  std::vector<float> dense(specs_[index].num_elements, 0.0f);
+  for (size_t r = 0; r < g.rows.size(); ++r) {
+    std::copy_n(g.values.data() + r * row_size, row_size, dense.data() + g.rows[r] * row_size);
+  }
+  return dense;
+}
+
+absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradient>* grads,
                                       double* sum_squares, RefusalReason* reason) const {
   const size_t n = specs_.size();
   grads->assign(n, {});
@@ -198,15 +254,58 @@ absl::Status Session::DecodeGradients(const StepInput& input,
                                                      " of \"", g.name, "\" must be ",
                                                      ShapeString(spec.shape)));
     }
-    std::vector<float>& v = (*grads)[k];
-    v.resize(spec.num_elements);
-    if (absl::Status s = DecodeFloats(field, g.dtype, g.data, absl::MakeSpan(v)); !s.ok()) {
+    Gradient& out = (*grads)[k];
+    if (!g.has_rows) {
+      out.values.resize(spec.num_elements);
+      if (absl::Status s = DecodeFloats(field, g.dtype, g.data, absl::MakeSpan(out.values));
+          !s.ok()) {
+        return s;
+      }
+      if (int64_t bad = FirstNonFinite(out.values, sum_squares); bad >= 0) {
+        *reason = RefusalReason::kNonFinite;
+        return NonFiniteError(field, g.name, bad, out.values[bad]);
+      }
+      continue;
+    }
+    // Row-sparse.
+    if (spec.shape.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, " \"", g.name, "\" has rows but the tensor is a scalar; rows need rank >= 1"));
+    }
+    const int64_t row_size = RowSize(k);
+    for (size_t r = 0; r < g.rows.size(); ++r) {
+      if (g.rows[r] < 0 || g.rows[r] >= spec.shape[0]) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".rows.indices[", r, "] = ",
+                                                       g.rows[r], " is out of range: must be in [0, ",
+                                                       spec.shape[0], ")"));
+      }
+    }
+    std::vector<float> raw(g.rows.size() * row_size);
+    if (absl::Status s = DecodeFloats(field, g.dtype, g.data, absl::MakeSpan(raw)); !s.ok()) {
       return s;
     }
-    if (int64_t bad = FirstNonFinite(v, sum_squares); bad >= 0) {
+    double unused = 0;
+    if (int64_t bad = FirstNonFinite(raw, &unused); bad >= 0) {
       *reason = RefusalReason::kNonFinite;
-      return NonFiniteError(field, g.name, bad, v[bad]);
+      return NonFiniteError(field, g.name, bad, raw[bad]);
     }
+    // Coalesce: sorted unique rows; duplicates summed in the order they came.
+    std::vector<size_t> order(g.rows.size());
+    for (size_t r = 0; r < order.size(); ++r) order[r] = r;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return g.rows[a] < g.rows[b]; });
+    out.sparse = true;
+    for (size_t r : order) {
+      const float* src = raw.data() + r * row_size;
+      if (out.rows.empty() || out.rows.back() != g.rows[r]) {
+        out.rows.push_back(g.rows[r]);
+        out.values.insert(out.values.end(), src, src + row_size);
+      } else {
+        float* dst = out.values.data() + out.values.size() - row_size;
+        for (int64_t j = 0; j < row_size; ++j) dst[j] += src[j];
+      }
+    }
+    for (float v : out.values) *sum_squares += static_cast<double>(v) * v;
   }
   for (size_t k = 0; k < n; ++k) {
     if (!seen[k]) {
@@ -218,67 +317,522 @@ absl::Status Session::DecodeGradients(const StepInput& input,
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepOutput> Session::Step(const StepInput& input) {
+absl::Status Session::Admit(const StepInput& input, const Outcome** duplicate_of,
+                           int64_t* staleness, RefusalReason* reason) {
+  *duplicate_of = nullptr;
+  *staleness = 0;
+  *reason = RefusalReason::kInvalid;
+  if (input.sequence > 0) {
+    auto it = workers_.find(input.worker_id);
+    if (it != workers_.end()) {
+      for (const Outcome& o : it->second.recent) {
+        if (o.sequence == input.sequence) {
+          *duplicate_of = &o;
+          return absl::OkStatus();
+        }
+      }
+      if (input.sequence <= it->second.last_sequence) {
+        *reason = RefusalReason::kDuplicate;
+        return absl::FailedPreconditionError(absl::StrCat(
+            "sequence = ", input.sequence, " of worker ", input.worker_id,
+            " is not above its last sequence ", it->second.last_sequence,
+            " and is not among its ", kReplayWindow,
+            " most recent outcomes; a new step needs a larger sequence number"));
+      }
+    }
+  }
+  if (consistency_.mode == ConsistencyOptions::Mode::kSync && !consistency_.worker_ids.empty() &&
+      std::find(consistency_.worker_ids.begin(), consistency_.worker_ids.end(),
+                input.worker_id) == consistency_.worker_ids.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker_id \"", input.worker_id, "\" is not one of the session's SYNC workers (",
+                     absl::StrJoin(consistency_.worker_ids, ", "), ")"));
+  }
+  if (input.version.has_value()) {
+    if (*input.version > version_) {
+      return absl::InvalidArgumentError(absl::StrCat("version = ", *input.version,
+                                                     " is ahead of the session, which is at version ",
+                                                     version_, "; must be in [0, ", version_, "]"));
+    }
+    *staleness = version_ - *input.version;
+  }
+  if (consistency_.mode == ConsistencyOptions::Mode::kBounded &&
+      *staleness > consistency_.max_staleness) {
+    *reason = RefusalReason::kStale;
+    return WithVersion(
+        absl::AbortedError(absl::StrCat(
+            "gradient computed at version ", *input.version, " is ", *staleness,
+            " versions old; this BOUNDED session accepts at most ", consistency_.max_staleness,
+            ". The session is at version ", version_, ": pull and recompute")),
+        version_);
+  }
+  if (consistency_.mode == ConsistencyOptions::Mode::kSync && *staleness != 0) {
+    *reason = RefusalReason::kStale;
+    return WithVersion(absl::AbortedError(absl::StrCat(
+                           "gradient computed at version ", *input.version,
+                           " cannot join the SYNC barrier of version ", version_,
+                           ": pull and recompute")),
+                       version_);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
+                                  std::optional<double> loss, StepOutput* out, StepEvent* event) {
+  // Row-sparse gradients are applied dense-equivalent: rows not sent have a zero gradient.
+  std::vector<std::vector<float>> grads(gradients.size());
+  for (size_t k = 0; k < gradients.size(); ++k) grads[k] = Densify(k, std::move(gradients[k]));
+  if (scale != 1.0f) {
+    for (std::vector<float>& g : grads) {
+      for (float& x : g) x *= scale;
+    }
+  }
+  const std::vector<absl::Span<float>> grad_spans(grads.begin(), grads.end());
+  Clip(clipping_, grad_spans);
+  std::vector<TensorGrad> step(grads.size());
+  for (size_t k = 0; k < grads.size(); ++k) step[k] = {absl::MakeSpan(values_[k]), grads[k]};
+  const double lr = schedule_.Current();
+  // The update norm needs the parameters from before the step: a copy, made only when someone
+  // observes. (The kernels could report it as a by-product of their pass instead.)
+  std::vector<std::vector<float>> old_values;
+  if (observer_ != nullptr) old_values = values_;
+  if (absl::Status s = optimizer_->Step(step, lr); !s.ok()) return s;
+  schedule_.Advance(loss);
+  event->loss = loss;
+  if (observer_ != nullptr) {
+    double update_sq = 0, param_sq = 0;
+    for (size_t k = 0; k < values_.size(); ++k) {
+      const float* now = values_[k].data();
+      const float* before = old_values[k].data();
+      for (size_t i = 0; i < values_[k].size(); ++i) {
+        const double d = static_cast<double>(now[i]) - before[i];
+        update_sq += d * d;
+        param_sq += static_cast<double>(now[i]) * now[i];
+      }
+    }
+    event->update_norm = std::sqrt(update_sq);
+    event->parameter_norm = std::sqrt(param_sq);
+  }
+  out->version = ++version_;
+  out->parameters_version = version_;
+  out->learning_rate = lr;
+  event->session_id = id_;
+  event->optimizer = NameOf(optimizer_->options());
+  event->version = version_;
+  event->workers = out->workers;
+  event->gradient_norm = out->gradient_norm;
+  event->learning_rate = lr;
+  event->optimizer_state_bytes = optimizer_->StateBytes();
+  return absl::OkStatus();
+}
+
+void Session::RecordOutcome(const std::string& worker_id, int64_t sequence,
+                            const StepOutput& out) {
+  if (sequence <= 0 || worker_id.empty()) return;
+  if (workers_.find(worker_id) == workers_.end() &&
+      static_cast<int>(workers_.size()) >= kMaxTrackedWorkers) {
+    auto oldest = workers_.begin();
+    for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+      if (it->second.last_active < oldest->second.last_active) oldest = it;
+    }
+    workers_.erase(oldest);
+  }
+  WorkerRecord& record = workers_[worker_id];
+  record.last_sequence = std::max(record.last_sequence, sequence);
+  record.last_active = version_;
+  Outcome outcome{sequence, out};
+  outcome.output.parameters.clear();
+  outcome.output.duplicate = false;
+  record.recent.push_back(std::move(outcome));
+  if (static_cast<int>(record.recent.size()) > kReplayWindow) record.recent.pop_front();
+}
+
+void Session::EncodeParameters(ReturnMode mode, WireDType dtype,
+                               const std::vector<const std::vector<int64_t>*>& touched,
+                               StepOutput* out) const {
+  out->parameters.clear();
+  out->parameters_version = version_;
+  if (mode == ReturnMode::kNone) return;
+  out->parameters.reserve(specs_.size());
+  for (size_t k = 0; k < specs_.size(); ++k) {
+    const bool rows_only = mode == ReturnMode::kTouched && k < touched.size() && touched[k];
+    out->parameters.push_back(rows_only ? EncodeRows(k, *touched[k], dtype)
+                                        : EncodeTensor(k, dtype));
+  }
+}
+
+WireTensor Session::EncodeRows(int index, absl::Span<const int64_t> rows, WireDType dtype) const {
+  const int64_t row_size = RowSize(index);
+  std::vector<float> gathered(rows.size() * row_size);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::copy_n(values_[index].data() + rows[r] * row_size, row_size,
+                gathered.data() + r * row_size);
+  }
+  WireTensor t{specs_[index].name, specs_[index].shape, dtype, {}, true,
+               std::vector<int64_t>(rows.begin(), rows.end())};
+  EncodeFloats(dtype, gathered, &t.data);
+  return t;
+}
+
+std::vector<std::string> Session::MissingWorkersLocked() const {
+  const std::vector<std::string>& expected =
+      consistency_.worker_ids.empty() ? known_workers_ : consistency_.worker_ids;
+  std::vector<std::string> missing;
+  for (const std::string& w : expected) {
+    if (std::find(barrier_.contributors.begin(), barrier_.contributors.end(), w) ==
+        barrier_.contributors.end()) {
+      missing.push_back(w);
+    }
+  }
+  return missing;
+}
+
+void Session::CompleteBarrierLocked(std::vector<Completion>* completions, StepEvent* event,
+                                    BarrierReport* report) {
+  const int n = static_cast<int>(barrier_.contributors.size());
+  report->wait_seconds = absl::ToDoubleSeconds(absl::Now() - barrier_.opened);
+  report->missing_workers = consistency_.workers - n;
+  const float scale =
+      consistency_.reduce == ConsistencyOptions::Reduce::kMean ? 1.0f / static_cast<float>(n) : 1.0f;
+  StepOutput out;
+  out.workers = n;
+  if (n < consistency_.workers) out.missing_workers = MissingWorkersLocked();
+  for (const std::string& w : barrier_.contributors) {
+    if (std::find(known_workers_.begin(), known_workers_.end(), w) == known_workers_.end() &&
+        known_workers_.size() < static_cast<size_t>(ConsistencyOptions::kMaxSyncWorkers)) {
+      known_workers_.push_back(w);
+    }
+  }
+  std::optional<double> loss;
+  if (!barrier_.losses.empty()) {
+    double total = 0;
+    for (double l : barrier_.losses) total += l;
+    loss = total / barrier_.losses.size();
+  }
+  // The norm of the combined gradient the optimizer uses.
+  double sum_squares = 0;
+  for (const std::vector<float>& g : barrier_.sum) {
+    for (float x : g) sum_squares += static_cast<double>(x * scale) * (x * scale);
+  }
+  out.gradient_norm = std::sqrt(sum_squares);
+  std::vector<Gradient> combined(barrier_.sum.size());
+  std::vector<const std::vector<int64_t>*> touched(barrier_.sum.size());
+  for (size_t k = 0; k < combined.size(); ++k) {
+    combined[k].values = std::move(barrier_.sum[k]);
+    touched[k] = barrier_.dense[k] ? nullptr : &barrier_.touched[k];
+  }
+  const absl::Status applied = ApplyLocked(combined, scale, loss, &out, event);
+  // One encoding per requested (mode, dtype), shared by every waiter that asked for it.
+  std::vector<std::pair<std::pair<ReturnMode, WireDType>, std::vector<WireTensor>>> encoded;
+  for (Waiter& w : barrier_.waiters) {
+    Completion c{std::move(w.done),
+                 applied.ok() ? absl::StatusOr<StepOutput>(StepOutput{})
+                              : absl::StatusOr<StepOutput>(applied),
+                 w.bytes_received, 0};
+    if (applied.ok()) {
+      StepOutput reply = out;
+      reply.duplicate = w.duplicate;
+      reply.parameters_version = version_;
+      if (!w.duplicate) RecordOutcome(w.worker_id, w.sequence, reply);
+      if (w.return_mode != ReturnMode::kNone) {
+        const auto key = std::make_pair(w.return_mode, w.return_dtype);
+        auto it = std::find_if(encoded.begin(), encoded.end(),
+                               [&](const auto& e) { return e.first == key; });
+        if (it == encoded.end()) {
+          StepOutput tmp;
+          EncodeParameters(w.return_mode, w.return_dtype, touched, &tmp);
+          encoded.emplace_back(key, std::move(tmp.parameters));
+          it = encoded.end() - 1;
+        }
+        reply.parameters = it->second;
+      }
+      c.result = std::move(reply);
+    }
+    completions->push_back(std::move(c));
+  }
+  barrier_ = Barrier{barrier_.id + 1};
+}
+
+void Session::FailBarrierLocked(const absl::Status& status,
+                                std::vector<Completion>* completions) {
+  for (Waiter& w : barrier_.waiters) {
+    completions->push_back({std::move(w.done), status, w.bytes_received, 0});
+  }
+  barrier_ = Barrier{barrier_.id + 1};
+}
+
+void Session::Step(const StepInput& input, StepCallback done) {
+  int64_t bytes_received = 0;
+  for (const WireTensorView& g : input.gradients) bytes_received += g.data.size();
+  auto refuse = [&](absl::Status status, RefusalReason reason) {
+    std::vector<Completion> completions;
+    completions.push_back({std::move(done), std::move(status), bytes_received, -1});
+    Report(std::move(completions), nullptr, nullptr, reason);
+  };
+
+  // Checks that need no state.
+  const bool sync = consistency_.mode == ConsistencyOptions::Mode::kSync;
+  if (!input.worker_id.empty()) {
+    if (absl::Status s = ValidateWorkerId("worker_id", input.worker_id); !s.ok()) {
+      return refuse(s, RefusalReason::kInvalid);
+    }
+  } else if (input.sequence != 0 || sync) {
+    return refuse(absl::InvalidArgumentError(absl::StrCat(
+                      "worker_id is required ",
+                      sync ? "in a SYNC session" : "with a sequence number", " (sequence = ",
+                      input.sequence, ")")),
+                  RefusalReason::kInvalid);
+  }
+  if (input.sequence < 0) {
+    return refuse(absl::InvalidArgumentError(absl::StrCat("sequence = ", input.sequence,
+                                                          " is out of range: must be >= 0")),
+                  RefusalReason::kInvalid);
+  }
+  if (input.version.has_value() && *input.version < 0) {
+    return refuse(absl::InvalidArgumentError(absl::StrCat("version = ", *input.version,
+                                                          " is out of range: must be >= 0")),
+                  RefusalReason::kInvalid);
+  }
+  if (!input.version.has_value() && consistency_.mode != ConsistencyOptions::Mode::kAsync) {
+    return refuse(absl::InvalidArgumentError(absl::StrCat(
+                      "version is required in a ", ModeName(consistency_.mode),
+                      " session: send the version the gradient was computed at")),
+                  RefusalReason::kInvalid);
+  }
+
   // Decode and validate outside the lock: names and shapes never change after Create.
-  std::vector<std::vector<float>> grads;
+  std::vector<Gradient> grads;
   double sum_squares = 0;
   RefusalReason reason;
   if (absl::Status s = DecodeGradients(input, &grads, &sum_squares, &reason); !s.ok()) {
-    if (observer_ != nullptr) observer_->OnRefused(id_, reason);
-    return s;
+    return refuse(s, reason);
+  }
+  // The rows each tensor's gradient touched (null: dense), for ReturnMode::kTouched.
+  std::vector<std::vector<int64_t>> touched_rows(grads.size());
+  std::vector<const std::vector<int64_t>*> touched(grads.size());
+  for (size_t k = 0; k < grads.size(); ++k) {
+    if (grads[k].sparse) {
+      touched_rows[k] = grads[k].rows;
+      touched[k] = &touched_rows[k];
+    }
   }
 
-  StepOutput out;
-  out.gradient_norm = std::sqrt(sum_squares);
+  std::vector<Completion> completions;
   StepEvent event;
+  BarrierReport barrier_report;
+  bool applied = false, barrier_done = false;
+  std::optional<RefusalReason> refusal;
   {
     absl::MutexLock lock(&mu_);
-    std::vector<TensorGrad> step(grads.size());
-    for (size_t k = 0; k < grads.size(); ++k) step[k] = {absl::MakeSpan(values_[k]), grads[k]};
-    out.learning_rate = BaseLearningRate(optimizer_->options());
-    // The update norm needs the parameters from before the step: a copy, made only when someone
-    // observes. (The kernels could report it as a by-product of their pass instead.)
-    std::vector<std::vector<float>> old_values;
-    if (observer_ != nullptr) old_values = values_;
-    if (absl::Status s = optimizer_->Step(step, out.learning_rate); !s.ok()) return s;
-    if (observer_ != nullptr) {
-      double update_sq = 0, param_sq = 0;
-      for (size_t k = 0; k < values_.size(); ++k) {
-        const float* now = values_[k].data();
-        const float* before = old_values[k].data();
-        for (size_t i = 0; i < values_[k].size(); ++i) {
-          const double d = static_cast<double>(now[i]) - before[i];
-          update_sq += d * d;
-          param_sq += static_cast<double>(now[i]) * now[i];
+    const Outcome* duplicate_of = nullptr;
+    int64_t staleness = 0;
+    absl::Status admitted = closed_;
+    // A retry of a contribution still waiting at the barrier waits for the same outcome.
+    bool attached = false;
+    if (admitted.ok() && sync && input.sequence > 0) {
+      for (const Waiter& w : barrier_.waiters) {
+        if (w.worker_id == input.worker_id && w.sequence == input.sequence && !w.duplicate) {
+          barrier_.waiters.push_back({input.worker_id, input.sequence, input.return_mode,
+                                      input.return_dtype, true, bytes_received, std::move(done)});
+          attached = true;
+          break;
         }
       }
-      event.update_norm = std::sqrt(update_sq);
-      event.parameter_norm = std::sqrt(param_sq);
     }
-    out.version = ++version_;
-    if (input.return_parameters) {
-      out.parameters.reserve(grads.size());
-      for (size_t k = 0; k < grads.size(); ++k) {
-        out.parameters.push_back(EncodeTensor(k, input.return_dtype));
+    if (!attached && admitted.ok()) admitted = Admit(input, &duplicate_of, &staleness, &reason);
+    if (attached) {
+      // answered when the barrier completes
+    } else if (!admitted.ok()) {
+      completions.push_back({std::move(done), admitted, bytes_received, -1});
+      if (closed_.ok()) refusal = reason;
+    } else if (duplicate_of != nullptr) {
+      StepOutput out = duplicate_of->output;
+      out.duplicate = true;
+      EncodeParameters(input.return_mode, input.return_dtype, touched, &out);
+      completions.push_back({std::move(done), std::move(out), bytes_received, staleness});
+    } else if (!sync) {
+      StepOutput out;
+      out.gradient_norm = std::sqrt(sum_squares);
+      out.staleness = staleness;
+      absl::Status s = ApplyLocked(grads, 1.0f, input.loss, &out, &event);
+      if (s.ok()) {
+        applied = true;
+        RecordOutcome(input.worker_id, input.sequence, out);
+        EncodeParameters(input.return_mode, input.return_dtype, touched, &out);
+        completions.push_back({std::move(done), std::move(out), bytes_received, staleness});
+      } else {
+        completions.push_back({std::move(done), s, bytes_received, staleness});
+      }
+    } else if (std::find(barrier_.contributors.begin(), barrier_.contributors.end(),
+                         input.worker_id) != barrier_.contributors.end()) {
+      completions.push_back(
+          {std::move(done),
+           absl::InvalidArgumentError(absl::StrCat(
+               "worker ", input.worker_id, " already sent a gradient for version ", version_,
+               "; one gradient per worker per SYNC step (a retry must reuse its sequence number)")),
+           bytes_received, staleness});
+      refusal = RefusalReason::kInvalid;
+    } else {
+      // Join the barrier.
+      if (barrier_.contributors.empty()) {
+        barrier_.opened = absl::Now();
+        barrier_.sum.resize(grads.size());
+        barrier_.dense.assign(grads.size(), false);
+        barrier_.touched.assign(grads.size(), {});
+        for (size_t k = 0; k < grads.size(); ++k) {
+          barrier_.dense[k] = !grads[k].sparse;
+          if (grads[k].sparse) barrier_.touched[k] = grads[k].rows;
+          barrier_.sum[k] = Densify(k, std::move(grads[k]));
+        }
+        scheduler_->Schedule(barrier_.opened + consistency_.barrier_timeout,
+                             [weak = weak_from_this(), id = barrier_.id] {
+                               if (std::shared_ptr<Session> s = weak.lock()) s->ExpireBarrier(id);
+                             });
+      } else {
+        for (size_t k = 0; k < grads.size(); ++k) {
+          float* sum = barrier_.sum[k].data();
+          const float* g = grads[k].values.data();
+          if (!grads[k].sparse) {
+            barrier_.dense[k] = true;
+            for (size_t i = 0; i < grads[k].values.size(); ++i) sum[i] += g[i];
+            continue;
+          }
+          const int64_t row_size = RowSize(k);
+          for (size_t r = 0; r < grads[k].rows.size(); ++r) {
+            float* dst = sum + grads[k].rows[r] * row_size;
+            for (int64_t j = 0; j < row_size; ++j) dst[j] += g[r * row_size + j];
+          }
+          std::vector<int64_t> merged;
+          std::set_union(barrier_.touched[k].begin(), barrier_.touched[k].end(),
+                         grads[k].rows.begin(), grads[k].rows.end(), std::back_inserter(merged));
+          barrier_.touched[k] = std::move(merged);
+        }
+      }
+      barrier_.contributors.push_back(input.worker_id);
+      if (input.loss.has_value()) barrier_.losses.push_back(*input.loss);
+      barrier_.waiters.push_back({input.worker_id, input.sequence, input.return_mode,
+                                  input.return_dtype, false, bytes_received, std::move(done)});
+      if (static_cast<int>(barrier_.contributors.size()) == consistency_.workers) {
+        CompleteBarrierLocked(&completions, &event, &barrier_report);
+        applied = barrier_done = true;
       }
     }
-    const std::string_view name = OptimizerName(optimizer_->options());
-    event.optimizer = absl::string_view(name.data(), name.size());
-    event.optimizer_state_bytes = optimizer_->StateBytes();
   }
+  Report(std::move(completions), applied ? &event : nullptr,
+         barrier_done ? &barrier_report : nullptr, refusal);
+}
+
+void Session::ExpireBarrier(int64_t barrier_id) {
+  std::vector<Completion> completions;
+  StepEvent event;
+  BarrierReport report;
+  bool applied = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (barrier_.id != barrier_id || barrier_.contributors.empty() || !closed_.ok()) return;
+    const int n = static_cast<int>(barrier_.contributors.size());
+    if (n >= consistency_.effective_quorum()) {
+      CompleteBarrierLocked(&completions, &event, &report);
+      applied = true;
+    } else {
+      report.wait_seconds = absl::ToDoubleSeconds(absl::Now() - barrier_.opened);
+      report.missing_workers = consistency_.workers - n;
+      const std::vector<std::string> missing = MissingWorkersLocked();
+      absl::Status status = WithVersion(
+          absl::AbortedError(absl::StrCat(
+              "SYNC barrier of version ", version_, " expired after ",
+              absl::FormatDuration(consistency_.barrier_timeout), " with ", n, " of ",
+              consistency_.workers, " gradients (from ",
+              absl::StrJoin(barrier_.contributors, ", "), "), below the quorum of ",
+              consistency_.effective_quorum(), "; missing: ",
+              missing.empty() ? std::string("workers not yet known by id")
+                              : absl::StrJoin(missing, ", "),
+              ". Nothing was applied; pull and retry")),
+          version_);
+      FailBarrierLocked(status, &completions);
+    }
+  }
+  Report(std::move(completions), applied ? &event : nullptr, &report,
+         applied ? std::nullopt : std::optional<RefusalReason>(RefusalReason::kBarrierTimeout));
+}
+
+absl::Status Session::Update(const SessionUpdate& update) {
+  if (update.clipping.has_value()) {
+    if (absl::Status s = update.clipping->Validate(); !s.ok()) return s;
+  }
+  absl::MutexLock lock(&mu_);
+  OptimizerOptions options = optimizer_->options();
+  if (update.optimizer) {
+    if (absl::Status s = update.optimizer(&options); !s.ok()) return s;
+    if (options.index() != optimizer_->options().index()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "optimizer is ", NameOf(options), " but the session runs ",
+          NameOf(optimizer_->options()), "; the optimizer kind cannot change"));
+    }
+  }
+  const double base_lr = update.optimizer ? BaseLearningRate(options) : schedule_.base_lr();
+  // Build the new schedule first: nothing changes unless every part is valid.
+  LrSchedule schedule = schedule_;
+  if (update.schedule.has_value()) {
+    absl::StatusOr<LrSchedule> fresh = LrSchedule::Create(*update.schedule, base_lr);
+    if (!fresh.ok()) return fresh.status();
+    LrScheduleState state = fresh->state();
+    state.step = schedule_.steps();  // the new schedule continues at the current step
+    if (absl::Status s = fresh->RestoreState(state); !s.ok()) return s;
+    schedule = *std::move(fresh);
+  } else if (base_lr != schedule_.base_lr()) {
+    if (absl::Status s = schedule.SetBaseLr(base_lr); !s.ok()) return s;
+  }
+  if (update.optimizer) {
+    if (absl::Status s = optimizer_->UpdateOptions(options); !s.ok()) return s;
+  }
+  schedule_ = std::move(schedule);
+  if (update.clipping.has_value()) clipping_ = *update.clipping;
+  return absl::OkStatus();
+}
+
+void Session::Close(const absl::Status& status) {
+  std::vector<Completion> completions;
+  {
+    absl::MutexLock lock(&mu_);
+    closed_ = status;
+    FailBarrierLocked(status, &completions);
+  }
+  Report(std::move(completions), nullptr, nullptr, std::nullopt);
+}
+
+void Session::Report(std::vector<Completion> completions, const StepEvent* event,
+                     const BarrierReport* barrier, std::optional<RefusalReason> refusal) {
   if (observer_ != nullptr) {
-    event.session_id = id_;
-    event.version = out.version;
-    event.gradient_norm = out.gradient_norm;
-    event.learning_rate = out.learning_rate;
-    event.loss = input.loss;
-    observer_->OnStep(event);
-    RequestEvent request{id_, 0, 0, -1};
-    for (const WireTensorView& g : input.gradients) request.bytes_received += g.data.size();
-    for (const WireTensor& p : out.parameters) request.bytes_sent += p.data.size();
-    observer_->OnRequest(request);
+    if (event != nullptr) observer_->OnStep(*event);
+    if (barrier != nullptr) {
+      observer_->OnBarrier(id_, barrier->wait_seconds, barrier->missing_workers);
+    }
+    for (const Completion& c : completions) {
+      RequestEvent request{id_, c.bytes_received, 0, c.staleness};
+      if (c.result.ok()) {
+        for (const WireTensor& p : c.result->parameters) request.bytes_sent += p.data.size();
+      }
+      observer_->OnRequest(request);
+      if (!c.result.ok()) {
+        if (refusal.has_value()) observer_->OnRefused(id_, *refusal);
+      } else if (c.result->duplicate) {
+        observer_->OnRefused(id_, RefusalReason::kDuplicate);
+      }
+    }
   }
-  return out;
+  for (Completion& c : completions) c.done(std::move(c.result));
+}
+
+absl::StatusOr<StepOutput> Session::StepAndWait(const StepInput& input) {
+  absl::Notification finished;
+  absl::StatusOr<StepOutput> result;
+  Step(input, [&](absl::StatusOr<StepOutput> r) {
+    result = std::move(r);
+    finished.Notify();
+  });
+  finished.WaitForNotification();
+  return result;
 }
 
 WireTensor Session::EncodeTensor(int index, WireDType dtype) const {
@@ -288,7 +842,8 @@ WireTensor Session::EncodeTensor(int index, WireDType dtype) const {
 }
 
 absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> names,
-                                         WireDType dtype) const {
+                                         WireDType dtype,
+                                         absl::Span<const RowSelection> rows) const {
   std::vector<int> indices;
   if (names.empty()) {
     for (size_t k = 0; k < specs_.size(); ++k) indices.push_back(k);
@@ -308,11 +863,40 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
       indices.push_back(k);
     }
   }
+  // For each tensor, the rows to return (null: all of it).
+  std::vector<const RowSelection*> selection(specs_.size(), nullptr);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int k = FindTensor(rows[i].name);
+    if (k < 0 || std::find(indices.begin(), indices.end(), k) == indices.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "rows[", i, "].name \"", rows[i].name, "\" is not ",
+          k < 0 ? absl::StrCat("a tensor of session ", id_) : std::string("among names")));
+    }
+    if (selection[k] != nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("rows[", i, "].name \"", rows[i].name, "\" is repeated"));
+    }
+    if (specs_[k].shape.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("rows[", i, "].name \"", rows[i].name,
+                                                     "\" is a scalar; rows need rank >= 1"));
+    }
+    for (size_t r = 0; r < rows[i].rows.size(); ++r) {
+      if (rows[i].rows[r] < 0 || rows[i].rows[r] >= specs_[k].shape[0]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "rows[", i, "].indices[", r, "] = ", rows[i].rows[r],
+            " is out of range: must be in [0, ", specs_[k].shape[0], ")"));
+      }
+    }
+    selection[k] = &rows[i];
+  }
   PullOutput out;
   absl::ReaderMutexLock lock(&mu_);
   out.version = version_;
   out.tensors.reserve(indices.size());
-  for (int k : indices) out.tensors.push_back(EncodeTensor(k, dtype));
+  for (int k : indices) {
+    out.tensors.push_back(selection[k] != nullptr ? EncodeRows(k, selection[k]->rows, dtype)
+                                                  : EncodeTensor(k, dtype));
+  }
   return out;
 }
 
@@ -323,8 +907,12 @@ SessionInfo Session::Info() const {
   info.create_time = create_time_;
   for (const TensorSpec& s : specs_) info.num_parameters += s.num_elements;
   info.parameter_bytes = info.num_parameters * static_cast<int64_t>(sizeof(float));
+  info.config.consistency = consistency_;
   absl::ReaderMutexLock lock(&mu_);
   info.config.optimizer = optimizer_->options();
+  info.config.schedule = schedule_.options();
+  info.config.clipping = clipping_;
+  info.learning_rate = schedule_.Current();
   info.version = version_;
   info.optimizer_state_bytes = optimizer_->StateBytes();
   info.state_bytes_per_parameter = optimizer_->StateBytesPerElement();

@@ -1,24 +1,34 @@
 // File: session.h
 //
-// Session: one model's named float32 parameters, the optimizer that updates them, and a version
-// counter that each applied step increments. It is the unit of concurrency of optd.
+// Session: one model's named float32 parameters, the optimizer that updates them, a version that
+// each applied step increments, and the consistency machinery that turns many workers' gradients
+// into steps: ASYNC (apply on arrival), SYNC (a barrier of K workers per version, with a deadline),
+// BOUNDED (refuse gradients more than S versions old), and exactly-once application of retried
+// requests keyed by (worker id, sequence number).
 //
-// Who may call it: SessionStore creates sessions; the service layer calls Step, Pull and Info on a
-// std::shared_ptr<Session> it got from the store.
+// Who may call it: SessionStore creates sessions (always owned by a std::shared_ptr); the service
+// layer calls Step, Pull and Info on a session it got from the store.
 //
-// Thread safety: all methods are thread-safe. The tensor names, shapes and the id are immutable
-// after Create and are read without a lock; parameters, the optimizer and the version are guarded by
-// mu_. A Step decodes and validates its gradients before taking mu_, and holds mu_ only for the
-// optimizer update and the encoding of the reply, so a step is atomic: other callers see either all
-// of it or none of it.
+// Thread safety: all methods are thread-safe. The id, tensor names and shapes are immutable after
+// Create and read without a lock; everything else is guarded by mu_. A Step decodes and validates
+// its gradients before taking mu_, holds mu_ for the bookkeeping, the optimizer update and the
+// encoding of the reply, and calls its callback and the observer only after releasing it. A step
+// is atomic: other callers see all of it or none of it.
 //
-// Errors: InvalidArgument for a malformed request (the message names the field, the value and the
-// valid range); nothing is changed by a request that fails.
+// Errors, through the step callback (nothing is changed by a request that fails):
+//   InvalidArgument     malformed request (the message names the field, the value, the range)
+//   Aborted             stale gradient (SYNC: not the current version; BOUNDED: older than S), or a
+//                       SYNC barrier that expired short of its quorum; the status carries the
+//                       current version (CurrentVersionOf)
+//   FailedPrecondition  a sequence number below the worker's last one that is no longer remembered
+//   Unavailable         the session was closed (deleted, or the server is stopping) mid-barrier
 
 #ifndef OPTD_SERVER_SESSION_SESSION_H_
 #define OPTD_SERVER_SESSION_SESSION_H_
 
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -26,21 +36,39 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "server/optim/optimizer.h"
+#include "server/optim/clip.h"
 #include "server/optim/optimizer_options.h"
+#include "server/optim/schedule.h"
+#include "server/session/consistency.h"
+#include "server/session/deadline_scheduler.h"
 #include "server/session/session_observer.h"
 #include "server/session/wire_tensor.h"
 
 namespace optd {
 
-// How a session optimizes. Later capabilities add fields (schedule, clipping, consistency).
+// How a session optimizes.
 struct SessionConfig {
   OptimizerOptions optimizer = AdamOptions{};
+  ScheduleOptions schedule;  // constant by default
+  ClipOptions clipping;      // off by default
+  ConsistencyOptions consistency;
+};
+
+// What UpdateSession may change; an unset member changes nothing.
+struct SessionUpdate {
+  // Edits the options in force (called under the session's lock, so concurrent updates of
+  // different fields do not lose each other); must keep the optimizer kind and validate.
+  std::function<absl::Status(OptimizerOptions*)> optimizer;
+  std::optional<ScheduleOptions> schedule;
+  std::optional<ClipOptions> clipping;
 };
 
 struct TensorSpec {
@@ -55,6 +83,7 @@ struct SessionInfo {
   SessionConfig config;
   std::vector<TensorSpec> tensors;
   int64_t version = 0;
+  double learning_rate = 0;  // what the next step will use
   int64_t num_parameters = 0;
   int64_t parameter_bytes = 0;
   int64_t optimizer_state_bytes = 0;
@@ -62,22 +91,54 @@ struct SessionInfo {
   absl::Time create_time;
 };
 
+// Which parameters a step's reply carries.
+enum class ReturnMode {
+  kAll,      // every tensor
+  kNone,     // none
+  kTouched,  // tensors with a dense gradient whole; with a row-sparse one, the touched rows
+};
+
+// A gradient decoded for one tensor: dense, or row-sparse with sorted unique rows (duplicates
+// summed).
+struct Gradient {
+  bool sparse = false;
+  std::vector<int64_t> rows;   // sparse only
+  std::vector<float> values;   // dense: every element; sparse: rows.size() * row size
+};
+
+// One worker's request. Borrows the gradients' bytes: they must stay valid until Step returns
+// (Step copies what a SYNC barrier keeps).
 struct StepInput {
-  absl::string_view worker_id;
+  std::string worker_id;
   // One per session tensor, any order.
   absl::Span<const WireTensorView> gradients;
   std::optional<double> loss;
-  bool return_parameters = true;
+  ReturnMode return_mode = ReturnMode::kAll;
   WireDType return_dtype = WireDType::kF32;
+  // Idempotency key with worker_id; 0 means none.
+  int64_t sequence = 0;
+  // The version the gradient was computed at.
+  std::optional<int64_t> version;
 };
 
 struct StepOutput {
   int64_t version = 0;
   double gradient_norm = 0;
   double learning_rate = 0;
-  // Every tensor in creation order if StepInput::return_parameters, else empty.
+  bool duplicate = false;
+  // The version of `parameters` (later than `version` for a duplicate answered after more steps).
+  int64_t parameters_version = 0;
+  int workers = 1;
+  std::vector<std::string> missing_workers;
+  int64_t staleness = 0;
+  // In creation order, as StepInput::return_mode asked.
   std::vector<WireTensor> parameters;
 };
+
+using StepCallback = absl::AnyInvocable<void(absl::StatusOr<StepOutput>)>;
+
+// The session version carried by an Aborted status from Step, or -1.
+int64_t CurrentVersionOf(const absl::Status& status);
 
 struct PullOutput {
   int64_t version = 0;
@@ -89,18 +150,24 @@ inline constexpr int kMaxSessionIdLength = 128;
 inline constexpr int kMaxTensorNameLength = 256;
 inline constexpr int kMaxTensorRank = 8;
 inline constexpr int kMaxTensorsPerSession = 4096;
+// Exactly-once table: per session, the most recent outcomes of at most kMaxTrackedWorkers workers
+// (the least recently active is forgotten first), kReplayWindow outcomes each.
+inline constexpr int kMaxTrackedWorkers = 1024;
+inline constexpr int kReplayWindow = 16;
 
-class Session {
+class Session : public std::enable_shared_from_this<Session> {
  public:
   // Creates a session holding `tensors` (decoded to float32) and the optimizer `config` names.
   // Returns InvalidArgument for an invalid id, config, or tensor (no tensors, empty or repeated or
   // badly formed name, rank > kMaxTensorRank, a dimension < 1, wrong byte length, a non-finite
   // initial value). `observer`, if not null, must outlive the session; it is told of every step and
   // refusal.
-  static absl::StatusOr<std::unique_ptr<Session>> Create(std::string id, SessionConfig config,
+  // `scheduler` (needed by SYNC sessions; may be null otherwise) must outlive the session.
+  static absl::StatusOr<std::shared_ptr<Session>> Create(std::string id, SessionConfig config,
                                                          absl::Span<const WireTensorView> tensors,
                                                          absl::Time now,
-                                                         SessionObserver* observer = nullptr);
+                                                         SessionObserver* observer = nullptr,
+                                                         DeadlineScheduler* scheduler = nullptr);
 
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -108,41 +175,162 @@ class Session {
   const std::string& id() const { return id_; }
   const std::vector<TensorSpec>& tensors() const { return specs_; }
 
-  // Applies one step. `input.gradients` must name every tensor exactly once, with the tensor's
-  // shape, and hold only finite values. Returns InvalidArgument (naming the tensor and what is
-  // wrong) and changes nothing otherwise.
-  absl::StatusOr<StepOutput> Step(const StepInput& input);
+  // Submits one worker's gradient. `input.gradients` must name every tensor exactly once, with the
+  // tensor's shape, and hold only finite values. `done` is called exactly once with the outcome:
+  // before Step returns in ASYNC and BOUNDED sessions, and for SYNC sessions when the barrier
+  // completes or expires, from the thread that completes it (another Step, or the scheduler).
+  void Step(const StepInput& input, StepCallback done);
 
-  // Returns the named tensors (all, in creation order, when `names` is empty) as `dtype`.
-  // InvalidArgument for an unknown or repeated name.
-  absl::StatusOr<PullOutput> Pull(absl::Span<const absl::string_view> names, WireDType dtype) const;
+  // The same, waiting for the outcome (for tests and in-process callers; a SYNC step blocks the
+  // caller until its barrier completes).
+  absl::StatusOr<StepOutput> StepAndWait(const StepInput& input);
+
+  // Changes hyperparameters for the next step, keeping the optimizer state. Returns
+  // InvalidArgument (naming the field) and changes nothing if any part is invalid.
+  absl::Status Update(const SessionUpdate& update);
+
+  // Fails every call waiting at a SYNC barrier with `status` and refuses later steps with it.
+  // Called when the session is deleted or the server stops.
+  void Close(const absl::Status& status);
+
+  // Returns the named tensors (all, in creation order, when `names` is empty) as `dtype`; for the
+  // tensors in `rows`, only the rows chosen there (row-sparse, in the order given).
+  // InvalidArgument for an unknown or repeated name, or a row out of range.
+  absl::StatusOr<PullOutput> Pull(absl::Span<const absl::string_view> names, WireDType dtype,
+                                  absl::Span<const RowSelection> rows = {}) const;
 
   SessionInfo Info() const;
 
  private:
   Session(std::string id, std::vector<TensorSpec> specs, std::vector<std::vector<float>> values,
-          std::unique_ptr<Optimizer> optimizer, absl::Time create_time, SessionObserver* observer);
+          std::unique_ptr<Optimizer> optimizer, LrSchedule schedule, ClipOptions clipping,
+          ConsistencyOptions consistency, absl::Time create_time, SessionObserver* observer,
+          DeadlineScheduler* scheduler);
+
+  // One worker's recent outcomes, for exactly-once replies.
+  struct Outcome {
+    int64_t sequence = 0;
+    StepOutput output;  // without parameters
+  };
+  struct WorkerRecord {
+    int64_t last_sequence = 0;
+    int64_t last_active = 0;     // version_ when last seen, for eviction
+    std::deque<Outcome> recent;  // at most kReplayWindow, oldest first
+  };
+  // A call waiting at the SYNC barrier.
+  struct Waiter {
+    std::string worker_id;
+    int64_t sequence = 0;
+    ReturnMode return_mode = ReturnMode::kAll;
+    WireDType return_dtype = WireDType::kF32;
+    bool duplicate = false;  // a retry attached to a pending contribution
+    int64_t bytes_received = 0;
+    StepCallback done;
+  };
+  // The SYNC barrier of the current version.
+  struct Barrier {
+    int64_t id = 0;                        // changes every time a barrier completes or expires
+    absl::Time opened;
+    std::vector<std::string> contributors; // in arrival order
+    std::vector<std::vector<float>> sum;   // per tensor, sum of the contributed gradients
+    // Per tensor: whether a contribution was dense, and the rows the sparse ones touched.
+    std::vector<bool> dense;
+    std::vector<std::vector<int64_t>> touched;
+    std::vector<double> losses;
+    std::vector<Waiter> waiters;
+  };
+  // A finished request to answer (and report) after mu_ is released.
+  struct Completion {
+    StepCallback done;
+    absl::StatusOr<StepOutput> result;
+    int64_t bytes_received = 0;
+    int64_t staleness = -1;
+  };
+  // A completed or expired barrier, to report after mu_ is released.
+  struct BarrierReport {
+    double wait_seconds = 0;
+    int missing_workers = 0;
+  };
 
   // Decodes and validates the gradients of `input` into `grads` (one per tensor, creation order)
   // and adds their sum of squares to `*sum_squares`. On failure sets `*reason`.
-  absl::Status DecodeGradients(const StepInput& input, std::vector<std::vector<float>>* grads,
+  absl::Status DecodeGradients(const StepInput& input, std::vector<Gradient>* grads,
                                double* sum_squares, RefusalReason* reason) const;
+
+  // Elements per row of tensor `index` (its size over its first dimension).
+  int64_t RowSize(int index) const;
+
+  // The dense form of `g` for tensor `index`.
+  std::vector<float> Densify(int index, Gradient&& g) const;
+
+  // Checks the request's worker id, sequence and version against the session's state. Returns OK
+  // to go on, or the refusal (with *reason set). Sets *duplicate_of if the request repeats an
+  // applied step (then returns OK and the caller replies with that outcome).
+  absl::Status Admit(const StepInput& input, const Outcome** duplicate_of, int64_t* staleness,
+                     RefusalReason* reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Scales `grads` by `scale`, clips them, runs the optimizer with the schedule's learning rate,
+  // advances the schedule (with `loss`), increments the version and fills the common fields of
+  // `*out` and `*event`. out->gradient_norm must already hold the norm before clipping.
+  absl::Status ApplyLocked(std::vector<Gradient>& grads, float scale,
+                           std::optional<double> loss, StepOutput* out, StepEvent* event)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Remembers the outcome of (worker, sequence) for retries.
+  void RecordOutcome(const std::string& worker_id, int64_t sequence, const StepOutput& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Fills out->parameters as `mode` asks; `touched` (per tensor, null for a dense gradient) are
+  // the rows to return for kTouched.
+  void EncodeParameters(ReturnMode mode, WireDType dtype,
+                        const std::vector<const std::vector<int64_t>*>& touched,
+                        StepOutput* out) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  // Applies the barrier's gradients (those present), answers its waiters into `completions`, and
+  // opens the next barrier.
+  void CompleteBarrierLocked(std::vector<Completion>* completions, StepEvent* event,
+                             BarrierReport* report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Fails every waiter of the barrier with `status` and opens the next barrier.
+  void FailBarrierLocked(const absl::Status& status, std::vector<Completion>* completions)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Scheduler callback: expires barrier `barrier_id` if it is still open.
+  void ExpireBarrier(int64_t barrier_id);
+
+  // The workers a SYNC barrier expects and has not heard from.
+  std::vector<std::string> MissingWorkersLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  // Answers `completions` and tells the observer about them; no lock may be held.
+  void Report(std::vector<Completion> completions, const StepEvent* event,
+              const BarrierReport* barrier, std::optional<RefusalReason> refusal);
 
   // Index of the tensor named `name`, or -1.
   int FindTensor(absl::string_view name) const;
 
   WireTensor EncodeTensor(int index, WireDType dtype) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  WireTensor EncodeRows(int index, absl::Span<const int64_t> rows, WireDType dtype) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
   const std::string id_;
   const std::vector<TensorSpec> specs_;
+  const ConsistencyOptions consistency_;
   const absl::Time create_time_;
-  SessionObserver* const observer_;  // may be null; thread-safe itself
+  SessionObserver* const observer_;     // may be null; thread-safe itself
+  DeadlineScheduler* const scheduler_;  // may be null unless SYNC; thread-safe itself
 
   mutable absl::Mutex mu_;
   std::vector<std::vector<float>> values_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Optimizer> optimizer_ ABSL_GUARDED_BY(mu_);
+  LrSchedule schedule_ ABSL_GUARDED_BY(mu_);
+  ClipOptions clipping_ ABSL_GUARDED_BY(mu_);
   int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status closed_ ABSL_GUARDED_BY(mu_);  // not OK once Close was called
+  absl::flat_hash_map<std::string, WorkerRecord> workers_ ABSL_GUARDED_BY(mu_);
+  Barrier barrier_ ABSL_GUARDED_BY(mu_);
+  // SYNC: every worker id that ever contributed (to name missing workers without worker_ids).
+  std::vector<std::string> known_workers_ ABSL_GUARDED_BY(mu_);
 };
 
 // Returns InvalidArgument unless `id` is 1-kMaxSessionIdLength characters of [A-Za-z0-9._-].

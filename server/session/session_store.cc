@@ -1,5 +1,6 @@
 #include "server/session/session_store.h"
 
+#include <limits>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -32,8 +33,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Create(
           "the server holds ", sessions_.size(), " sessions, its maximum (--max_sessions)"));
     }
   }
-  absl::StatusOr<std::unique_ptr<Session>> session =
-      Session::Create(id, std::move(config), tensors, absl::Now(), observer_);
+  absl::StatusOr<std::shared_ptr<Session>> session =
+      Session::Create(id, std::move(config), tensors, absl::Now(), observer_, &scheduler_);
   if (!session.ok()) return session.status();
   std::shared_ptr<Session> shared = *std::move(session);
   {
@@ -73,8 +74,15 @@ absl::Status SessionStore::Delete(absl::string_view id) {
     doomed = std::move(it->second);
     sessions_.erase(it);
   }
+  doomed->Close(absl::UnavailableError(absl::StrCat("session ", id, " was deleted")));
   if (observer_ != nullptr) observer_->OnSessionDeleted(doomed->id());
   return absl::OkStatus();
+}
+
+void SessionStore::CloseSyncSessions(const absl::Status& status) {
+  for (const std::shared_ptr<Session>& s : List("", std::numeric_limits<int>::max())) {
+    if (s->Info().config.consistency.mode == ConsistencyOptions::Mode::kSync) s->Close(status);
+  }
 }
 
 std::vector<std::shared_ptr<Session>> SessionStore::List(absl::string_view start_after,

@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "server/session/deadline_scheduler.h"
 #include "server/session/session.h"
 
 namespace optd {
@@ -47,7 +48,13 @@ class SessionStore {
 
   absl::StatusOr<std::shared_ptr<Session>> Find(absl::string_view id) const;
 
+  // Removes the session and closes it: calls waiting at its SYNC barrier fail with Unavailable.
   absl::Status Delete(absl::string_view id);
+
+  // Closes every SYNC session with `status`: calls waiting at their barriers fail with it, and so
+  // do later steps (a barrier could not complete before the server stops). ASYNC and BOUNDED
+  // sessions keep serving the calls in flight. For server shutdown.
+  void CloseSyncSessions(const absl::Status& status);
 
   // Up to `limit` sessions whose ids sort after `start_after` (all when empty), in id order.
   std::vector<std::shared_ptr<Session>> List(absl::string_view start_after, int limit) const;
@@ -57,6 +64,7 @@ class SessionStore {
  private:
   const SessionStoreOptions options_;
   SessionObserver* const observer_;
+  DeadlineScheduler scheduler_;  // SYNC barrier deadlines of every session
   mutable absl::Mutex mu_;
   // Ordered, so that ListSessions pages are stable.
   std::map<std::string, std::shared_ptr<Session>, std::less<>> sessions_ ABSL_GUARDED_BY(mu_);

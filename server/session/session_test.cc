@@ -42,10 +42,10 @@ SessionConfig Sgd(double lr) {
   return {o};
 }
 
-std::unique_ptr<Session> MakeSession(std::vector<OwnedTensor> tensors, SessionConfig config) {
+std::shared_ptr<Session> MakeSession(std::vector<OwnedTensor> tensors, SessionConfig config) {
   std::vector<WireTensorView> views;
   for (const OwnedTensor& t : tensors) views.push_back(t.view());
-  absl::StatusOr<std::unique_ptr<Session>> s =
+  absl::StatusOr<std::shared_ptr<Session>> s =
       Session::Create("s1", std::move(config), views, absl::Now());
   EXPECT_TRUE(s.ok()) << s.status();
   return s.ok() ? *std::move(s) : nullptr;
@@ -56,7 +56,7 @@ absl::StatusOr<StepOutput> StepWith(Session& s, const std::vector<OwnedTensor>& 
   for (const OwnedTensor& g : grads) views.push_back(g.view());
   StepInput in;
   in.gradients = views;
-  return s.Step(in);
+  return s.StepAndWait(in);
 }
 
 absl::Status CreateStatus(std::string id, std::vector<OwnedTensor> tensors,
@@ -100,13 +100,13 @@ TEST(SessionTest, StepCanReturnNothingOrOtherDTypes) {
   std::vector<WireTensorView> views = {g[0].view()};
   StepInput in;
   in.gradients = views;
-  in.return_parameters = false;
-  absl::StatusOr<StepOutput> out = s->Step(in);
+  in.return_mode = ReturnMode::kNone;
+  absl::StatusOr<StepOutput> out = s->StepAndWait(in);
   ASSERT_TRUE(out.ok());
   EXPECT_TRUE(out->parameters.empty());
-  in.return_parameters = true;
+  in.return_mode = ReturnMode::kAll;
   in.return_dtype = WireDType::kBf16;
-  out = s->Step(in);
+  out = s->StepAndWait(in);
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(out->parameters[0].data.size(), 4u);
   EXPECT_THAT(Floats(out->parameters[0]), ElementsAre(0.0f, 1.0f));
@@ -120,7 +120,7 @@ TEST(SessionTest, GradientsInBf16AndF16AreDecoded) {
   v.dtype = WireDType::kF16;
   StepInput in;
   in.gradients = absl::MakeConstSpan(&v, 1);
-  absl::StatusOr<StepOutput> out = s->Step(in);
+  absl::StatusOr<StepOutput> out = s->StepAndWait(in);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_THAT(Floats(out->parameters[0]), ElementsAre(0.5f, 3.0f));
 }
@@ -275,7 +275,7 @@ TEST(SessionObserverTest, ReportsAppliedStepsAndRefusalsWithTheirReason) {
   StepInput in;
   in.gradients = grads;
   in.loss = 0.25;
-  ASSERT_TRUE((*s)->Step(in).ok());
+  ASSERT_TRUE((*s)->StepAndWait(in).ok());
   ASSERT_EQ(observer.steps.size(), 1u);
   EXPECT_EQ(observer.steps[0].id, "obs");
   EXPECT_EQ(observer.steps[0].optimizer, "sgd");
@@ -291,11 +291,11 @@ TEST(SessionObserverTest, ReportsAppliedStepsAndRefusalsWithTheirReason) {
   OwnedTensor nan = Make("w", {2}, {std::nanf(""), 0});
   grads = {nan.view()};
   in.gradients = grads;
-  EXPECT_FALSE((*s)->Step(in).ok());
+  EXPECT_FALSE((*s)->StepAndWait(in).ok());
   OwnedTensor wrong = Make("v", {2}, {0, 0});
   grads = {wrong.view()};
   in.gradients = grads;
-  EXPECT_FALSE((*s)->Step(in).ok());
+  EXPECT_FALSE((*s)->StepAndWait(in).ok());
   EXPECT_THAT(observer.refused, ElementsAre("non_finite", "invalid"));
   EXPECT_EQ(observer.steps.size(), 1u);
 }

@@ -25,6 +25,9 @@ struct WireTensorView {
   absl::Span<const int64_t> shape;
   WireDType dtype = WireDType::kF32;
   absl::string_view data;
+  // Row-sparse: `data` holds rows.size() rows of the tensor of `shape`, in the order of `rows`.
+  bool has_rows = false;
+  absl::Span<const int64_t> rows;
 };
 
 // A tensor in an outgoing reply.
@@ -33,6 +36,14 @@ struct WireTensor {
   std::vector<int64_t> shape;
   WireDType dtype = WireDType::kF32;
   std::string data;
+  bool has_rows = false;       // row-sparse: `data` holds only `rows`
+  std::vector<int64_t> rows;
+};
+
+// Rows of one tensor to read (Pull).
+struct RowSelection {
+  absl::string_view name;
+  absl::Span<const int64_t> rows;
 };
 
 }  // namespace optd

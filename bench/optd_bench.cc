@@ -1,0 +1,477 @@
+// optd-bench: load generator for a running optd, measured side by side with a raw gRPC echo of the
+// same bytes (the transport ceiling), because absolute times on the project's shared 2-core
+// machines swing by +-20% while ratios measured in one run hold.
+//
+// Benchmarks (each alternates its contestants over --rounds rounds, ABAB / BABA, and reports the
+// median round per column):
+//   (default)         optd vs echo: N workers x --params x --mode x --dtype, unary or --stream.
+//                     Rows optd, echo, optd/echo: steps/s, parameters/s, MB/s (request + reply
+//                     message bytes), p50 and p99 latency (µs), server CPU µs per step.
+//   --compare_dtypes  optd only, F32 vs BF16 vs F16 on the wire (gradients and replies), same
+//                     workload; rows per dtype and the BF16/F32, F16/F32 ratios.
+//   --suite           the issue's three targets, PASS/FAIL next to each measured ratio:
+//                       1. 1M-parameter Adam F32 step, one worker: parameters/s >= 0.85 x echo;
+//                       2. 1K-parameter step, one worker: p50 <= 1.25 x echo p50;
+//                       3. BF16 on the wire moves >= 1.6 x the parameters/s of F32 (1M, Adam).
+//                     Exit status 0 whatever the verdicts: benchmarks report, tests assert.
+//
+// Servers: without --server, optd-bench starts optd itself (--optd_binary) on 127.0.0.1:0; it
+// always starts its own optd-echo (--echo_binary) on 127.0.0.1:0, so both servers are separate
+// processes on equal footing. Both are stopped by pid at the end (SIGTERM, 5 s, SIGKILL), on error
+// paths too. Every phase is bounded by --steps per worker and its share of --seconds.
+//
+//   optd-bench --workers=2 --params=1000 --steps=200
+//   optd-bench --compare_dtypes --params=1000000
+//   optd-bench --suite
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "bench/child_process.h"
+#include "bench/load.h"
+
+#ifndef OPTD_BENCH_OPTD_BINARY
+#define OPTD_BENCH_OPTD_BINARY "optd"
+#endif
+#ifndef OPTD_BENCH_ECHO_BINARY
+#define OPTD_BENCH_ECHO_BINARY "optd-echo"
+#endif
+
+ABSL_FLAG(std::string, server, "",
+          "host:port of a running optd to measure. Empty: start --optd_binary on 127.0.0.1:0 and "
+          "stop it at the end.");
+ABSL_FLAG(
+    std::string, optd_binary, OPTD_BENCH_OPTD_BINARY,
+    "The optd binary started when --server is empty (default: the one built with this tool).");
+ABSL_FLAG(std::string, echo_binary, OPTD_BENCH_ECHO_BINARY,
+          "The optd-echo binary; optd-bench always starts its own echo server on 127.0.0.1:0.");
+ABSL_FLAG(int, workers, 1,
+          "Worker threads, each with its own channel (TCP connection), one call in flight each. "
+          "In --mode=sync also the session's K (gradients per step).");
+ABSL_FLAG(
+    int64_t, params, 1000000,
+    "Float parameters of the session, as a [rows, 256] matrix and a bias of the rest (>= 2).");
+ABSL_FLAG(std::string, optimizer, "adam",
+          "adam | sgd | adagrad | normalized_gd (torch defaults; "
+          "sgd with lr 0.01).");
+ABSL_FLAG(std::string, mode, "async",
+          "async | sync | bounded. sync: K = --workers gradients per step, each sent with the "
+          "version of the previous reply. bounded: versions sent, --max_staleness enforced.");
+ABSL_FLAG(int64_t, max_staleness, 8, "--mode=bounded: the session's max_staleness.");
+ABSL_FLAG(std::string, dtype, "f32",
+          "f32 | bf16 | f16: the wire encoding of the gradients sent and the parameters returned.");
+ABSL_FLAG(std::string, return, "all",
+          "all | none: whether each Step reply carries every parameter. With none the echo "
+          "replies with a reply of the same (tiny) size.");
+ABSL_FLAG(bool, stream, false, "Use StreamSteps (and EchoStream) instead of unary calls.");
+ABSL_FLAG(int64_t, steps, 1000, "Measured steps per worker per phase, at most.");
+ABSL_FLAG(int64_t, warmup, 20, "Unmeasured steps per worker before each phase's measured part.");
+ABSL_FLAG(double, seconds, 60,
+          "Time budget of the whole run: each phase (one contestant, one round) gets an equal "
+          "share and stops when it is spent or --steps are done, whichever comes first.");
+ABSL_FLAG(int, rounds, 3, "Rounds per contestant, interleaved; the median round is reported.");
+ABSL_FLAG(bool, compare_dtypes, false,
+          "Run F32, BF16 and F16 back to back (optd only) and print parameters/s and the "
+          "BF16/F32 ratio.");
+ABSL_FLAG(bool, suite, false,
+          "Run the three issue targets (1M Adam F32 vs echo; 1K p50 vs echo p50; BF16 vs F32 "
+          "parameters/s at 1M), one worker each, and print PASS/FAIL per target. Honours "
+          "--stream, --steps, --warmup, --seconds, --rounds; fixes the rest.");
+ABSL_FLAG(bool, verbose, false, "Also print every round's numbers.");
+
+namespace optd {
+namespace bench {
+namespace {
+
+struct Servers {
+  std::unique_ptr<ChildProcess> optd;  // null with --server
+  std::unique_ptr<ChildProcess> echo;
+  std::string optd_address;
+  std::string echo_address;
+};
+
+// Settings shared by every comparison of a run.
+struct RunContext {
+  Servers* servers = nullptr;
+  PhaseBounds bounds;  // `time` is each phase's share of --seconds
+  int rounds = 3;
+  bool verbose = false;
+  int sessions = 0;  // sessions created so far, for unique ids
+};
+
+// Medians over rounds, column by column.
+struct Summary {
+  double steps_per_s = 0;
+  double params_per_s = 0;
+  double mb_per_s = 0;
+  double p50_us = 0;
+  double p99_us = 0;
+  double cpu_us_per_step = -1;
+  int64_t refused = 0;  // summed over rounds
+};
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+Summary Summarize(const std::vector<PhaseStats>& rounds, int64_t params) {
+  std::vector<double> steps, mb, p50, p99, cpu;
+  Summary s;
+  for (const PhaseStats& r : rounds) {
+    steps.push_back(r.StepsPerSecond());
+    mb.push_back(r.MegabytesPerSecond());
+    p50.push_back(r.LatencyPercentileUs(0.50));
+    p99.push_back(r.LatencyPercentileUs(0.99));
+    if (r.ServerCpuUsPerStep() >= 0) cpu.push_back(r.ServerCpuUsPerStep());
+    s.refused += r.refused;
+  }
+  s.steps_per_s = Median(steps);
+  s.params_per_s = s.steps_per_s * static_cast<double>(params);
+  s.mb_per_s = Median(mb);
+  s.p50_us = Median(p50);
+  s.p99_us = Median(p99);
+  if (cpu.size() == rounds.size() && !cpu.empty()) s.cpu_us_per_step = Median(cpu);
+  return s;
+}
+
+double Ratio(double a, double b) { return b > 0 ? a / b : 0; }
+
+double ChildCpuSeconds(const void* arg) {
+  absl::StatusOr<CpuTime> t = static_cast<const ChildProcess*>(arg)->Cpu();
+  return t.ok() ? absl::ToDoubleSeconds(t->total) : -1;
+}
+
+void PrintColumns() {
+  std::printf("%-10s %10s %12s %10s %10s %10s %14s\n", "", "steps/s", "params/s", "MB/s", "p50_us",
+              "p99_us", "srv_cpu_us/st");
+}
+
+void PrintRow(absl::string_view name, const Summary& s) {
+  const std::string cpu =
+      s.cpu_us_per_step < 0 ? std::string("-") : absl::StrFormat("%.0f", s.cpu_us_per_step);
+  std::printf("%-10s %10.1f %12.4g %10.1f %10.0f %10.0f %14s\n", std::string(name).c_str(),
+              s.steps_per_s, s.params_per_s, s.mb_per_s, s.p50_us, s.p99_us, cpu.c_str());
+}
+
+void PrintRatio(absl::string_view name, const Summary& a, const Summary& b) {
+  const std::string cpu = a.cpu_us_per_step < 0 || b.cpu_us_per_step <= 0
+                              ? std::string("-")
+                              : absl::StrFormat("%.3f", a.cpu_us_per_step / b.cpu_us_per_step);
+  std::printf("%-10s %10.3f %12.3f %10.3f %10.3f %10.3f %14s\n", std::string(name).c_str(),
+              Ratio(a.steps_per_s, b.steps_per_s), Ratio(a.params_per_s, b.params_per_s),
+              Ratio(a.mb_per_s, b.mb_per_s), Ratio(a.p50_us, b.p50_us), Ratio(a.p99_us, b.p99_us),
+              cpu.c_str());
+}
+
+void PrintRound(absl::string_view name, int round, const PhaseStats& s, int64_t params) {
+  std::printf(
+      "  round %d %-5s %8lld steps in %6.3f s: %9.1f steps/s %11.4g params/s %8.1f MB/s "
+      "p50 %7.0f us p99 %7.0f us\n",
+      round + 1, std::string(name).c_str(), static_cast<long long>(s.steps), s.seconds,
+      s.StepsPerSecond(), s.StepsPerSecond() * static_cast<double>(params), s.MegabytesPerSecond(),
+      s.LatencyPercentileUs(0.5), s.LatencyPercentileUs(0.99));
+}
+
+// `dtype`: false when the rows are the dtypes.
+std::string Describe(const Workload& w, const RunContext& run, bool dtype = true) {
+  return absl::StrCat(w.workers, " worker", w.workers == 1 ? "" : "s", " x ", w.params, " params, ",
+                      w.optimizer, ", ", ModeName(w.mode),
+                      w.mode == optd::v1::Consistency::MODE_BOUNDED
+                          ? absl::StrCat(" (max_staleness ", w.max_staleness, ")")
+                          : std::string(),
+                      ", ", dtype ? DTypeName(w.dtype) : "each dtype", " on the wire, return ",
+                      w.return_all ? "all" : "none", ", ", w.stream ? "stream" : "unary", "; ",
+                      run.rounds, " rounds, median per column; a phase is <= ", run.bounds.steps,
+                      " steps/worker (+", run.bounds.warmup, " warm-up) or ",
+                      absl::StrFormat("%.2f s", absl::ToDoubleSeconds(run.bounds.time)));
+}
+
+absl::StatusOr<std::unique_ptr<OptdTarget>> NewOptdTarget(const Workload& w, RunContext& run) {
+  const std::string id =
+      absl::StrCat("optd-bench-", static_cast<long long>(getpid()), "-", ++run.sessions);
+  return OptdTarget::Create(run.servers->optd_address, w, id);
+}
+
+absl::Status CheckMeasured(const PhaseStats& s, absl::string_view who, const RunContext& run) {
+  if (s.steps > 0) return absl::OkStatus();
+  return absl::DeadlineExceededError(
+      absl::StrCat(who, " made no measured step within ", absl::FormatDuration(run.bounds.time),
+                   " (its share of --seconds): raise --seconds or lower --warmup"));
+}
+
+struct Comparison {
+  Summary optd;
+  Summary echo;
+};
+
+// optd and the echo, alternating: round 1 optd first (its replies size the echo), round 2 echo
+// first, and so on.
+absl::StatusOr<Comparison> CompareWithEcho(const Workload& w, RunContext& run) {
+  absl::StatusOr<std::unique_ptr<OptdTarget>> optd = NewOptdTarget(w, run);
+  if (!optd.ok()) return optd.status();
+  absl::StatusOr<std::unique_ptr<EchoTarget>> echo =
+      EchoTarget::Create(run.servers->echo_address, w.workers, w.stream);
+  if (!echo.ok()) return echo.status();
+  const ChildProcess* optd_process = run.servers->optd.get();
+  const ChildProcess* echo_process = run.servers->echo.get();
+
+  std::printf("\noptd vs echo: %s\n", Describe(w, run).c_str());
+  std::vector<PhaseStats> optd_rounds, echo_rounds;
+  for (int r = 0; r < run.rounds; ++r) {
+    for (int k = 0; k < 2; ++k) {
+      const bool optd_turn = (k == 0) == (r % 2 == 0);
+      absl::StatusOr<PhaseStats> s =
+          optd_turn ? (*optd)->RunPhase(run.bounds, optd_process ? &ChildCpuSeconds : nullptr,
+                                        optd_process)
+                    : (*echo)->RunPhase(run.bounds, &ChildCpuSeconds, echo_process);
+      const char* name = optd_turn ? "optd" : "echo";
+      if (!s.ok()) {
+        return absl::Status(s.status().code(), absl::StrCat(name, ": ", s.status().message()));
+      }
+      if (absl::Status c = CheckMeasured(*s, name, run); !c.ok()) return c;
+      if (run.verbose) PrintRound(name, r, *s, w.params);
+      if (optd_turn) (*echo)->MatchSizes((*optd)->request_bytes(), (*optd)->reply_bytes());
+      (optd_turn ? optd_rounds : echo_rounds).push_back(*std::move(s));
+    }
+  }
+  Comparison c{Summarize(optd_rounds, w.params), Summarize(echo_rounds, w.params)};
+  std::printf(
+      "message bytes per step: Step request %lld, reply %lld; Echo request %lld, "
+      "reply %lld\n",
+      static_cast<long long>((*optd)->request_bytes()),
+      static_cast<long long>((*optd)->reply_bytes()),
+      static_cast<long long>((*echo)->request_bytes()),
+      static_cast<long long>((*echo)->reply_bytes()));
+  PrintColumns();
+  PrintRow("optd", c.optd);
+  PrintRow("echo", c.echo);
+  PrintRatio("optd/echo", c.optd, c.echo);
+  if (w.mode == optd::v1::Consistency::MODE_BOUNDED) {
+    std::printf("stale steps refused (all rounds): %lld\n", static_cast<long long>(c.optd.refused));
+  }
+  return c;
+}
+
+// optd alone with each of `dtypes`, rotating the order every round; one session per dtype.
+absl::StatusOr<std::vector<Summary>> CompareDtypes(Workload w,
+                                                   const std::vector<optd::v1::DType>& dtypes,
+                                                   RunContext& run) {
+  std::vector<std::unique_ptr<OptdTarget>> targets;
+  for (optd::v1::DType d : dtypes) {
+    w.dtype = d;
+    absl::StatusOr<std::unique_ptr<OptdTarget>> t = NewOptdTarget(w, run);
+    if (!t.ok()) return t.status();
+    targets.push_back(*std::move(t));
+  }
+  std::vector<std::string> names;
+  for (optd::v1::DType d : dtypes) names.push_back(std::string(DTypeName(d)));
+  std::printf("\ndtypes %s: %s\n", absl::StrJoin(names, " vs ").c_str(),
+              Describe(w, run, /*dtype=*/false).c_str());
+  const ChildProcess* optd_process = run.servers->optd.get();
+  const size_t n = dtypes.size();
+  std::vector<std::vector<PhaseStats>> rounds(n);
+  for (int r = 0; r < run.rounds; ++r) {
+    for (size_t k = 0; k < n; ++k) {
+      const size_t i = (k + r) % n;
+      absl::StatusOr<PhaseStats> s =
+          targets[i]->RunPhase(run.bounds, optd_process ? &ChildCpuSeconds : nullptr, optd_process);
+      if (!s.ok()) {
+        return absl::Status(s.status().code(),
+                            absl::StrCat("optd ", names[i], ": ", s.status().message()));
+      }
+      if (absl::Status c = CheckMeasured(*s, names[i], run); !c.ok()) return c;
+      if (run.verbose) PrintRound(names[i], r, *s, w.params);
+      rounds[i].push_back(*std::move(s));
+    }
+  }
+  std::vector<Summary> summaries;
+  PrintColumns();
+  for (size_t i = 0; i < n; ++i) {
+    summaries.push_back(Summarize(rounds[i], w.params));
+    PrintRow(names[i], summaries.back());
+  }
+  for (size_t i = 1; i < n; ++i) {
+    PrintRatio(absl::StrCat(names[i], "/", names[0]), summaries[i], summaries[0]);
+  }
+  return summaries;
+}
+
+struct Verdict {
+  std::string target;
+  double measured;
+  bool at_least;  // true: measured >= goal passes; false: measured <= goal passes
+  double goal;
+};
+
+absl::Status RunSuite(const Workload& base, RunContext& run) {
+  Workload w = base;
+  w.workers = 1;
+  w.optimizer = "adam";
+  w.mode = optd::v1::Consistency::MODE_ASYNC;
+  w.dtype = optd::v1::DTYPE_F32;
+  w.return_all = true;
+  std::vector<Verdict> verdicts;
+
+  w.params = 1000000;
+  absl::StatusOr<Comparison> big = CompareWithEcho(w, run);
+  if (!big.ok()) return big.status();
+  verdicts.push_back({"1M Adam F32 step, 1 worker: params/s, optd/echo",
+                      Ratio(big->optd.params_per_s, big->echo.params_per_s), true, 0.85});
+
+  w.params = 1000;
+  absl::StatusOr<Comparison> small = CompareWithEcho(w, run);
+  if (!small.ok()) return small.status();
+  verdicts.push_back({"1K Adam F32 step, 1 worker: p50, optd/echo",
+                      Ratio(small->optd.p50_us, small->echo.p50_us), false, 1.25});
+
+  w.params = 1000000;
+  absl::StatusOr<std::vector<Summary>> dtypes =
+      CompareDtypes(w, {optd::v1::DTYPE_F32, optd::v1::DTYPE_BF16}, run);
+  if (!dtypes.ok()) return dtypes.status();
+  verdicts.push_back({"1M Adam, 1 worker: params/s, BF16/F32",
+                      Ratio((*dtypes)[1].params_per_s, (*dtypes)[0].params_per_s), true, 1.6});
+
+  std::printf("\nsuite (%s; ratios of medians measured side by side in this run)\n",
+              w.stream ? "stream" : "unary");
+  std::printf("%-50s %9s %9s  %s\n", "target", "measured", "goal", "result");
+  for (const Verdict& v : verdicts) {
+    const bool pass = v.at_least ? v.measured >= v.goal : v.measured <= v.goal;
+    std::printf("%-50s %9.3f %3s %5.2f  %s\n", v.target.c_str(), v.measured,
+                v.at_least ? ">=" : "<=", v.goal, pass ? "PASS" : "FAIL");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StartServers(Servers* servers) {
+  const absl::Duration timeout = absl::Seconds(20);
+  servers->optd_address = absl::GetFlag(FLAGS_server);
+  if (servers->optd_address.empty()) {
+    absl::StatusOr<std::unique_ptr<ChildProcess>> optd = ChildProcess::Start(
+        {absl::GetFlag(FLAGS_optd_binary), "--listen=127.0.0.1:0", "--shutdown_grace=1s"}, timeout);
+    if (!optd.ok()) return optd.status();
+    servers->optd = *std::move(optd);
+    servers->optd_address = servers->optd->address();
+  }
+  absl::StatusOr<std::unique_ptr<ChildProcess>> echo =
+      ChildProcess::Start({absl::GetFlag(FLAGS_echo_binary), "--listen=127.0.0.1:0"}, timeout);
+  if (!echo.ok()) return echo.status();
+  servers->echo = *std::move(echo);
+  servers->echo_address = servers->echo->address();
+  const std::string optd_pid =
+      servers->optd ? absl::StrCat(" (pid ", servers->optd->pid(), ")") : " (given)";
+  std::printf("optd at %s%s, echo at %s (pid %d)\n", servers->optd_address.c_str(),
+              optd_pid.c_str(), servers->echo_address.c_str(),
+              static_cast<int>(servers->echo->pid()));
+  return absl::OkStatus();
+}
+
+absl::Status Main() {
+  Workload w;
+  w.workers = absl::GetFlag(FLAGS_workers);
+  w.params = absl::GetFlag(FLAGS_params);
+  w.optimizer = absl::GetFlag(FLAGS_optimizer);
+  w.max_staleness = absl::GetFlag(FLAGS_max_staleness);
+  w.stream = absl::GetFlag(FLAGS_stream);
+  absl::StatusOr<optd::v1::Consistency::Mode> mode = ParseMode(absl::GetFlag(FLAGS_mode));
+  if (!mode.ok()) return mode.status();
+  w.mode = *mode;
+  absl::StatusOr<optd::v1::DType> dtype = ParseDType(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) return dtype.status();
+  w.dtype = *dtype;
+  const std::string ret = absl::GetFlag(FLAGS_return);
+  if (ret != "all" && ret != "none") {
+    return absl::InvalidArgumentError(absl::StrCat("--return=", ret, " is not all or none"));
+  }
+  w.return_all = ret == "all";
+
+  const bool suite = absl::GetFlag(FLAGS_suite);
+  const bool dtypes = absl::GetFlag(FLAGS_compare_dtypes);
+  if (suite && dtypes) {
+    return absl::InvalidArgumentError("--suite and --compare_dtypes are separate runs; pick one");
+  }
+  RunContext run;
+  run.rounds = absl::GetFlag(FLAGS_rounds);
+  run.verbose = absl::GetFlag(FLAGS_verbose);
+  run.bounds.steps = absl::GetFlag(FLAGS_steps);
+  run.bounds.warmup = absl::GetFlag(FLAGS_warmup);
+  const double seconds = absl::GetFlag(FLAGS_seconds);
+  if (run.rounds < 1) return absl::InvalidArgumentError("--rounds must be >= 1");
+  if (run.bounds.steps < 1) return absl::InvalidArgumentError("--steps must be >= 1");
+  if (run.bounds.warmup < 0) return absl::InvalidArgumentError("--warmup must be >= 0");
+  if (!(seconds > 0)) return absl::InvalidArgumentError("--seconds must be > 0");
+  const int phases = run.rounds * (suite ? 6 : dtypes ? 3 : 2);
+  run.bounds.time = absl::Seconds(seconds / phases);
+
+  // Children first: fork before gRPC starts any thread.
+  Servers servers;
+  if (absl::Status s = StartServers(&servers); !s.ok()) return s;
+  run.servers = &servers;
+
+  absl::Status status;
+  if (suite) {
+    status = RunSuite(w, run);
+  } else if (dtypes) {
+    status = CompareDtypes(w, {optd::v1::DTYPE_F32, optd::v1::DTYPE_BF16, optd::v1::DTYPE_F16}, run)
+                 .status();
+  } else {
+    status = CompareWithEcho(w, run).status();
+  }
+  std::fflush(stdout);
+  // Stop both servers even after a failure; a server that does not stop cleanly is an error too.
+  for (std::unique_ptr<ChildProcess>* child : {&servers.optd, &servers.echo}) {
+    if (*child == nullptr) continue;
+    if (absl::Status s = (*child)->Stop(); !s.ok() && status.ok()) status = s;
+  }
+  return status;
+}
+
+}  // namespace
+}  // namespace bench
+}  // namespace optd
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "load generator for optd, measured against a raw gRPC echo of the same bytes.\n"
+      "Usage: optd-bench [--server=HOST:PORT] [--workers=N] [--params=N] [--optimizer=adam]\n"
+      "                  [--mode=async|sync|bounded] [--dtype=f32|bf16|f16] [--return=all|none]\n"
+      "                  [--stream] [--steps=N] [--seconds=S] [--warmup=N] [--rounds=N]\n"
+      "                  [--compare_dtypes | --suite] [--verbose]\n"
+      "Prints one table per comparison: rows optd, echo and optd/echo (the ratios the targets\n"
+      "talk about), columns steps/s, params/s, MB/s, p50 and p99 latency in microseconds and\n"
+      "server CPU per step. --suite checks the three issue targets; exit status is 0 whatever\n"
+      "they say, non-zero only when the benchmark itself fails.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "bench/optd_bench.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  absl::ParseCommandLine(argc, argv);
+
+  const absl::Status status = optd::bench::Main();
+  if (!status.ok()) {
+    std::fprintf(stderr, "optd-bench: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}

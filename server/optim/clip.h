@@ -1,0 +1,62 @@
+// File: clip.h
+//
+// Gradient clipping, applied to a step's gradients before the optimizer sees them
+// (reference/optimizers.md section 4). Pure math on spans of float32 gradients, one span per
+// tensor: C++17 and abseil only.
+//
+// Global-norm clipping follows torch.nn.utils.clip_grad_norm_ (norm_type = 2, 1.13):
+//   total = ||all gradients||_2,  coef = min(1, max_norm / (total + 1e-6)),  g *= coef
+// except that the norm is accumulated in double (torch accumulates float32 gradients in float32),
+// and the coefficient is computed in double and rounded to float once. So a clipped gradient's norm
+// is max_norm * total / (total + 1e-6), slightly below max_norm, as in torch.
+//
+// Non-finite gradients are the caller's business (it checks them before clipping, see section
+// 5.4); given some anyway, these functions behave like torch: a NaN makes the norm NaN and every
+// gradient NaN, an infinity gives coef = 0 (inf * 0 = NaN, every finite element becomes 0).
+//
+// Stateless functions; a call may run concurrently with others on different gradients.
+
+#ifndef OPTD_SERVER_OPTIM_CLIP_H_
+#define OPTD_SERVER_OPTIM_CLIP_H_
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+
+namespace optd {
+
+// The clipping a session applies to every step's gradients. Both may be on at once; see Clip().
+struct ClipOptions {
+  static constexpr absl::string_view kName = "clip";
+  double max_norm = 0.0;    // >= 0; 0: no global-norm clipping (torch clip_grad_norm_ max_norm)
+  double clip_value = 0.0;  // >= 0; 0: no value clipping (torch clip_grad_value_ clip_value)
+
+  // InvalidArgument unless both are finite and >= 0, e.g.
+  // "clip.max_norm = -1 is out of range: must be >= 0".
+  absl::Status Validate() const;
+};
+
+// The L2 norm over every element of every tensor, accumulated in double. 0 for no tensors.
+double GlobalNorm(absl::Span<const absl::Span<float>> grads);
+
+// torch clip_grad_norm_: scales every gradient by min(1, max_norm / (total + 1e-6)), where total
+// is GlobalNorm(grads), and returns total (the norm before clipping). Gradients whose norm is at
+// most about max_norm are left unchanged (torch multiplies them by 1.0, which changes nothing).
+// REQUIRES: max_norm >= 0 (max_norm = 0 zeroes the gradients, as torch does).
+double ClipByGlobalNorm(absl::Span<const absl::Span<float>> grads, double max_norm);
+
+// torch clip_grad_value_: clamps every element to [-clip_value, clip_value]. NaN stays NaN.
+// REQUIRES: clip_value >= 0.
+void ClipByValue(absl::Span<const absl::Span<float>> grads, double clip_value);
+
+// Applies `options` to `grads` and returns the global norm of the gradients as received (before
+// any clipping), which the service reports and records, whether or not clipping is on.
+// Order when both are on: global-norm clipping first, then value clipping. The result satisfies
+// both bounds (scaling down cannot break the value bound, and clamping only lowers the norm), and
+// the reported norm is the one global-norm clipping measured, computed in the same pass.
+// REQUIRES: options.Validate() is OK.
+double Clip(const ClipOptions& options, absl::Span<const absl::Span<float>> grads);
+
+}  // namespace optd
+
+#endif  // OPTD_SERVER_OPTIM_CLIP_H_
