@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "server/optim/kernel_internal.h"
 
 namespace optd {
@@ -40,6 +41,16 @@ int64_t Adagrad::StateBytes() const {
 }
 
 int64_t Adagrad::StateBytesPerElement() const { return static_cast<int64_t>(sizeof(float)); }
+
+absl::StatusOr<RowSparseRule> Adagrad::RowSparse() const {
+  if (options_.weight_decay != 0.0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "adagrad.weight_decay = %g is not compatible with row-sparse gradients (as in torch): "
+        "must be 0",
+        options_.weight_decay));
+  }
+  return RowSparseRule::kDensify;
+}
 
 void Adagrad::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   const float sign = options_.maximize ? -1.0f : 1.0f;

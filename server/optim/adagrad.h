@@ -36,6 +36,10 @@ class Adagrad final : public Optimizer {
   int64_t StateBytes() const override;
   int64_t StateBytesPerElement() const override;
 
+  // Row-sparse gradients are applied dense-equivalent, which for Adagrad equals the lazy rule (no
+  // state decays); as in torch, they are refused with weight decay.
+  absl::StatusOr<RowSparseRule> RowSparse() const override;
+
  private:
   // One tensor's state; `sum` is empty until its first step.
   struct TensorState {

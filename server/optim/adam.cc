@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "server/optim/kernel_internal.h"
 
 namespace optd {
@@ -102,6 +103,23 @@ std::string_view Adam::StructuralChange(const OptimizerOptions& options) const {
   return HyperparametersOf(options).amsgrad != hyper_.amsgrad ? "amsgrad" : "";
 }
 
+absl::StatusOr<RowSparseRule> Adam::RowSparse() const {
+  const char* name = hyper_.decoupled_weight_decay ? "adamw" : "adam";
+  if (hyper_.weight_decay != 0.0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "row-sparse gradients follow torch.optim.SparseAdam, which has no weight decay: "
+        "%s.weight_decay = %g must be 0",
+        name, hyper_.weight_decay));
+  }
+  if (hyper_.amsgrad) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "row-sparse gradients follow torch.optim.SparseAdam, which has no amsgrad: %s.amsgrad "
+        "must be false",
+        name));
+  }
+  return RowSparseRule::kLazy;
+}
+
 int64_t Adam::StateBytes() const {
   int64_t bytes = 0;
   for (const TensorState& s : state_) {
@@ -149,7 +167,33 @@ void Adam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     coefficients[t].neg_step_size = static_cast<float>(-(lr / bias_correction1));
   }
 
+  // Row-sparse tensors: torch SparseAdam's lazy rule, in its op order, on the rows sent only.
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    if (!tensors[t].sparse()) continue;
+    TensorState& s = state_[t];
+    const double step = static_cast<double>(s.step);
+    const float neg_step_size = static_cast<float>(
+        -(lr * std::sqrt(1.0 - std::pow(hyper_.beta2, step)) / (1.0 - std::pow(hyper_.beta1, step))));
+    const int64_t row_size = tensors[t].row_size;
+    for (size_t r = 0; r < tensors[t].rows.size(); ++r) {
+      const int64_t base = tensors[t].rows[r] * row_size;
+      float* p = tensors[t].param.data() + base;
+      float* m = s.exp_avg.data() + base;
+      float* v = s.exp_avg_sq.data() + base;
+      const float* g = tensors[t].grad.data() + r * row_size;
+      for (int64_t j = 0; j < row_size; ++j) {
+        const float gj = c.sign * g[j];
+        const float m_new = (gj - m[j]) * c.one_minus_beta1 + m[j];
+        const float v_new = (gj * gj - v[j]) * c.one_minus_beta2 + v[j];
+        m[j] = m_new;
+        v[j] = v_new;
+        p[j] = p[j] + neg_step_size * (m_new / (std::sqrt(v_new) + c.eps));
+      }
+    }
+  }
+
   ForEachSegment([&](const Segment& seg) {
+    if (tensors[seg.tensor].sparse()) return;
     TensorState& s = state_[seg.tensor];
     float* p = tensors[seg.tensor].param.data() + seg.begin;
     const float* g = tensors[seg.tensor].grad.data() + seg.begin;

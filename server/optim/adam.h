@@ -43,6 +43,10 @@ class Adam final : public Optimizer {
   OptimizerOptions options() const override { return options_; }
   int64_t StateBytes() const override;
   int64_t StateBytesPerElement() const override;
+  // Row-sparse gradients follow torch.optim.SparseAdam (lazy; eps outside the bias-corrected
+  // root: p -= lr * sqrt(bc2) / bc1 * m / (sqrt(v) + eps)), which has no weight decay and no
+  // amsgrad: with either set, row-sparse gradients are refused.
+  absl::StatusOr<RowSparseRule> RowSparse() const override;
 
  private:
   // The fields AdamOptions and AdamWOptions share, plus which weight decay applies.

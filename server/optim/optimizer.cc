@@ -149,7 +149,31 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr) {
           absl::StrFormat("tensor %d has %d parameters, expected %d (as at creation)", i,
                           param_size, tensor_sizes_[i]));
     }
-    if (grad_size != param_size) {
+    if (tensors[i].sparse()) {
+      absl::StatusOr<RowSparseRule> rule = RowSparse();
+      if (!rule.ok()) return rule.status();
+      if (*rule != RowSparseRule::kLazy) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "tensor %d has a row-sparse gradient; %s applies them dense: densify it first", i,
+            OptimizerName(options())));
+      }
+      const int64_t row_size = tensors[i].row_size;
+      const absl::Span<const int64_t> rows = tensors[i].rows;
+      if (param_size % row_size != 0 ||
+          grad_size != static_cast<int64_t>(rows.size()) * row_size) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "tensor %d: a row-sparse gradient of %d rows of %d elements has %d values for %d "
+            "parameters",
+            i, rows.size(), row_size, grad_size, param_size));
+      }
+      for (size_t r = 0; r < rows.size(); ++r) {
+        if (rows[r] < 0 || rows[r] >= param_size / row_size || (r > 0 && rows[r] <= rows[r - 1])) {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "tensor %d: rows must be sorted, unique and in [0, %d); rows[%d] = %d", i,
+              param_size / row_size, r, rows[r]));
+        }
+      }
+    } else if (grad_size != param_size) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "tensor %d has a gradient of %d elements for %d parameters", i, grad_size, param_size));
     }

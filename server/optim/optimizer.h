@@ -39,9 +39,22 @@ namespace optd {
 
 // One tensor of a step: its parameters, updated in place, and its gradient.
 // REQUIRES: param.size() == grad.size(), and the two do not overlap.
+//
+// Row-sparse (row_size > 0): the tensor is a matrix of rows of `row_size` elements and `grad`
+// holds only the rows listed in `rows` (sorted, unique, in range), rows.size() * row_size values.
+// Only optimizers whose RowSparse() is kLazy take them; the caller densifies for the others.
 struct TensorGrad {
   absl::Span<float> param;
   absl::Span<const float> grad;
+  absl::Span<const int64_t> rows;
+  int64_t row_size = 0;
+  bool sparse() const { return row_size > 0; }
+};
+
+// How an optimizer applies row-sparse gradients.
+enum class RowSparseRule {
+  kDensify,  // as the dense gradient with zero rows (the same as lazy where no state decays)
+  kLazy,     // only the rows sent, and their state, change (torch SparseAdam)
 };
 
 class Optimizer {
@@ -53,12 +66,17 @@ class Optimizer {
   // given at creation.
   //
   // Returns InvalidArgument, and changes nothing, if the number of tensors or any size differs
-  // from creation, a param and grad size differ, or `lr` is not finite and >= 0. Does not check
+  // from creation, a param and grad size differ, a row-sparse gradient is malformed or not taken
+  // by this optimizer (RowSparse() is not kLazy), or `lr` is not finite and >= 0. Does not check
   // that gradients are finite: the caller does, before calling.
   absl::Status Step(absl::Span<const TensorGrad> tensors, double lr);
 
   // The options in force, with every default filled in.
   virtual OptimizerOptions options() const = 0;
+
+  // How row-sparse gradients are applied with the options in force, or InvalidArgument naming the
+  // option that forbids them (as torch raises, e.g. Adagrad with weight decay).
+  virtual absl::StatusOr<RowSparseRule> RowSparse() const { return RowSparseRule::kDensify; }
 
   // Replaces the options for the next step, keeping all state (moments, accumulators, step
   // counters), as changing a torch param_group does. Returns InvalidArgument, and changes nothing,

@@ -379,18 +379,36 @@ absl::Status Session::Admit(const StepInput& input, const Outcome** duplicate_of
 
 absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
                                   std::optional<double> loss, StepOutput* out, StepEvent* event) {
-  // Row-sparse gradients are applied dense-equivalent: rows not sent have a zero gradient.
-  std::vector<std::vector<float>> grads(gradients.size());
-  for (size_t k = 0; k < gradients.size(); ++k) grads[k] = Densify(k, std::move(gradients[k]));
-  if (scale != 1.0f) {
-    for (std::vector<float>& g : grads) {
-      for (float& x : g) x *= scale;
+  // Row-sparse gradients stay sparse for optimizers with a lazy rule (Adam: torch SparseAdam);
+  // the others get the dense equivalent, where rows not sent have a zero gradient.
+  bool lazy = false;
+  for (const Gradient& g : gradients) {
+    if (!g.sparse) continue;
+    absl::StatusOr<RowSparseRule> rule = optimizer_->RowSparse();
+    if (!rule.ok()) return rule.status();
+    lazy = *rule == RowSparseRule::kLazy;
+    break;
+  }
+  for (size_t k = 0; k < gradients.size(); ++k) {
+    if (gradients[k].sparse && !lazy) {
+      gradients[k].values = Densify(k, std::move(gradients[k]));
+      gradients[k].sparse = false;
+      gradients[k].rows.clear();
     }
   }
-  const std::vector<absl::Span<float>> grad_spans(grads.begin(), grads.end());
+  if (scale != 1.0f) {
+    for (Gradient& g : gradients) {
+      for (float& x : g.values) x *= scale;
+    }
+  }
+  std::vector<absl::Span<float>> grad_spans;
+  for (Gradient& g : gradients) grad_spans.push_back(absl::MakeSpan(g.values));
   Clip(clipping_, grad_spans);
-  std::vector<TensorGrad> step(grads.size());
-  for (size_t k = 0; k < grads.size(); ++k) step[k] = {absl::MakeSpan(values_[k]), grads[k]};
+  std::vector<TensorGrad> step(gradients.size());
+  for (size_t k = 0; k < gradients.size(); ++k) {
+    step[k] = {absl::MakeSpan(values_[k]), gradients[k].values, gradients[k].rows,
+               gradients[k].sparse ? RowSize(k) : 0};
+  }
   const double lr = schedule_.Current();
   // The update norm needs the parameters from before the step: a copy, made only when someone
   // observes. (The kernels could report it as a by-product of their pass instead.)
@@ -518,8 +536,20 @@ void Session::CompleteBarrierLocked(std::vector<Completion>* completions, StepEv
   std::vector<Gradient> combined(barrier_.sum.size());
   std::vector<const std::vector<int64_t>*> touched(barrier_.sum.size());
   for (size_t k = 0; k < combined.size(); ++k) {
-    combined[k].values = std::move(barrier_.sum[k]);
     touched[k] = barrier_.dense[k] ? nullptr : &barrier_.touched[k];
+    if (barrier_.dense[k]) {
+      combined[k].values = std::move(barrier_.sum[k]);
+      continue;
+    }
+    // Only sparse contributions: the combined gradient is sparse over the rows they touched.
+    const int64_t row_size = RowSize(k);
+    combined[k].sparse = true;
+    combined[k].rows = barrier_.touched[k];
+    combined[k].values.resize(combined[k].rows.size() * row_size);
+    for (size_t r = 0; r < combined[k].rows.size(); ++r) {
+      std::copy_n(barrier_.sum[k].data() + combined[k].rows[r] * row_size, row_size,
+                  combined[k].values.data() + r * row_size);
+    }
   }
   const absl::Status applied = ApplyLocked(combined, scale, loss, &out, event);
   // One encoding per requested (mode, dtype), shared by every waiter that asked for it.
@@ -640,6 +670,17 @@ void Session::Step(const StepInput& input, StepCallback done) {
       }
     }
     if (!attached && admitted.ok()) admitted = Admit(input, &duplicate_of, &staleness, &reason);
+    if (!attached && admitted.ok() && duplicate_of == nullptr) {
+      for (const Gradient& g : grads) {
+        if (!g.sparse) continue;
+        absl::StatusOr<RowSparseRule> rule = optimizer_->RowSparse();
+        if (!rule.ok()) {
+          admitted = rule.status();
+          reason = RefusalReason::kInvalid;
+        }
+        break;
+      }
+    }
     if (attached) {
       // answered when the barrier completes
     } else if (!admitted.ok()) {
