@@ -117,7 +117,7 @@ class GrpcServerMetrics {
   // object, which must outlive the server.
   std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> NewInterceptorFactory();
 
-  // The cached series of one method. Public for the interceptor in the .cc file.
+  // The cached series of one method (read by the interceptor and GrpcCallRecorder).
   struct MethodMetrics {
     GrpcType type;
     Recording recording;

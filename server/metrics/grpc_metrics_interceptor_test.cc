@@ -385,7 +385,8 @@ TEST_F(GrpcMetricsTest, StepsReachTheSessionMetrics) {
   EXPECT_THAT(SampleValue(text, "optd_refused_steps_total", reason), Optional(1.0));
   reason["reason"] = "non_finite";
   EXPECT_THAT(SampleValue(text, "optd_refused_steps_total", reason), Optional(1.0));
-  EXPECT_THAT(SampleValue(text, "optd_received_bytes_total", s), Optional(4 * 16.0));
+  // Every request that reached the session counts its gradient bytes, applied or not.
+  EXPECT_THAT(SampleValue(text, "optd_received_bytes_total", s), Optional(6 * 16.0));
   EXPECT_THAT(SampleValue(text, "optd_sent_bytes_total", s), Optional(4 * 16.0));
   EXPECT_GT(SampleValue(text, "optd_optimizer_state_bytes", s).value_or(0), 0);
   EXPECT_GT(SampleValue(text, "optd_update_ratio", s).value_or(0), 0);

@@ -39,7 +39,8 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const MetricsOptions& o
       metrics->exposer_ = std::make_unique<prometheus::Exposer>(options.listen);
     } catch (const std::exception& e) {
       return absl::UnavailableError(
-          absl::StrCat("cannot serve metrics on ", options.listen, ": ", e.what()));
+          absl::StrCat("cannot serve metrics on ", options.listen,
+                       " (is the port taken? port 0 picks a free one): ", e.what()));
     }
     metrics->exposer_->RegisterCollectable(metrics->registry_);
     metrics->exposer_->RegisterCollectable(metrics->process_);

@@ -27,12 +27,12 @@ namespace optd {
 
 // The clipping a session applies to every step's gradients. Both may be on at once; see Clip().
 struct ClipOptions {
-  static constexpr absl::string_view kName = "clip";
+  static constexpr absl::string_view kName = "clipping";
   double max_norm = 0.0;    // >= 0; 0: no global-norm clipping (torch clip_grad_norm_ max_norm)
   double clip_value = 0.0;  // >= 0; 0: no value clipping (torch clip_grad_value_ clip_value)
 
   // InvalidArgument unless both are finite and >= 0, e.g.
-  // "clip.max_norm = -1 is out of range: must be >= 0".
+  // "clipping.max_norm = -1 is out of range: must be >= 0".
   absl::Status Validate() const;
 };
 

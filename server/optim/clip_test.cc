@@ -204,18 +204,18 @@ TEST(ClipOptionsTest, Validation) {
   o = ClipOptions{};
   o.max_norm = -1;
   EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(o.Validate().message(), "clip.max_norm = -1 is out of range: must be >= 0");
+  EXPECT_EQ(o.Validate().message(), "clipping.max_norm = -1 is out of range: must be >= 0");
   o.max_norm = kInf;
-  EXPECT_EQ(o.Validate().message(), "clip.max_norm = inf is out of range: must be finite and >= 0");
+  EXPECT_EQ(o.Validate().message(), "clipping.max_norm = inf is out of range: must be finite and >= 0");
   o.max_norm = kNan;
-  EXPECT_EQ(o.Validate().message(), "clip.max_norm = nan is out of range: must be finite and >= 0");
+  EXPECT_EQ(o.Validate().message(), "clipping.max_norm = nan is out of range: must be finite and >= 0");
 
   o = ClipOptions{};
   o.clip_value = -0.001;
-  EXPECT_EQ(o.Validate().message(), "clip.clip_value = -0.001 is out of range: must be >= 0");
+  EXPECT_EQ(o.Validate().message(), "clipping.clip_value = -0.001 is out of range: must be >= 0");
   o.clip_value = -kInf;
   EXPECT_EQ(o.Validate().message(),
-            "clip.clip_value = -inf is out of range: must be finite and >= 0");
+            "clipping.clip_value = -inf is out of range: must be finite and >= 0");
 }
 
 }  // namespace

@@ -409,6 +409,195 @@ TEST_F(OptimizerServiceTest, ConcurrentStepsOnOneAndManySessionsAreExact) {
   EXPECT_EQ(total_version, kThreads * kSteps);
 }
 
+TEST_F(OptimizerServiceTest, UpdateSessionChangesHyperparametersForTheNextStep) {
+  CreateSgd("u", 0.5);
+  v1::UpdateSessionRequest req;
+  req.set_session_id("u");
+  req.mutable_optimizer()->mutable_sgd()->set_lr(0.25);
+  req.mutable_clipping()->set_clip_value(1.0);
+  v1::Session out;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub_->UpdateSession(&ctx, req, &out).ok());
+  EXPECT_DOUBLE_EQ(out.config().optimizer().sgd().lr(), 0.25);
+  EXPECT_DOUBLE_EQ(out.learning_rate(), 0.25);
+  EXPECT_DOUBLE_EQ(out.config().clipping().clip_value(), 1.0);
+  v1::StepResponse step;
+  ASSERT_TRUE(Step(StepRequest("u", 4, -4), &step).ok());
+  EXPECT_DOUBLE_EQ(step.learning_rate(), 0.25);
+  EXPECT_DOUBLE_EQ(step.gradient_norm(), std::sqrt(48.0));  // before clipping
+  EXPECT_THAT(Values(step.parameters(0)), ElementsAre(0.75f, 1.75f));  // clipped to 1
+  EXPECT_THAT(Values(step.parameters(1)), ElementsAre(3.25f));
+
+  // A schedule from now on: StepLR(step_size 1, gamma 0.5) continues at step k = 1.
+  v1::UpdateSessionRequest schedule;
+  schedule.set_session_id("u");
+  schedule.mutable_schedule()->mutable_step()->set_step_size(1);
+  schedule.mutable_schedule()->mutable_step()->set_gamma(0.5);
+  grpc::ClientContext ctx2;
+  ASSERT_TRUE(stub_->UpdateSession(&ctx2, schedule, &out).ok());
+  EXPECT_DOUBLE_EQ(out.learning_rate(), 0.125);
+  ASSERT_TRUE(Step(StepRequest("u", 0, 0), &step).ok());
+  EXPECT_DOUBLE_EQ(step.learning_rate(), 0.125);
+}
+
+TEST_F(OptimizerServiceTest, InvalidUpdatesChangeNothing) {
+  CreateSgd("ub", 0.5);
+  struct Case {
+    std::function<void(v1::UpdateSessionRequest*)> mutate;
+    grpc::StatusCode code;
+    const char* message;
+  };
+  std::vector<Case> cases = {
+      {[](auto* r) { r->mutable_optimizer()->mutable_adam()->set_lr(0.1); },
+       grpc::StatusCode::INVALID_ARGUMENT, "the optimizer kind cannot change"},
+      {[](auto* r) { r->mutable_optimizer()->mutable_sgd()->set_lr(-1); },
+       grpc::StatusCode::INVALID_ARGUMENT, "config.optimizer.sgd.lr = -1"},
+      {[](auto* r) {
+         r->mutable_optimizer()->mutable_sgd()->set_lr(0.1);
+         r->mutable_schedule()->mutable_step()->set_step_size(0);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "config.schedule.step.step_size = 0"},
+      {[](auto* r) { r->mutable_clipping()->set_max_norm(-2); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "config.clipping.max_norm = -2"},
+      {[](auto* r) { r->set_session_id("nope"); }, grpc::StatusCode::NOT_FOUND,
+       "session nope not found"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    v1::UpdateSessionRequest req;
+    req.set_session_id("ub");
+    cases[i].mutate(&req);
+    v1::Session out;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub_->UpdateSession(&ctx, req, &out);
+    EXPECT_EQ(s.error_code(), cases[i].code) << i;
+    EXPECT_THAT(s.error_message(), HasSubstr(cases[i].message)) << i;
+  }
+  v1::GetSessionRequest get;
+  get.set_session_id("ub");
+  v1::Session session;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub_->GetSession(&ctx, get, &session).ok());
+  EXPECT_DOUBLE_EQ(session.config().optimizer().sgd().lr(), 0.5);
+  EXPECT_EQ(session.config().schedule().kind_case(), v1::LrSchedule::kConstant);
+  EXPECT_DOUBLE_EQ(session.config().clipping().max_norm(), 0);
+}
+
+TEST_F(OptimizerServiceTest, BoundedStaleGradientIsAbortedWithTheCurrentVersion) {
+  v1::CreateSessionRequest req;
+  req.set_session_id("b");
+  req.mutable_config()->mutable_optimizer()->mutable_sgd()->set_lr(1);
+  req.mutable_config()->mutable_consistency()->set_mode(v1::Consistency::MODE_BOUNDED);
+  req.mutable_config()->mutable_consistency()->set_max_staleness(1);
+  *req.add_tensors() = F32("w", {2}, {0, 0});
+  *req.add_tensors() = F32("b", {1}, {0});
+  ASSERT_TRUE(Create(req).ok());
+  v1::StepResponse out;
+  for (int v = 0; v < 2; ++v) {
+    v1::StepRequest step = StepRequest("b", 1, 1);
+    step.set_version(v);
+    ASSERT_TRUE(Step(step, &out).ok());
+  }
+  v1::StepRequest stale = StepRequest("b", 1, 1);
+  stale.set_version(0);  // 2 versions old
+  grpc::ClientContext ctx;
+  grpc::Status s = stub_->Step(&ctx, stale, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_THAT(s.error_message(), HasSubstr("accepts at most 1"));
+  auto it = ctx.GetServerTrailingMetadata().find("optd-current-version");
+  ASSERT_NE(it, ctx.GetServerTrailingMetadata().end());
+  EXPECT_EQ(std::string(it->second.data(), it->second.size()), "2");
+}
+
+TEST_F(OptimizerServiceTest, RetriedStepIsAnsweredOnceAndReusedSequenceIsRefused) {
+  CreateSgd("r", 1);
+  v1::StepRequest step = StepRequest("r", 1, 1);
+  step.set_worker_id("w1");
+  step.set_sequence(1);
+  v1::StepResponse first, retry;
+  ASSERT_TRUE(Step(step, &first).ok());
+  ASSERT_TRUE(Step(step, &retry).ok());
+  EXPECT_FALSE(first.duplicate());
+  EXPECT_TRUE(retry.duplicate());
+  EXPECT_EQ(retry.version(), first.version());
+  EXPECT_THAT(Values(retry.parameters(0)), ElementsAre(0.0f, 1.0f));  // applied once
+  for (int q = 2; q < 40; ++q) {
+    step.set_sequence(q);
+    ASSERT_TRUE(Step(step, &retry).ok());
+  }
+  step.set_sequence(1);
+  grpc::Status s = Step(step, &retry);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("sequence = 1 of worker w1"));
+}
+
+TEST_F(OptimizerServiceTest, SyncStepsOverGrpcWaitWithoutBlockingAndFinishTogether) {
+  v1::CreateSessionRequest req;
+  req.set_session_id("sync");
+  req.mutable_config()->mutable_optimizer()->mutable_sgd()->set_lr(1);
+  req.mutable_config()->mutable_consistency()->set_mode(v1::Consistency::MODE_SYNC);
+  req.mutable_config()->mutable_consistency()->set_workers(3);
+  *req.add_tensors() = F32("w", {2}, {0, 0});
+  *req.add_tensors() = F32("b", {1}, {0});
+  ASSERT_TRUE(Create(req).ok());
+  std::vector<std::thread> workers;
+  std::vector<v1::StepResponse> replies(3);
+  std::vector<grpc::Status> statuses(3);
+  for (int t = 0; t < 3; ++t) {
+    workers.emplace_back([&, t] {
+      auto stub = v1::Optimizer::NewStub(channel_);
+      v1::StepRequest step = StepRequest("sync", static_cast<float>(t + 1), 0);
+      step.set_worker_id("w" + std::to_string(t));
+      step.set_version(0);
+      grpc::ClientContext ctx;
+      statuses[t] = stub->Step(&ctx, step, &replies[t]);
+    });
+  }
+  for (std::thread& t : workers) t.join();
+  for (int t = 0; t < 3; ++t) {
+    ASSERT_TRUE(statuses[t].ok()) << statuses[t].error_message();
+    EXPECT_EQ(replies[t].version(), 1);
+    EXPECT_EQ(replies[t].workers(), 3);
+    EXPECT_THAT(Values(replies[t].parameters(0)), ElementsAre(-2.0f, -2.0f));  // mean(1, 2, 3)
+  }
+}
+
+TEST_F(OptimizerServiceTest, RowSparseGradientsAndTouchedRows) {
+  v1::CreateSessionRequest req;
+  req.set_session_id("sp");
+  req.mutable_config()->mutable_optimizer()->mutable_sgd()->set_lr(1);
+  *req.add_tensors() = F32("emb", {4, 2}, {0, 0, 0, 0, 0, 0, 0, 0});
+  ASSERT_TRUE(Create(req).ok());
+  v1::StepRequest step;
+  step.set_session_id("sp");
+  v1::Tensor* g = step.add_gradients();
+  *g = F32("emb", {4, 2}, {1, 1, 2, 2, 3, 3});
+  for (int64_t r : {2, 0, 2}) g->mutable_rows()->add_indices(r);  // row 2 twice: summed
+  step.set_return_parameters(v1::RETURN_PARAMETERS_TOUCHED);
+  v1::StepResponse out;
+  ASSERT_TRUE(Step(step, &out).ok()) ;
+  ASSERT_EQ(out.parameters_size(), 1);
+  EXPECT_THAT(out.parameters(0).rows().indices(), ElementsAre(0, 2));
+  EXPECT_THAT(Values(out.parameters(0)), ElementsAre(-2.0f, -2.0f, -4.0f, -4.0f));
+
+  g->mutable_rows()->set_indices(1, 4);
+  grpc::Status s = Step(step, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("gradients[0].rows.indices[1] = 4 is out of range"));
+
+  v1::PullRequest pull;
+  pull.set_session_id("sp");
+  v1::TensorRows* rows = pull.add_rows();
+  rows->set_name("emb");
+  rows->add_indices(2);
+  rows->add_indices(1);
+  v1::PullResponse pulled;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub_->Pull(&ctx, pull, &pulled).ok());
+  EXPECT_EQ(pulled.version(), 1);
+  EXPECT_THAT(pulled.tensors(0).rows().indices(), ElementsAre(2, 1));
+  EXPECT_THAT(Values(pulled.tensors(0)), ElementsAre(-4.0f, -4.0f, 0.0f, 0.0f));
+}
+
 TEST(OptdServerTest, OversizedRequestIsResourceExhaustedAndServerKeepsServing) {
   ServerOptions options;
   options.listen = "127.0.0.1:0";
