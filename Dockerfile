@@ -19,4 +19,4 @@ USER optd
 EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD ["optctl", "--server=127.0.0.1:50051", "health"]
-ENTRYPOINT ["optd", "--listen=0.0.0.0:50051"]
+ENTRYPOINT ["optd", "--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464"]

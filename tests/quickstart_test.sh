@@ -5,7 +5,7 @@
 set -euo pipefail
 OPTD=$1 OPTCTL=$2 WORKER=$3
 TMP=$(mktemp -d)
-"$OPTD" --listen=127.0.0.1:0 > "$TMP/optd.out" 2> "$TMP/optd.err" &
+"$OPTD" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 > "$TMP/optd.out" 2> "$TMP/optd.err" &
 PID=$!
 cleanup() { kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT

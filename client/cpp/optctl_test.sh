@@ -39,7 +39,7 @@ fail() {
 }
 
 # --- start optd --------------------------------------------------------------------------------
-"$OPTD" --listen=127.0.0.1:0 >"$WORK/optd.out" 2>"$WORK/optd.err" &
+"$OPTD" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 >"$WORK/optd.out" 2>"$WORK/optd.err" &
 OPTD_PID=$!
 ADDR=
 for _ in $(seq 1 200); do  # up to 20 s

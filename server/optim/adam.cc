@@ -181,14 +181,19 @@ void Adam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
       float* m = s.exp_avg.data() + base;
       float* v = s.exp_avg_sq.data() + base;
       const float* g = tensors[t].grad.data() + r * row_size;
+      double update_squares = 0;
       for (int64_t j = 0; j < row_size; ++j) {
         const float gj = c.sign * g[j];
         const float m_new = (gj - m[j]) * c.one_minus_beta1 + m[j];
         const float v_new = (gj * gj - v[j]) * c.one_minus_beta2 + v[j];
         m[j] = m_new;
         v[j] = v_new;
+        const float before = p[j];
         p[j] = p[j] + neg_step_size * (m_new / (std::sqrt(v_new) + c.eps));
+        const double d = static_cast<double>(p[j]) - before;
+        update_squares += d * d;
       }
+      AddUpdateSquares(update_squares);
     }
   }
 

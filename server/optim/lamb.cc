@@ -145,8 +145,7 @@ void Lamb::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   for (size_t t = 0; t < tensors.size(); ++t) {
     const double param_norm = std::sqrt(norms[t][0]);
     const double update_norm = std::sqrt(norms[t][1]);
-    const double trust =
-        param_norm > 0.0 && update_norm > 0.0 ? param_norm / update_norm : 1.0;
+    const double trust = param_norm > 0.0 && update_norm > 0.0 ? param_norm / update_norm : 1.0;
     steps[t] = lr * trust;
   }
 

@@ -107,10 +107,10 @@ void Lars::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   for (size_t t = 0; t < tensors.size(); ++t) {
     const double param_norm = std::sqrt(norms[t][0]);
     const double update_norm = std::sqrt(norms[t][1]);
-    const double trust = param_norm > 0.0 && update_norm > 0.0
-                             ? options_.trust_coefficient * param_norm /
-                                   (update_norm + options_.eps)
-                             : 1.0;
+    const double trust =
+        param_norm > 0.0 && update_norm > 0.0
+            ? options_.trust_coefficient * param_norm / (update_norm + options_.eps)
+            : 1.0;
     steps[t] = lr * trust;
   }
 

@@ -32,8 +32,7 @@ TEST(LionTest, MatchesTheReferenceFormulas) {
 TEST(LionTest, MatchesTheReferenceFormulasWithoutWeightDecay) {
   Lion lion(LionWith(0.01, 0.0), {4});
   ExpectGoldenTrajectory(
-      lion, 0.01,
-      {{{0.99, -1.99, 0.49, 0.0}, {0.98, -1.98, 0.48, 0.0}, {0.97, -1.97, 0.47, 0.0}}});
+      lion, 0.01, {{{0.99, -1.99, 0.49, 0.0}, {0.98, -1.98, 0.48, 0.0}, {0.97, -1.97, 0.47, 0.0}}});
 }
 
 TEST(LionTest, EveryStepHasLengthLrWhateverTheGradientMagnitude) {

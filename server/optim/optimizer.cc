@@ -102,6 +102,25 @@ Optimizer::Optimizer(std::vector<int64_t> tensor_sizes) : tensor_sizes_(std::mov
 }
 
 void Optimizer::ForEachSegment(const std::function<void(const Segment&)>& fn) const {
+  if (!measuring_) return RunSegments(fn);
+  RunSegments([&](const Segment& s) {
+    float* p = current_[s.tensor].param.data() + s.begin;
+    const int64_t n = s.end - s.begin;
+    thread_local std::vector<float> before;
+    before.assign(p, p + n);  // the kernel reads these next: copying now costs little
+    fn(s);
+    double update = 0, parameter = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double d = static_cast<double>(p[i]) - before[i];
+      update += d * d;
+      parameter += static_cast<double>(p[i]) * p[i];
+    }
+    update_squares_[s.index] = update;
+    parameter_squares_[s.index] = parameter;
+  });
+}
+
+void Optimizer::RunSegments(const std::function<void(const Segment&)>& fn) const {
   if (pool_ == nullptr || pool_->num_threads() == 1 || total_elements_ < kParallelMinElements) {
     for (const Segment& s : segments_) fn(s);
     return;
@@ -132,7 +151,7 @@ absl::Status Optimizer::UpdateOptions(const OptimizerOptions& options) {
   return absl::OkStatus();
 }
 
-absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr) {
+absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, StepNorms* norms) {
   if (!std::isfinite(lr) || lr < 0.0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("lr = %g is out of range: must be finite and >= 0", lr));
@@ -178,7 +197,24 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr) {
           "tensor %d has a gradient of %d elements for %d parameters", i, grad_size, param_size));
     }
   }
+  if (norms == nullptr) {
+    StepImpl(tensors, lr);
+    return absl::OkStatus();
+  }
+  measuring_ = true;
+  current_ = tensors;
+  extra_update_squares_ = 0;
+  update_squares_.assign(segments_.size(), 0.0);
+  parameter_squares_.assign(segments_.size(), 0.0);
   StepImpl(tensors, lr);
+  measuring_ = false;
+  double update = extra_update_squares_, parameter = 0;
+  for (size_t i = 0; i < segments_.size(); ++i) {  // segment order: the same bits on any pool
+    update += update_squares_[i];
+    parameter += parameter_squares_[i];
+  }
+  norms->update_norm = std::sqrt(update);
+  norms->parameter_norm = std::sqrt(parameter);
   return absl::OkStatus();
 }
 

@@ -51,6 +51,12 @@ struct TensorGrad {
   bool sparse() const { return row_size > 0; }
 };
 
+// Norms of one step, measured as a by-product of the update pass (see Optimizer::Step).
+struct StepNorms {
+  double update_norm = 0;     // L2 of the parameter change, over all tensors
+  double parameter_norm = 0;  // L2 of the parameters after the step
+};
+
 // How an optimizer applies row-sparse gradients.
 enum class RowSparseRule {
   kDensify,  // as the dense gradient with zero rows (the same as lazy where no state decays)
@@ -69,7 +75,10 @@ class Optimizer {
   // from creation, a param and grad size differ, a row-sparse gradient is malformed or not taken
   // by this optimizer (RowSparse() is not kLazy), or `lr` is not finite and >= 0. Does not check
   // that gradients are finite: the caller does, before calling.
-  absl::Status Step(absl::Span<const TensorGrad> tensors, double lr);
+  //
+  // With `norms`, also measures the step's update and parameter norms: each segment's parameters
+  // are copied while cache-hot just before the kernel runs on them, so the cost is small.
+  absl::Status Step(absl::Span<const TensorGrad> tensors, double lr, StepNorms* norms = nullptr);
 
   // The options in force, with every default filled in.
   virtual OptimizerOptions options() const = 0;
@@ -131,11 +140,20 @@ class Optimizer {
   // at every tensor boundary. Fixed at creation: depends only on tensor_sizes().
   const std::vector<Segment>& segments() const { return segments_; }
 
-  // Calls fn once for every segment. Inline and in order when the step has fewer than
+  // Calls fn once for every segment: the update pass of a step, which writes the parameters (each
+  // StepImpl calls it once). Inline and in order when the step has fewer than
   // kParallelMinElements elements, there is no pool or it has one thread; otherwise on the pool,
   // concurrently and in any order. fn must only write state of its own segment. Elementwise
   // kernels give the same bits either way: a cut does not change the math of any element.
+  // When Step was asked for norms, each segment is measured around fn.
   void ForEachSegment(const std::function<void(const Segment&)>& fn) const;
+
+  // For parameter changes made outside ForEachSegment (row-sparse updates, before it): adds the
+  // sum of squared changes to the step's update norm when it is measured.
+  void AddUpdateSquares(double sum_of_squares) const {
+    if (measuring_) extra_update_squares_ += sum_of_squares;
+  }
+  bool measuring() const { return measuring_; }
 
   // Returns, for each tensor, the kWidth sums over its segments of value(segment), which runs
   // through ForEachSegment. Partials are kept per segment and added in segment order, so the
@@ -144,7 +162,7 @@ class Optimizer {
   std::vector<std::array<double, kWidth>> SumPerTensor(
       const std::function<std::array<double, kWidth>(const Segment&)>& value) const {
     std::vector<std::array<double, kWidth>> partials(segments_.size());
-    ForEachSegment([&](const Segment& s) { partials[s.index] = value(s); });
+    RunSegments([&](const Segment& s) { partials[s.index] = value(s); });
     std::vector<std::array<double, kWidth>> sums(tensor_sizes_.size());  // zeros
     for (const Segment& s : segments_) {
       for (size_t k = 0; k < kWidth; ++k) sums[s.tensor][k] += partials[s.index][k];
@@ -153,6 +171,9 @@ class Optimizer {
   }
 
  private:
+  // ForEachSegment without measuring (reductions).
+  void RunSegments(const std::function<void(const Segment&)>& fn) const;
+
   const std::vector<int64_t> tensor_sizes_;
   int64_t total_elements_ = 0;
   std::vector<Segment> segments_;
@@ -160,6 +181,13 @@ class Optimizer {
   // [block_first_segment_[k], block_first_segment_[k + 1]).
   std::vector<size_t> block_first_segment_;
   ThreadPool* pool_ = ThreadPool::Default();
+
+  // Set by Step for the duration of one measured step (Step is not reentrant).
+  mutable bool measuring_ = false;
+  absl::Span<const TensorGrad> current_;
+  mutable std::vector<double> update_squares_;     // per segment
+  mutable std::vector<double> parameter_squares_;  // per segment
+  mutable double extra_update_squares_ = 0;
 };
 
 // Creates the optimizer `options` names for tensors of the given element counts, running large

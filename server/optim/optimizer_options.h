@@ -112,11 +112,11 @@ struct RmspropOptions {
 // torch 1.13 has no maximize for NAdam.
 struct NadamOptions {
   static constexpr std::string_view kName = "nadam";
-  double lr = 2e-3;             // >= 0
-  double beta1 = 0.9;           // [0, 1)
-  double beta2 = 0.999;         // [0, 1)
-  double eps = 1e-8;            // > 0
-  double weight_decay = 0.0;    // >= 0, coupled L2
+  double lr = 2e-3;              // >= 0
+  double beta1 = 0.9;            // [0, 1)
+  double beta2 = 0.999;          // [0, 1)
+  double eps = 1e-8;             // > 0
+  double weight_decay = 0.0;     // >= 0, coupled L2
   double momentum_decay = 4e-3;  // >= 0 (psi above)
   absl::Status Validate() const;
 };
@@ -164,12 +164,12 @@ struct LambOptions {
 // 0.1-10, e.g. SimCLR's 0.3 * batch / 256).
 struct LarsOptions {
   static constexpr std::string_view kName = "lars";
-  double lr = 1.0;                   // >= 0
-  double momentum = 0.9;             // [0, 1)
-  double weight_decay = 0.0;         // >= 0
-  double trust_coefficient = 1e-3;   // > 0
-  double eps = 0.0;                  // >= 0, added to ||u|| in the trust ratio
-  bool nesterov = false;             // p -= lr-scaled u + momentum * buf instead of buf
+  double lr = 1.0;                  // >= 0
+  double momentum = 0.9;            // [0, 1)
+  double weight_decay = 0.0;        // >= 0
+  double trust_coefficient = 1e-3;  // > 0
+  double eps = 0.0;                 // >= 0, added to ||u|| in the trust ratio
+  bool nesterov = false;            // p -= s + momentum * buf instead of buf (s = lr trust u)
   absl::Status Validate() const;
 };
 

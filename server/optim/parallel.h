@@ -71,7 +71,7 @@ class ThreadPool {
     int64_t n;
     int64_t grain;
     int64_t num_ranges;
-    int64_t next = 0;  // the next range to hand out
+    int64_t next = 0;    // the next range to hand out
     int64_t unfinished;  // ranges not yet returned (handed out or not)
   };
 

@@ -207,10 +207,10 @@ TEST(ForEachSegmentTest, SegmentsCutEveryBlockAndAtTensorBoundaries) {
     int64_t begin;
     int64_t end;
   };
-  const std::vector<Want> want = {{0, 0, kBlock},          {0, kBlock, kBlock + 5},
-                                  {1, 0, 3},               {2, 0, kBlock - 8},
-                                  {2, kBlock - 8, 2 * kBlock - 8}, {2, 2 * kBlock - 8, 2 * kBlock},
-                                  {3, 0, 1}};
+  const std::vector<Want> want = {
+      {0, 0, kBlock},     {0, kBlock, kBlock + 5},         {1, 0, 3},
+      {2, 0, kBlock - 8}, {2, kBlock - 8, 2 * kBlock - 8}, {2, 2 * kBlock - 8, 2 * kBlock},
+      {3, 0, 1}};
   const auto& segments = recorder.segments();
   ASSERT_EQ(segments.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {
@@ -370,8 +370,7 @@ INSTANTIATE_TEST_SUITE_P(
                      }),
                      1e-3},
         ParallelCase{"AdamW", AdamWOptions{}, 1e-3},
-        ParallelCase{"Adagrad", With<AdagradOptions>([](auto& o) { o.weight_decay = 1e-2; }),
-                     1e-2},
+        ParallelCase{"Adagrad", With<AdagradOptions>([](auto& o) { o.weight_decay = 1e-2; }), 1e-2},
         ParallelCase{"NormalizedGdGlobal", NormalizedGdOptions{}, 1e-2},
         ParallelCase{"NormalizedGdPerTensor", With<NormalizedGdOptions>([](auto& o) {
                        o.norm = NormalizedGdOptions::Norm::kPerTensor;
@@ -386,8 +385,7 @@ INSTANTIATE_TEST_SUITE_P(
                      }),
                      1e-2},
         ParallelCase{"Nadam", With<NadamOptions>([](auto& o) { o.weight_decay = 1e-2; }), 2e-3},
-        ParallelCase{"Radam", RadamOptions{}, 1e-3},
-        ParallelCase{"Lion", LionOptions{}, 1e-4},
+        ParallelCase{"Radam", RadamOptions{}, 1e-3}, ParallelCase{"Lion", LionOptions{}, 1e-4},
         ParallelCase{"LambWeightDecay", With<LambOptions>([](auto& o) { o.weight_decay = 1e-2; }),
                      1e-3},
         ParallelCase{"LarsNesterovWeightDecay", With<LarsOptions>([](auto& o) {

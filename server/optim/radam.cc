@@ -21,8 +21,8 @@ struct RadamCoefficients {
   float beta2;
   float one_minus_beta2;
   float eps;
-  bool rectified;   // rho_t > 5
-  float neg_step;   // rectified: -lr * rect * sqrt(bc2) / bc1; else -lr / bc1
+  bool rectified;  // rho_t > 5
+  float neg_step;  // rectified: -lr * rect * sqrt(bc2) / bc1; else -lr / bc1
 };
 
 // One fused pass: the moments in torch's op order (mul_ then add_ / addcmul_), then the update

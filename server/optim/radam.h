@@ -8,9 +8,10 @@
 //   v = beta2 * v + (1 - beta2) * d * d
 //   rho_inf = 2 / (1 - beta2) - 1
 //   rho_t = rho_inf - 2 t beta2^t / bc2
-//   rho_t > 5 (strict):  rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
-//                        p -= lr * rect * sqrt(bc2) / bc1 * m / (sqrt(v) + eps)
-//   otherwise:           p -= lr / bc1 * m                       (SGD with bias-corrected momentum)
+//   rho_t > 5 (strict): rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2)
+//                                    rho_t))
+//                       p -= lr * rect * sqrt(bc2) / bc1 * m / (sqrt(v) + eps)
+//   otherwise:          p -= lr / bc1 * m                        (SGD with bias-corrected momentum)
 //
 // eps is added to the un-corrected sqrt(v), unlike Adam. rho_1 = 1 and rho_t < t, so the first
 // five steps are never rectified; with beta2 = 0.999 the rectified branch starts at t = 6, and

@@ -124,8 +124,8 @@ void Rmsprop::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
       DispatchBool(options_.centered, [&](auto kCentered) {
         DispatchBool(has_momentum, [&](auto kMomentum) {
           RmspropKernel<decltype(kWd)::value, decltype(kCentered)::value,
-                        decltype(kMomentum)::value>(p, g, s.square_avg.data() + seg.begin,
-                                                    grad_avg, buf, seg.end - seg.begin, c);
+                        decltype(kMomentum)::value>(p, g, s.square_avg.data() + seg.begin, grad_avg,
+                                                    buf, seg.end - seg.begin, c);
         });
       });
     });

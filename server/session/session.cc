@@ -410,26 +410,16 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
                gradients[k].sparse ? RowSize(k) : 0};
   }
   const double lr = schedule_.Current();
-  // The update norm needs the parameters from before the step: a copy, made only when someone
-  // observes. (The kernels could report it as a by-product of their pass instead.)
-  std::vector<std::vector<float>> old_values;
-  if (observer_ != nullptr) old_values = values_;
-  if (absl::Status s = optimizer_->Step(step, lr); !s.ok()) return s;
+  StepNorms norms;
+  if (absl::Status s = optimizer_->Step(step, lr, observer_ != nullptr ? &norms : nullptr);
+      !s.ok()) {
+    return s;
+  }
   schedule_.Advance(loss);
   event->loss = loss;
   if (observer_ != nullptr) {
-    double update_sq = 0, param_sq = 0;
-    for (size_t k = 0; k < values_.size(); ++k) {
-      const float* now = values_[k].data();
-      const float* before = old_values[k].data();
-      for (size_t i = 0; i < values_[k].size(); ++i) {
-        const double d = static_cast<double>(now[i]) - before[i];
-        update_sq += d * d;
-        param_sq += static_cast<double>(now[i]) * now[i];
-      }
-    }
-    event->update_norm = std::sqrt(update_sq);
-    event->parameter_norm = std::sqrt(param_sq);
+    event->update_norm = norms.update_norm;
+    event->parameter_norm = norms.parameter_norm;
   }
   out->version = ++version_;
   out->parameters_version = version_;
@@ -670,6 +660,8 @@ void Session::Step(const StepInput& input, StepCallback done) {
       }
     }
     if (!attached && admitted.ok()) admitted = Admit(input, &duplicate_of, &staleness, &reason);
+    // For the observer: -1 when the request did not say which version it was computed at.
+    const int64_t known_staleness = input.version.has_value() ? staleness : -1;
     if (!attached && admitted.ok() && duplicate_of == nullptr) {
       for (const Gradient& g : grads) {
         if (!g.sparse) continue;
@@ -690,7 +682,7 @@ void Session::Step(const StepInput& input, StepCallback done) {
       StepOutput out = duplicate_of->output;
       out.duplicate = true;
       EncodeParameters(input.return_mode, input.return_dtype, touched, &out);
-      completions.push_back({std::move(done), std::move(out), bytes_received, staleness});
+      completions.push_back({std::move(done), std::move(out), bytes_received, known_staleness});
     } else if (!sync) {
       StepOutput out;
       out.gradient_norm = std::sqrt(sum_squares);
@@ -700,9 +692,9 @@ void Session::Step(const StepInput& input, StepCallback done) {
         applied = true;
         RecordOutcome(input.worker_id, input.sequence, out);
         EncodeParameters(input.return_mode, input.return_dtype, touched, &out);
-        completions.push_back({std::move(done), std::move(out), bytes_received, staleness});
+        completions.push_back({std::move(done), std::move(out), bytes_received, known_staleness});
       } else {
-        completions.push_back({std::move(done), s, bytes_received, staleness});
+        completions.push_back({std::move(done), s, bytes_received, known_staleness});
       }
     } else if (std::find(barrier_.contributors.begin(), barrier_.contributors.end(),
                          input.worker_id) != barrier_.contributors.end()) {
@@ -711,7 +703,7 @@ void Session::Step(const StepInput& input, StepCallback done) {
            absl::InvalidArgumentError(absl::StrCat(
                "worker ", input.worker_id, " already sent a gradient for version ", version_,
                "; one gradient per worker per SYNC step (a retry must reuse its sequence number)")),
-           bytes_received, staleness});
+           bytes_received, known_staleness});
       refusal = RefusalReason::kInvalid;
     } else {
       // Join the barrier.
