@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   # C++ toolchain and libraries
-  cmake ninja-build g++ pkg-config git
+  cmake ninja-build g++ clang pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   # Python: clients, torch-parity tests (always /usr/bin/python3)
