@@ -12,6 +12,8 @@
   ``.stub``, ``.pb2``). A missing binary or missing stubs FAIL the test: in CI that is a bug, not a
   reason to skip.
 * ``to_tensor`` / ``from_tensor``: numpy float32 <-> ``optd_pb2.Tensor`` without per-element loops.
+* ``to_sparse_tensor`` / ``from_sparse_tensor``: the same for row-sparse tensors (``Tensor.rows``);
+  ``current_version_of``: the "optd-current-version" trailing metadata of an ABORTED unary reply.
 
 Run with Debian's interpreter: ``/usr/bin/python3 -m pytest -q tests/...``.
 """
@@ -100,6 +102,43 @@ def from_tensor(tensor) -> np.ndarray:
         raise ValueError(f"tensor {tensor.name!r}: {len(tensor.data)} data bytes for shape {shape} "
                          f"(expected {4 * count})")
     return np.frombuffer(tensor.data, dtype="<f4").reshape(shape)
+
+
+def to_sparse_tensor(name: str, shape, indices, rows) -> "optd_pb2.Tensor":
+    """A row-sparse float32 optd_pb2.Tensor of `shape`: `rows[i]` is row `indices[i]` (repeats
+    allowed). The `rows` field is set even when `indices` is empty."""
+    optd_pb2, _ = load_stubs()
+    shape = tuple(int(d) for d in shape)
+    arr = np.ascontiguousarray(rows, dtype="<f4").reshape((len(indices),) + shape[1:])
+    t = optd_pb2.Tensor(name=name, shape=shape, dtype=optd_pb2.DTYPE_F32, data=arr.tobytes())
+    t.rows.SetInParent()
+    t.rows.indices.extend(int(i) for i in indices)
+    return t
+
+
+def from_sparse_tensor(tensor):
+    """(indices int64 [n], rows float32 [n, *shape[1:]]) of a row-sparse DTYPE_F32 optd_pb2.Tensor."""
+    optd_pb2, _ = load_stubs()
+    if not tensor.HasField("rows"):
+        raise ValueError(f"tensor {tensor.name!r} is not row-sparse (no rows field)")
+    if tensor.dtype != optd_pb2.DTYPE_F32:
+        raise ValueError(f"tensor {tensor.name!r}: dtype {tensor.dtype}, expected DTYPE_F32")
+    indices = np.asarray(tensor.rows.indices, dtype=np.int64)
+    row_shape = tuple(tensor.shape)[1:]
+    count = len(indices) * int(np.prod(row_shape, dtype=np.int64))
+    if len(tensor.data) != 4 * count:
+        raise ValueError(f"tensor {tensor.name!r}: {len(tensor.data)} data bytes for "
+                         f"{len(indices)} rows of {row_shape} (expected {4 * count})")
+    return indices, np.frombuffer(tensor.data, dtype="<f4").reshape((len(indices),) + row_shape)
+
+
+def current_version_of(rpc_error):
+    """The session version an ABORTED unary reply carries in its trailing metadata
+    ("optd-current-version"), as an int, or None when it carries none."""
+    for key, value in rpc_error.trailing_metadata() or ():
+        if key == "optd-current-version":
+            return int(value)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------

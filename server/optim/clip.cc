@@ -11,31 +11,13 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "server/optim/range_check.h"
 
 namespace optd {
 namespace {
 
 // torch clip_grad_norm_'s fixed guard, added to the norm.
 constexpr double kNormEps = 1e-6;
-
-// Formats `v` like %g, adding digits only when %g would not read back as `v` (the format of
-// optimizer_options.cc).
-std::string FormatValue(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  for (int precision = 6; precision < 17; ++precision) {
-    std::string s = absl::StrFormat("%.*g", precision, v);
-    if (std::strtod(s.c_str(), nullptr) == v) return s;
-  }
-  return absl::StrFormat("%.17g", v);
-}
-
-absl::Status CheckNonNegative(absl::string_view field, double value) {
-  if (std::isfinite(value) && value >= 0) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      ClipOptions::kName, ".", field, " = ", FormatValue(value), " is out of range: must be ",
-      std::isfinite(value) ? "" : "finite and ", ">= 0"));
-}
 
 // Sum of squares of `g` in double, with four independent accumulators so that the loop is not one
 // long dependency chain.
@@ -65,9 +47,10 @@ void Scale(absl::Span<const absl::Span<float>> grads, float coef) {
 }  // namespace
 
 absl::Status ClipOptions::Validate() const {
-  absl::Status status = CheckNonNegative("max_norm", max_norm);
+  absl::Status status =
+      optim_internal::CheckDouble(kName, "max_norm", max_norm, optim_internal::kNonNegative);
   if (!status.ok()) return status;
-  return CheckNonNegative("clip_value", clip_value);
+  return optim_internal::CheckDouble(kName, "clip_value", clip_value, optim_internal::kNonNegative);
 }
 
 double GlobalNorm(absl::Span<const absl::Span<float>> grads) {

@@ -10,48 +10,18 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "server/optim/range_check.h"
 
 namespace optd {
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-// A closed, open or half-open interval; hi = +inf means unbounded above.
-struct Range {
-  double lo;
-  bool lo_open;
-  double hi;
-  bool hi_open;
-
-  bool Contains(double v) const {
-    const bool above_lo = lo_open ? v > lo : v >= lo;
-    const bool below_hi = hi_open ? v < hi : v <= hi;
-    return above_lo && below_hi;
-  }
-
-  // ">= 0", "> 0", "in [0, 1)".
-  std::string ToString() const {
-    if (hi == kInf) return absl::StrFormat("%s %g", lo_open ? ">" : ">=", lo);
-    return absl::StrFormat("in %c%g, %g%c", lo_open ? '(' : '[', lo, hi, hi_open ? ')' : ']');
-  }
-};
-
-constexpr Range kNonNegative{0.0, false, kInf, true};
-constexpr Range kPositive{0.0, true, kInf, true};
-constexpr Range kUnitHalfOpen{0.0, false, 1.0, true};  // [0, 1)
-constexpr Range kUnitClosed{0.0, false, 1.0, false};   // [0, 1]
-
-// Formats `v` like %g ("1e-08", "0.9", "nan", "-inf"), adding digits only when %g would not read
-// back as `v` (so 1.0000001 is not shown as "1").
-std::string FormatValue(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  for (int precision = 6; precision < 17; ++precision) {
-    std::string s = absl::StrFormat("%.*g", precision, v);
-    if (std::strtod(s.c_str(), nullptr) == v) return s;
-  }
-  return absl::StrFormat("%.17g", v);
-}
+using optim_internal::FormatValue;
+using optim_internal::kInf;
+using optim_internal::kNonNegative;
+using optim_internal::kPositive;
+using optim_internal::kUnitClosed;
+using optim_internal::kUnitHalfOpen;
+using optim_internal::Range;
 
 struct Field {
   const char* name;
@@ -63,11 +33,9 @@ struct Field {
 // "adam.beta1 = 1.5 is out of range: must be in [0, 1)".
 absl::Status CheckFields(std::string_view optimizer, std::initializer_list<Field> fields) {
   for (const Field& f : fields) {
-    const bool finite = std::isfinite(f.value);
-    if (finite && f.range.Contains(f.value)) continue;
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s.%s = %s is out of range: must be %s%s", optimizer, f.name,
-                        FormatValue(f.value), finite ? "" : "finite and ", f.range.ToString()));
+    absl::Status s = optim_internal::CheckDouble(
+        absl::string_view(optimizer.data(), optimizer.size()), f.name, f.value, f.range);
+    if (!s.ok()) return s;
   }
   return absl::OkStatus();
 }

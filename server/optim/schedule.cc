@@ -18,85 +18,41 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "server/optim/range_check.h"
 
 namespace optd {
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
+using optim_internal::FirstError;
+using optim_internal::FormatValue;
+using optim_internal::kAtLeastOne;
+using optim_internal::kInf;
+using optim_internal::kNonNegative;
+using optim_internal::kPositive;
+using optim_internal::kUnitClosed;
+using optim_internal::kUnitHalfOpen;
+using optim_internal::kUnitOpenClosed;
+using optim_internal::Range;
+
 constexpr double kPi = 3.141592653589793;  // Python's math.pi
 
-// Formats `v` like %g ("1e-08", "0.9", "nan", "-inf"), adding digits only when %g would not read
-// back as `v` (so 1.0000001 is not shown as "1"). Same format as optimizer_options.cc.
-std::string FormatValue(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  for (int precision = 6; precision < 17; ++precision) {
-    std::string s = absl::StrFormat("%.*g", precision, v);
-    if (std::strtod(s.c_str(), nullptr) == v) return s;
-  }
-  return absl::StrFormat("%.17g", v);
-}
-
-// A closed, open or half-open interval; hi = +inf means unbounded above.
-struct Range {
-  double lo;
-  bool lo_open;
-  double hi;
-  bool hi_open;
-
-  bool Contains(double v) const {
-    const bool above_lo = lo_open ? v > lo : v >= lo;
-    const bool below_hi = hi_open ? v < hi : v <= hi;
-    return above_lo && below_hi;
-  }
-
-  // ">= 0", "> 0", "in (0, 1]".
-  std::string ToString() const {
-    if (hi == kInf) return absl::StrCat(lo_open ? "> " : ">= ", FormatValue(lo));
-    return absl::StrCat("in ", lo_open ? "(" : "[", FormatValue(lo), ", ", FormatValue(hi),
-                        hi_open ? ")" : "]");
-  }
-};
-
-constexpr Range kNonNegative{0.0, false, kInf, true};
-constexpr Range kPositive{0.0, true, kInf, true};
-constexpr Range kAtLeastOne{1.0, false, kInf, true};
-constexpr Range kUnitClosed{0.0, false, 1.0, false};     // [0, 1]
-constexpr Range kUnitHalfOpen{0.0, false, 1.0, true};    // [0, 1)
-constexpr Range kUnitOpenClosed{0.0, true, 1.0, false};  // (0, 1]
+// Schedule fields are named "schedule.<schedule>.<field>" in messages, e.g.
+// "schedule.step.gamma = 1.5 is out of range: must be in (0, 1]".
+std::string Prefixed(absl::string_view schedule) { return absl::StrCat("schedule.", schedule); }
 
 std::string OutOfRange(absl::string_view schedule, absl::string_view field, absl::string_view value,
                        absl::string_view range) {
-  return absl::StrCat("schedule.", schedule, ".", field, " = ", value, " is out of range: must be ",
-                      range);
+  return optim_internal::OutOfRange(Prefixed(schedule), field, value, range);
 }
 
-// A double field: InvalidArgument unless finite and in `range`, e.g.
-// "schedule.step.gamma = 1.5 is out of range: must be in (0, 1]".
-absl::Status CheckDouble(absl::string_view schedule, absl::string_view field, double value,
-                         const Range& range) {
-  const bool finite = std::isfinite(value);
-  if (finite && range.Contains(value)) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      OutOfRange(schedule, field, FormatValue(value),
-                 absl::StrCat(finite ? "" : "finite and ", range.ToString())));
+absl::Status CheckScheduleDouble(absl::string_view schedule, absl::string_view field, double value,
+                                 const Range& range) {
+  return optim_internal::CheckDouble(Prefixed(schedule), field, value, range);
 }
 
-// An integer field: InvalidArgument unless value >= lo, e.g.
-// "schedule.step.step_size = 0 is out of range: must be >= 1".
-absl::Status CheckAtLeast(absl::string_view schedule, absl::string_view field, int64_t value,
-                          int64_t lo) {
-  if (value >= lo) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      OutOfRange(schedule, field, absl::StrCat(value), absl::StrCat(">= ", lo)));
-}
-
-// Returns the first non-OK status of `statuses`, in order.
-absl::Status FirstError(std::initializer_list<absl::Status> statuses) {
-  for (const absl::Status& status : statuses) {
-    if (!status.ok()) return status;
-  }
-  return absl::OkStatus();
+absl::Status CheckScheduleAtLeast(absl::string_view schedule, absl::string_view field,
+                                  int64_t value, int64_t lo) {
+  return optim_internal::CheckAtLeast(Prefixed(schedule), field, value, lo);
 }
 
 // "schedule.one_cycle.anneal_strategy = 7 is out of range: must be cos or linear".
@@ -162,40 +118,41 @@ double OneCycleLr(const OneCycleScheduleOptions& o, int64_t k) {
 absl::Status ConstantScheduleOptions::Validate() const { return absl::OkStatus(); }
 
 absl::Status StepScheduleOptions::Validate() const {
-  return FirstError({CheckAtLeast(kName, "step_size", step_size, 1),
-                     CheckDouble(kName, "gamma", gamma, kUnitOpenClosed)});
+  return FirstError({CheckScheduleAtLeast(kName, "step_size", step_size, 1),
+                     CheckScheduleDouble(kName, "gamma", gamma, kUnitOpenClosed)});
 }
 
 absl::Status MultiStepScheduleOptions::Validate() const {
   for (size_t i = 0; i < milestones.size(); ++i) {
     absl::Status status =
-        CheckAtLeast(kName, absl::StrCat("milestones[", i, "]"), milestones[i], 0);
+        CheckScheduleAtLeast(kName, absl::StrCat("milestones[", i, "]"), milestones[i], 0);
     if (!status.ok()) return status;
   }
-  return CheckDouble(kName, "gamma", gamma, kUnitOpenClosed);
+  return CheckScheduleDouble(kName, "gamma", gamma, kUnitOpenClosed);
 }
 
 absl::Status ExponentialScheduleOptions::Validate() const {
-  return CheckDouble(kName, "gamma", gamma, kUnitOpenClosed);
+  return CheckScheduleDouble(kName, "gamma", gamma, kUnitOpenClosed);
 }
 
 absl::Status CosineAnnealingScheduleOptions::Validate() const {
-  return FirstError({CheckAtLeast(kName, "t_max", t_max, 1),
-                     CheckDouble(kName, "eta_min", eta_min, kNonNegative)});
+  return FirstError({CheckScheduleAtLeast(kName, "t_max", t_max, 1),
+                     CheckScheduleDouble(kName, "eta_min", eta_min, kNonNegative)});
 }
 
 absl::Status LinearWarmupScheduleOptions::Validate() const {
-  return FirstError({CheckDouble(kName, "start_factor", start_factor, kUnitClosed),
-                     CheckDouble(kName, "end_factor", end_factor, kUnitClosed),
-                     CheckAtLeast(kName, "total_iters", total_iters, 1)});
+  return FirstError({CheckScheduleDouble(kName, "start_factor", start_factor, kUnitClosed),
+                     CheckScheduleDouble(kName, "end_factor", end_factor, kUnitClosed),
+                     CheckScheduleAtLeast(kName, "total_iters", total_iters, 1)});
 }
 
 absl::Status WarmupCosineScheduleOptions::Validate() const {
-  absl::Status status = FirstError({CheckDouble(kName, "init_factor", init_factor, kUnitClosed),
-                                    CheckAtLeast(kName, "warmup_steps", warmup_steps, 0),
-                                    CheckAtLeast(kName, "decay_steps", decay_steps, 1),
-                                    CheckDouble(kName, "end_factor", end_factor, kUnitClosed),
-                                    CheckDouble(kName, "exponent", exponent, kPositive)});
+  absl::Status status =
+      FirstError({CheckScheduleDouble(kName, "init_factor", init_factor, kUnitClosed),
+                  CheckScheduleAtLeast(kName, "warmup_steps", warmup_steps, 0),
+                  CheckScheduleAtLeast(kName, "decay_steps", decay_steps, 1),
+                  CheckScheduleDouble(kName, "end_factor", end_factor, kUnitClosed),
+                  CheckScheduleDouble(kName, "exponent", exponent, kPositive)});
   if (!status.ok()) return status;
   // decay_steps includes the warmup; optax needs a cosine part of positive length.
   if (decay_steps <= warmup_steps) {
@@ -207,19 +164,19 @@ absl::Status WarmupCosineScheduleOptions::Validate() const {
 }
 
 absl::Status InverseSqrtScheduleOptions::Validate() const {
-  return FirstError({CheckAtLeast(kName, "warmup_steps", warmup_steps, 0),
-                     CheckAtLeast(kName, "timescale", timescale, 0)});
+  return FirstError({CheckScheduleAtLeast(kName, "warmup_steps", warmup_steps, 0),
+                     CheckScheduleAtLeast(kName, "timescale", timescale, 0)});
 }
 
 absl::Status OneCycleScheduleOptions::Validate() const {
   absl::Status status =
-      FirstError({CheckDouble(kName, "max_lr", max_lr, kPositive),
-                  CheckAtLeast(kName, "total_steps", total_steps, 1),
-                  CheckDouble(kName, "pct_start", pct_start, kUnitClosed),
+      FirstError({CheckScheduleDouble(kName, "max_lr", max_lr, kPositive),
+                  CheckScheduleAtLeast(kName, "total_steps", total_steps, 1),
+                  CheckScheduleDouble(kName, "pct_start", pct_start, kUnitClosed),
                   CheckEnum(kName, "anneal_strategy", anneal_strategy, Anneal::kCos,
                             Anneal::kLinear, "cos or linear"),
-                  CheckDouble(kName, "div_factor", div_factor, kPositive),
-                  CheckDouble(kName, "final_div_factor", final_div_factor, kPositive)});
+                  CheckScheduleDouble(kName, "div_factor", div_factor, kPositive),
+                  CheckScheduleDouble(kName, "final_div_factor", final_div_factor, kPositive)});
   if (!status.ok()) return status;
   // The derived lrs must be usable: neither overflowing nor underflowing to 0.
   const double initial_lr = max_lr / div_factor;
@@ -235,14 +192,14 @@ absl::Status OneCycleScheduleOptions::Validate() const {
 
 absl::Status ReduceOnPlateauScheduleOptions::Validate() const {
   return FirstError({CheckEnum(kName, "mode", mode, Mode::kMin, Mode::kMax, "min or max"),
-                     CheckDouble(kName, "factor", factor, kUnitHalfOpen),
-                     CheckAtLeast(kName, "patience", patience, 0),
-                     CheckDouble(kName, "threshold", threshold, kNonNegative),
+                     CheckScheduleDouble(kName, "factor", factor, kUnitHalfOpen),
+                     CheckScheduleAtLeast(kName, "patience", patience, 0),
+                     CheckScheduleDouble(kName, "threshold", threshold, kNonNegative),
                      CheckEnum(kName, "threshold_mode", threshold_mode, ThresholdMode::kRel,
                                ThresholdMode::kAbs, "rel or abs"),
-                     CheckAtLeast(kName, "cooldown", cooldown, 0),
-                     CheckDouble(kName, "min_lr", min_lr, kNonNegative),
-                     CheckDouble(kName, "eps", eps, kNonNegative)});
+                     CheckScheduleAtLeast(kName, "cooldown", cooldown, 0),
+                     CheckScheduleDouble(kName, "min_lr", min_lr, kNonNegative),
+                     CheckScheduleDouble(kName, "eps", eps, kNonNegative)});
 }
 
 absl::Status Validate(const ScheduleOptions& options) {
