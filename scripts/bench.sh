@@ -19,3 +19,12 @@ echo "== optd-bench --suite"
 # Step and StreamSteps; target ratio >= 0.95 (README "Metrics").
 echo "== metrics_overhead"
 "$BUILD_DIR/bench/metrics_overhead" | tee "$BUILD_DIR/bench/metrics_overhead.txt"
+
+# optimizer kernels: ns/parameter of every optimizer's Step at 1K, 1M and 10M parameters (one thread
+# and the pool) beside its memory floor and torch.optim on one thread, all in one run; prints the
+# README table and the targets (Adam 10M: optd/floor <= 1.3, torch/optd >= 4) as MET/MISSED
+# (README "Benchmarks → optimizer kernels"). Extra flags in OPTD_OPTIMIZER_BENCH_FLAGS.
+echo "== optimizer kernels"
+# shellcheck disable=SC2086
+/usr/bin/python3 bench/run_optimizer_bench.py "$BUILD_DIR" ${OPTD_OPTIMIZER_BENCH_FLAGS:-} |
+  tee "$BUILD_DIR/bench/optimizer_bench.txt"

@@ -14,6 +14,10 @@ PACKAGES=(
   curl ca-certificates
   # metrics: a real Prometheus and promtool for the deploy/ configs and the metrics integration test
   prometheus
+  # Go client (client/go): golang-github-golang-protobuf-1-5-dev must be listed, or apt satisfies
+  # golang-google-grpc-dev with 1-3, whose old marshaller makes grpc-go panic at run time
+  golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
+  protoc-gen-go protoc-gen-go-grpc
 )
 
 missing=()

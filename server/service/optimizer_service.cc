@@ -121,16 +121,16 @@ absl::Status OptimizerServiceImpl::DoUpdateSession(const v1::UpdateSessionReques
   SessionUpdate update;
   if (request.has_optimizer()) {
     update.optimizer = [&request](OptimizerOptions* options) {
-      return MergeOptimizerFromProto(request.optimizer(), /*require_same_kind=*/true, options);
+      return MergeOptimizerFromProto(request.optimizer(), /*require_same_kind=*/true, "", options);
     };
   }
   if (request.has_schedule()) {
-    absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(request.schedule());
+    absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(request.schedule(), "");
     if (!schedule.ok()) return schedule.status();
     update.schedule = *std::move(schedule);
   }
   if (request.has_clipping()) {
-    absl::StatusOr<ClipOptions> clipping = ClippingFromProto(request.clipping());
+    absl::StatusOr<ClipOptions> clipping = ClippingFromProto(request.clipping(), "");
     if (!clipping.ok()) return clipping.status();
     update.clipping = *clipping;
   }

@@ -451,14 +451,14 @@ TEST_F(OptimizerServiceTest, InvalidUpdatesChangeNothing) {
       {[](auto* r) { r->mutable_optimizer()->mutable_adam()->set_lr(0.1); },
        grpc::StatusCode::INVALID_ARGUMENT, "the optimizer kind cannot change"},
       {[](auto* r) { r->mutable_optimizer()->mutable_sgd()->set_lr(-1); },
-       grpc::StatusCode::INVALID_ARGUMENT, "config.optimizer.sgd.lr = -1"},
+       grpc::StatusCode::INVALID_ARGUMENT, "optimizer.sgd.lr = -1"},
       {[](auto* r) {
          r->mutable_optimizer()->mutable_sgd()->set_lr(0.1);
          r->mutable_schedule()->mutable_step()->set_step_size(0);
        },
-       grpc::StatusCode::INVALID_ARGUMENT, "config.schedule.step.step_size = 0"},
+       grpc::StatusCode::INVALID_ARGUMENT, "schedule.step.step_size = 0"},
       {[](auto* r) { r->mutable_clipping()->set_max_norm(-2); }, grpc::StatusCode::INVALID_ARGUMENT,
-       "config.clipping.max_norm = -2"},
+       "clipping.max_norm = -2"},
       {[](auto* r) { r->set_session_id("nope"); }, grpc::StatusCode::NOT_FOUND,
        "session nope not found"},
   };

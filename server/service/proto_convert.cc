@@ -360,16 +360,17 @@ void TensorToProto(WireTensor&& tensor, v1::Tensor* out) {
 }
 
 absl::Status MergeOptimizerFromProto(const v1::OptimizerConfig& config, bool require_same_kind,
-                                     OptimizerOptions* options) {
+                                     const std::string& prefix, OptimizerOptions* options) {
   if (config.kind_case() == v1::OptimizerConfig::KIND_NOT_SET) {
-    return absl::InvalidArgumentError(
-        "config.optimizer is not set; must be one of sgd, adam, adamw, adagrad, normalized_gd, "
-        "adadelta, rmsprop, nadam, radam, lion, lamb, lars");
+    return absl::InvalidArgumentError(absl::StrCat(
+        prefix, "optimizer is not set; must be one of sgd, adam, adamw, adagrad, normalized_gd, "
+                "adadelta, rmsprop, nadam, radam, lion, lamb, lars"));
   }
   const std::string before(OptimizerName(*options));
   bool kind_changed = false;
   OptimizerOptions merged = *options;
-  if (absl::Status s = MergeOneof("config.optimizer", config, &merged, &kind_changed); !s.ok()) {
+  if (absl::Status s = MergeOneof(prefix + "optimizer", config, &merged, &kind_changed);
+      !s.ok()) {
     return s;
   }
   if (require_same_kind && kind_changed) {
@@ -377,27 +378,29 @@ absl::Status MergeOptimizerFromProto(const v1::OptimizerConfig& config, bool req
         "optimizer is ", std::string(OptimizerName(merged)), " but the session runs ", before,
         "; the optimizer kind cannot change (its state would be lost): create a new session"));
   }
-  if (absl::Status s = Prefixed("config.optimizer.", Validate(merged)); !s.ok()) return s;
+  if (absl::Status s = Prefixed(prefix + "optimizer.", Validate(merged)); !s.ok()) return s;
   *options = std::move(merged);
   return absl::OkStatus();
 }
 
-absl::StatusOr<ScheduleOptions> ScheduleFromProto(const v1::LrSchedule& schedule) {
+absl::StatusOr<ScheduleOptions> ScheduleFromProto(const v1::LrSchedule& schedule,
+                                                  const std::string& prefix) {
   ScheduleOptions out;  // constant
   if (schedule.kind_case() == v1::LrSchedule::KIND_NOT_SET) return out;
   bool kind_changed = false;
-  if (absl::Status s = MergeOneof("config.schedule", schedule, &out, &kind_changed); !s.ok()) {
+  if (absl::Status s = MergeOneof(prefix + "schedule", schedule, &out, &kind_changed); !s.ok()) {
     return s;
   }
-  if (absl::Status s = Prefixed("config.", Validate(out)); !s.ok()) return s;
+  if (absl::Status s = Prefixed(prefix, Validate(out)); !s.ok()) return s;
   return out;
 }
 
-absl::StatusOr<ClipOptions> ClippingFromProto(const v1::Clipping& clipping) {
+absl::StatusOr<ClipOptions> ClippingFromProto(const v1::Clipping& clipping,
+                                              const std::string& prefix) {
   ClipOptions out;
   out.max_norm = clipping.max_norm();
   out.clip_value = clipping.clip_value();
-  if (absl::Status s = Prefixed("config.", out.Validate()); !s.ok()) return s;
+  if (absl::Status s = Prefixed(prefix, out.Validate()); !s.ok()) return s;
   return out;
 }
 
@@ -408,11 +411,13 @@ absl::StatusOr<SessionConfig> ConfigFromProto(const v1::SessionConfig& config) {
     return absl::InvalidArgumentError(
         "config.optimizer.sgd.lr is required (torch.optim.SGD has no default); must be >= 0");
   }
-  if (absl::Status s = MergeOptimizerFromProto(opt, false, &out.optimizer); !s.ok()) return s;
-  absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(config.schedule());
+  if (absl::Status s = MergeOptimizerFromProto(opt, false, "config.", &out.optimizer); !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(config.schedule(), "config.");
   if (!schedule.ok()) return schedule.status();
   out.schedule = *std::move(schedule);
-  absl::StatusOr<ClipOptions> clipping = ClippingFromProto(config.clipping());
+  absl::StatusOr<ClipOptions> clipping = ClippingFromProto(config.clipping(), "config.");
   if (!clipping.ok()) return clipping.status();
   out.clipping = *clipping;
   absl::StatusOr<ConsistencyOptions> consistency = ConsistencyFromProto(config.consistency());

@@ -10,6 +10,7 @@
 #ifndef OPTD_SERVER_SERVICE_PROTO_CONVERT_H_
 #define OPTD_SERVER_SERVICE_PROTO_CONVERT_H_
 
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -35,12 +36,16 @@ absl::StatusOr<SessionConfig> ConfigFromProto(const v1::SessionConfig& config);
 
 // Merges the fields `config` sets over `*options` and validates the result; with
 // `require_same_kind`, a different optimizer kind is refused. `*options` changes only on success.
+// `prefix` is where the message sits in its request, for error messages ("config." in a
+// CreateSessionRequest, "" in an UpdateSessionRequest).
 absl::Status MergeOptimizerFromProto(const v1::OptimizerConfig& config, bool require_same_kind,
-                                     OptimizerOptions* options);
+                                     const std::string& prefix, OptimizerOptions* options);
 
-// An unset schedule is the constant schedule.
-absl::StatusOr<ScheduleOptions> ScheduleFromProto(const v1::LrSchedule& schedule);
-absl::StatusOr<ClipOptions> ClippingFromProto(const v1::Clipping& clipping);
+// An unset schedule is the constant schedule. `prefix` as above.
+absl::StatusOr<ScheduleOptions> ScheduleFromProto(const v1::LrSchedule& schedule,
+                                                  const std::string& prefix);
+absl::StatusOr<ClipOptions> ClippingFromProto(const v1::Clipping& clipping,
+                                              const std::string& prefix);
 
 // Writes `config` with every field set (the defaults in force made explicit).
 void ConfigToProto(const SessionConfig& config, v1::SessionConfig* out);

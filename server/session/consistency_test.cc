@@ -290,6 +290,18 @@ TEST_F(ConsistencyTest, SyncUnderConcurrencyEveryWorkerSeesEveryVersion) {
   EXPECT_EQ(s->Info().version, kSteps);
 }
 
+TEST_F(ConsistencyTest, NonFiniteLossIsRefusedAndNothingApplied) {
+  auto s = Make({});
+  StepInput in = Input(1);
+  in.loss = std::nan("");
+  auto out = s->StepAndWait(in);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("loss = nan is out of range: must be finite"));
+  in.loss = 0.5;
+  ASSERT_TRUE(s->StepAndWait(in).ok());
+  EXPECT_EQ(s->Info().version, 1);
+}
+
 TEST(ConsistencyOptionsTest, ValidateNamesTheFieldAndRange) {
   ConsistencyOptions c = Sync(0);
   EXPECT_THAT(c.Validate().message(), HasSubstr("consistency.workers = 0 is out of range"));

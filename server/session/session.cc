@@ -608,6 +608,11 @@ void Session::Step(const StepInput& input, StepCallback done) {
                                                           " is out of range: must be >= 0")),
                   RefusalReason::kInvalid);
   }
+  if (input.loss.has_value() && !std::isfinite(*input.loss)) {
+    return refuse(absl::InvalidArgumentError(absl::StrCat("loss = ", *input.loss,
+                                                          " is out of range: must be finite")),
+                  RefusalReason::kNonFinite);
+  }
   if (input.version.has_value() && *input.version < 0) {
     return refuse(absl::InvalidArgumentError(absl::StrCat("version = ", *input.version,
                                                           " is out of range: must be >= 0")),

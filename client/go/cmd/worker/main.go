@@ -1,0 +1,145 @@
+// Command worker is a minimal optd worker in Go, the counterpart of examples/cpp/quadratic_worker.
+// It fits w (a vector of -dim elements) to the target t[i] = i - dim/2 by minimising
+// 0.5 * ||w - t||^2 through an optd session: each step it computes the gradient w - t locally,
+// sends it with the loss, and continues from the parameters the server returns.
+//
+//	optd-go-worker -server 127.0.0.1:50051 -session demo -steps 200 -worker go-worker
+//
+// It creates the session (Adam, lr 0.1) when it does not exist yet and otherwise steps the
+// existing one, so several workers (in any language) can share a session. By default it steps
+// over one StreamSteps stream (Client.StreamLoop); -unary sends one Step call per step
+// (Client.NewWorker). Either way every step carries the worker id and a sequence number, so steps
+// are retried on UNAVAILABLE and never applied twice.
+//
+// It prints "step N version V loss L" every 50 steps, then one summary line
+//
+//	worker W steps N duplicates D aborted A first_sequence F last_sequence S version V final loss L
+//
+// and exits 0 if the final loss is below -max_loss (1 on an error, 2 if the loss is too high).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	optd "github.com/optd/optd/client/go"
+)
+
+func main() {
+	server := flag.String("server", "127.0.0.1:50051", "optd address")
+	session := flag.String("session", "quadratic", "session id (created as Adam(lr=0.1) if absent)")
+	dim := flag.Int("dim", 8, "length of w")
+	steps := flag.Int("steps", 200, "steps to run")
+	worker := flag.String("worker", "go-worker", "worker id sent with each step")
+	firstSeq := flag.Int64("first_sequence", 0, "sequence number of the first step (0: from the clock)")
+	unary := flag.Bool("unary", false, "one Step call per step instead of a StreamSteps stream")
+	maxLoss := flag.Float64("max_loss", 1e-2, "exit 2 if the final loss is not below this")
+	timeout := flag.Duration("timeout", 10*time.Minute, "bound on the whole run")
+	flag.Parse()
+	if *dim < 1 || *steps < 0 {
+		fmt.Fprintln(os.Stderr, "worker: -dim must be >= 1 and -steps >= 0")
+		os.Exit(1)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	code, err := run(ctx, *server, *session, *dim, *steps, *worker, *firstSeq, *unary, *maxLoss)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
+	}
+	os.Exit(code)
+}
+
+func run(ctx context.Context, server, session string, dim, steps int, worker string, firstSeq int64,
+	unary bool, maxLoss float64) (int, error) {
+	c, err := optd.Dial(ctx, server)
+	if err != nil {
+		return 1, err
+	}
+	defer c.Close()
+
+	target := make([]float32, dim)
+	for i := range target {
+		target[i] = float32(i) - float32(dim)/2
+	}
+	// Create the session unless another worker already did.
+	_, err = c.CreateSession(ctx, session, optd.Adam(0.1),
+		[]optd.Tensor{{Name: "w", Shape: []int64{int64(dim)}, Values: make([]float32, dim)}})
+	if err != nil && !errors.Is(err, optd.ErrAlreadyExists) {
+		return 1, err
+	}
+
+	// The gradient of 0.5 * ||w - t||^2 and the loss, at w.
+	gradient := func(w []float32) ([]optd.Tensor, float64) {
+		g := make([]float32, dim)
+		loss := 0.0
+		for i := range g {
+			g[i] = w[i] - target[i]
+			loss += 0.5 * float64(g[i]) * float64(g[i])
+		}
+		return []optd.Tensor{{Name: "w", Shape: []int64{int64(dim)}, Values: g}}, loss
+	}
+
+	var loss float64
+	var version int64
+	var stats optd.LoopStats
+	if unary {
+		pulled, err := c.Pull(ctx, session, nil)
+		if err != nil {
+			return 1, err
+		}
+		w := pulled.Tensors[0].Values
+		wk := c.NewWorker(session, worker)
+		if firstSeq > 0 {
+			wk.SetNextSequence(firstSeq)
+		}
+		stats.FirstSequence = wk.NextSequence()
+		for step := 0; step < steps; step++ {
+			grads, l := gradient(w)
+			loss = l
+			r, err := wk.Step(ctx, grads, &optd.StepOptions{Loss: &l})
+			if err != nil {
+				return 1, err
+			}
+			if r.Duplicate {
+				stats.Duplicates++
+			}
+			stats.Steps++
+			version = r.Version
+			w = r.Parameters[0].Values
+			if step%50 == 0 {
+				fmt.Printf("step %4d  version %5d  loss %.6f\n", step, r.Version, l)
+			}
+		}
+		stats.LastSequence = wk.NextSequence() - 1
+	} else {
+		st, err := c.StreamLoop(ctx, session, optd.LoopOptions{
+			Steps: steps, WorkerID: worker, FirstSequence: firstSeq,
+			OnStep: func(step int, r *optd.StepResult) {
+				if step%50 == 0 {
+					fmt.Printf("step %4d  version %5d  loss %.6f\n", step, r.Version, loss)
+				}
+			},
+		}, func(_ context.Context, s *optd.LoopState) ([]optd.Tensor, *float64, error) {
+			grads, l := gradient(s.Params[0].Values)
+			loss = l
+			return grads, &l, nil
+		})
+		if err != nil {
+			return 1, err
+		}
+		stats = *st
+		version = st.Version
+	}
+	fmt.Printf("worker %s steps %d duplicates %d aborted %d first_sequence %d last_sequence %d "+
+		"version %d final loss %.6f\n", worker, stats.Steps, stats.Duplicates, stats.Aborted,
+		stats.FirstSequence, stats.LastSequence, version, loss)
+	if loss < maxLoss {
+		return 0, nil
+	}
+	return 2, nil
+}

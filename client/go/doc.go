@@ -1,0 +1,50 @@
+// Package optd is the Go client of an optd server: the optd.v1.Optimizer gRPC service, which keeps
+// named float32 parameters and an optimizer's state per session and applies the gradients workers
+// send.
+//
+//	import optd "github.com/optd/optd/client/go"
+//
+//	c, err := optd.Dial(ctx, "127.0.0.1:50051", optd.WithTimeout(10*time.Second))
+//	if err != nil { ... }
+//	defer c.Close()
+//	_, err = c.CreateSession(ctx, "demo", optd.SGD(0.5), []optd.Tensor{
+//		{Name: "w", Shape: []int64{8}, Values: make([]float32, 8)},
+//	})
+//	r, err := c.Step(ctx, "demo", grads, &optd.StepOptions{WorkerID: "w0", Sequence: 1})
+//	// r.Version, r.Parameters[0].Values ...
+//
+// # Tensors
+//
+// A Tensor is float32 values in row-major order with a shape; on the wire it travels as
+// little-endian F32 bytes, or BF16 / F16 when StepOptions.GradientDType, StepOptions.ReturnDType or
+// PullOptions.DType ask for it (the client decodes every reply to float32). Tensor.Rows makes a
+// tensor row-sparse. The generated messages live in package optdv1
+// (github.com/optd/optd/client/go/optdv1); SessionConfig and UpdateSessionRequest are passed
+// through as they are (proto3 optional fields are pointers: use proto.Float64, or the SGD and Adam
+// helpers).
+//
+// # Errors
+//
+// Every method returns either nil or an *Error carrying the canonical gRPC code and message of the
+// server's status (or of the client's own check, for a malformed Tensor, which is
+// codes.InvalidArgument before any RPC). Test it with errors.Is against the sentinels
+// (errors.Is(err, optd.ErrNotFound)), with optd.Code(err), or with status.Code(err) from
+// google.golang.org/grpc/status (an *Error has a GRPCStatus method). An ABORTED step (a stale
+// gradient in a BOUNDED or SYNC session) also carries the session's current version:
+// (*Error).CurrentVersion. A call ended by its context (or by the client's per-call timeout) also
+// matches context.Canceled or context.DeadlineExceeded with errors.Is.
+//
+// # Retries and exactly-once steps
+//
+// A Step with a WorkerID and a Sequence > 0 is idempotent on the server: a retry of an applied
+// step is answered from its first outcome with Duplicate set and is not applied twice. Such steps
+// are retried automatically, with exponential backoff, when the call fails with UNAVAILABLE (see
+// RetryPolicy and WithRetry); steps without a sequence are never retried, since a lost reply would
+// apply them twice. A Worker numbers its steps itself, and StreamLoop runs a whole worker loop over
+// one StreamSteps stream, reconnecting and re-pulling as needed.
+//
+// # Concurrency
+//
+// A Client is safe for concurrent use by any number of goroutines. A Worker and a StepStream are
+// not: one goroutine drives each.
+package optd

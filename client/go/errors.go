@@ -1,0 +1,178 @@
+package optd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// CurrentVersionKey is the trailing-metadata key under which the server sends the session's
+// current version with an ABORTED unary reply.
+const CurrentVersionKey = "optd-current-version"
+
+// Error is the error every Client method returns: the canonical gRPC code and message of the
+// server's status (or of a check the client made before calling). It implements GRPCStatus, so
+// status.Code and status.FromError see through it, and Is, so errors.Is(err, ErrNotFound) and the
+// other sentinels match by code.
+type Error struct {
+	// Op is the method that failed ("CreateSession", "Step", ...).
+	Op string
+
+	code           codes.Code
+	message        string
+	currentVersion int64 // -1: unknown
+	cause          error // context.Canceled / context.DeadlineExceeded when the caller's ctx ended
+}
+
+// Code is the canonical gRPC status code.
+func (e *Error) Code() codes.Code { return e.code }
+
+// Message is the status message (for server errors, the server's text, which names the field, the
+// value and the valid range of a rejected request).
+func (e *Error) Message() string { return e.message }
+
+// CurrentVersion is the session's version that came with an ABORTED step (a stale gradient in a
+// BOUNDED or SYNC session, or a SYNC barrier that failed): the worker should pull and recompute.
+// ok is false when the error carries no version.
+func (e *Error) CurrentVersion() (version int64, ok bool) {
+	return e.currentVersion, e.currentVersion >= 0
+}
+
+// Error formats as "optd: Op: CODE: message".
+func (e *Error) Error() string {
+	op := ""
+	if e.Op != "" {
+		op = e.Op + ": "
+	}
+	return fmt.Sprintf("optd: %s%s: %s", op, codeName(e.code), e.message)
+}
+
+// GRPCStatus returns the error as a *status.Status (code and message), for status.Code and
+// status.FromError.
+func (e *Error) GRPCStatus() *status.Status { return status.New(e.code, e.message) }
+
+// Is reports whether target is the sentinel of e's code (ErrNotFound, ErrInvalidArgument, ...).
+func (e *Error) Is(target error) bool {
+	s, ok := target.(*codeSentinel)
+	return ok && s.code == e.code
+}
+
+// Unwrap returns context.Canceled or context.DeadlineExceeded when the call ended because the
+// caller's context did, and nil otherwise.
+func (e *Error) Unwrap() error { return e.cause }
+
+// codeSentinel is the type of the Err* values: errors.Is(err, ErrNotFound) is true for an *Error
+// whose code is codes.NotFound.
+type codeSentinel struct{ code codes.Code }
+
+func (s *codeSentinel) Error() string { return "optd: " + codeName(s.code) }
+
+// Sentinels for errors.Is, one per canonical code a client acts on.
+var (
+	ErrInvalidArgument    error = &codeSentinel{codes.InvalidArgument}
+	ErrNotFound           error = &codeSentinel{codes.NotFound}
+	ErrAlreadyExists      error = &codeSentinel{codes.AlreadyExists}
+	ErrFailedPrecondition error = &codeSentinel{codes.FailedPrecondition}
+	ErrAborted            error = &codeSentinel{codes.Aborted}
+	ErrUnavailable        error = &codeSentinel{codes.Unavailable}
+	ErrDeadlineExceeded   error = &codeSentinel{codes.DeadlineExceeded}
+	ErrCanceled           error = &codeSentinel{codes.Canceled}
+	ErrResourceExhausted  error = &codeSentinel{codes.ResourceExhausted}
+	ErrInternal           error = &codeSentinel{codes.Internal}
+)
+
+// Code returns the gRPC code of err: codes.OK for nil, the code of an *Error (also when wrapped,
+// e.g. by fmt.Errorf("...: %w", err)), status.Code(err) otherwise.
+func Code(err error) codes.Code {
+	if err == nil {
+		return codes.OK
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.code
+	}
+	return status.Code(err)
+}
+
+// codeName is the canonical upper-case name ("NOT_FOUND"), as the server and the C++ client print
+// codes.
+func codeName(c codes.Code) string {
+	switch c {
+	case codes.OK:
+		return "OK"
+	case codes.Canceled:
+		return "CANCELLED"
+	case codes.Unknown:
+		return "UNKNOWN"
+	case codes.InvalidArgument:
+		return "INVALID_ARGUMENT"
+	case codes.DeadlineExceeded:
+		return "DEADLINE_EXCEEDED"
+	case codes.NotFound:
+		return "NOT_FOUND"
+	case codes.AlreadyExists:
+		return "ALREADY_EXISTS"
+	case codes.PermissionDenied:
+		return "PERMISSION_DENIED"
+	case codes.ResourceExhausted:
+		return "RESOURCE_EXHAUSTED"
+	case codes.FailedPrecondition:
+		return "FAILED_PRECONDITION"
+	case codes.Aborted:
+		return "ABORTED"
+	case codes.OutOfRange:
+		return "OUT_OF_RANGE"
+	case codes.Unimplemented:
+		return "UNIMPLEMENTED"
+	case codes.Internal:
+		return "INTERNAL"
+	case codes.Unavailable:
+		return "UNAVAILABLE"
+	case codes.DataLoss:
+		return "DATA_LOSS"
+	case codes.Unauthenticated:
+		return "UNAUTHENTICATED"
+	}
+	return "CODE(" + strconv.Itoa(int(c)) + ")"
+}
+
+// newError makes an *Error with an explicit code (client-side checks, stream step errors).
+func newError(op string, code codes.Code, format string, args ...interface{}) *Error {
+	return &Error{Op: op, code: code, message: fmt.Sprintf(format, args...), currentVersion: -1}
+}
+
+// wrapError turns the error of a gRPC call into an *Error. trailer is the call's trailing metadata
+// (may be nil); ctx is the caller's context, to tell a caller's cancellation from a server status.
+func wrapError(ctx context.Context, op string, err error, trailer metadata.MD) error {
+	if err == nil {
+		return nil
+	}
+	if e, ok := err.(*Error); ok {
+		return e
+	}
+	var e *Error
+	switch {
+	case errors.Is(err, context.Canceled):
+		e = &Error{Op: op, code: codes.Canceled, message: err.Error()}
+	case errors.Is(err, context.DeadlineExceeded):
+		e = &Error{Op: op, code: codes.DeadlineExceeded, message: err.Error()}
+	default:
+		st, _ := status.FromError(err) // a non-status error becomes codes.Unknown with its text
+		e = &Error{Op: op, code: st.Code(), message: st.Message()}
+	}
+	e.currentVersion = -1
+	if v := trailer.Get(CurrentVersionKey); len(v) > 0 {
+		if n, perr := strconv.ParseInt(v[0], 10, 64); perr == nil && n >= 0 {
+			e.currentVersion = n
+		}
+	}
+	if ctx != nil && ctx.Err() != nil && (e.code == codes.Canceled || e.code == codes.DeadlineExceeded) {
+		e.cause = ctx.Err()
+	}
+	return e
+}

@@ -1,0 +1,286 @@
+package optd
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/optd/optd/client/go/optdv1"
+)
+
+// StepStream is one StreamSteps stream: each Step writes one request and reads its reply, in
+// order. A step the server refuses comes back as an *Error and the stream goes on; a stream-level
+// failure (the connection drops, the context ends, the server ends the call) is returned by that
+// Step and by every later one, and Err reports it. Not safe for concurrent use; Close it when done.
+type StepStream struct {
+	stream optdv1.Optimizer_StreamStepsClient
+	ctx    context.Context
+	cancel context.CancelFunc
+	err    error // the stream-level failure, once there is one
+	closed bool
+}
+
+// StreamSteps opens a StreamSteps stream. Its lifetime is bounded by ctx only (not by the client's
+// per-call timeout).
+func (c *Client) StreamSteps(ctx context.Context) (*StepStream, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	stream, err := c.stub.StreamSteps(sctx, c.callOptions(nil)...)
+	if err != nil {
+		cancel()
+		return nil, wrapError(sctx, "StreamSteps", err, nil)
+	}
+	return &StepStream{stream: stream, ctx: sctx, cancel: cancel}, nil
+}
+
+// Step sends one step on the stream and waits for its reply; see Client.Step for the options and
+// errors (a refused step carries its code, message and CurrentVersion). No retries: StreamLoop
+// reconnects and resends idempotent steps.
+func (s *StepStream) Step(sessionID string, grads []Tensor, opts *StepOptions) (*StepResult, error) {
+	req, err := opts.request("StreamSteps", sessionID, grads)
+	if err != nil {
+		return nil, err
+	}
+	return s.StepRequest(req)
+}
+
+// StepRequest sends a prepared request on the stream; see Step.
+func (s *StepStream) StepRequest(req *optdv1.StepRequest) (*StepResult, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	if s.closed {
+		return nil, newError("StreamSteps", codes.FailedPrecondition, "the stream is closed")
+	}
+	if err := s.stream.Send(req); err != nil {
+		// io.EOF: the call has ended; its status comes from Recv.
+		if errors.Is(err, io.EOF) {
+			_, err = s.stream.Recv()
+		}
+		return nil, s.fail(err)
+	}
+	resp, err := s.stream.Recv()
+	if err != nil {
+		return nil, s.fail(err)
+	}
+	if e := resp.GetError(); e != nil {
+		return nil, &Error{Op: "StreamSteps", code: codes.Code(e.GetCode()), message: e.GetMessage(),
+			currentVersion: e.GetCurrentVersion()}
+	}
+	if resp.GetReply() == nil {
+		return nil, s.fail(newError("StreamSteps", codes.Internal, "reply with neither result nor error"))
+	}
+	return stepResult("StreamSteps", resp.GetReply(), 1)
+}
+
+// fail records the stream-level error and ends the call.
+func (s *StepStream) fail(err error) error {
+	if errors.Is(err, io.EOF) {
+		err = newError("StreamSteps", codes.Internal, "the server ended the stream before replying")
+	}
+	s.err = wrapError(s.ctx, "StreamSteps", err, s.stream.Trailer())
+	s.cancel()
+	return s.err
+}
+
+// Err is the stream-level failure, or nil while the stream is usable.
+func (s *StepStream) Err() error { return s.err }
+
+// Close half-closes the stream, waits for the server to end it and returns the call's final
+// status (nil for a clean end, or the earlier stream-level failure). Idempotent.
+func (s *StepStream) Close() error {
+	if s.closed || s.err != nil {
+		s.closed = true
+		s.cancel()
+		return s.err
+	}
+	s.closed = true
+	defer s.cancel()
+	if err := s.stream.CloseSend(); err != nil {
+		s.err = wrapError(s.ctx, "StreamSteps", err, nil)
+		return s.err
+	}
+	for {
+		if _, err := s.stream.Recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			s.err = wrapError(s.ctx, "StreamSteps", err, s.stream.Trailer())
+			return s.err
+		}
+	}
+}
+
+// LoopState is what a GradientFunc sees: the parameters to compute a gradient at.
+type LoopState struct {
+	// Step is the index (from 0) of the step being computed; a step recomputed after a stale
+	// gradient keeps its index.
+	Step int
+	// Version is the session version of Params.
+	Version int64
+	// Params are the session's parameters at Version, as float32 (whatever LoopOptions.ReturnDType).
+	Params []Tensor
+}
+
+// GradientFunc computes the gradient (one Tensor per session tensor) and, optionally, the loss at
+// s.Params. An error stops StreamLoop, which returns it.
+type GradientFunc func(ctx context.Context, s *LoopState) (grads []Tensor, loss *float64, err error)
+
+// LoopOptions configures StreamLoop.
+type LoopOptions struct {
+	// Steps is how many steps to apply (refused and duplicate steps do not count twice).
+	Steps int
+	// WorkerID names the worker; with it every step carries a sequence number, so steps are
+	// idempotent and a step in flight when the stream fails is resent on a new stream (the server
+	// answers it from its first outcome if it had been applied). Without it a stream failure ends
+	// the loop. Required for SYNC sessions.
+	WorkerID string
+	// FirstSequence is the sequence number of the first step; 0 takes one from the clock (as
+	// NewWorker does).
+	FirstSequence int64
+	// Wire encodings of the gradients sent and of the parameters returned.
+	GradientDType, ReturnDType optdv1.DType
+	// MaxConsecutiveAborts bounds the stale-gradient retries (ABORTED: pull, recompute) in a row;
+	// 0 means 100.
+	MaxConsecutiveAborts int
+	// OnStep, if set, is called after each applied step with its result.
+	OnStep func(step int, r *StepResult)
+}
+
+// LoopStats reports what StreamLoop did.
+type LoopStats struct {
+	Steps      int   // steps applied (and answered)
+	Duplicates int   // replies with Duplicate set (steps resent after a reconnect)
+	Aborted    int   // stale gradients refused with ABORTED, then recomputed
+	Reconnects int   // streams reopened after a failure
+	Version    int64 // the session version after the last step
+	// The sequence numbers used, first and last (0 without WorkerID).
+	FirstSequence, LastSequence int64
+	// Params are the parameters after the last step.
+	Params []Tensor
+}
+
+// StreamLoop runs a worker loop over one StreamSteps stream: it pulls the parameters, then, until
+// opts.Steps steps have been applied, calls fn for a gradient at the current parameters, sends it
+// with the version it was computed at, and continues from the parameters the reply returns. A
+// stale gradient (ABORTED, in BOUNDED or SYNC sessions) makes it pull again and recompute; with a
+// WorkerID, a failed stream (UNAVAILABLE or any code of the client's RetryPolicy) is reopened
+// with backoff and the step resent, at most RetryPolicy.MaxAttempts times per step. Any other
+// error ends the loop and is returned with the stats so far.
+func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOptions, fn GradientFunc) (*LoopStats, error) {
+	stats := &LoopStats{}
+	maxAborts := opts.MaxConsecutiveAborts
+	if maxAborts <= 0 {
+		maxAborts = 100
+	}
+	seq := int64(0)
+	if opts.WorkerID != "" {
+		seq = opts.FirstSequence
+		if seq <= 0 {
+			seq = time.Now().UnixMicro()
+		}
+	}
+	pull := func() (*LoopState, error) {
+		p, err := c.Pull(ctx, sessionID, &PullOptions{DType: opts.ReturnDType})
+		if err != nil {
+			return nil, err
+		}
+		return &LoopState{Step: stats.Steps, Version: p.Version, Params: p.Tensors}, nil
+	}
+	state, err := pull()
+	if err != nil {
+		return stats, err
+	}
+	var stream *StepStream
+	defer func() {
+		if stream != nil {
+			stream.Close()
+		}
+	}()
+	policy := c.opts.retry
+	aborts := 0
+	for stats.Steps < opts.Steps {
+		grads, loss, err := fn(ctx, state)
+		if err != nil {
+			return stats, err
+		}
+		version := state.Version
+		so := &StepOptions{WorkerID: opts.WorkerID, Loss: loss, Version: &version,
+			ReturnDType: opts.ReturnDType, GradientDType: opts.GradientDType}
+		if opts.WorkerID != "" {
+			so.Sequence = seq
+			if stats.FirstSequence == 0 {
+				stats.FirstSequence = seq
+			}
+			stats.LastSequence = seq
+			seq++
+		}
+		req, err := so.request("StreamSteps", sessionID, grads)
+		if err != nil {
+			return stats, err
+		}
+		var result *StepResult
+		for attempt := 1; result == nil; attempt++ {
+			if stream == nil {
+				if stream, err = c.StreamSteps(ctx); err != nil {
+					stream = nil
+				}
+			}
+			if stream != nil {
+				result, err = stream.StepRequest(req)
+			}
+			if err == nil {
+				break
+			}
+			if stream != nil && stream.Err() == nil { // the server refused this step
+				if Code(err) != codes.Aborted {
+					return stats, err
+				}
+				stats.Aborted++
+				if aborts++; aborts > maxAborts {
+					return stats, err
+				}
+				break // pull and recompute below
+			}
+			if stream != nil {
+				stream.Close()
+				stream = nil
+			}
+			if opts.WorkerID == "" || attempt >= policy.MaxAttempts || !policy.retries(Code(err)) ||
+				ctx.Err() != nil {
+				return stats, err
+			}
+			stats.Reconnects++
+			if sleep(ctx, policy.backoff(attempt+1)) != nil {
+				return stats, err
+			}
+		}
+		if result == nil { // stale: start again from the session's current parameters
+			if state, err = pull(); err != nil {
+				return stats, err
+			}
+			continue
+		}
+		aborts = 0
+		if result.Duplicate {
+			stats.Duplicates++
+		}
+		if opts.OnStep != nil {
+			opts.OnStep(stats.Steps, result)
+		}
+		stats.Steps++
+		stats.Version = result.Version
+		state = &LoopState{Step: stats.Steps, Version: result.ParametersVersion, Params: result.Parameters}
+	}
+	stats.Params = state.Params
+	if stream != nil {
+		err := stream.Close()
+		stream = nil
+		if err != nil {
+			return stats, err
+		}
+	}
+	return stats, nil
+}

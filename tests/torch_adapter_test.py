@@ -1,0 +1,229 @@
+"""optd.torch.RemoteOptimizer against torch.optim 1.13 on a real optd server.
+
+The same small MLP (same initial weights, same batches) is trained twice: locally with torch.optim
+(single-tensor path) and through RemoteOptimizer. After every step every parameter must agree to
+rtol 1e-4 / atol 1e-5, for Adam, AdamW, SGD with (Nesterov) momentum, Adagrad and RMSprop, with
+learning-rate changes made through param_groups and through torch lr_scheduler objects. Also:
+attaching to an existing session, state_dict round trips, closures, param-group rules, None and
+sparse gradients.
+
+Run: /usr/bin/python3 -m pytest -q tests/torch_adapter_test.py   (OPTD_BUILD_DIR picks the build)
+"""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from optd_testing import REPO_ROOT, load_stubs
+
+sys.path.insert(0, str(REPO_ROOT / "client" / "python"))
+if "optd" in sys.modules and getattr(sys.modules["optd"], "__file__", None) is None:
+    del sys.modules["optd"]
+load_stubs()
+import optd  # noqa: E402  pylint: disable=wrong-import-position
+import optd.torch  # noqa: E402  pylint: disable=wrong-import-position
+
+torch.set_num_threads(1)
+
+RTOL, ATOL = 1e-4, 1e-5
+STEPS = 60
+
+
+@pytest.fixture(scope="module")
+def client(optd_server):
+    with optd.Client(optd_server.address, timeout=30.0) as c:
+        yield c
+
+
+def make_mlp(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.Tanh(),
+                               torch.nn.Linear(32, 16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, 4))
+
+
+def batches(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        x = torch.randn(32, 12, generator=g)
+        y = torch.randint(0, 4, (32,), generator=g)
+        yield x, y
+
+
+def train_step(model, opt, x, y):
+    opt.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def assert_same(remote_model, local_model, step):
+    for (name, p), q in zip(remote_model.named_parameters(), local_model.parameters()):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=RTOL, atol=ATOL,
+                                   err_msg=f"{name} after step {step}")
+
+
+CASES = [
+    ("adam", torch.optim.Adam, dict(lr=1e-2, betas=(0.85, 0.99), eps=1e-7)),
+    ("adam", torch.optim.Adam, dict(lr=3e-3, amsgrad=True, weight_decay=1e-3)),
+    ("adamw", torch.optim.AdamW, dict(lr=5e-3, weight_decay=0.05)),
+    ("sgd", torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
+    ("sgd", torch.optim.SGD, dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-3)),
+    ("adagrad", torch.optim.Adagrad, dict(lr=0.05, lr_decay=1e-3)),
+    ("rmsprop", torch.optim.RMSprop, dict(lr=3e-3, alpha=0.95)),
+    ("rmsprop", torch.optim.RMSprop, dict(lr=1e-3, momentum=0.5, centered=True)),
+]
+
+
+@pytest.mark.parametrize("kind,torch_cls,hp", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_matches_torch_optim_step_by_step(client, kind, torch_cls, hp):
+    remote_model, local_model = make_mlp(), make_mlp()
+    remote = optd.torch.RemoteOptimizer(remote_model.named_parameters(), client=client,
+                                        optimizer=kind, **hp)
+    local = torch_cls(local_model.parameters(), foreach=False, **hp)
+    assert isinstance(remote, torch.optim.Optimizer)
+    assert remote.param_groups[0]["lr"] == hp["lr"]
+    for step, (x, y) in enumerate(batches(STEPS), start=1):
+        if step == 25:  # an lr change through param_groups reaches the server at the next step
+            for opt in (remote, local):
+                opt.param_groups[0]["lr"] *= 0.3
+        loss_remote = train_step(remote_model, remote, x, y)
+        loss_local = train_step(local_model, local, x, y)
+        assert loss_remote == pytest.approx(loss_local, rel=1e-4, abs=1e-5)
+        assert_same(remote_model, local_model, step)
+        assert remote.last_result.learning_rate == pytest.approx(local.param_groups[0]["lr"])
+    assert remote.session.info().version == STEPS
+    assert remote.session.info().learning_rate == pytest.approx(local.param_groups[0]["lr"])
+    remote.session.delete()
+
+
+@pytest.mark.parametrize("make_scheduler", [
+    lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5),
+    lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.97),
+    lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS, eta_min=1e-4),
+    lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=STEPS),
+], ids=["StepLR", "ExponentialLR", "CosineAnnealingLR", "OneCycleLR"])
+def test_torch_lr_schedulers_drive_the_server(client, make_scheduler):
+    remote_model, local_model = make_mlp(3), make_mlp(3)
+    remote = optd.torch.RemoteOptimizer(remote_model.named_parameters(), client=client,
+                                        optimizer="adam", lr=1e-2)
+    local = torch.optim.Adam(local_model.parameters(), lr=1e-2, foreach=False)
+    schedulers = [make_scheduler(remote), make_scheduler(local)]
+    lrs = []
+    for step, (x, y) in enumerate(batches(STEPS, seed=5), start=1):
+        used = local.param_groups[0]["lr"]
+        train_step(remote_model, remote, x, y)
+        train_step(local_model, local, x, y)
+        for s in schedulers:
+            s.step()
+        lrs.append(remote.last_result.learning_rate)
+        assert lrs[-1] == pytest.approx(used, rel=1e-12)
+        assert_same(remote_model, local_model, step)
+    assert len(set(np.round(lrs, 12))) > 3  # the schedule really changed the lr
+    remote.session.delete()
+
+
+def test_closure_loss_is_returned_and_reported(client):
+    model = make_mlp()
+    opt = optd.torch.RemoteOptimizer(model.parameters(), client=client, optimizer="sgd", lr=0.1)
+    assert [n for n, _ in opt.named_parameters()] == [f"param.{i}" for i in range(6)]
+    x, y = next(batches(1))
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor) and opt.last_result.version == 1
+    opt.session.delete()
+
+
+def test_attach_to_an_existing_session_and_state_dict(client):
+    creator_model = make_mlp(7)
+    creator = optd.torch.RemoteOptimizer(creator_model.named_parameters(), client=client,
+                                         optimizer="adam", lr=5e-3, session_id="torch-attach",
+                                         worker_id="creator")
+    for x, y in batches(3):
+        train_step(creator_model, creator, x, y)
+
+    # Another worker (its own channel) attaches: the server's parameters overwrite its own.
+    with optd.Client(client.address) as other_client:
+        worker_model = make_mlp(99)
+        worker = optd.torch.RemoteOptimizer(worker_model.named_parameters(),
+                                            session=other_client.session("torch-attach",
+                                                                         worker_id="w1"))
+        assert worker.kind == "adam" and worker.param_groups[0]["lr"] == pytest.approx(5e-3)
+        assert worker.param_groups[0]["betas"] == pytest.approx((0.9, 0.999))
+        assert_same(worker_model, creator_model, 0)
+        assert worker.session.version == 3
+        x, y = next(batches(1, seed=9))
+        train_step(worker_model, worker, x, y)
+        assert worker.last_result.version == 4
+
+        state = worker.state_dict()
+        assert state["optd"]["session_id"] == "torch-attach"
+        assert state["optd"]["worker_id"] == "w1" and state["optd"]["sequence"] == 1
+        assert state["optd"]["version"] == 4 and state["state"] == {}
+        state["param_groups"][0]["lr"] = 1e-3
+
+        # A fresh optimizer restores the worker and sends the restored lr with its next step.
+        restored_model = make_mlp(99)
+        restored = optd.torch.RemoteOptimizer(restored_model.named_parameters(),
+                                              session=other_client.session("torch-attach"))
+        restored.load_state_dict(state)
+        assert restored.session.worker_id == "w1" and restored.session.sequence == 1
+        assert restored.param_groups[0]["lr"] == 1e-3
+        train_step(restored_model, restored, x, y)
+        assert restored.last_result.sequence == 2 and not restored.last_result.duplicate
+        assert restored.last_result.learning_rate == pytest.approx(1e-3)
+        assert restored.session.info().config.optimizer.adam.lr == pytest.approx(1e-3)
+
+        # Attaching with different tensors, or with optimizer configuration, is refused.
+        with pytest.raises(optd.InvalidArgumentError, match="tensors"):
+            optd.torch.RemoteOptimizer(torch.nn.Linear(2, 2).named_parameters(),
+                                       session=other_client.session("torch-attach"))
+        with pytest.raises(optd.InvalidArgumentError, match="attaching"):
+            optd.torch.RemoteOptimizer(worker_model.named_parameters(),
+                                       session=other_client.session("torch-attach"), lr=0.1)
+    creator.session.delete()
+
+
+def test_param_group_rules(client):
+    model = make_mlp()
+    params = list(model.named_parameters())
+    opt = optd.torch.RemoteOptimizer([{"params": params[:2]}, {"params": params[2:]}],
+                                     client=client, optimizer="sgd", lr=0.1)
+    assert len(opt.param_groups) == 2
+    x, y = next(batches(1))
+    train_step(model, opt, x, y)  # equal hyperparameters: fine
+    opt.param_groups[1]["lr"] = 0.5
+    with pytest.raises(optd.InvalidArgumentError, match=r"param_groups\[1\]\['lr'\]"):
+        train_step(model, opt, x, y)
+    with pytest.raises(NotImplementedError):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+    opt.session.delete()
+
+
+def test_none_and_sparse_gradients(client):
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    unused = torch.nn.Parameter(torch.ones(3))
+    before = emb.weight.detach().clone()
+    opt = optd.torch.RemoteOptimizer([("emb", emb.weight), ("unused", unused)], client=client,
+                                     optimizer="sgd", lr=1.0)
+    opt.zero_grad()
+    emb(torch.tensor([1, 3, 1])).sum().backward()
+    assert emb.weight.grad.is_sparse and unused.grad is None
+    opt.step()
+    expected = before.clone()
+    expected[1] -= 2.0
+    expected[3] -= 1.0
+    torch.testing.assert_close(emb.weight.detach(), expected)
+    torch.testing.assert_close(unused.detach(), torch.ones(3))  # a zero gradient, SGD: unchanged
+    opt.session.delete()
