@@ -133,6 +133,10 @@ absl::StatusOr<CpuTime> ChildProcess::Cpu() const {
   return CpuTime{absl::DurationFromTimespec(now)};
 }
 
+void ChildProcess::Terminate() {
+  if (!stopped_) kill(pid_, SIGTERM);
+}
+
 absl::Status ChildProcess::Stop() {
   if (stopped_) return absl::OkStatus();
   stopped_ = true;

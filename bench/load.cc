@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/barrier.h"
 #include "absl/time/clock.h"
@@ -389,7 +390,8 @@ class OptdTarget::Loop : public PhaseLoop {
     return absl::OkStatus();
   }
 
-  // BOUNDED: a stale gradient was refused; continue from the session's current version.
+  // BOUNDED: a stale gradient was refused; continue from the session's current version (read
+  // with GetSession when the refusal did not carry it).
   absl::Status Refused(int64_t current_version, CallOutcome* out) {
     out->refused = true;
     if (current_version < 0) {
@@ -416,13 +418,28 @@ class OptdTarget::UnaryLoop final : public OptdTarget::Loop {
  public:
   using Loop::Loop;
 
+  // The session's version that optd sends with a refused step (trailing metadata
+  // "optd-current-version"), or -1.
+  static int64_t TrailingVersion(const grpc::ClientContext& context) {
+    const auto& trailers = context.GetServerTrailingMetadata();
+    const auto it = trailers.find("optd-current-version");
+    int64_t version = -1;
+    if (it == trailers.end() ||
+        !absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &version)) {
+      return -1;
+    }
+    return version;
+  }
+
   absl::Status Call(CallOutcome* out) override {
     Prepare();
     grpc::ClientContext context;
     SetDeadline(&context, absl::Now() + kCallSlack);
     const grpc::Status s = w_.stub->Step(&context, w_.request, &w_.reply);
     if (!s.ok()) {
-      if (Bounded() && s.error_code() == grpc::StatusCode::ABORTED) return Refused(-1, out);
+      if (Bounded() && s.error_code() == grpc::StatusCode::ABORTED) {
+        return Refused(TrailingVersion(context), out);
+      }
       return FromGrpc("Step", s);
     }
     return Accept(w_.reply, static_cast<int64_t>(w_.reply.ByteSizeLong()), out);

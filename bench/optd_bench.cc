@@ -2,8 +2,8 @@
 // same bytes (the transport ceiling), because absolute times on the project's shared 2-core
 // machines swing by +-20% while ratios measured in one run hold.
 //
-// Benchmarks (each alternates its contestants over --rounds rounds, ABAB / BABA, and reports the
-// median round per column):
+// Benchmarks (each alternates its contestants over --rounds rounds, AB BA AB ...; a row is the
+// median over rounds of each column, a ratio row the median of the per-round ratios):
 //   (default)         optd vs echo: N workers x --params x --mode x --dtype, unary or --stream.
 //                     Rows optd, echo, optd/echo: steps/s, parameters/s, MB/s (request + reply
 //                     message bytes), p50 and p99 latency (µs), server CPU µs per step.
@@ -15,10 +15,11 @@
 //                       3. BF16 on the wire moves >= 1.6 x the parameters/s of F32 (1M, Adam).
 //                     Exit status 0 whatever the verdicts: benchmarks report, tests assert.
 //
-// Servers: without --server, optd-bench starts optd itself (--optd_binary) on 127.0.0.1:0; it
-// always starts its own optd-echo (--echo_binary) on 127.0.0.1:0, so both servers are separate
-// processes on equal footing. Both are stopped by pid at the end (SIGTERM, 5 s, SIGKILL), on error
-// paths too. Every phase is bounded by --steps per worker and its share of --seconds.
+// Servers: without --server, optd-bench starts optd itself (--optd_binary) on 127.0.0.1:0, with its
+// metrics exporter on 127.0.0.1:0 too (parallel runs never collide); it always starts its own
+// optd-echo (--echo_binary) on 127.0.0.1:0, so both servers are separate processes on equal
+// footing. Both are stopped by pid at the end (SIGTERM, 5 s, SIGKILL), on error paths too. Every
+// phase is bounded by --steps per worker and its share of --seconds.
 //
 //   optd-bench --workers=2 --params=1000 --steps=200
 //   optd-bench --compare_dtypes --params=1000000
@@ -86,7 +87,9 @@ ABSL_FLAG(int64_t, warmup, 20, "Unmeasured steps per worker before each phase's 
 ABSL_FLAG(double, seconds, 60,
           "Time budget of the whole run: each phase (one contestant, one round) gets an equal "
           "share and stops when it is spent or --steps are done, whichever comes first.");
-ABSL_FLAG(int, rounds, 3, "Rounds per contestant, interleaved; the median round is reported.");
+ABSL_FLAG(int, rounds, 5,
+          "Rounds per contestant, interleaved (ABAB, BABA, ...). Rows report the median over "
+          "rounds of each column; ratio rows the median of the per-round ratios.");
 ABSL_FLAG(bool, compare_dtypes, false,
           "Run F32, BF16 and F16 back to back (optd only) and print parameters/s and the "
           "BF16/F32 ratio.");
@@ -173,14 +176,37 @@ void PrintRow(absl::string_view name, const Summary& s) {
               s.steps_per_s, s.params_per_s, s.mb_per_s, s.p50_us, s.p99_us, cpu.c_str());
 }
 
-void PrintRatio(absl::string_view name, const Summary& a, const Summary& b) {
-  const std::string cpu = a.cpu_us_per_step < 0 || b.cpu_us_per_step <= 0
+// Round r of `a` over round r of `b`, column by column, median over rounds: each ratio compares
+// two phases run back to back, so load from other processes that drifts during the run cancels
+// out (the medians of each row, divided, would not).
+Summary RoundRatios(const std::vector<PhaseStats>& a, const std::vector<PhaseStats>& b) {
+  std::vector<double> steps, mb, p50, p99, cpu;
+  for (size_t r = 0; r < a.size() && r < b.size(); ++r) {
+    steps.push_back(Ratio(a[r].StepsPerSecond(), b[r].StepsPerSecond()));
+    mb.push_back(Ratio(a[r].MegabytesPerSecond(), b[r].MegabytesPerSecond()));
+    p50.push_back(Ratio(a[r].LatencyPercentileUs(0.5), b[r].LatencyPercentileUs(0.5)));
+    p99.push_back(Ratio(a[r].LatencyPercentileUs(0.99), b[r].LatencyPercentileUs(0.99)));
+    if (a[r].ServerCpuUsPerStep() >= 0 && b[r].ServerCpuUsPerStep() > 0) {
+      cpu.push_back(a[r].ServerCpuUsPerStep() / b[r].ServerCpuUsPerStep());
+    }
+  }
+  Summary s;
+  s.steps_per_s = Median(steps);
+  s.params_per_s = s.steps_per_s;  // both sides step the same number of parameters
+  s.mb_per_s = Median(mb);
+  s.p50_us = Median(p50);
+  s.p99_us = Median(p99);
+  if (!cpu.empty() && cpu.size() == steps.size()) s.cpu_us_per_step = Median(cpu);
+  return s;
+}
+
+void PrintRatio(absl::string_view name, const Summary& ratios) {
+  const std::string cpu = ratios.cpu_us_per_step < 0
                               ? std::string("-")
-                              : absl::StrFormat("%.3f", a.cpu_us_per_step / b.cpu_us_per_step);
+                              : absl::StrFormat("%.3f", ratios.cpu_us_per_step);
   std::printf("%-10s %10.3f %12.3f %10.3f %10.3f %10.3f %14s\n", std::string(name).c_str(),
-              Ratio(a.steps_per_s, b.steps_per_s), Ratio(a.params_per_s, b.params_per_s),
-              Ratio(a.mb_per_s, b.mb_per_s), Ratio(a.p50_us, b.p50_us), Ratio(a.p99_us, b.p99_us),
-              cpu.c_str());
+              ratios.steps_per_s, ratios.params_per_s, ratios.mb_per_s, ratios.p50_us,
+              ratios.p99_us, cpu.c_str());
 }
 
 void PrintRound(absl::string_view name, int round, const PhaseStats& s, int64_t params) {
@@ -194,16 +220,17 @@ void PrintRound(absl::string_view name, int round, const PhaseStats& s, int64_t 
 
 // `dtype`: false when the rows are the dtypes.
 std::string Describe(const Workload& w, const RunContext& run, bool dtype = true) {
-  return absl::StrCat(w.workers, " worker", w.workers == 1 ? "" : "s", " x ", w.params, " params, ",
-                      w.optimizer, ", ", ModeName(w.mode),
-                      w.mode == optd::v1::Consistency::MODE_BOUNDED
-                          ? absl::StrCat(" (max_staleness ", w.max_staleness, ")")
-                          : std::string(),
-                      ", ", dtype ? DTypeName(w.dtype) : "each dtype", " on the wire, return ",
-                      w.return_all ? "all" : "none", ", ", w.stream ? "stream" : "unary", "; ",
-                      run.rounds, " rounds, median per column; a phase is <= ", run.bounds.steps,
-                      " steps/worker (+", run.bounds.warmup, " warm-up) or ",
-                      absl::StrFormat("%.2f s", absl::ToDoubleSeconds(run.bounds.time)));
+  return absl::StrCat(
+      w.workers, " worker", w.workers == 1 ? "" : "s", " x ", w.params, " params, ", w.optimizer,
+      ", ", ModeName(w.mode),
+      w.mode == optd::v1::Consistency::MODE_BOUNDED
+          ? absl::StrCat(" (max_staleness ", w.max_staleness, ")")
+          : std::string(),
+      ", ", dtype ? DTypeName(w.dtype) : "each dtype", " on the wire, return ",
+      w.return_all ? "all" : "none", ", ", w.stream ? "stream" : "unary", "; ", run.rounds,
+      " rounds (rows: medians; ratios: median per-round ratio); a phase is <= ", run.bounds.steps,
+      " steps/worker (+", run.bounds.warmup, " warm-up) or ",
+      absl::StrFormat("%.2f s", absl::ToDoubleSeconds(run.bounds.time)));
 }
 
 absl::StatusOr<std::unique_ptr<OptdTarget>> NewOptdTarget(const Workload& w, RunContext& run) {
@@ -222,6 +249,7 @@ absl::Status CheckMeasured(const PhaseStats& s, absl::string_view who, const Run
 struct Comparison {
   Summary optd;
   Summary echo;
+  Summary ratio;  // optd / echo: RoundRatios
 };
 
 // optd and the echo, alternating: round 1 optd first (its replies size the echo), round 2 echo
@@ -254,7 +282,8 @@ absl::StatusOr<Comparison> CompareWithEcho(const Workload& w, RunContext& run) {
       (optd_turn ? optd_rounds : echo_rounds).push_back(*std::move(s));
     }
   }
-  Comparison c{Summarize(optd_rounds, w.params), Summarize(echo_rounds, w.params)};
+  Comparison c{Summarize(optd_rounds, w.params), Summarize(echo_rounds, w.params),
+               RoundRatios(optd_rounds, echo_rounds)};
   std::printf(
       "message bytes per step: Step request %lld, reply %lld; Echo request %lld, "
       "reply %lld\n",
@@ -265,17 +294,22 @@ absl::StatusOr<Comparison> CompareWithEcho(const Workload& w, RunContext& run) {
   PrintColumns();
   PrintRow("optd", c.optd);
   PrintRow("echo", c.echo);
-  PrintRatio("optd/echo", c.optd, c.echo);
+  PrintRatio("optd/echo", c.ratio);
   if (w.mode == optd::v1::Consistency::MODE_BOUNDED) {
     std::printf("stale steps refused (all rounds): %lld\n", static_cast<long long>(c.optd.refused));
   }
   return c;
 }
 
+struct DtypeComparison {
+  std::vector<Summary> rows;    // one per dtype
+  std::vector<Summary> ratios;  // dtype i / dtype 0, for i >= 1: RoundRatios
+};
+
 // optd alone with each of `dtypes`, rotating the order every round; one session per dtype.
-absl::StatusOr<std::vector<Summary>> CompareDtypes(Workload w,
-                                                   const std::vector<optd::v1::DType>& dtypes,
-                                                   RunContext& run) {
+absl::StatusOr<DtypeComparison> CompareDtypes(Workload w,
+                                              const std::vector<optd::v1::DType>& dtypes,
+                                              RunContext& run) {
   std::vector<std::unique_ptr<OptdTarget>> targets;
   for (optd::v1::DType d : dtypes) {
     w.dtype = d;
@@ -304,16 +338,17 @@ absl::StatusOr<std::vector<Summary>> CompareDtypes(Workload w,
       rounds[i].push_back(*std::move(s));
     }
   }
-  std::vector<Summary> summaries;
+  DtypeComparison c;
   PrintColumns();
   for (size_t i = 0; i < n; ++i) {
-    summaries.push_back(Summarize(rounds[i], w.params));
-    PrintRow(names[i], summaries.back());
+    c.rows.push_back(Summarize(rounds[i], w.params));
+    PrintRow(names[i], c.rows.back());
   }
   for (size_t i = 1; i < n; ++i) {
-    PrintRatio(absl::StrCat(names[i], "/", names[0]), summaries[i], summaries[0]);
+    c.ratios.push_back(RoundRatios(rounds[i], rounds[0]));
+    PrintRatio(absl::StrCat(names[i], "/", names[0]), c.ratios.back());
   }
-  return summaries;
+  return c;
 }
 
 struct Verdict {
@@ -335,24 +370,26 @@ absl::Status RunSuite(const Workload& base, RunContext& run) {
   w.params = 1000000;
   absl::StatusOr<Comparison> big = CompareWithEcho(w, run);
   if (!big.ok()) return big.status();
-  verdicts.push_back({"1M Adam F32 step, 1 worker: params/s, optd/echo",
-                      Ratio(big->optd.params_per_s, big->echo.params_per_s), true, 0.85});
+  verdicts.push_back(
+      {"1M Adam F32 step, 1 worker: params/s, optd/echo", big->ratio.params_per_s, true, 0.85});
 
   w.params = 1000;
   absl::StatusOr<Comparison> small = CompareWithEcho(w, run);
   if (!small.ok()) return small.status();
-  verdicts.push_back({"1K Adam F32 step, 1 worker: p50, optd/echo",
-                      Ratio(small->optd.p50_us, small->echo.p50_us), false, 1.25});
+  verdicts.push_back(
+      {"1K Adam F32 step, 1 worker: p50, optd/echo", small->ratio.p50_us, false, 1.25});
 
   w.params = 1000000;
-  absl::StatusOr<std::vector<Summary>> dtypes =
+  absl::StatusOr<DtypeComparison> dtypes =
       CompareDtypes(w, {optd::v1::DTYPE_F32, optd::v1::DTYPE_BF16}, run);
   if (!dtypes.ok()) return dtypes.status();
-  verdicts.push_back({"1M Adam, 1 worker: params/s, BF16/F32",
-                      Ratio((*dtypes)[1].params_per_s, (*dtypes)[0].params_per_s), true, 1.6});
+  verdicts.push_back(
+      {"1M Adam, 1 worker: params/s, BF16/F32", dtypes->ratios[0].params_per_s, true, 1.6});
 
-  std::printf("\nsuite (%s; ratios of medians measured side by side in this run)\n",
-              w.stream ? "stream" : "unary");
+  std::printf(
+      "\nsuite (%s, %d rounds; each ratio is the median of per-round ratios of phases "
+      "run back to back)\n",
+      w.stream ? "stream" : "unary", run.rounds);
   std::printf("%-50s %9s %9s  %s\n", "target", "measured", "goal", "result");
   for (const Verdict& v : verdicts) {
     const bool pass = v.at_least ? v.measured >= v.goal : v.measured <= v.goal;
@@ -366,8 +403,10 @@ absl::Status StartServers(Servers* servers) {
   const absl::Duration timeout = absl::Seconds(20);
   servers->optd_address = absl::GetFlag(FLAGS_server);
   if (servers->optd_address.empty()) {
-    absl::StatusOr<std::unique_ptr<ChildProcess>> optd = ChildProcess::Start(
-        {absl::GetFlag(FLAGS_optd_binary), "--listen=127.0.0.1:0", "--shutdown_grace=1s"}, timeout);
+    absl::StatusOr<std::unique_ptr<ChildProcess>> optd =
+        ChildProcess::Start({absl::GetFlag(FLAGS_optd_binary), "--listen=127.0.0.1:0",
+                             "--metrics_listen=127.0.0.1:0", "--shutdown_grace=0s"},
+                            timeout);
     if (!optd.ok()) return optd.status();
     servers->optd = *std::move(optd);
     servers->optd_address = servers->optd->address();
@@ -437,7 +476,11 @@ absl::Status Main() {
     status = CompareWithEcho(w, run).status();
   }
   std::fflush(stdout);
-  // Stop both servers even after a failure; a server that does not stop cleanly is an error too.
+  // Stop both servers (in parallel) even after a failure; a server that does not stop cleanly is
+  // an error too.
+  for (std::unique_ptr<ChildProcess>* child : {&servers.optd, &servers.echo}) {
+    if (*child != nullptr) (*child)->Terminate();
+  }
   for (std::unique_ptr<ChildProcess>* child : {&servers.optd, &servers.echo}) {
     if (*child == nullptr) continue;
     if (absl::Status s = (*child)->Stop(); !s.ok() && status.ok()) status = s;

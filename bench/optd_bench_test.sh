@@ -17,9 +17,9 @@ if ! timeout 100 "$bench" "$@" > "$out" 2>&1; then
 fi
 cat "$out"
 
-check_row() {  # name: the row exists once and columns 2-6 are numbers > 0
+check_row() {  # name: one 7-column row of that name, columns 2-6 numbers > 0
   awk -v name="$1" '
-    $1 == name { rows++; for (i = 2; i <= 6; i++) if (!($i ~ /^[0-9.e+-]+$/ && $i + 0 > 0)) bad = bad " " i }
+    $1 == name && NF == 7 { rows++; for (i = 2; i <= 6; i++) if (!($i ~ /^[0-9.e+-]+$/ && $i + 0 > 0)) bad = bad " " i }
     END { if (rows != 1) { print "FAIL: " rows + 0 " rows named " name; exit 1 }
           if (bad != "") { print "FAIL: row " name ": columns" bad " are not positive numbers"; exit 1 } }
   ' "$out"

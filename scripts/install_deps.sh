@@ -10,6 +10,9 @@ PACKAGES=(
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   # Python: clients, torch-parity tests (always /usr/bin/python3)
   python3 python3-grpcio python3-protobuf python3-numpy python3-torch python3-pytest
+  # the digits example (examples/digits): scikit-learn's bundled data set, matplotlib for its PNG;
+  # pip and setuptools to install client/python offline
+  python3-sklearn python3-matplotlib python3-pip python3-setuptools python3-wheel
   # tools used by tests
   curl ca-certificates
   # metrics: a real Prometheus and promtool for the deploy/ configs and the metrics integration test

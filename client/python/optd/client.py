@@ -1,0 +1,803 @@
+"""optd.Client and optd.Session: the Python client of an optd server.
+
+    import numpy as np, optd
+
+    client = optd.Client("127.0.0.1:50051")
+    session = client.create_session({"w": np.zeros((784, 10), np.float32)}, "adam", lr=1e-3)
+    result = session.step({"w": grad}, loss=0.7)       # new version and parameters back
+    w = result.parameters["w"]                          # float32 ndarray (read-only view)
+
+Thread safety: a Client is thread-safe (one gRPC channel; every call has its own context). A Session
+is one worker (one worker_id with its own increasing sequence numbers): drive it from one thread;
+give each thread or process its own Session (``client.session(id, worker_id=...)``). A StepStream
+is not thread-safe.
+
+Deadlines: every call takes ``timeout`` (seconds; ``None`` = no deadline); the default is the
+Client's ``timeout`` (30 s).
+
+Errors: every failure raises the typed subclass of ``optd.OptdError`` for its gRPC code.
+
+Retries: reads (GetSession, ListSessions, Pull) and Steps that carry an idempotency key
+(``worker_id`` + ``sequence`` > 0; Session.step always sends one) are retried on UNAVAILABLE and
+DEADLINE_EXCEEDED with exponential backoff (``RetryPolicy``). A retried Step reuses its key, so
+the server applies it at most once and answers the retry with the first outcome
+(``StepResult.duplicate``). CreateSession, UpdateSession, DeleteSession and unkeyed Steps are never
+retried.
+"""
+
+import dataclasses
+import os
+import queue
+import random
+import re
+import secrets
+import socket
+import threading
+import time
+from typing import (Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
+
+import grpc
+import numpy as np
+
+from optd import _pb
+from optd import config as _config
+from optd.errors import (DeadlineExceededError, InternalError, InvalidArgumentError, OptdError,
+                         UnavailableError, error_from_rpc, error_from_status)
+from optd.tensors import DTypeLike, RowSparse, dtype_value, from_tensor, to_tensor
+
+__all__ = ["Client", "Session", "StepStream", "StepResult", "PullResult", "RetryPolicy",
+           "NO_RETRY", "Gradients", "DEFAULT_ADDRESS"]
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
+
+#: Gradients (or initial values): a mapping name -> array-like / RowSparse / torch tensor, or a
+#: sequence of (name, value) pairs.
+Gradients = Union[Mapping[str, Any], Sequence[Tuple[str, Any]]]
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: "Use the client's (or session's) setting", for ``timeout`` and ``version`` arguments.
+DEFAULT: Any = _Default()
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """When and how often a retriable call is tried again.
+
+    ``max_attempts`` counts the first try (1 = no retry). The n-th retry waits
+    ``min(max_backoff, initial_backoff * multiplier**(n-1))``, scaled by a random factor in
+    ``[1 - jitter, 1 + jitter]``. Only the codes in ``retry_codes`` are retried.
+    """
+    max_attempts: int = 5
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    retry_codes: frozenset = frozenset({grpc.StatusCode.UNAVAILABLE,
+                                        grpc.StatusCode.DEADLINE_EXCEEDED})
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise InvalidArgumentError(f"RetryPolicy.max_attempts = {self.max_attempts}; must be "
+                                       f">= 1")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1 or \
+                not 0 <= self.jitter <= 1:
+            raise InvalidArgumentError(f"RetryPolicy {self}: backoffs must be >= 0, multiplier "
+                                       f">= 1 and jitter in [0, 1]")
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 = the first retry)."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        return base * (1.0 + self.jitter * (2.0 * random.random() - 1.0))
+
+
+#: A policy that never retries.
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclasses.dataclass
+class StepResult:
+    """The outcome of one step."""
+    #: The session's version after this step.
+    version: int
+    #: Parameters after the step by name, in the server's order: float32 ndarrays (read-only views
+    #: of the reply for F32), or RowSparse for touched rows. Empty with return_parameters="none".
+    parameters: Dict[str, Union[np.ndarray, RowSparse]]
+    #: The version of ``parameters``: ``version``, or later for a duplicate.
+    parameters_version: int
+    #: L2 norm of the gradient as received, before clipping (SYNC: of the combined gradient).
+    gradient_norm: float
+    #: The learning rate the step used.
+    learning_rate: float
+    #: True if this answers a retry: the step had been applied once, earlier.
+    duplicate: bool
+    #: SYNC: gradients combined into the step, and the expected workers that were missing.
+    workers: int
+    missing_workers: List[str]
+    #: Session version at arrival minus the version the gradient was computed at.
+    staleness: int
+    #: The idempotency key sent (0: none) and how many attempts the call took.
+    sequence: int = 0
+    attempts: int = 1
+
+    @classmethod
+    def from_proto(cls, reply, sequence: int = 0, attempts: int = 1) -> "StepResult":
+        return cls(version=reply.version, parameters=_decode_all(reply.parameters),
+                   parameters_version=reply.parameters_version,
+                   gradient_norm=reply.gradient_norm, learning_rate=reply.learning_rate,
+                   duplicate=reply.duplicate, workers=reply.workers,
+                   missing_workers=list(reply.missing_workers), staleness=reply.staleness,
+                   sequence=sequence, attempts=attempts)
+
+
+@dataclasses.dataclass
+class PullResult:
+    """Parameters read without stepping."""
+    version: int
+    #: By name, in the order asked (all: creation order); RowSparse for tensors pulled by rows.
+    tensors: Dict[str, Union[np.ndarray, RowSparse]]
+
+
+def _decode_all(tensors) -> Dict[str, Union[np.ndarray, RowSparse]]:
+    out = {}
+    for t in tensors:
+        try:
+            out[t.name] = from_tensor(t)
+        except InvalidArgumentError as e:
+            raise InternalError(f"cannot decode the server's tensor {t.name!r}: {e.message}") \
+                from None
+    return out
+
+
+def _items(values: Gradients) -> List[Tuple[str, Any]]:
+    if isinstance(values, Mapping):
+        return list(values.items())
+    items = list(values)
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise InvalidArgumentError("tensors must be a mapping name -> array or a sequence of "
+                                       "(name, array) pairs")
+    return items
+
+
+def _tensors(values: Gradients, dtype: DTypeLike = "f32") -> list:
+    return [to_tensor(name, value, dtype) for name, value in _items(values)]
+
+
+_RETURN = {"all": 0, "none": 1, "touched": 2}
+
+
+def _return_mode(value: Union[str, bool, int]) -> int:
+    if isinstance(value, bool):
+        return 0 if value else 1
+    if isinstance(value, str):
+        mode = _RETURN.get(value.lower().replace("return_parameters_", ""))
+        if mode is None:
+            raise InvalidArgumentError(f"return_parameters = {value!r}; must be 'all', 'none' or "
+                                       f"'touched'")
+        return mode
+    if int(value) in (0, 1, 2):
+        return int(value)
+    raise InvalidArgumentError(f"return_parameters = {value!r}; must be 'all', 'none' or "
+                               f"'touched'")
+
+
+_WORKER_ID_BAD = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+def default_worker_id() -> str:
+    """A worker id unique to this process and call: ``py-<host>-<pid>-<random>``."""
+    host = _WORKER_ID_BAD.sub("_", socket.gethostname())[:64]
+    return f"py-{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+class Client:
+    """A connection to one optd server (the optd.v1.Optimizer service and grpc.health.v1).
+
+    Args:
+        address: "host:port" or any gRPC target ("dns:///host:port", "unix:/path").
+        timeout: default deadline of each call in seconds (``None``: none). Each method also takes
+            ``timeout=``.
+        retry: the RetryPolicy of retriable calls (reads and keyed Steps).
+        credentials: grpc.ChannelCredentials for a TLS channel (default: insecure).
+        metadata: (key, value) pairs sent with every call (e.g. an authorization token).
+        max_message_bytes: largest message sent or received; the default matches the server's.
+        wait_for_ready: True: calls wait (until their deadline) for the server to come up instead
+            of failing at once with UNAVAILABLE.
+        channel_options: extra gRPC channel arguments.
+        channel: use this channel instead of making one (address and channel options are ignored).
+
+    Connecting is lazy: an unreachable server shows up as UnavailableError on the first call.
+    Use as a context manager, or call close().
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: Optional[float] = 30.0,
+                 retry: RetryPolicy = RetryPolicy(),
+                 credentials: Optional[grpc.ChannelCredentials] = None,
+                 metadata: Sequence[Tuple[str, str]] = (),
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 wait_for_ready: bool = False,
+                 channel_options: Sequence[Tuple[str, Any]] = (),
+                 channel: Optional[grpc.Channel] = None) -> None:
+        if channel is None and not address:
+            raise InvalidArgumentError("address is empty; expected host:port")
+        if not 1 <= max_message_bytes <= 2**31 - 1:
+            raise InvalidArgumentError(f"max_message_bytes = {max_message_bytes}; must be in "
+                                       f"[1, 2^31 - 1]")
+        if timeout is not None and timeout <= 0:
+            raise InvalidArgumentError(f"timeout = {timeout}; must be > 0 seconds or None")
+        self.address = address
+        self.timeout = timeout
+        self.retry = retry
+        self.metadata: Tuple[Tuple[str, str], ...] = tuple(metadata)
+        self.wait_for_ready = wait_for_ready
+        self._owns_channel = channel is None
+        if channel is None:
+            options = [("grpc.max_send_message_length", max_message_bytes),
+                       ("grpc.max_receive_message_length", max_message_bytes),
+                       *channel_options]
+            channel = (grpc.secure_channel(address, credentials, options=options)
+                       if credentials is not None else
+                       grpc.insecure_channel(address, options=options))
+        self.channel: grpc.Channel = channel
+        self.pb2 = _pb.pb2()
+        self.stub = _pb.pb2_grpc().OptimizerStub(channel)
+        self._health = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                           request_serializer=_health_request,
+                                           response_deserializer=_health_status)
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the channel (if the client made it). Idempotent."""
+        if self._owns_channel and self.channel is not None:
+            self.channel.close()
+        self._owns_channel = False
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"optd.Client({self.address!r})"
+
+    # -- calls -------------------------------------------------------------------------------------
+
+    def _deadline(self, timeout: Any) -> Optional[float]:
+        return self.timeout if timeout is DEFAULT else timeout
+
+    def _call(self, method: str, request, timeout: Any = DEFAULT,
+              retry: Optional[RetryPolicy] = None):
+        """Calls ``method`` with the client's deadline and metadata; retries per ``retry`` (None:
+        no retry). Returns (reply, attempts); raises the typed OptdError."""
+        policy = retry or NO_RETRY
+        fn = getattr(self.stub, method)
+        deadline = self._deadline(timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply = fn(request, timeout=deadline, metadata=self.metadata or None,
+                           wait_for_ready=self.wait_for_ready)
+                return reply, attempt
+            except grpc.RpcError as e:
+                error = error_from_rpc(e)
+            if attempt >= policy.max_attempts or error.code not in policy.retry_codes:
+                raise error
+            time.sleep(policy.backoff(attempt))
+
+    def create_session(self, tensors: Gradients, optimizer: Any = "adam", *,
+                       session_id: str = "", schedule: Any = None, clipping: Any = None,
+                       consistency: Any = None, worker_id: Optional[str] = None,
+                       timeout: Any = DEFAULT, **hyperparameters: Any) -> "Session":
+        """Creates a session and returns it as a Session (this process's worker on it).
+
+        Args:
+            tensors: the parameters and their initial values (name -> array; sent as float32).
+            optimizer: a kind ("adam", "sgd", "normalized_gd", ...; see optd.OPTIMIZERS) with its
+                hyperparameters as keywords (proto names; ``betas=`` accepted), or an
+                OptimizerConfig, or a full SessionConfig (then no other config arguments).
+            session_id: client-chosen id (1-128 of [A-Za-z0-9._-]); empty: the server makes one.
+            schedule, clipping, consistency: see optd.schedule / optd.clipping /
+                optd.consistency (a message, a dict or a name).
+            worker_id: the Session's worker id (default: generated, unique per process).
+
+        Raises AlreadyExistsError, InvalidArgumentError (the message names the field),
+        ResourceExhaustedError.
+        """
+        pb2 = self.pb2
+        if isinstance(optimizer, pb2.SessionConfig):
+            if hyperparameters or schedule is not None or clipping is not None or \
+                    consistency is not None:
+                raise InvalidArgumentError("create_session: with a SessionConfig, give no other "
+                                           "configuration arguments")
+            config = optimizer
+        else:
+            config = _config.session_config(optimizer, schedule=schedule, clipping=clipping,
+                                            consistency=consistency, **hyperparameters)
+        request = pb2.CreateSessionRequest(session_id=session_id, config=config,
+                                           tensors=_tensors(tensors))
+        info, _ = self._call("CreateSession", request, timeout)
+        return Session(self, info.session_id, worker_id=worker_id, version=info.version,
+                       info=info)
+
+    def session(self, session_id: str, *, worker_id: Optional[str] = None,
+                version: Optional[int] = None) -> "Session":
+        """A Session for an existing session id, without any RPC (use .info() or .pull() to
+        check it). ``worker_id``: this worker's id (required by SYNC sessions with worker_ids);
+        default generated. ``version``: the version the worker's parameters are at, if known."""
+        return Session(self, session_id, worker_id=worker_id, version=version)
+
+    def get_session(self, session_id: str, *, timeout: Any = DEFAULT):
+        """The session (optd_pb2.Session: config with defaults filled in, tensors, version,
+        learning rate, state bytes). NotFoundError if there is none."""
+        return self._call("GetSession", self.pb2.GetSessionRequest(session_id=session_id),
+                          timeout, self.retry)[0]
+
+    def list_sessions(self, page_size: int = 0, *, timeout: Any = DEFAULT) -> list:
+        """Every session (optd_pb2.Session), sorted by id, following page tokens."""
+        sessions, token = [], ""
+        while True:
+            reply, _ = self._call("ListSessions",
+                                  self.pb2.ListSessionsRequest(page_size=page_size,
+                                                               page_token=token),
+                                  timeout, self.retry)
+            sessions.extend(reply.sessions)
+            token = reply.next_page_token
+            if not token:
+                return sessions
+
+    def update_session(self, session_id: str, optimizer: Any = None, *, schedule: Any = None,
+                       clipping: Any = None, timeout: Any = DEFAULT, **hyperparameters: Any):
+        """Changes hyperparameters for the next step, keeping the optimizer state; returns the
+        updated optd_pb2.Session.
+
+        ``optimizer`` is the session's kind (or an OptimizerConfig); with only keywords
+        (``update_session(id, lr=0.01)``) the kind is read from the session first. Only the fields
+        given change. ``schedule`` replaces the schedule (starting at the current step);
+        ``clipping`` replaces the clipping (a number means max_norm).
+        """
+        pb2 = self.pb2
+        request = pb2.UpdateSessionRequest(session_id=session_id)
+        if optimizer is None and hyperparameters:
+            optimizer = _config.optimizer_kind(self.get_session(session_id,
+                                                                timeout=timeout).config.optimizer)
+        if optimizer is not None:
+            request.optimizer.CopyFrom(_config.optimizer_config(optimizer, **hyperparameters))
+        if schedule is not None:
+            request.schedule.CopyFrom(_config._as(_config.schedule, schedule))
+        if clipping is not None:
+            request.clipping.CopyFrom(_config._as(_config.clipping, clipping))
+        return self._call("UpdateSession", request, timeout)[0]
+
+    def delete_session(self, session_id: str, *, timeout: Any = DEFAULT) -> None:
+        """Deletes the session. NotFoundError if there is none."""
+        self._call("DeleteSession", self.pb2.DeleteSessionRequest(session_id=session_id), timeout)
+
+    def pull(self, session_id: str, names: Optional[Sequence[str]] = None, *,
+             dtype: DTypeLike = "f32", rows: Optional[Mapping[str, Sequence[int]]] = None,
+             timeout: Any = DEFAULT) -> PullResult:
+        """Reads parameters without stepping: ``names`` (all, in creation order, when None) as
+        ``dtype`` on the wire, decoded to float32; ``rows`` {name: indices} reads only those rows
+        (as RowSparse)."""
+        pb2 = self.pb2
+        request = pb2.PullRequest(session_id=session_id, names=list(names or ()),
+                                  dtype=dtype_value(dtype))
+        for name, indices in (rows or {}).items():
+            request.rows.add(name=name, indices=[int(i) for i in np.asarray(indices).ravel()])
+        reply, _ = self._call("Pull", request, timeout, self.retry)
+        return PullResult(version=reply.version, tensors=_decode_all(reply.tensors))
+
+    def step_request(self, session_id: str, gradients: Gradients, *, worker_id: str = "",
+                     sequence: int = 0, version: Optional[int] = None,
+                     loss: Optional[float] = None, return_parameters: Union[str, bool] = "all",
+                     return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32"):
+        """The optd_pb2.StepRequest that step() would send."""
+        request = self.pb2.StepRequest(session_id=session_id, worker_id=worker_id or "",
+                                       gradients=_tensors(gradients, gradient_dtype),
+                                       return_parameters=_return_mode(return_parameters),
+                                       return_dtype=dtype_value(return_dtype),
+                                       sequence=int(sequence))
+        if loss is not None:
+            request.loss = float(loss)
+        if version is not None:
+            request.version = int(version)
+        return request
+
+    def step(self, session_id: str, gradients: Gradients, *, worker_id: str = "",
+             sequence: int = 0, version: Optional[int] = None, loss: Optional[float] = None,
+             return_parameters: Union[str, bool] = "all", return_dtype: DTypeLike = "f32",
+             gradient_dtype: DTypeLike = "f32", timeout: Any = DEFAULT,
+             retry: Optional[RetryPolicy] = None) -> StepResult:
+        """Applies one gradient per session tensor (dense arrays or RowSparse): all or nothing.
+
+        ``worker_id`` + ``sequence`` (> 0, increasing per worker) make the step idempotent; only
+        then is it retried (per ``retry``, default the client's policy) on UNAVAILABLE or
+        DEADLINE_EXCEEDED, and a retry of an applied step comes back with ``duplicate=True``.
+        ``version`` is the session version the gradient was computed at (required in SYNC and
+        BOUNDED sessions). ``return_parameters``: "all", "none" or "touched";
+        ``return_dtype``/``gradient_dtype``: "f32", "bf16" or "f16" on the wire.
+
+        Raises NotFoundError, InvalidArgumentError, AbortedError (``.current_version``),
+        FailedPreconditionError (a reused sequence), DeadlineExceededError, UnavailableError.
+        """
+        request = self.step_request(session_id, gradients, worker_id=worker_id, sequence=sequence,
+                                    version=version, loss=loss,
+                                    return_parameters=return_parameters,
+                                    return_dtype=return_dtype, gradient_dtype=gradient_dtype)
+        return self.send_step(request, timeout=timeout, retry=retry)
+
+    def send_step(self, request, *, timeout: Any = DEFAULT,
+                  retry: Optional[RetryPolicy] = None) -> StepResult:
+        """Sends a built StepRequest (see step_request); retried only if it has a key."""
+        keyed = bool(request.worker_id) and request.sequence > 0
+        policy = (retry or self.retry) if keyed else NO_RETRY
+        reply, attempts = self._call("Step", request, timeout, policy)
+        return StepResult.from_proto(reply, sequence=request.sequence, attempts=attempts)
+
+    def stream(self, *, timeout: Any = None) -> "StepStream":
+        """Opens a StreamSteps stream for steps of any session (see StepStream). ``timeout`` is
+        the deadline of each step's reply (default None: wait as long as it takes)."""
+        return StepStream(self, None, step_timeout=self._deadline(timeout))
+
+    def health(self, service: str = "", *, timeout: Any = DEFAULT) -> bool:
+        """grpc.health.v1 Check: True if ``service`` ("" = the server, "optd.v1.Optimizer") is
+        SERVING. NotFoundError for an unknown service."""
+        try:
+            status = self._health(service, timeout=self._deadline(timeout),
+                                  metadata=self.metadata or None,
+                                  wait_for_ready=self.wait_for_ready)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+        return status == 1  # SERVING
+
+
+def _health_request(service: str) -> bytes:
+    """grpc.health.v1.HealthCheckRequest{service} encoded by hand (no extra stubs needed)."""
+    data = service.encode("utf-8")
+    if not data:
+        return b""
+    n, length = len(data), bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return b"\x0a" + bytes(length) + data
+
+
+def _health_status(data: bytes) -> int:
+    """HealthCheckResponse.status (field 1, varint) from its encoding; 0 (UNKNOWN) if absent."""
+    i, status = 0, 0
+    while i < len(data):
+        key = data[i]
+        i += 1
+        if key == 0x08:
+            shift, value = 0, 0
+            while True:
+                byte = data[i]
+                i += 1
+                value |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            status = value
+        else:  # not expected; stop rather than misparse
+            break
+    return status
+
+
+class Session:
+    """One worker's handle on one session: its id, worker id, last sequence number and the
+    version its parameters are at.
+
+    Created by Client.create_session or Client.session. ``step`` sends the next sequence number
+    and (unless told otherwise) the known version, and updates the version from the reply, so a
+    loop of ``step`` calls works in ASYNC, SYNC and BOUNDED sessions alike.
+    """
+
+    def __init__(self, client: Client, session_id: str, *, worker_id: Optional[str] = None,
+                 version: Optional[int] = None, sequence: int = 0, info: Any = None) -> None:
+        if not session_id:
+            raise InvalidArgumentError("session_id is empty")
+        self.client = client
+        self.session_id = session_id
+        self.worker_id: str = worker_id or default_worker_id()
+        #: The last sequence number used (the next step sends sequence + 1).
+        self.sequence: int = int(sequence)
+        #: The version this worker's parameters are at (from create, pull or the last step).
+        self.version: Optional[int] = version
+        self._info = info
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        return self.session_id
+
+    def __repr__(self) -> str:
+        return (f"optd.Session({self.session_id!r}, worker_id={self.worker_id!r}, "
+                f"version={self.version}, sequence={self.sequence})")
+
+    def next_sequence(self) -> int:
+        """Reserves and returns the next sequence number."""
+        with self._lock:
+            self.sequence += 1
+            return self.sequence
+
+    def _observe(self, result: StepResult) -> None:
+        new = result.parameters_version if result.parameters else result.version
+        with self._lock:
+            if self.version is None or new > self.version:
+                self.version = new
+
+    def info(self, *, timeout: Any = DEFAULT):
+        """GetSession: the optd_pb2.Session (config with defaults, tensors, version, ...)."""
+        self._info = self.client.get_session(self.session_id, timeout=timeout)
+        return self._info
+
+    @property
+    def cached_info(self):
+        """The optd_pb2.Session last fetched (by create_session or info()), or None."""
+        return self._info
+
+    def pull(self, names: Optional[Sequence[str]] = None, *, dtype: DTypeLike = "f32",
+             rows: Optional[Mapping[str, Sequence[int]]] = None,
+             timeout: Any = DEFAULT) -> PullResult:
+        """Client.pull on this session; the worker's version becomes the pulled one."""
+        result = self.client.pull(self.session_id, names, dtype=dtype, rows=rows, timeout=timeout)
+        with self._lock:
+            self.version = result.version
+        return result
+
+    def request(self, gradients: Gradients, *, loss: Optional[float] = None,
+                version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",
+                return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32"):
+        """The next StepRequest of this worker (reserves a sequence number)."""
+        if version is DEFAULT:
+            version = self.version
+        return self.client.step_request(self.session_id, gradients, worker_id=self.worker_id,
+                                        sequence=self.next_sequence(), version=version, loss=loss,
+                                        return_parameters=return_parameters,
+                                        return_dtype=return_dtype, gradient_dtype=gradient_dtype)
+
+    def step(self, gradients: Gradients, *, loss: Optional[float] = None,
+             version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",
+             return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32",
+             timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None) -> StepResult:
+        """One step with this worker's next sequence number (retried safely, see Client.step).
+
+        ``version`` defaults to the worker's known version (None: send none). On an AbortedError
+        the worker's version is set to ``current_version`` when the server sent one, so after
+        re-pulling (or simply stepping again in SYNC) the next gradient carries it.
+        """
+        request = self.request(gradients, loss=loss, version=version,
+                               return_parameters=return_parameters, return_dtype=return_dtype,
+                               gradient_dtype=gradient_dtype)
+        try:
+            result = self.client.send_step(request, timeout=timeout, retry=retry)
+        except OptdError as e:
+            if getattr(e, "current_version", None) is not None:
+                with self._lock:
+                    self.version = e.current_version
+            raise
+        self._observe(result)
+        return result
+
+    def update(self, optimizer: Any = None, *, schedule: Any = None, clipping: Any = None,
+               timeout: Any = DEFAULT, **hyperparameters: Any):
+        """UpdateSession: ``session.update(lr=0.01)``, ``update(schedule=optd.schedule(...))``,
+        ``update(clipping=1.0)``. Returns the updated optd_pb2.Session."""
+        if optimizer is None and hyperparameters and self._info is not None:
+            optimizer = _config.optimizer_kind(self._info.config.optimizer)
+        self._info = self.client.update_session(self.session_id, optimizer, schedule=schedule,
+                                                clipping=clipping, timeout=timeout,
+                                                **hyperparameters)
+        return self._info
+
+    def delete(self, *, timeout: Any = DEFAULT) -> None:
+        """DeleteSession."""
+        self.client.delete_session(self.session_id, timeout=timeout)
+
+    def stream(self, *, timeout: Any = None) -> "StepStream":
+        """Opens a StreamSteps stream for this worker (a context manager). ``timeout``: deadline
+        of each step's reply in seconds (default None: no deadline)."""
+        return StepStream(self.client, self, step_timeout=self.client._deadline(timeout))
+
+    def stream_steps(self, gradients: Iterable[Gradients], *, errors: str = "raise",
+                     timeout: Any = None, **step_options: Any) -> Iterator[Any]:
+        """A worker loop over one stream: sends each item of ``gradients`` (pulled lazily, one
+        at a time, so it may depend on the previous result) and yields its StepResult, in order.
+
+        ``errors="raise"``: a refused step raises its OptdError (and ends the loop);
+        ``errors="yield"``: the OptdError is yielded in its place and the loop goes on.
+        ``step_options`` are those of Session.step (loss, return_parameters, ...).
+        """
+        if errors not in ("raise", "yield"):
+            raise InvalidArgumentError(f"errors = {errors!r}; must be 'raise' or 'yield'")
+        with self.stream(timeout=timeout) as stream:
+            for item in gradients:
+                try:
+                    yield stream.step(item, **step_options)
+                except OptdError as e:
+                    if errors == "raise" or stream.closed:
+                        raise
+                    yield e
+
+
+_CLOSE = object()
+
+
+class StepStream:
+    """One StreamSteps call: ``step`` sends one request and returns its reply, in order.
+
+        with session.stream() as stream:
+            for batch in batches:
+                result = stream.step(grad(params, batch), loss=loss)
+                params = result.parameters
+
+    A step the server refuses raises its typed OptdError and the stream goes on. A stream-level
+    failure (connection lost, the server ends the call, a reply later than ``step_timeout``)
+    raises from that call and every later one, and the stream is closed. ``submit``/``result``
+    pipeline several requests (replies still come back in order). Not thread-safe.
+    """
+
+    def __init__(self, client: Client, session: Optional[Session],
+                 step_timeout: Optional[float] = None) -> None:
+        self.client = client
+        self.session = session
+        self.step_timeout = step_timeout
+        self._requests: "queue.Queue[Any]" = queue.Queue()
+        self._replies: "queue.Queue[Any]" = queue.Queue()
+        self._pending: List[Any] = []  # requests sent whose reply has not been returned
+        self._final: Optional[OptdError] = None  # the stream-level failure, once there is one
+        self._reported = False  # whether _final has been raised to the caller
+        self._closed = False
+        self._call = client.stub.StreamSteps(iter(self._requests.get, _CLOSE),
+                                             metadata=client.metadata or None,
+                                             wait_for_ready=client.wait_for_ready)
+        self._reader = threading.Thread(target=self._read, name="optd-stream-reader",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for reply in self._call:
+                self._replies.put(reply)
+            self._replies.put(None)  # clean end
+        except grpc.RpcError as e:
+            self._replies.put(error_from_rpc(e))
+        except Exception as e:  # pylint: disable=broad-except
+            self._replies.put(InternalError(f"stream reader failed: {e!r}"))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "StepStream":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.cancel()  # an exception is already on its way; do not wait for the server
+
+    def submit(self, gradients: Any, *, session_id: Optional[str] = None,
+               **step_options: Any) -> int:
+        """Sends a step without waiting for its reply; returns its sequence number. ``gradients``
+        may also be a built StepRequest. Without a session, give ``session_id`` (and, for
+        idempotency, ``worker_id``/``sequence`` in step_options)."""
+        if self._final is not None:
+            self._reported = True
+            raise self._final
+        if self._closed:
+            raise InvalidArgumentError("the stream is closed")
+        if isinstance(gradients, self.client.pb2.StepRequest):
+            request = gradients
+        elif self.session is not None and session_id is None:
+            request = self.session.request(gradients, **step_options)
+        else:
+            if session_id is None:
+                raise InvalidArgumentError("submit: session_id is required on a stream opened "
+                                           "by Client.stream()")
+            request = self.client.step_request(session_id, gradients, **step_options)
+        self._pending.append(request)
+        self._requests.put(request)
+        return request.sequence
+
+    def result(self, timeout: Any = DEFAULT) -> StepResult:
+        """The reply to the oldest submitted step (raises its OptdError if it was refused)."""
+        if self._final is not None:
+            self._reported = True
+            raise self._final
+        if not self._pending:
+            raise InvalidArgumentError("result: no step is waiting for a reply")
+        wait = self.step_timeout if timeout is DEFAULT else timeout
+        try:
+            item = self._replies.get(timeout=wait)
+        except queue.Empty:
+            self._fail(DeadlineExceededError(f"no reply on the StreamSteps stream within "
+                                             f"{wait} s"))
+            self._call.cancel()
+            self._reported = True
+            raise self._final from None
+        if item is None:
+            self._fail(UnavailableError("the server ended the StreamSteps stream with "
+                                        f"{len(self._pending)} step(s) unanswered"))
+            self._reported = True
+            raise self._final
+        if isinstance(item, OptdError):
+            self._fail(item)
+            self._reported = True
+            raise self._final
+        request = self._pending.pop(0)
+        which = item.WhichOneof("result")
+        if which == "error":
+            e = item.error
+            error = error_from_status(e.code, e.message,
+                                      e.current_version if e.current_version >= 0 else None)
+            if self.session is not None and getattr(error, "current_version", None) is not None:
+                with self.session._lock:
+                    self.session.version = error.current_version
+            raise error
+        if which != "reply":
+            raise InternalError("a StreamStepsResponse with neither reply nor error")
+        result = StepResult.from_proto(item.reply, sequence=request.sequence)
+        if self.session is not None and request.session_id == self.session.session_id:
+            self.session._observe(result)
+        return result
+
+    def step(self, gradients: Any, **step_options: Any) -> StepResult:
+        """submit + result: one step, its reply."""
+        timeout = step_options.pop("timeout", DEFAULT)
+        self.submit(gradients, **step_options)
+        return self.result(timeout)
+
+    def _fail(self, error: OptdError) -> None:
+        if self._final is None:
+            self._final = error
+        self._closed = True
+        self._requests.put(_CLOSE)
+
+    def close(self) -> None:
+        """Half-closes the stream and waits for the server to end it; replies not collected are
+        dropped. Raises a stream-level error that no earlier call has raised. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._requests.put(_CLOSE)
+            deadline = None if self.step_timeout is None else time.monotonic() + \
+                self.step_timeout * (1 + len(self._pending))
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    item = self._replies.get(timeout=remaining)
+                except queue.Empty:
+                    self._final = self._final or DeadlineExceededError(
+                        "the StreamSteps stream did not end in time after it was closed")
+                    self._call.cancel()
+                    break
+                if item is None:
+                    break
+                if isinstance(item, OptdError):
+                    self._final = self._final or item
+                    break
+            self._pending.clear()
+            self._reader.join(5.0)
+        if self._final is not None and not self._reported:
+            self._reported = True
+            raise self._final
+
+    def cancel(self) -> None:
+        """Cancels the stream at once."""
+        self._closed = True
+        self._requests.put(_CLOSE)
+        self._call.cancel()

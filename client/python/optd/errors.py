@@ -1,0 +1,176 @@
+"""Typed errors: one exception class per canonical gRPC status code.
+
+Every failed call raises a subclass of :class:`OptdError` carrying the server's status code
+(``.code``, a :class:`grpc.StatusCode`) and message (``.message``, which names the field, the value
+and the valid range for a rejected request). ``except optd.OptdError`` catches them all;
+``except optd.NotFoundError`` one kind. Some also derive from the matching built-in exception, so
+generic code keeps working: ``InvalidArgumentError`` is a ``ValueError``, ``NotFoundError`` a
+``LookupError``, ``DeadlineExceededError`` a ``TimeoutError``, ``UnavailableError`` a
+``ConnectionError``.
+
+Errors found before any RPC (an array whose size does not match its shape, an unknown
+hyperparameter name) raise ``InvalidArgumentError`` too, as the server would.
+"""
+
+from typing import Dict, Optional, Type
+
+import grpc
+
+__all__ = [
+    "OptdError", "CancelledError", "UnknownError", "InvalidArgumentError", "DeadlineExceededError",
+    "NotFoundError", "AlreadyExistsError", "PermissionDeniedError", "ResourceExhaustedError",
+    "FailedPreconditionError", "AbortedError", "OutOfRangeError", "UnimplementedError",
+    "InternalError", "UnavailableError", "DataLossError", "UnauthenticatedError",
+    "error_from_rpc", "error_from_status", "CURRENT_VERSION_METADATA_KEY",
+]
+
+#: Trailing-metadata key of an ABORTED Step: the session's version when the step was refused.
+CURRENT_VERSION_METADATA_KEY = "optd-current-version"
+
+
+class OptdError(Exception):
+    """A call to optd failed. ``code`` is the gRPC status code, ``message`` the server's text."""
+
+    #: The status code this class stands for (``None`` only on the base class).
+    CODE: Optional[grpc.StatusCode] = None
+
+    def __init__(self, message: str, code: Optional[grpc.StatusCode] = None) -> None:
+        super().__init__(message)
+        self.code: grpc.StatusCode = code if code is not None else (self.CODE or
+                                                                     grpc.StatusCode.UNKNOWN)
+        self.message: str = message
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code.name}, message={self.message!r})"
+
+
+class CancelledError(OptdError):
+    """CANCELLED: the call was cancelled (usually by the caller)."""
+    CODE = grpc.StatusCode.CANCELLED
+
+
+class UnknownError(OptdError):
+    """UNKNOWN."""
+    CODE = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgumentError(OptdError, ValueError):
+    """INVALID_ARGUMENT: a field is out of range, a shape or name does not match, a NaN gradient."""
+    CODE = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class DeadlineExceededError(OptdError, TimeoutError):
+    """DEADLINE_EXCEEDED: the call outlived its timeout."""
+    CODE = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class NotFoundError(OptdError, LookupError):
+    """NOT_FOUND: there is no such session."""
+    CODE = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExistsError(OptdError):
+    """ALREADY_EXISTS: the session id is taken."""
+    CODE = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDeniedError(OptdError):
+    """PERMISSION_DENIED."""
+    CODE = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhaustedError(OptdError):
+    """RESOURCE_EXHAUSTED: too many sessions, or a message over the size limit."""
+    CODE = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPreconditionError(OptdError):
+    """FAILED_PRECONDITION: e.g. a step's sequence number is not above the worker's last one."""
+    CODE = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AbortedError(OptdError):
+    """ABORTED: a stale gradient (BOUNDED), another version or an expired barrier (SYNC).
+
+    ``current_version`` is the session's version when the step was refused (from the trailing
+    metadata ``optd-current-version`` or ``StepError.current_version``), or ``None`` when the
+    server did not send one. Re-pull the parameters at that version and step again.
+    """
+    CODE = grpc.StatusCode.ABORTED
+
+    def __init__(self, message: str, code: Optional[grpc.StatusCode] = None,
+                 current_version: Optional[int] = None) -> None:
+        super().__init__(message, code)
+        self.current_version: Optional[int] = current_version
+
+    def __repr__(self) -> str:
+        return (f"AbortedError(code=ABORTED, message={self.message!r}, "
+                f"current_version={self.current_version})")
+
+
+class OutOfRangeError(OptdError):
+    """OUT_OF_RANGE."""
+    CODE = grpc.StatusCode.OUT_OF_RANGE
+
+
+class UnimplementedError(OptdError):
+    """UNIMPLEMENTED: the server does not offer this method."""
+    CODE = grpc.StatusCode.UNIMPLEMENTED
+
+
+class InternalError(OptdError):
+    """INTERNAL: a bug in the server or a reply the client cannot decode."""
+    CODE = grpc.StatusCode.INTERNAL
+
+
+class UnavailableError(OptdError, ConnectionError):
+    """UNAVAILABLE: the server cannot be reached (or the session went away under a barrier)."""
+    CODE = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLossError(OptdError):
+    """DATA_LOSS."""
+    CODE = grpc.StatusCode.DATA_LOSS
+
+
+class UnauthenticatedError(OptdError):
+    """UNAUTHENTICATED: a missing or bad token."""
+    CODE = grpc.StatusCode.UNAUTHENTICATED
+
+
+_BY_CODE: Dict[grpc.StatusCode, Type[OptdError]] = {
+    cls.CODE: cls
+    for cls in (CancelledError, UnknownError, InvalidArgumentError, DeadlineExceededError,
+                NotFoundError, AlreadyExistsError, PermissionDeniedError, ResourceExhaustedError,
+                FailedPreconditionError, AbortedError, OutOfRangeError, UnimplementedError,
+                InternalError, UnavailableError, DataLossError, UnauthenticatedError)
+}
+_BY_NUMBER: Dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def error_from_status(code, message: str, current_version: Optional[int] = None) -> OptdError:
+    """The typed error for ``code`` (a grpc.StatusCode or its number, as in ``StepError.code``)."""
+    if not isinstance(code, grpc.StatusCode):
+        code = _BY_NUMBER.get(int(code), grpc.StatusCode.UNKNOWN)
+    cls = _BY_CODE.get(code, UnknownError)
+    if cls is AbortedError:
+        return AbortedError(message, code, current_version)
+    return cls(message, code)
+
+
+def error_from_rpc(error: grpc.RpcError) -> OptdError:
+    """The typed error for a failed gRPC call (reads ``optd-current-version`` for ABORTED)."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    current_version = None
+    if code == grpc.StatusCode.ABORTED and hasattr(error, "trailing_metadata"):
+        for key, value in error.trailing_metadata() or ():
+            if key == CURRENT_VERSION_METADATA_KEY:
+                try:
+                    current_version = int(value)
+                except (TypeError, ValueError):
+                    pass
+    return error_from_status(code or grpc.StatusCode.UNKNOWN, details or "", current_version)

@@ -1,0 +1,330 @@
+"""optd.torch.RemoteOptimizer: a torch.optim.Optimizer whose step runs on an optd server.
+
+    import optd, optd.torch
+
+    client = optd.Client("127.0.0.1:50051")
+    opt = optd.torch.RemoteOptimizer(model.named_parameters(), client=client,
+                                     optimizer="adam", lr=1e-3, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.5)   # works as usual
+    for x, y in batches:
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step(loss=loss.item())   # sends every .grad, writes the new parameters in place
+        sched.step()
+
+Creating: from parameters and a torch-style optimizer spec (a new session holding the current
+parameter values), or attached to an existing session (``session=`` a Session or a session id;
+the local parameters are then overwritten with the server's unless ``pull=False``). Several
+processes attached to one SYNC session train data-parallel: each sends its shard's gradient and
+all receive the same new parameters.
+
+Hyperparameters live in ``param_groups`` under torch's names (``lr``, ``betas``, ``eps``,
+``weight_decay``, ``momentum``, ...). Changing one (by hand or through a torch lr_scheduler) is
+noticed at the next ``step()`` and sent with UpdateSession before stepping, so it applies to that
+step as it would in torch. All param groups share the session's hyperparameters: groups with
+different values are refused at step().
+
+Differences from a local torch optimizer: the server's state is float32 (parameters of other dtypes
+are sent and written back through float32); a parameter whose ``.grad`` is None is stepped with a
+zero gradient (torch would skip it; identical for zero_grad(set_to_none=False)); sparse ``.grad``
+(nn.Embedding(sparse=True)) is sent row-sparse. Torch-only options (foreach, capturable,
+differentiable, fused) are accepted and ignored.
+"""
+
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from optd import config as _config
+from optd.client import DEFAULT, Client, Session, StepResult
+from optd.errors import InvalidArgumentError
+from optd.tensors import RowSparse
+
+__all__ = ["RemoteOptimizer"]
+
+_TORCH_ONLY = ("foreach", "capturable", "differentiable", "fused")
+
+
+def _torch_hyperparameters(optimizer_config) -> Dict[str, Any]:
+    """torch-style group hyperparameters from a (filled-in) OptimizerConfig."""
+    hp = dict(_config.optimizer_hyperparameters(optimizer_config))
+    if "beta1" in hp or "beta2" in hp:
+        kind = _config.optimizer_kind(optimizer_config)
+        message = getattr(optimizer_config, kind)
+        hp["betas"] = (float(message.beta1), float(message.beta2))
+        hp.pop("beta1", None)
+        hp.pop("beta2", None)
+    return hp
+
+
+def _proto_fields(torch_hp: Dict[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for key, value in torch_hp.items():
+        if key == "betas":
+            out["beta1"], out["beta2"] = float(value[0]), float(value[1])
+        else:
+            out[key] = value
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
+class RemoteOptimizer(torch.optim.Optimizer):
+    """A torch.optim.Optimizer backed by an optd session.
+
+    Args:
+        params: ``model.parameters()``, ``model.named_parameters()`` (the names become the
+            session's tensor names; recommended) or param-group dicts of either. Unnamed
+            parameters are called ``param.0``, ``param.1``, ... in order.
+        session: attach to this session (a Session, or a session id with ``client``/``address``)
+            instead of creating one.
+        client / address: the server (a Client, or an address to make one).
+        optimizer: when creating, the kind ("adam", "sgd", "adagrad", "rmsprop",
+            "normalized_gd", ...) or an OptimizerConfig; torch-style hyperparameters as keywords
+            (``lr``, ``betas``, ``momentum``, ...).
+        session_id, schedule, clipping, consistency: when creating (see Client.create_session).
+        worker_id: this worker's id (default: generated; give stable ids for SYNC worker_ids).
+        pull: when attaching, overwrite the local parameters with the server's (default True).
+        return_dtype, gradient_dtype: wire dtypes ("f32" default; "bf16"/"f16" halve the bytes
+            and round).
+        timeout: deadline of each call in seconds (default: the client's).
+    """
+
+    def __init__(self, params: Iterable[Any], *, session: Union[Session, str, None] = None,
+                 client: Optional[Client] = None, address: Optional[str] = None,
+                 optimizer: Any = "adam", session_id: str = "", schedule: Any = None,
+                 clipping: Any = None, consistency: Any = None,
+                 worker_id: Optional[str] = None, pull: bool = True,
+                 return_dtype: str = "f32", gradient_dtype: str = "f32",
+                 timeout: Any = DEFAULT, **hyperparameters: Any) -> None:
+        for key in _TORCH_ONLY:
+            hyperparameters.pop(key, None)
+        groups, names = self._split_names(params)
+        if len(set(names)) != len(names):
+            raise InvalidArgumentError(f"parameter names must be unique: {names}")
+        self._names: List[str] = names
+        self._return_dtype = return_dtype
+        self._gradient_dtype = gradient_dtype
+        self._timeout = timeout
+        #: The StepResult of the last step (None before the first).
+        self.last_result: Optional[StepResult] = None
+
+        if isinstance(session, Session):
+            self.client = session.client
+        elif client is not None:
+            self.client = client
+        elif address is not None:
+            self.client = Client(address)
+        else:
+            raise InvalidArgumentError("RemoteOptimizer needs session=Session, or client= / "
+                                       "address= to create or attach a session")
+        flat = [p for g in groups for p in g["params"]]
+        if session is None:
+            values = {n: p.detach().to(torch.float32).cpu().numpy() for n, p in zip(names, flat)}
+            self.session = self.client.create_session(
+                values, optimizer, session_id=session_id, schedule=schedule, clipping=clipping,
+                consistency=consistency, worker_id=worker_id, timeout=timeout, **hyperparameters)
+            info = self.session.cached_info
+        else:
+            if hyperparameters or schedule is not None or clipping is not None or \
+                    consistency is not None or session_id:
+                raise InvalidArgumentError("RemoteOptimizer: when attaching to a session, give no "
+                                           "optimizer configuration (use param_groups or "
+                                           "session.update to change it)")
+            self.session = session if isinstance(session, Session) else \
+                self.client.session(session, worker_id=worker_id)
+            info = self.session.info(timeout=timeout)
+            self._check_tensors(info, dict(zip(names, flat)))
+        self.kind: str = _config.optimizer_kind(info.config.optimizer)
+        defaults = _torch_hyperparameters(info.config.optimizer)
+        # What the server holds, in torch names: a param_groups change is a difference from this.
+        self._sent: Dict[str, Any] = dict(defaults)
+        self._adding_allowed = True
+        super().__init__(groups, defaults)
+        self._adding_allowed = False
+        if session is not None and pull:
+            self.pull()
+
+    # -- construction helpers ----------------------------------------------------------------------
+
+    @staticmethod
+    def _split_names(params: Iterable[Any]) -> Tuple[List[Dict[str, Any]], List[str]]:
+        """param groups with plain tensors, and the parameter names in order."""
+        items = list(params)
+        if not items:
+            raise InvalidArgumentError("RemoteOptimizer got an empty parameter list")
+        raw_groups = items if isinstance(items[0], dict) else [{"params": items}]
+        groups, names, counter = [], [], 0
+        for raw in raw_groups:
+            group = dict(raw)
+            ps = raw["params"]
+            ps = [ps] if isinstance(ps, torch.Tensor) else list(ps)
+            tensors = []
+            for p in ps:
+                if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str):
+                    names.append(p[0])
+                    tensors.append(p[1])
+                else:
+                    names.append(f"param.{counter}")
+                    tensors.append(p)
+                counter += 1
+            group["params"] = tensors
+            groups.append(group)
+        return groups, names
+
+    def _check_tensors(self, info, local: Dict[str, torch.Tensor]) -> None:
+        remote = {t.name: tuple(t.shape) for t in info.tensors}
+        if set(remote) != set(local):
+            raise InvalidArgumentError(
+                f"session {info.session_id} has tensors {sorted(remote)} but the parameters are "
+                f"{sorted(local)}")
+        for name, p in local.items():
+            if tuple(p.shape) != remote[name]:
+                raise InvalidArgumentError(f"parameter {name!r} has shape {list(p.shape)}; session "
+                                           f"{info.session_id} has {list(remote[name])}")
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        if not getattr(self, "_adding_allowed", False):
+            raise NotImplementedError("RemoteOptimizer: a session's tensors are fixed at creation; "
+                                      "parameters cannot be added later")
+        super().add_param_group(param_group)
+
+    # -- parameters --------------------------------------------------------------------------------
+
+    def _params(self) -> List[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def named_parameters(self) -> List[Tuple[str, torch.Tensor]]:
+        """(session tensor name, parameter) pairs, in order."""
+        return list(zip(self._names, self._params()))
+
+    @torch.no_grad()
+    def _write(self, values: Dict[str, Any]) -> None:
+        for name, p in zip(self._names, self._params()):
+            value = values.get(name)
+            if value is None:
+                continue
+            if isinstance(value, RowSparse):
+                src = torch.from_numpy(np.array(value.values, copy=True)).to(p.device, p.dtype)
+                p.index_copy_(0, torch.from_numpy(value.indices).to(p.device), src)
+                continue
+            with warnings.catch_warnings():  # a read-only view of the reply, only read from here
+                warnings.simplefilter("ignore", UserWarning)
+                src = torch.from_numpy(value)
+            p.copy_(src.view(p.shape))
+
+    def pull(self) -> int:
+        """Overwrites the local parameters with the server's; returns the version."""
+        result = self.session.pull(timeout=self._timeout)
+        self._write(result.tensors)
+        return result.version
+
+    # -- hyperparameters ---------------------------------------------------------------------------
+
+    def _group_hyperparameters(self) -> Dict[str, Any]:
+        first = {k: self.param_groups[0].get(k) for k in self._sent}
+        for i, group in enumerate(self.param_groups[1:], start=1):
+            for k, v in first.items():
+                if not _same(group.get(k), v):
+                    raise InvalidArgumentError(
+                        f"param_groups[{i}][{k!r}] = {group.get(k)!r} differs from "
+                        f"param_groups[0][{k!r}] = {v!r}; one optd session has one set of "
+                        f"hyperparameters")
+        return first
+
+    def sync_hyperparameters(self) -> bool:
+        """Sends param_groups hyperparameters that differ from the server's (UpdateSession).
+        Called by step(); returns True if an update was sent."""
+        current = self._group_hyperparameters()
+        changed = {k: v for k, v in current.items() if not _same(v, self._sent[k])}
+        if not changed:
+            return False
+        self.session.update(self.kind, timeout=self._timeout, **_proto_fields(changed))
+        self._sent.update(changed)
+        return True
+
+    # -- stepping ----------------------------------------------------------------------------------
+
+    def _gradients(self) -> List[Tuple[str, Any]]:
+        grads = []
+        for name, p in zip(self._names, self._params()):
+            g = p.grad
+            if g is None:
+                grads.append((name, np.zeros(tuple(p.shape), dtype=np.float32)))
+            elif g.is_sparse:
+                g = g.coalesce()
+                grads.append((name, RowSparse(g.indices()[0].cpu().numpy(),
+                                              g.values().detach().to(torch.float32).cpu().numpy(),
+                                              tuple(p.shape))))
+            else:
+                grads.append((name, g.detach().to(torch.float32).cpu().numpy()))
+        return grads
+
+    def step(self, closure=None, *, loss: Optional[float] = None):  # pylint: disable=arguments-differ
+        """Sends every parameter's .grad (float32) and writes the returned parameters in place.
+
+        ``closure`` (optional) re-evaluates the model and returns the loss, as in torch; the loss
+        (or ``loss=``) is reported to the server with the step. Returns the closure's loss.
+        """
+        result_loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                result_loss = closure()
+        if loss is None and result_loss is not None:
+            loss = float(result_loss)
+        self.sync_hyperparameters()
+        result = self.session.step(self._gradients(), loss=loss, return_dtype=self._return_dtype,
+                                   gradient_dtype=self._gradient_dtype, timeout=self._timeout)
+        self._write(result.parameters)
+        self.last_result = result
+        return result_loss
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        """torch's state_dict (param_groups with their hyperparameters; empty ``state``: the
+        optimizer state lives on the server) plus ``optd``: session id, worker id, sequence,
+        version, optimizer kind and tensor names."""
+        sd = super().state_dict()
+        sd["optd"] = {
+            "address": self.client.address,
+            "session_id": self.session.session_id,
+            "worker_id": self.session.worker_id,
+            "sequence": self.session.sequence,
+            "version": self.session.version,
+            "optimizer": self.kind,
+            "names": list(self._names),
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restores param_groups hyperparameters (sent at the next step if they differ from the
+        server's) and, from ``optd``, the session id, worker id, sequence and version."""
+        sd = dict(state_dict)
+        meta = sd.pop("optd", None)
+        super().load_state_dict(sd)
+        if meta is None:
+            return
+        if list(meta.get("names", self._names)) != self._names:
+            raise InvalidArgumentError(f"state_dict is for tensors {meta.get('names')}, this "
+                                       f"optimizer has {self._names}")
+        if meta["session_id"] != self.session.session_id or \
+                meta["worker_id"] != self.session.worker_id:
+            self.session = self.client.session(meta["session_id"], worker_id=meta["worker_id"])
+        self.session.sequence = max(int(meta.get("sequence") or 0),
+                                    self.session.sequence
+                                    if meta["worker_id"] == self.session.worker_id else 0)
+        self.session.version = meta.get("version")
+        info = self.session.info(timeout=self._timeout)
+        self.kind = _config.optimizer_kind(info.config.optimizer)
+        self._sent = _torch_hyperparameters(info.config.optimizer)
