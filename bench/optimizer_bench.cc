@@ -44,6 +44,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "benchmark/benchmark.h"
+#include "server/optim/kernel_internal.h"
 #include "server/optim/optimizer.h"
 #include "server/optim/optimizer_options.h"
 #include "server/optim/parallel.h"
@@ -121,6 +122,7 @@ std::vector<float> Fill(int64_t n, uint32_t seed, float lo, float hi) {
 // Each written array gets the mean of everything the element reads: no constant folding, values
 // settle (read-only arrays keep them non-zero, so no denormals), and the loop vectorises.
 template <int kReadWrite, int kReadOnly>
+OPTD_SIMD_CLONES  // as the kernels: both sides run at the same SIMD width
 void StreamKernel(float* __restrict a0, float* __restrict a1, float* __restrict a2,
                   float* __restrict a3, const float* __restrict b0, const float* __restrict b1,
                   int64_t n) {
@@ -144,6 +146,7 @@ void StreamKernel(float* __restrict a0, float* __restrict a1, float* __restrict 
 // A reduction pass: the sum of the read-only arrays, in 16 float lanes (one 512-bit vector, or
 // four 128-bit ones: vectorises without reassociating).
 template <int kReadOnly>
+OPTD_SIMD_CLONES
 float SumKernel(const float* __restrict b0, const float* __restrict b1, int64_t n) {
   constexpr int kLanes = 16;
   float acc[kLanes] = {};
@@ -352,18 +355,6 @@ void BM_Floor(benchmark::State& state, const Variant& variant, bool use_pool) {
   SetCounters(state, n, Streams(variant.floor), ThreadsUsed(pool, n));
 }
 
-const char* SimdLevel() {
-#if defined(__AVX512F__)
-  return "avx512f";
-#elif defined(__AVX2__)
-  return "avx2";
-#elif defined(__AVX__)
-  return "avx";
-#else
-  return "sse2";
-#endif
-}
-
 void RegisterAll() {
   static const std::vector<Variant>* const variants = new std::vector<Variant>(Variants());
   for (const Variant& v : *variants) {
@@ -387,7 +378,7 @@ void RegisterAll() {
   }
   benchmark::AddCustomContext("optd_pool_threads",
                               std::to_string(ThreadPool::Default()->num_threads()));
-  benchmark::AddCustomContext("optd_simd", SimdLevel());
+  benchmark::AddCustomContext("optd_simd", optim_internal::KernelSimdLevel());
 }
 
 }  // namespace

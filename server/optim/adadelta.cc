@@ -26,6 +26,7 @@ struct AdadeltaCoefficients {
 // One fused pass, in torch's op order (mul_ then addcmul_, add(eps).sqrt_(), div_ then mul_,
 // add_ with alpha = -lr).
 template <bool kWeightDecay>
+OPTD_SIMD_CLONES
 void AdadeltaKernel(float* __restrict p, const float* __restrict g, float* __restrict square_avg,
                     float* __restrict acc_delta, int64_t n, const AdadeltaCoefficients& c) {
   const float sign = c.sign;

@@ -16,6 +16,7 @@ using optim_internal::DispatchBool;
 
 // One fused pass over a tensor, in torch's op order (addcmul_, sqrt().add_(eps), addcdiv_).
 template <bool kWeightDecay>
+OPTD_SIMD_CLONES
 void AdagradKernel(float* __restrict p, const float* __restrict g, float* __restrict sum, int64_t n,
                    float sign, float wd, float neg_clr, float eps) {
   for (int64_t i = 0; i < n; ++i) {

@@ -32,6 +32,7 @@ struct AdamCoefficients {
 // One fused pass over a tensor. The operation order follows torch's ops (mul_ then add_,
 // addcmul_, sqrt / sqrt(bc2) + eps, addcdiv_) so float32 results stay within a few ulp of torch.
 template <bool kCoupledDecay, bool kDecoupledDecay, bool kAmsgrad>
+OPTD_SIMD_CLONES
 void AdamKernel(float* __restrict p, const float* __restrict g, float* __restrict m,
                 float* __restrict v, float* __restrict vmax, int64_t n, const AdamCoefficients& c) {
   // Local copies: the compiler need not reload them after stores through the pointers.

@@ -1,7 +1,8 @@
 // File: kernel_internal.h
 //
 // Internal helpers shared by the optimizer kernels in server/optim (sgd.cc, adam.cc, ...). Not part
-// of the library's API: nothing outside server/optim includes it.
+// of the library's API: nothing outside server/optim includes it, except bench/optimizer_bench.cc,
+// whose memory-floor loops are compiled as the kernels are.
 //
 // The kernels are element loops over raw float pointers. Options that change the loop body
 // (weight decay on or off, amsgrad, nesterov, ...) are template parameters, so each loop the
@@ -11,6 +12,11 @@
 //   DispatchBool(weight_decay != 0, [&](auto kWeightDecay) {
 //     Kernel<decltype(kWeightDecay)::value>(p, g, n);
 //   });
+//
+// OPTD_SIMD_CLONES, written before a kernel, compiles it twice on x86-64 (GCC's target_clones):
+// for AVX2 and for the baseline (SSE2), and picks the clone once, at load time, by the CPU. A
+// portable binary then runs 8-wide loops where the CPU has AVX2. FMA is not enabled, so both
+// clones round every operation alike and give bit-identical results.
 //
 // SumOfSquares is the one reduction the norm-based kernels share. Coefficients that a float cannot
 // hold well (FitsFloat) take a double path.
@@ -25,8 +31,28 @@
 #include <type_traits>
 #include <utility>
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX2__)
+#define OPTD_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define OPTD_SIMD_CLONES
+#endif
+
 namespace optd {
 namespace optim_internal {
+
+// The SIMD level the kernels run at on this CPU: "avx2" or "sse2" (x86-64 clones), or the level
+// the build was compiled for.
+inline const char* KernelSimdLevel() {
+#if defined(__AVX512F__)
+  return "avx512f";
+#elif defined(__AVX2__)
+  return "avx2";
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  return __builtin_cpu_supports("avx2") ? "avx2" : "sse2";
+#else
+  return "baseline";
+#endif
+}
 
 // Calls f(std::true_type()) if `flag`, else f(std::false_type()).
 template <typename F>

@@ -60,6 +60,7 @@ void MomentsTile(const float* __restrict p, const float* __restrict g, float* __
 
 // Pass 1 on one segment: returns {||p||^2, ||u||^2} of the segment.
 template <bool kWeightDecay>
+OPTD_SIMD_CLONES
 std::array<double, 2> Moments(const float* p, const float* g, float* m, float* v, int64_t n,
                               const LambCoefficients& c) {
   std::array<double, 2> sums = {0.0, 0.0};
@@ -76,6 +77,7 @@ std::array<double, 2> Moments(const float* p, const float* g, float* m, float* v
 // Pass 2: p += neg_step * u, with neg_step = -lr * trust in float, or in double when a float cannot
 // hold it.
 template <bool kWeightDecay, typename Coefficient>
+OPTD_SIMD_CLONES
 void Update(float* __restrict p, const float* __restrict m, const float* __restrict v, int64_t n,
             const LambCoefficients& c, Coefficient neg_step) {
   const LambCoefficients local = c;

@@ -42,6 +42,7 @@ std::array<double, 2> Norms(const float* p, const float* g, int64_t n, float wei
 
 // Pass 2, with step = lr * trust in float, or in double when a float cannot hold it.
 template <bool kWeightDecay, bool kMomentum, bool kNesterov, typename Coefficient>
+OPTD_SIMD_CLONES
 void Update(float* __restrict p, const float* __restrict g, float* __restrict buf, int64_t n,
             float weight_decay, float momentum, Coefficient step) {
   for (int64_t i = 0; i < n; ++i) {

@@ -25,6 +25,7 @@ struct LionCoefficients {
 // One fused pass, in lion-pytorch's op order: p.mul_(decay), c = m * beta1 + g * (1 - beta1),
 // p.add_(sign(c), alpha=-lr), m.mul_(beta2).add_(g, alpha=1 - beta2).
 template <bool kWeightDecay>
+OPTD_SIMD_CLONES
 void LionKernel(float* __restrict p, const float* __restrict g, float* __restrict m, int64_t n,
                 const LionCoefficients& c) {
   const float decay = c.decay;

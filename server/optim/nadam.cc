@@ -29,6 +29,7 @@ struct NadamCoefficients {
 // One fused pass, in torch's op order (mul_ then add_, mul_ then addcmul_,
 // div(bc2).sqrt().add_(eps), then two addcdiv_ into p, each rounded).
 template <bool kWeightDecay>
+OPTD_SIMD_CLONES
 void NadamKernel(float* __restrict p, const float* __restrict g, float* __restrict m,
                  float* __restrict v, int64_t n, const NadamCoefficients& c) {
   const float weight_decay = c.weight_decay;

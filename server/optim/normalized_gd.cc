@@ -17,11 +17,13 @@ using optim_internal::FitsFloat;
 using optim_internal::SumOfSquares;
 
 // p -= coef * g.
+OPTD_SIMD_CLONES
 void ScaledSubtract(float* __restrict p, const float* __restrict g, int64_t n, float coef) {
   for (int64_t i = 0; i < n; ++i) p[i] -= coef * g[i];
 }
 
 // p -= coef * g with coef kept in double, for coefficients a float cannot hold well.
+OPTD_SIMD_CLONES
 void ScaledSubtractDouble(float* __restrict p, const float* __restrict g, int64_t n, double coef) {
   for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(p[i] - coef * g[i]);
 }

@@ -28,6 +28,7 @@ struct RadamCoefficients {
 // One fused pass: the moments in torch's op order (mul_ then add_ / addcmul_), then the update
 // with torch's scalars folded into one coefficient.
 template <bool kWeightDecay, bool kRectified>
+OPTD_SIMD_CLONES
 void RadamKernel(float* __restrict p, const float* __restrict g, float* __restrict m,
                  float* __restrict v, int64_t n, const RadamCoefficients& c) {
   const float weight_decay = c.weight_decay;

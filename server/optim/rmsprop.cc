@@ -28,6 +28,7 @@ struct RmspropCoefficients {
 // One fused pass, in torch's op order (mul_ then addcmul_ / add_, addcmul(value=-1).sqrt_(),
 // add_(eps), then mul_ and addcdiv_ into the buffer or addcdiv_ into p).
 template <bool kWeightDecay, bool kCentered, bool kMomentum>
+OPTD_SIMD_CLONES
 void RmspropKernel(float* __restrict p, const float* __restrict g, float* __restrict square_avg,
                    float* __restrict grad_avg, float* __restrict buf, int64_t n,
                    const RmspropCoefficients& c) {

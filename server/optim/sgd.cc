@@ -14,6 +14,7 @@ using optim_internal::DispatchBool;
 
 // p += neg_lr * (sign * g + wd * p). Plain SGD, no state.
 template <bool kWeightDecay>
+OPTD_SIMD_CLONES
 void SgdKernel(float* __restrict p, const float* __restrict g, int64_t n, float sign, float wd,
                float neg_lr) {
   for (int64_t i = 0; i < n; ++i) {
@@ -26,6 +27,7 @@ void SgdKernel(float* __restrict p, const float* __restrict g, int64_t n, float 
 // SGD with momentum. On the first step the buffer is a copy of d (torch.clone), with no
 // (1 - dampening) factor.
 template <bool kWeightDecay, bool kFirstStep, bool kNesterov>
+OPTD_SIMD_CLONES
 void SgdMomentumKernel(float* __restrict p, const float* __restrict g, float* __restrict buf,
                        int64_t n, float sign, float wd, float momentum, float one_minus_dampening,
                        float neg_lr) {
