@@ -164,10 +164,11 @@ void GrpcServerMetrics::InitializeMethod(absl::string_view service, absl::string
   methods_.emplace(std::move(full_method), std::move(m));
 }
 
-void GrpcServerMetrics::InitializeService(const google::protobuf::ServiceDescriptor& service) {
+void GrpcServerMetrics::InitializeService(const google::protobuf::ServiceDescriptor& service,
+                                          Recording recording) {
   for (int i = 0; i < service.method_count(); ++i) {
     const google::protobuf::MethodDescriptor& method = *service.method(i);
-    InitializeMethod(service.full_name(), method.name(), GrpcTypeOf(method));
+    InitializeMethod(service.full_name(), method.name(), GrpcTypeOf(method), recording);
   }
 }
 

@@ -36,9 +36,11 @@
 // each batch that received something takes one extra trip through the completion queue. That, not
 // this code, is most of the price (an interceptor that only calls Proceed() costs about as much):
 // a few microseconds per unary call and per received stream message; bench/metrics_overhead
-// measures it. A hot streaming method can instead be recorded by its own reactor through a
+// measures it. A hot method can instead be recorded by its own handler or reactor through a
 // GrpcCallRecorder: initialise it with Recording::kByService (the interceptor then leaves it
-// alone) and drive the recorder from the reactor; the series are the same.
+// alone) and drive the recorder from the handler; the series are the same. optd's own service
+// (server/service/optimizer_service.h) records all of its methods so; the interceptor records
+// health and reflection.
 //
 // Only methods named by InitializeMethod/InitializeService are counted: they get zero-valued series
 // up front (handled_total for all 17 codes), like Go's InitializeMetrics, so that rate() sees the
@@ -110,8 +112,9 @@ class GrpcServerMetrics {
                         Recording recording = Recording::kInterceptor);
 
   // InitializeMethod for every method of `service` (full name and streaming kinds from the
-  // descriptor).
-  void InitializeService(const google::protobuf::ServiceDescriptor& service);
+  // descriptor), each recorded as `recording` says.
+  void InitializeService(const google::protobuf::ServiceDescriptor& service,
+                         Recording recording = Recording::kInterceptor);
 
   // A new factory for ServerBuilder::experimental().SetInterceptorCreators; it refers to this
   // object, which must outlive the server.

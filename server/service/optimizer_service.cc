@@ -1,11 +1,12 @@
 #include "server/service/optimizer_service.h"
 
+#include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "server/service/proto_convert.h"
 #include "server/service/status_util.h"
 
@@ -15,10 +16,30 @@ namespace {
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
 
+// Records one unary call in the gRPC server metrics: started and its one message received when
+// made, the reply (only when OK, as go-grpc-prometheus counts it) and the code when finished.
+class UnaryRecorder {
+ public:
+  explicit UnaryRecorder(const GrpcServerMetrics::MethodMetrics* series) : call_(series) {
+    call_.Start();
+    call_.Received();
+  }
+
+  void Finish(grpc::ServerUnaryReactor* reactor, const grpc::Status& status) {
+    if (status.ok()) call_.Sent();
+    call_.Finished(static_cast<int>(status.error_code()));
+    reactor->Finish(status);
+  }
+
+ private:
+  GrpcCallRecorder call_;
+};
+
 grpc::ServerUnaryReactor* FinishWith(grpc::CallbackServerContext* context,
+                                     const GrpcServerMetrics::MethodMetrics* series,
                                      const absl::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
+  UnaryRecorder(series).Finish(reactor, ToGrpcStatus(status));
   return reactor;
 }
 
@@ -28,15 +49,19 @@ grpc::ServerUnaryReactor* FinishWith(grpc::CallbackServerContext* context,
 class StepStreamReactor final
     : public grpc::ServerBidiReactor<v1::StepRequest, v1::StreamStepsResponse> {
  public:
-  explicit StepStreamReactor(OptimizerServiceImpl* service) : service_(service) {
+  StepStreamReactor(OptimizerServiceImpl* service,
+                    const GrpcServerMetrics::MethodMetrics* series)
+      : service_(service), call_(series) {
+    call_.Start();
     StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the client half-closed (or the call ended)
-      Finish(grpc::Status::OK);
+      FinishAndRecord(grpc::Status::OK);
       return;
     }
+    call_.Received();
     response_.Clear();
     // Replies go out in request order: the next read starts only after this reply is written.
     service_->StartStep(request_, response_.mutable_reply(),
@@ -47,13 +72,15 @@ class StepStreamReactor final
                             error->set_message(std::string(status.message()));
                             error->set_current_version(current_version);
                           }
+                          call_.Sent();
                           StartWrite(&response_);
                         });
   }
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream closed while writing a reply"));
+      FinishAndRecord(
+          grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream closed while writing a reply"));
       return;
     }
     StartRead(&request_);
@@ -62,7 +89,13 @@ class StepStreamReactor final
   void OnDone() override { delete this; }
 
  private:
+  void FinishAndRecord(const grpc::Status& status) {
+    call_.Finished(static_cast<int>(status.error_code()));
+    Finish(status);
+  }
+
   OptimizerServiceImpl* const service_;
+  GrpcCallRecorder call_;
   v1::StepRequest request_;
   v1::StreamStepsResponse response_;
 };
@@ -201,55 +234,83 @@ void OptimizerServiceImpl::StartStep(const v1::StepRequest& request, v1::StepRes
 grpc::ServerUnaryReactor* OptimizerServiceImpl::CreateSession(
     grpc::CallbackServerContext* context, const v1::CreateSessionRequest* request,
     v1::Session* response) {
-  return FinishWith(context, DoCreateSession(*request, response));
+  return FinishWith(context, create_session_series_, DoCreateSession(*request, response));
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::GetSession(grpc::CallbackServerContext* context,
                                                            const v1::GetSessionRequest* request,
                                                            v1::Session* response) {
-  return FinishWith(context, DoGetSession(*request, response));
+  return FinishWith(context, get_session_series_, DoGetSession(*request, response));
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::ListSessions(
     grpc::CallbackServerContext* context, const v1::ListSessionsRequest* request,
     v1::ListSessionsResponse* response) {
-  return FinishWith(context, DoListSessions(*request, response));
+  return FinishWith(context, list_sessions_series_, DoListSessions(*request, response));
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::UpdateSession(
     grpc::CallbackServerContext* context, const v1::UpdateSessionRequest* request,
     v1::Session* response) {
-  return FinishWith(context, DoUpdateSession(*request, response));
+  return FinishWith(context, update_session_series_, DoUpdateSession(*request, response));
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::DeleteSession(
     grpc::CallbackServerContext* context, const v1::DeleteSessionRequest* request,
     v1::DeleteSessionResponse* response) {
-  return FinishWith(context, store_->Delete(request->session_id()));
+  return FinishWith(context, delete_session_series_, store_->Delete(request->session_id()));
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Pull(grpc::CallbackServerContext* context,
                                                      const v1::PullRequest* request,
                                                      v1::PullResponse* response) {
-  return FinishWith(context, DoPull(*request, response));
+  return FinishWith(context, pull_series_, DoPull(*request, response));
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext* context,
                                                      const v1::StepRequest* request,
                                                      v1::StepResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  StartStep(*request, response, [context, reactor](absl::Status status, int64_t current_version) {
-    if (current_version >= 0) {
-      context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
-    }
-    reactor->Finish(ToGrpcStatus(status));
-  });
+  StartStep(*request, response,
+            [context, reactor, recorder = std::make_unique<UnaryRecorder>(step_series_)](
+                absl::Status status, int64_t current_version) {
+              if (current_version >= 0) {
+                context->AddTrailingMetadata("optd-current-version",
+                                             absl::StrCat(current_version));
+              }
+              recorder->Finish(reactor, ToGrpcStatus(status));
+            });
   return reactor;
 }
 
 grpc::ServerBidiReactor<v1::StepRequest, v1::StreamStepsResponse>*
 OptimizerServiceImpl::StreamSteps(grpc::CallbackServerContext* context) {
-  return new StepStreamReactor(this);
+  return new StepStreamReactor(this, stream_steps_series_);
+}
+
+OptimizerServiceImpl::OptimizerServiceImpl(SessionStore* store,
+                                           const GrpcServerMetrics* grpc_metrics)
+    : store_(store),
+      grpc_metrics_(grpc_metrics),
+      create_session_series_(MethodSeries("CreateSession")),
+      get_session_series_(MethodSeries("GetSession")),
+      list_sessions_series_(MethodSeries("ListSessions")),
+      update_session_series_(MethodSeries("UpdateSession")),
+      delete_session_series_(MethodSeries("DeleteSession")),
+      pull_series_(MethodSeries("Pull")),
+      step_series_(MethodSeries("Step")),
+      stream_steps_series_(MethodSeries("StreamSteps")) {}
+
+const GrpcServerMetrics::MethodMetrics* OptimizerServiceImpl::MethodSeries(
+    absl::string_view method) const {
+  if (grpc_metrics_ == nullptr) return nullptr;
+  const GrpcServerMetrics::MethodMetrics* series =
+      grpc_metrics_->Find(absl::StrCat("/", v1::Optimizer::service_full_name(), "/", method));
+  // A method the interceptor records is left to it (never counted twice).
+  if (series == nullptr || series->recording != GrpcServerMetrics::Recording::kByService) {
+    return nullptr;
+  }
+  return series;
 }
 
 }  // namespace optd

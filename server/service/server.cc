@@ -36,14 +36,18 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
         google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
             v1::Optimizer::service_full_name());
     if (optimizer == nullptr) return absl::InternalError("no descriptor for optd.v1.Optimizer");
-    grpc_metrics.InitializeService(*optimizer);
+    // optd's own methods are recorded by the service (cheaper than gRPC's interceptor path);
+    // health and reflection by the interceptor.
+    grpc_metrics.InitializeService(*optimizer, GrpcServerMetrics::Recording::kByService);
     grpc_metrics.InitializeMethod("grpc.health.v1.Health", "Check", GrpcType::kUnary);
     grpc_metrics.InitializeMethod("grpc.health.v1.Health", "Watch", GrpcType::kServerStream);
     grpc_metrics.InitializeMethod("grpc.reflection.v1alpha.ServerReflection",
                                   "ServerReflectionInfo", GrpcType::kBidiStream);
   }
   server->store_ = std::make_unique<SessionStore>(options.store, observer);
-  server->service_ = std::make_unique<OptimizerServiceImpl>(server->store_.get());
+  server->service_ = std::make_unique<OptimizerServiceImpl>(
+      server->store_.get(),
+      server->metrics_ != nullptr ? &server->metrics_->grpc() : nullptr);
   server->max_message_bytes_ = options.max_message_bytes;
 
   // Both are process-wide switches; they must be set before the first server is built.
