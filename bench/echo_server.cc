@@ -24,6 +24,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "server/malloc_tuning.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:0",
           "host:port to listen on; port 0 picks a free port, printed at start-up.");
@@ -104,6 +105,7 @@ class EchoServiceImpl final : public v1::Echo::CallbackService {
 }  // namespace optd
 
 int main(int argc, char** argv) {
+  optd::TuneMallocForLargeMessages();  // as optd does: both servers allocate alike
   absl::SetProgramUsageMessage(
       "raw gRPC echo server (optd.bench.v1.Echo), the transport ceiling of optd-bench.\n"
       "Usage: optd-echo [--listen=127.0.0.1:0] [--max_message_bytes=N]");

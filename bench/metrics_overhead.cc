@@ -11,7 +11,7 @@
 // The target is a ratio >= 0.95; the program reports, it does not fail on speed. --aa runs the same
 // comparison between two servers without metrics: the spread of its ratio is the noise floor.
 //
-// Usage: metrics_overhead [--params=1000] [--steps=200] [--rounds=50] [--mode=both|unary|stream]
+// Usage: metrics_overhead [--params=1000] [--steps=200] [--rounds=150] [--mode=both|unary|stream]
 //                         [--scrape_interval=1s] [--aa]
 
 #include <arpa/inet.h>
@@ -41,7 +41,7 @@
 
 ABSL_FLAG(int, params, 1000, "Floats in the session (one tensor).");
 ABSL_FLAG(int, steps, 200, "Steps per timed block.");
-ABSL_FLAG(int, rounds, 50, "A-B-B-A rounds; each round times one block per server.");
+ABSL_FLAG(int, rounds, 150, "A-B-B-A rounds; each round times one block per server.");
 ABSL_FLAG(std::string, mode, "both", "unary (Step), stream (StreamSteps) or both.");
 ABSL_FLAG(absl::Duration, scrape_interval, absl::Seconds(1),
           "How often the metrics server's /metrics is fetched during the run (0: never).");

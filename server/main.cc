@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/malloc_tuning.h"
 #include "server/service/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -35,6 +36,7 @@ ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "On SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled.");
 
 int main(int argc, char** argv) {
+  optd::TuneMallocForLargeMessages();
   absl::SetProgramUsageMessage(
       "remote optimizer server (gRPC service optd.v1.Optimizer).\n"
       "Usage: optd [--listen=127.0.0.1:50051] [--max_message_bytes=N] [--max_sessions=N]\n"

@@ -101,22 +101,32 @@ float F16ToFloat(uint16_t bits) {
 }
 
 absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
-                          absl::Span<float> out) {
-  const int64_t want = static_cast<int64_t>(out.size()) * BytesPerElement(dtype);
-  if (static_cast<int64_t>(data.size()) != want) {
+                          int64_t count, std::vector<float>* out) {
+  const int64_t want = count * BytesPerElement(dtype);
+  if (count < 0 || static_cast<int64_t>(data.size()) != want) {
     return absl::InvalidArgumentError(absl::StrCat(
-        what, ".data has ", data.size(), " bytes; must be ", want, " (", out.size(),
+        what, ".data has ", data.size(), " bytes; must be ", want, " (", count,
         " elements of ", WireDTypeName(dtype), " at ", BytesPerElement(dtype), " bytes each)"));
   }
   switch (dtype) {
     case WireDType::kF32:
-      if (!data.empty()) std::memcpy(out.data(), data.data(), data.size());
+      // Little-endian host (checked above): the bytes are the floats. assign() copies once; resize()
+      // would first zero-fill, a second pass over a tensor that may be 64 MiB.
+      if (reinterpret_cast<uintptr_t>(data.data()) % alignof(float) == 0) {
+        const float* first = reinterpret_cast<const float*>(data.data());
+        out->assign(first, first + count);
+      } else {
+        out->resize(static_cast<size_t>(count));
+        if (count > 0) std::memcpy(out->data(), data.data(), data.size());
+      }
       break;
     case WireDType::kBf16:
-      Decode16<Bf16ToFloat>(data, out);
+      out->resize(static_cast<size_t>(count));
+      Decode16<Bf16ToFloat>(data, absl::MakeSpan(*out));
       break;
     case WireDType::kF16:
-      Decode16<F16ToFloat>(data, out);
+      out->resize(static_cast<size_t>(count));
+      Decode16<F16ToFloat>(data, absl::MakeSpan(*out));
       break;
   }
   return absl::OkStatus();
@@ -125,8 +135,7 @@ absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_
 void EncodeFloats(WireDType dtype, absl::Span<const float> values, std::string* out) {
   switch (dtype) {
     case WireDType::kF32:
-      out->resize(values.size() * sizeof(float));
-      if (!values.empty()) std::memcpy(out->data(), values.data(), out->size());
+      out->assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
       break;
     case WireDType::kBf16:
       Encode16<FloatToBf16>(values, out);

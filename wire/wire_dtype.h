@@ -12,9 +12,10 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
 namespace optd {
@@ -33,12 +34,13 @@ float Bf16ToFloat(uint16_t bits);
 uint16_t FloatToF16(float value);
 float F16ToFloat(uint16_t bits);
 
-// Decodes `data` (encoded as `dtype`) into `out`. Returns InvalidArgument naming `what` if the byte
-// length is not out.size() * BytesPerElement(dtype); `out` is then unspecified.
+// Decodes `data`, `count` elements encoded as `dtype`, into `*out` (its contents replaced, its
+// size `count`; F32 in one copy, with no zero-fill first). Returns InvalidArgument naming `what`
+// if the byte length is not count * BytesPerElement(dtype); `*out` is then unspecified.
 absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
-                          absl::Span<float> out);
+                          int64_t count, std::vector<float>* out);
 
-// Encodes `values` as `dtype`, replacing the contents of `*out`.
+// Encodes `values` as `dtype`, replacing the contents of `*out` (F32: one copy).
 void EncodeFloats(WireDType dtype, absl::Span<const float> values, std::string* out);
 
 }  // namespace optd

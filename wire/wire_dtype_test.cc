@@ -109,10 +109,22 @@ TEST(CodecTest, EncodeThenDecodeEachDType) {
     std::string bytes;
     EncodeFloats(dtype, values, &bytes);
     EXPECT_EQ(bytes.size(), values.size() * BytesPerElement(dtype));
-    std::vector<float> back(values.size());
-    ASSERT_TRUE(DecodeFloats("t", dtype, bytes, absl::MakeSpan(back)).ok());
+    std::vector<float> back = {7.0f};  // replaced, not appended to
+    ASSERT_TRUE(DecodeFloats("t", dtype, bytes, values.size(), &back).ok());
     EXPECT_EQ(back, values) << WireDTypeName(dtype);
   }
+}
+
+TEST(CodecTest, DecodesF32FromUnalignedBytes) {
+  const std::vector<float> values = {1.0f, -2.0f, 3.5f};
+  std::string bytes;
+  EncodeFloats(WireDType::kF32, values, &bytes);
+  const std::string shifted = "x" + bytes;  // the floats start at an odd address
+  std::vector<float> back;
+  ASSERT_TRUE(DecodeFloats("t", WireDType::kF32, absl::string_view(shifted).substr(1),
+                           values.size(), &back)
+                  .ok());
+  EXPECT_EQ(back, values);
 }
 
 TEST(CodecTest, F32IsLittleEndianBinary32) {
@@ -122,9 +134,8 @@ TEST(CodecTest, F32IsLittleEndianBinary32) {
 }
 
 TEST(CodecTest, WrongByteLengthNamesTheFieldAndTheExpectedLength) {
-  std::vector<float> out(3);
-  absl::Status s = DecodeFloats("gradients[1]", WireDType::kF16, std::string(5, '\0'),
-                                absl::MakeSpan(out));
+  std::vector<float> out;
+  absl::Status s = DecodeFloats("gradients[1]", WireDType::kF16, std::string(5, '\0'), 3, &out);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("gradients[1].data has 5 bytes; must be 6"));
 }

@@ -88,9 +88,8 @@ absl::StatusOr<HostTensor> HostTensorFromProto(const v1::Tensor& tensor) {
                      " bytes; its shape [", absl::StrJoin(out.shape, ", "), "] in ",
                      WireDTypeName(*wire_dtype), " needs ", *n * BytesPerElement(*wire_dtype)));
   }
-  out.values.resize(static_cast<size_t>(*n));
   absl::Status s = DecodeFloats(absl::StrCat("tensor '", out.name, "'"), *wire_dtype, tensor.data(),
-                                absl::MakeSpan(out.values));
+                                *n, &out.values);
   if (!s.ok()) return s;
   return out;
 }

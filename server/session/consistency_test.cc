@@ -54,10 +54,8 @@ class ConsistencyTest : public ::testing::Test {
   }
 
   static std::vector<float> W(const StepOutput& out) {
-    std::vector<float> w(2);
-    EXPECT_TRUE(DecodeFloats("w", out.parameters[0].dtype, out.parameters[0].data,
-                             absl::MakeSpan(w))
-                    .ok());
+    std::vector<float> w;
+    EXPECT_TRUE(DecodeFloats("w", out.parameters[0].dtype, out.parameters[0].data, 2, &w).ok());
     return w;
   }
 

@@ -62,15 +62,11 @@ absl::StatusOr<int64_t> ValidateShape(absl::string_view field, absl::Span<const 
   return n;
 }
 
-// Returns the index of the first non-finite value, or -1. Also accumulates the sum of squares.
-int64_t FirstNonFinite(absl::Span<const float> values, double* sum_squares) {
-  double ss = 0;
+// Returns the index of the first non-finite value, or -1. One branch-free pass (it vectorises)
+// in the common case that every value is finite.
+int64_t FirstNonFinite(absl::Span<const float> values) {
   bool all_finite = true;
-  for (float v : values) {
-    ss += static_cast<double>(v) * v;
-    all_finite &= std::isfinite(v);
-  }
-  *sum_squares += ss;
+  for (float v : values) all_finite &= std::isfinite(v);
   if (all_finite) return -1;
   for (size_t i = 0; i < values.size(); ++i) {
     if (!std::isfinite(values[i])) return static_cast<int64_t>(i);
@@ -166,12 +162,9 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, Session
     }
     absl::StatusOr<int64_t> n = ValidateShape(field, t.shape);
     if (!n.ok()) return n.status();
-    std::vector<float> v(*n);
-    if (absl::Status s = DecodeFloats(field, t.dtype, t.data, absl::MakeSpan(v)); !s.ok()) {
-      return s;
-    }
-    double unused = 0;
-    if (int64_t bad = FirstNonFinite(v, &unused); bad >= 0) {
+    std::vector<float> v;
+    if (absl::Status s = DecodeFloats(field, t.dtype, t.data, *n, &v); !s.ok()) return s;
+    if (int64_t bad = FirstNonFinite(v); bad >= 0) {
       return NonFiniteError(field, t.name, bad, v[bad]);
     }
     specs.push_back({std::string(t.name), std::vector<int64_t>(t.shape.begin(), t.shape.end()),
@@ -230,7 +223,7 @@ std::vector<float> Session::Densify(int index, Gradient&& g) const {
 }
 
 absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradient>* grads,
-                                      double* sum_squares, RefusalReason* reason) const {
+                                      RefusalReason* reason) const {
   const size_t n = specs_.size();
   grads->assign(n, {});
   std::vector<bool> seen(n, false);
@@ -256,12 +249,11 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
     }
     Gradient& out = (*grads)[k];
     if (!g.has_rows) {
-      out.values.resize(spec.num_elements);
-      if (absl::Status s = DecodeFloats(field, g.dtype, g.data, absl::MakeSpan(out.values));
+      if (absl::Status s = DecodeFloats(field, g.dtype, g.data, spec.num_elements, &out.values);
           !s.ok()) {
         return s;
       }
-      if (int64_t bad = FirstNonFinite(out.values, sum_squares); bad >= 0) {
+      if (int64_t bad = FirstNonFinite(out.values); bad >= 0) {
         *reason = RefusalReason::kNonFinite;
         return NonFiniteError(field, g.name, bad, out.values[bad]);
       }
@@ -280,12 +272,13 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
                                                        spec.shape[0], ")"));
       }
     }
-    std::vector<float> raw(g.rows.size() * row_size);
-    if (absl::Status s = DecodeFloats(field, g.dtype, g.data, absl::MakeSpan(raw)); !s.ok()) {
+    std::vector<float> raw;
+    if (absl::Status s = DecodeFloats(field, g.dtype, g.data,
+                                      static_cast<int64_t>(g.rows.size()) * row_size, &raw);
+        !s.ok()) {
       return s;
     }
-    double unused = 0;
-    if (int64_t bad = FirstNonFinite(raw, &unused); bad >= 0) {
+    if (int64_t bad = FirstNonFinite(raw); bad >= 0) {
       *reason = RefusalReason::kNonFinite;
       return NonFiniteError(field, g.name, bad, raw[bad]);
     }
@@ -305,7 +298,6 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
         for (int64_t j = 0; j < row_size; ++j) dst[j] += src[j];
       }
     }
-    for (float v : out.values) *sum_squares += static_cast<double>(v) * v;
   }
   for (size_t k = 0; k < n; ++k) {
     if (!seen[k]) {
@@ -403,7 +395,8 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
   }
   std::vector<absl::Span<float>> grad_spans;
   for (Gradient& g : gradients) grad_spans.push_back(absl::MakeSpan(g.values));
-  Clip(clipping_, grad_spans);
+  // The norm of the gradient the optimizer uses (SYNC: the combined one), before clipping.
+  out->gradient_norm = Clip(clipping_, grad_spans);
   std::vector<TensorGrad> step(gradients.size());
   for (size_t k = 0; k < gradients.size(); ++k) {
     step[k] = {absl::MakeSpan(values_[k]), gradients[k].values, gradients[k].rows,
@@ -517,12 +510,6 @@ void Session::CompleteBarrierLocked(std::vector<Completion>* completions, StepEv
     for (double l : barrier_.losses) total += l;
     loss = total / barrier_.losses.size();
   }
-  // The norm of the combined gradient the optimizer uses.
-  double sum_squares = 0;
-  for (const std::vector<float>& g : barrier_.sum) {
-    for (float x : g) sum_squares += static_cast<double>(x * scale) * (x * scale);
-  }
-  out.gradient_norm = std::sqrt(sum_squares);
   std::vector<Gradient> combined(barrier_.sum.size());
   std::vector<const std::vector<int64_t>*> touched(barrier_.sum.size());
   for (size_t k = 0; k < combined.size(); ++k) {
@@ -627,9 +614,8 @@ void Session::Step(const StepInput& input, StepCallback done) {
 
   // Decode and validate outside the lock: names and shapes never change after Create.
   std::vector<Gradient> grads;
-  double sum_squares = 0;
   RefusalReason reason;
-  if (absl::Status s = DecodeGradients(input, &grads, &sum_squares, &reason); !s.ok()) {
+  if (absl::Status s = DecodeGradients(input, &grads, &reason); !s.ok()) {
     return refuse(s, reason);
   }
   // The rows each tensor's gradient touched (null: dense), for ReturnMode::kTouched.
@@ -690,7 +676,6 @@ void Session::Step(const StepInput& input, StepCallback done) {
       completions.push_back({std::move(done), std::move(out), bytes_received, known_staleness});
     } else if (!sync) {
       StepOutput out;
-      out.gradient_norm = std::sqrt(sum_squares);
       out.staleness = staleness;
       absl::Status s = ApplyLocked(grads, 1.0f, input.loss, &out, &event);
       if (s.ok()) {

@@ -252,10 +252,10 @@ class Session : public std::enable_shared_from_this<Session> {
     int missing_workers = 0;
   };
 
-  // Decodes and validates the gradients of `input` into `grads` (one per tensor, creation order)
-  // and adds their sum of squares to `*sum_squares`. On failure sets `*reason`.
+  // Decodes and validates the gradients of `input` into `grads` (one per tensor, creation order).
+  // On failure sets `*reason`.
   absl::Status DecodeGradients(const StepInput& input, std::vector<Gradient>* grads,
-                               double* sum_squares, RefusalReason* reason) const;
+                               RefusalReason* reason) const;
 
   // Elements per row of tensor `index` (its size over its first dimension).
   int64_t RowSize(int index) const;

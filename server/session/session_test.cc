@@ -31,8 +31,9 @@ OwnedTensor Make(std::string name, std::vector<int64_t> shape, std::vector<float
 }
 
 std::vector<float> Floats(const WireTensor& t) {
-  std::vector<float> v(t.data.size() / BytesPerElement(t.dtype));
-  EXPECT_TRUE(DecodeFloats(t.name, t.dtype, t.data, absl::MakeSpan(v)).ok());
+  std::vector<float> v;
+  EXPECT_TRUE(
+      DecodeFloats(t.name, t.dtype, t.data, t.data.size() / BytesPerElement(t.dtype), &v).ok());
   return v;
 }
 
