@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -53,14 +54,23 @@ absl::Status ClipOptions::Validate() const {
   return optim_internal::CheckDouble(kName, "clip_value", clip_value, optim_internal::kNonNegative);
 }
 
-double GlobalNorm(absl::Span<const absl::Span<float>> grads) {
+double GlobalNorm(absl::Span<const absl::Span<const float>> grads) {
   double sum = 0;
-  for (const absl::Span<float> g : grads) sum += SumOfSquares(g);
+  for (const absl::Span<const float> g : grads) sum += SumOfSquares(g);
   return std::sqrt(sum);
 }
 
+namespace {
+
+double GlobalNormOf(absl::Span<const absl::Span<float>> grads) {
+  std::vector<absl::Span<const float>> views(grads.begin(), grads.end());
+  return GlobalNorm(views);
+}
+
+}  // namespace
+
 double ClipByGlobalNorm(absl::Span<const absl::Span<float>> grads, double max_norm) {
-  const double total = GlobalNorm(grads);
+  const double total = GlobalNormOf(grads);
   // std::min keeps a NaN coefficient (NaN total), as torch's clamp does.
   const double coef = std::min(max_norm / (total + kNormEps), 1.0);
   // Multiplying by 1 is a no-op; skip the pass. `!(coef >= 1)` is also true for NaN.
@@ -82,7 +92,7 @@ void ClipByValue(absl::Span<const absl::Span<float>> grads, double clip_value) {
 
 double Clip(const ClipOptions& options, absl::Span<const absl::Span<float>> grads) {
   const double total =
-      options.max_norm > 0 ? ClipByGlobalNorm(grads, options.max_norm) : GlobalNorm(grads);
+      options.max_norm > 0 ? ClipByGlobalNorm(grads, options.max_norm) : GlobalNormOf(grads);
   if (options.clip_value > 0) ClipByValue(grads, options.clip_value);
   return total;
 }

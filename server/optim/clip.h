@@ -37,7 +37,7 @@ struct ClipOptions {
 };
 
 // The L2 norm over every element of every tensor, accumulated in double. 0 for no tensors.
-double GlobalNorm(absl::Span<const absl::Span<float>> grads);
+double GlobalNorm(absl::Span<const absl::Span<const float>> grads);
 
 // torch clip_grad_norm_: scales every gradient by min(1, max_norm / (total + 1e-6)), where total
 // is GlobalNorm(grads), and returns total (the norm before clipping). Gradients whose norm is at

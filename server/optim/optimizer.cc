@@ -1,6 +1,7 @@
 #include "server/optim/optimizer.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include "server/optim/adadelta.h"
 #include "server/optim/adagrad.h"
 #include "server/optim/adam.h"
+#include "server/optim/kernel_internal.h"
 #include "server/optim/lamb.h"
 #include "server/optim/lars.h"
 #include "server/optim/lion.h"
@@ -82,6 +84,36 @@ struct OptimizerFor<LarsOptions> {
   using type = Lars;
 };
 
+// {sum of (p - before)^2, sum of p^2} in double, each in eight interleaved partial sums combined
+// pairwise (as SumOfSquares): the loop vectorises, and the order is fixed, so the bits do not
+// depend on the machine or the pool.
+OPTD_SIMD_CLONES
+std::array<double, 2> UpdateAndParameterSquares(const float* __restrict p,
+                                                const float* __restrict before, int64_t n) {
+  constexpr int kLanes = 8;
+  double update[kLanes] = {}, parameter[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const double pj = p[i + j];
+      const double d = pj - before[i + j];
+      update[j] += d * d;
+      parameter[j] += pj * pj;
+    }
+  }
+  auto combine = [](const double* a) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  };
+  std::array<double, 2> sums = {combine(update), combine(parameter)};
+  for (; i < n; ++i) {
+    const double pi = p[i];
+    const double d = pi - before[i];
+    sums[0] += d * d;
+    sums[1] += pi * pi;
+  }
+  return sums;
+}
+
 }  // namespace
 
 Optimizer::Optimizer(std::vector<int64_t> tensor_sizes) : tensor_sizes_(std::move(tensor_sizes)) {
@@ -109,14 +141,9 @@ void Optimizer::ForEachSegment(const std::function<void(const Segment&)>& fn) co
     thread_local std::vector<float> before;
     before.assign(p, p + n);  // the kernel reads these next: copying now costs little
     fn(s);
-    double update = 0, parameter = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const double d = static_cast<double>(p[i]) - before[i];
-      update += d * d;
-      parameter += static_cast<double>(p[i]) * p[i];
-    }
-    update_squares_[s.index] = update;
-    parameter_squares_[s.index] = parameter;
+    const std::array<double, 2> squares = UpdateAndParameterSquares(p, before.data(), n);
+    update_squares_[s.index] = squares[0];
+    parameter_squares_[s.index] = squares[1];
   });
 }
 

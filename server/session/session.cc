@@ -213,11 +213,12 @@ int64_t Session::RowSize(int index) const {
 }
 
 std::vector<float> Session::Densify(int index, Gradient&& g) const {
-  if (!g.sparse) return std::move(g.values);
+  if (!g.sparse) return std::move(g.Own());
   const int64_t row_size = RowSize(index);
   std::vector<float> dense(specs_[index].num_elements, 0.0f);
+  const float* values = g.values().data();
   for (size_t r = 0; r < g.rows.size(); ++r) {
-    std::copy_n(g.values.data() + r * row_size, row_size, dense.data() + g.rows[r] * row_size);
+    std::copy_n(values + r * row_size, row_size, dense.data() + g.rows[r] * row_size);
   }
   return dense;
 }
@@ -249,13 +250,20 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
     }
     Gradient& out = (*grads)[k];
     if (!g.has_rows) {
-      if (absl::Status s = DecodeFloats(field, g.dtype, g.data, spec.num_elements, &out.values);
-          !s.ok()) {
+      const int64_t bytes = spec.num_elements * static_cast<int64_t>(sizeof(float));
+      if (g.dtype == WireDType::kF32 && static_cast<int64_t>(g.data.size()) == bytes &&
+          reinterpret_cast<uintptr_t>(g.data.data()) % alignof(float) == 0) {
+        // The bytes are the floats (little-endian host, wire_dtype.cc): read them in place.
+        out.Borrow(absl::MakeConstSpan(reinterpret_cast<const float*>(g.data.data()),
+                                       static_cast<size_t>(spec.num_elements)));
+      } else if (absl::Status s =
+                     DecodeFloats(field, g.dtype, g.data, spec.num_elements, &out.Own());
+                 !s.ok()) {
         return s;
       }
-      if (int64_t bad = FirstNonFinite(out.values); bad >= 0) {
+      if (int64_t bad = FirstNonFinite(out.values()); bad >= 0) {
         *reason = RefusalReason::kNonFinite;
-        return NonFiniteError(field, g.name, bad, out.values[bad]);
+        return NonFiniteError(field, g.name, bad, out.values()[bad]);
       }
       continue;
     }
@@ -288,13 +296,14 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
     std::stable_sort(order.begin(), order.end(),
                      [&](size_t a, size_t b) { return g.rows[a] < g.rows[b]; });
     out.sparse = true;
+    std::vector<float>& values = out.Own();
     for (size_t r : order) {
       const float* src = raw.data() + r * row_size;
       if (out.rows.empty() || out.rows.back() != g.rows[r]) {
         out.rows.push_back(g.rows[r]);
-        out.values.insert(out.values.end(), src, src + row_size);
+        values.insert(values.end(), src, src + row_size);
       } else {
-        float* dst = out.values.data() + out.values.size() - row_size;
+        float* dst = values.data() + values.size() - row_size;
         for (int64_t j = 0; j < row_size; ++j) dst[j] += src[j];
       }
     }
@@ -383,23 +392,30 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
   }
   for (size_t k = 0; k < gradients.size(); ++k) {
     if (gradients[k].sparse && !lazy) {
-      gradients[k].values = Densify(k, std::move(gradients[k]));
-      gradients[k].sparse = false;
-      gradients[k].rows.clear();
+      std::vector<float> dense = Densify(k, std::move(gradients[k]));
+      gradients[k] = Gradient();
+      gradients[k].Own() = std::move(dense);
     }
   }
   if (scale != 1.0f) {
     for (Gradient& g : gradients) {
-      for (float& x : g.values) x *= scale;
+      for (float& x : g.Own()) x *= scale;
     }
   }
-  std::vector<absl::Span<float>> grad_spans;
-  for (Gradient& g : gradients) grad_spans.push_back(absl::MakeSpan(g.values));
-  // The norm of the gradient the optimizer uses (SYNC: the combined one), before clipping.
-  out->gradient_norm = Clip(clipping_, grad_spans);
+  // The norm of the gradient the optimizer uses (SYNC: the combined one), before clipping. Only
+  // clipping writes the gradients; without it they stay where they are (borrowed ones too).
+  if (clipping_.max_norm > 0 || clipping_.clip_value > 0) {
+    std::vector<absl::Span<float>> grad_spans;
+    for (Gradient& g : gradients) grad_spans.push_back(absl::MakeSpan(g.Own()));
+    out->gradient_norm = Clip(clipping_, grad_spans);
+  } else {
+    std::vector<absl::Span<const float>> grad_spans;
+    for (const Gradient& g : gradients) grad_spans.push_back(g.values());
+    out->gradient_norm = GlobalNorm(grad_spans);
+  }
   std::vector<TensorGrad> step(gradients.size());
   for (size_t k = 0; k < gradients.size(); ++k) {
-    step[k] = {absl::MakeSpan(values_[k]), gradients[k].values, gradients[k].rows,
+    step[k] = {absl::MakeSpan(values_[k]), gradients[k].values(), gradients[k].rows,
                gradients[k].sparse ? RowSize(k) : 0};
   }
   const double lr = schedule_.Current();
@@ -515,17 +531,18 @@ void Session::CompleteBarrierLocked(std::vector<Completion>* completions, StepEv
   for (size_t k = 0; k < combined.size(); ++k) {
     touched[k] = barrier_.dense[k] ? nullptr : &barrier_.touched[k];
     if (barrier_.dense[k]) {
-      combined[k].values = std::move(barrier_.sum[k]);
+      combined[k].Own() = std::move(barrier_.sum[k]);
       continue;
     }
     // Only sparse contributions: the combined gradient is sparse over the rows they touched.
     const int64_t row_size = RowSize(k);
     combined[k].sparse = true;
     combined[k].rows = barrier_.touched[k];
-    combined[k].values.resize(combined[k].rows.size() * row_size);
+    std::vector<float>& values = combined[k].Own();
+    values.resize(combined[k].rows.size() * row_size);
     for (size_t r = 0; r < combined[k].rows.size(); ++r) {
       std::copy_n(barrier_.sum[k].data() + combined[k].rows[r] * row_size, row_size,
-                  combined[k].values.data() + r * row_size);
+                  values.data() + r * row_size);
     }
   }
   const absl::Status applied = ApplyLocked(combined, scale, loss, &out, event);
@@ -714,10 +731,11 @@ void Session::Step(const StepInput& input, StepCallback done) {
       } else {
         for (size_t k = 0; k < grads.size(); ++k) {
           float* sum = barrier_.sum[k].data();
-          const float* g = grads[k].values.data();
+          const absl::Span<const float> values = grads[k].values();
+          const float* g = values.data();
           if (!grads[k].sparse) {
             barrier_.dense[k] = true;
-            for (size_t i = 0; i < grads[k].values.size(); ++i) sum[i] += g[i];
+            for (size_t i = 0; i < values.size(); ++i) sum[i] += g[i];
             continue;
           }
           const int64_t row_size = RowSize(k);

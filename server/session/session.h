@@ -99,11 +99,34 @@ enum class ReturnMode {
 };
 
 // A gradient decoded for one tensor: dense, or row-sparse with sorted unique rows (duplicates
-// summed).
+// summed). Its values (dense: every element; sparse: rows.size() * row size) are owned, or, for a
+// dense F32 gradient, borrowed from the request's bytes (no copy) until something must write them
+// or keep them past the request (a SYNC barrier): Own() copies them then.
 struct Gradient {
   bool sparse = false;
-  std::vector<int64_t> rows;   // sparse only
-  std::vector<float> values;   // dense: every element; sparse: rows.size() * row size
+  std::vector<int64_t> rows;  // sparse only
+
+  absl::Span<const float> values() const {
+    return borrowed_ ? borrowed_values_ : absl::MakeConstSpan(owned_);
+  }
+  // The values as a vector of their own (a borrowed view is copied first).
+  std::vector<float>& Own() {
+    if (borrowed_) {
+      owned_.assign(borrowed_values_.begin(), borrowed_values_.end());
+      borrowed_ = false;
+    }
+    return owned_;
+  }
+  // Borrows `values`, which must outlive every use of this Gradient.
+  void Borrow(absl::Span<const float> values) {
+    borrowed_values_ = values;
+    borrowed_ = true;
+  }
+
+ private:
+  std::vector<float> owned_;
+  absl::Span<const float> borrowed_values_;
+  bool borrowed_ = false;
 };
 
 // One worker's request. Borrows the gradients' bytes: they must stay valid until Step returns
