@@ -37,6 +37,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "optd/v1/optd.grpc.pb.h"
+#include "server/malloc_tuning.h"
 #include "server/service/server.h"
 
 ABSL_FLAG(int, params, 1000, "Floats in the session (one tensor).");
@@ -211,6 +212,7 @@ double Compare(const char* mode, Target& off, Target& on, int rounds, int steps,
 }  // namespace optd
 
 int main(int argc, char** argv) {
+  optd::TuneMallocForLargeMessages();  // as the optd binary does
   absl::ParseCommandLine(argc, argv);
   const int params = absl::GetFlag(FLAGS_params);
   const int steps = absl::GetFlag(FLAGS_steps);

@@ -419,14 +419,21 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
                gradients[k].sparse ? RowSize(k) : 0};
   }
   const double lr = schedule_.Current();
+  bool measure = false;
+  if (observer_ != nullptr) {
+    int64_t elements = 0;
+    for (const TensorSpec& spec : specs_) elements += spec.num_elements;
+    const absl::Time now = elements > kNormsEveryStepElements ? absl::Now() : absl::Time();
+    measure = elements <= kNormsEveryStepElements || now - norms_measured_ >= kNormsInterval;
+    if (measure) norms_measured_ = now;
+  }
   StepNorms norms;
-  if (absl::Status s = optimizer_->Step(step, lr, observer_ != nullptr ? &norms : nullptr);
-      !s.ok()) {
+  if (absl::Status s = optimizer_->Step(step, lr, measure ? &norms : nullptr); !s.ok()) {
     return s;
   }
   schedule_.Advance(loss);
   event->loss = loss;
-  if (observer_ != nullptr) {
+  if (measure) {
     event->update_norm = norms.update_norm;
     event->parameter_norm = norms.parameter_norm;
   }

@@ -177,6 +177,12 @@ inline constexpr int kMaxTensorsPerSession = 4096;
 // (the least recently active is forgotten first), kReplayWindow outcomes each.
 inline constexpr int kMaxTrackedWorkers = 1024;
 inline constexpr int kReplayWindow = 16;
+// With an observer, the update and parameter norms of a step (StepEvent) cost the optimizer a copy
+// and an extra pass over the parameters. Sessions of up to kNormsEveryStepElements parameters
+// measure them at every step; larger ones at most once per kNormsInterval (other steps report
+// them as not measured, so the metrics keep the last measured values).
+inline constexpr int64_t kNormsEveryStepElements = 256 * 1024;
+inline constexpr absl::Duration kNormsInterval = absl::Milliseconds(250);
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
@@ -354,6 +360,8 @@ class Session : public std::enable_shared_from_this<Session> {
   Barrier barrier_ ABSL_GUARDED_BY(mu_);
   // SYNC: every worker id that ever contributed (to name missing workers without worker_ids).
   std::vector<std::string> known_workers_ ABSL_GUARDED_BY(mu_);
+  // When the step norms were last measured (kNormsInterval).
+  absl::Time norms_measured_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 // Returns InvalidArgument unless `id` is 1-kMaxSessionIdLength characters of [A-Za-z0-9._-].

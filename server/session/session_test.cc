@@ -7,6 +7,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -299,6 +301,39 @@ TEST(SessionObserverTest, ReportsAppliedStepsAndRefusalsWithTheirReason) {
   EXPECT_FALSE((*s)->StepAndWait(in).ok());
   EXPECT_THAT(observer.refused, ElementsAre("non_finite", "invalid"));
   EXPECT_EQ(observer.steps.size(), 1u);
+}
+
+TEST(SessionObserverTest, LargeSessionsMeasureStepNormsAtMostOncePerInterval) {
+  RecordingObserver observer;
+  const int64_t n = kNormsEveryStepElements + 1;
+  OwnedTensor init = Make("w", {n}, std::vector<float>(n, 1.0f));
+  std::vector<WireTensorView> views = {init.view()};
+  auto s = Session::Create("big", Sgd(0.5), views, absl::Now(), &observer);
+  ASSERT_TRUE(s.ok());
+  OwnedTensor g = Make("w", {n}, std::vector<float>(n, 1.0f));
+  std::vector<WireTensorView> grads = {g.view()};
+  StepInput in;
+  in.gradients = grads;
+  in.return_mode = ReturnMode::kNone;
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE((*s)->StepAndWait(in).ok());
+  ASSERT_TRUE((*s)->StepAndWait(in).ok());
+  const absl::Duration two_steps = absl::Now() - start;
+  absl::SleepFor(kNormsInterval);
+  ASSERT_TRUE((*s)->StepAndWait(in).ok());
+  ASSERT_EQ(observer.steps.size(), 3u);
+  // The first step is measured: every element moved by 0.5 and now holds 0.5.
+  EXPECT_NEAR(observer.steps[0].update_norm, 0.5 * std::sqrt(static_cast<double>(n)), 1e-6);
+  EXPECT_NEAR(observer.steps[0].parameter_norm, 0.5 * std::sqrt(static_cast<double>(n)), 1e-6);
+  // The second, within the interval, is not (-1); the gradient norm is always reported.
+  if (two_steps < kNormsInterval) {
+    EXPECT_EQ(observer.steps[1].update_norm, -1);
+    EXPECT_EQ(observer.steps[1].parameter_norm, -1);
+  }
+  EXPECT_NEAR(observer.steps[1].gradient_norm, std::sqrt(static_cast<double>(n)), 1e-6);
+  // After the interval, the next step is measured again: w went from 0 to -0.5.
+  EXPECT_NEAR(observer.steps[2].update_norm, 0.5 * std::sqrt(static_cast<double>(n)), 1e-6);
+  EXPECT_NEAR(observer.steps[2].parameter_norm, 0.5 * std::sqrt(static_cast<double>(n)), 1e-6);
 }
 
 }  // namespace
