@@ -34,6 +34,9 @@ struct ClipOptions {
   // InvalidArgument unless both are finite and >= 0, e.g.
   // "clipping.max_norm = -1 is out of range: must be >= 0".
   absl::Status Validate() const;
+
+  // True if Clip() may change gradients (either kind of clipping is on).
+  bool enabled() const { return max_norm > 0 || clip_value > 0; }
 };
 
 // The L2 norm over every element of every tensor, accumulated in double. 0 for no tensors.

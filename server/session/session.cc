@@ -404,7 +404,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
   }
   // The norm of the gradient the optimizer uses (SYNC: the combined one), before clipping. Only
   // clipping writes the gradients; without it they stay where they are (borrowed ones too).
-  if (clipping_.max_norm > 0 || clipping_.clip_value > 0) {
+  if (clipping_.enabled()) {
     std::vector<absl::Span<float>> grad_spans;
     for (Gradient& g : gradients) grad_spans.push_back(absl::MakeSpan(g.Own()));
     out->gradient_norm = Clip(clipping_, grad_spans);
@@ -419,13 +419,16 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
                gradients[k].sparse ? RowSize(k) : 0};
   }
   const double lr = schedule_.Current();
-  bool measure = false;
+  bool measure = false;  // the update and parameter norms, for the observer
   if (observer_ != nullptr) {
     int64_t elements = 0;
     for (const TensorSpec& spec : specs_) elements += spec.num_elements;
-    const absl::Time now = elements > kNormsEveryStepElements ? absl::Now() : absl::Time();
-    measure = elements <= kNormsEveryStepElements || now - norms_measured_ >= kNormsInterval;
-    if (measure) norms_measured_ = now;
+    measure = elements <= kNormsEveryStepElements;
+    if (!measure) {
+      const absl::Time now = absl::Now();
+      measure = now - norms_measured_ >= kNormsInterval;
+      if (measure) norms_measured_ = now;
+    }
   }
   StepNorms norms;
   if (absl::Status s = optimizer_->Step(step, lr, measure ? &norms : nullptr); !s.ok()) {
