@@ -100,6 +100,18 @@ float F16ToFloat(uint16_t bits) {
   return FloatOf(sign | ((exponent + 112) << 23) | (mantissa << 13));
 }
 
+std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_view data,
+                                               int64_t count) {
+  if (dtype != WireDType::kF32 || count < 0 ||
+      static_cast<int64_t>(data.size()) != count * static_cast<int64_t>(sizeof(float)) ||
+      reinterpret_cast<uintptr_t>(data.data()) % alignof(float) != 0) {
+    return std::nullopt;
+  }
+  // Little-endian host (checked above): the bytes are the floats.
+  return absl::MakeConstSpan(reinterpret_cast<const float*>(data.data()),
+                             static_cast<size_t>(count));
+}
+
 absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
                           int64_t count, std::vector<float>* out) {
   const int64_t want = count * BytesPerElement(dtype);
@@ -110,11 +122,10 @@ absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_
   }
   switch (dtype) {
     case WireDType::kF32:
-      // Little-endian host (checked above): the bytes are the floats. assign() copies once; resize()
-      // would first zero-fill, a second pass over a tensor that may be 64 MiB.
-      if (reinterpret_cast<uintptr_t>(data.data()) % alignof(float) == 0) {
-        const float* first = reinterpret_cast<const float*>(data.data());
-        out->assign(first, first + count);
+      // assign() copies once; resize() would first zero-fill, a second pass over a tensor that
+      // may be 64 MiB.
+      if (const std::optional<absl::Span<const float>> view = F32View(dtype, data, count)) {
+        out->assign(view->begin(), view->end());
       } else {
         out->resize(static_cast<size_t>(count));
         if (count > 0) std::memcpy(out->data(), data.data(), data.size());

@@ -11,6 +11,7 @@
 #define OPTD_WIRE_WIRE_DTYPE_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,12 @@ uint16_t FloatToBf16(float value);
 float Bf16ToFloat(uint16_t bits);
 uint16_t FloatToF16(float value);
 float F16ToFloat(uint16_t bits);
+
+// `data` as `count` floats in place, without a copy: when `dtype` is F32, `data` holds exactly
+// `count` elements and starts at a float-aligned address. nullopt otherwise (DecodeFloats then
+// copies, or reports the wrong length).
+std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_view data,
+                                               int64_t count);
 
 // Decodes `data`, `count` elements encoded as `dtype`, into `*out` (its contents replaced, its
 // size `count`; F32 in one copy, with no zero-fill first). Returns InvalidArgument naming `what`

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -125,6 +126,20 @@ TEST(CodecTest, DecodesF32FromUnalignedBytes) {
                            values.size(), &back)
                   .ok());
   EXPECT_EQ(back, values);
+}
+
+TEST(CodecTest, F32ViewReadsAlignedF32BytesInPlaceAndNothingElse) {
+  const std::vector<float> values = {1.0f, -2.0f, 3.5f};
+  std::string bytes;
+  EncodeFloats(WireDType::kF32, values, &bytes);
+  const std::optional<absl::Span<const float>> view = F32View(WireDType::kF32, bytes, 3);
+  ASSERT_TRUE(view.has_value());
+  EXPECT_EQ(static_cast<const void*>(view->data()), static_cast<const void*>(bytes.data()));
+  EXPECT_EQ(std::vector<float>(view->begin(), view->end()), values);
+  EXPECT_FALSE(F32View(WireDType::kF32, bytes, 2).has_value());   // wrong length
+  EXPECT_FALSE(F32View(WireDType::kBf16, bytes, 6).has_value());  // not F32
+  const std::string shifted = "x" + bytes;
+  EXPECT_FALSE(F32View(WireDType::kF32, absl::string_view(shifted).substr(1), 3).has_value());
 }
 
 TEST(CodecTest, F32IsLittleEndianBinary32) {

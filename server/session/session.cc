@@ -250,12 +250,9 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
     }
     Gradient& out = (*grads)[k];
     if (!g.has_rows) {
-      const int64_t bytes = spec.num_elements * static_cast<int64_t>(sizeof(float));
-      if (g.dtype == WireDType::kF32 && static_cast<int64_t>(g.data.size()) == bytes &&
-          reinterpret_cast<uintptr_t>(g.data.data()) % alignof(float) == 0) {
-        // The bytes are the floats (little-endian host, wire_dtype.cc): read them in place.
-        out.Borrow(absl::MakeConstSpan(reinterpret_cast<const float*>(g.data.data()),
-                                       static_cast<size_t>(spec.num_elements)));
+      if (const std::optional<absl::Span<const float>> view =
+              F32View(g.dtype, g.data, spec.num_elements)) {
+        out.Borrow(*view);  // read in place from the request
       } else if (absl::Status s =
                      DecodeFloats(field, g.dtype, g.data, spec.num_elements, &out.Own());
                  !s.ok()) {
