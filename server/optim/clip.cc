@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -12,6 +13,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "server/optim/kernel_internal.h"
+#include "server/optim/optimizer.h"
+#include "server/optim/parallel.h"
 #include "server/optim/range_check.h"
 
 namespace optd {
@@ -20,23 +24,14 @@ namespace {
 // torch clip_grad_norm_'s fixed guard, added to the norm.
 constexpr double kNormEps = 1e-6;
 
-// Sum of squares of `g` in double, with four independent accumulators so that the loop is not one
-// long dependency chain.
-double SumOfSquares(absl::Span<const float> g) {
-  double acc[4] = {0, 0, 0, 0};
-  const size_t n = g.size();
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    for (size_t j = 0; j < 4; ++j) {
-      const double x = g[i + j];
-      acc[j] += x * x;
-    }
-  }
-  for (; i < n; ++i) {
-    const double x = g[i];
-    acc[0] += x * x;
-  }
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+// SquaredNorm's spans of at least this many elements are cut into blocks of kBlockElements and
+// summed on the pool (the same sizes as Optimizer's).
+constexpr int64_t kParallelMinElements = Optimizer::kParallelMinElements;
+constexpr int64_t kBlockElements = Optimizer::kBlockElements;
+
+OPTD_SIMD_CLONES
+double SquaresOf(const float* __restrict x, int64_t n) {
+  return optim_internal::SumOfSquares(x, n);
 }
 
 void Scale(absl::Span<const absl::Span<float>> grads, float coef) {
@@ -54,9 +49,22 @@ absl::Status ClipOptions::Validate() const {
   return optim_internal::CheckDouble(kName, "clip_value", clip_value, optim_internal::kNonNegative);
 }
 
+double SquaredNorm(absl::Span<const float> values) {
+  const int64_t n = static_cast<int64_t>(values.size());
+  if (n < kParallelMinElements) return SquaresOf(values.data(), n);
+  // One partial per block, added in block order: the same bits whatever the pool size.
+  std::vector<double> partials((n + kBlockElements - 1) / kBlockElements);
+  ThreadPool::Default()->ParallelFor(n, kBlockElements, [&](int64_t begin, int64_t end) {
+    partials[begin / kBlockElements] = SquaresOf(values.data() + begin, end - begin);
+  });
+  double sum = 0;
+  for (const double partial : partials) sum += partial;
+  return sum;
+}
+
 double GlobalNorm(absl::Span<const absl::Span<const float>> grads) {
   double sum = 0;
-  for (const absl::Span<const float> g : grads) sum += SumOfSquares(g);
+  for (const absl::Span<const float> g : grads) sum += SquaredNorm(g);
   return std::sqrt(sum);
 }
 

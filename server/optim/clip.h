@@ -14,7 +14,8 @@
 // 5.4); given some anyway, these functions behave like torch: a NaN makes the norm NaN and every
 // gradient NaN, an infinity gives coef = 0 (inf * 0 = NaN, every finite element becomes 0).
 //
-// Stateless functions; a call may run concurrently with others on different gradients.
+// Stateless functions; a call may run concurrently with others on different gradients. Large
+// norms are summed on the process-wide ThreadPool (parallel.h).
 
 #ifndef OPTD_SERVER_OPTIM_CLIP_H_
 #define OPTD_SERVER_OPTIM_CLIP_H_
@@ -39,7 +40,15 @@ struct ClipOptions {
   bool enabled() const { return max_norm > 0 || clip_value > 0; }
 };
 
-// The L2 norm over every element of every tensor, accumulated in double. 0 for no tensors.
+// The sum of the squares of `values`, accumulated in double in a fixed order, so the bits do not
+// depend on the machine or the pool. Not finite (inf or NaN) exactly when some value is not: a
+// float squared cannot overflow a double, nor can a sum of fewer than 2^900 of them, so one pass
+// both measures a gradient and checks it. Spans of Optimizer::kParallelMinElements or more run on
+// ThreadPool::Default() (so not from inside a ParallelFor).
+double SquaredNorm(absl::Span<const float> values);
+
+// The L2 norm over every element of every tensor: the square root of the sum of each tensor's
+// SquaredNorm, added in tensor order. 0 for no tensors.
 double GlobalNorm(absl::Span<const absl::Span<const float>> grads);
 
 // torch clip_grad_norm_: scales every gradient by min(1, max_norm / (total + 1e-6)), where total

@@ -9,6 +9,7 @@
 #include "absl/types/span.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/optim/optimizer.h"
 #include "server/optim/testing.h"
 
 namespace optd {
@@ -30,6 +31,35 @@ std::vector<absl::Span<float>> Spans(std::vector<std::vector<float>>& grads) {
 
 std::vector<absl::Span<const float>> Views(const std::vector<std::vector<float>>& grads) {
   return std::vector<absl::Span<const float>>(grads.begin(), grads.end());
+}
+
+TEST(SquaredNormTest, SumsSquaresInDoubleOnAndOffThePool) {
+  EXPECT_EQ(SquaredNorm({}), 0.0);
+  const std::vector<float> small = {3.0f, -4.0f, 0.5f};
+  EXPECT_EQ(SquaredNorm(small), 25.25);
+  // Large enough to be summed in blocks on the pool: every value 2^-4, so each square and every
+  // partial sum is exact and any order gives the same bits.
+  const std::vector<float> large(Optimizer::kParallelMinElements * 3 + 7, 0.0625f);
+  EXPECT_EQ(SquaredNorm(large), static_cast<double>(large.size()) / 256.0);
+  // The largest float squared, a million times, still fits a double.
+  const std::vector<float> huge(1000000, std::numeric_limits<float>::max());
+  EXPECT_TRUE(std::isfinite(SquaredNorm(huge)));
+}
+
+TEST(SquaredNormTest, IsNotFiniteExactlyWhenSomeValueIsNot) {
+  for (const size_t n : {size_t{5}, size_t{Optimizer::kParallelMinElements * 2 + 3}}) {
+    for (const size_t at : {size_t{0}, n / 2, n - 1}) {
+      std::vector<float> g(n, 1.5f);
+      g[at] = kNanF;
+      EXPECT_TRUE(std::isnan(SquaredNorm(g))) << "n=" << n << " at=" << at;
+      g[at] = kInfF;
+      EXPECT_EQ(SquaredNorm(g), kInf) << "n=" << n << " at=" << at;
+      g[at] = -kInfF;
+      EXPECT_EQ(SquaredNorm(g), kInf) << "n=" << n << " at=" << at;
+      g[at] = std::numeric_limits<float>::denorm_min();
+      EXPECT_TRUE(std::isfinite(SquaredNorm(g))) << "n=" << n << " at=" << at;
+    }
+  }
 }
 
 TEST(ClipByGlobalNormTest, SpecExample) {

@@ -258,10 +258,14 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
                  !s.ok()) {
         return s;
       }
-      if (int64_t bad = FirstNonFinite(out.values()); bad >= 0) {
+      // One pass measures the gradient and checks it: the sum is finite iff every value is.
+      const double squares = SquaredNorm(out.values());
+      if (!std::isfinite(squares)) {
+        const int64_t bad = FirstNonFinite(out.values());
         *reason = RefusalReason::kNonFinite;
         return NonFiniteError(field, g.name, bad, out.values()[bad]);
       }
+      out.squares = squares;
       continue;
     }
     // Row-sparse.
@@ -406,9 +410,12 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
     for (Gradient& g : gradients) grad_spans.push_back(absl::MakeSpan(g.Own()));
     out->gradient_norm = Clip(clipping_, grad_spans);
   } else {
-    std::vector<absl::Span<const float>> grad_spans;
-    for (const Gradient& g : gradients) grad_spans.push_back(g.values());
-    out->gradient_norm = GlobalNorm(grad_spans);
+    // GlobalNorm, from the sums measured while decoding where they still hold.
+    double squares = 0;
+    for (const Gradient& g : gradients) {
+      squares += g.squares.has_value() ? *g.squares : SquaredNorm(g.values());
+    }
+    out->gradient_norm = std::sqrt(squares);
   }
   std::vector<TensorGrad> step(gradients.size());
   for (size_t k = 0; k < gradients.size(); ++k) {

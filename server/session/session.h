@@ -32,7 +32,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -40,11 +39,12 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "server/optim/optimizer.h"
 #include "server/optim/clip.h"
+#include "server/optim/optimizer.h"
 #include "server/optim/optimizer_options.h"
 #include "server/optim/schedule.h"
 #include "server/session/consistency.h"
@@ -105,12 +105,16 @@ enum class ReturnMode {
 struct Gradient {
   bool sparse = false;
   std::vector<int64_t> rows;  // sparse only
+  // SquaredNorm(values()) when it is known: measured while decoding a dense gradient (the pass
+  // that checks it is finite), forgotten by Own(), whose caller may write the values.
+  std::optional<double> squares;
 
   absl::Span<const float> values() const {
     return borrowed_ ? borrowed_values_ : absl::MakeConstSpan(owned_);
   }
   // The values as a vector of their own (a borrowed view is copied first).
   std::vector<float>& Own() {
+    squares.reset();
     if (borrowed_) {
       owned_.assign(borrowed_values_.begin(), borrowed_values_.end());
       borrowed_ = false;
