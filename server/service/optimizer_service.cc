@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "server/service/message_bytes.h"
 #include "server/service/proto_convert.h"
 #include "server/service/status_util.h"
 
@@ -44,16 +45,15 @@ grpc::ServerUnaryReactor* FinishWith(grpc::CallbackServerContext* context,
 }
 
 // Serves one StreamSteps stream: read a request, step, write its reply, read the next. One request
-// is in flight at a time, so replies keep request order. A refused step is reported in its reply
-// and the stream goes on.
-class StepStreamReactor final
-    : public grpc::ServerBidiReactor<v1::StepRequest, v1::StreamStepsResponse> {
+// is in flight at a time, so replies keep request order. A refused step, or a request that does not
+// parse, is reported in its reply and the stream goes on. Raw method: the reactor parses requests
+// and serializes replies itself (message_bytes.h).
+class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  StepStreamReactor(OptimizerServiceImpl* service,
-                    const GrpcServerMetrics::MethodMetrics* series)
+  StepStreamReactor(OptimizerServiceImpl* service, const GrpcServerMetrics::MethodMetrics* series)
       : service_(service), call_(series) {
     call_.Start();
-    StartRead(&request_);
+    StartRead(&read_);
   }
 
   void OnReadDone(bool ok) override {
@@ -63,18 +63,14 @@ class StepStreamReactor final
     }
     call_.Received();
     response_.Clear();
+    if (absl::Status parsed = ParseMessage(&read_, &request_); !parsed.ok()) {
+      Reply(parsed, -1);
+      return;
+    }
     // Replies go out in request order: the next read starts only after this reply is written.
-    service_->StartStep(request_, response_.mutable_reply(),
-                        [this](absl::Status status, int64_t current_version) {
-                          if (!status.ok()) {
-                            v1::StepError* error = response_.mutable_error();  // replaces reply
-                            error->set_code(static_cast<int>(status.code()));
-                            error->set_message(std::string(status.message()));
-                            error->set_current_version(current_version);
-                          }
-                          call_.Sent();
-                          StartWrite(&response_);
-                        });
+    service_->StartStep(
+        request_, response_.mutable_reply(),
+        [this](absl::Status status, int64_t current_version) { Reply(status, current_version); });
   }
 
   void OnWriteDone(bool ok) override {
@@ -83,12 +79,24 @@ class StepStreamReactor final
           grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream closed while writing a reply"));
       return;
     }
-    StartRead(&request_);
+    StartRead(&read_);
   }
 
   void OnDone() override { delete this; }
 
  private:
+  void Reply(const absl::Status& status, int64_t current_version) {
+    if (!status.ok()) {
+      v1::StepError* error = response_.mutable_error();  // replaces reply
+      error->set_code(static_cast<int>(status.code()));
+      error->set_message(std::string(status.message()));
+      error->set_current_version(current_version);
+    }
+    SerializeStreamStepsResponse(&response_, &write_);
+    call_.Sent();
+    StartWrite(&write_);
+  }
+
   void FinishAndRecord(const grpc::Status& status) {
     call_.Finished(static_cast<int>(status.error_code()));
     Finish(status);
@@ -96,8 +104,20 @@ class StepStreamReactor final
 
   OptimizerServiceImpl* const service_;
   GrpcCallRecorder call_;
+  grpc::ByteBuffer read_;
+  grpc::ByteBuffer write_;
+  // Kept from request to request, so their buffers are reused.
   v1::StepRequest request_;
   v1::StreamStepsResponse response_;
+};
+
+// One unary Step call: its request and reply, alive until the call is answered.
+struct StepCall {
+  explicit StepCall(const GrpcServerMetrics::MethodMetrics* series) : recorder(series) {}
+
+  v1::StepRequest request;
+  v1::StepResponse reply;
+  UnaryRecorder recorder;
 };
 
 }  // namespace
@@ -129,10 +149,9 @@ absl::Status OptimizerServiceImpl::DoGetSession(const v1::GetSessionRequest& req
 absl::Status OptimizerServiceImpl::DoListSessions(const v1::ListSessionsRequest& request,
                                                   v1::ListSessionsResponse* response) {
   if (request.page_size() < 0 || request.page_size() > kMaxPageSize) {
-    return absl::InvalidArgumentError(absl::StrCat("page_size = ", request.page_size(),
-                                                   " is out of range: must be in [0, ",
-                                                   kMaxPageSize, "] (0 means ",
-                                                   kDefaultPageSize, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size = ", request.page_size(), " is out of range: must be in [0, ",
+                     kMaxPageSize, "] (0 means ", kDefaultPageSize, ")"));
   }
   const int page_size = request.page_size() == 0 ? kDefaultPageSize : request.page_size();
   // One extra tells whether another page follows.
@@ -195,16 +214,15 @@ void OptimizerServiceImpl::StartStep(const v1::StepRequest& request, v1::StepRes
   absl::StatusOr<WireDType> return_dtype = DTypeFromProto("return_dtype", request.return_dtype());
   if (!return_dtype.ok()) return done(return_dtype.status(), -1);
   if (!v1::ReturnParameters_IsValid(request.return_parameters())) {
-    return done(absl::InvalidArgumentError(absl::StrCat(
-                    "return_parameters = ", request.return_parameters(),
-                    " is not a known value; must be RETURN_PARAMETERS_ALL (0), "
-                    "RETURN_PARAMETERS_NONE (1) or RETURN_PARAMETERS_TOUCHED (2)")),
+    return done(absl::InvalidArgumentError(
+                    absl::StrCat("return_parameters = ", request.return_parameters(),
+                                 " is not a known value; must be RETURN_PARAMETERS_ALL (0), "
+                                 "RETURN_PARAMETERS_NONE (1) or RETURN_PARAMETERS_TOUCHED (2)")),
                 -1);
   }
   absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
   if (!session.ok()) return done(session.status(), -1);
-  absl::StatusOr<std::vector<WireTensorView>> gradients =
-      ViewsOf("gradients", request.gradients());
+  absl::StatusOr<std::vector<WireTensorView>> gradients = ViewsOf("gradients", request.gradients());
   if (!gradients.ok()) return done(gradients.status(), -1);
 
   StepInput input;
@@ -215,20 +233,22 @@ void OptimizerServiceImpl::StartStep(const v1::StepRequest& request, v1::StepRes
   input.return_dtype = *return_dtype;
   input.sequence = request.sequence();
   if (request.has_version()) input.version = request.version();
-  (*session)->Step(input, [response, done = std::move(done)](
-                              absl::StatusOr<StepOutput> out) mutable {
-    if (!out.ok()) return done(out.status(), CurrentVersionOf(out.status()));
-    response->set_version(out->version);
-    response->set_gradient_norm(out->gradient_norm);
-    response->set_learning_rate(out->learning_rate);
-    response->set_duplicate(out->duplicate);
-    response->set_parameters_version(out->parameters_version);
-    response->set_workers(out->workers);
-    for (std::string& w : out->missing_workers) response->add_missing_workers(std::move(w));
-    response->set_staleness(out->staleness);
-    for (WireTensor& t : out->parameters) TensorToProto(std::move(t), response->add_parameters());
-    done(absl::OkStatus(), -1);
-  });
+  (*session)->Step(input,
+                   [response, done = std::move(done)](absl::StatusOr<StepOutput> out) mutable {
+                     if (!out.ok()) return done(out.status(), CurrentVersionOf(out.status()));
+                     response->set_version(out->version);
+                     response->set_gradient_norm(out->gradient_norm);
+                     response->set_learning_rate(out->learning_rate);
+                     response->set_duplicate(out->duplicate);
+                     response->set_parameters_version(out->parameters_version);
+                     response->set_workers(out->workers);
+                     for (std::string& w : out->missing_workers)
+                       response->add_missing_workers(std::move(w));
+                     response->set_staleness(out->staleness);
+                     for (WireTensor& t : out->parameters)
+                       TensorToProto(std::move(t), response->add_parameters());
+                     done(absl::OkStatus(), -1);
+                   });
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::CreateSession(
@@ -243,9 +263,9 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::GetSession(grpc::CallbackServerC
   return FinishWith(context, get_session_series_, DoGetSession(*request, response));
 }
 
-grpc::ServerUnaryReactor* OptimizerServiceImpl::ListSessions(
-    grpc::CallbackServerContext* context, const v1::ListSessionsRequest* request,
-    v1::ListSessionsResponse* response) {
+grpc::ServerUnaryReactor* OptimizerServiceImpl::ListSessions(grpc::CallbackServerContext* context,
+                                                             const v1::ListSessionsRequest* request,
+                                                             v1::ListSessionsResponse* response) {
   return FinishWith(context, list_sessions_series_, DoListSessions(*request, response));
 }
 
@@ -268,23 +288,31 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Pull(grpc::CallbackServerContext
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext* context,
-                                                     const v1::StepRequest* request,
-                                                     v1::StepResponse* response) {
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  StartStep(*request, response,
-            [context, reactor, recorder = std::make_unique<UnaryRecorder>(step_series_)](
-                absl::Status status, int64_t current_version) {
+  auto call = std::make_unique<StepCall>(step_series_);
+  // gRPC hands the request over and drops it after the call: parsing may consume it.
+  if (absl::Status parsed = ParseMessage(const_cast<grpc::ByteBuffer*>(request), &call->request);
+      !parsed.ok()) {
+    call->recorder.Finish(reactor, ToGrpcStatus(parsed));
+    return reactor;
+  }
+  StepCall* const started = call.get();
+  StartStep(started->request, &started->reply,
+            [context, reactor, response, call = std::move(call)](absl::Status status,
+                                                                 int64_t current_version) {
               if (current_version >= 0) {
-                context->AddTrailingMetadata("optd-current-version",
-                                             absl::StrCat(current_version));
+                context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
               }
-              recorder->Finish(reactor, ToGrpcStatus(status));
+              if (status.ok()) SerializeStepResponse(&call->reply, response);
+              call->recorder.Finish(reactor, ToGrpcStatus(status));
             });
   return reactor;
 }
 
-grpc::ServerBidiReactor<v1::StepRequest, v1::StreamStepsResponse>*
-OptimizerServiceImpl::StreamSteps(grpc::CallbackServerContext* context) {
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OptimizerServiceImpl::StreamSteps(
+    grpc::CallbackServerContext* context) {
   return new StepStreamReactor(this, stream_steps_series_);
 }
 

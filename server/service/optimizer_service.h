@@ -12,8 +12,14 @@
 // GrpcCallRecorders (the series go-grpc-prometheus defines: started, messages received and sent,
 // handled by code, handling seconds), so OptdServer initialises its methods with
 // Recording::kByService and gRPC's interceptor machinery, which costs a few microseconds per call,
-// stays off optd's own methods. A call's clock starts when its handler is invoked (after the
-// request message has been parsed) and stops when the handler finishes the call.
+// stays off optd's own methods. A call's clock starts when its handler is invoked (after gRPC has
+// parsed the request; Step and StreamSteps parse their own, inside the clock) and stops when the
+// handler finishes the call.
+//
+// Step and StreamSteps are raw methods (grpc::ByteBuffer in and out): they parse the request and
+// serialize the reply through message_bytes.h, which moves the returned parameter bytes into the
+// reply's slices instead of letting gRPC copy them. A request that does not parse gets
+// INVALID_ARGUMENT (unary) or a StepError with that code (stream, which goes on).
 //
 // Errors, as the client sees them: NOT_FOUND unknown session; ALREADY_EXISTS taken id;
 // INVALID_ARGUMENT bad id, tensor, dtype, hyperparameter or non-finite gradient, with the field,
@@ -34,7 +40,15 @@
 
 namespace optd {
 
-class OptimizerServiceImpl final : public v1::Optimizer::CallbackService {
+// The callback service with Step and StreamSteps as raw methods (the others typed).
+using OptimizerCallbackService = v1::Optimizer::WithCallbackMethod_CreateSession<
+    v1::Optimizer::WithCallbackMethod_GetSession<v1::Optimizer::WithCallbackMethod_ListSessions<
+        v1::Optimizer::WithCallbackMethod_UpdateSession<
+            v1::Optimizer::WithCallbackMethod_DeleteSession<
+                v1::Optimizer::WithCallbackMethod_Pull<v1::Optimizer::WithRawCallbackMethod_Step<
+                    v1::Optimizer::WithRawCallbackMethod_StreamSteps<v1::Optimizer::Service>>>>>>>>;
+
+class OptimizerServiceImpl final : public OptimizerCallbackService {
  public:
   // `store` must outlive the service; so must `grpc_metrics`, which may be null (metrics off).
   explicit OptimizerServiceImpl(SessionStore* store,
@@ -58,10 +72,12 @@ class OptimizerServiceImpl final : public v1::Optimizer::CallbackService {
   grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
                                  const v1::PullRequest* request,
                                  v1::PullResponse* response) override;
+  // Raw methods: they parse the StepRequest and serialize the reply themselves (message_bytes.h),
+  // so that the parameters a reply returns are not copied once more by gRPC.
   grpc::ServerUnaryReactor* Step(grpc::CallbackServerContext* context,
-                                 const v1::StepRequest* request,
-                                 v1::StepResponse* response) override;
-  grpc::ServerBidiReactor<v1::StepRequest, v1::StreamStepsResponse>* StreamSteps(
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamSteps(
       grpc::CallbackServerContext* context) override;
 
   // The work of one Step, shared by Step and StreamSteps: calls `done` exactly once, when the step

@@ -1,0 +1,166 @@
+#include "server/service/message_bytes.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/repeated_ptr_field.h"
+#include "google/protobuf/wire_format_lite.h"
+#include "grpcpp/support/proto_buffer_reader.h"
+#include "grpcpp/support/slice.h"
+
+namespace optd {
+namespace {
+
+using google::protobuf::internal::WireFormatLite;
+using google::protobuf::io::CodedOutputStream;
+
+// The key of a length-delimited field (a message, a string or bytes).
+uint32_t KeyOf(int field) {
+  return WireFormatLite::MakeTag(field, WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
+}
+
+// Bytes of a length-delimited field's key and length prefix.
+size_t PrefixSize(int field, size_t length) {
+  return CodedOutputStream::VarintSize32(KeyOf(field)) + CodedOutputStream::VarintSize64(length);
+}
+
+// Builds the slices of a ByteBuffer: small pieces are gathered into one pending string (copied
+// into a slice when something is moved or at the end), large strings are moved into slices that
+// own them.
+class SliceWriter {
+ public:
+  void Prefix(int field, size_t length) {
+    Varint(KeyOf(field));
+    Varint(length);
+  }
+
+  void Message(const google::protobuf::MessageLite& message) { message.AppendToString(&pending_); }
+
+  void Move(std::string* bytes) {
+    if (bytes->size() < kMoveMinBytes) {
+      pending_.append(*bytes);
+      return;
+    }
+    Flush();
+    auto* owned = new std::string(std::move(*bytes));
+    slices_.emplace_back(
+        owned->data(), owned->size(), [](void* s) { delete static_cast<std::string*>(s); }, owned);
+  }
+
+  void Finish(grpc::ByteBuffer* out) {
+    Flush();
+    grpc::ByteBuffer bytes(slices_.data(), slices_.size());
+    out->Swap(&bytes);
+  }
+
+ private:
+  void Varint(uint64_t value) {
+    uint8_t buffer[10];
+    const uint8_t* end = CodedOutputStream::WriteVarint64ToArray(value, buffer);
+    pending_.append(reinterpret_cast<const char*>(buffer), end - buffer);
+  }
+
+  void Flush() {
+    if (pending_.empty()) return;
+    slices_.emplace_back(pending_.data(), pending_.size());  // copies
+    pending_.clear();
+  }
+
+  std::string pending_;
+  std::vector<grpc::Slice> slices_;
+};
+
+// `reply` split for writing: its tensors' data moved out and its other fields, and the sizes that
+// the length prefixes need.
+class SplitReply {
+ public:
+  explicit SplitReply(v1::StepResponse* reply) : reply_(reply) {
+    tensors_.Swap(reply_->mutable_parameters());
+    data_.resize(tensors_.size());
+    tensor_sizes_.resize(tensors_.size());
+    size_ = reply_->ByteSizeLong();  // without the tensors
+    for (int i = 0; i < tensors_.size(); ++i) {
+      data_[i].swap(*tensors_.Mutable(i)->mutable_data());
+      tensor_sizes_[i] = tensors_.Get(i).ByteSizeLong();
+      if (!data_[i].empty()) {
+        tensor_sizes_[i] +=
+            PrefixSize(v1::Tensor::kDataFieldNumber, data_[i].size()) + data_[i].size();
+      }
+      size_ +=
+          PrefixSize(v1::StepResponse::kParametersFieldNumber, tensor_sizes_[i]) + tensor_sizes_[i];
+    }
+  }
+
+  // Gives reply its tensors back (without their data).
+  ~SplitReply() { tensors_.Swap(reply_->mutable_parameters()); }
+
+  // The serialized size of the whole reply.
+  size_t size() const { return size_; }
+
+  void WriteTo(SliceWriter* out) {
+    out->Message(*reply_);
+    for (int i = 0; i < tensors_.size(); ++i) {
+      out->Prefix(v1::StepResponse::kParametersFieldNumber, tensor_sizes_[i]);
+      out->Message(tensors_.Get(i));
+      if (data_[i].empty()) continue;
+      out->Prefix(v1::Tensor::kDataFieldNumber, data_[i].size());
+      out->Move(&data_[i]);
+    }
+  }
+
+ private:
+  v1::StepResponse* const reply_;
+  google::protobuf::RepeatedPtrField<v1::Tensor> tensors_;
+  std::vector<std::string> data_;
+  std::vector<size_t> tensor_sizes_;
+  size_t size_ = 0;
+};
+
+}  // namespace
+
+absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite* message) {
+  bool parsed = false;
+  {
+    grpc::ProtoBufferReader reader(bytes);
+    parsed = reader.status().ok() && message->ParseFromZeroCopyStream(&reader);
+  }
+  bytes->Clear();
+  if (!parsed) {
+    message->Clear();
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request is not a valid ", message->GetTypeName(), " message"));
+  }
+  return absl::OkStatus();
+}
+
+void SerializeStepResponse(v1::StepResponse* reply, grpc::ByteBuffer* out) {
+  SliceWriter writer;
+  SplitReply(reply).WriteTo(&writer);
+  writer.Finish(out);
+}
+
+void SerializeStreamStepsResponse(v1::StreamStepsResponse* response, grpc::ByteBuffer* out) {
+  SliceWriter writer;
+  if (!response->has_reply()) {
+    writer.Message(*response);
+    writer.Finish(out);
+    return;
+  }
+  std::unique_ptr<v1::StepResponse> reply(response->release_reply());
+  writer.Message(*response);  // the fields besides the reply (none today)
+  {
+    SplitReply split(reply.get());
+    writer.Prefix(v1::StreamStepsResponse::kReplyFieldNumber, split.size());
+    split.WriteTo(&writer);
+  }
+  response->set_allocated_reply(reply.release());
+  writer.Finish(out);
+}
+
+}  // namespace optd

@@ -1,0 +1,48 @@
+// File: message_bytes.h
+//
+// The Step methods' messages to and from gRPC's bytes, done by the service itself rather than by
+// gRPC's generated code, so that a step reply's parameter bytes are never copied after the session
+// has encoded them. A StepResponse carries each returned tensor's values in Tensor.data (4 MB for a
+// million float32 parameters); gRPC's protobuf serialization would copy every one of them into
+// slices of its own. Here each data string of at least kMoveMinBytes is moved into a slice of the
+// ByteBuffer instead (gRPC frees it once it has been sent), and only the rest is serialized.
+//
+// The bytes are a valid serialization of the same message: fields may come in another order than
+// protobuf's own serializer writes them, which every protobuf parser accepts (parsed back, the
+// message compares equal; message_bytes_test.cc).
+//
+// Who calls it: OptimizerServiceImpl's Step and StreamSteps handlers (registered as raw methods).
+// Stateless functions, thread-safe on distinct arguments.
+//
+// Errors: ParseMessage returns InvalidArgument when the bytes are not a valid message of the
+// expected type, naming the type.
+
+#ifndef OPTD_SERVER_SERVICE_MESSAGE_BYTES_H_
+#define OPTD_SERVER_SERVICE_MESSAGE_BYTES_H_
+
+#include <cstddef>
+
+#include "absl/status/status.h"
+#include "google/protobuf/message_lite.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "optd/v1/optd.pb.h"
+
+namespace optd {
+
+// Tensor data strings at least this long are moved into a slice of their own; shorter ones are
+// copied with the rest of the message (a slice of their own would cost more than the copy).
+inline constexpr size_t kMoveMinBytes = 64 * 1024;
+
+// Parses `*bytes` into `*message` (cleared first) and clears `*bytes`.
+absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite* message);
+
+// Serializes `*reply` into `*out`, moving out the data of its parameters: on return each of
+// reply's tensors may have an empty data field; every other field is unchanged.
+void SerializeStepResponse(v1::StepResponse* reply, grpc::ByteBuffer* out);
+
+// The same for a StreamStepsResponse: its reply, if it holds one, as SerializeStepResponse.
+void SerializeStreamStepsResponse(v1::StreamStepsResponse* response, grpc::ByteBuffer* out);
+
+}  // namespace optd
+
+#endif  // OPTD_SERVER_SERVICE_MESSAGE_BYTES_H_

@@ -1,0 +1,119 @@
+// message_bytes: a reply serialized with its parameter bytes moved parses back into the very
+// message protobuf would have sent, whatever the sizes; a request that is not one is refused.
+
+#include "server/service/message_bytes.h"
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "grpcpp/support/proto_buffer_reader.h"
+#include "gtest/gtest.h"
+
+namespace optd {
+namespace {
+
+using ::google::protobuf::util::MessageDifferencer;
+using ::testing::HasSubstr;
+
+v1::Tensor TensorOf(const std::string& name, size_t bytes, char fill) {
+  v1::Tensor t;
+  t.set_name(name);
+  t.add_shape(static_cast<int64_t>(bytes / 4));
+  t.set_dtype(v1::DTYPE_F32);
+  std::string data(bytes, fill);
+  for (size_t i = 0; i < bytes; i += 97) data[i] = static_cast<char>(i);  // not all alike
+  t.set_data(std::move(data));
+  return t;
+}
+
+// A reply with every field set and tensors of the given data sizes: small ones (copied), large
+// ones (moved), empty ones, and sizes whose length prefixes take 1, 2 and 3 bytes.
+v1::StepResponse ReplyWith(const std::vector<size_t>& data_sizes) {
+  v1::StepResponse r;
+  r.set_version(41);
+  r.set_gradient_norm(2.5);
+  r.set_learning_rate(1e-3);
+  r.set_duplicate(true);
+  r.set_parameters_version(40);
+  r.set_workers(3);
+  r.add_missing_workers("w7");
+  r.set_staleness(1);
+  for (size_t i = 0; i < data_sizes.size(); ++i) {
+    *r.add_parameters() = TensorOf("t" + std::to_string(i), data_sizes[i], 'a' + i);
+  }
+  r.mutable_parameters(0)->mutable_rows()->add_indices(5);
+  return r;
+}
+
+template <typename Message>
+Message Parsed(grpc::ByteBuffer* bytes) {
+  Message m;
+  absl::Status s = ParseMessage(bytes, &m);
+  EXPECT_TRUE(s.ok()) << s;
+  return m;
+}
+
+const std::vector<std::vector<size_t>> kSizes = {
+    {0},
+    {12},
+    {kMoveMinBytes - 4},
+    {kMoveMinBytes},
+    {4000000},
+    {4000000, 12, 0, kMoveMinBytes + 4, 3 << 20},
+};
+
+TEST(MessageBytesTest, StepResponseParsesBackEqual) {
+  for (const std::vector<size_t>& sizes : kSizes) {
+    const v1::StepResponse want = ReplyWith(sizes);
+    v1::StepResponse reply = want;
+    grpc::ByteBuffer bytes;
+    SerializeStepResponse(&reply, &bytes);
+    EXPECT_EQ(bytes.Length(), want.ByteSizeLong());
+    const v1::StepResponse got = Parsed<v1::StepResponse>(&bytes);
+    EXPECT_TRUE(MessageDifferencer::Equals(got, want)) << "sizes[0] = " << sizes[0];
+    // The reply keeps every field but the data it gave away.
+    ASSERT_EQ(reply.parameters_size(), want.parameters_size());
+    EXPECT_EQ(reply.version(), want.version());
+    EXPECT_EQ(reply.parameters(0).name(), want.parameters(0).name());
+  }
+}
+
+TEST(MessageBytesTest, StreamStepsResponseParsesBackEqual) {
+  for (const std::vector<size_t>& sizes : kSizes) {
+    v1::StreamStepsResponse want;
+    *want.mutable_reply() = ReplyWith(sizes);
+    v1::StreamStepsResponse response = want;
+    grpc::ByteBuffer bytes;
+    SerializeStreamStepsResponse(&response, &bytes);
+    EXPECT_EQ(bytes.Length(), want.ByteSizeLong());
+    EXPECT_TRUE(MessageDifferencer::Equals(Parsed<v1::StreamStepsResponse>(&bytes), want));
+    EXPECT_TRUE(response.has_reply());
+  }
+  v1::StreamStepsResponse error;
+  error.mutable_error()->set_code(10);
+  error.mutable_error()->set_message("stale");
+  error.mutable_error()->set_current_version(7);
+  v1::StreamStepsResponse copy = error;
+  grpc::ByteBuffer bytes;
+  SerializeStreamStepsResponse(&copy, &bytes);
+  EXPECT_TRUE(MessageDifferencer::Equals(Parsed<v1::StreamStepsResponse>(&bytes), error));
+}
+
+TEST(MessageBytesTest, ParseMessageRefusesBytesThatAreNotTheMessage) {
+  const std::string garbage = "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01";
+  grpc::Slice slice(garbage.data(), garbage.size());
+  grpc::ByteBuffer bytes(&slice, 1);
+  v1::StepRequest request;
+  request.set_session_id("left over");
+  absl::Status s = ParseMessage(&bytes, &request);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("not a valid optd.v1.StepRequest message"));
+  EXPECT_EQ(request.session_id(), "");
+  EXPECT_EQ(bytes.Length(), 0u);
+}
+
+}  // namespace
+}  // namespace optd
