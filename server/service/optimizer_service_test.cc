@@ -11,7 +11,9 @@
 
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
+#include "grpcpp/completion_queue.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "server/service/server.h"
@@ -244,7 +246,8 @@ TEST_F(OptimizerServiceTest, ListSessionsPagesThroughAllInIdOrder) {
   grpc::ClientContext ctx;
   grpc::Status s = stub_->ListSessions(&ctx, bad, &out);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(s.error_message(), HasSubstr("page_size = 5000 is out of range: must be in [0, 1000]"));
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("page_size = 5000 is out of range: must be in [0, 1000]"));
 }
 
 TEST_F(OptimizerServiceTest, DeleteSessionRemovesIt) {
@@ -376,6 +379,92 @@ TEST_F(OptimizerServiceTest, StreamStepsRepliesInOrderAndSurvivesErrors) {
   EXPECT_TRUE(stream->Finish().ok());
 }
 
+// Bytes that are no StepRequest, sent with a generic stub (Step and StreamSteps parse their own).
+grpc::ByteBuffer BytesOf(const std::string& bytes) {
+  grpc::Slice slice(bytes.data(), bytes.size());
+  return grpc::ByteBuffer(&slice, 1);
+}
+const char kNotAStepRequest[] = "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01";
+
+// Waits for the next event of `cq` and checks it is `tag`, successful.
+void Await(grpc::CompletionQueue* cq, void* tag) {
+  void* got = nullptr;
+  bool ok = false;
+  ASSERT_TRUE(cq->Next(&got, &ok));
+  EXPECT_EQ(got, tag);
+  EXPECT_TRUE(ok);
+}
+
+TEST_F(OptimizerServiceTest, UnparsableStepBytesAreInvalidArgumentAndTheServerGoesOn) {
+  CreateSgd("raw", 0.5);
+  grpc::GenericStub generic(channel_);
+  grpc::CompletionQueue cq;
+  {  // unary
+    grpc::ClientContext ctx;
+    grpc::ByteBuffer request = BytesOf(std::string(kNotAStepRequest, sizeof(kNotAStepRequest) - 1));
+    auto call = generic.PrepareUnaryCall(&ctx, "/optd.v1.Optimizer/Step", request, &cq);
+    call->StartCall();
+    grpc::ByteBuffer response;
+    grpc::Status status;
+    call->Finish(&response, &status, reinterpret_cast<void*>(1));
+    Await(&cq, reinterpret_cast<void*>(1));
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("not a valid optd.v1.StepRequest message"));
+  }
+  {  // stream: the bad request is answered with a StepError and the next one is served
+    grpc::ClientContext ctx;
+    auto call = generic.PrepareCall(&ctx, "/optd.v1.Optimizer/StreamSteps", &cq);
+    call->StartCall(reinterpret_cast<void*>(2));
+    Await(&cq, reinterpret_cast<void*>(2));
+    call->Write(BytesOf(std::string(kNotAStepRequest, sizeof(kNotAStepRequest) - 1)),
+                reinterpret_cast<void*>(3));
+    Await(&cq, reinterpret_cast<void*>(3));
+    grpc::ByteBuffer bytes;
+    call->Read(&bytes, reinterpret_cast<void*>(4));
+    Await(&cq, reinterpret_cast<void*>(4));
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(bytes.Dump(&slices).ok());
+    std::string flat;
+    for (const grpc::Slice& slice : slices) flat.append(slice.begin(), slice.end());
+    v1::StreamStepsResponse reply;
+    ASSERT_TRUE(reply.ParseFromString(flat));
+    ASSERT_TRUE(reply.has_error());
+    EXPECT_EQ(reply.error().code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(reply.error().message(), HasSubstr("not a valid optd.v1.StepRequest message"));
+
+    call->Write(BytesOf(StepRequest("raw", 1, 1).SerializeAsString()), reinterpret_cast<void*>(5));
+    Await(&cq, reinterpret_cast<void*>(5));
+    call->Read(&bytes, reinterpret_cast<void*>(6));
+    Await(&cq, reinterpret_cast<void*>(6));
+    slices.clear();
+    ASSERT_TRUE(bytes.Dump(&slices).ok());
+    flat.clear();
+    for (const grpc::Slice& slice : slices) flat.append(slice.begin(), slice.end());
+    ASSERT_TRUE(reply.ParseFromString(flat));
+    ASSERT_TRUE(reply.has_reply());
+    EXPECT_EQ(reply.reply().version(), 1);
+    EXPECT_THAT(Values(reply.reply().parameters(0)), ElementsAre(0.5f, 1.5f));
+    call->WritesDone(reinterpret_cast<void*>(7));
+    Await(&cq, reinterpret_cast<void*>(7));
+    grpc::Status status;
+    call->Finish(&status, reinterpret_cast<void*>(8));
+    Await(&cq, reinterpret_cast<void*>(8));
+    EXPECT_TRUE(status.ok()) << status.error_message();
+  }
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+  // Nothing was applied by the bad requests: one step in all.
+  v1::PullRequest pull;
+  pull.set_session_id("raw");
+  v1::PullResponse pulled;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub_->Pull(&ctx, pull, &pulled).ok());
+  EXPECT_EQ(pulled.version(), 1);
+}
+
 TEST_F(OptimizerServiceTest, ConcurrentStepsOnOneAndManySessionsAreExact) {
   constexpr int kThreads = 8;
   constexpr int kSteps = 50;
@@ -424,7 +513,7 @@ TEST_F(OptimizerServiceTest, UpdateSessionChangesHyperparametersForTheNextStep) 
   v1::StepResponse step;
   ASSERT_TRUE(Step(StepRequest("u", 4, -4), &step).ok());
   EXPECT_DOUBLE_EQ(step.learning_rate(), 0.25);
-  EXPECT_DOUBLE_EQ(step.gradient_norm(), std::sqrt(48.0));  // before clipping
+  EXPECT_DOUBLE_EQ(step.gradient_norm(), std::sqrt(48.0));             // before clipping
   EXPECT_THAT(Values(step.parameters(0)), ElementsAre(0.75f, 1.75f));  // clipped to 1
   EXPECT_THAT(Values(step.parameters(1)), ElementsAre(3.25f));
 
@@ -574,7 +663,7 @@ TEST_F(OptimizerServiceTest, RowSparseGradientsAndTouchedRows) {
   for (int64_t r : {2, 0, 2}) g->mutable_rows()->add_indices(r);  // row 2 twice: summed
   step.set_return_parameters(v1::RETURN_PARAMETERS_TOUCHED);
   v1::StepResponse out;
-  ASSERT_TRUE(Step(step, &out).ok()) ;
+  ASSERT_TRUE(Step(step, &out).ok());
   ASSERT_EQ(out.parameters_size(), 1);
   EXPECT_THAT(out.parameters(0).rows().indices(), ElementsAre(0, 2));
   EXPECT_THAT(Values(out.parameters(0)), ElementsAre(-2.0f, -2.0f, -4.0f, -4.0f));
