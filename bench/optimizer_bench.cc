@@ -378,7 +378,7 @@ void RegisterAll() {
   }
   benchmark::AddCustomContext("optd_pool_threads",
                               std::to_string(ThreadPool::Default()->num_threads()));
-  benchmark::AddCustomContext("optd_simd", optim_internal::KernelSimdLevel());
+  benchmark::AddCustomContext("optd_simd", SimdLevel());
 }
 
 }  // namespace

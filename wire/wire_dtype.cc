@@ -1,10 +1,11 @@
 #include "wire/wire_dtype.h"
 
-#include <cmath>
+#include <cstdint>
 #include <cstring>
 
 #include "absl/base/config.h"
 #include "absl/strings/str_cat.h"
+#include "base/simd.h"
 
 namespace optd {
 namespace {
@@ -26,21 +27,28 @@ float FloatOf(uint32_t u) {
   return f;
 }
 
+// All-ones if `condition`, else zero; and a branch-free select built on it. The conversions below
+// are written with these, without branches, so that the array loops over them vectorise.
+uint32_t MaskIf(bool condition) { return 0u - static_cast<uint32_t>(condition); }
+uint32_t Select(bool condition, uint32_t if_true, uint32_t if_false) {
+  const uint32_t mask = MaskIf(condition);
+  return (if_true & mask) | (if_false & ~mask);
+}
+
+// The element loops, compiled for AVX2 and the baseline (base/simd.h).
 template <uint16_t (*kTo)(float)>
-void Encode16(absl::Span<const float> values, std::string* out) {
-  out->resize(values.size() * 2);
-  char* dst = out->data();
-  for (size_t i = 0; i < values.size(); ++i) {
+OPTD_SIMD_CLONES void Encode16(const float* __restrict values, size_t n, char* __restrict out) {
+  for (size_t i = 0; i < n; ++i) {
     const uint16_t h = kTo(values[i]);
-    std::memcpy(dst + 2 * i, &h, 2);
+    std::memcpy(out + 2 * i, &h, 2);
   }
 }
 
 template <float (*kFrom)(uint16_t)>
-void Decode16(absl::string_view data, absl::Span<float> out) {
-  for (size_t i = 0; i < out.size(); ++i) {
+OPTD_SIMD_CLONES void Decode16(const char* __restrict data, size_t n, float* __restrict out) {
+  for (size_t i = 0; i < n; ++i) {
     uint16_t h;
-    std::memcpy(&h, data.data() + 2 * i, 2);
+    std::memcpy(&h, data + 2 * i, 2);
     out[i] = kFrom(h);
   }
 }
@@ -63,41 +71,41 @@ absl::string_view WireDTypeName(WireDType dtype) {
 
 uint16_t FloatToBf16(float value) {
   const uint32_t x = BitsOf(value);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x0040u);  // NaN
-  const uint32_t rounding = 0x7fffu + ((x >> 16) & 1u);  // ties to even; overflow carries to Inf
-  return static_cast<uint16_t>((x + rounding) >> 16);
+  const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;  // ties to even; may carry to Inf
+  const uint32_t quiet_nan = (x >> 16) | 0x0040u;
+  return static_cast<uint16_t>(Select((x & 0x7fffffffu) > 0x7f800000u, quiet_nan, rounded));
 }
 
 float Bf16ToFloat(uint16_t bits) { return FloatOf(static_cast<uint32_t>(bits) << 16); }
 
 uint16_t FloatToF16(float value) {
   const uint32_t x = BitsOf(value);
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
-  uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u) {  // Inf or NaN (NaN kept quiet, with its top payload bits)
-    return sign | 0x7c00u | (abs > 0x7f800000u ? 0x0200u | ((abs >> 13) & 0x3ffu) : 0u);
-  }
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds to Inf
-  if (abs < 0x38800000u) {  // below 2^-14: an F16 subnormal (or zero), a multiple of 2^-24
-    // Scaling by 2^24 is exact; nearbyint rounds ties to even in the default rounding mode.
-    const float scaled = FloatOf(abs) * 16777216.0f;
-    return sign | static_cast<uint16_t>(std::nearbyint(scaled));
-  }
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t abs = x & 0x7fffffffu;
   // Normal: rebias the exponent (127 -> 15) and round the 13 dropped mantissa bits to even.
-  abs += 0xc8000fffu + ((abs >> 13) & 1u);
-  return sign | static_cast<uint16_t>(abs >> 13);
+  const uint32_t normal = (abs + 0xc8000fffu + ((abs >> 13) & 1u)) >> 13;
+  // Below 2^-14, an F16 subnormal (or zero), a multiple of 2^-24: adding 0.5f, whose ulp is 2^-24,
+  // rounds |value| to one (to nearest even, the default rounding mode); the count of 2^-24 steps
+  // is then the low bits of the sum. 2^-14 itself comes out as 0x400, the smallest normal.
+  const uint32_t subnormal = BitsOf(FloatOf(abs) + 0.5f) - BitsOf(0.5f);
+  // >= 65520 rounds to Inf; NaN stays a quiet NaN with its top payload bits.
+  const uint32_t nan_bits = (0x0200u | ((abs >> 13) & 0x3ffu)) & MaskIf(abs > 0x7f800000u);
+  uint32_t h = Select(abs < 0x38800000u, subnormal, normal);
+  h = Select(abs >= 0x477ff000u, 0x7c00u | nan_bits, h);
+  return static_cast<uint16_t>(sign | h);
 }
 
 float F16ToFloat(uint16_t bits) {
   const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
   const uint32_t exponent = (bits >> 10) & 0x1fu;
   const uint32_t mantissa = bits & 0x3ffu;
-  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
-    const float magnitude = static_cast<float>(mantissa) * (1.0f / 16777216.0f);
-    return sign ? -magnitude : magnitude;
-  }
-  if (exponent == 31) return FloatOf(sign | 0x7f800000u | (mantissa << 13));
-  return FloatOf(sign | ((exponent + 112) << 23) | (mantissa << 13));
+  const uint32_t normal = ((exponent + 112) << 23) | (mantissa << 13);
+  const uint32_t inf_or_nan = 0x7f800000u | (mantissa << 13);
+  // Zero or subnormal: mantissa * 2^-24, exact in float.
+  const uint32_t subnormal =
+      BitsOf(static_cast<float>(static_cast<int32_t>(mantissa)) * (1.0f / 16777216.0f));
+  return FloatOf(sign |
+                 Select(exponent == 0, subnormal, Select(exponent == 31, inf_or_nan, normal)));
 }
 
 std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_view data,
@@ -133,11 +141,11 @@ absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_
       break;
     case WireDType::kBf16:
       out->resize(static_cast<size_t>(count));
-      Decode16<Bf16ToFloat>(data, absl::MakeSpan(*out));
+      Decode16<Bf16ToFloat>(data.data(), out->size(), out->data());
       break;
     case WireDType::kF16:
       out->resize(static_cast<size_t>(count));
-      Decode16<F16ToFloat>(data, absl::MakeSpan(*out));
+      Decode16<F16ToFloat>(data.data(), out->size(), out->data());
       break;
   }
   return absl::OkStatus();
@@ -149,10 +157,12 @@ void EncodeFloats(WireDType dtype, absl::Span<const float> values, std::string* 
       out->assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
       break;
     case WireDType::kBf16:
-      Encode16<FloatToBf16>(values, out);
+      out->resize(values.size() * 2);
+      Encode16<FloatToBf16>(values.data(), values.size(), out->data());
       break;
     case WireDType::kF16:
-      Encode16<FloatToF16>(values, out);
+      out->resize(values.size() * 2);
+      Encode16<FloatToF16>(values.data(), values.size(), out->data());
       break;
   }
 }

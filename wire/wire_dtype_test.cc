@@ -104,6 +104,81 @@ TEST(F16Test, EveryHalfRoundTripsThroughFloat) {
   }
 }
 
+// The code of the 16-bit format nearest to `value` (not NaN), by the definition of rounding to
+// nearest even: `magnitude(h)` is the value of code h for h < inf_code, and inf_code stands for the
+// next power of two (IEEE rounds as if the exponent went on). Of the two codes around |value| the
+// closer wins; on a tie, the even one.
+template <typename Magnitude>
+uint16_t Nearest(float value, uint16_t inf_code, Magnitude magnitude) {
+  const double a = std::fabs(static_cast<double>(value));
+  const uint16_t sign = std::signbit(value) ? 0x8000 : 0;
+  uint32_t lo = 0, hi = inf_code;  // find the largest code whose magnitude is <= a
+  if (a >= magnitude(inf_code)) return sign | inf_code;
+  while (hi - lo > 1) {
+    const uint32_t mid = (lo + hi) / 2;
+    (magnitude(mid) <= a ? lo : hi) = mid;
+  }
+  const double below = a - magnitude(lo), above = magnitude(lo + 1) - a;
+  if (below == 0) return sign | lo;
+  const uint32_t code = below < above ? lo : (above < below ? lo + 1 : (lo % 2 == 0 ? lo : lo + 1));
+  return static_cast<uint16_t>(sign | code);
+}
+
+uint16_t NearestBf16(float value) {
+  return Nearest(value, 0x7f80, [](uint32_t h) {
+    return h == 0x7f80 ? std::ldexp(1.0, 128) : static_cast<double>(Bf16ToFloat(h));
+  });
+}
+
+uint16_t NearestF16(float value) {
+  return Nearest(value, 0x7c00, [](uint32_t h) {
+    return h == 0x7c00 ? 65536.0 : static_cast<double>(F16ToFloat(h));
+  });
+}
+
+// Floats around every rounding edge: each combination of the bits a 16-bit format keeps (all
+// signs, exponents and kept mantissa bits), with the dropped bits at 0, just above 0, just below
+// and at the halfway point, just above it, all ones, and two arbitrary patterns.
+std::vector<float> EdgeFloats(int dropped_bits) {
+  const uint32_t half = 1u << (dropped_bits - 1), all = (1u << dropped_bits) - 1;
+  const uint32_t lows[] = {0, 1, half - 1, half, half + 1, all, 0x2a5au & all, 0x1337u & all};
+  std::vector<float> floats;
+  for (uint64_t kept = 0; kept < (uint64_t{1} << (32 - dropped_bits)); ++kept) {
+    for (uint32_t low : lows) {
+      floats.push_back(FloatFromBits(static_cast<uint32_t>(kept << dropped_bits) | low));
+    }
+  }
+  return floats;
+}
+
+// Through EncodeFloats, so the vectorised loops are what is checked.
+TEST(Bf16Test, EncodingIsTheNearestEvenOnEveryRoundingEdge) {
+  const std::vector<float> floats = EdgeFloats(16);
+  std::string bytes;
+  EncodeFloats(WireDType::kBf16, floats, &bytes);
+  for (size_t i = 0; i < floats.size(); ++i) {
+    if (std::isnan(floats[i])) continue;
+    uint16_t got;
+    std::memcpy(&got, bytes.data() + 2 * i, 2);
+    ASSERT_EQ(got, NearestBf16(floats[i])) << std::hexfloat << floats[i];
+  }
+}
+
+TEST(F16Test, EncodingIsTheNearestEvenOnEveryRoundingEdge) {
+  std::vector<float> floats = EdgeFloats(13);
+  for (int k = 0; k <= 1024; ++k) {  // halfway between subnormals, where 13 dropped bits are not
+    floats.push_back(std::ldexp(k + 0.5f, -24));  // the rounding edge
+  }
+  std::string bytes;
+  EncodeFloats(WireDType::kF16, floats, &bytes);
+  for (size_t i = 0; i < floats.size(); ++i) {
+    if (std::isnan(floats[i])) continue;
+    uint16_t got;
+    std::memcpy(&got, bytes.data() + 2 * i, 2);
+    ASSERT_EQ(got, NearestF16(floats[i])) << std::hexfloat << floats[i];
+  }
+}
+
 TEST(CodecTest, EncodeThenDecodeEachDType) {
   const std::vector<float> values = {1.0f, -0.5f, 0.25f, 1024.0f};
   for (WireDType dtype : {WireDType::kF32, WireDType::kBf16, WireDType::kF16}) {

@@ -13,10 +13,7 @@
 //     Kernel<decltype(kWeightDecay)::value>(p, g, n);
 //   });
 //
-// OPTD_SIMD_CLONES, written before a kernel, compiles it twice on x86-64 (GCC's target_clones):
-// for AVX2 and for the baseline (SSE2), and picks the clone once, at load time, by the CPU. A
-// portable binary then runs 8-wide loops where the CPU has AVX2. FMA is not enabled, so both
-// clones round every operation alike and give bit-identical results.
+// Kernels are compiled for AVX2 and for the baseline with OPTD_SIMD_CLONES (base/simd.h).
 //
 // SumOfSquares is the one reduction the norm-based kernels share. Coefficients that a float cannot
 // hold well (FitsFloat) take a double path.
@@ -31,28 +28,10 @@
 #include <type_traits>
 #include <utility>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX2__)
-#define OPTD_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define OPTD_SIMD_CLONES
-#endif
+#include "base/simd.h"
 
 namespace optd {
 namespace optim_internal {
-
-// The SIMD level the kernels run at on this CPU: "avx2" or "sse2" (x86-64 clones), or the level
-// the build was compiled for.
-inline const char* KernelSimdLevel() {
-#if defined(__AVX512F__)
-  return "avx512f";
-#elif defined(__AVX2__)
-  return "avx2";
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  return __builtin_cpu_supports("avx2") ? "avx2" : "sse2";
-#else
-  return "baseline";
-#endif
-}
 
 // Calls f(std::true_type()) if `flag`, else f(std::false_type()).
 template <typename F>
