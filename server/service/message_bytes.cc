@@ -53,6 +53,20 @@ class SliceWriter {
         owned->data(), owned->size(), [](void* s) { delete static_cast<std::string*>(s); }, owned);
   }
 
+  void Share(SharedFloats floats) {
+    const size_t size = floats->size() * sizeof(float);
+    if (size < kMoveMinBytes) {
+      pending_.append(reinterpret_cast<const char*>(floats->data()), size);
+      return;
+    }
+    Flush();
+    // gRPC only reads the slice; the session never writes a buffer it shares.
+    void* data = const_cast<float*>(floats->data());
+    auto* owned = new SharedFloats(std::move(floats));
+    slices_.emplace_back(
+        data, size, [](void* s) { delete static_cast<SharedFloats*>(s); }, owned);
+  }
+
   void Finish(grpc::ByteBuffer* out) {
     Flush();
     grpc::ByteBuffer bytes(slices_.data(), slices_.size());
@@ -76,21 +90,24 @@ class SliceWriter {
   std::vector<grpc::Slice> slices_;
 };
 
-// `reply` split for writing: its tensors' data moved out and its other fields, and the sizes that
-// the length prefixes need.
+// `reply` split for writing: its tensors' data moved out (or shared) and its other fields, and the
+// sizes that the length prefixes need.
 class SplitReply {
  public:
-  explicit SplitReply(v1::StepResponse* reply) : reply_(reply) {
+  SplitReply(v1::StepResponse* reply, std::vector<SharedFloats>* shared)
+      : reply_(reply), shared_(std::move(*shared)) {
+    shared->clear();
     tensors_.Swap(reply_->mutable_parameters());
     data_.resize(tensors_.size());
+    shared_.resize(tensors_.size());
     tensor_sizes_.resize(tensors_.size());
     size_ = reply_->ByteSizeLong();  // without the tensors
     for (int i = 0; i < tensors_.size(); ++i) {
       data_[i].swap(*tensors_.Mutable(i)->mutable_data());
       tensor_sizes_[i] = tensors_.Get(i).ByteSizeLong();
-      if (!data_[i].empty()) {
-        tensor_sizes_[i] +=
-            PrefixSize(v1::Tensor::kDataFieldNumber, data_[i].size()) + data_[i].size();
+      const size_t data_size = DataSize(i);
+      if (data_size > 0) {
+        tensor_sizes_[i] += PrefixSize(v1::Tensor::kDataFieldNumber, data_size) + data_size;
       }
       size_ +=
           PrefixSize(v1::StepResponse::kParametersFieldNumber, tensor_sizes_[i]) + tensor_sizes_[i];
@@ -108,14 +125,24 @@ class SplitReply {
     for (int i = 0; i < tensors_.size(); ++i) {
       out->Prefix(v1::StepResponse::kParametersFieldNumber, tensor_sizes_[i]);
       out->Message(tensors_.Get(i));
-      if (data_[i].empty()) continue;
-      out->Prefix(v1::Tensor::kDataFieldNumber, data_[i].size());
-      out->Move(&data_[i]);
+      const size_t data_size = DataSize(i);
+      if (data_size == 0) continue;
+      out->Prefix(v1::Tensor::kDataFieldNumber, data_size);
+      if (shared_[i] != nullptr) {
+        out->Share(std::move(shared_[i]));
+      } else {
+        out->Move(&data_[i]);
+      }
     }
   }
 
  private:
+  size_t DataSize(int i) const {
+    return shared_[i] != nullptr ? shared_[i]->size() * sizeof(float) : data_[i].size();
+  }
+
   v1::StepResponse* const reply_;
+  std::vector<SharedFloats> shared_;  // indexed as tensors_; null: the data is in data_
   google::protobuf::RepeatedPtrField<v1::Tensor> tensors_;
   std::vector<std::string> data_;
   std::vector<size_t> tensor_sizes_;
@@ -139,15 +166,18 @@ absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite
   return absl::OkStatus();
 }
 
-void SerializeStepResponse(v1::StepResponse* reply, grpc::ByteBuffer* out) {
+void SerializeStepResponse(v1::StepResponse* reply, std::vector<SharedFloats>* shared,
+                           grpc::ByteBuffer* out) {
   SliceWriter writer;
-  SplitReply(reply).WriteTo(&writer);
+  SplitReply(reply, shared).WriteTo(&writer);
   writer.Finish(out);
 }
 
-void SerializeStreamStepsResponse(v1::StreamStepsResponse* response, grpc::ByteBuffer* out) {
+void SerializeStreamStepsResponse(v1::StreamStepsResponse* response,
+                                  std::vector<SharedFloats>* shared, grpc::ByteBuffer* out) {
   SliceWriter writer;
   if (!response->has_reply()) {
+    shared->clear();
     writer.Message(*response);
     writer.Finish(out);
     return;
@@ -155,7 +185,7 @@ void SerializeStreamStepsResponse(v1::StreamStepsResponse* response, grpc::ByteB
   std::unique_ptr<v1::StepResponse> reply(response->release_reply());
   writer.Message(*response);  // the fields besides the reply (none today)
   {
-    SplitReply split(reply.get());
+    SplitReply split(reply.get(), shared);
     writer.Prefix(v1::StreamStepsResponse::kReplyFieldNumber, split.size());
     split.WriteTo(&writer);
   }

@@ -1,11 +1,13 @@
 // File: message_bytes.h
 //
 // The Step methods' messages to and from gRPC's bytes, done by the service itself rather than by
-// gRPC's generated code, so that a step reply's parameter bytes are never copied after the session
-// has encoded them. A StepResponse carries each returned tensor's values in Tensor.data (4 MB for a
-// million float32 parameters); gRPC's protobuf serialization would copy every one of them into
-// slices of its own. Here each data string of at least kMoveMinBytes is moved into a slice of the
-// ByteBuffer instead (gRPC frees it once it has been sent), and only the rest is serialized.
+// gRPC's generated code, so that a step reply's parameter bytes are not copied on their way out. A
+// StepResponse carries each returned tensor's values in Tensor.data (4 MB for a million float32
+// parameters); gRPC's protobuf serialization would copy every one of them into slices of its own.
+// Here the values of at least kMoveMinBytes go into slices of the ByteBuffer without a copy: a
+// data string is moved into its slice, and F32 parameters the session shares (SharedFloats, see
+// wire_tensor.h) are referenced by theirs. gRPC drops the slices once it has sent them. Only the
+// rest of the message is serialized.
 //
 // The bytes are a valid serialization of the same message: fields may come in another order than
 // protobuf's own serializer writes them, which every protobuf parser accepts (parsed back, the
@@ -21,11 +23,13 @@
 #define OPTD_SERVER_SERVICE_MESSAGE_BYTES_H_
 
 #include <cstddef>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "optd/v1/optd.pb.h"
+#include "server/session/wire_tensor.h"
 
 namespace optd {
 
@@ -36,12 +40,16 @@ inline constexpr size_t kMoveMinBytes = 64 * 1024;
 // Parses `*bytes` into `*message` (cleared first) and clears `*bytes`.
 absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite* message);
 
-// Serializes `*reply` into `*out`, moving out the data of its parameters: on return each of
-// reply's tensors may have an empty data field; every other field is unchanged.
-void SerializeStepResponse(v1::StepResponse* reply, grpc::ByteBuffer* out);
+// Serializes `*reply` into `*out`. The data of reply.parameters(i) is shared[i] when i <
+// shared.size() and shared[i] is set (the tensor's data field is then empty), else its data field.
+// On return each of reply's tensors may have an empty data field and `shared` is cleared; every
+// other field is unchanged.
+void SerializeStepResponse(v1::StepResponse* reply, std::vector<SharedFloats>* shared,
+                           grpc::ByteBuffer* out);
 
 // The same for a StreamStepsResponse: its reply, if it holds one, as SerializeStepResponse.
-void SerializeStreamStepsResponse(v1::StreamStepsResponse* response, grpc::ByteBuffer* out);
+void SerializeStreamStepsResponse(v1::StreamStepsResponse* response,
+                                  std::vector<SharedFloats>* shared, grpc::ByteBuffer* out);
 
 }  // namespace optd
 

@@ -1,8 +1,11 @@
-// message_bytes: a reply serialized with its parameter bytes moved parses back into the very
-// message protobuf would have sent, whatever the sizes; a request that is not one is refused.
+// message_bytes: a reply serialized with its parameter bytes moved or shared parses back into the
+// very message protobuf would have sent, whatever the sizes, and lets go of what it shared once
+// its bytes are dropped; a request that is not one is refused.
 
 #include "server/service/message_bytes.h"
 
+#include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -48,6 +51,23 @@ v1::StepResponse ReplyWith(const std::vector<size_t>& data_sizes) {
   return r;
 }
 
+// Moves the data of reply's odd-numbered tensors into SharedFloats, as the session shares F32
+// parameters; returns weak references to them.
+std::vector<std::weak_ptr<const std::vector<float>>> Share(v1::StepResponse* reply,
+                                                           std::vector<SharedFloats>* shared) {
+  std::vector<std::weak_ptr<const std::vector<float>>> weak;
+  shared->assign(reply->parameters_size(), nullptr);
+  for (int i = 1; i < reply->parameters_size(); i += 2) {
+    std::string* data = reply->mutable_parameters(i)->mutable_data();
+    auto floats = std::make_shared<std::vector<float>>(data->size() / 4);
+    std::memcpy(floats->data(), data->data(), data->size());
+    data->clear();
+    (*shared)[i] = floats;
+    weak.push_back(floats);
+  }
+  return weak;
+}
+
 template <typename Message>
 Message Parsed(grpc::ByteBuffer* bytes) {
   Message m;
@@ -63,17 +83,23 @@ const std::vector<std::vector<size_t>> kSizes = {
     {kMoveMinBytes},
     {4000000},
     {4000000, 12, 0, kMoveMinBytes + 4, 3 << 20},
+    {12, 4000000},
 };
 
 TEST(MessageBytesTest, StepResponseParsesBackEqual) {
   for (const std::vector<size_t>& sizes : kSizes) {
     const v1::StepResponse want = ReplyWith(sizes);
     v1::StepResponse reply = want;
+    std::vector<SharedFloats> shared;
+    const auto weak = Share(&reply, &shared);
     grpc::ByteBuffer bytes;
-    SerializeStepResponse(&reply, &bytes);
+    SerializeStepResponse(&reply, &shared, &bytes);
+    EXPECT_TRUE(shared.empty());
     EXPECT_EQ(bytes.Length(), want.ByteSizeLong());
     const v1::StepResponse got = Parsed<v1::StepResponse>(&bytes);
     EXPECT_TRUE(MessageDifferencer::Equals(got, want)) << "sizes[0] = " << sizes[0];
+    // Once gRPC has let go of the bytes, nothing holds the shared values any more.
+    for (const auto& w : weak) EXPECT_TRUE(w.expired());
     // The reply keeps every field but the data it gave away.
     ASSERT_EQ(reply.parameters_size(), want.parameters_size());
     EXPECT_EQ(reply.version(), want.version());
@@ -86,8 +112,10 @@ TEST(MessageBytesTest, StreamStepsResponseParsesBackEqual) {
     v1::StreamStepsResponse want;
     *want.mutable_reply() = ReplyWith(sizes);
     v1::StreamStepsResponse response = want;
+    std::vector<SharedFloats> shared;
+    Share(response.mutable_reply(), &shared);
     grpc::ByteBuffer bytes;
-    SerializeStreamStepsResponse(&response, &bytes);
+    SerializeStreamStepsResponse(&response, &shared, &bytes);
     EXPECT_EQ(bytes.Length(), want.ByteSizeLong());
     EXPECT_TRUE(MessageDifferencer::Equals(Parsed<v1::StreamStepsResponse>(&bytes), want));
     EXPECT_TRUE(response.has_reply());
@@ -97,8 +125,9 @@ TEST(MessageBytesTest, StreamStepsResponseParsesBackEqual) {
   error.mutable_error()->set_message("stale");
   error.mutable_error()->set_current_version(7);
   v1::StreamStepsResponse copy = error;
+  std::vector<SharedFloats> none;
   grpc::ByteBuffer bytes;
-  SerializeStreamStepsResponse(&copy, &bytes);
+  SerializeStreamStepsResponse(&copy, &none, &bytes);
   EXPECT_TRUE(MessageDifferencer::Equals(Parsed<v1::StreamStepsResponse>(&bytes), error));
 }
 

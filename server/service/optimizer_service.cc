@@ -69,7 +69,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
     }
     // Replies go out in request order: the next read starts only after this reply is written.
     service_->StartStep(
-        request_, response_.mutable_reply(),
+        request_, response_.mutable_reply(), &shared_,
         [this](absl::Status status, int64_t current_version) { Reply(status, current_version); });
   }
 
@@ -92,7 +92,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
       error->set_message(std::string(status.message()));
       error->set_current_version(current_version);
     }
-    SerializeStreamStepsResponse(&response_, &write_);
+    SerializeStreamStepsResponse(&response_, &shared_, &write_);
     call_.Sent();
     StartWrite(&write_);
   }
@@ -109,6 +109,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   // Kept from request to request, so their buffers are reused.
   v1::StepRequest request_;
   v1::StreamStepsResponse response_;
+  std::vector<SharedFloats> shared_;  // the reply's parameters the session shares
 };
 
 // One unary Step call: its request and reply, alive until the call is answered.
@@ -117,6 +118,7 @@ struct StepCall {
 
   v1::StepRequest request;
   v1::StepResponse reply;
+  std::vector<SharedFloats> shared;  // the reply's parameters the session shares
   UnaryRecorder recorder;
 };
 
@@ -210,7 +212,7 @@ absl::Status OptimizerServiceImpl::DoPull(const v1::PullRequest& request,
 }
 
 void OptimizerServiceImpl::StartStep(const v1::StepRequest& request, v1::StepResponse* response,
-                                     StepDone done) {
+                                     std::vector<SharedFloats>* shared, StepDone done) {
   absl::StatusOr<WireDType> return_dtype = DTypeFromProto("return_dtype", request.return_dtype());
   if (!return_dtype.ok()) return done(return_dtype.status(), -1);
   if (!v1::ReturnParameters_IsValid(request.return_parameters())) {
@@ -233,22 +235,24 @@ void OptimizerServiceImpl::StartStep(const v1::StepRequest& request, v1::StepRes
   input.return_dtype = *return_dtype;
   input.sequence = request.sequence();
   if (request.has_version()) input.version = request.version();
-  (*session)->Step(input,
-                   [response, done = std::move(done)](absl::StatusOr<StepOutput> out) mutable {
-                     if (!out.ok()) return done(out.status(), CurrentVersionOf(out.status()));
-                     response->set_version(out->version);
-                     response->set_gradient_norm(out->gradient_norm);
-                     response->set_learning_rate(out->learning_rate);
-                     response->set_duplicate(out->duplicate);
-                     response->set_parameters_version(out->parameters_version);
-                     response->set_workers(out->workers);
-                     for (std::string& w : out->missing_workers)
-                       response->add_missing_workers(std::move(w));
-                     response->set_staleness(out->staleness);
-                     for (WireTensor& t : out->parameters)
-                       TensorToProto(std::move(t), response->add_parameters());
-                     done(absl::OkStatus(), -1);
-                   });
+  (*session)->Step(
+      input, [response, shared, done = std::move(done)](absl::StatusOr<StepOutput> out) mutable {
+        if (!out.ok()) return done(out.status(), CurrentVersionOf(out.status()));
+        response->set_version(out->version);
+        response->set_gradient_norm(out->gradient_norm);
+        response->set_learning_rate(out->learning_rate);
+        response->set_duplicate(out->duplicate);
+        response->set_parameters_version(out->parameters_version);
+        response->set_workers(out->workers);
+        for (std::string& w : out->missing_workers) response->add_missing_workers(std::move(w));
+        response->set_staleness(out->staleness);
+        shared->clear();
+        for (WireTensor& t : out->parameters) {
+          shared->push_back(std::move(t.shared));  // null unless shared
+          TensorToProto(std::move(t), response->add_parameters());
+        }
+        done(absl::OkStatus(), -1);
+      });
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::CreateSession(
@@ -299,13 +303,13 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
     return reactor;
   }
   StepCall* const started = call.get();
-  StartStep(started->request, &started->reply,
+  StartStep(started->request, &started->reply, &started->shared,
             [context, reactor, response, call = std::move(call)](absl::Status status,
                                                                  int64_t current_version) {
               if (current_version >= 0) {
                 context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
               }
-              if (status.ok()) SerializeStepResponse(&call->reply, response);
+              if (status.ok()) SerializeStepResponse(&call->reply, &call->shared, response);
               call->recorder.Finish(reactor, ToGrpcStatus(status));
             });
   return reactor;

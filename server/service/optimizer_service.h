@@ -32,6 +32,8 @@
 #ifndef OPTD_SERVER_SERVICE_OPTIMIZER_SERVICE_H_
 #define OPTD_SERVER_SERVICE_OPTIMIZER_SERVICE_H_
 
+#include <vector>
+
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "optd/v1/optd.grpc.pb.h"
@@ -82,10 +84,13 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
 
   // The work of one Step, shared by Step and StreamSteps: calls `done` exactly once, when the step
   // is answered: at once, or (SYNC) when its barrier completes, from the thread that completes
-  // it. `request` must stay valid until StartStep returns and `response` until `done` is called.
-  // On an Aborted status, `done` also receives the session's current version (else -1).
+  // it. `request` must stay valid until StartStep returns, and `response` and `shared` until
+  // `done` is called. The reply's F32 parameters stay with the session (their data fields empty):
+  // shared[i] holds those of response->parameters(i), for SerializeStepResponse. On an Aborted
+  // status, `done` also receives the session's current version (else -1).
   using StepDone = absl::AnyInvocable<void(absl::Status status, int64_t current_version)>;
-  void StartStep(const v1::StepRequest& request, v1::StepResponse* response, StepDone done);
+  void StartStep(const v1::StepRequest& request, v1::StepResponse* response,
+                 std::vector<SharedFloats>* shared, StepDone done);
 
  private:
   absl::Status DoCreateSession(const v1::CreateSessionRequest& request, v1::Session* response);

@@ -86,33 +86,36 @@ Binding<Options> Int64List(const char* name, std::vector<int64_t> Options::*memb
 // An enum whose C++ values equal the proto values (0, 1, ...). Unknown values are refused.
 template <typename Options, typename Enum>
 Binding<Options> EnumField(const char* name, Enum Options::*member) {
-  return {name,
-          [member](const std::string& path, const Message& m, const FieldDescriptor* f,
-                   Options* o) {
-            const int value = m.GetReflection()->GetEnumValue(m, f);
-            if (f->enum_type()->FindValueByNumber(value) == nullptr) {
-              std::vector<std::string> known;
-              for (int i = 0; i < f->enum_type()->value_count(); ++i) {
-                known.push_back(absl::StrCat(f->enum_type()->value(i)->name(), " (",
-                                             f->enum_type()->value(i)->number(), ")"));
-              }
-              return absl::InvalidArgumentError(absl::StrCat(path, ".", f->name(), " = ", value,
-                                                             " is not a known value; must be ",
-                                                             absl::StrJoin(known, ", ")));
-            }
-            o->*member = static_cast<Enum>(value);
-            return absl::OkStatus();
-          },
-          [member](const Options& o, Message* m, const FieldDescriptor* f) {
-            m->GetReflection()->SetEnumValue(m, f, static_cast<int>(o.*member));
-          }};
+  return {
+      name,
+      [member](const std::string& path, const Message& m, const FieldDescriptor* f, Options* o) {
+        const int value = m.GetReflection()->GetEnumValue(m, f);
+        if (f->enum_type()->FindValueByNumber(value) == nullptr) {
+          std::vector<std::string> known;
+          for (int i = 0; i < f->enum_type()->value_count(); ++i) {
+            known.push_back(absl::StrCat(f->enum_type()->value(i)->name(), " (",
+                                         f->enum_type()->value(i)->number(), ")"));
+          }
+          return absl::InvalidArgumentError(absl::StrCat(path, ".", f->name(), " = ", value,
+                                                         " is not a known value; must be ",
+                                                         absl::StrJoin(known, ", ")));
+        }
+        o->*member = static_cast<Enum>(value);
+        return absl::OkStatus();
+      },
+      [member](const Options& o, Message* m, const FieldDescriptor* f) {
+        m->GetReflection()->SetEnumValue(m, f, static_cast<int>(o.*member));
+      }};
 }
 
 template <typename Options>
 std::vector<Binding<Options>> AdamLike() {
-  return {Double("lr", &Options::lr),   Double("beta1", &Options::beta1),
-          Double("beta2", &Options::beta2), Double("eps", &Options::eps),
-          Double("weight_decay", &Options::weight_decay), Bool("amsgrad", &Options::amsgrad),
+  return {Double("lr", &Options::lr),
+          Double("beta1", &Options::beta1),
+          Double("beta2", &Options::beta2),
+          Double("eps", &Options::eps),
+          Double("weight_decay", &Options::weight_decay),
+          Bool("amsgrad", &Options::amsgrad),
           Bool("maximize", &Options::maximize)};
 }
 
@@ -120,34 +123,32 @@ std::vector<Binding<Options>> AdamLike() {
 template <typename O>
 const std::vector<Binding<O>>& BindingsOf();
 
-#define OPTD_BINDINGS(Type, ...)                                    \
-  template <>                                                       \
-  const std::vector<Binding<Type>>& BindingsOf<Type>() {            \
+#define OPTD_BINDINGS(Type, ...)                                                     \
+  template <>                                                                        \
+  const std::vector<Binding<Type>>& BindingsOf<Type>() {                             \
     static const auto* const bindings = new std::vector<Binding<Type>>(__VA_ARGS__); \
-    return *bindings;                                               \
+    return *bindings;                                                                \
   }
 
 using O1 = SgdOptions;
-OPTD_BINDINGS(SgdOptions, {Double("lr", &O1::lr), Double("momentum", &O1::momentum),
-                           Double("dampening", &O1::dampening),
-                           Double("weight_decay", &O1::weight_decay),
-                           Bool("nesterov", &O1::nesterov), Bool("maximize", &O1::maximize)})
+OPTD_BINDINGS(SgdOptions,
+              {Double("lr", &O1::lr), Double("momentum", &O1::momentum),
+               Double("dampening", &O1::dampening), Double("weight_decay", &O1::weight_decay),
+               Bool("nesterov", &O1::nesterov), Bool("maximize", &O1::maximize)})
 OPTD_BINDINGS(AdamOptions, AdamLike<AdamOptions>())
 OPTD_BINDINGS(AdamWOptions, AdamLike<AdamWOptions>())
 using O4 = AdagradOptions;
-OPTD_BINDINGS(AdagradOptions,
-              {Double("lr", &O4::lr), Double("lr_decay", &O4::lr_decay),
-               Double("weight_decay", &O4::weight_decay),
-               Double("initial_accumulator_value", &O4::initial_accumulator_value),
-               Double("eps", &O4::eps), Bool("maximize", &O4::maximize)})
+OPTD_BINDINGS(AdagradOptions, {Double("lr", &O4::lr), Double("lr_decay", &O4::lr_decay),
+                               Double("weight_decay", &O4::weight_decay),
+                               Double("initial_accumulator_value", &O4::initial_accumulator_value),
+                               Double("eps", &O4::eps), Bool("maximize", &O4::maximize)})
 using O5 = NormalizedGdOptions;
-OPTD_BINDINGS(NormalizedGdOptions,
-              {Double("lr", &O5::lr), Double("eps", &O5::eps), EnumField("norm", &O5::norm),
-               EnumField("guard", &O5::guard)})
+OPTD_BINDINGS(NormalizedGdOptions, {Double("lr", &O5::lr), Double("eps", &O5::eps),
+                                    EnumField("norm", &O5::norm), EnumField("guard", &O5::guard)})
 using O6 = AdadeltaOptions;
-OPTD_BINDINGS(AdadeltaOptions, {Double("lr", &O6::lr), Double("rho", &O6::rho),
-                                Double("eps", &O6::eps), Double("weight_decay", &O6::weight_decay),
-                                Bool("maximize", &O6::maximize)})
+OPTD_BINDINGS(AdadeltaOptions,
+              {Double("lr", &O6::lr), Double("rho", &O6::rho), Double("eps", &O6::eps),
+               Double("weight_decay", &O6::weight_decay), Bool("maximize", &O6::maximize)})
 using O7 = RmspropOptions;
 OPTD_BINDINGS(RmspropOptions,
               {Double("lr", &O7::lr), Double("alpha", &O7::alpha), Double("eps", &O7::eps),
@@ -159,23 +160,22 @@ OPTD_BINDINGS(NadamOptions,
                Double("eps", &O8::eps), Double("weight_decay", &O8::weight_decay),
                Double("momentum_decay", &O8::momentum_decay)})
 using O9 = RadamOptions;
-OPTD_BINDINGS(RadamOptions, {Double("lr", &O9::lr), Double("beta1", &O9::beta1),
-                             Double("beta2", &O9::beta2), Double("eps", &O9::eps),
-                             Double("weight_decay", &O9::weight_decay)})
+OPTD_BINDINGS(RadamOptions,
+              {Double("lr", &O9::lr), Double("beta1", &O9::beta1), Double("beta2", &O9::beta2),
+               Double("eps", &O9::eps), Double("weight_decay", &O9::weight_decay)})
 using O10 = LionOptions;
-OPTD_BINDINGS(LionOptions, {Double("lr", &O10::lr), Double("beta1", &O10::beta1),
-                            Double("beta2", &O10::beta2),
-                            Double("weight_decay", &O10::weight_decay)})
+OPTD_BINDINGS(LionOptions,
+              {Double("lr", &O10::lr), Double("beta1", &O10::beta1), Double("beta2", &O10::beta2),
+               Double("weight_decay", &O10::weight_decay)})
 using O11 = LambOptions;
-OPTD_BINDINGS(LambOptions, {Double("lr", &O11::lr), Double("beta1", &O11::beta1),
-                            Double("beta2", &O11::beta2), Double("eps", &O11::eps),
-                            Double("weight_decay", &O11::weight_decay)})
+OPTD_BINDINGS(LambOptions,
+              {Double("lr", &O11::lr), Double("beta1", &O11::beta1), Double("beta2", &O11::beta2),
+               Double("eps", &O11::eps), Double("weight_decay", &O11::weight_decay)})
 using O12 = LarsOptions;
-OPTD_BINDINGS(LarsOptions,
-              {Double("lr", &O12::lr), Double("momentum", &O12::momentum),
-               Double("weight_decay", &O12::weight_decay),
-               Double("trust_coefficient", &O12::trust_coefficient), Double("eps", &O12::eps),
-               Bool("nesterov", &O12::nesterov)})
+OPTD_BINDINGS(LarsOptions, {Double("lr", &O12::lr), Double("momentum", &O12::momentum),
+                            Double("weight_decay", &O12::weight_decay),
+                            Double("trust_coefficient", &O12::trust_coefficient),
+                            Double("eps", &O12::eps), Bool("nesterov", &O12::nesterov)})
 
 OPTD_BINDINGS(ConstantScheduleOptions, {})
 using S2 = StepScheduleOptions;
@@ -212,9 +212,8 @@ using S10 = ReduceOnPlateauScheduleOptions;
 OPTD_BINDINGS(ReduceOnPlateauScheduleOptions,
               {EnumField("mode", &S10::mode), Double("factor", &S10::factor),
                Int64("patience", &S10::patience), Double("threshold", &S10::threshold),
-               EnumField("threshold_mode", &S10::threshold_mode),
-               Int64("cooldown", &S10::cooldown), Double("min_lr", &S10::min_lr),
-               Double("eps", &S10::eps)})
+               EnumField("threshold_mode", &S10::threshold_mode), Int64("cooldown", &S10::cooldown),
+               Double("min_lr", &S10::min_lr), Double("eps", &S10::eps)})
 #undef OPTD_BINDINGS
 
 // Reads the fields `m` sets into `*o` (others keep their values). `path` names `m` in messages.
@@ -222,7 +221,7 @@ template <typename Options>
 absl::Status Merge(const std::string& path, const Message& m, Options* o) {
   for (const Binding<Options>& b : BindingsOf<Options>()) {
     const FieldDescriptor* f = m.GetDescriptor()->FindFieldByName(b.name);
-    const bool present = f->is_repeated() ? m.GetReflection()->FieldSize(m, f) > 0
+    const bool present = f->is_repeated()    ? m.GetReflection()->FieldSize(m, f) > 0
                          : f->has_presence() ? m.GetReflection()->HasField(m, f)
                                              : true;
     if (!present) continue;
@@ -298,13 +297,13 @@ absl::StatusOr<ConsistencyOptions> ConsistencyFromProto(const v1::Consistency& m
   o.reduce = static_cast<ConsistencyOptions::Reduce>(m.reduce());
   o.worker_ids.assign(m.worker_ids().begin(), m.worker_ids().end());
   o.workers = m.workers() == 0 && !o.worker_ids.empty() ? static_cast<int>(o.worker_ids.size())
-                                                         : m.workers();
+                                                        : m.workers();
   if (o.mode != ConsistencyOptions::Mode::kSync) o.workers = std::max(o.workers, 1);
   if (m.barrier_timeout_seconds() != 0) {
     if (!std::isfinite(m.barrier_timeout_seconds()) || m.barrier_timeout_seconds() < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "config.consistency.barrier_timeout_seconds = ", m.barrier_timeout_seconds(),
-          " is out of range: must be in (0, 86400] (0 means 30)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.consistency.barrier_timeout_seconds = ", m.barrier_timeout_seconds(),
+                       " is out of range: must be in (0, 86400] (0 means 30)"));
     }
     o.barrier_timeout = absl::Seconds(m.barrier_timeout_seconds());
   }
@@ -328,9 +327,9 @@ void ConsistencyToProto(const ConsistencyOptions& o, v1::Consistency* m) {
 
 absl::StatusOr<WireDType> DTypeFromProto(const char* field, int dtype) {
   if (!v1::DType_IsValid(dtype)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, " = ", dtype,
-                     " is not a known DType; must be DTYPE_F32 (0), DTYPE_BF16 (1) or DTYPE_F16 (2)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " = ", dtype,
+        " is not a known DType; must be DTYPE_F32 (0), DTYPE_BF16 (1) or DTYPE_F16 (2)"));
   }
   return static_cast<WireDType>(dtype);
 }
@@ -355,22 +354,27 @@ void TensorToProto(WireTensor&& tensor, v1::Tensor* out) {
   out->set_name(std::move(tensor.name));
   out->mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
   out->set_dtype(static_cast<v1::DType>(tensor.dtype));
-  out->set_data(std::move(tensor.data));
-  if (tensor.has_rows) out->mutable_rows()->mutable_indices()->Add(tensor.rows.begin(), tensor.rows.end());
+  if (tensor.shared != nullptr) {
+    out->set_data(std::string(tensor.bytes()));  // a copy: the message must own its bytes
+  } else {
+    out->set_data(std::move(tensor.data));
+  }
+  if (tensor.has_rows)
+    out->mutable_rows()->mutable_indices()->Add(tensor.rows.begin(), tensor.rows.end());
 }
 
 absl::Status MergeOptimizerFromProto(const v1::OptimizerConfig& config, bool require_same_kind,
                                      const std::string& prefix, OptimizerOptions* options) {
   if (config.kind_case() == v1::OptimizerConfig::KIND_NOT_SET) {
     return absl::InvalidArgumentError(absl::StrCat(
-        prefix, "optimizer is not set; must be one of sgd, adam, adamw, adagrad, normalized_gd, "
-                "adadelta, rmsprop, nadam, radam, lion, lamb, lars"));
+        prefix,
+        "optimizer is not set; must be one of sgd, adam, adamw, adagrad, normalized_gd, "
+        "adadelta, rmsprop, nadam, radam, lion, lamb, lars"));
   }
   const std::string before(OptimizerName(*options));
   bool kind_changed = false;
   OptimizerOptions merged = *options;
-  if (absl::Status s = MergeOneof(prefix + "optimizer", config, &merged, &kind_changed);
-      !s.ok()) {
+  if (absl::Status s = MergeOneof(prefix + "optimizer", config, &merged, &kind_changed); !s.ok()) {
     return s;
   }
   if (require_same_kind && kind_changed) {

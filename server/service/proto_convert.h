@@ -27,7 +27,7 @@ absl::StatusOr<WireDType> DTypeFromProto(const char* field, int dtype);
 absl::StatusOr<std::vector<WireTensorView>> ViewsOf(
     const char* field, const google::protobuf::RepeatedPtrField<v1::Tensor>& tensors);
 
-// Moves `tensor`'s bytes into `*out`.
+// Moves `tensor`'s bytes into `*out` (copies them if the session shares them).
 void TensorToProto(WireTensor&& tensor, v1::Tensor* out);
 
 // Fails if no optimizer is set, a required field is missing, an enum value is unknown, or a value

@@ -15,13 +15,13 @@ namespace optd {
 
 absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOptions& options) {
   if (options.max_message_bytes < 1024 || options.max_message_bytes > (int64_t{1} << 31) - 1) {
-    return absl::InvalidArgumentError(absl::StrCat("max_message_bytes = ",
-                                                   options.max_message_bytes,
-                                                   " is out of range: must be in [1024, 2^31 - 1]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_message_bytes = ", options.max_message_bytes,
+                     " is out of range: must be in [1024, 2^31 - 1]"));
   }
   if (options.store.max_sessions < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "max_sessions = ", options.store.max_sessions, " is out of range: must be >= 1"));
+    return absl::InvalidArgumentError(absl::StrCat("max_sessions = ", options.store.max_sessions,
+                                                   " is out of range: must be >= 1"));
   }
   std::unique_ptr<OptdServer> server(new OptdServer());
   SessionObserver* observer = nullptr;
@@ -46,8 +46,7 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
   }
   server->store_ = std::make_unique<SessionStore>(options.store, observer);
   server->service_ = std::make_unique<OptimizerServiceImpl>(
-      server->store_.get(),
-      server->metrics_ != nullptr ? &server->metrics_->grpc() : nullptr);
+      server->store_.get(), server->metrics_ != nullptr ? &server->metrics_->grpc() : nullptr);
   server->max_message_bytes_ = options.max_message_bytes;
 
   // Both are process-wide switches; they must be set before the first server is built.

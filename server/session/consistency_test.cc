@@ -2,10 +2,10 @@
 // barriers (completion, deadline with and without quorum, retries, close), and the replay table.
 
 #include <atomic>
-#include <deque>
-#include <thread>
 #include <cmath>
+#include <deque>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/synchronization/notification.h"
@@ -55,7 +55,7 @@ class ConsistencyTest : public ::testing::Test {
 
   static std::vector<float> W(const StepOutput& out) {
     std::vector<float> w;
-    EXPECT_TRUE(DecodeFloats("w", out.parameters[0].dtype, out.parameters[0].data, 2, &w).ok());
+    EXPECT_TRUE(DecodeFloats("w", out.parameters[0].dtype, out.parameters[0].bytes(), 2, &w).ok());
     return w;
   }
 
@@ -192,7 +192,8 @@ TEST_F(ConsistencyTest, SyncRefusesStaleVersionsRepeatsAndStrangers) {
   EXPECT_EQ(again.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(again.status().message(), HasSubstr("already sent a gradient for version 0"));
   auto stranger = s->StepAndWait(Input(1, "z", 1, 0));
-  EXPECT_THAT(stranger.status().message(), HasSubstr("not one of the session's SYNC workers (a, b)"));
+  EXPECT_THAT(stranger.status().message(),
+              HasSubstr("not one of the session's SYNC workers (a, b)"));
   auto b = Submit(*s, Input(1, "b", 1, 0));
   ASSERT_TRUE(a->result.ok());
   auto stale = s->StepAndWait(Input(1, "a", 3, 0));

@@ -1,17 +1,19 @@
 #include "server/session/session.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <iterator>
+#include <memory>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
-#include "absl/synchronization/notification.h"
-#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 
 namespace optd {
 namespace {
@@ -47,8 +49,8 @@ absl::Status ValidateTensorName(absl::string_view field, absl::string_view name)
 absl::StatusOr<int64_t> ValidateShape(absl::string_view field, absl::Span<const int64_t> shape) {
   if (shape.size() > kMaxTensorRank) {
     return absl::InvalidArgumentError(absl::StrCat(field, ".shape ", ShapeString(shape),
-                                                   " has rank ", shape.size(),
-                                                   "; must be at most ", kMaxTensorRank));
+                                                   " has rank ", shape.size(), "; must be at most ",
+                                                   kMaxTensorRank));
   }
   int64_t n = 1;
   for (size_t d = 0; d < shape.size(); ++d) {
@@ -93,6 +95,17 @@ absl::Status WithVersion(absl::Status status, int64_t version) {
   return status;
 }
 
+// One buffer of its own per tensor.
+std::vector<std::shared_ptr<std::vector<float>>> SharedBuffers(
+    std::vector<std::vector<float>> values) {
+  std::vector<std::shared_ptr<std::vector<float>>> buffers;
+  buffers.reserve(values.size());
+  for (std::vector<float>& v : values) {
+    buffers.push_back(std::make_shared<std::vector<float>>(std::move(v)));
+  }
+  return buffers;
+}
+
 }  // namespace
 
 int64_t CurrentVersionOf(const absl::Status& status) {
@@ -120,9 +133,9 @@ absl::string_view RefusalReasonName(RefusalReason reason) {
 
 absl::Status ValidateSessionId(absl::string_view id) {
   if (id.empty() || id.size() > kMaxSessionIdLength) {
-    return absl::InvalidArgumentError(absl::StrCat("session_id \"", id, "\" has length ",
-                                                   id.size(), "; must be 1 to ",
-                                                   kMaxSessionIdLength, " characters"));
+    return absl::InvalidArgumentError(absl::StrCat("session_id \"", id, "\" has length ", id.size(),
+                                                   "; must be 1 to ", kMaxSessionIdLength,
+                                                   " characters"));
   }
   for (char c : id) {
     if (!IsIdChar(c, "._-")) {
@@ -135,8 +148,7 @@ absl::Status ValidateSessionId(absl::string_view id) {
 
 absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, SessionConfig config,
                                                          absl::Span<const WireTensorView> tensors,
-                                                         absl::Time now,
-                                                         SessionObserver* observer,
+                                                         absl::Time now, SessionObserver* observer,
                                                          DeadlineScheduler* scheduler) {
   if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
   if (absl::Status s = config.consistency.Validate(); !s.ok()) return s;
@@ -144,9 +156,8 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, Session
     return absl::InternalError("a SYNC session needs a DeadlineScheduler");
   }
   if (tensors.empty() || tensors.size() > kMaxTensorsPerSession) {
-    return absl::InvalidArgumentError(absl::StrCat("tensors has ", tensors.size(),
-                                                   " entries; must be 1 to ",
-                                                   kMaxTensorsPerSession));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensors has ", tensors.size(), " entries; must be 1 to ", kMaxTensorsPerSession));
   }
   std::vector<TensorSpec> specs;
   std::vector<std::vector<float>> values;
@@ -167,8 +178,8 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, Session
     if (int64_t bad = FirstNonFinite(v); bad >= 0) {
       return NonFiniteError(field, t.name, bad, v[bad]);
     }
-    specs.push_back({std::string(t.name), std::vector<int64_t>(t.shape.begin(), t.shape.end()),
-                     *n});
+    specs.push_back(
+        {std::string(t.name), std::vector<int64_t>(t.shape.begin(), t.shape.end()), *n});
     sizes.push_back(*n);
     values.push_back(std::move(v));
   }
@@ -195,7 +206,7 @@ Session::Session(std::string id, std::vector<TensorSpec> specs,
       create_time_(create_time),
       observer_(observer),
       scheduler_(scheduler),
-      values_(std::move(values)),
+      values_(SharedBuffers(std::move(values))),
       optimizer_(std::move(optimizer)),
       schedule_(std::move(schedule)),
       clipping_(clipping) {}
@@ -234,12 +245,12 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
     const std::string field = absl::StrCat("gradients[", i, "]");
     const int k = FindTensor(g.name);
     if (k < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".name \"", g.name,
-                                                     "\" is not a tensor of session ", id_));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".name \"", g.name, "\" is not a tensor of session ", id_));
     }
     if (seen[k]) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".name \"", g.name,
-                                                     "\" is repeated; one gradient per tensor"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".name \"", g.name, "\" is repeated; one gradient per tensor"));
     }
     seen[k] = true;
     const TensorSpec& spec = specs_[k];
@@ -276,9 +287,9 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
     const int64_t row_size = RowSize(k);
     for (size_t r = 0; r < g.rows.size(); ++r) {
       if (g.rows[r] < 0 || g.rows[r] >= spec.shape[0]) {
-        return absl::InvalidArgumentError(absl::StrCat(field, ".rows.indices[", r, "] = ",
-                                                       g.rows[r], " is out of range: must be in [0, ",
-                                                       spec.shape[0], ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".rows.indices[", r, "] = ", g.rows[r],
+                         " is out of range: must be in [0, ", spec.shape[0], ")"));
       }
     }
     std::vector<float> raw;
@@ -320,7 +331,7 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
 }
 
 absl::Status Session::Admit(const StepInput& input, const Outcome** duplicate_of,
-                           int64_t* staleness, RefusalReason* reason) {
+                            int64_t* staleness, RefusalReason* reason) {
   *duplicate_of = nullptr;
   *staleness = 0;
   *reason = RefusalReason::kInvalid;
@@ -337,24 +348,23 @@ absl::Status Session::Admit(const StepInput& input, const Outcome** duplicate_of
         *reason = RefusalReason::kDuplicate;
         return absl::FailedPreconditionError(absl::StrCat(
             "sequence = ", input.sequence, " of worker ", input.worker_id,
-            " is not above its last sequence ", it->second.last_sequence,
-            " and is not among its ", kReplayWindow,
-            " most recent outcomes; a new step needs a larger sequence number"));
+            " is not above its last sequence ", it->second.last_sequence, " and is not among its ",
+            kReplayWindow, " most recent outcomes; a new step needs a larger sequence number"));
       }
     }
   }
   if (consistency_.mode == ConsistencyOptions::Mode::kSync && !consistency_.worker_ids.empty() &&
-      std::find(consistency_.worker_ids.begin(), consistency_.worker_ids.end(),
-                input.worker_id) == consistency_.worker_ids.end()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("worker_id \"", input.worker_id, "\" is not one of the session's SYNC workers (",
-                     absl::StrJoin(consistency_.worker_ids, ", "), ")"));
+      std::find(consistency_.worker_ids.begin(), consistency_.worker_ids.end(), input.worker_id) ==
+          consistency_.worker_ids.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "worker_id \"", input.worker_id, "\" is not one of the session's SYNC workers (",
+        absl::StrJoin(consistency_.worker_ids, ", "), ")"));
   }
   if (input.version.has_value()) {
     if (*input.version > version_) {
-      return absl::InvalidArgumentError(absl::StrCat("version = ", *input.version,
-                                                     " is ahead of the session, which is at version ",
-                                                     version_, "; must be in [0, ", version_, "]"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "version = ", *input.version, " is ahead of the session, which is at version ", version_,
+          "; must be in [0, ", version_, "]"));
     }
     *staleness = version_ - *input.version;
   }
@@ -370,11 +380,11 @@ absl::Status Session::Admit(const StepInput& input, const Outcome** duplicate_of
   }
   if (consistency_.mode == ConsistencyOptions::Mode::kSync && *staleness != 0) {
     *reason = RefusalReason::kStale;
-    return WithVersion(absl::AbortedError(absl::StrCat(
-                           "gradient computed at version ", *input.version,
-                           " cannot join the SYNC barrier of version ", version_,
-                           ": pull and recompute")),
-                       version_);
+    return WithVersion(
+        absl::AbortedError(absl::StrCat("gradient computed at version ", *input.version,
+                                        " cannot join the SYNC barrier of version ", version_,
+                                        ": pull and recompute")),
+        version_);
   }
   return absl::OkStatus();
 }
@@ -419,7 +429,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
   }
   std::vector<TensorGrad> step(gradients.size());
   for (size_t k = 0; k < gradients.size(); ++k) {
-    step[k] = {absl::MakeSpan(values_[k]), gradients[k].values(), gradients[k].rows,
+    step[k] = {absl::MakeSpan(WritableValues(k)), gradients[k].values(), gradients[k].rows,
                gradients[k].sparse ? RowSize(k) : 0};
   }
   const double lr = schedule_.Current();
@@ -457,8 +467,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
   return absl::OkStatus();
 }
 
-void Session::RecordOutcome(const std::string& worker_id, int64_t sequence,
-                            const StepOutput& out) {
+void Session::RecordOutcome(const std::string& worker_id, int64_t sequence, const StepOutput& out) {
   if (sequence <= 0 || worker_id.empty()) return;
   if (workers_.find(worker_id) == workers_.end() &&
       static_cast<int>(workers_.size()) >= kMaxTrackedWorkers) {
@@ -496,10 +505,15 @@ WireTensor Session::EncodeRows(int index, absl::Span<const int64_t> rows, WireDT
   const int64_t row_size = RowSize(index);
   std::vector<float> gathered(rows.size() * row_size);
   for (size_t r = 0; r < rows.size(); ++r) {
-    std::copy_n(values_[index].data() + rows[r] * row_size, row_size,
+    std::copy_n(values_[index]->data() + rows[r] * row_size, row_size,
                 gathered.data() + r * row_size);
   }
-  WireTensor t{specs_[index].name, specs_[index].shape, dtype, {}, true,
+  WireTensor t{specs_[index].name,
+               specs_[index].shape,
+               dtype,
+               {},
+               {},
+               true,
                std::vector<int64_t>(rows.begin(), rows.end())};
   EncodeFloats(dtype, gathered, &t.data);
   return t;
@@ -523,8 +537,9 @@ void Session::CompleteBarrierLocked(std::vector<Completion>* completions, StepEv
   const int n = static_cast<int>(barrier_.contributors.size());
   report->wait_seconds = absl::ToDoubleSeconds(absl::Now() - barrier_.opened);
   report->missing_workers = consistency_.workers - n;
-  const float scale =
-      consistency_.reduce == ConsistencyOptions::Reduce::kMean ? 1.0f / static_cast<float>(n) : 1.0f;
+  const float scale = consistency_.reduce == ConsistencyOptions::Reduce::kMean
+                          ? 1.0f / static_cast<float>(n)
+                          : 1.0f;
   StepOutput out;
   out.workers = n;
   if (n < consistency_.workers) out.missing_workers = MissingWorkersLocked();
@@ -591,8 +606,7 @@ void Session::CompleteBarrierLocked(std::vector<Completion>* completions, StepEv
   barrier_ = Barrier{barrier_.id + 1};
 }
 
-void Session::FailBarrierLocked(const absl::Status& status,
-                                std::vector<Completion>* completions) {
+void Session::FailBarrierLocked(const absl::Status& status, std::vector<Completion>* completions) {
   for (Waiter& w : barrier_.waiters) {
     completions->push_back({std::move(w.done), status, w.bytes_received, 0});
   }
@@ -615,11 +629,11 @@ void Session::Step(const StepInput& input, StepCallback done) {
       return refuse(s, RefusalReason::kInvalid);
     }
   } else if (input.sequence != 0 || sync) {
-    return refuse(absl::InvalidArgumentError(absl::StrCat(
-                      "worker_id is required ",
-                      sync ? "in a SYNC session" : "with a sequence number", " (sequence = ",
-                      input.sequence, ")")),
-                  RefusalReason::kInvalid);
+    return refuse(
+        absl::InvalidArgumentError(absl::StrCat(
+            "worker_id is required ", sync ? "in a SYNC session" : "with a sequence number",
+            " (sequence = ", input.sequence, ")")),
+        RefusalReason::kInvalid);
   }
   if (input.sequence < 0) {
     return refuse(absl::InvalidArgumentError(absl::StrCat("sequence = ", input.sequence,
@@ -627,19 +641,19 @@ void Session::Step(const StepInput& input, StepCallback done) {
                   RefusalReason::kInvalid);
   }
   if (input.loss.has_value() && !std::isfinite(*input.loss)) {
-    return refuse(absl::InvalidArgumentError(absl::StrCat("loss = ", *input.loss,
-                                                          " is out of range: must be finite")),
+    return refuse(absl::InvalidArgumentError(
+                      absl::StrCat("loss = ", *input.loss, " is out of range: must be finite")),
                   RefusalReason::kNonFinite);
   }
   if (input.version.has_value() && *input.version < 0) {
-    return refuse(absl::InvalidArgumentError(absl::StrCat("version = ", *input.version,
-                                                          " is out of range: must be >= 0")),
+    return refuse(absl::InvalidArgumentError(
+                      absl::StrCat("version = ", *input.version, " is out of range: must be >= 0")),
                   RefusalReason::kInvalid);
   }
   if (!input.version.has_value() && consistency_.mode != ConsistencyOptions::Mode::kAsync) {
-    return refuse(absl::InvalidArgumentError(absl::StrCat(
-                      "version is required in a ", ModeName(consistency_.mode),
-                      " session: send the version the gradient was computed at")),
+    return refuse(absl::InvalidArgumentError(
+                      absl::StrCat("version is required in a ", ModeName(consistency_.mode),
+                                   " session: send the version the gradient was computed at")),
                   RefusalReason::kInvalid);
   }
 
@@ -797,9 +811,8 @@ void Session::ExpireBarrier(int64_t barrier_id) {
           absl::AbortedError(absl::StrCat(
               "SYNC barrier of version ", version_, " expired after ",
               absl::FormatDuration(consistency_.barrier_timeout), " with ", n, " of ",
-              consistency_.workers, " gradients (from ",
-              absl::StrJoin(barrier_.contributors, ", "), "), below the quorum of ",
-              consistency_.effective_quorum(), "; missing: ",
+              consistency_.workers, " gradients (from ", absl::StrJoin(barrier_.contributors, ", "),
+              "), below the quorum of ", consistency_.effective_quorum(), "; missing: ",
               missing.empty() ? std::string("workers not yet known by id")
                               : absl::StrJoin(missing, ", "),
               ". Nothing was applied; pull and retry")),
@@ -820,9 +833,9 @@ absl::Status Session::Update(const SessionUpdate& update) {
   if (update.optimizer) {
     if (absl::Status s = update.optimizer(&options); !s.ok()) return s;
     if (options.index() != optimizer_->options().index()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "optimizer is ", NameOf(options), " but the session runs ",
-          NameOf(optimizer_->options()), "; the optimizer kind cannot change"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer is ", NameOf(options), " but the session runs ",
+                       NameOf(optimizer_->options()), "; the optimizer kind cannot change"));
     }
   }
   const double base_lr = update.optimizer ? BaseLearningRate(options) : schedule_.base_lr();
@@ -866,7 +879,7 @@ void Session::Report(std::vector<Completion> completions, const StepEvent* event
     for (const Completion& c : completions) {
       RequestEvent request{id_, c.bytes_received, 0, c.staleness};
       if (c.result.ok()) {
-        for (const WireTensor& p : c.result->parameters) request.bytes_sent += p.data.size();
+        for (const WireTensor& p : c.result->parameters) request.bytes_sent += p.bytes().size();
       }
       observer_->OnRequest(request);
       if (!c.result.ok()) {
@@ -892,12 +905,27 @@ absl::StatusOr<StepOutput> Session::StepAndWait(const StepInput& input) {
 
 WireTensor Session::EncodeTensor(int index, WireDType dtype) const {
   WireTensor t{specs_[index].name, specs_[index].shape, dtype, {}};
-  EncodeFloats(dtype, values_[index], &t.data);
+  if (dtype == WireDType::kF32) {
+    t.shared = values_[index];
+  } else {
+    EncodeFloats(dtype, *values_[index], &t.data);
+  }
   return t;
 }
 
-absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> names,
-                                         WireDType dtype,
+std::vector<float>& Session::WritableValues(int index) {
+  std::shared_ptr<std::vector<float>>& values = values_[index];
+  if (values.use_count() > 1) {
+    values = std::make_shared<std::vector<float>>(*values);
+  } else {
+    // The last reply that shared the buffer has let go of it; its reads (on gRPC's threads)
+    // happen before the writes that follow.
+    std::atomic_thread_fence(std::memory_order_acquire);
+  }
+  return *values;
+}
+
+absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> names, WireDType dtype,
                                          absl::Span<const RowSelection> rows) const {
   std::vector<int> indices;
   if (names.empty()) {
@@ -907,8 +935,8 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
     for (size_t i = 0; i < names.size(); ++i) {
       const int k = FindTensor(names[i]);
       if (k < 0) {
-        return absl::InvalidArgumentError(absl::StrCat("names[", i, "] \"", names[i],
-                                                       "\" is not a tensor of session ", id_));
+        return absl::InvalidArgumentError(
+            absl::StrCat("names[", i, "] \"", names[i], "\" is not a tensor of session ", id_));
       }
       if (seen[k]) {
         return absl::InvalidArgumentError(
@@ -937,9 +965,9 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
     }
     for (size_t r = 0; r < rows[i].rows.size(); ++r) {
       if (rows[i].rows[r] < 0 || rows[i].rows[r] >= specs_[k].shape[0]) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "rows[", i, "].indices[", r, "] = ", rows[i].rows[r],
-            " is out of range: must be in [0, ", specs_[k].shape[0], ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("rows[", i, "].indices[", r, "] = ", rows[i].rows[r],
+                         " is out of range: must be in [0, ", specs_[k].shape[0], ")"));
       }
     }
     selection[k] = &rows[i];

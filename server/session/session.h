@@ -262,10 +262,10 @@ class Session : public std::enable_shared_from_this<Session> {
   };
   // The SYNC barrier of the current version.
   struct Barrier {
-    int64_t id = 0;                        // changes every time a barrier completes or expires
+    int64_t id = 0;  // changes every time a barrier completes or expires
     absl::Time opened;
-    std::vector<std::string> contributors; // in arrival order
-    std::vector<std::vector<float>> sum;   // per tensor, sum of the contributed gradients
+    std::vector<std::string> contributors;  // in arrival order
+    std::vector<std::vector<float>> sum;    // per tensor, sum of the contributed gradients
     // Per tensor: whether a contribution was dense, and the rows the sparse ones touched.
     std::vector<bool> dense;
     std::vector<std::vector<int64_t>> touched;
@@ -305,9 +305,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // Scales `grads` by `scale`, clips them, runs the optimizer with the schedule's learning rate,
   // advances the schedule (with `loss`), increments the version and fills the common fields of
   // `*out` and `*event`. out->gradient_norm must already hold the norm before clipping.
-  absl::Status ApplyLocked(std::vector<Gradient>& grads, float scale,
-                           std::optional<double> loss, StepOutput* out, StepEvent* event)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ApplyLocked(std::vector<Gradient>& grads, float scale, std::optional<double> loss,
+                           StepOutput* out, StepEvent* event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Remembers the outcome of (worker, sequence) for retries.
   void RecordOutcome(const std::string& worker_id, int64_t sequence, const StepOutput& out)
@@ -341,7 +340,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // Index of the tensor named `name`, or -1.
   int FindTensor(absl::string_view name) const;
 
+  // A whole tensor as `dtype`; F32 shares values_[index] (no copy).
   WireTensor EncodeTensor(int index, WireDType dtype) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // values_[index], to be written: first made this session's alone (copied if a reply shares it).
+  std::vector<float>& WritableValues(int index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   WireTensor EncodeRows(int index, absl::Span<const int64_t> rows, WireDType dtype) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
@@ -354,7 +356,9 @@ class Session : public std::enable_shared_from_this<Session> {
   DeadlineScheduler* const scheduler_;  // may be null unless SYNC; thread-safe itself
 
   mutable absl::Mutex mu_;
-  std::vector<std::vector<float>> values_ ABSL_GUARDED_BY(mu_);
+  // The parameters, one buffer per tensor. A buffer may also be held by replies (SharedFloats):
+  // WritableValues copies it before the session writes it, so a shared buffer is never written.
+  std::vector<std::shared_ptr<std::vector<float>>> values_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Optimizer> optimizer_ ABSL_GUARDED_BY(mu_);
   LrSchedule schedule_ ABSL_GUARDED_BY(mu_);
   ClipOptions clipping_ ABSL_GUARDED_BY(mu_);

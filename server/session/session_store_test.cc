@@ -63,7 +63,7 @@ TEST_F(SessionStoreTest, DeleteRemovesButHoldersKeepTheirSession) {
   ASSERT_TRUE(held.ok());
   ASSERT_TRUE(store.Delete("a").ok());
   EXPECT_EQ(store.Find("a").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ((*held)->Info().id, "a");  // still usable by whoever was stepping it
+  EXPECT_EQ((*held)->Info().id, "a");    // still usable by whoever was stepping it
   EXPECT_TRUE(Create(store, "a").ok());  // and the id is free again
 }
 

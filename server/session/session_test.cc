@@ -35,7 +35,8 @@ OwnedTensor Make(std::string name, std::vector<int64_t> shape, std::vector<float
 std::vector<float> Floats(const WireTensor& t) {
   std::vector<float> v;
   EXPECT_TRUE(
-      DecodeFloats(t.name, t.dtype, t.data, t.data.size() / BytesPerElement(t.dtype), &v).ok());
+      DecodeFloats(t.name, t.dtype, t.bytes(), t.bytes().size() / BytesPerElement(t.dtype), &v)
+          .ok());
   return v;
 }
 
@@ -97,6 +98,33 @@ TEST(SessionTest, StepAppliesTheOptimizerAndReturnsNewParameters) {
   EXPECT_THAT(Floats(out->parameters[1]), ElementsAre(-2.0f));
 }
 
+TEST(SessionTest, F32RepliesShareTheParametersAndLaterStepsNeverChangeThem) {
+  auto s = MakeSession({Make("w", {2}, {1.0f, 2.0f})}, Sgd(1));
+  std::vector<OwnedTensor> g = {Make("w", {2}, {0.5f, 0.5f})};
+  std::vector<WireTensorView> views = {g[0].view()};
+  StepInput in;
+  in.gradients = views;
+  absl::StatusOr<StepOutput> first = s->StepAndWait(in);
+  ASSERT_TRUE(first.ok());
+  ASSERT_NE(first->parameters[0].shared, nullptr);  // no copy into `data`
+  EXPECT_TRUE(first->parameters[0].data.empty());
+  EXPECT_THAT(Floats(first->parameters[0]), ElementsAre(0.5f, 1.5f));
+  // The next step writes a copy: the values the first reply holds stay those of version 1.
+  absl::StatusOr<StepOutput> second = s->StepAndWait(in);
+  ASSERT_TRUE(second.ok());
+  EXPECT_THAT(Floats(first->parameters[0]), ElementsAre(0.5f, 1.5f));
+  EXPECT_THAT(Floats(second->parameters[0]), ElementsAre(0.0f, 1.0f));
+  EXPECT_NE(first->parameters[0].shared.get(), second->parameters[0].shared.get());
+  // Once no reply holds them, steps write the parameters where they are: no copy per step.
+  const std::vector<float>* buffer = second->parameters[0].shared.get();
+  first->parameters.clear();
+  second->parameters.clear();
+  absl::StatusOr<StepOutput> third = s->StepAndWait(in);
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(third->parameters[0].shared.get(), buffer);
+  EXPECT_THAT(Floats(third->parameters[0]), ElementsAre(-0.5f, 0.5f));
+}
+
 TEST(SessionTest, StepCanReturnNothingOrOtherDTypes) {
   auto s = MakeSession({Make("w", {2}, {1.0f, 2.0f})}, Sgd(1));
   std::vector<OwnedTensor> g = {Make("w", {2}, {0.5f, 0.5f})};
@@ -139,19 +167,22 @@ TEST(SessionTest, MalformedStepsAreRefusedAndChangeNothing) {
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<BadStep> cases = {
       {"missing", {Make("w", {2}, {1, 1})}, "no entry for tensor \"b\""},
-      {"unknown", {Make("w", {2}, {1, 1}), Make("b", {1}, {1}), Make("x", {1}, {1})},
+      {"unknown",
+       {Make("w", {2}, {1, 1}), Make("b", {1}, {1}), Make("x", {1}, {1})},
        "gradients[2].name \"x\" is not a tensor of session s1"},
       {"repeated", {Make("w", {2}, {1, 1}), Make("w", {2}, {1, 1})}, "is repeated"},
-      {"shape", {Make("w", {1, 2}, {1, 1}), Make("b", {1}, {1})},
+      {"shape",
+       {Make("w", {1, 2}, {1, 1}), Make("b", {1}, {1})},
        "gradients[0].shape [1, 2] of \"w\" must be [2]"},
-      {"nan", {Make("w", {2}, {1, nan}), Make("b", {1}, {1})},
+      {"nan",
+       {Make("w", {2}, {1, nan}), Make("b", {1}, {1})},
        "gradients[0] \"w\" element 1 is nan; every value must be finite"},
       {"inf", {Make("w", {2}, {1, 1}), Make("b", {1}, {-inf})}, "element 0 is -inf"},
   };
   OwnedTensor short_bytes = Make("b", {1}, {1});
   short_bytes.data.resize(3);
-  cases.push_back({"bytes", {Make("w", {2}, {1, 1}), short_bytes},
-                   "gradients[1].data has 3 bytes; must be 4"});
+  cases.push_back(
+      {"bytes", {Make("w", {2}, {1, 1}), short_bytes}, "gradients[1].data has 3 bytes; must be 4"});
 
   auto s = MakeSession({Make("w", {2}, {1.0f, 2.0f}), Make("b", {1}, {3.0f})}, Sgd(1));
   for (const BadStep& c : cases) {
@@ -192,13 +223,11 @@ TEST(SessionTest, CreateValidatesIdTensorsAndOptimizer) {
               HasSubstr("tensors[0].name \"\" has length 0"));
   EXPECT_THAT(CreateStatus("s", {Make("w", {1}, {0}), Make("w", {1}, {0})}).message(),
               HasSubstr("tensors[1].name \"w\" is repeated"));
-  EXPECT_THAT(CreateStatus("s", {Make("w", {2, 0}, {})}).message(),
-              HasSubstr("dimension 1 is 0"));
+  EXPECT_THAT(CreateStatus("s", {Make("w", {2, 0}, {})}).message(), HasSubstr("dimension 1 is 0"));
   EXPECT_THAT(CreateStatus("s", {Make("w", std::vector<int64_t>(9, 1), {0})}).message(),
               HasSubstr("has rank 9; must be at most 8"));
-  EXPECT_THAT(
-      CreateStatus("s", {Make("w", {int64_t{1} << 40, int64_t{1} << 40}, {0})}).message(),
-      HasSubstr("the product at most"));
+  EXPECT_THAT(CreateStatus("s", {Make("w", {int64_t{1} << 40, int64_t{1} << 40}, {0})}).message(),
+              HasSubstr("the product at most"));
   EXPECT_THAT(CreateStatus("s", {Make("w", {2}, {0})}).message(),
               HasSubstr("tensors[0].data has 4 bytes; must be 8"));
   EXPECT_THAT(CreateStatus("s", {Make("w", {1}, {std::nanf("")})}).message(),
@@ -286,8 +315,8 @@ TEST(SessionObserverTest, ReportsAppliedStepsAndRefusalsWithTheirReason) {
   EXPECT_DOUBLE_EQ(observer.steps[0].gradient_norm, 5.0);
   EXPECT_DOUBLE_EQ(observer.steps[0].lr, 0.5);
   EXPECT_DOUBLE_EQ(observer.steps[0].loss, 0.25);
-  EXPECT_DOUBLE_EQ(observer.steps[0].update_norm, 2.5);      // w moved by -0.5 * (3, 4)
-  EXPECT_DOUBLE_EQ(observer.steps[0].parameter_norm, 0.5);   // w = (-0.5, 0)
+  EXPECT_DOUBLE_EQ(observer.steps[0].update_norm, 2.5);     // w moved by -0.5 * (3, 4)
+  EXPECT_DOUBLE_EQ(observer.steps[0].parameter_norm, 0.5);  // w = (-0.5, 0)
   EXPECT_EQ(observer.bytes_in, 8);
   EXPECT_EQ(observer.bytes_out, 8);
 
