@@ -53,6 +53,18 @@ OPTD_SIMD_CLONES void Decode16(const char* __restrict data, size_t n, float* __r
   }
 }
 
+// InvalidArgument naming `what` unless `data` holds exactly `count` elements of `dtype`.
+absl::Status CheckLength(absl::string_view what, WireDType dtype, absl::string_view data,
+                         int64_t count) {
+  const int64_t want = count * BytesPerElement(dtype);
+  if (count < 0 || static_cast<int64_t>(data.size()) != want) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ".data has ", data.size(), " bytes; must be ", want, " (", count, " elements of ",
+        WireDTypeName(dtype), " at ", BytesPerElement(dtype), " bytes each)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int64_t BytesPerElement(WireDType dtype) { return dtype == WireDType::kF32 ? 4 : 2; }
@@ -71,7 +83,8 @@ absl::string_view WireDTypeName(WireDType dtype) {
 
 uint16_t FloatToBf16(float value) {
   const uint32_t x = BitsOf(value);
-  const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;  // ties to even; may carry to Inf
+  const uint32_t rounded =
+      (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;  // ties to even; may carry to Inf
   const uint32_t quiet_nan = (x >> 16) | 0x0040u;
   return static_cast<uint16_t>(Select((x & 0x7fffffffu) > 0x7f800000u, quiet_nan, rounded));
 }
@@ -122,47 +135,57 @@ std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_vie
 
 absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
                           int64_t count, std::vector<float>* out) {
-  const int64_t want = count * BytesPerElement(dtype);
-  if (count < 0 || static_cast<int64_t>(data.size()) != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ".data has ", data.size(), " bytes; must be ", want, " (", count,
-        " elements of ", WireDTypeName(dtype), " at ", BytesPerElement(dtype), " bytes each)"));
+  if (absl::Status s = CheckLength(what, dtype, data, count); !s.ok()) return s;
+  if (dtype == WireDType::kF32) {
+    // assign() copies once; resize() would first zero-fill, a second pass over a tensor that may
+    // be 64 MiB.
+    if (const std::optional<absl::Span<const float>> view = F32View(dtype, data, count)) {
+      out->assign(view->begin(), view->end());
+      return absl::OkStatus();
+    }
+  }
+  out->resize(static_cast<size_t>(count));
+  return DecodeFloats(what, dtype, data, absl::MakeSpan(*out));
+}
+
+absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
+                          absl::Span<float> out) {
+  if (absl::Status s = CheckLength(what, dtype, data, static_cast<int64_t>(out.size())); !s.ok()) {
+    return s;
   }
   switch (dtype) {
     case WireDType::kF32:
-      // assign() copies once; resize() would first zero-fill, a second pass over a tensor that
-      // may be 64 MiB.
-      if (const std::optional<absl::Span<const float>> view = F32View(dtype, data, count)) {
-        out->assign(view->begin(), view->end());
-      } else {
-        out->resize(static_cast<size_t>(count));
-        if (count > 0) std::memcpy(out->data(), data.data(), data.size());
-      }
+      if (!out.empty()) std::memcpy(out.data(), data.data(), data.size());
       break;
     case WireDType::kBf16:
-      out->resize(static_cast<size_t>(count));
-      Decode16<Bf16ToFloat>(data.data(), out->size(), out->data());
+      Decode16<Bf16ToFloat>(data.data(), out.size(), out.data());
       break;
     case WireDType::kF16:
-      out->resize(static_cast<size_t>(count));
-      Decode16<F16ToFloat>(data.data(), out->size(), out->data());
+      Decode16<F16ToFloat>(data.data(), out.size(), out.data());
       break;
   }
   return absl::OkStatus();
 }
 
 void EncodeFloats(WireDType dtype, absl::Span<const float> values, std::string* out) {
+  if (dtype == WireDType::kF32) {  // assign() copies once, without a zero-fill first
+    out->assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+    return;
+  }
+  out->resize(values.size() * BytesPerElement(dtype));
+  EncodeFloats(dtype, values, out->data());
+}
+
+void EncodeFloats(WireDType dtype, absl::Span<const float> values, char* out) {
   switch (dtype) {
     case WireDType::kF32:
-      out->assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+      if (!values.empty()) std::memcpy(out, values.data(), values.size() * sizeof(float));
       break;
     case WireDType::kBf16:
-      out->resize(values.size() * 2);
-      Encode16<FloatToBf16>(values.data(), values.size(), out->data());
+      Encode16<FloatToBf16>(values.data(), values.size(), out);
       break;
     case WireDType::kF16:
-      out->resize(values.size() * 2);
-      Encode16<FloatToF16>(values.data(), values.size(), out->data());
+      Encode16<FloatToF16>(values.data(), values.size(), out);
       break;
   }
 }

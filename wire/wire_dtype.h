@@ -47,8 +47,15 @@ std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_vie
 absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
                           int64_t count, std::vector<float>* out);
 
+// The same into `out`, whose size is the count: for callers with a buffer of their own.
+absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
+                          absl::Span<float> out);
+
 // Encodes `values` as `dtype`, replacing the contents of `*out` (F32: one copy).
 void EncodeFloats(WireDType dtype, absl::Span<const float> values, std::string* out);
+
+// The same into `out`, which must have room for values.size() * BytesPerElement(dtype) bytes.
+void EncodeFloats(WireDType dtype, absl::Span<const float> values, char* out);
 
 }  // namespace optd
 

@@ -13,6 +13,7 @@
 #include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/slice.h"
+#include "wire/wire_dtype.h"
 
 namespace optd {
 namespace {
@@ -53,13 +54,23 @@ class SliceWriter {
         owned->data(), owned->size(), [](void* s) { delete static_cast<std::string*>(s); }, owned);
   }
 
-  void Share(SharedFloats floats) {
-    const size_t size = floats->size() * sizeof(float);
+  // `floats` encoded as `dtype`: F32 large ones referenced where they are, others encoded
+  // straight into a slice (or into the pending string when small).
+  void Share(SharedFloats floats, WireDType dtype) {
+    const size_t size = floats->size() * BytesPerElement(dtype);
     if (size < kMoveMinBytes) {
-      pending_.append(reinterpret_cast<const char*>(floats->data()), size);
+      const size_t at = pending_.size();
+      pending_.resize(at + size);
+      EncodeFloats(dtype, *floats, pending_.data() + at);
       return;
     }
     Flush();
+    if (dtype != WireDType::kF32) {
+      grpc::Slice slice(size);  // not zero-filled
+      EncodeFloats(dtype, *floats, reinterpret_cast<char*>(const_cast<uint8_t*>(slice.begin())));
+      slices_.push_back(std::move(slice));
+      return;
+    }
     // gRPC only reads the slice; the session never writes a buffer it shares.
     void* data = const_cast<float*>(floats->data());
     auto* owned = new SharedFloats(std::move(floats));
@@ -129,7 +140,7 @@ class SplitReply {
       if (data_size == 0) continue;
       out->Prefix(v1::Tensor::kDataFieldNumber, data_size);
       if (shared_[i] != nullptr) {
-        out->Share(std::move(shared_[i]));
+        out->Share(std::move(shared_[i]), static_cast<WireDType>(tensors_.Get(i).dtype()));
       } else {
         out->Move(&data_[i]);
       }
@@ -138,7 +149,8 @@ class SplitReply {
 
  private:
   size_t DataSize(int i) const {
-    return shared_[i] != nullptr ? shared_[i]->size() * sizeof(float) : data_[i].size();
+    if (shared_[i] == nullptr) return data_[i].size();
+    return shared_[i]->size() * BytesPerElement(static_cast<WireDType>(tensors_.Get(i).dtype()));
   }
 
   v1::StepResponse* const reply_;

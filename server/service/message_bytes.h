@@ -6,8 +6,9 @@
 // parameters); gRPC's protobuf serialization would copy every one of them into slices of its own.
 // Here the values of at least kMoveMinBytes go into slices of the ByteBuffer without a copy: a
 // data string is moved into its slice, and F32 parameters the session shares (SharedFloats, see
-// wire_tensor.h) are referenced by theirs. gRPC drops the slices once it has sent them. Only the
-// rest of the message is serialized.
+// wire_tensor.h) are referenced by theirs; shared parameters returned as BF16 or F16 are encoded
+// straight into theirs. gRPC drops the slices once it has sent them. Only the rest of the message
+// is serialized.
 //
 // The bytes are a valid serialization of the same message: fields may come in another order than
 // protobuf's own serializer writes them, which every protobuf parser accepts (parsed back, the
@@ -40,8 +41,9 @@ inline constexpr size_t kMoveMinBytes = 64 * 1024;
 // Parses `*bytes` into `*message` (cleared first) and clears `*bytes`.
 absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite* message);
 
-// Serializes `*reply` into `*out`. The data of reply.parameters(i) is shared[i] when i <
-// shared.size() and shared[i] is set (the tensor's data field is then empty), else its data field.
+// Serializes `*reply` into `*out`. The data of reply.parameters(i) is shared[i] encoded as that
+// tensor's dtype when i < shared.size() and shared[i] is set (the tensor's data field is then
+// empty), else its data field.
 // On return each of reply's tensors may have an empty data field and `shared` is cleared; every
 // other field is unchanged.
 void SerializeStepResponse(v1::StepResponse* reply, std::vector<SharedFloats>* shared,

@@ -131,6 +131,27 @@ TEST(MessageBytesTest, StreamStepsResponseParsesBackEqual) {
   EXPECT_TRUE(MessageDifferencer::Equals(Parsed<v1::StreamStepsResponse>(&bytes), error));
 }
 
+TEST(MessageBytesTest, SharedValuesAreEncodedInTheTensorsDType) {
+  for (const size_t n : {size_t{3}, size_t{1} << 20}) {  // appended, and a slice of its own
+    auto floats = std::make_shared<std::vector<float>>(n);
+    for (size_t i = 0; i < n; ++i) (*floats)[i] = 0.001f * static_cast<float>(i) - 7.0f;
+    for (const v1::DType dtype : {v1::DTYPE_F32, v1::DTYPE_BF16, v1::DTYPE_F16}) {
+      v1::StepResponse want = ReplyWith({0});
+      want.mutable_parameters(0)->set_dtype(dtype);
+      EncodeFloats(static_cast<WireDType>(dtype), *floats,
+                   want.mutable_parameters(0)->mutable_data());
+      v1::StepResponse reply = want;
+      reply.mutable_parameters(0)->clear_data();
+      std::vector<SharedFloats> shared = {floats};
+      grpc::ByteBuffer bytes;
+      SerializeStepResponse(&reply, &shared, &bytes);
+      EXPECT_EQ(bytes.Length(), want.ByteSizeLong());
+      EXPECT_TRUE(MessageDifferencer::Equals(Parsed<v1::StepResponse>(&bytes), want))
+          << "n = " << n << ", dtype " << dtype;
+    }
+  }
+}
+
 TEST(MessageBytesTest, ParseMessageRefusesBytesThatAreNotTheMessage) {
   const std::string garbage = "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01";
   grpc::Slice slice(garbage.data(), garbage.size());

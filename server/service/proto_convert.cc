@@ -355,7 +355,7 @@ void TensorToProto(WireTensor&& tensor, v1::Tensor* out) {
   out->mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
   out->set_dtype(static_cast<v1::DType>(tensor.dtype));
   if (tensor.shared != nullptr) {
-    out->set_data(std::string(tensor.bytes()));  // a copy: the message must own its bytes
+    EncodeFloats(tensor.dtype, *tensor.shared, out->mutable_data());  // the message owns its bytes
   } else {
     out->set_data(std::move(tensor.data));
   }

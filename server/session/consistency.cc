@@ -21,12 +21,13 @@ absl::Status ValidateWorkerId(const std::string& field, const std::string& id) {
   constexpr size_t kMaxLength = 128;
   bool ok = !id.empty() && id.size() <= kMaxLength;
   for (char c : id) {
-    ok &= (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '.' || c == '_' || c == ':' || c == '-';
+    ok &= (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '_' || c == ':' || c == '-';
   }
   if (ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      field, " \"", id, "\" is not a valid worker id: must be 1 to 128 characters of [A-Za-z0-9._:-]"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " \"", id,
+                   "\" is not a valid worker id: must be 1 to 128 characters of [A-Za-z0-9._:-]"));
 }
 
 absl::Status ConsistencyOptions::Validate() const {

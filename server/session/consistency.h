@@ -27,11 +27,11 @@ struct ConsistencyOptions {
   Mode mode = Mode::kAsync;
 
   // Parameters that affect SYNC only.
-  int workers = 1;                       // K, in [1, kMaxSyncWorkers]
-  std::vector<std::string> worker_ids;   // if not empty, exactly K distinct ids
+  int workers = 1;                      // K, in [1, kMaxSyncWorkers]
+  std::vector<std::string> worker_ids;  // if not empty, exactly K distinct ids
   Reduce reduce = Reduce::kMean;
   absl::Duration barrier_timeout = absl::Seconds(30);  // in (0, 1 day]
-  int quorum = 0;                        // in [0, workers]; 0 means workers
+  int quorum = 0;                                      // in [0, workers]; 0 means workers
 
   // Parameters that affect BOUNDED only.
   int64_t max_staleness = 0;  // S >= 0

@@ -55,7 +55,8 @@ class ConsistencyTest : public ::testing::Test {
 
   static std::vector<float> W(const StepOutput& out) {
     std::vector<float> w;
-    EXPECT_TRUE(DecodeFloats("w", out.parameters[0].dtype, out.parameters[0].bytes(), 2, &w).ok());
+    EXPECT_TRUE(
+        DecodeFloats("w", out.parameters[0].dtype, out.parameters[0].EncodedData(), 2, &w).ok());
     return w;
   }
 

@@ -237,7 +237,8 @@ std::vector<float> Session::Densify(int index, Gradient&& g) const {
 absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradient>* grads,
                                       RefusalReason* reason) const {
   const size_t n = specs_.size();
-  grads->assign(n, {});
+  grads->clear();
+  grads->resize(n);
   std::vector<bool> seen(n, false);
   *reason = RefusalReason::kInvalid;
   for (size_t i = 0; i < input.gradients.size(); ++i) {
@@ -265,7 +266,7 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
               F32View(g.dtype, g.data, spec.num_elements)) {
         out.Borrow(*view);  // read in place from the request
       } else if (absl::Status s =
-                     DecodeFloats(field, g.dtype, g.data, spec.num_elements, &out.Own());
+                     DecodeFloats(field, g.dtype, g.data, out.Allocate(spec.num_elements));
                  !s.ok()) {
         return s;
       }
@@ -879,7 +880,7 @@ void Session::Report(std::vector<Completion> completions, const StepEvent* event
     for (const Completion& c : completions) {
       RequestEvent request{id_, c.bytes_received, 0, c.staleness};
       if (c.result.ok()) {
-        for (const WireTensor& p : c.result->parameters) request.bytes_sent += p.bytes().size();
+        for (const WireTensor& p : c.result->parameters) request.bytes_sent += p.EncodedSize();
       }
       observer_->OnRequest(request);
       if (!c.result.ok()) {
@@ -905,11 +906,7 @@ absl::StatusOr<StepOutput> Session::StepAndWait(const StepInput& input) {
 
 WireTensor Session::EncodeTensor(int index, WireDType dtype) const {
   WireTensor t{specs_[index].name, specs_[index].shape, dtype, {}};
-  if (dtype == WireDType::kF32) {
-    t.shared = values_[index];
-  } else {
-    EncodeFloats(dtype, *values_[index], &t.data);
-  }
+  t.shared = values_[index];  // encoded when the reply is written, outside the lock
   return t;
 }
 

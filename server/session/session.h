@@ -100,8 +100,9 @@ enum class ReturnMode {
 
 // A gradient decoded for one tensor: dense, or row-sparse with sorted unique rows (duplicates
 // summed). Its values (dense: every element; sparse: rows.size() * row size) are owned, or, for a
-// dense F32 gradient, borrowed from the request's bytes (no copy) until something must write them
-// or keep them past the request (a SYNC barrier): Own() copies them then.
+// dense gradient, borrowed from the request's bytes (F32, no copy) or from a buffer it decoded into
+// (Allocate) until something must write them or keep them past the request (a SYNC barrier):
+// Own() copies them then.
 struct Gradient {
   bool sparse = false;
   std::vector<int64_t> rows;  // sparse only
@@ -118,6 +119,7 @@ struct Gradient {
     if (borrowed_) {
       owned_.assign(borrowed_values_.begin(), borrowed_values_.end());
       borrowed_ = false;
+      buffer_.reset();
     }
     return owned_;
   }
@@ -126,8 +128,16 @@ struct Gradient {
     borrowed_values_ = values;
     borrowed_ = true;
   }
+  // A buffer of `n` values for the caller to fill (a decoded BF16 or F16 gradient), held as a
+  // borrowed view is: no zero-fill first, as a vector would do.
+  absl::Span<float> Allocate(size_t n) {
+    buffer_.reset(new float[n]);
+    Borrow(absl::MakeConstSpan(buffer_.get(), n));
+    return absl::MakeSpan(buffer_.get(), n);
+  }
 
  private:
+  std::unique_ptr<float[]> buffer_;  // what Allocate() lent, if anything
   std::vector<float> owned_;
   absl::Span<const float> borrowed_values_;
   bool borrowed_ = false;

@@ -19,10 +19,10 @@ namespace optd {
 
 // Why a step was refused; stable names, used as metric label values.
 enum class RefusalReason {
-  kInvalid,    // malformed request: unknown tensor, wrong shape or bytes, bad hyperparameter
-  kNonFinite,  // a NaN or Inf gradient element
-  kStale,      // computed at a version too old for the session's consistency mode
-  kDuplicate,  // a retried (worker, sequence) already applied: answered from the first outcome
+  kInvalid,         // malformed request: unknown tensor, wrong shape or bytes, bad hyperparameter
+  kNonFinite,       // a NaN or Inf gradient element
+  kStale,           // computed at a version too old for the session's consistency mode
+  kDuplicate,       // a retried (worker, sequence) already applied: answered from the first outcome
   kBarrierTimeout,  // a SYNC barrier expired without its quorum
 };
 
@@ -32,22 +32,22 @@ absl::string_view RefusalReasonName(RefusalReason reason);
 struct StepEvent {
   absl::string_view session_id;
   absl::string_view optimizer;
-  int64_t version = 0;            // after the step
-  int workers = 1;                // gradients combined into this step
-  double gradient_norm = 0;       // L2 over all tensors, as received (before clipping)
-  double update_norm = -1;        // L2 of the parameter change; -1 when not measured
-  double parameter_norm = -1;     // L2 of the parameters after the step; -1 when not measured
-  double learning_rate = 0;       // used by this step
-  std::optional<double> loss;     // reported by the worker(s), averaged for SYNC
+  int64_t version = 0;         // after the step
+  int workers = 1;             // gradients combined into this step
+  double gradient_norm = 0;    // L2 over all tensors, as received (before clipping)
+  double update_norm = -1;     // L2 of the parameter change; -1 when not measured
+  double parameter_norm = -1;  // L2 of the parameters after the step; -1 when not measured
+  double learning_rate = 0;    // used by this step
+  std::optional<double> loss;  // reported by the worker(s), averaged for SYNC
   int64_t optimizer_state_bytes = 0;
 };
 
 // One request handled by a session, applied or not.
 struct RequestEvent {
   absl::string_view session_id;
-  int64_t bytes_received = 0;    // tensor payload bytes in the request
-  int64_t bytes_sent = 0;        // tensor payload bytes in the reply
-  int64_t staleness = -1;        // session version - the version the gradient was computed at; -1 unknown
+  int64_t bytes_received = 0;  // tensor payload bytes in the request
+  int64_t bytes_sent = 0;      // tensor payload bytes in the reply
+  int64_t staleness = -1;  // session version - the version the gradient was computed at; -1 unknown
 };
 
 class SessionObserver {

@@ -29,8 +29,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Create(
       return absl::AlreadyExistsError(absl::StrCat("session ", id, " already exists"));
     }
     if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "the server holds ", sessions_.size(), " sessions, its maximum (--max_sessions)"));
+      return absl::ResourceExhaustedError(absl::StrCat("the server holds ", sessions_.size(),
+                                                       " sessions, its maximum (--max_sessions)"));
     }
   }
   absl::StatusOr<std::shared_ptr<Session>> session =
@@ -40,8 +40,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Create(
   {
     absl::MutexLock lock(&mu_);
     if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "the server holds ", sessions_.size(), " sessions, its maximum (--max_sessions)"));
+      return absl::ResourceExhaustedError(absl::StrCat("the server holds ", sessions_.size(),
+                                                       " sessions, its maximum (--max_sessions)"));
     }
     if (!sessions_.emplace(id, shared).second) {
       return absl::AlreadyExistsError(absl::StrCat("session ", id, " already exists"));

@@ -35,7 +35,7 @@ OwnedTensor Make(std::string name, std::vector<int64_t> shape, std::vector<float
 std::vector<float> Floats(const WireTensor& t) {
   std::vector<float> v;
   EXPECT_TRUE(
-      DecodeFloats(t.name, t.dtype, t.bytes(), t.bytes().size() / BytesPerElement(t.dtype), &v)
+      DecodeFloats(t.name, t.dtype, t.EncodedData(), t.EncodedSize() / BytesPerElement(t.dtype), &v)
           .ok());
   return v;
 }
@@ -139,7 +139,7 @@ TEST(SessionTest, StepCanReturnNothingOrOtherDTypes) {
   in.return_dtype = WireDType::kBf16;
   out = s->StepAndWait(in);
   ASSERT_TRUE(out.ok());
-  EXPECT_EQ(out->parameters[0].data.size(), 4u);
+  EXPECT_EQ(out->parameters[0].EncodedSize(), 4);
   EXPECT_THAT(Floats(out->parameters[0]), ElementsAre(0.0f, 1.0f));
 }
 

@@ -3,7 +3,7 @@
 // Tensors as they cross the wire, in domain types (no protobuf): a name, a shape, an encoding and
 // the raw little-endian bytes. WireTensorView borrows the bytes of an incoming request;
 // WireTensor owns the bytes of an outgoing reply, ready to be moved into a message, or, for a
-// whole tensor in F32, shares the session's own parameter buffer instead of copying it.
+// whole tensor, shares the session's own parameter buffer instead of copying it.
 //
 // The element encodings themselves live in wire/wire_dtype.h. Plain data: thread-compatible.
 
@@ -37,21 +37,29 @@ struct WireTensorView {
 // So the values stay those of the version they were returned at, and may be read without a lock.
 using SharedFloats = std::shared_ptr<const std::vector<float>>;
 
-// A tensor in an outgoing reply.
+// A tensor in an outgoing reply. A whole tensor shares the session's values (`shared`), encoded
+// as `dtype` only when the reply is written (F32: not even then, the bytes are the floats); rows
+// (Pull and touched-rows replies) are encoded into `data`.
 struct WireTensor {
   std::string name;
   std::vector<int64_t> shape;
   WireDType dtype = WireDType::kF32;
-  std::string data;       // the encoded elements, unless `shared` holds them
-  SharedFloats shared;    // if set (dtype F32, whole tensor): the elements, and `data` is empty
+  std::string data;       // the encoded elements, unless `shared` holds the values
+  SharedFloats shared;    // if set: the values, and `data` is empty
   bool has_rows = false;  // row-sparse: `data` holds only `rows`
   std::vector<int64_t> rows;
 
-  // The encoded elements, wherever they are.
-  absl::string_view bytes() const {
-    return shared ? absl::string_view(reinterpret_cast<const char*>(shared->data()),
-                                      shared->size() * sizeof(float))
-                  : absl::string_view(data);
+  // The size of the encoded elements.
+  int64_t EncodedSize() const {
+    return shared ? static_cast<int64_t>(shared->size()) * BytesPerElement(dtype)
+                  : static_cast<int64_t>(data.size());
+  }
+  // The encoded elements (a copy).
+  std::string EncodedData() const {
+    if (!shared) return data;
+    std::string bytes;
+    EncodeFloats(dtype, *shared, &bytes);
+    return bytes;
   }
 };
 
