@@ -53,18 +53,6 @@ OPTD_SIMD_CLONES void Decode16(const char* __restrict data, size_t n, float* __r
   }
 }
 
-// InvalidArgument naming `what` unless `data` holds exactly `count` elements of `dtype`.
-absl::Status CheckLength(absl::string_view what, WireDType dtype, absl::string_view data,
-                         int64_t count) {
-  const int64_t want = count * BytesPerElement(dtype);
-  if (count < 0 || static_cast<int64_t>(data.size()) != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ".data has ", data.size(), " bytes; must be ", want, " (", count, " elements of ",
-        WireDTypeName(dtype), " at ", BytesPerElement(dtype), " bytes each)"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 int64_t BytesPerElement(WireDType dtype) { return dtype == WireDType::kF32 ? 4 : 2; }
@@ -133,9 +121,20 @@ std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_vie
                              static_cast<size_t>(count));
 }
 
+absl::Status CheckEncodedSize(absl::string_view what, WireDType dtype, absl::string_view data,
+                              int64_t count) {
+  const int64_t want = count * BytesPerElement(dtype);
+  if (count < 0 || static_cast<int64_t>(data.size()) != want) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ".data has ", data.size(), " bytes; must be ", want, " (", count, " elements of ",
+        WireDTypeName(dtype), " at ", BytesPerElement(dtype), " bytes each)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
                           int64_t count, std::vector<float>* out) {
-  if (absl::Status s = CheckLength(what, dtype, data, count); !s.ok()) return s;
+  if (absl::Status s = CheckEncodedSize(what, dtype, data, count); !s.ok()) return s;
   if (dtype == WireDType::kF32) {
     // assign() copies once; resize() would first zero-fill, a second pass over a tensor that may
     // be 64 MiB.
@@ -150,7 +149,8 @@ absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_
 
 absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
                           absl::Span<float> out) {
-  if (absl::Status s = CheckLength(what, dtype, data, static_cast<int64_t>(out.size())); !s.ok()) {
+  if (absl::Status s = CheckEncodedSize(what, dtype, data, static_cast<int64_t>(out.size()));
+      !s.ok()) {
     return s;
   }
   switch (dtype) {

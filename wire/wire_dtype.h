@@ -41,6 +41,11 @@ float F16ToFloat(uint16_t bits);
 std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_view data,
                                                int64_t count);
 
+// OK if `data` holds exactly `count` elements encoded as `dtype`; else InvalidArgument naming
+// `what`, e.g. "gradients[0].data has 6 bytes; must be 8 (4 elements of BF16 at 2 bytes each)".
+absl::Status CheckEncodedSize(absl::string_view what, WireDType dtype, absl::string_view data,
+                              int64_t count);
+
 // Decodes `data`, `count` elements encoded as `dtype`, into `*out` (its contents replaced, its
 // size `count`; F32 in one copy, with no zero-fill first). Returns InvalidArgument naming `what`
 // if the byte length is not count * BytesPerElement(dtype); `*out` is then unspecified.

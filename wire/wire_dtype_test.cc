@@ -30,8 +30,8 @@ TEST(WireDTypeTest, BytesPerElement) {
 }
 
 TEST(Bf16Test, ExactValuesRoundTrip) {
-  for (float v : {0.0f, -0.0f, 1.0f, -2.5f, std::ldexp(1.5f, 127), std::ldexp(1.0f, -126), kInf,
-                  -kInf}) {
+  for (float v :
+       {0.0f, -0.0f, 1.0f, -2.5f, std::ldexp(1.5f, 127), std::ldexp(1.0f, -126), kInf, -kInf}) {
     EXPECT_EQ(Bf16ToFloat(FloatToBf16(v)), v) << v;
   }
   EXPECT_TRUE(std::signbit(Bf16ToFloat(FloatToBf16(-0.0f))));
@@ -197,9 +197,9 @@ TEST(CodecTest, DecodesF32FromUnalignedBytes) {
   EncodeFloats(WireDType::kF32, values, &bytes);
   const std::string shifted = "x" + bytes;  // the floats start at an odd address
   std::vector<float> back;
-  ASSERT_TRUE(DecodeFloats("t", WireDType::kF32, absl::string_view(shifted).substr(1),
-                           values.size(), &back)
-                  .ok());
+  ASSERT_TRUE(
+      DecodeFloats("t", WireDType::kF32, absl::string_view(shifted).substr(1), values.size(), &back)
+          .ok());
   EXPECT_EQ(back, values);
 }
 

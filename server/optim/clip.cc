@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -50,12 +51,20 @@ absl::Status ClipOptions::Validate() const {
 }
 
 double SquaredNorm(absl::Span<const float> values) {
-  const int64_t n = static_cast<int64_t>(values.size());
-  if (n < kParallelMinElements) return SquaresOf(values.data(), n);
+  return FillAndSquaredNorm(values.size(), {}, values.data());
+}
+
+double FillAndSquaredNorm(int64_t n, const std::function<void(int64_t begin, int64_t end)>& fill,
+                          const float* values) {
+  auto block = [&](int64_t begin, int64_t end) {
+    if (fill) fill(begin, end);
+    return SquaresOf(values + begin, end - begin);
+  };
+  if (n < kParallelMinElements) return block(0, n);
   // One partial per block, added in block order: the same bits whatever the pool size.
   std::vector<double> partials((n + kBlockElements - 1) / kBlockElements);
   ThreadPool::Default()->ParallelFor(n, kBlockElements, [&](int64_t begin, int64_t end) {
-    partials[begin / kBlockElements] = SquaresOf(values.data() + begin, end - begin);
+    partials[begin / kBlockElements] = block(begin, end);
   });
   double sum = 0;
   for (const double partial : partials) sum += partial;

@@ -20,6 +20,9 @@
 #ifndef OPTD_SERVER_OPTIM_CLIP_H_
 #define OPTD_SERVER_OPTIM_CLIP_H_
 
+#include <cstdint>
+#include <functional>
+
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
@@ -46,6 +49,13 @@ struct ClipOptions {
 // both measures a gradient and checks it. Spans of Optimizer::kParallelMinElements or more run on
 // ThreadPool::Default() (so not from inside a ParallelFor).
 double SquaredNorm(absl::Span<const float> values);
+
+// SquaredNorm of the `n` values at `values` that fill(begin, end) writes first (a gradient being
+// decoded, say), block by block on the same blocks and threads, each block summed right after it
+// is written, while it is still in cache. The same bits as fill(0, n) then SquaredNorm. fill
+// must only write [begin, end) and must not call ParallelFor.
+double FillAndSquaredNorm(int64_t n, const std::function<void(int64_t begin, int64_t end)>& fill,
+                          const float* values);
 
 // The L2 norm over every element of every tensor: the square root of the sum of each tensor's
 // SquaredNorm, added in tensor order. 0 for no tensors.

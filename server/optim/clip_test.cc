@@ -1,5 +1,6 @@
 #include "server/optim/clip.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -59,6 +60,28 @@ TEST(SquaredNormTest, IsNotFiniteExactlyWhenSomeValueIsNot) {
       g[at] = std::numeric_limits<float>::denorm_min();
       EXPECT_TRUE(std::isfinite(SquaredNorm(g))) << "n=" << n << " at=" << at;
     }
+  }
+}
+
+TEST(SquaredNormTest, FillAndSquaredNormGivesTheBitsOfFillingFirst) {
+  for (const int64_t n : {int64_t{0}, int64_t{10}, Optimizer::kParallelMinElements * 2 + 5}) {
+    auto value = [](int64_t i) { return std::sin(static_cast<float>(i)) * 3.0f; };
+    std::vector<float> filled(n);
+    std::vector<int> writes(n, 0);
+    const double fused = FillAndSquaredNorm(
+        n,
+        [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            filled[i] = value(i);
+            ++writes[i];
+          }
+        },
+        filled.data());
+    std::vector<float> reference(n);
+    for (int64_t i = 0; i < n; ++i) reference[i] = value(i);
+    EXPECT_EQ(fused, SquaredNorm(reference)) << "n=" << n;  // bit for bit
+    EXPECT_EQ(filled, reference);
+    EXPECT_TRUE(std::all_of(writes.begin(), writes.end(), [](int w) { return w == 1; }));
   }
 }
 

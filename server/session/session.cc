@@ -262,16 +262,28 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
     }
     Gradient& out = (*grads)[k];
     if (!g.has_rows) {
+      // One pass measures the gradient and checks it: the sum is finite iff every value is.
+      double squares;
       if (const std::optional<absl::Span<const float>> view =
               F32View(g.dtype, g.data, spec.num_elements)) {
         out.Borrow(*view);  // read in place from the request
-      } else if (absl::Status s =
-                     DecodeFloats(field, g.dtype, g.data, out.Allocate(spec.num_elements));
-                 !s.ok()) {
-        return s;
+        squares = SquaredNorm(*view);
+      } else {
+        if (absl::Status s = CheckEncodedSize(field, g.dtype, g.data, spec.num_elements); !s.ok()) {
+          return s;
+        }
+        // Decoded block by block (on the pool if large), each block measured while in cache.
+        const absl::Span<float> values = out.Allocate(spec.num_elements);
+        const int64_t width = BytesPerElement(g.dtype);
+        squares = FillAndSquaredNorm(
+            spec.num_elements,
+            [&](int64_t begin, int64_t end) {
+              (void)DecodeFloats(field, g.dtype,
+                                 g.data.substr(begin * width, (end - begin) * width),
+                                 values.subspan(begin, end - begin));
+            },
+            values.data());
       }
-      // One pass measures the gradient and checks it: the sum is finite iff every value is.
-      const double squares = SquaredNorm(out.values());
       if (!std::isfinite(squares)) {
         const int64_t bad = FirstNonFinite(out.values());
         *reason = RefusalReason::kNonFinite;
