@@ -74,6 +74,9 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   }
 
   void OnWriteDone(bool ok) override {
+    // Let go of the reply's slices now: one that shares the session's parameters would otherwise
+    // make the next step copy them (copy on write) for nothing.
+    write_.Clear();
     if (!ok) {
       FinishAndRecord(
           grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream closed while writing a reply"));
