@@ -151,17 +151,22 @@ std::vector<float> EdgeFloats(int dropped_bits) {
   return floats;
 }
 
-// Through EncodeFloats, so the vectorised loops are what is checked.
-TEST(Bf16Test, EncodingIsTheNearestEvenOnEveryRoundingEdge) {
-  const std::vector<float> floats = EdgeFloats(16);
+// Encodes `floats` as `dtype` through EncodeFloats, so the vectorised loops are what is checked,
+// and expects each code to be nearest(value) (NaNs aside).
+void ExpectNearestEven(WireDType dtype, const std::vector<float>& floats,
+                       uint16_t (*nearest)(float)) {
   std::string bytes;
-  EncodeFloats(WireDType::kBf16, floats, &bytes);
+  EncodeFloats(dtype, floats, &bytes);
   for (size_t i = 0; i < floats.size(); ++i) {
     if (std::isnan(floats[i])) continue;
     uint16_t got;
     std::memcpy(&got, bytes.data() + 2 * i, 2);
-    ASSERT_EQ(got, NearestBf16(floats[i])) << std::hexfloat << floats[i];
+    ASSERT_EQ(got, nearest(floats[i])) << std::hexfloat << floats[i];
   }
+}
+
+TEST(Bf16Test, EncodingIsTheNearestEvenOnEveryRoundingEdge) {
+  ExpectNearestEven(WireDType::kBf16, EdgeFloats(16), NearestBf16);
 }
 
 TEST(F16Test, EncodingIsTheNearestEvenOnEveryRoundingEdge) {
@@ -169,14 +174,7 @@ TEST(F16Test, EncodingIsTheNearestEvenOnEveryRoundingEdge) {
   for (int k = 0; k <= 1024; ++k) {  // halfway between subnormals, where 13 dropped bits are not
     floats.push_back(std::ldexp(k + 0.5f, -24));  // the rounding edge
   }
-  std::string bytes;
-  EncodeFloats(WireDType::kF16, floats, &bytes);
-  for (size_t i = 0; i < floats.size(); ++i) {
-    if (std::isnan(floats[i])) continue;
-    uint16_t got;
-    std::memcpy(&got, bytes.data() + 2 * i, 2);
-    ASSERT_EQ(got, NearestF16(floats[i])) << std::hexfloat << floats[i];
-  }
+  ExpectNearestEven(WireDType::kF16, floats, NearestF16);
 }
 
 TEST(CodecTest, EncodeThenDecodeEachDType) {

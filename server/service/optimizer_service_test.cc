@@ -16,6 +16,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "server/service/message_bytes.h"
 #include "server/service/server.h"
 
 namespace optd {
@@ -76,6 +77,17 @@ class OptimizerServiceTest : public ::testing::Test {
     grpc::Status s = stub_->CreateSession(&ctx, req, &out);
     EXPECT_TRUE(s.ok()) << s.error_message();
     return out;
+  }
+
+  // Every tensor of session `id`.
+  v1::PullResponse PullAll(const std::string& id) {
+    v1::PullRequest pull;
+    pull.set_session_id(id);
+    v1::PullResponse pulled;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub_->Pull(&ctx, pull, &pulled);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return pulled;
   }
 
   v1::StepRequest StepRequest(const std::string& id, float gw, float gb) {
@@ -320,11 +332,7 @@ TEST_F(OptimizerServiceTest, BadStepsAreInvalidArgumentAndChangeNothing) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << message;
     EXPECT_THAT(s.error_message(), HasSubstr(message));
   }
-  v1::PullRequest pull;
-  pull.set_session_id("bad");
-  v1::PullResponse pulled;
-  grpc::ClientContext ctx;
-  ASSERT_TRUE(stub_->Pull(&ctx, pull, &pulled).ok());
+  const v1::PullResponse pulled = PullAll("bad");
   EXPECT_EQ(pulled.version(), 0);
   EXPECT_THAT(Values(pulled.tensors(0)), ElementsAre(1.0f, 2.0f));
   EXPECT_THAT(Values(pulled.tensors(1)), ElementsAre(3.0f));
@@ -395,6 +403,19 @@ void Await(grpc::CompletionQueue* cq, void* tag) {
   EXPECT_TRUE(ok);
 }
 
+// On a generic StreamSteps call: writes `request` bytes, reads and parses the reply.
+v1::StreamStepsResponse Exchange(grpc::GenericClientAsyncReaderWriter* call,
+                                 grpc::CompletionQueue* cq, const std::string& request) {
+  call->Write(BytesOf(request), call);
+  Await(cq, call);
+  grpc::ByteBuffer bytes;
+  call->Read(&bytes, call);
+  Await(cq, call);
+  v1::StreamStepsResponse reply;
+  EXPECT_TRUE(ParseMessage(&bytes, &reply).ok());
+  return reply;
+}
+
 TEST_F(OptimizerServiceTest, UnparsableStepBytesAreInvalidArgumentAndTheServerGoesOn) {
   CreateSgd("raw", 0.5);
   grpc::GenericStub generic(channel_);
@@ -416,31 +437,12 @@ TEST_F(OptimizerServiceTest, UnparsableStepBytesAreInvalidArgumentAndTheServerGo
     auto call = generic.PrepareCall(&ctx, "/optd.v1.Optimizer/StreamSteps", &cq);
     call->StartCall(reinterpret_cast<void*>(2));
     Await(&cq, reinterpret_cast<void*>(2));
-    call->Write(BytesOf(std::string(kNotAStepRequest, sizeof(kNotAStepRequest) - 1)),
-                reinterpret_cast<void*>(3));
-    Await(&cq, reinterpret_cast<void*>(3));
-    grpc::ByteBuffer bytes;
-    call->Read(&bytes, reinterpret_cast<void*>(4));
-    Await(&cq, reinterpret_cast<void*>(4));
-    std::vector<grpc::Slice> slices;
-    ASSERT_TRUE(bytes.Dump(&slices).ok());
-    std::string flat;
-    for (const grpc::Slice& slice : slices) flat.append(slice.begin(), slice.end());
-    v1::StreamStepsResponse reply;
-    ASSERT_TRUE(reply.ParseFromString(flat));
+    v1::StreamStepsResponse reply =
+        Exchange(call.get(), &cq, std::string(kNotAStepRequest, sizeof(kNotAStepRequest) - 1));
     ASSERT_TRUE(reply.has_error());
     EXPECT_EQ(reply.error().code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(reply.error().message(), HasSubstr("not a valid optd.v1.StepRequest message"));
-
-    call->Write(BytesOf(StepRequest("raw", 1, 1).SerializeAsString()), reinterpret_cast<void*>(5));
-    Await(&cq, reinterpret_cast<void*>(5));
-    call->Read(&bytes, reinterpret_cast<void*>(6));
-    Await(&cq, reinterpret_cast<void*>(6));
-    slices.clear();
-    ASSERT_TRUE(bytes.Dump(&slices).ok());
-    flat.clear();
-    for (const grpc::Slice& slice : slices) flat.append(slice.begin(), slice.end());
-    ASSERT_TRUE(reply.ParseFromString(flat));
+    reply = Exchange(call.get(), &cq, StepRequest("raw", 1, 1).SerializeAsString());
     ASSERT_TRUE(reply.has_reply());
     EXPECT_EQ(reply.reply().version(), 1);
     EXPECT_THAT(Values(reply.reply().parameters(0)), ElementsAre(0.5f, 1.5f));
@@ -457,12 +459,7 @@ TEST_F(OptimizerServiceTest, UnparsableStepBytesAreInvalidArgumentAndTheServerGo
   while (cq.Next(&tag, &ok)) {
   }
   // Nothing was applied by the bad requests: one step in all.
-  v1::PullRequest pull;
-  pull.set_session_id("raw");
-  v1::PullResponse pulled;
-  grpc::ClientContext ctx;
-  ASSERT_TRUE(stub_->Pull(&ctx, pull, &pulled).ok());
-  EXPECT_EQ(pulled.version(), 1);
+  EXPECT_EQ(PullAll("raw").version(), 1);
 }
 
 TEST_F(OptimizerServiceTest, ConcurrentStepsOnOneAndManySessionsAreExact) {
