@@ -32,8 +32,9 @@ size_t PrefixSize(int field, size_t length) {
 }
 
 // Builds the slices of a ByteBuffer: small pieces are gathered into one pending string (copied
-// into a slice when something is moved or at the end), large strings are moved into slices that
-// own them.
+// into a slice before a large piece and at the end); large strings are moved into slices that own
+// them, large shared F32 values are referenced by slices that hold a reference, and large shared
+// values sent as BF16 or F16 are encoded into slices of their own.
 class SliceWriter {
  public:
   void Prefix(int field, size_t length) {
