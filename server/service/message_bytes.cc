@@ -8,11 +8,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/repeated_ptr_field.h"
 #include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/slice.h"
+#include "server/optim/optimizer.h"
+#include "server/optim/parallel.h"
 #include "wire/wire_dtype.h"
 
 namespace optd {
@@ -29,6 +32,16 @@ uint32_t KeyOf(int field) {
 // Bytes of a length-delimited field's key and length prefix.
 size_t PrefixSize(int field, size_t length) {
   return CodedOutputStream::VarintSize32(KeyOf(field)) + CodedOutputStream::VarintSize64(length);
+}
+
+// EncodeFloats, split over the process-wide pool when large, in the blocks the optimizers use.
+void EncodeOnPool(WireDType dtype, absl::Span<const float> values, char* out) {
+  const int64_t n = static_cast<int64_t>(values.size());
+  if (n < Optimizer::kParallelMinElements) return EncodeFloats(dtype, values, out);
+  const int64_t width = BytesPerElement(dtype);
+  ThreadPool::Default()->ParallelFor(n, Optimizer::kBlockElements, [&](int64_t begin, int64_t end) {
+    EncodeFloats(dtype, values.subspan(begin, end - begin), out + begin * width);
+  });
 }
 
 // Builds the slices of a ByteBuffer: small pieces are gathered into one pending string (copied
@@ -68,7 +81,7 @@ class SliceWriter {
     Flush();
     if (dtype != WireDType::kF32) {
       grpc::Slice slice(size);  // not zero-filled
-      EncodeFloats(dtype, *floats, reinterpret_cast<char*>(const_cast<uint8_t*>(slice.begin())));
+      EncodeOnPool(dtype, *floats, reinterpret_cast<char*>(const_cast<uint8_t*>(slice.begin())));
       slices_.push_back(std::move(slice));
       return;
     }
