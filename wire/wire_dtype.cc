@@ -123,10 +123,15 @@ std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_vie
 
 absl::Status CheckEncodedSize(absl::string_view what, WireDType dtype, absl::string_view data,
                               int64_t count) {
+  return CheckEncodedSize(what, dtype, static_cast<int64_t>(data.size()), count);
+}
+
+absl::Status CheckEncodedSize(absl::string_view what, WireDType dtype, int64_t size,
+                              int64_t count) {
   const int64_t want = count * BytesPerElement(dtype);
-  if (count < 0 || static_cast<int64_t>(data.size()) != want) {
+  if (count < 0 || size != want) {
     return absl::InvalidArgumentError(absl::StrCat(
-        what, ".data has ", data.size(), " bytes; must be ", want, " (", count, " elements of ",
+        what, ".data has ", size, " bytes; must be ", want, " (", count, " elements of ",
         WireDTypeName(dtype), " at ", BytesPerElement(dtype), " bytes each)"));
   }
   return absl::OkStatus();

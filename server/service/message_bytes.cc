@@ -175,6 +175,154 @@ class SplitReply {
   size_t size_ = 0;
 };
 
+// Reads a message's wire format across the slices of a ByteBuffer. Every read returns false when
+// the bytes run out.
+class SliceReader {
+ public:
+  explicit SliceReader(const std::vector<grpc::Slice>& slices) : slices_(slices) { Settle(); }
+
+  int64_t position() const { return position_; }
+  bool done() const { return slice_ == slices_.size(); }
+
+  bool Varint(uint64_t* value) {
+    *value = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (done()) return false;
+      const uint8_t byte = slices_[slice_].begin()[offset_];
+      Advance(1);
+      *value |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if ((byte & 0x80) == 0) return true;
+    }
+    return false;  // longer than a varint can be
+  }
+
+  // The next `n` bytes as pieces of the slices (no copy), or appended to `*out`.
+  bool Pieces(uint64_t n, std::vector<absl::string_view>* out) {
+    while (n > 0) {
+      if (done()) return false;
+      const size_t available = slices_[slice_].size() - offset_;
+      const size_t take = n < available ? static_cast<size_t>(n) : available;
+      out->emplace_back(reinterpret_cast<const char*>(slices_[slice_].begin()) + offset_, take);
+      Advance(take);
+      n -= take;
+    }
+    return true;
+  }
+  bool Copy(uint64_t n, std::string* out) {
+    std::vector<absl::string_view> pieces;
+    if (!Pieces(n, &pieces)) return false;
+    for (const absl::string_view piece : pieces) out->append(piece.data(), piece.size());
+    return true;
+  }
+
+ private:
+  void Advance(size_t n) {
+    offset_ += n;
+    position_ += static_cast<int64_t>(n);
+    Settle();
+  }
+  // Moves past exhausted (and empty) slices.
+  void Settle() {
+    while (slice_ < slices_.size() && offset_ == slices_[slice_].size()) {
+      ++slice_;
+      offset_ = 0;
+    }
+  }
+
+  const std::vector<grpc::Slice>& slices_;
+  size_t slice_ = 0;
+  size_t offset_ = 0;
+  int64_t position_ = 0;
+};
+
+void AppendVarint(uint64_t value, std::string* out) {
+  uint8_t buffer[10];
+  const uint8_t* end = CodedOutputStream::WriteVarint64ToArray(value, buffer);
+  out->append(reinterpret_cast<const char*>(buffer), end - buffer);
+}
+
+// Copies the value of a field whose key was just read, re-encoded as protobuf reads it, to `*out`
+// (after its key). False for groups (which optd's messages do not use) and truncated bytes.
+bool CopyValue(uint32_t wire_type, SliceReader* in, std::string* out) {
+  uint64_t n = 0;
+  switch (wire_type) {
+    case WireFormatLite::WIRETYPE_VARINT:
+      if (!in->Varint(&n)) return false;
+      AppendVarint(n, out);
+      return true;
+    case WireFormatLite::WIRETYPE_FIXED64:
+      return in->Copy(8, out);
+    case WireFormatLite::WIRETYPE_FIXED32:
+      return in->Copy(4, out);
+    case WireFormatLite::WIRETYPE_LENGTH_DELIMITED:
+      if (!in->Varint(&n)) return false;
+      AppendVarint(n, out);
+      return in->Copy(n, out);
+    default:
+      return false;
+  }
+}
+
+// One Tensor of `length` bytes from `in`: its fields but the data into `*rest` (a serialized
+// Tensor), the data's pieces into `*pieces`. A row-sparse tensor keeps its data in `*rest`.
+bool SplitTensor(uint64_t length, SliceReader* in, std::string* rest,
+                 std::vector<absl::string_view>* pieces) {
+  const int64_t end = in->position() + static_cast<int64_t>(length);
+  bool has_rows = false;
+  while (in->position() < end) {
+    uint64_t key = 0;
+    if (!in->Varint(&key) || key > UINT32_MAX) return false;
+    const int field = static_cast<int>(key >> 3);
+    const uint32_t wire_type = static_cast<uint32_t>(key & 7);
+    if (field == v1::Tensor::kDataFieldNumber &&
+        wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+      uint64_t size = 0;
+      if (!in->Varint(&size)) return false;
+      pieces->clear();  // a repeated singular field: the last one counts
+      if (!in->Pieces(size, pieces)) return false;
+      continue;
+    }
+    has_rows = has_rows || field == v1::Tensor::kRowsFieldNumber;
+    AppendVarint(key, rest);
+    if (!CopyValue(wire_type, in, rest)) return false;
+  }
+  if (in->position() != end) return false;
+  if (has_rows && !pieces->empty()) {
+    size_t size = 0;
+    for (const absl::string_view piece : *pieces) size += piece.size();
+    AppendVarint(KeyOf(v1::Tensor::kDataFieldNumber), rest);
+    AppendVarint(size, rest);
+    for (const absl::string_view piece : *pieces) rest->append(piece.data(), piece.size());
+    pieces->clear();
+  }
+  return true;
+}
+
+// The walk of ParseStepRequest over `out->slices`; false if the bytes do not split cleanly.
+bool SplitStepRequest(StepRequestBytes* out) {
+  SliceReader in(out->slices);
+  std::string rest;  // the request without the dense gradients' data
+  while (!in.done()) {
+    uint64_t key = 0;
+    if (!in.Varint(&key) || key > UINT32_MAX) return false;
+    const uint32_t wire_type = static_cast<uint32_t>(key & 7);
+    AppendVarint(key, &rest);
+    if (static_cast<int>(key >> 3) != v1::StepRequest::kGradientsFieldNumber ||
+        wire_type != WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+      if (!CopyValue(wire_type, &in, &rest)) return false;
+      continue;
+    }
+    uint64_t length = 0;
+    if (!in.Varint(&length)) return false;
+    std::string tensor;
+    std::vector<absl::string_view>& pieces = out->pieces.emplace_back();
+    if (!SplitTensor(length, &in, &tensor, &pieces)) return false;
+    AppendVarint(tensor.size(), &rest);
+    rest.append(tensor);
+  }
+  return out->message.ParseFromString(rest);
+}
+
 }  // namespace
 
 absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite* message) {
@@ -190,6 +338,22 @@ absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite
         absl::StrCat("the request is not a valid ", message->GetTypeName(), " message"));
   }
   return absl::OkStatus();
+}
+
+absl::Status ParseStepRequest(grpc::ByteBuffer* bytes, StepRequestBytes* out) {
+  out->message.Clear();
+  out->pieces.clear();
+  out->slices.clear();
+  if (bytes->Length() >= kMoveMinBytes && bytes->Dump(&out->slices).ok()) {
+    if (SplitStepRequest(out)) {
+      bytes->Clear();  // the slices live on in out->slices
+      return absl::OkStatus();
+    }
+    out->message.Clear();
+    out->pieces.clear();
+    out->slices.clear();
+  }
+  return ParseMessage(bytes, &out->message);
 }
 
 void SerializeStepResponse(v1::StepResponse* reply, std::vector<SharedFloats>* shared,

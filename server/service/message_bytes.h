@@ -14,6 +14,10 @@
 // protobuf's own serializer writes them, which every protobuf parser accepts (parsed back, the
 // message compares equal; message_bytes_test.cc).
 //
+// Requests the other way: ParseStepRequest leaves a dense gradient's data where gRPC received it,
+// in its slices, for the session to read while it checks and measures the gradient (one pass, on
+// the pool), instead of protobuf copying it into the message first.
+//
 // Who calls it: OptimizerServiceImpl's Step and StreamSteps handlers (registered as raw methods).
 // Stateless functions, thread-safe on distinct arguments.
 //
@@ -24,11 +28,14 @@
 #define OPTD_SERVER_SERVICE_MESSAGE_BYTES_H_
 
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/slice.h"
 #include "optd/v1/optd.pb.h"
 #include "server/session/wire_tensor.h"
 
@@ -40,6 +47,20 @@ inline constexpr size_t kMoveMinBytes = 64 * 1024;
 
 // Parses `*bytes` into `*message` (cleared first) and clears `*bytes`.
 absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite* message);
+
+// A StepRequest read from gRPC's bytes without copying its dense gradients' data: `message` holds
+// every field but that data (their data fields are empty), and pieces[i] lists where the data of
+// message.gradients(i) lies in gRPC's slices, in order. pieces[i] is empty when the data is in the
+// message: for row-sparse gradients, and for requests under kMoveMinBytes (parsed whole).
+struct StepRequestBytes {
+  v1::StepRequest message;
+  std::vector<std::vector<absl::string_view>> pieces;
+  std::vector<grpc::Slice> slices;  // keep the pieces alive
+};
+
+// Parses `*bytes` into `*out` (replacing what it held) and clears `*bytes`. Bytes it cannot split
+// are handed to protobuf whole, so what is refused and how is ParseMessage's.
+absl::Status ParseStepRequest(grpc::ByteBuffer* bytes, StepRequestBytes* out);
 
 // Serializes `*reply` into `*out`. The data of reply.parameters(i) is shared[i] encoded as that
 // tensor's dtype when i < shared.size() and shared[i] is set (the tensor's data field is then

@@ -63,7 +63,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
     }
     call_.Received();
     response_.Clear();
-    if (absl::Status parsed = ParseMessage(&read_, &request_); !parsed.ok()) {
+    if (absl::Status parsed = ParseStepRequest(&read_, &request_); !parsed.ok()) {
       Reply(parsed, -1);
       return;
     }
@@ -110,7 +110,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   grpc::ByteBuffer read_;
   grpc::ByteBuffer write_;
   // Kept from request to request, so their buffers are reused.
-  v1::StepRequest request_;
+  StepRequestBytes request_;
   v1::StreamStepsResponse response_;
   std::vector<SharedFloats> shared_;  // the reply's parameters the session shares
 };
@@ -119,7 +119,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
 struct StepCall {
   explicit StepCall(const GrpcServerMetrics::MethodMetrics* series) : recorder(series) {}
 
-  v1::StepRequest request;
+  StepRequestBytes request;
   v1::StepResponse reply;
   std::vector<SharedFloats> shared;  // the reply's parameters the session shares
   UnaryRecorder recorder;
@@ -214,8 +214,10 @@ absl::Status OptimizerServiceImpl::DoPull(const v1::PullRequest& request,
   return absl::OkStatus();
 }
 
-void OptimizerServiceImpl::StartStep(const v1::StepRequest& request, v1::StepResponse* response,
-                                     std::vector<SharedFloats>* shared, StepDone done) {
+void OptimizerServiceImpl::StartStep(const StepRequestBytes& request_bytes,
+                                     v1::StepResponse* response, std::vector<SharedFloats>* shared,
+                                     StepDone done) {
+  const v1::StepRequest& request = request_bytes.message;
   absl::StatusOr<WireDType> return_dtype = DTypeFromProto("return_dtype", request.return_dtype());
   if (!return_dtype.ok()) return done(return_dtype.status(), -1);
   if (!v1::ReturnParameters_IsValid(request.return_parameters())) {
@@ -228,6 +230,11 @@ void OptimizerServiceImpl::StartStep(const v1::StepRequest& request, v1::StepRes
   absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
   if (!session.ok()) return done(session.status(), -1);
   absl::StatusOr<std::vector<WireTensorView>> gradients = ViewsOf("gradients", request.gradients());
+  if (gradients.ok()) {  // dense gradients' data left in gRPC's slices
+    for (size_t i = 0; i < gradients->size() && i < request_bytes.pieces.size(); ++i) {
+      (*gradients)[i].pieces = request_bytes.pieces[i];
+    }
+  }
   if (!gradients.ok()) return done(gradients.status(), -1);
 
   StepInput input;
@@ -300,7 +307,8 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto call = std::make_unique<StepCall>(step_series_);
   // gRPC hands the request over and drops it after the call: parsing may consume it.
-  if (absl::Status parsed = ParseMessage(const_cast<grpc::ByteBuffer*>(request), &call->request);
+  if (absl::Status parsed =
+          ParseStepRequest(const_cast<grpc::ByteBuffer*>(request), &call->request);
       !parsed.ok()) {
     call->recorder.Finish(reactor, ToGrpcStatus(parsed));
     return reactor;

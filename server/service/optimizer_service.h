@@ -38,6 +38,7 @@
 #include "absl/status/status.h"
 #include "optd/v1/optd.grpc.pb.h"
 #include "server/metrics/grpc_metrics_interceptor.h"
+#include "server/service/message_bytes.h"
 #include "server/session/session_store.h"
 
 namespace optd {
@@ -89,7 +90,7 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
   // shared[i] holds those of response->parameters(i), for SerializeStepResponse. On an Aborted
   // status, `done` also receives the session's current version (else -1).
   using StepDone = absl::AnyInvocable<void(absl::Status status, int64_t current_version)>;
-  void StartStep(const v1::StepRequest& request, v1::StepResponse* response,
+  void StartStep(const StepRequestBytes& request, v1::StepResponse* response,
                  std::vector<SharedFloats>* shared, StepDone done);
 
  private:

@@ -343,8 +343,12 @@ absl::StatusOr<std::vector<WireTensorView>> ViewsOf(
     const std::string dtype_field = absl::StrCat(field, "[", i, "].dtype");
     absl::StatusOr<WireDType> dtype = DTypeFromProto(dtype_field.c_str(), t.dtype());
     if (!dtype.ok()) return dtype.status();
-    views.push_back({t.name(), absl::MakeConstSpan(t.shape().data(), t.shape().size()), *dtype,
-                     t.data(), t.has_rows(),
+    views.push_back({t.name(),
+                     absl::MakeConstSpan(t.shape().data(), t.shape().size()),
+                     *dtype,
+                     t.data(),
+                     {},
+                     t.has_rows(),
                      absl::MakeConstSpan(t.rows().indices().data(), t.rows().indices().size())});
   }
   return views;

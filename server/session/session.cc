@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <iterator>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -94,6 +96,38 @@ absl::Status WithVersion(absl::Status status, int64_t version) {
   status.SetPayload(kVersionPayload, absl::Cord(absl::StrCat(version)));
   return status;
 }
+
+// The pieces of a tensor's bytes (WireTensorView::pieces), indexed for random access.
+class PieceIndex {
+ public:
+  explicit PieceIndex(absl::Span<const absl::string_view> pieces) : pieces_(pieces) {
+    starts_.reserve(pieces.size());
+    int64_t at = 0;
+    for (const absl::string_view piece : pieces) {
+      starts_.push_back(at);
+      at += static_cast<int64_t>(piece.size());
+    }
+  }
+
+  // Copies bytes [offset, offset + size) of the pieces laid end to end to `out`.
+  // REQUIRES: the range lies within them.
+  void Gather(int64_t offset, int64_t size, char* out) const {
+    size_t k = std::upper_bound(starts_.begin(), starts_.end(), offset) - starts_.begin() - 1;
+    int64_t skip = offset - starts_[k];
+    while (size > 0) {
+      const int64_t take = std::min<int64_t>(size, pieces_[k].size() - skip);
+      std::memcpy(out, pieces_[k].data() + skip, take);
+      out += take;
+      size -= take;
+      skip = 0;
+      ++k;
+    }
+  }
+
+ private:
+  absl::Span<const absl::string_view> pieces_;
+  std::vector<int64_t> starts_;  // of each piece
+};
 
 // One buffer of its own per tensor.
 std::vector<std::shared_ptr<std::vector<float>>> SharedBuffers(
@@ -264,8 +298,33 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
     if (!g.has_rows) {
       // One pass measures the gradient and checks it: the sum is finite iff every value is.
       double squares;
-      if (const std::optional<absl::Span<const float>> view =
-              F32View(g.dtype, g.data, spec.num_elements)) {
+      if (!g.pieces.empty()) {
+        if (absl::Status s = CheckEncodedSize(field, g.dtype, g.size(), spec.num_elements);
+            !s.ok()) {
+          return s;
+        }
+        // Gathered from the pieces and decoded block by block (on the pool if large), each
+        // block measured while in cache: the request's bytes are read once.
+        const absl::Span<float> values = out.Allocate(spec.num_elements);
+        const PieceIndex index(g.pieces);
+        const int64_t width = BytesPerElement(g.dtype);
+        squares = FillAndSquaredNorm(
+            spec.num_elements,
+            [&](int64_t begin, int64_t end) {
+              const absl::Span<float> block = values.subspan(begin, end - begin);
+              if (g.dtype == WireDType::kF32) {
+                index.Gather(begin * width, block.size() * width,
+                             reinterpret_cast<char*>(block.data()));
+                return;
+              }
+              thread_local std::string scratch;
+              scratch.resize(block.size() * width);
+              index.Gather(begin * width, scratch.size(), scratch.data());
+              (void)DecodeFloats(field, g.dtype, scratch, block);
+            },
+            values.data());
+      } else if (const std::optional<absl::Span<const float>> view =
+                     F32View(g.dtype, g.data, spec.num_elements)) {
         out.Borrow(*view);  // read in place from the request
         squares = SquaredNorm(*view);
       } else {
@@ -628,7 +687,7 @@ void Session::FailBarrierLocked(const absl::Status& status, std::vector<Completi
 
 void Session::Step(const StepInput& input, StepCallback done) {
   int64_t bytes_received = 0;
-  for (const WireTensorView& g : input.gradients) bytes_received += g.data.size();
+  for (const WireTensorView& g : input.gradients) bytes_received += g.size();
   auto refuse = [&](absl::Status status, RefusalReason reason) {
     std::vector<Completion> completions;
     completions.push_back({std::move(done), std::move(status), bytes_received, -1});

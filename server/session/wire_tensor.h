@@ -27,9 +27,19 @@ struct WireTensorView {
   absl::Span<const int64_t> shape;
   WireDType dtype = WireDType::kF32;
   absl::string_view data;
+  // Dense tensors only: when not empty, the bytes are these pieces laid end to end (a request's
+  // bytes where gRPC received them, never copied into one buffer) and `data` is empty.
+  absl::Span<const absl::string_view> pieces;
   // Row-sparse: `data` holds rows.size() rows of the tensor of `shape`, in the order of `rows`.
   bool has_rows = false;
   absl::Span<const int64_t> rows;
+
+  // The number of bytes, in `data` or in `pieces`.
+  int64_t size() const {
+    int64_t n = static_cast<int64_t>(data.size());
+    for (const absl::string_view piece : pieces) n += static_cast<int64_t>(piece.size());
+    return n;
+  }
 };
 
 // Float32 values shared rather than copied: a session's parameter buffer, which the session never
