@@ -16,10 +16,11 @@
 // parsed the request; Step and StreamSteps parse their own, inside the clock) and stops when the
 // handler finishes the call.
 //
-// Step and StreamSteps are raw methods (grpc::ByteBuffer in and out): they parse the request and
-// serialize the reply through message_bytes.h, which moves the returned parameter bytes into the
-// reply's slices instead of letting gRPC copy them. A request that does not parse gets
-// INVALID_ARGUMENT (unary) or a StepError with that code (stream, which goes on).
+// Step and StreamSteps are raw methods (grpc::ByteBuffer in and out): they read the request and
+// write the reply through message_bytes.h, which leaves dense gradients' bytes in gRPC's slices
+// for the session to read, and hands the returned parameters to gRPC without copying them (the
+// session's shared buffer, or bytes encoded straight into gRPC's slice). A request that does not
+// parse gets INVALID_ARGUMENT (unary) or a StepError with that code (stream, which goes on).
 //
 // Errors, as the client sees them: NOT_FOUND unknown session; ALREADY_EXISTS taken id;
 // INVALID_ARGUMENT bad id, tensor, dtype, hyperparameter or non-finite gradient, with the field,
