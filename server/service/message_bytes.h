@@ -19,7 +19,8 @@
 // the pool), instead of protobuf copying it into the message first.
 //
 // Who calls it: OptimizerServiceImpl's Step and StreamSteps handlers (registered as raw methods).
-// Stateless functions, thread-safe on distinct arguments.
+// Stateless functions, thread-safe on distinct arguments; large BF16/F16 encodes run on
+// ThreadPool::Default() (server/optim/parallel.h).
 //
 // Errors: ParseMessage returns InvalidArgument when the bytes are not a valid message of the
 // expected type, naming the type.
