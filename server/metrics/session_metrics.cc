@@ -95,6 +95,7 @@ struct PrometheusSessionObserver::Series {
         barrier_missing(&o.barrier_missing_.Add(labels)),
         received_bytes(&o.received_bytes_.Add(labels)),
         sent_bytes(&o.sent_bytes_.Add(labels)),
+        copy_bytes(&o.copy_bytes_.Add(labels)),
         gradient_norm(o.gradient_norm_, labels),
         update_norm(o.update_norm_, labels),
         parameter_norm(o.parameter_norm_, labels),
@@ -120,6 +121,7 @@ struct PrometheusSessionObserver::Series {
   Gauge* const barrier_missing;
   Counter* const received_bytes;
   Counter* const sent_bytes;
+  Counter* const copy_bytes;
   std::array<Counter*, kReasons.size()> refused;
   LazyGauge gradient_norm;
   LazyGauge update_norm;
@@ -195,6 +197,11 @@ PrometheusSessionObserver::PrometheusSessionObserver(prometheus::Registry& regis
                       .Name("optd_sent_bytes_total")
                       .Help("Tensor payload bytes sent in step replies.")
                       .Register(registry)),
+      copy_bytes_(prometheus::BuildCounter()
+                      .Name("optd_parameter_copy_bytes_total")
+                      .Help("Parameter bytes copied before a step because a reply still held "
+                            "them (copy on write); near 0 while workers step one at a time.")
+                      .Register(registry)),
       state_bytes_(prometheus::BuildGauge()
                        .Name("optd_optimizer_state_bytes")
                        .Help("Bytes of optimizer state (moments, accumulators) held by the "
@@ -244,6 +251,7 @@ void PrometheusSessionObserver::RemoveSeries(Series& s) {
   barrier_missing_.Remove(s.barrier_missing);
   received_bytes_.Remove(s.received_bytes);
   sent_bytes_.Remove(s.sent_bytes);
+  copy_bytes_.Remove(s.copy_bytes);
   for (Counter* c : s.refused) refused_.Remove(c);
   for (LazyGauge* g : {&s.gradient_norm, &s.update_norm, &s.parameter_norm, &s.update_ratio,
                        &s.learning_rate, &s.loss, &s.state_bytes}) {
@@ -300,6 +308,9 @@ void PrometheusSessionObserver::OnStep(const StepEvent& event) {
   s->step_gradient_norm->Observe(event.gradient_norm);
   s->learning_rate.Set(event.learning_rate);
   s->state_bytes.Set(static_cast<double>(event.optimizer_state_bytes));
+  if (event.parameter_bytes_copied > 0) {
+    s->copy_bytes->Increment(static_cast<double>(event.parameter_bytes_copied));
+  }
   if (event.update_norm >= 0) s->update_norm.Set(event.update_norm);
   if (event.parameter_norm >= 0) s->parameter_norm.Set(event.parameter_norm);
   if (event.update_norm >= 0 && event.parameter_norm > 0) {

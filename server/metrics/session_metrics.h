@@ -7,8 +7,9 @@
 // Per session (labels session, optimizer; refusals add reason):
 //   optd_steps_total                 counter    optimizer steps applied
 //   optd_gradient_norm               gauge      L2 norm of the last step's gradient (before
-//   clipping) optd_step_gradient_norm          histogram  L2 norm of each step's gradient (decade
-//   buckets) optd_update_norm                 gauge      L2 norm of the last parameter change
+//                                               clipping)
+//   optd_step_gradient_norm          histogram  L2 norm of each step's gradient (decade buckets)
+//   optd_update_norm                 gauge      L2 norm of the last parameter change
 //   optd_parameter_norm              gauge      L2 norm of the parameters after the last step
 //   optd_update_ratio                gauge      update norm / parameter norm of the last step
 //   optd_learning_rate               gauge      learning rate of the last step
@@ -20,6 +21,8 @@
 //   optd_barrier_missing_workers     gauge      SYNC barrier: expected workers missing at the last
 //   optd_received_bytes_total        counter    tensor payload bytes received
 //   optd_sent_bytes_total            counter    tensor payload bytes sent
+//   optd_parameter_copy_bytes_total  counter    parameter bytes copied because a reply still
+//                                               held them when the next step came (copy on write)
 //   optd_optimizer_state_bytes       gauge      optimizer state held by the session
 // Server-wide:
 //   optd_sessions{optimizer}         gauge      live sessions (every known optimizer, from 0)
@@ -114,6 +117,7 @@ class PrometheusSessionObserver final : public SessionObserver {
   prometheus::Family<prometheus::Gauge>& barrier_missing_;
   prometheus::Family<prometheus::Counter>& received_bytes_;
   prometheus::Family<prometheus::Counter>& sent_bytes_;
+  prometheus::Family<prometheus::Counter>& copy_bytes_;
   prometheus::Family<prometheus::Gauge>& state_bytes_;
   prometheus::Family<prometheus::Gauge>& sessions_;
   prometheus::Gauge& other_sessions_;

@@ -78,6 +78,7 @@ TEST_F(SessionMetricsTest, CreateMakesZeroValuedCountersAndHistograms) {
   EXPECT_THAT(SampleValue(text, "optd_barrier_missing_workers", kA), Optional(0.0));
   EXPECT_THAT(SampleValue(text, "optd_received_bytes_total", kA), Optional(0.0));
   EXPECT_THAT(SampleValue(text, "optd_sent_bytes_total", kA), Optional(0.0));
+  EXPECT_THAT(SampleValue(text, "optd_parameter_copy_bytes_total", kA), Optional(0.0));
   // No value yet, so no series: a 0 would be a made-up gradient norm or loss.
   for (const char* name :
        {"optd_gradient_norm", "optd_update_norm", "optd_parameter_norm", "optd_update_ratio",
@@ -132,6 +133,16 @@ TEST_F(SessionMetricsTest, UnmeasuredNormsAreLeftOut) {
   EXPECT_EQ(CountSamples(text, "optd_parameter_norm"), 0);
   EXPECT_EQ(CountSamples(text, "optd_update_ratio"), 0);
   EXPECT_THAT(SampleValue(text, "optd_gradient_norm", kA), Optional(1.0));
+}
+
+TEST_F(SessionMetricsTest, StepsCountParameterCopies) {
+  observer_.OnSessionCreated("a", "adam");
+  StepEvent e = Step("a", 1.0);
+  observer_.OnStep(e);  // no copy
+  e.parameter_bytes_copied = 4096;
+  observer_.OnStep(e);
+  observer_.OnStep(e);
+  EXPECT_THAT(Value("optd_parameter_copy_bytes_total", kA), Optional(8192.0));
 }
 
 TEST_F(SessionMetricsTest, RequestCountsBytesAndKnownStaleness) {

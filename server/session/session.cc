@@ -500,9 +500,10 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
     out->gradient_norm = std::sqrt(squares);
   }
   std::vector<TensorGrad> step(gradients.size());
+  int64_t copied_bytes = 0;
   for (size_t k = 0; k < gradients.size(); ++k) {
-    step[k] = {absl::MakeSpan(WritableValues(k)), gradients[k].values(), gradients[k].rows,
-               gradients[k].sparse ? RowSize(k) : 0};
+    step[k] = {absl::MakeSpan(WritableValues(k, &copied_bytes)), gradients[k].values(),
+               gradients[k].rows, gradients[k].sparse ? RowSize(k) : 0};
   }
   const double lr = schedule_.Current();
   bool measure = false;  // the update and parameter norms, for the observer
@@ -536,6 +537,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
   event->gradient_norm = out->gradient_norm;
   event->learning_rate = lr;
   event->optimizer_state_bytes = optimizer_->StateBytes();
+  event->parameter_bytes_copied = copied_bytes;
   return absl::OkStatus();
 }
 
@@ -981,10 +983,11 @@ WireTensor Session::EncodeTensor(int index, WireDType dtype) const {
   return t;
 }
 
-std::vector<float>& Session::WritableValues(int index) {
+std::vector<float>& Session::WritableValues(int index, int64_t* copied_bytes) {
   std::shared_ptr<std::vector<float>>& values = values_[index];
   if (values.use_count() > 1) {
     values = std::make_shared<std::vector<float>>(*values);
+    *copied_bytes += static_cast<int64_t>(values->size() * sizeof(float));
   } else {
     // The last reply that shared the buffer has let go of it; its reads (on gRPC's threads)
     // happen before the writes that follow.

@@ -352,8 +352,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // A whole tensor as `dtype`; F32 shares values_[index] (no copy).
   WireTensor EncodeTensor(int index, WireDType dtype) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // values_[index], to be written: first made this session's alone (copied if a reply shares it).
-  std::vector<float>& WritableValues(int index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // values_[index], to be written: first made this session's alone (copied if a reply shares it,
+  // adding the bytes copied to *copied_bytes).
+  std::vector<float>& WritableValues(int index, int64_t* copied_bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   WireTensor EncodeRows(int index, absl::Span<const int64_t> rows, WireDType dtype) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 

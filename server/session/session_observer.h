@@ -40,6 +40,9 @@ struct StepEvent {
   double learning_rate = 0;    // used by this step
   std::optional<double> loss;  // reported by the worker(s), averaged for SYNC
   int64_t optimizer_state_bytes = 0;
+  // Parameter bytes copied before the step because replies still held the buffers (copy on
+  // write, see wire_tensor.h); 0 in a worker loop, where a reply is sent before the next step.
+  int64_t parameter_bytes_copied = 0;
 };
 
 // One request handled by a session, applied or not.

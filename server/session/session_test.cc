@@ -98,8 +98,21 @@ TEST(SessionTest, StepAppliesTheOptimizerAndReturnsNewParameters) {
   EXPECT_THAT(Floats(out->parameters[1]), ElementsAre(-2.0f));
 }
 
+// Records the parameter copies each applied step reports.
+class CopyRecorder : public SessionObserver {
+ public:
+  void OnStep(const StepEvent& event) override { copied.push_back(event.parameter_bytes_copied); }
+  std::vector<int64_t> copied;
+};
+
 TEST(SessionTest, F32RepliesShareTheParametersAndLaterStepsNeverChangeThem) {
-  auto s = MakeSession({Make("w", {2}, {1.0f, 2.0f})}, Sgd(1));
+  CopyRecorder recorder;
+  const OwnedTensor w = Make("w", {2}, {1.0f, 2.0f});
+  const std::vector<WireTensorView> init = {w.view()};
+  absl::StatusOr<std::shared_ptr<Session>> created =
+      Session::Create("cow", Sgd(1), init, absl::Now(), &recorder);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::shared_ptr<Session> s = *created;
   std::vector<OwnedTensor> g = {Make("w", {2}, {0.5f, 0.5f})};
   std::vector<WireTensorView> views = {g[0].view()};
   StepInput in;
@@ -123,6 +136,8 @@ TEST(SessionTest, F32RepliesShareTheParametersAndLaterStepsNeverChangeThem) {
   ASSERT_TRUE(third.ok());
   EXPECT_EQ(third->parameters[0].shared.get(), buffer);
   EXPECT_THAT(Floats(third->parameters[0]), ElementsAre(-0.5f, 0.5f));
+  // Only the second step copied (the first reply still held the buffer), and it says so.
+  EXPECT_THAT(recorder.copied, ElementsAre(0, 8, 0));
 }
 
 TEST(SessionTest, StepCanReturnNothingOrOtherDTypes) {
