@@ -121,11 +121,6 @@ std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_vie
                              static_cast<size_t>(count));
 }
 
-absl::Status CheckEncodedSize(absl::string_view what, WireDType dtype, absl::string_view data,
-                              int64_t count) {
-  return CheckEncodedSize(what, dtype, static_cast<int64_t>(data.size()), count);
-}
-
 absl::Status CheckEncodedSize(absl::string_view what, WireDType dtype, int64_t size,
                               int64_t count) {
   const int64_t want = count * BytesPerElement(dtype);
@@ -139,7 +134,9 @@ absl::Status CheckEncodedSize(absl::string_view what, WireDType dtype, int64_t s
 
 absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
                           int64_t count, std::vector<float>* out) {
-  if (absl::Status s = CheckEncodedSize(what, dtype, data, count); !s.ok()) return s;
+  if (absl::Status s = CheckEncodedSize(what, dtype, static_cast<int64_t>(data.size()), count);
+      !s.ok())
+    return s;
   if (dtype == WireDType::kF32) {
     // assign() copies once; resize() would first zero-fill, a second pass over a tensor that may
     // be 64 MiB.
@@ -154,7 +151,8 @@ absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_
 
 absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,
                           absl::Span<float> out) {
-  if (absl::Status s = CheckEncodedSize(what, dtype, data, static_cast<int64_t>(out.size()));
+  if (absl::Status s = CheckEncodedSize(what, dtype, static_cast<int64_t>(data.size()),
+                                        static_cast<int64_t>(out.size()));
       !s.ok()) {
     return s;
   }

@@ -41,11 +41,8 @@ float F16ToFloat(uint16_t bits);
 std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_view data,
                                                int64_t count);
 
-// OK if `data` holds exactly `count` elements encoded as `dtype`; else InvalidArgument naming
+// OK if `size` bytes hold exactly `count` elements encoded as `dtype`; else InvalidArgument naming
 // `what`, e.g. "gradients[0].data has 6 bytes; must be 8 (4 elements of BF16 at 2 bytes each)".
-absl::Status CheckEncodedSize(absl::string_view what, WireDType dtype, absl::string_view data,
-                              int64_t count);
-// The same for `size` bytes held elsewhere.
 absl::Status CheckEncodedSize(absl::string_view what, WireDType dtype, int64_t size, int64_t count);
 
 // Decodes `data`, `count` elements encoded as `dtype`, into `*out` (its contents replaced, its

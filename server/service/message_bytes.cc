@@ -29,6 +29,18 @@ uint32_t KeyOf(int field) {
   return WireFormatLite::MakeTag(field, WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
 }
 
+void AppendVarint(uint64_t value, std::string* out) {
+  uint8_t buffer[10];
+  const uint8_t* end = CodedOutputStream::WriteVarint64ToArray(value, buffer);
+  out->append(reinterpret_cast<const char*>(buffer), end - buffer);
+}
+
+// Appends the key and length prefix of a length-delimited field.
+void AppendPrefix(int field, size_t length, std::string* out) {
+  AppendVarint(KeyOf(field), out);
+  AppendVarint(length, out);
+}
+
 // Bytes of a length-delimited field's key and length prefix.
 size_t PrefixSize(int field, size_t length) {
   return CodedOutputStream::VarintSize32(KeyOf(field)) + CodedOutputStream::VarintSize64(length);
@@ -50,10 +62,7 @@ void EncodeOnPool(WireDType dtype, absl::Span<const float> values, char* out) {
 // values sent as BF16 or F16 are encoded into slices of their own.
 class SliceWriter {
  public:
-  void Prefix(int field, size_t length) {
-    Varint(KeyOf(field));
-    Varint(length);
-  }
+  void Prefix(int field, size_t length) { AppendPrefix(field, length, &pending_); }
 
   void Message(const google::protobuf::MessageLite& message) { message.AppendToString(&pending_); }
 
@@ -99,12 +108,6 @@ class SliceWriter {
   }
 
  private:
-  void Varint(uint64_t value) {
-    uint8_t buffer[10];
-    const uint8_t* end = CodedOutputStream::WriteVarint64ToArray(value, buffer);
-    pending_.append(reinterpret_cast<const char*>(buffer), end - buffer);
-  }
-
   void Flush() {
     if (pending_.empty()) return;
     slices_.emplace_back(pending_.data(), pending_.size());  // copies
@@ -235,12 +238,6 @@ class SliceReader {
   int64_t position_ = 0;
 };
 
-void AppendVarint(uint64_t value, std::string* out) {
-  uint8_t buffer[10];
-  const uint8_t* end = CodedOutputStream::WriteVarint64ToArray(value, buffer);
-  out->append(reinterpret_cast<const char*>(buffer), end - buffer);
-}
-
 // Copies the value of a field whose key was just read, re-encoded as protobuf reads it, to `*out`
 // (after its key). False for groups (which optd's messages do not use) and truncated bytes.
 bool CopyValue(uint32_t wire_type, SliceReader* in, std::string* out) {
@@ -290,8 +287,7 @@ bool SplitTensor(uint64_t length, SliceReader* in, std::string* rest,
   if (has_rows && !pieces->empty()) {
     size_t size = 0;
     for (const absl::string_view piece : *pieces) size += piece.size();
-    AppendVarint(KeyOf(v1::Tensor::kDataFieldNumber), rest);
-    AppendVarint(size, rest);
+    AppendPrefix(v1::Tensor::kDataFieldNumber, size, rest);
     for (const absl::string_view piece : *pieces) rest->append(piece.data(), piece.size());
     pieces->clear();
   }

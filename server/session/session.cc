@@ -112,7 +112,7 @@ class PieceIndex {
   // Copies bytes [offset, offset + size) of the pieces laid end to end to `out`.
   // REQUIRES: the range lies within them.
   void Gather(int64_t offset, int64_t size, char* out) const {
-    size_t k = std::upper_bound(starts_.begin(), starts_.end(), offset) - starts_.begin() - 1;
+    size_t k = PieceOf(offset);
     int64_t skip = offset - starts_[k];
     while (size > 0) {
       const int64_t take = std::min<int64_t>(size, pieces_[k].size() - skip);
@@ -124,7 +124,25 @@ class PieceIndex {
     }
   }
 
+  // Bytes [offset, offset + size): a view into the piece that holds them all, or, when they
+  // span pieces, a copy gathered into `*scratch`.
+  absl::string_view View(int64_t offset, int64_t size, std::string* scratch) const {
+    const size_t k = PieceOf(offset);
+    const int64_t skip = offset - starts_[k];
+    if (skip + size <= static_cast<int64_t>(pieces_[k].size())) {
+      return pieces_[k].substr(skip, size);
+    }
+    scratch->resize(size);
+    Gather(offset, size, scratch->data());
+    return *scratch;
+  }
+
  private:
+  // The piece holding byte `offset`.
+  size_t PieceOf(int64_t offset) const {
+    return std::upper_bound(starts_.begin(), starts_.end(), offset) - starts_.begin() - 1;
+  }
+
   absl::Span<const absl::string_view> pieces_;
   std::vector<int64_t> starts_;  // of each piece
 };
@@ -298,48 +316,33 @@ absl::Status Session::DecodeGradients(const StepInput& input, std::vector<Gradie
     if (!g.has_rows) {
       // One pass measures the gradient and checks it: the sum is finite iff every value is.
       double squares;
-      if (!g.pieces.empty()) {
+      if (const std::optional<absl::Span<const float>> view =
+              g.pieces.empty() ? F32View(g.dtype, g.data, spec.num_elements) : std::nullopt) {
+        out.Borrow(*view);  // read in place from the request
+        squares = SquaredNorm(*view);
+      } else {
         if (absl::Status s = CheckEncodedSize(field, g.dtype, g.size(), spec.num_elements);
             !s.ok()) {
           return s;
         }
-        // Gathered from the pieces and decoded block by block (on the pool if large), each
+        // Decoded (gathered from the pieces, if any) block by block, on the pool if large, each
         // block measured while in cache: the request's bytes are read once.
+        const absl::string_view whole[] = {g.data};
+        const PieceIndex index(g.pieces.empty() ? absl::MakeConstSpan(whole) : g.pieces);
         const absl::Span<float> values = out.Allocate(spec.num_elements);
-        const PieceIndex index(g.pieces);
         const int64_t width = BytesPerElement(g.dtype);
         squares = FillAndSquaredNorm(
             spec.num_elements,
             [&](int64_t begin, int64_t end) {
               const absl::Span<float> block = values.subspan(begin, end - begin);
-              if (g.dtype == WireDType::kF32) {
+              if (g.dtype == WireDType::kF32) {  // the bytes are the floats: one copy
                 index.Gather(begin * width, block.size() * width,
                              reinterpret_cast<char*>(block.data()));
                 return;
               }
               thread_local std::string scratch;
-              scratch.resize(block.size() * width);
-              index.Gather(begin * width, scratch.size(), scratch.data());
-              (void)DecodeFloats(field, g.dtype, scratch, block);
-            },
-            values.data());
-      } else if (const std::optional<absl::Span<const float>> view =
-                     F32View(g.dtype, g.data, spec.num_elements)) {
-        out.Borrow(*view);  // read in place from the request
-        squares = SquaredNorm(*view);
-      } else {
-        if (absl::Status s = CheckEncodedSize(field, g.dtype, g.data, spec.num_elements); !s.ok()) {
-          return s;
-        }
-        // Decoded block by block (on the pool if large), each block measured while in cache.
-        const absl::Span<float> values = out.Allocate(spec.num_elements);
-        const int64_t width = BytesPerElement(g.dtype);
-        squares = FillAndSquaredNorm(
-            spec.num_elements,
-            [&](int64_t begin, int64_t end) {
               (void)DecodeFloats(field, g.dtype,
-                                 g.data.substr(begin * width, (end - begin) * width),
-                                 values.subspan(begin, end - begin));
+                                 index.View(begin * width, block.size() * width, &scratch), block);
             },
             values.data());
       }
