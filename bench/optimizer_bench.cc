@@ -43,11 +43,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/thread_pool.h"
 #include "benchmark/benchmark.h"
 #include "server/optim/kernel_internal.h"
 #include "server/optim/optimizer.h"
 #include "server/optim/optimizer_options.h"
-#include "server/optim/parallel.h"
 
 namespace optd {
 namespace {
@@ -123,9 +123,10 @@ std::vector<float> Fill(int64_t n, uint32_t seed, float lo, float hi) {
 // settle (read-only arrays keep them non-zero, so no denormals), and the loop vectorises.
 template <int kReadWrite, int kReadOnly>
 OPTD_SIMD_CLONES  // as the kernels: both sides run at the same SIMD width
-void StreamKernel(float* __restrict a0, float* __restrict a1, float* __restrict a2,
-                  float* __restrict a3, const float* __restrict b0, const float* __restrict b1,
-                  int64_t n) {
+    void
+    StreamKernel(float* __restrict a0, float* __restrict a1, float* __restrict a2,
+                 float* __restrict a3, const float* __restrict b0, const float* __restrict b1,
+                 int64_t n) {
   constexpr float kScale = 1.0f / (kReadWrite + kReadOnly);
   for (int64_t i = 0; i < n; ++i) {
     float s = 0.0f;
@@ -146,8 +147,8 @@ void StreamKernel(float* __restrict a0, float* __restrict a1, float* __restrict 
 // A reduction pass: the sum of the read-only arrays, in 16 float lanes (one 512-bit vector, or
 // four 128-bit ones: vectorises without reassociating).
 template <int kReadOnly>
-OPTD_SIMD_CLONES
-float SumKernel(const float* __restrict b0, const float* __restrict b1, int64_t n) {
+OPTD_SIMD_CLONES float SumKernel(const float* __restrict b0, const float* __restrict b1,
+                                 int64_t n) {
   constexpr int kLanes = 16;
   float acc[kLanes] = {};
   int64_t i = 0;

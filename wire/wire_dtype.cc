@@ -193,4 +193,13 @@ void EncodeFloats(WireDType dtype, absl::Span<const float> values, char* out) {
   }
 }
 
+void EncodeFloats(WireDType dtype, absl::Span<const float> values, char* out, ThreadPool* pool) {
+  const int64_t n = static_cast<int64_t>(values.size());
+  if (pool == nullptr || n < kParallelEncodeElements) return EncodeFloats(dtype, values, out);
+  const int64_t width = BytesPerElement(dtype);
+  pool->ParallelFor(n, kEncodeBlockElements, [&](int64_t begin, int64_t end) {
+    EncodeFloats(dtype, values.subspan(begin, end - begin), out + begin * width);
+  });
+}
+
 }  // namespace optd

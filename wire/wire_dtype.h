@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "base/thread_pool.h"
 
 namespace optd {
 
@@ -60,6 +61,12 @@ void EncodeFloats(WireDType dtype, absl::Span<const float> values, std::string* 
 
 // The same into `out`, which must have room for values.size() * BytesPerElement(dtype) bytes.
 void EncodeFloats(WireDType dtype, absl::Span<const float> values, char* out);
+
+// The same, split over `pool` in blocks of kEncodeBlockElements when there are at least
+// kParallelEncodeElements values (the same bytes as on one thread).
+inline constexpr int64_t kParallelEncodeElements = 256 * 1024;
+inline constexpr int64_t kEncodeBlockElements = 64 * 1024;
+void EncodeFloats(WireDType dtype, absl::Span<const float> values, char* out, ThreadPool* pool);
 
 }  // namespace optd
 

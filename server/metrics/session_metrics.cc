@@ -1,6 +1,7 @@
 #include "server/metrics/session_metrics.h"
 
 #include <array>
+#include <atomic>
 #include <string_view>
 #include <utility>
 #include <variant>
@@ -113,6 +114,7 @@ struct PrometheusSessionObserver::Series {
   const std::string optimizer;
   const prometheus::Labels labels;
   int sessions = 0;  // live sessions recorded here (1, or more for "_other"); guarded by mu_
+  std::atomic<int64_t> norms_measured_ns{0};  // when a step last measured its norms (sampling_)
 
   Counter* const steps;
   Histogram* const step_gradient_norm;
@@ -133,8 +135,10 @@ struct PrometheusSessionObserver::Series {
 };
 
 PrometheusSessionObserver::PrometheusSessionObserver(prometheus::Registry& registry,
-                                                     int max_labelled_sessions)
+                                                     int max_labelled_sessions,
+                                                     NormsSampling sampling)
     : max_labelled_sessions_(max_labelled_sessions),
+      sampling_(sampling),
       steps_(prometheus::BuildCounter()
                  .Name("optd_steps_total")
                  .Help("Optimizer steps applied to the session (one per SYNC barrier).")
@@ -297,6 +301,13 @@ void PrometheusSessionObserver::OnSessionDeleted(absl::string_view session_id) {
   } else {
     labelled_.erase(id);
   }
+}
+
+bool PrometheusSessionObserver::WantsStepNorms(absl::string_view session_id,
+                                               int64_t num_parameters) {
+  absl::ReaderMutexLock lock(&mu_);
+  Series* s = Find(session_id);
+  return s != nullptr && sampling_.Take(&s->norms_measured_ns, num_parameters);
 }
 
 void PrometheusSessionObserver::OnStep(const StepEvent& event) {

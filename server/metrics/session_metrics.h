@@ -63,6 +63,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/metrics/norms_sampling.h"
 #include "server/session/session_observer.h"
 
 namespace optd {
@@ -74,12 +75,15 @@ class PrometheusSessionObserver final : public SessionObserver {
 
   // Registers the families in `registry` (which must outlive this object) and creates
   // optd_sessions{optimizer} = 0 for every optimizer optd knows. `max_labelled_sessions` >= 0.
-  PrometheusSessionObserver(prometheus::Registry& registry, int max_labelled_sessions);
+  // `sampling` decides which steps measure their norms (norms_sampling.h).
+  PrometheusSessionObserver(prometheus::Registry& registry, int max_labelled_sessions,
+                            NormsSampling sampling = NormsSampling());
   ~PrometheusSessionObserver() override;
 
   PrometheusSessionObserver(const PrometheusSessionObserver&) = delete;
   PrometheusSessionObserver& operator=(const PrometheusSessionObserver&) = delete;
 
+  bool WantsStepNorms(absl::string_view session_id, int64_t num_parameters) override;
   void OnSessionCreated(absl::string_view session_id, absl::string_view optimizer) override;
   void OnSessionDeleted(absl::string_view session_id) override;
   void OnStep(const StepEvent& event) override;
@@ -101,6 +105,7 @@ class PrometheusSessionObserver final : public SessionObserver {
   prometheus::Gauge& SessionsGauge(absl::string_view optimizer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int max_labelled_sessions_;
+  const NormsSampling sampling_;
 
   // Families, registered once in the constructor.
   prometheus::Family<prometheus::Counter>& steps_;

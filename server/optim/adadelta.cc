@@ -26,9 +26,9 @@ struct AdadeltaCoefficients {
 // One fused pass, in torch's op order (mul_ then addcmul_, add(eps).sqrt_(), div_ then mul_,
 // add_ with alpha = -lr).
 template <bool kWeightDecay>
-OPTD_SIMD_CLONES
-void AdadeltaKernel(float* __restrict p, const float* __restrict g, float* __restrict square_avg,
-                    float* __restrict acc_delta, int64_t n, const AdadeltaCoefficients& c) {
+OPTD_SIMD_CLONES void AdadeltaKernel(float* __restrict p, const float* __restrict g,
+                                     float* __restrict square_avg, float* __restrict acc_delta,
+                                     int64_t n, const AdadeltaCoefficients& c) {
   const float sign = c.sign;
   const float weight_decay = c.weight_decay;
   const float rho = c.rho;
@@ -52,12 +52,9 @@ void AdadeltaKernel(float* __restrict p, const float* __restrict g, float* __res
 Adadelta::Adadelta(const AdadeltaOptions& options, std::vector<int64_t> tensor_sizes)
     : Optimizer(std::move(tensor_sizes)), options_(options), state_(this->tensor_sizes().size()) {}
 
-int64_t Adadelta::StateBytes() const {
-  int64_t bytes = 0;
-  for (const TensorState& s : state_) {
-    bytes += static_cast<int64_t>((s.square_avg.size() + s.acc_delta.size()) * sizeof(float));
-  }
-  return bytes;
+Optimizer::StateRefs Adadelta::StateOf(size_t tensor) {
+  TensorState& s = state_[tensor];
+  return {&s.step, {{"square_avg", &s.square_avg}, {"acc_delta", &s.acc_delta}}, {}};
 }
 
 int64_t Adadelta::StateBytesPerElement() const { return static_cast<int64_t>(2 * sizeof(float)); }

@@ -34,7 +34,6 @@ class Adadelta final : public Optimizer {
   Adadelta(const AdadeltaOptions& options, std::vector<int64_t> tensor_sizes);
 
   OptimizerOptions options() const override { return options_; }
-  int64_t StateBytes() const override;
   int64_t StateBytesPerElement() const override;
 
  private:
@@ -46,6 +45,7 @@ class Adadelta final : public Optimizer {
   };
 
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  StateRefs StateOf(size_t tensor) override;
   void SetOptions(const OptimizerOptions& options) override {
     options_ = std::get<AdadeltaOptions>(options);
   }

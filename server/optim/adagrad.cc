@@ -16,9 +16,9 @@ using optim_internal::DispatchBool;
 
 // One fused pass over a tensor, in torch's op order (addcmul_, sqrt().add_(eps), addcdiv_).
 template <bool kWeightDecay>
-OPTD_SIMD_CLONES
-void AdagradKernel(float* __restrict p, const float* __restrict g, float* __restrict sum, int64_t n,
-                   float sign, float wd, float neg_clr, float eps) {
+OPTD_SIMD_CLONES void AdagradKernel(float* __restrict p, const float* __restrict g,
+                                    float* __restrict sum, int64_t n, float sign, float wd,
+                                    float neg_clr, float eps) {
   for (int64_t i = 0; i < n; ++i) {
     float d = sign * g[i];
     if constexpr (kWeightDecay) d += wd * p[i];
@@ -33,12 +33,9 @@ void AdagradKernel(float* __restrict p, const float* __restrict g, float* __rest
 Adagrad::Adagrad(const AdagradOptions& options, std::vector<int64_t> tensor_sizes)
     : Optimizer(std::move(tensor_sizes)), options_(options), state_(this->tensor_sizes().size()) {}
 
-int64_t Adagrad::StateBytes() const {
-  int64_t bytes = 0;
-  for (const TensorState& s : state_) {
-    bytes += static_cast<int64_t>(s.sum.size() * sizeof(float));
-  }
-  return bytes;
+Optimizer::StateRefs Adagrad::StateOf(size_t tensor) {
+  TensorState& s = state_[tensor];
+  return {&s.step, {{"sum", &s.sum}}, {}};
 }
 
 int64_t Adagrad::StateBytesPerElement() const { return static_cast<int64_t>(sizeof(float)); }

@@ -33,7 +33,6 @@ class Adagrad final : public Optimizer {
   Adagrad(const AdagradOptions& options, std::vector<int64_t> tensor_sizes);
 
   OptimizerOptions options() const override { return options_; }
-  int64_t StateBytes() const override;
   int64_t StateBytesPerElement() const override;
 
   // Row-sparse gradients are applied dense-equivalent, which for Adagrad equals the lazy rule (no
@@ -48,6 +47,7 @@ class Adagrad final : public Optimizer {
   };
 
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  StateRefs StateOf(size_t tensor) override;
   void SetOptions(const OptimizerOptions& options) override {
     options_ = std::get<AdagradOptions>(options);
   }

@@ -32,9 +32,9 @@ struct AdamCoefficients {
 // One fused pass over a tensor. The operation order follows torch's ops (mul_ then add_,
 // addcmul_, sqrt / sqrt(bc2) + eps, addcdiv_) so float32 results stay within a few ulp of torch.
 template <bool kCoupledDecay, bool kDecoupledDecay, bool kAmsgrad>
-OPTD_SIMD_CLONES
-void AdamKernel(float* __restrict p, const float* __restrict g, float* __restrict m,
-                float* __restrict v, float* __restrict vmax, int64_t n, const AdamCoefficients& c) {
+OPTD_SIMD_CLONES void AdamKernel(float* __restrict p, const float* __restrict g,
+                                 float* __restrict m, float* __restrict v, float* __restrict vmax,
+                                 int64_t n, const AdamCoefficients& c) {
   // Local copies: the compiler need not reload them after stores through the pointers.
   const float sign = c.sign;
   const float weight_decay = c.weight_decay;
@@ -121,13 +121,11 @@ absl::StatusOr<RowSparseRule> Adam::RowSparse() const {
   return RowSparseRule::kLazy;
 }
 
-int64_t Adam::StateBytes() const {
-  int64_t bytes = 0;
-  for (const TensorState& s : state_) {
-    bytes += static_cast<int64_t>(
-        (s.exp_avg.size() + s.exp_avg_sq.size() + s.max_exp_avg_sq.size()) * sizeof(float));
-  }
-  return bytes;
+Optimizer::StateRefs Adam::StateOf(size_t tensor) {
+  TensorState& s = state_[tensor];
+  StateRefs refs{&s.step, {{"exp_avg", &s.exp_avg}, {"exp_avg_sq", &s.exp_avg_sq}}, {}};
+  if (hyper_.amsgrad) refs.arrays.push_back({"max_exp_avg_sq", &s.max_exp_avg_sq});
+  return refs;
 }
 
 int64_t Adam::StateBytesPerElement() const {
@@ -173,8 +171,8 @@ void Adam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     if (!tensors[t].sparse()) continue;
     TensorState& s = state_[t];
     const double step = static_cast<double>(s.step);
-    const float neg_step_size = static_cast<float>(
-        -(lr * std::sqrt(1.0 - std::pow(hyper_.beta2, step)) / (1.0 - std::pow(hyper_.beta1, step))));
+    const float neg_step_size = static_cast<float>(-(
+        lr * std::sqrt(1.0 - std::pow(hyper_.beta2, step)) / (1.0 - std::pow(hyper_.beta1, step))));
     const int64_t row_size = tensors[t].row_size;
     for (size_t r = 0; r < tensors[t].rows.size(); ++r) {
       const int64_t base = tensors[t].rows[r] * row_size;

@@ -41,7 +41,6 @@ class Adam final : public Optimizer {
 
   // Returns the AdamOptions or AdamWOptions this was constructed with.
   OptimizerOptions options() const override { return options_; }
-  int64_t StateBytes() const override;
   int64_t StateBytesPerElement() const override;
   // Row-sparse gradients follow torch.optim.SparseAdam (lazy; eps outside the bias-corrected
   // root: p -= lr * sqrt(bc2) / bc1 * m / (sqrt(v) + eps)), which has no weight decay and no
@@ -71,6 +70,7 @@ class Adam final : public Optimizer {
   Adam(OptimizerOptions options, const Hyperparameters& hyper, std::vector<int64_t> tensor_sizes);
 
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  StateRefs StateOf(size_t tensor) override;
   void SetOptions(const OptimizerOptions& options) override;
   std::string_view StructuralChange(const OptimizerOptions& options) const override;
 

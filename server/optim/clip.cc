@@ -14,9 +14,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "base/thread_pool.h"
 #include "server/optim/kernel_internal.h"
 #include "server/optim/optimizer.h"
-#include "server/optim/parallel.h"
 #include "server/optim/range_check.h"
 
 namespace optd {

@@ -60,9 +60,8 @@ void MomentsTile(const float* __restrict p, const float* __restrict g, float* __
 
 // Pass 1 on one segment: returns {||p||^2, ||u||^2} of the segment.
 template <bool kWeightDecay>
-OPTD_SIMD_CLONES
-std::array<double, 2> Moments(const float* p, const float* g, float* m, float* v, int64_t n,
-                              const LambCoefficients& c) {
+OPTD_SIMD_CLONES std::array<double, 2> Moments(const float* p, const float* g, float* m, float* v,
+                                               int64_t n, const LambCoefficients& c) {
   std::array<double, 2> sums = {0.0, 0.0};
   float u[kTile];
   for (int64_t begin = 0; begin < n; begin += kTile) {
@@ -77,9 +76,9 @@ std::array<double, 2> Moments(const float* p, const float* g, float* m, float* v
 // Pass 2: p += neg_step * u, with neg_step = -lr * trust in float, or in double when a float cannot
 // hold it.
 template <bool kWeightDecay, typename Coefficient>
-OPTD_SIMD_CLONES
-void Update(float* __restrict p, const float* __restrict m, const float* __restrict v, int64_t n,
-            const LambCoefficients& c, Coefficient neg_step) {
+OPTD_SIMD_CLONES void Update(float* __restrict p, const float* __restrict m,
+                             const float* __restrict v, int64_t n, const LambCoefficients& c,
+                             Coefficient neg_step) {
   const LambCoefficients local = c;
   for (int64_t i = 0; i < n; ++i) {
     const float pi = p[i];
@@ -93,12 +92,9 @@ void Update(float* __restrict p, const float* __restrict m, const float* __restr
 Lamb::Lamb(const LambOptions& options, std::vector<int64_t> tensor_sizes)
     : Optimizer(std::move(tensor_sizes)), options_(options), state_(this->tensor_sizes().size()) {}
 
-int64_t Lamb::StateBytes() const {
-  int64_t bytes = 0;
-  for (const TensorState& s : state_) {
-    bytes += static_cast<int64_t>((s.exp_avg.size() + s.exp_avg_sq.size()) * sizeof(float));
-  }
-  return bytes;
+Optimizer::StateRefs Lamb::StateOf(size_t tensor) {
+  TensorState& s = state_[tensor];
+  return {&s.step, {{"exp_avg", &s.exp_avg}, {"exp_avg_sq", &s.exp_avg_sq}}, {}};
 }
 
 int64_t Lamb::StateBytesPerElement() const { return static_cast<int64_t>(2 * sizeof(float)); }

@@ -43,7 +43,6 @@ class Lamb final : public Optimizer {
   Lamb(const LambOptions& options, std::vector<int64_t> tensor_sizes);
 
   OptimizerOptions options() const override { return options_; }
-  int64_t StateBytes() const override;
   int64_t StateBytesPerElement() const override;
 
  private:
@@ -55,6 +54,7 @@ class Lamb final : public Optimizer {
   };
 
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  StateRefs StateOf(size_t tensor) override;
   void SetOptions(const OptimizerOptions& options) override {
     options_ = std::get<LambOptions>(options);
   }

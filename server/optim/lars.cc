@@ -42,9 +42,8 @@ std::array<double, 2> Norms(const float* p, const float* g, int64_t n, float wei
 
 // Pass 2, with step = lr * trust in float, or in double when a float cannot hold it.
 template <bool kWeightDecay, bool kMomentum, bool kNesterov, typename Coefficient>
-OPTD_SIMD_CLONES
-void Update(float* __restrict p, const float* __restrict g, float* __restrict buf, int64_t n,
-            float weight_decay, float momentum, Coefficient step) {
+OPTD_SIMD_CLONES void Update(float* __restrict p, const float* __restrict g, float* __restrict buf,
+                             int64_t n, float weight_decay, float momentum, Coefficient step) {
   for (int64_t i = 0; i < n; ++i) {
     const float pi = p[i];
     float u = g[i];
@@ -71,12 +70,8 @@ Lars::Lars(const LarsOptions& options, std::vector<int64_t> tensor_sizes)
       options_(options),
       momentum_buffers_(this->tensor_sizes().size()) {}
 
-int64_t Lars::StateBytes() const {
-  int64_t bytes = 0;
-  for (const std::vector<float>& buf : momentum_buffers_) {
-    bytes += static_cast<int64_t>(buf.size() * sizeof(float));
-  }
-  return bytes;
+Optimizer::StateRefs Lars::StateOf(size_t tensor) {
+  return {nullptr, {{"momentum_buffer", &momentum_buffers_[tensor]}}, {}};
 }
 
 int64_t Lars::StateBytesPerElement() const {

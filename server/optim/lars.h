@@ -45,11 +45,11 @@ class Lars final : public Optimizer {
   Lars(const LarsOptions& options, std::vector<int64_t> tensor_sizes);
 
   OptimizerOptions options() const override { return options_; }
-  int64_t StateBytes() const override;
   int64_t StateBytesPerElement() const override;
 
  private:
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  StateRefs StateOf(size_t tensor) override;
   void SetOptions(const OptimizerOptions& options) override {
     options_ = std::get<LarsOptions>(options);
   }

@@ -25,9 +25,8 @@ struct LionCoefficients {
 // One fused pass, in lion-pytorch's op order: p.mul_(decay), c = m * beta1 + g * (1 - beta1),
 // p.add_(sign(c), alpha=-lr), m.mul_(beta2).add_(g, alpha=1 - beta2).
 template <bool kWeightDecay>
-OPTD_SIMD_CLONES
-void LionKernel(float* __restrict p, const float* __restrict g, float* __restrict m, int64_t n,
-                const LionCoefficients& c) {
+OPTD_SIMD_CLONES void LionKernel(float* __restrict p, const float* __restrict g,
+                                 float* __restrict m, int64_t n, const LionCoefficients& c) {
   const float decay = c.decay;
   const float beta1 = c.beta1;
   const float one_minus_beta1 = c.one_minus_beta1;
@@ -54,12 +53,8 @@ Lion::Lion(const LionOptions& options, std::vector<int64_t> tensor_sizes)
       options_(options),
       exp_avgs_(this->tensor_sizes().size()) {}
 
-int64_t Lion::StateBytes() const {
-  int64_t bytes = 0;
-  for (const std::vector<float>& m : exp_avgs_) {
-    bytes += static_cast<int64_t>(m.size() * sizeof(float));
-  }
-  return bytes;
+Optimizer::StateRefs Lion::StateOf(size_t tensor) {
+  return {nullptr, {{"exp_avg", &exp_avgs_[tensor]}}, {}};
 }
 
 int64_t Lion::StateBytesPerElement() const { return static_cast<int64_t>(sizeof(float)); }

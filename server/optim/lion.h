@@ -36,11 +36,11 @@ class Lion final : public Optimizer {
   Lion(const LionOptions& options, std::vector<int64_t> tensor_sizes);
 
   OptimizerOptions options() const override { return options_; }
-  int64_t StateBytes() const override;
   int64_t StateBytesPerElement() const override;
 
  private:
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  StateRefs StateOf(size_t tensor) override;
   void SetOptions(const OptimizerOptions& options) override {
     options_ = std::get<LionOptions>(options);
   }

@@ -29,9 +29,9 @@ struct NadamCoefficients {
 // One fused pass, in torch's op order (mul_ then add_, mul_ then addcmul_,
 // div(bc2).sqrt().add_(eps), then two addcdiv_ into p, each rounded).
 template <bool kWeightDecay>
-OPTD_SIMD_CLONES
-void NadamKernel(float* __restrict p, const float* __restrict g, float* __restrict m,
-                 float* __restrict v, int64_t n, const NadamCoefficients& c) {
+OPTD_SIMD_CLONES void NadamKernel(float* __restrict p, const float* __restrict g,
+                                  float* __restrict m, float* __restrict v, int64_t n,
+                                  const NadamCoefficients& c) {
   const float weight_decay = c.weight_decay;
   const float beta1 = c.beta1;
   const float one_minus_beta1 = c.one_minus_beta1;
@@ -61,12 +61,11 @@ void NadamKernel(float* __restrict p, const float* __restrict g, float* __restri
 Nadam::Nadam(const NadamOptions& options, std::vector<int64_t> tensor_sizes)
     : Optimizer(std::move(tensor_sizes)), options_(options), state_(this->tensor_sizes().size()) {}
 
-int64_t Nadam::StateBytes() const {
-  int64_t bytes = 0;
-  for (const TensorState& s : state_) {
-    bytes += static_cast<int64_t>((s.exp_avg.size() + s.exp_avg_sq.size()) * sizeof(float));
-  }
-  return bytes;
+Optimizer::StateRefs Nadam::StateOf(size_t tensor) {
+  TensorState& s = state_[tensor];
+  return {&s.step,
+          {{"exp_avg", &s.exp_avg}, {"exp_avg_sq", &s.exp_avg_sq}},
+          {{"mu_product", &s.mu_product}}};
 }
 
 int64_t Nadam::StateBytesPerElement() const { return static_cast<int64_t>(2 * sizeof(float)); }

@@ -46,7 +46,6 @@ class Nadam final : public Optimizer {
   Nadam(const NadamOptions& options, std::vector<int64_t> tensor_sizes);
 
   OptimizerOptions options() const override { return options_; }
-  int64_t StateBytes() const override;
   int64_t StateBytesPerElement() const override;
 
  private:
@@ -59,6 +58,7 @@ class Nadam final : public Optimizer {
   };
 
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  StateRefs StateOf(size_t tensor) override;
   void SetOptions(const OptimizerOptions& options) override {
     options_ = std::get<NadamOptions>(options);
   }

@@ -33,7 +33,6 @@ class NormalizedGd final : public Optimizer {
   NormalizedGd(const NormalizedGdOptions& options, std::vector<int64_t> tensor_sizes);
 
   OptimizerOptions options() const override { return options_; }
-  int64_t StateBytes() const override { return 0; }
   int64_t StateBytesPerElement() const override { return 0; }
 
  private:

@@ -14,7 +14,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/thread_pool.h"
 #include "server/optim/adadelta.h"
 #include "server/optim/adagrad.h"
 #include "server/optim/adam.h"
@@ -24,7 +26,6 @@
 #include "server/optim/lion.h"
 #include "server/optim/nadam.h"
 #include "server/optim/normalized_gd.h"
-#include "server/optim/parallel.h"
 #include "server/optim/radam.h"
 #include "server/optim/rmsprop.h"
 #include "server/optim/sgd.h"
@@ -84,36 +85,6 @@ struct OptimizerFor<LarsOptions> {
   using type = Lars;
 };
 
-// {sum of (p - before)^2, sum of p^2} in double, each in eight interleaved partial sums combined
-// pairwise (as SumOfSquares): the loop vectorises, and the order is fixed, so the bits do not
-// depend on the machine or the pool.
-OPTD_SIMD_CLONES
-std::array<double, 2> UpdateAndParameterSquares(const float* __restrict p,
-                                                const float* __restrict before, int64_t n) {
-  constexpr int kLanes = 8;
-  double update[kLanes] = {}, parameter[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const double pj = p[i + j];
-      const double d = pj - before[i + j];
-      update[j] += d * d;
-      parameter[j] += pj * pj;
-    }
-  }
-  auto combine = [](const double* a) {
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-  };
-  std::array<double, 2> sums = {combine(update), combine(parameter)};
-  for (; i < n; ++i) {
-    const double pi = p[i];
-    const double d = pi - before[i];
-    sums[0] += d * d;
-    sums[1] += pi * pi;
-  }
-  return sums;
-}
-
 }  // namespace
 
 Optimizer::Optimizer(std::vector<int64_t> tensor_sizes) : tensor_sizes_(std::move(tensor_sizes)) {
@@ -134,16 +105,13 @@ Optimizer::Optimizer(std::vector<int64_t> tensor_sizes) : tensor_sizes_(std::mov
 }
 
 void Optimizer::ForEachSegment(const std::function<void(const Segment&)>& fn) const {
-  if (!measuring_) return RunSegments(fn);
+  if (probe_ == nullptr) return RunSegments(fn);
   RunSegments([&](const Segment& s) {
-    float* p = current_[s.tensor].param.data() + s.begin;
-    const int64_t n = s.end - s.begin;
-    thread_local std::vector<float> before;
-    before.assign(p, p + n);  // the kernel reads these next: copying now costs little
+    const absl::Span<float> params =
+        current_[s.tensor].param.subspan(s.begin, static_cast<size_t>(s.end - s.begin));
+    probe_->BeforeSegment(s.index, params);
     fn(s);
-    const std::array<double, 2> squares = UpdateAndParameterSquares(p, before.data(), n);
-    update_squares_[s.index] = squares[0];
-    parameter_squares_[s.index] = squares[1];
+    probe_->AfterSegment(s.index, params);
   });
 }
 
@@ -163,9 +131,9 @@ void Optimizer::RunSegments(const std::function<void(const Segment&)>& fn) const
 absl::Status Optimizer::UpdateOptions(const OptimizerOptions& options) {
   const OptimizerOptions current = this->options();
   if (options.index() != current.index()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "optimizer is %s but this one runs %s; the kind cannot change", OptimizerName(options),
-        OptimizerName(current)));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("optimizer is %s but this one runs %s; the kind cannot change",
+                        OptimizerName(options), OptimizerName(current)));
   }
   if (absl::Status s = Validate(options); !s.ok()) return s;
   if (const std::string_view field = StructuralChange(options); !field.empty()) {
@@ -178,7 +146,7 @@ absl::Status Optimizer::UpdateOptions(const OptimizerOptions& options) {
   return absl::OkStatus();
 }
 
-absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, StepNorms* norms) {
+absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, StepProbe* probe) {
   if (!std::isfinite(lr) || lr < 0.0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("lr = %g is out of range: must be finite and >= 0", lr));
@@ -205,8 +173,7 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
       }
       const int64_t row_size = tensors[i].row_size;
       const absl::Span<const int64_t> rows = tensors[i].rows;
-      if (param_size % row_size != 0 ||
-          grad_size != static_cast<int64_t>(rows.size()) * row_size) {
+      if (param_size % row_size != 0 || grad_size != static_cast<int64_t>(rows.size()) * row_size) {
         return absl::InvalidArgumentError(absl::StrFormat(
             "tensor %d: a row-sparse gradient of %d rows of %d elements has %d values for %d "
             "parameters",
@@ -224,24 +191,126 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
           "tensor %d has a gradient of %d elements for %d parameters", i, grad_size, param_size));
     }
   }
-  if (norms == nullptr) {
+  if (probe == nullptr) {
     StepImpl(tensors, lr);
     return absl::OkStatus();
   }
-  measuring_ = true;
+  probe_ = probe;
   current_ = tensors;
-  extra_update_squares_ = 0;
-  update_squares_.assign(segments_.size(), 0.0);
-  parameter_squares_.assign(segments_.size(), 0.0);
+  probe->BeginStep(segments_.size());
   StepImpl(tensors, lr);
-  measuring_ = false;
-  double update = extra_update_squares_, parameter = 0;
-  for (size_t i = 0; i < segments_.size(); ++i) {  // segment order: the same bits on any pool
-    update += update_squares_[i];
-    parameter += parameter_squares_[i];
+  probe_ = nullptr;
+  current_ = {};
+  return absl::OkStatus();
+}
+
+int64_t Optimizer::StateBytes() const {
+  int64_t bytes = 0;
+  for (size_t t = 0; t < tensor_sizes_.size(); ++t) {
+    // StateOf hands out writable references for ImportState; here they are only read.
+    for (const auto& [name, values] : const_cast<Optimizer*>(this)->StateOf(t).arrays) {
+      bytes += static_cast<int64_t>(values->size() * sizeof(float));
+    }
   }
-  norms->update_norm = std::sqrt(update);
-  norms->parameter_norm = std::sqrt(parameter);
+  return bytes;
+}
+
+OptimizerState Optimizer::ExportState() const {
+  OptimizerState state;
+  state.tensors.resize(tensor_sizes_.size());
+  for (size_t t = 0; t < tensor_sizes_.size(); ++t) {
+    const StateRefs refs = const_cast<Optimizer*>(this)->StateOf(t);  // only read
+    OptimizerState::Tensor& out = state.tensors[t];
+    if (refs.step != nullptr) out.step = *refs.step;
+    for (const auto& [name, values] : refs.arrays) {
+      out.arrays.push_back({std::string(name), *values});
+    }
+    for (const auto& [name, value] : refs.scalars)
+      out.scalars.emplace_back(std::string(name), *value);
+  }
+  return state;
+}
+
+absl::Status Optimizer::ImportState(const OptimizerState& state) {
+  const std::string kind(OptimizerName(options()));
+  if (state.tensors.size() != tensor_sizes_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("optimizer state has %d tensors; the session has %d", state.tensors.size(),
+                        tensor_sizes_.size()));
+  }
+  if (!state.scalars.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("optimizer state has scalar \"%s\"; %s keeps no model-wide scalars",
+                        state.scalars[0].first, kind));
+  }
+  // Check everything first: nothing changes unless all of it fits.
+  for (size_t t = 0; t < tensor_sizes_.size(); ++t) {
+    const StateRefs refs = StateOf(t);
+    const OptimizerState::Tensor& in = state.tensors[t];
+    const std::string where = absl::StrFormat("optimizer state of tensor %d", t);
+    if (in.step < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: step = %d is out of range: must be >= 0", where, in.step));
+    }
+    if (refs.step == nullptr && in.step != 0) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: step = %d, but %s counts no steps (must be 0)", where, in.step, kind));
+    }
+    if (in.arrays.size() != refs.arrays.size()) {
+      std::string expected;
+      for (const auto& [name, values] : refs.arrays) {
+        absl::StrAppend(&expected, expected.empty() ? "" : ", ", std::string(name));
+      }
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s has %d arrays; %s with these options keeps %d (%s)", where, in.arrays.size(), kind,
+          refs.arrays.size(), expected.empty() ? "none" : expected));
+    }
+    for (size_t a = 0; a < in.arrays.size(); ++a) {
+      const OptimizerState::Array& array = in.arrays[a];
+      if (array.name != refs.arrays[a].first) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("%s: array %d is \"%s\"; %s keeps \"%s\" there", where, a,
+                            array.name.substr(0, 64), kind, refs.arrays[a].first));
+      }
+      // With a step counter, a tensor that has stepped has every array and one that has not has
+      // none; without one, each array is created at its first use.
+      const bool empty_ok = refs.step == nullptr || in.step == 0;
+      const bool full_ok = refs.step == nullptr || in.step > 0;
+      const int64_t size = static_cast<int64_t>(array.values.size());
+      if (!(size == 0 && empty_ok) && !(size == tensor_sizes_[t] && full_ok)) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s: \"%s\" has %d values at step %d; must be %s", where, array.name, size, in.step,
+            full_ok ? absl::StrFormat("%d (the tensor's elements)%s", tensor_sizes_[t],
+                                      empty_ok ? ", or 0 before its first use" : "")
+                    : std::string("0 (a tensor that has not stepped has no state)")));
+      }
+      for (size_t i = 0; i < array.values.size(); ++i) {
+        if (!std::isfinite(array.values[i])) {
+          return absl::InvalidArgumentError(
+              absl::StrFormat("%s: \"%s\" element %d is %g; every value must be finite", where,
+                              array.name, i, array.values[i]));
+        }
+      }
+    }
+    if (in.scalars.size() != refs.scalars.size()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s has %d scalars; %s keeps %d", where, in.scalars.size(), kind, refs.scalars.size()));
+    }
+    for (size_t k = 0; k < in.scalars.size(); ++k) {
+      if (in.scalars[k].first != refs.scalars[k].first || !std::isfinite(in.scalars[k].second)) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s: scalar %d is \"%s\" = %g; %s keeps a finite \"%s\" there", where, k,
+            in.scalars[k].first.substr(0, 64), in.scalars[k].second, kind, refs.scalars[k].first));
+      }
+    }
+  }
+  for (size_t t = 0; t < tensor_sizes_.size(); ++t) {
+    const StateRefs refs = StateOf(t);
+    const OptimizerState::Tensor& in = state.tensors[t];
+    if (refs.step != nullptr) *refs.step = in.step;
+    for (size_t a = 0; a < refs.arrays.size(); ++a) *refs.arrays[a].second = in.arrays[a].values;
+    for (size_t k = 0; k < refs.scalars.size(); ++k) *refs.scalars[k].second = in.scalars[k].second;
+  }
   return absl::OkStatus();
 }
 

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -32,8 +33,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/thread_pool.h"
 #include "server/optim/optimizer_options.h"
-#include "server/optim/parallel.h"
+#include "server/optim/optimizer_state.h"
+#include "server/optim/step_probe.h"
 
 namespace optd {
 
@@ -49,12 +52,6 @@ struct TensorGrad {
   absl::Span<const int64_t> rows;
   int64_t row_size = 0;
   bool sparse() const { return row_size > 0; }
-};
-
-// Norms of one step, measured as a by-product of the update pass (see Optimizer::Step).
-struct StepNorms {
-  double update_norm = 0;     // L2 of the parameter change, over all tensors
-  double parameter_norm = 0;  // L2 of the parameters after the step
 };
 
 // How an optimizer applies row-sparse gradients.
@@ -76,9 +73,9 @@ class Optimizer {
   // by this optimizer (RowSparse() is not kLazy), or `lr` is not finite and >= 0. Does not check
   // that gradients are finite: the caller does, before calling.
   //
-  // With `norms`, also measures the step's update and parameter norms: each segment's parameters
-  // are copied while cache-hot just before the kernel runs on them, so the cost is small.
-  absl::Status Step(absl::Span<const TensorGrad> tensors, double lr, StepNorms* norms = nullptr);
+  // With a `probe`, calls it around the update of every segment and with the squares of changes
+  // made outside that pass (step_probe.h); the optimizer keeps nothing of it after Step returns.
+  absl::Status Step(absl::Span<const TensorGrad> tensors, double lr, StepProbe* probe = nullptr);
 
   // The options in force, with every default filled in.
   virtual OptimizerOptions options() const = 0;
@@ -95,7 +92,17 @@ class Optimizer {
   absl::Status UpdateOptions(const OptimizerOptions& options);
 
   // Bytes of optimizer state allocated now (grows as tensors take their first step).
-  virtual int64_t StateBytes() const = 0;
+  int64_t StateBytes() const;
+
+  // A copy of the state (optimizer_state.h).
+  OptimizerState ExportState() const;
+
+  // Replaces the state with `state`, as if the steps that produced it had been taken here.
+  // Returns InvalidArgument naming what does not fit, and changes nothing, if the number of
+  // tensors differs, a tensor's arrays are not exactly those the options in force keep (by name)
+  // or have the wrong length, a step counter is negative, arrays are present for a tensor that has
+  // not stepped (or missing for one that has), or a value is not finite.
+  absl::Status ImportState(const OptimizerState& state);
 
   // Bytes of state per parameter element once every tensor has stepped (e.g. 8 for Adam, 12 for
   // Adam with amsgrad, 0 for plain SGD and normalized GD).
@@ -128,6 +135,17 @@ class Optimizer {
   // empty when the change is fine.
   virtual std::string_view StructuralChange(const OptimizerOptions& options) const { return {}; }
 
+  // Tensor `tensor`'s state as references into the optimizer's own fields, for ExportState,
+  // ImportState and StateBytes: its step counter (null if the optimizer counts none), and the
+  // arrays and scalars the options in force keep, by torch.optim's names, in a fixed order.
+  // Arrays are empty until the tensor's first step.
+  struct StateRefs {
+    int64_t* step = nullptr;
+    std::vector<std::pair<std::string_view, std::vector<float>*>> arrays;
+    std::vector<std::pair<std::string_view, float*>> scalars;
+  };
+  virtual StateRefs StateOf(size_t tensor) { return {}; }
+
   // Elements [begin, end) of tensor `tensor`; segments()[index] is this segment.
   struct Segment {
     size_t index;
@@ -145,15 +163,14 @@ class Optimizer {
   // kParallelMinElements elements, there is no pool or it has one thread; otherwise on the pool,
   // concurrently and in any order. fn must only write state of its own segment. Elementwise
   // kernels give the same bits either way: a cut does not change the math of any element.
-  // When Step was asked for norms, each segment is measured around fn.
+  // With a probe (Step's), fn runs between the probe's BeforeSegment and AfterSegment.
   void ForEachSegment(const std::function<void(const Segment&)>& fn) const;
 
-  // For parameter changes made outside ForEachSegment (row-sparse updates, before it): adds the
-  // sum of squared changes to the step's update norm when it is measured.
+  // For parameter changes made outside ForEachSegment (row-sparse updates, before it): tells the
+  // step's probe, if any, the sum of their squares.
   void AddUpdateSquares(double sum_of_squares) const {
-    if (measuring_) extra_update_squares_ += sum_of_squares;
+    if (probe_ != nullptr) probe_->AddUpdateSquares(sum_of_squares);
   }
-  bool measuring() const { return measuring_; }
 
   // Returns, for each tensor, the kWidth sums over its segments of value(segment), which runs
   // through ForEachSegment. Partials are kept per segment and added in segment order, so the
@@ -182,12 +199,10 @@ class Optimizer {
   std::vector<size_t> block_first_segment_;
   ThreadPool* pool_ = ThreadPool::Default();
 
-  // Set by Step for the duration of one measured step (Step is not reentrant).
-  mutable bool measuring_ = false;
+  // The probe and tensors of the step in progress (Step is not reentrant); null and empty
+  // between steps.
+  StepProbe* probe_ = nullptr;
   absl::Span<const TensorGrad> current_;
-  mutable std::vector<double> update_squares_;     // per segment
-  mutable std::vector<double> parameter_squares_;  // per segment
-  mutable double extra_update_squares_ = 0;
 };
 
 // Creates the optimizer `options` names for tensors of the given element counts, running large

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/thread_pool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/optim/adadelta.h"
@@ -18,7 +19,6 @@
 #include "server/optim/lion.h"
 #include "server/optim/nadam.h"
 #include "server/optim/normalized_gd.h"
-#include "server/optim/parallel.h"
 #include "server/optim/radam.h"
 #include "server/optim/rmsprop.h"
 #include "server/optim/sgd.h"

@@ -28,9 +28,9 @@ struct RadamCoefficients {
 // One fused pass: the moments in torch's op order (mul_ then add_ / addcmul_), then the update
 // with torch's scalars folded into one coefficient.
 template <bool kWeightDecay, bool kRectified>
-OPTD_SIMD_CLONES
-void RadamKernel(float* __restrict p, const float* __restrict g, float* __restrict m,
-                 float* __restrict v, int64_t n, const RadamCoefficients& c) {
+OPTD_SIMD_CLONES void RadamKernel(float* __restrict p, const float* __restrict g,
+                                  float* __restrict m, float* __restrict v, int64_t n,
+                                  const RadamCoefficients& c) {
   const float weight_decay = c.weight_decay;
   const float beta1 = c.beta1;
   const float one_minus_beta1 = c.one_minus_beta1;
@@ -59,12 +59,9 @@ void RadamKernel(float* __restrict p, const float* __restrict g, float* __restri
 Radam::Radam(const RadamOptions& options, std::vector<int64_t> tensor_sizes)
     : Optimizer(std::move(tensor_sizes)), options_(options), state_(this->tensor_sizes().size()) {}
 
-int64_t Radam::StateBytes() const {
-  int64_t bytes = 0;
-  for (const TensorState& s : state_) {
-    bytes += static_cast<int64_t>((s.exp_avg.size() + s.exp_avg_sq.size()) * sizeof(float));
-  }
-  return bytes;
+Optimizer::StateRefs Radam::StateOf(size_t tensor) {
+  TensorState& s = state_[tensor];
+  return {&s.step, {{"exp_avg", &s.exp_avg}, {"exp_avg_sq", &s.exp_avg_sq}}, {}};
 }
 
 int64_t Radam::StateBytesPerElement() const { return static_cast<int64_t>(2 * sizeof(float)); }

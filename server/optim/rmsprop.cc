@@ -28,10 +28,10 @@ struct RmspropCoefficients {
 // One fused pass, in torch's op order (mul_ then addcmul_ / add_, addcmul(value=-1).sqrt_(),
 // add_(eps), then mul_ and addcdiv_ into the buffer or addcdiv_ into p).
 template <bool kWeightDecay, bool kCentered, bool kMomentum>
-OPTD_SIMD_CLONES
-void RmspropKernel(float* __restrict p, const float* __restrict g, float* __restrict square_avg,
-                   float* __restrict grad_avg, float* __restrict buf, int64_t n,
-                   const RmspropCoefficients& c) {
+OPTD_SIMD_CLONES void RmspropKernel(float* __restrict p, const float* __restrict g,
+                                    float* __restrict square_avg, float* __restrict grad_avg,
+                                    float* __restrict buf, int64_t n,
+                                    const RmspropCoefficients& c) {
   const float sign = c.sign;
   const float weight_decay = c.weight_decay;
   const float alpha = c.alpha;
@@ -77,13 +77,12 @@ std::string_view Rmsprop::StructuralChange(const OptimizerOptions& options) cons
   return "";
 }
 
-int64_t Rmsprop::StateBytes() const {
-  int64_t bytes = 0;
-  for (const TensorState& s : state_) {
-    bytes += static_cast<int64_t>(
-        (s.square_avg.size() + s.momentum_buffer.size() + s.grad_avg.size()) * sizeof(float));
-  }
-  return bytes;
+Optimizer::StateRefs Rmsprop::StateOf(size_t tensor) {
+  TensorState& s = state_[tensor];
+  StateRefs refs{&s.step, {{"square_avg", &s.square_avg}}, {}};
+  if (options_.momentum != 0.0) refs.arrays.push_back({"momentum_buffer", &s.momentum_buffer});
+  if (options_.centered) refs.arrays.push_back({"grad_avg", &s.grad_avg});
+  return refs;
 }
 
 int64_t Rmsprop::StateBytesPerElement() const {

@@ -41,7 +41,6 @@ class Rmsprop final : public Optimizer {
   Rmsprop(const RmspropOptions& options, std::vector<int64_t> tensor_sizes);
 
   OptimizerOptions options() const override { return options_; }
-  int64_t StateBytes() const override;
   int64_t StateBytesPerElement() const override;
 
  private:
@@ -55,6 +54,7 @@ class Rmsprop final : public Optimizer {
   };
 
   void StepImpl(absl::Span<const TensorGrad> tensors, double lr) override;
+  StateRefs StateOf(size_t tensor) override;
   void SetOptions(const OptimizerOptions& options) override {
     options_ = std::get<RmspropOptions>(options);
   }

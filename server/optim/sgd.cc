@@ -14,9 +14,8 @@ using optim_internal::DispatchBool;
 
 // p += neg_lr * (sign * g + wd * p). Plain SGD, no state.
 template <bool kWeightDecay>
-OPTD_SIMD_CLONES
-void SgdKernel(float* __restrict p, const float* __restrict g, int64_t n, float sign, float wd,
-               float neg_lr) {
+OPTD_SIMD_CLONES void SgdKernel(float* __restrict p, const float* __restrict g, int64_t n,
+                                float sign, float wd, float neg_lr) {
   for (int64_t i = 0; i < n; ++i) {
     float d = sign * g[i];
     if constexpr (kWeightDecay) d += wd * p[i];
@@ -27,10 +26,9 @@ void SgdKernel(float* __restrict p, const float* __restrict g, int64_t n, float 
 // SGD with momentum. On the first step the buffer is a copy of d (torch.clone), with no
 // (1 - dampening) factor.
 template <bool kWeightDecay, bool kFirstStep, bool kNesterov>
-OPTD_SIMD_CLONES
-void SgdMomentumKernel(float* __restrict p, const float* __restrict g, float* __restrict buf,
-                       int64_t n, float sign, float wd, float momentum, float one_minus_dampening,
-                       float neg_lr) {
+OPTD_SIMD_CLONES void SgdMomentumKernel(float* __restrict p, const float* __restrict g,
+                                        float* __restrict buf, int64_t n, float sign, float wd,
+                                        float momentum, float one_minus_dampening, float neg_lr) {
   for (int64_t i = 0; i < n; ++i) {
     float d = sign * g[i];
     if constexpr (kWeightDecay) d += wd * p[i];
@@ -56,12 +54,9 @@ Sgd::Sgd(const SgdOptions& options, std::vector<int64_t> tensor_sizes)
       options_(options),
       momentum_buffers_(this->tensor_sizes().size()) {}
 
-int64_t Sgd::StateBytes() const {
-  int64_t bytes = 0;
-  for (const std::vector<float>& buf : momentum_buffers_) {
-    bytes += static_cast<int64_t>(buf.size() * sizeof(float));
-  }
-  return bytes;
+Optimizer::StateRefs Sgd::StateOf(size_t tensor) {
+  // Created at the first step with momentum (torch: momentum_buffer), empty without.
+  return {nullptr, {{"momentum_buffer", &momentum_buffers_[tensor]}}, {}};
 }
 
 int64_t Sgd::StateBytesPerElement() const {

@@ -1,9 +1,8 @@
 // File: testing.h
 //
-// Test-only helpers for the server/optim unit tests: EXPECT_OK/ASSERT_OK (abseil 20220623 has no
-// status matchers), the golden sequence of reference/optimizers.md section 7, and small wrappers
-// that step an Optimizer over std::vector data. Included only by *_test.cc files in this folder.
-// Stateless; thread-compatible.
+// Test-only helpers for the server/optim unit tests: the golden sequence of reference/optimizers.md
+// section 7, and small wrappers that step an Optimizer over std::vector data. Included only by
+// *_test.cc files in this folder. Stateless; thread-compatible.
 
 #ifndef OPTD_SERVER_OPTIM_TESTING_H_
 #define OPTD_SERVER_OPTIM_TESTING_H_
@@ -15,32 +14,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/status_matchers.h"
 #include "gtest/gtest.h"
 #include "server/optim/optimizer.h"
-
-namespace optd {
-namespace testing_internal {
-
-inline const absl::Status& ToStatus(const absl::Status& status) { return status; }
-template <typename T>
-const absl::Status& ToStatus(const absl::StatusOr<T>& status_or) {
-  return status_or.status();
-}
-
-inline ::testing::AssertionResult IsOk(const absl::Status& status) {
-  if (status.ok()) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << status;
-}
-
-}  // namespace testing_internal
-}  // namespace optd
-
-// Expects `expr` (an absl::Status or absl::StatusOr, evaluated once) to be OK; prints the status
-// otherwise.
-#define EXPECT_OK(expr) \
-  EXPECT_TRUE(::optd::testing_internal::IsOk(::optd::testing_internal::ToStatus(expr)))
-#define ASSERT_OK(expr) \
-  ASSERT_TRUE(::optd::testing_internal::IsOk(::optd::testing_internal::ToStatus(expr)))
 
 namespace optd {
 

@@ -9,13 +9,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "base/thread_pool.h"
 #include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/repeated_ptr_field.h"
 #include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/slice.h"
-#include "server/optim/optimizer.h"
-#include "server/optim/parallel.h"
 #include "wire/wire_dtype.h"
 
 namespace optd {
@@ -44,16 +42,6 @@ void AppendPrefix(int field, size_t length, std::string* out) {
 // Bytes of a length-delimited field's key and length prefix.
 size_t PrefixSize(int field, size_t length) {
   return CodedOutputStream::VarintSize32(KeyOf(field)) + CodedOutputStream::VarintSize64(length);
-}
-
-// EncodeFloats, split over the process-wide pool when large, in the blocks the optimizers use.
-void EncodeOnPool(WireDType dtype, absl::Span<const float> values, char* out) {
-  const int64_t n = static_cast<int64_t>(values.size());
-  if (n < Optimizer::kParallelMinElements) return EncodeFloats(dtype, values, out);
-  const int64_t width = BytesPerElement(dtype);
-  ThreadPool::Default()->ParallelFor(n, Optimizer::kBlockElements, [&](int64_t begin, int64_t end) {
-    EncodeFloats(dtype, values.subspan(begin, end - begin), out + begin * width);
-  });
 }
 
 // Builds the slices of a ByteBuffer: small pieces are gathered into one pending string (copied
@@ -90,7 +78,8 @@ class SliceWriter {
     Flush();
     if (dtype != WireDType::kF32) {
       grpc::Slice slice(size);  // not zero-filled
-      EncodeOnPool(dtype, *floats, reinterpret_cast<char*>(const_cast<uint8_t*>(slice.begin())));
+      EncodeFloats(dtype, *floats, reinterpret_cast<char*>(const_cast<uint8_t*>(slice.begin())),
+                   ThreadPool::Default());
       slices_.push_back(std::move(slice));
       return;
     }
@@ -99,6 +88,21 @@ class SliceWriter {
     auto* owned = new SharedFloats(std::move(floats));
     slices_.emplace_back(
         data, size, [](void* s) { delete static_cast<SharedFloats*>(s); }, owned);
+  }
+
+  // A tensor's data, in whichever form it is (tensor_bytes.h), encoded as `dtype`.
+  void Data(TensorBytes data, WireDType dtype) {
+    switch (data.kind()) {
+      case TensorBytes::Kind::kOwned:
+        return Move(data.mutable_owned());
+      case TensorBytes::Kind::kShared:
+        return Share(data.shared(), dtype);
+      case TensorBytes::Kind::kBorrowed:
+        for (const absl::string_view piece : data.Pieces()) {
+          pending_.append(piece.data(), piece.size());
+        }
+        return;
+    }
   }
 
   void Finish(grpc::ByteBuffer* out) {
@@ -118,63 +122,52 @@ class SliceWriter {
   std::vector<grpc::Slice> slices_;
 };
 
-// `reply` split for writing: its tensors' data moved out (or shared) and its other fields, and the
-// sizes that the length prefixes need.
-class SplitReply {
+// A StepResponse split for writing: its fields but the parameters (header_), each parameter's
+// fields but its data, and the sizes the length prefixes need.
+class StepResponseWriter {
  public:
-  SplitReply(v1::StepResponse* reply, std::vector<SharedFloats>* shared)
-      : reply_(reply), shared_(std::move(*shared)) {
-    shared->clear();
-    tensors_.Swap(reply_->mutable_parameters());
-    data_.resize(tensors_.size());
-    shared_.resize(tensors_.size());
-    tensor_sizes_.resize(tensors_.size());
-    size_ = reply_->ByteSizeLong();  // without the tensors
-    for (int i = 0; i < tensors_.size(); ++i) {
-      data_[i].swap(*tensors_.Mutable(i)->mutable_data());
-      tensor_sizes_[i] = tensors_.Get(i).ByteSizeLong();
-      const size_t data_size = DataSize(i);
-      if (data_size > 0) {
-        tensor_sizes_[i] += PrefixSize(v1::Tensor::kDataFieldNumber, data_size) + data_size;
-      }
-      size_ +=
-          PrefixSize(v1::StepResponse::kParametersFieldNumber, tensor_sizes_[i]) + tensor_sizes_[i];
+  explicit StepResponseWriter(StepOutput out) : out_(std::move(out)) {
+    StepOutputToProto(out_, &header_);
+    size_ = header_.ByteSizeLong();
+    tensors_.resize(out_.parameters.size());
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      const WireTensor& t = out_.parameters[i];
+      Tensor& w = tensors_[i];
+      TensorFieldsToProto(t, &w.fields);
+      w.data_size = static_cast<size_t>(t.data.size(t.dtype));
+      w.size = w.fields.ByteSizeLong();
+      if (w.data_size > 0)
+        w.size += PrefixSize(v1::Tensor::kDataFieldNumber, w.data_size) + w.data_size;
+      size_ += PrefixSize(v1::StepResponse::kParametersFieldNumber, w.size) + w.size;
     }
   }
 
-  // Gives reply its tensors back (without their data).
-  ~SplitReply() { tensors_.Swap(reply_->mutable_parameters()); }
-
-  // The serialized size of the whole reply.
+  // The serialized size of the whole StepResponse.
   size_t size() const { return size_; }
 
+  // Writes the StepResponse, handing over the parameters' bytes.
   void WriteTo(SliceWriter* out) {
-    out->Message(*reply_);
-    for (int i = 0; i < tensors_.size(); ++i) {
-      out->Prefix(v1::StepResponse::kParametersFieldNumber, tensor_sizes_[i]);
-      out->Message(tensors_.Get(i));
-      const size_t data_size = DataSize(i);
-      if (data_size == 0) continue;
-      out->Prefix(v1::Tensor::kDataFieldNumber, data_size);
-      if (shared_[i] != nullptr) {
-        out->Share(std::move(shared_[i]), static_cast<WireDType>(tensors_.Get(i).dtype()));
-      } else {
-        out->Move(&data_[i]);
-      }
+    out->Message(header_);
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      const Tensor& w = tensors_[i];
+      out->Prefix(v1::StepResponse::kParametersFieldNumber, w.size);
+      out->Message(w.fields);
+      if (w.data_size == 0) continue;
+      out->Prefix(v1::Tensor::kDataFieldNumber, w.data_size);
+      out->Data(std::move(out_.parameters[i].data), out_.parameters[i].dtype);
     }
   }
 
  private:
-  size_t DataSize(int i) const {
-    if (shared_[i] == nullptr) return data_[i].size();
-    return shared_[i]->size() * BytesPerElement(static_cast<WireDType>(tensors_.Get(i).dtype()));
-  }
+  struct Tensor {
+    v1::Tensor fields;  // without data
+    size_t data_size = 0;
+    size_t size = 0;  // of the whole Tensor message
+  };
 
-  v1::StepResponse* const reply_;
-  std::vector<SharedFloats> shared_;  // indexed as tensors_; null: the data is in data_
-  google::protobuf::RepeatedPtrField<v1::Tensor> tensors_;
-  std::vector<std::string> data_;
-  std::vector<size_t> tensor_sizes_;
+  StepOutput out_;
+  v1::StepResponse header_;  // without parameters
+  std::vector<Tensor> tensors_;
   size_t size_ = 0;
 };
 
@@ -260,12 +253,12 @@ bool CopyValue(uint32_t wire_type, SliceReader* in, std::string* out) {
   }
 }
 
-// One Tensor of `length` bytes from `in`: its fields but the data into `*rest` (a serialized
-// Tensor), the data's pieces into `*pieces`. A row-sparse tensor keeps its data in `*rest`.
-bool SplitTensor(uint64_t length, SliceReader* in, std::string* rest,
-                 std::vector<absl::string_view>* pieces) {
+// One Tensor of `length` bytes from `in`: its fields but the data into out->fields, the data as
+// pieces of the slices into out->data.
+bool SplitTensor(uint64_t length, SliceReader* in, TensorMessage* out) {
   const int64_t end = in->position() + static_cast<int64_t>(length);
-  bool has_rows = false;
+  std::string rest;
+  std::vector<absl::string_view> pieces;
   while (in->position() < end) {
     uint64_t key = 0;
     if (!in->Varint(&key) || key > UINT32_MAX) return false;
@@ -275,46 +268,35 @@ bool SplitTensor(uint64_t length, SliceReader* in, std::string* rest,
         wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
       uint64_t size = 0;
       if (!in->Varint(&size)) return false;
-      pieces->clear();  // a repeated singular field: the last one counts
-      if (!in->Pieces(size, pieces)) return false;
+      pieces.clear();  // a repeated singular field: the last one counts
+      if (!in->Pieces(size, &pieces)) return false;
       continue;
     }
-    has_rows = has_rows || field == v1::Tensor::kRowsFieldNumber;
-    AppendVarint(key, rest);
-    if (!CopyValue(wire_type, in, rest)) return false;
+    AppendVarint(key, &rest);
+    if (!CopyValue(wire_type, in, &rest)) return false;
   }
-  if (in->position() != end) return false;
-  if (has_rows && !pieces->empty()) {
-    size_t size = 0;
-    for (const absl::string_view piece : *pieces) size += piece.size();
-    AppendPrefix(v1::Tensor::kDataFieldNumber, size, rest);
-    for (const absl::string_view piece : *pieces) rest->append(piece.data(), piece.size());
-    pieces->clear();
-  }
+  if (in->position() != end || !out->fields.ParseFromString(rest)) return false;
+  out->data = TensorBytes::Borrowed(std::move(pieces));
   return true;
 }
 
 // The walk of ParseStepRequest over `out->slices`; false if the bytes do not split cleanly.
 bool SplitStepRequest(StepRequestBytes* out) {
   SliceReader in(out->slices);
-  std::string rest;  // the request without the dense gradients' data
+  std::string rest;  // the request without its gradients
   while (!in.done()) {
     uint64_t key = 0;
     if (!in.Varint(&key) || key > UINT32_MAX) return false;
     const uint32_t wire_type = static_cast<uint32_t>(key & 7);
-    AppendVarint(key, &rest);
     if (static_cast<int>(key >> 3) != v1::StepRequest::kGradientsFieldNumber ||
         wire_type != WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+      AppendVarint(key, &rest);
       if (!CopyValue(wire_type, &in, &rest)) return false;
       continue;
     }
     uint64_t length = 0;
     if (!in.Varint(&length)) return false;
-    std::string tensor;
-    std::vector<absl::string_view>& pieces = out->pieces.emplace_back();
-    if (!SplitTensor(length, &in, &tensor, &pieces)) return false;
-    AppendVarint(tensor.size(), &rest);
-    rest.append(tensor);
+    if (!SplitTensor(length, &in, &out->gradients.emplace_back())) return false;
   }
   return out->message.ParseFromString(rest);
 }
@@ -336,9 +318,15 @@ absl::Status ParseMessage(grpc::ByteBuffer* bytes, google::protobuf::MessageLite
   return absl::OkStatus();
 }
 
+void SerializeMessage(const google::protobuf::MessageLite& message, grpc::ByteBuffer* bytes) {
+  SliceWriter writer;
+  writer.Message(message);
+  writer.Finish(bytes);
+}
+
 absl::Status ParseStepRequest(grpc::ByteBuffer* bytes, StepRequestBytes* out) {
   out->message.Clear();
-  out->pieces.clear();
+  out->gradients.clear();
   out->slices.clear();
   if (bytes->Length() >= kMoveMinBytes && bytes->Dump(&out->slices).ok()) {
     if (SplitStepRequest(out)) {
@@ -346,37 +334,34 @@ absl::Status ParseStepRequest(grpc::ByteBuffer* bytes, StepRequestBytes* out) {
       return absl::OkStatus();
     }
     out->message.Clear();
-    out->pieces.clear();
+    out->gradients.clear();
     out->slices.clear();
   }
-  return ParseMessage(bytes, &out->message);
+  if (absl::Status s = ParseMessage(bytes, &out->message); !s.ok()) return s;
+  // The gradients as TensorMessages that own their data (moved, not copied).
+  out->gradients.resize(out->message.gradients_size());
+  for (int i = 0; i < out->message.gradients_size(); ++i) {
+    TensorMessage& t = out->gradients[i];
+    t.fields.Swap(out->message.mutable_gradients(i));
+    t.data = TensorBytes::Owned(std::move(*t.fields.mutable_data()));
+    t.fields.clear_data();
+  }
+  out->message.clear_gradients();
+  return absl::OkStatus();
 }
 
-void SerializeStepResponse(v1::StepResponse* reply, std::vector<SharedFloats>* shared,
-                           grpc::ByteBuffer* out) {
+void SerializeStepResponse(StepOutput out, grpc::ByteBuffer* bytes) {
   SliceWriter writer;
-  SplitReply(reply, shared).WriteTo(&writer);
-  writer.Finish(out);
+  StepResponseWriter(std::move(out)).WriteTo(&writer);
+  writer.Finish(bytes);
 }
 
-void SerializeStreamStepsResponse(v1::StreamStepsResponse* response,
-                                  std::vector<SharedFloats>* shared, grpc::ByteBuffer* out) {
+void SerializeStreamStepsReply(StepOutput out, grpc::ByteBuffer* bytes) {
   SliceWriter writer;
-  if (!response->has_reply()) {
-    shared->clear();
-    writer.Message(*response);
-    writer.Finish(out);
-    return;
-  }
-  std::unique_ptr<v1::StepResponse> reply(response->release_reply());
-  writer.Message(*response);  // the fields besides the reply (none today)
-  {
-    SplitReply split(reply.get(), shared);
-    writer.Prefix(v1::StreamStepsResponse::kReplyFieldNumber, split.size());
-    split.WriteTo(&writer);
-  }
-  response->set_allocated_reply(reply.release());
-  writer.Finish(out);
+  StepResponseWriter reply(std::move(out));
+  writer.Prefix(v1::StreamStepsResponse::kReplyFieldNumber, reply.size());
+  reply.WriteTo(&writer);
+  writer.Finish(bytes);
 }
 
 }  // namespace optd

@@ -52,21 +52,36 @@ v1::StepResponse ReplyWith(const std::vector<size_t>& data_sizes) {
   return r;
 }
 
-// Moves the data of reply's odd-numbered tensors into SharedFloats, as the session shares F32
-// parameters; returns weak references to them.
-std::vector<std::weak_ptr<const std::vector<float>>> Share(v1::StepResponse* reply,
-                                                           std::vector<SharedFloats>* shared) {
-  std::vector<std::weak_ptr<const std::vector<float>>> weak;
-  shared->assign(reply->parameters_size(), nullptr);
-  for (int i = 1; i < reply->parameters_size(); i += 2) {
-    std::string* data = reply->mutable_parameters(i)->mutable_data();
-    auto floats = std::make_shared<std::vector<float>>(data->size() / 4);
-    std::memcpy(floats->data(), data->data(), data->size());
-    data->clear();
-    (*shared)[i] = floats;
-    weak.push_back(floats);
+// `reply` as the session's StepOutput: the data of its odd-numbered tensors as shared floats (as
+// the session shares F32 parameters), the others owned. Weak references to the shared values go to
+// `*weak`.
+StepOutput OutputOf(const v1::StepResponse& reply,
+                    std::vector<std::weak_ptr<const std::vector<float>>>* weak = nullptr) {
+  StepOutput out;
+  out.version = reply.version();
+  out.gradient_norm = reply.gradient_norm();
+  out.learning_rate = reply.learning_rate();
+  out.duplicate = reply.duplicate();
+  out.parameters_version = reply.parameters_version();
+  out.workers = reply.workers();
+  out.missing_workers.assign(reply.missing_workers().begin(), reply.missing_workers().end());
+  out.staleness = reply.staleness();
+  for (int i = 0; i < reply.parameters_size(); ++i) {
+    const v1::Tensor& t = reply.parameters(i);
+    WireTensor w{t.name(), {t.shape().begin(), t.shape().end()}, static_cast<WireDType>(t.dtype())};
+    w.has_rows = t.has_rows();
+    w.rows.assign(t.rows().indices().begin(), t.rows().indices().end());
+    if (i % 2 == 1 && t.dtype() == v1::DTYPE_F32) {
+      auto floats = std::make_shared<std::vector<float>>(t.data().size() / 4);
+      std::memcpy(floats->data(), t.data().data(), t.data().size());
+      if (weak != nullptr) weak->push_back(floats);
+      w.data = TensorBytes::Shared(std::move(floats));
+    } else {
+      w.data = TensorBytes::Owned(t.data());
+    }
+    out.parameters.push_back(std::move(w));
   }
-  return weak;
+  return out;
 }
 
 template <typename Message>
@@ -90,21 +105,15 @@ const std::vector<std::vector<size_t>> kSizes = {
 TEST(MessageBytesTest, StepResponseParsesBackEqual) {
   for (const std::vector<size_t>& sizes : kSizes) {
     const v1::StepResponse want = ReplyWith(sizes);
-    v1::StepResponse reply = want;
-    std::vector<SharedFloats> shared;
-    const auto weak = Share(&reply, &shared);
+    std::vector<std::weak_ptr<const std::vector<float>>> weak;
+    StepOutput out = OutputOf(want, &weak);
     grpc::ByteBuffer bytes;
-    SerializeStepResponse(&reply, &shared, &bytes);
-    EXPECT_TRUE(shared.empty());
+    SerializeStepResponse(std::move(out), &bytes);
     EXPECT_EQ(bytes.Length(), want.ByteSizeLong());
     const v1::StepResponse got = Parsed<v1::StepResponse>(&bytes);
     EXPECT_TRUE(MessageDifferencer::Equals(got, want)) << "sizes[0] = " << sizes[0];
     // Once gRPC has let go of the bytes, nothing holds the shared values any more.
     for (const auto& w : weak) EXPECT_TRUE(w.expired());
-    // The reply keeps every field but the data it gave away.
-    ASSERT_EQ(reply.parameters_size(), want.parameters_size());
-    EXPECT_EQ(reply.version(), want.version());
-    EXPECT_EQ(reply.parameters(0).name(), want.parameters(0).name());
   }
 }
 
@@ -112,23 +121,17 @@ TEST(MessageBytesTest, StreamStepsResponseParsesBackEqual) {
   for (const std::vector<size_t>& sizes : kSizes) {
     v1::StreamStepsResponse want;
     *want.mutable_reply() = ReplyWith(sizes);
-    v1::StreamStepsResponse response = want;
-    std::vector<SharedFloats> shared;
-    Share(response.mutable_reply(), &shared);
     grpc::ByteBuffer bytes;
-    SerializeStreamStepsResponse(&response, &shared, &bytes);
+    SerializeStreamStepsReply(OutputOf(want.reply()), &bytes);
     EXPECT_EQ(bytes.Length(), want.ByteSizeLong());
     EXPECT_TRUE(MessageDifferencer::Equals(Parsed<v1::StreamStepsResponse>(&bytes), want));
-    EXPECT_TRUE(response.has_reply());
   }
   v1::StreamStepsResponse error;
   error.mutable_error()->set_code(10);
   error.mutable_error()->set_message("stale");
   error.mutable_error()->set_current_version(7);
-  v1::StreamStepsResponse copy = error;
-  std::vector<SharedFloats> none;
   grpc::ByteBuffer bytes;
-  SerializeStreamStepsResponse(&copy, &none, &bytes);
+  SerializeMessage(error, &bytes);
   EXPECT_TRUE(MessageDifferencer::Equals(Parsed<v1::StreamStepsResponse>(&bytes), error));
 }
 
@@ -141,11 +144,10 @@ TEST(MessageBytesTest, SharedValuesAreEncodedInTheTensorsDType) {
       want.mutable_parameters(0)->set_dtype(dtype);
       EncodeFloats(static_cast<WireDType>(dtype), *floats,
                    want.mutable_parameters(0)->mutable_data());
-      v1::StepResponse reply = want;
-      reply.mutable_parameters(0)->clear_data();
-      std::vector<SharedFloats> shared = {floats};
+      StepOutput out = OutputOf(want);
+      out.parameters[0].data = TensorBytes::Shared(floats);
       grpc::ByteBuffer bytes;
-      SerializeStepResponse(&reply, &shared, &bytes);
+      SerializeStepResponse(std::move(out), &bytes);
       EXPECT_EQ(bytes.Length(), want.ByteSizeLong());
       EXPECT_TRUE(MessageDifferencer::Equals(Parsed<v1::StepResponse>(&bytes), want))
           << "n = " << n << ", dtype " << dtype;
@@ -163,10 +165,15 @@ grpc::ByteBuffer InSlices(const std::string& bytes, size_t slice_size) {
   return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
-std::string Joined(const std::vector<absl::string_view>& pieces) {
-  std::string joined;
-  for (const absl::string_view piece : pieces) joined.append(piece.data(), piece.size());
-  return joined;
+// The request `got` holds, put back together.
+v1::StepRequest Whole(const StepRequestBytes& got) {
+  v1::StepRequest whole = got.message;
+  for (const TensorMessage& t : got.gradients) {
+    v1::Tensor* g = whole.add_gradients();
+    *g = t.fields;
+    g->set_data(t.data.Flatten(static_cast<WireDType>(t.fields.dtype())));
+  }
+  return whole;
 }
 
 v1::StepRequest LargeRequest() {
@@ -185,41 +192,43 @@ v1::StepRequest LargeRequest() {
   return r;
 }
 
-TEST(MessageBytesTest, ParseStepRequestLeavesDenseGradientsInTheSlices) {
+TEST(MessageBytesTest, ParseStepRequestLeavesGradientsInTheSlices) {
   const v1::StepRequest want = LargeRequest();
-  for (const size_t slice_size : {size_t{1}, size_t{7}, size_t{16384}, size_t{1} << 30}) {
-    if (slice_size == 1) continue;  // one slice per byte: too slow to build, same code as 7
+  for (const size_t slice_size : {size_t{7}, size_t{16384}, size_t{1} << 30}) {
     grpc::ByteBuffer bytes = InSlices(want.SerializeAsString(), slice_size);
     StepRequestBytes got;
     ASSERT_TRUE(ParseStepRequest(&bytes, &got).ok()) << slice_size;
     EXPECT_EQ(bytes.Length(), 0u);
-    ASSERT_EQ(got.pieces.size(), 4u);
-    // Dense: the data is in the slices, not in the message.
-    EXPECT_EQ(got.message.gradients(0).data(), "");
-    EXPECT_EQ(Joined(got.pieces[0]), want.gradients(0).data());
-    EXPECT_EQ(Joined(got.pieces[2]), want.gradients(2).data());
-    EXPECT_TRUE(got.pieces[3].empty());
-    // Row-sparse: the data stays in the message.
-    EXPECT_TRUE(got.pieces[1].empty());
-    EXPECT_EQ(got.message.gradients(1).data(), want.gradients(1).data());
+    EXPECT_EQ(got.message.gradients_size(), 0);
+    ASSERT_EQ(got.gradients.size(), 4u);
+    // The data is in the slices, borrowed, dense and row-sparse alike; the other fields parsed.
+    for (int i = 0; i < 4; ++i) {
+      const TensorMessage& t = got.gradients[i];
+      if (!want.gradients(i).data().empty()) {
+        EXPECT_EQ(t.data.kind(), TensorBytes::Kind::kBorrowed) << i;
+      }
+      EXPECT_EQ(t.data.Flatten(WireDType::kF32), want.gradients(i).data()) << i;
+      EXPECT_EQ(t.fields.data(), "");
+      EXPECT_EQ(t.fields.name(), want.gradients(i).name());
+    }
+    EXPECT_TRUE(got.gradients[1].fields.has_rows());
     // Everything else is as sent.
-    v1::StepRequest rest = got.message;
-    rest.mutable_gradients(0)->set_data(Joined(got.pieces[0]));
-    rest.mutable_gradients(2)->set_data(Joined(got.pieces[2]));
-    EXPECT_TRUE(MessageDifferencer::Equals(rest, want)) << slice_size;
+    EXPECT_TRUE(MessageDifferencer::Equals(Whole(got), want)) << slice_size;
   }
 }
 
 TEST(MessageBytesTest, ParseStepRequestOfSmallOrUnusualBytesIsProtobufs) {
-  // Small: parsed whole, nothing left in slices.
+  // Small: parsed whole; the gradients own their data.
   v1::StepRequest small;
   small.set_session_id("s");
   *small.add_gradients() = TensorOf("w", 16, 'a');
   grpc::ByteBuffer bytes = InSlices(small.SerializeAsString(), 5);
   StepRequestBytes got;
   ASSERT_TRUE(ParseStepRequest(&bytes, &got).ok());
-  EXPECT_TRUE(MessageDifferencer::Equals(got.message, small));
-  EXPECT_TRUE(got.pieces.empty());
+  EXPECT_TRUE(MessageDifferencer::Equals(Whole(got), small));
+  ASSERT_EQ(got.gradients.size(), 1u);
+  EXPECT_EQ(got.gradients[0].data.kind(), TensorBytes::Kind::kOwned);
+  EXPECT_TRUE(got.slices.empty());
   // Large but truncated: refused as ParseMessage refuses it.
   const std::string whole = LargeRequest().SerializeAsString();
   bytes = InSlices(whole.substr(0, whole.size() - 10), 4096);
@@ -233,8 +242,9 @@ TEST(MessageBytesTest, ParseStepRequestOfSmallOrUnusualBytesIsProtobufs) {
   with_group += std::string("\xa3\x06\xa4\x06", 4);  // field 100, start group / end group
   bytes = InSlices(with_group, 4096);
   ASSERT_TRUE(ParseStepRequest(&bytes, &got).ok());
-  EXPECT_TRUE(got.pieces.empty());
-  EXPECT_EQ(got.message.gradients(0).data(), large.gradients(0).data());
+  ASSERT_EQ(got.gradients.size(), 4u);
+  EXPECT_EQ(got.gradients[0].data.kind(), TensorBytes::Kind::kOwned);
+  EXPECT_EQ(got.gradients[0].data.Flatten(WireDType::kF32), large.gradients(0).data());
 }
 
 TEST(MessageBytesTest, ParseMessageRefusesBytesThatAreNotTheMessage) {

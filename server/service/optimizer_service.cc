@@ -62,15 +62,13 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
       return;
     }
     call_.Received();
-    response_.Clear();
     if (absl::Status parsed = ParseStepRequest(&read_, &request_); !parsed.ok()) {
-      Reply(parsed, -1);
+      Reply(parsed);
       return;
     }
     // Replies go out in request order: the next read starts only after this reply is written.
-    service_->StartStep(
-        request_, response_.mutable_reply(), &shared_,
-        [this](absl::Status status, int64_t current_version) { Reply(status, current_version); });
+    service_->StartStep(request_,
+                        [this](absl::StatusOr<StepOutput> out) { Reply(std::move(out)); });
   }
 
   void OnWriteDone(bool ok) override {
@@ -88,14 +86,17 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   void OnDone() override { delete this; }
 
  private:
-  void Reply(const absl::Status& status, int64_t current_version) {
-    if (!status.ok()) {
-      v1::StepError* error = response_.mutable_error();  // replaces reply
-      error->set_code(static_cast<int>(status.code()));
-      error->set_message(std::string(status.message()));
-      error->set_current_version(current_version);
+  void Reply(absl::StatusOr<StepOutput> out) {
+    if (out.ok()) {
+      SerializeStreamStepsReply(*std::move(out), &write_);
+    } else {
+      v1::StreamStepsResponse response;
+      v1::StepError* error = response.mutable_error();
+      error->set_code(static_cast<int>(out.status().code()));
+      error->set_message(std::string(out.status().message()));
+      error->set_current_version(CurrentVersionOf(out.status()));
+      SerializeMessage(response, &write_);
     }
-    SerializeStreamStepsResponse(&response_, &shared_, &write_);
     call_.Sent();
     StartWrite(&write_);
   }
@@ -109,10 +110,8 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   GrpcCallRecorder call_;
   grpc::ByteBuffer read_;
   grpc::ByteBuffer write_;
-  // Kept from request to request, so their buffers are reused.
+  // Kept from request to request, so its buffers are reused.
   StepRequestBytes request_;
-  v1::StreamStepsResponse response_;
-  std::vector<SharedFloats> shared_;  // the reply's parameters the session shares
 };
 
 // One unary Step call: its request and reply, alive until the call is answered.
@@ -120,8 +119,6 @@ struct StepCall {
   explicit StepCall(const GrpcServerMetrics::MethodMetrics* series) : recorder(series) {}
 
   StepRequestBytes request;
-  v1::StepResponse reply;
-  std::vector<SharedFloats> shared;  // the reply's parameters the session shares
   UnaryRecorder recorder;
 };
 
@@ -214,55 +211,15 @@ absl::Status OptimizerServiceImpl::DoPull(const v1::PullRequest& request,
   return absl::OkStatus();
 }
 
-void OptimizerServiceImpl::StartStep(const StepRequestBytes& request_bytes,
-                                     v1::StepResponse* response, std::vector<SharedFloats>* shared,
-                                     StepDone done) {
-  const v1::StepRequest& request = request_bytes.message;
-  absl::StatusOr<WireDType> return_dtype = DTypeFromProto("return_dtype", request.return_dtype());
-  if (!return_dtype.ok()) return done(return_dtype.status(), -1);
-  if (!v1::ReturnParameters_IsValid(request.return_parameters())) {
-    return done(absl::InvalidArgumentError(
-                    absl::StrCat("return_parameters = ", request.return_parameters(),
-                                 " is not a known value; must be RETURN_PARAMETERS_ALL (0), "
-                                 "RETURN_PARAMETERS_NONE (1) or RETURN_PARAMETERS_TOUCHED (2)")),
-                -1);
-  }
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
-  if (!session.ok()) return done(session.status(), -1);
-  absl::StatusOr<std::vector<WireTensorView>> gradients = ViewsOf("gradients", request.gradients());
-  if (gradients.ok()) {  // dense gradients' data left in gRPC's slices
-    for (size_t i = 0; i < gradients->size() && i < request_bytes.pieces.size(); ++i) {
-      (*gradients)[i].pieces = request_bytes.pieces[i];
-    }
-  }
-  if (!gradients.ok()) return done(gradients.status(), -1);
-
-  StepInput input;
-  input.worker_id = request.worker_id();
-  input.gradients = *gradients;
-  if (request.has_loss()) input.loss = request.loss();
-  input.return_mode = static_cast<ReturnMode>(request.return_parameters());
-  input.return_dtype = *return_dtype;
-  input.sequence = request.sequence();
-  if (request.has_version()) input.version = request.version();
-  (*session)->Step(
-      input, [response, shared, done = std::move(done)](absl::StatusOr<StepOutput> out) mutable {
-        if (!out.ok()) return done(out.status(), CurrentVersionOf(out.status()));
-        response->set_version(out->version);
-        response->set_gradient_norm(out->gradient_norm);
-        response->set_learning_rate(out->learning_rate);
-        response->set_duplicate(out->duplicate);
-        response->set_parameters_version(out->parameters_version);
-        response->set_workers(out->workers);
-        for (std::string& w : out->missing_workers) response->add_missing_workers(std::move(w));
-        response->set_staleness(out->staleness);
-        shared->clear();
-        for (WireTensor& t : out->parameters) {
-          shared->push_back(std::move(t.shared));  // null unless shared
-          TensorToProto(std::move(t), response->add_parameters());
-        }
-        done(absl::OkStatus(), -1);
-      });
+void OptimizerServiceImpl::StartStep(const StepRequestBytes& request, StepCallback done) {
+  absl::StatusOr<StepInput> input = StepInputFromProto(request.message);
+  if (!input.ok()) return done(input.status());
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.message.session_id());
+  if (!session.ok()) return done(session.status());
+  absl::StatusOr<std::vector<WireTensorView>> gradients = ViewsOf("gradients", request.gradients);
+  if (!gradients.ok()) return done(gradients.status());
+  input->gradients = *gradients;
+  (*session)->Step(*input, std::move(done));
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::CreateSession(
@@ -314,14 +271,15 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
     return reactor;
   }
   StepCall* const started = call.get();
-  StartStep(started->request, &started->reply, &started->shared,
-            [context, reactor, response, call = std::move(call)](absl::Status status,
-                                                                 int64_t current_version) {
+  StartStep(started->request,
+            [context, reactor, response, call = std::move(call)](absl::StatusOr<StepOutput> out) {
+              const int64_t current_version = CurrentVersionOf(out.status());
               if (current_version >= 0) {
                 context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
               }
-              if (status.ok()) SerializeStepResponse(&call->reply, &call->shared, response);
-              call->recorder.Finish(reactor, ToGrpcStatus(status));
+              const grpc::Status status = ToGrpcStatus(out.status());
+              if (out.ok()) SerializeStepResponse(*std::move(out), response);
+              call->recorder.Finish(reactor, status);
             });
   return reactor;
 }

@@ -17,9 +17,9 @@
 // handler finishes the call.
 //
 // Step and StreamSteps are raw methods (grpc::ByteBuffer in and out): they read the request and
-// write the reply through message_bytes.h, which leaves dense gradients' bytes in gRPC's slices
-// for the session to read, and hands the returned parameters to gRPC without copying them (the
-// session's shared buffer, or bytes encoded straight into gRPC's slice). A request that does not
+// write the reply through message_bytes.h, which leaves gradients' bytes in gRPC's slices for the
+// session to read, and hands the returned parameters to gRPC without copying them (the session's
+// shared buffer, or bytes encoded straight into gRPC's slice). A request that does not
 // parse gets INVALID_ARGUMENT (unary) or a StepError with that code (stream, which goes on).
 //
 // Errors, as the client sees them: NOT_FOUND unknown session; ALREADY_EXISTS taken id;
@@ -84,15 +84,11 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamSteps(
       grpc::CallbackServerContext* context) override;
 
-  // The work of one Step, shared by Step and StreamSteps: calls `done` exactly once, when the step
-  // is answered: at once, or (SYNC) when its barrier completes, from the thread that completes
-  // it. `request` must stay valid until StartStep returns, and `response` and `shared` until
-  // `done` is called. The reply's F32 parameters stay with the session (their data fields empty):
-  // shared[i] holds those of response->parameters(i), for SerializeStepResponse. On an Aborted
-  // status, `done` also receives the session's current version (else -1).
-  using StepDone = absl::AnyInvocable<void(absl::Status status, int64_t current_version)>;
-  void StartStep(const StepRequestBytes& request, v1::StepResponse* response,
-                 std::vector<SharedFloats>* shared, StepDone done);
+  // The work of one Step, shared by Step and StreamSteps: finds the session and steps it; `done` is
+  // called exactly once, when the step is answered: at once, or (SYNC) when its barrier
+  // completes, from the thread that completes it. `request` must stay valid until StartStep
+  // returns. An Aborted status carries the session's current version (CurrentVersionOf).
+  void StartStep(const StepRequestBytes& request, StepCallback done);
 
  private:
   absl::Status DoCreateSession(const v1::CreateSessionRequest& request, v1::Session* response);

@@ -334,37 +334,94 @@ absl::StatusOr<WireDType> DTypeFromProto(const char* field, int dtype) {
   return static_cast<WireDType>(dtype);
 }
 
+namespace {
+
+// The view of tensor `index` of a request's `field`, whose data is `data`.
+absl::StatusOr<WireTensorView> ViewOf(const char* field, int index, const v1::Tensor& t,
+                                      TensorBytes data) {
+  const std::string dtype_field = absl::StrCat(field, "[", index, "].dtype");
+  absl::StatusOr<WireDType> dtype = DTypeFromProto(dtype_field.c_str(), t.dtype());
+  if (!dtype.ok()) return dtype.status();
+  return WireTensorView{
+      t.name(),     absl::MakeConstSpan(t.shape().data(), t.shape().size()),
+      *dtype,       std::move(data),
+      t.has_rows(), absl::MakeConstSpan(t.rows().indices().data(), t.rows().indices().size())};
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<WireTensorView>> ViewsOf(
     const char* field, const google::protobuf::RepeatedPtrField<v1::Tensor>& tensors) {
   std::vector<WireTensorView> views;
   views.reserve(tensors.size());
   for (int i = 0; i < tensors.size(); ++i) {
-    const v1::Tensor& t = tensors[i];
-    const std::string dtype_field = absl::StrCat(field, "[", i, "].dtype");
-    absl::StatusOr<WireDType> dtype = DTypeFromProto(dtype_field.c_str(), t.dtype());
-    if (!dtype.ok()) return dtype.status();
-    views.push_back({t.name(),
-                     absl::MakeConstSpan(t.shape().data(), t.shape().size()),
-                     *dtype,
-                     t.data(),
-                     {},
-                     t.has_rows(),
-                     absl::MakeConstSpan(t.rows().indices().data(), t.rows().indices().size())});
+    absl::StatusOr<WireTensorView> view =
+        ViewOf(field, i, tensors[i], TensorBytes::Borrowed(tensors[i].data()));
+    if (!view.ok()) return view.status();
+    views.push_back(*std::move(view));
   }
   return views;
 }
 
-void TensorToProto(WireTensor&& tensor, v1::Tensor* out) {
-  out->set_name(std::move(tensor.name));
+absl::StatusOr<std::vector<WireTensorView>> ViewsOf(const char* field,
+                                                    const std::vector<TensorMessage>& tensors) {
+  std::vector<WireTensorView> views;
+  views.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    absl::StatusOr<WireTensorView> view =
+        ViewOf(field, static_cast<int>(i), tensors[i].fields, tensors[i].data.Borrow());
+    if (!view.ok()) return view.status();
+    views.push_back(*std::move(view));
+  }
+  return views;
+}
+
+void TensorFieldsToProto(const WireTensor& tensor, v1::Tensor* out) {
+  out->set_name(tensor.name);
   out->mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
   out->set_dtype(static_cast<v1::DType>(tensor.dtype));
-  if (tensor.shared != nullptr) {
-    EncodeFloats(tensor.dtype, *tensor.shared, out->mutable_data());  // the message owns its bytes
-  } else {
-    out->set_data(std::move(tensor.data));
-  }
-  if (tensor.has_rows)
+  if (tensor.has_rows) {
     out->mutable_rows()->mutable_indices()->Add(tensor.rows.begin(), tensor.rows.end());
+  }
+}
+
+void TensorToProto(WireTensor&& tensor, v1::Tensor* out) {
+  TensorFieldsToProto(tensor, out);
+  if (tensor.data.kind() == TensorBytes::Kind::kOwned) {
+    out->set_data(std::move(*tensor.data.mutable_owned()));
+  } else {
+    *out->mutable_data() = tensor.data.Flatten(tensor.dtype);  // the message owns its bytes
+  }
+}
+
+absl::StatusOr<StepInput> StepInputFromProto(const v1::StepRequest& request) {
+  absl::StatusOr<WireDType> return_dtype = DTypeFromProto("return_dtype", request.return_dtype());
+  if (!return_dtype.ok()) return return_dtype.status();
+  if (!v1::ReturnParameters_IsValid(request.return_parameters())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("return_parameters = ", request.return_parameters(),
+                     " is not a known value; must be RETURN_PARAMETERS_ALL (0), "
+                     "RETURN_PARAMETERS_NONE (1) or RETURN_PARAMETERS_TOUCHED (2)"));
+  }
+  StepInput input;
+  input.worker_id = request.worker_id();
+  if (request.has_loss()) input.loss = request.loss();
+  input.return_mode = static_cast<ReturnMode>(request.return_parameters());
+  input.return_dtype = *return_dtype;
+  input.sequence = request.sequence();
+  if (request.has_version()) input.version = request.version();
+  return input;
+}
+
+void StepOutputToProto(const StepOutput& output, v1::StepResponse* out) {
+  out->set_version(output.version);
+  out->set_gradient_norm(output.gradient_norm);
+  out->set_learning_rate(output.learning_rate);
+  out->set_duplicate(output.duplicate);
+  out->set_parameters_version(output.parameters_version);
+  out->set_workers(output.workers);
+  for (const std::string& w : output.missing_workers) out->add_missing_workers(w);
+  out->set_staleness(output.staleness);
 }
 
 absl::Status MergeOptimizerFromProto(const v1::OptimizerConfig& config, bool require_same_kind,

@@ -16,9 +16,18 @@
 #include "absl/status/statusor.h"
 #include "optd/v1/optd.pb.h"
 #include "server/session/session.h"
-#include "server/session/wire_tensor.h"
+#include "server/session/step.h"
+#include "wire/tensor_bytes.h"
+#include "wire/wire_tensor.h"
 
 namespace optd {
+
+// A tensor of a request whose data protobuf did not parse: its other fields (`fields`, whose data
+// is empty) and its data (borrowed from the transport's buffers, or owned).
+struct TensorMessage {
+  v1::Tensor fields;
+  TensorBytes data;
+};
 
 // InvalidArgument for an unknown dtype value, naming `field`.
 absl::StatusOr<WireDType> DTypeFromProto(const char* field, int dtype);
@@ -26,9 +35,21 @@ absl::StatusOr<WireDType> DTypeFromProto(const char* field, int dtype);
 // Views of the tensors of a request; they borrow from `tensors`. Fails on an unknown dtype.
 absl::StatusOr<std::vector<WireTensorView>> ViewsOf(
     const char* field, const google::protobuf::RepeatedPtrField<v1::Tensor>& tensors);
+absl::StatusOr<std::vector<WireTensorView>> ViewsOf(const char* field,
+                                                    const std::vector<TensorMessage>& tensors);
 
-// Moves `tensor`'s bytes into `*out` (copies them if the session shares them).
+// `tensor`'s fields but its data.
+void TensorFieldsToProto(const WireTensor& tensor, v1::Tensor* out);
+
+// `tensor` whole: its bytes are moved into `*out` (encoded, so copied, if the session shares them).
 void TensorToProto(WireTensor&& tensor, v1::Tensor* out);
+
+// The StepRequest's fields but the gradients (attached by the caller), validated: return_dtype
+// and return_parameters must be known values.
+absl::StatusOr<StepInput> StepInputFromProto(const v1::StepRequest& request);
+
+// `output`'s fields but its parameters (which the caller writes: message_bytes.h).
+void StepOutputToProto(const StepOutput& output, v1::StepResponse* out);
 
 // Fails if no optimizer is set, a required field is missing, an enum value is unknown, or a value
 // is out of range.

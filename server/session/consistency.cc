@@ -2,6 +2,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "base/quote.h"
 
 namespace optd {
 
@@ -26,8 +27,8 @@ absl::Status ValidateWorkerId(const std::string& field, const std::string& id) {
   }
   if (ok) return absl::OkStatus();
   return absl::InvalidArgumentError(
-      absl::StrCat(field, " \"", id,
-                   "\" is not a valid worker id: must be 1 to 128 characters of [A-Za-z0-9._:-]"));
+      absl::StrCat(field, " ", Quote(id),
+                   " is not a valid worker id: must be 1 to 128 characters of [A-Za-z0-9._:-]"));
 }
 
 absl::Status ConsistencyOptions::Validate() const {
@@ -55,7 +56,7 @@ absl::Status ConsistencyOptions::Validate() const {
       if (absl::Status s = ValidateWorkerId(field, worker_ids[i]); !s.ok()) return s;
       if (!seen.insert(worker_ids[i]).second) {
         return absl::InvalidArgumentError(
-            absl::StrCat(field, " \"", worker_ids[i], "\" is repeated; ids must be distinct"));
+            absl::StrCat(field, " ", Quote(worker_ids[i]), " is repeated; ids must be distinct"));
       }
     }
   }

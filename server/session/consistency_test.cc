@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/synchronization/notification.h"
+#include "base/fake_clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/session/session.h"
@@ -26,14 +27,14 @@ class ConsistencyTest : public ::testing::Test {
     std::string data;
     EncodeFloats(WireDType::kF32, {0.0f, 0.0f}, &data);
     shape_ = {2};
-    WireTensorView view{"w", shape_, WireDType::kF32, data};
+    WireTensorView view{"w", shape_, WireDType::kF32, TensorBytes::Borrowed(data)};
     SgdOptions sgd;
     sgd.lr = lr;
     SessionConfig config;
     config.optimizer = sgd;
     config.consistency = std::move(consistency);
-    auto s = Session::Create("c", config, absl::MakeConstSpan(&view, 1), absl::Now(), nullptr,
-                             &scheduler_);
+    auto s = Session::Create("c", config, absl::MakeConstSpan(&view, 1),
+                             {&clock_, nullptr, &scheduler_});
     EXPECT_TRUE(s.ok()) << s.status();
     return *s;
   }
@@ -44,7 +45,7 @@ class ConsistencyTest : public ::testing::Test {
     grads_.emplace_back();
     EncodeFloats(WireDType::kF32, {g, -g}, &grads_.back());
     views_.push_back(std::make_unique<WireTensorView>(
-        WireTensorView{"w", shape_, WireDType::kF32, grads_.back()}));
+        WireTensorView{"w", shape_, WireDType::kF32, TensorBytes::Borrowed(grads_.back())}));
     StepInput in;
     in.gradients = absl::MakeConstSpan(views_.back().get(), 1);
     in.worker_id = std::move(worker);
@@ -55,8 +56,8 @@ class ConsistencyTest : public ::testing::Test {
 
   static std::vector<float> W(const StepOutput& out) {
     std::vector<float> w;
-    EXPECT_TRUE(
-        DecodeFloats("w", out.parameters[0].dtype, out.parameters[0].EncodedData(), 2, &w).ok());
+    const std::string bytes = out.parameters[0].data.Flatten(out.parameters[0].dtype);
+    EXPECT_TRUE(DecodeFloats("w", out.parameters[0].dtype, bytes, 2, &w).ok());
     return w;
   }
 
@@ -75,7 +76,8 @@ class ConsistencyTest : public ::testing::Test {
     return p;
   }
 
-  DeadlineScheduler scheduler_;
+  FakeClock clock_;
+  DeadlineScheduler scheduler_{&clock_};
   std::vector<int64_t> shape_;
   std::deque<std::string> grads_;
   std::vector<std::unique_ptr<WireTensorView>> views_;
@@ -148,7 +150,8 @@ TEST_F(ConsistencyTest, RetriedSequenceIsAppliedOnceAndAnsweredWithTheFirstOutco
 
 TEST_F(ConsistencyTest, ForgottenOrReusedSequencesAreRefused) {
   auto s = Make({});
-  for (int q = 1; q <= kReplayWindow + 2; ++q) ASSERT_TRUE(s->StepAndWait(Input(1, "w", q)).ok());
+  for (int q = 1; q <= ExactlyOnceOptions().replay_window + 2; ++q)
+    ASSERT_TRUE(s->StepAndWait(Input(1, "w", q)).ok());
   auto forgotten = s->StepAndWait(Input(1, "w", 1));  // beyond the replay window
   EXPECT_EQ(forgotten.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(forgotten.status().message(), HasSubstr("sequence = 1 of worker w"));
@@ -157,7 +160,7 @@ TEST_F(ConsistencyTest, ForgottenOrReusedSequencesAreRefused) {
   EXPECT_THAT(no_worker.status().message(), HasSubstr("worker_id is required"));
   auto bad_worker = s->StepAndWait(Input(1, "a b", 5));
   EXPECT_THAT(bad_worker.status().message(), HasSubstr("is not a valid worker id"));
-  EXPECT_EQ(s->Info().version, kReplayWindow + 2);
+  EXPECT_EQ(s->Info().version, ExactlyOnceOptions().replay_window + 2);
 }
 
 TEST_F(ConsistencyTest, SyncBarrierStepsOnceWithTheMeanAndAnswersEveryWorker) {
@@ -216,9 +219,12 @@ TEST_F(ConsistencyTest, SyncRetryWhileWaitingGetsTheSameOutcome) {
 }
 
 TEST_F(ConsistencyTest, SyncDeadlineProceedsWithAQuorumAndNamesTheMissing) {
-  auto s = Make(Sync(3, {"a", "b", "c"}, /*quorum=*/2, absl::Milliseconds(100)), 1.0);
+  auto s = Make(Sync(3, {"a", "b", "c"}, /*quorum=*/2, absl::Seconds(30)), 1.0);
   auto a = Submit(*s, Input(2, "a", 1, 0));
   auto b = Submit(*s, Input(4, "b", 1, 0));
+  clock_.Advance(absl::Seconds(29));
+  EXPECT_FALSE(a->done.HasBeenNotified());
+  clock_.Advance(absl::Seconds(1));  // the deadline: the scheduler completes the barrier
   ASSERT_TRUE(a->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
   ASSERT_TRUE(b->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
   ASSERT_TRUE(a->result.ok()) << a->result.status();
@@ -229,7 +235,7 @@ TEST_F(ConsistencyTest, SyncDeadlineProceedsWithAQuorumAndNamesTheMissing) {
 }
 
 TEST_F(ConsistencyTest, SyncDeadlineWithoutQuorumFailsTheWaitersAndAppliesNothing) {
-  auto s = Make(Sync(3, {}, 0, absl::Milliseconds(100)), 1.0);
+  auto s = Make(Sync(3, {}, 0, absl::Seconds(30)), 1.0);
   // A first full barrier teaches the session its workers' ids.
   auto a0 = Submit(*s, Input(1, "a", 0, 0));
   auto b0 = Submit(*s, Input(1, "b", 0, 0));
@@ -237,6 +243,7 @@ TEST_F(ConsistencyTest, SyncDeadlineWithoutQuorumFailsTheWaitersAndAppliesNothin
   ASSERT_TRUE(c0->result.ok());
   auto a = Submit(*s, Input(1, "a", 0, 1));
   auto b = Submit(*s, Input(1, "b", 0, 1));
+  clock_.Advance(absl::Seconds(30));
   ASSERT_TRUE(a->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
   ASSERT_TRUE(b->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
   EXPECT_EQ(a->result.status().code(), absl::StatusCode::kAborted);
@@ -272,7 +279,7 @@ TEST_F(ConsistencyTest, SyncUnderConcurrencyEveryWorkerSeesEveryVersion) {
       for (int i = 1; i <= kSteps; ++i) {
         std::string data;
         EncodeFloats(WireDType::kF32, {static_cast<float>(t + 1), 0.0f}, &data);
-        WireTensorView view{"w", shape_, WireDType::kF32, data};
+        WireTensorView view{"w", shape_, WireDType::kF32, TensorBytes::Borrowed(data)};
         StepInput in;
         in.gradients = absl::MakeConstSpan(&view, 1);
         in.worker_id = "w" + std::to_string(t);

@@ -1,10 +1,8 @@
 #include "server/session/deadline_scheduler.h"
 
-#include "absl/time/clock.h"
-
 namespace optd {
 
-DeadlineScheduler::DeadlineScheduler() : thread_([this] { Run(); }) {}
+DeadlineScheduler::DeadlineScheduler(Clock* clock) : clock_(clock), thread_([this] { Run(); }) {}
 
 DeadlineScheduler::~DeadlineScheduler() {
   {
@@ -19,6 +17,11 @@ void DeadlineScheduler::Schedule(absl::Time deadline, std::function<void()> call
   pending_.emplace(std::make_pair(deadline, next_id_++), std::move(callback));
 }
 
+int DeadlineScheduler::pending() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(pending_.size());
+}
+
 void DeadlineScheduler::Run() {
   mu_.Lock();
   while (true) {
@@ -27,9 +30,9 @@ void DeadlineScheduler::Run() {
     auto changed = [this, first]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return stopping_ || (!pending_.empty() && pending_.begin()->first.first < first);
     };
-    mu_.AwaitWithDeadline(absl::Condition(&changed), first);
+    clock_->AwaitWithDeadline(&mu_, absl::Condition(&changed), first);
     if (stopping_) break;
-    if (pending_.empty() || pending_.begin()->first.first > absl::Now()) continue;
+    if (pending_.empty() || pending_.begin()->first.first > clock_->Now()) continue;
     std::function<void()> callback = std::move(pending_.begin()->second);
     pending_.erase(pending_.begin());
     mu_.Unlock();

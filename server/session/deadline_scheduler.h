@@ -1,7 +1,9 @@
 // File: deadline_scheduler.h
 //
-// DeadlineScheduler: runs callbacks at (or soon after) their deadlines on one background thread.
-// Sessions use it for SYNC barrier deadlines, so that no gRPC thread ever waits for a barrier.
+// DeadlineScheduler: runs callbacks at (or soon after) their deadlines on one background thread,
+// by a Clock (base/clock.h): the real one in the server, a FakeClock in tests, which then advance
+// time instead of sleeping. Sessions use it for SYNC barrier deadlines, so that no gRPC thread
+// ever waits for a barrier.
 //
 // Thread safety: Schedule may be called from any thread, including from a callback. Callbacks run
 // one at a time on the scheduler's thread, without any lock of the scheduler held; a callback must
@@ -19,23 +21,29 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 
 namespace optd {
 
 class DeadlineScheduler {
  public:
-  DeadlineScheduler();
+  // `clock` must outlive the scheduler.
+  explicit DeadlineScheduler(Clock* clock = Clock::Real());
   ~DeadlineScheduler();
   DeadlineScheduler(const DeadlineScheduler&) = delete;
   DeadlineScheduler& operator=(const DeadlineScheduler&) = delete;
 
-  // Runs `callback` on the scheduler thread once `deadline` has passed.
+  // Runs `callback` on the scheduler thread once the clock has reached `deadline`.
   void Schedule(absl::Time deadline, std::function<void()> callback);
+
+  // Callbacks scheduled and not yet run.
+  int pending() const;
 
  private:
   void Run();
 
-  absl::Mutex mu_;
+  Clock* const clock_;
+  mutable absl::Mutex mu_;
   // Ordered by deadline; the counter keeps equal deadlines in scheduling order.
   std::map<std::pair<absl::Time, int64_t>, std::function<void()>> pending_ ABSL_GUARDED_BY(mu_);
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;

@@ -56,6 +56,13 @@ struct RequestEvent {
 class SessionObserver {
  public:
   virtual ~SessionObserver() = default;
+  // Whether the next step of `session_id`, which holds `num_parameters` parameters, should measure
+  // its update and parameter norms (StepEvent), which costs that step a copy of the parameters it
+  // updates. The observer owns the sampling policy. Called before the step takes the session's
+  // lock, so it may be called for a step that is then refused. Default: never.
+  virtual bool WantsStepNorms(absl::string_view session_id, int64_t num_parameters) {
+    return false;
+  }
   virtual void OnSessionCreated(absl::string_view session_id, absl::string_view optimizer) {}
   virtual void OnSessionDeleted(absl::string_view session_id) {}
   virtual void OnStep(const StepEvent& event) {}

@@ -6,7 +6,6 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/time/clock.h"
 
 namespace optd {
 namespace {
@@ -26,7 +25,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Create(
     // Fail fast before decoding what may be a large request.
     absl::MutexLock lock(&mu_);
     if (sessions_.count(id) > 0) {
-      return absl::AlreadyExistsError(absl::StrCat("session ", id, " already exists"));
+      return absl::AlreadyExistsError(
+          absl::StrCat("session ", ShownSessionId(id), " already exists"));
     }
     if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
       return absl::ResourceExhaustedError(absl::StrCat("the server holds ", sessions_.size(),
@@ -34,31 +34,40 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Create(
     }
   }
   absl::StatusOr<std::shared_ptr<Session>> session =
-      Session::Create(id, std::move(config), tensors, absl::Now(), observer_, &scheduler_);
+      Session::Create(id, std::move(config), tensors, env_);
   if (!session.ok()) return session.status();
-  std::shared_ptr<Session> shared = *std::move(session);
+  return Insert(*std::move(session));
+}
+
+absl::StatusOr<std::shared_ptr<Session>> SessionStore::Restore(SessionState state) {
+  absl::StatusOr<std::shared_ptr<Session>> session = Session::Restore(std::move(state), env_);
+  if (!session.ok()) return session.status();
+  return Insert(*std::move(session));
+}
+
+absl::StatusOr<std::shared_ptr<Session>> SessionStore::Insert(std::shared_ptr<Session> session) {
   {
     absl::MutexLock lock(&mu_);
     if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
       return absl::ResourceExhaustedError(absl::StrCat("the server holds ", sessions_.size(),
                                                        " sessions, its maximum (--max_sessions)"));
     }
-    if (!sessions_.emplace(id, shared).second) {
-      return absl::AlreadyExistsError(absl::StrCat("session ", id, " already exists"));
+    if (!sessions_.emplace(session->id(), session).second) {
+      return absl::AlreadyExistsError(absl::StrCat("session ", session->id(), " already exists"));
     }
   }
   if (observer_ != nullptr) {
-    const std::string_view name = OptimizerName(shared->Info().config.optimizer);
-    observer_->OnSessionCreated(shared->id(), absl::string_view(name.data(), name.size()));
+    const std::string_view name = OptimizerName(session->Info().config.optimizer);
+    observer_->OnSessionCreated(session->id(), absl::string_view(name.data(), name.size()));
   }
-  return shared;
+  return session;
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionStore::Find(absl::string_view id) const {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
   if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("session ", id, " not found"));
+    return absl::NotFoundError(absl::StrCat("session ", ShownSessionId(id), " not found"));
   }
   return it->second;
 }
@@ -69,12 +78,13 @@ absl::Status SessionStore::Delete(absl::string_view id) {
     absl::MutexLock lock(&mu_);
     auto it = sessions_.find(id);
     if (it == sessions_.end()) {
-      return absl::NotFoundError(absl::StrCat("session ", id, " not found"));
+      return absl::NotFoundError(absl::StrCat("session ", ShownSessionId(id), " not found"));
     }
     doomed = std::move(it->second);
     sessions_.erase(it);
   }
-  doomed->Close(absl::UnavailableError(absl::StrCat("session ", id, " was deleted")));
+  doomed->Close(
+      absl::UnavailableError(absl::StrCat("session ", ShownSessionId(id), " was deleted")));
   if (observer_ != nullptr) observer_->OnSessionDeleted(doomed->id());
   return absl::OkStatus();
 }

@@ -8,7 +8,7 @@
 // stepped while it is deleted finishes that step and is freed when its last user lets go.
 //
 // Errors: NotFound for an unknown id, AlreadyExists for a taken id, ResourceExhausted when
-// max_sessions are held, InvalidArgument from Session::Create.
+// max_sessions are held, InvalidArgument from Session::Create and Session::Restore.
 
 #ifndef OPTD_SERVER_SESSION_SESSION_STORE_H_
 #define OPTD_SERVER_SESSION_SESSION_STORE_H_
@@ -25,8 +25,10 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "base/clock.h"
 #include "server/session/deadline_scheduler.h"
 #include "server/session/session.h"
+#include "server/session/session_state.h"
 
 namespace optd {
 
@@ -39,12 +41,20 @@ class SessionStore {
  public:
   // `observer`, if not null, must outlive the store and its sessions; it hears of every session
   // created and deleted, and (through the sessions) of every step.
-  explicit SessionStore(SessionStoreOptions options = {}, SessionObserver* observer = nullptr)
-      : options_(options), observer_(observer) {}
+  // `clock` (the time of SYNC barrier deadlines and of session creation) must outlive the store.
+  explicit SessionStore(SessionStoreOptions options = {}, SessionObserver* observer = nullptr,
+                        Clock* clock = Clock::Real())
+      : options_(options),
+        observer_(observer),
+        scheduler_(clock),
+        env_{clock, observer, &scheduler_} {}
 
   // Creates a session. An empty `id` gets a generated one ("s-" and 16 hex digits).
   absl::StatusOr<std::shared_ptr<Session>> Create(std::string id, SessionConfig config,
                                                   absl::Span<const WireTensorView> tensors);
+
+  // Adds the session `state` describes (Session::Restore), under its own id.
+  absl::StatusOr<std::shared_ptr<Session>> Restore(SessionState state);
 
   absl::StatusOr<std::shared_ptr<Session>> Find(absl::string_view id) const;
 
@@ -62,9 +72,13 @@ class SessionStore {
   int size() const;
 
  private:
+  // Adds `session` unless its id is taken or the store is full.
+  absl::StatusOr<std::shared_ptr<Session>> Insert(std::shared_ptr<Session> session);
+
   const SessionStoreOptions options_;
   SessionObserver* const observer_;
   DeadlineScheduler scheduler_;  // SYNC barrier deadlines of every session
+  const SessionEnv env_;         // what every session is given
   mutable absl::Mutex mu_;
   // Ordered, so that ListSessions pages are stable.
   std::map<std::string, std::shared_ptr<Session>, std::less<>> sessions_ ABSL_GUARDED_BY(mu_);

@@ -18,7 +18,7 @@ class SessionStoreTest : public ::testing::Test {
   SessionStoreTest() { EncodeFloats(WireDType::kF32, {1.0f, 2.0f}, &data_); }
 
   absl::StatusOr<std::shared_ptr<Session>> Create(SessionStore& store, std::string id) {
-    WireTensorView view{"w", shape_, WireDType::kF32, data_};
+    WireTensorView view{"w", shape_, WireDType::kF32, TensorBytes::Borrowed(data_)};
     return store.Create(std::move(id), SessionConfig{AdamOptions{}}, absl::MakeConstSpan(&view, 1));
   }
 

@@ -7,7 +7,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -23,7 +22,9 @@ struct OwnedTensor {
   std::string name;
   std::vector<int64_t> shape;
   std::string data;
-  WireTensorView view() const { return {name, shape, WireDType::kF32, data}; }
+  WireTensorView view() const {
+    return {name, shape, WireDType::kF32, TensorBytes::Borrowed(data)};
+  }
 };
 
 OwnedTensor Make(std::string name, std::vector<int64_t> shape, std::vector<float> values) {
@@ -34,9 +35,9 @@ OwnedTensor Make(std::string name, std::vector<int64_t> shape, std::vector<float
 
 std::vector<float> Floats(const WireTensor& t) {
   std::vector<float> v;
+  const std::string bytes = t.data.Flatten(t.dtype);
   EXPECT_TRUE(
-      DecodeFloats(t.name, t.dtype, t.EncodedData(), t.EncodedSize() / BytesPerElement(t.dtype), &v)
-          .ok());
+      DecodeFloats(t.name, t.dtype, bytes, bytes.size() / BytesPerElement(t.dtype), &v).ok());
   return v;
 }
 
@@ -49,8 +50,7 @@ SessionConfig Sgd(double lr) {
 std::shared_ptr<Session> MakeSession(std::vector<OwnedTensor> tensors, SessionConfig config) {
   std::vector<WireTensorView> views;
   for (const OwnedTensor& t : tensors) views.push_back(t.view());
-  absl::StatusOr<std::shared_ptr<Session>> s =
-      Session::Create("s1", std::move(config), views, absl::Now());
+  absl::StatusOr<std::shared_ptr<Session>> s = Session::Create("s1", std::move(config), views);
   EXPECT_TRUE(s.ok()) << s.status();
   return s.ok() ? *std::move(s) : nullptr;
 }
@@ -67,7 +67,7 @@ absl::Status CreateStatus(std::string id, std::vector<OwnedTensor> tensors,
                           SessionConfig config = Sgd(0.1)) {
   std::vector<WireTensorView> views;
   for (const OwnedTensor& t : tensors) views.push_back(t.view());
-  return Session::Create(std::move(id), std::move(config), views, absl::Now()).status();
+  return Session::Create(std::move(id), std::move(config), views).status();
 }
 
 TEST(SessionTest, CreateDescribesTensorsAndStartsAtVersionZero) {
@@ -110,7 +110,7 @@ TEST(SessionTest, F32RepliesShareTheParametersAndLaterStepsNeverChangeThem) {
   const OwnedTensor w = Make("w", {2}, {1.0f, 2.0f});
   const std::vector<WireTensorView> init = {w.view()};
   absl::StatusOr<std::shared_ptr<Session>> created =
-      Session::Create("cow", Sgd(1), init, absl::Now(), &recorder);
+      Session::Create("cow", Sgd(1), init, {Clock::Real(), &recorder});
   ASSERT_TRUE(created.ok()) << created.status();
   std::shared_ptr<Session> s = *created;
   std::vector<OwnedTensor> g = {Make("w", {2}, {0.5f, 0.5f})};
@@ -119,22 +119,21 @@ TEST(SessionTest, F32RepliesShareTheParametersAndLaterStepsNeverChangeThem) {
   in.gradients = views;
   absl::StatusOr<StepOutput> first = s->StepAndWait(in);
   ASSERT_TRUE(first.ok());
-  ASSERT_NE(first->parameters[0].shared, nullptr);  // no copy into `data`
-  EXPECT_TRUE(first->parameters[0].data.empty());
+  ASSERT_EQ(first->parameters[0].data.kind(), TensorBytes::Kind::kShared);  // no copy
   EXPECT_THAT(Floats(first->parameters[0]), ElementsAre(0.5f, 1.5f));
   // The next step writes a copy: the values the first reply holds stay those of version 1.
   absl::StatusOr<StepOutput> second = s->StepAndWait(in);
   ASSERT_TRUE(second.ok());
   EXPECT_THAT(Floats(first->parameters[0]), ElementsAre(0.5f, 1.5f));
   EXPECT_THAT(Floats(second->parameters[0]), ElementsAre(0.0f, 1.0f));
-  EXPECT_NE(first->parameters[0].shared.get(), second->parameters[0].shared.get());
+  EXPECT_NE(first->parameters[0].data.shared().get(), second->parameters[0].data.shared().get());
   // Once no reply holds them, steps write the parameters where they are: no copy per step.
-  const std::vector<float>* buffer = second->parameters[0].shared.get();
+  const std::vector<float>* buffer = second->parameters[0].data.shared().get();
   first->parameters.clear();
   second->parameters.clear();
   absl::StatusOr<StepOutput> third = s->StepAndWait(in);
   ASSERT_TRUE(third.ok());
-  EXPECT_EQ(third->parameters[0].shared.get(), buffer);
+  EXPECT_EQ(third->parameters[0].data.shared().get(), buffer);
   EXPECT_THAT(Floats(third->parameters[0]), ElementsAre(-0.5f, 0.5f));
   // Only the second step copied (the first reply still held the buffer), and it says so.
   EXPECT_THAT(recorder.copied, ElementsAre(0, 8, 0));
@@ -154,7 +153,7 @@ TEST(SessionTest, StepCanReturnNothingOrOtherDTypes) {
   in.return_dtype = WireDType::kBf16;
   out = s->StepAndWait(in);
   ASSERT_TRUE(out.ok());
-  EXPECT_EQ(out->parameters[0].EncodedSize(), 4);
+  EXPECT_EQ(out->parameters[0].data.size(out->parameters[0].dtype), 4);
   EXPECT_THAT(Floats(out->parameters[0]), ElementsAre(0.0f, 1.0f));
 }
 
@@ -279,15 +278,13 @@ TEST(SessionTest, ConcurrentStepsAreAtomicAndExact) {
   EXPECT_THAT(Floats(out->tensors[1]), ElementsAre(-0.25f * kThreads * kSteps));
 }
 
-}  // namespace
-}  // namespace optd
-
-namespace optd {
-namespace {
-
 // Records what the session reports.
 class RecordingObserver : public SessionObserver {
  public:
+  bool WantsStepNorms(absl::string_view id, int64_t num_parameters) override {
+    asked_norms_of.push_back(num_parameters);
+    return wants_norms;
+  }
   void OnStep(const StepEvent& e) override {
     steps.push_back({std::string(e.session_id), std::string(e.optimizer), e.version,
                      e.gradient_norm, e.learning_rate, e.loss.value_or(-1), e.update_norm,
@@ -308,13 +305,15 @@ class RecordingObserver : public SessionObserver {
   std::vector<Step> steps;
   std::vector<std::string> refused;
   int64_t bytes_in = 0, bytes_out = 0;
+  bool wants_norms = true;
+  std::vector<int64_t> asked_norms_of;
 };
 
 TEST(SessionObserverTest, ReportsAppliedStepsAndRefusalsWithTheirReason) {
   RecordingObserver observer;
   OwnedTensor init = Make("w", {2}, {1, 2});
   std::vector<WireTensorView> views = {init.view()};
-  auto s = Session::Create("obs", Sgd(0.5), views, absl::Now(), &observer);
+  auto s = Session::Create("obs", Sgd(0.5), views, {Clock::Real(), &observer});
   ASSERT_TRUE(s.ok());
 
   OwnedTensor g = Make("w", {2}, {3, 4});
@@ -347,37 +346,29 @@ TEST(SessionObserverTest, ReportsAppliedStepsAndRefusalsWithTheirReason) {
   EXPECT_EQ(observer.steps.size(), 1u);
 }
 
-TEST(SessionObserverTest, LargeSessionsMeasureStepNormsAtMostOncePerInterval) {
+TEST(SessionObserverTest, StepsMeasureNormsOnlyWhenTheObserverAsks) {
   RecordingObserver observer;
-  const int64_t n = kNormsEveryStepElements + 1;
-  OwnedTensor init = Make("w", {n}, std::vector<float>(n, 1.0f));
+  OwnedTensor init = Make("w", {4}, std::vector<float>(4, 1.0f));
   std::vector<WireTensorView> views = {init.view()};
-  auto s = Session::Create("big", Sgd(0.5), views, absl::Now(), &observer);
+  auto s = Session::Create("sampled", Sgd(0.5), views, {Clock::Real(), &observer});
   ASSERT_TRUE(s.ok());
-  OwnedTensor g = Make("w", {n}, std::vector<float>(n, 1.0f));
+  OwnedTensor g = Make("w", {4}, std::vector<float>(4, 1.0f));
   std::vector<WireTensorView> grads = {g.view()};
   StepInput in;
   in.gradients = grads;
-  in.return_mode = ReturnMode::kNone;
-  const absl::Time start = absl::Now();
+  observer.wants_norms = false;
   ASSERT_TRUE((*s)->StepAndWait(in).ok());
+  observer.wants_norms = true;
   ASSERT_TRUE((*s)->StepAndWait(in).ok());
-  const absl::Duration two_steps = absl::Now() - start;
-  absl::SleepFor(kNormsInterval);
-  ASSERT_TRUE((*s)->StepAndWait(in).ok());
-  ASSERT_EQ(observer.steps.size(), 3u);
-  // The first step is measured: every element moved by 0.5 and now holds 0.5.
-  EXPECT_NEAR(observer.steps[0].update_norm, 0.5 * std::sqrt(static_cast<double>(n)), 1e-6);
-  EXPECT_NEAR(observer.steps[0].parameter_norm, 0.5 * std::sqrt(static_cast<double>(n)), 1e-6);
-  // The second, within the interval, is not (-1); the gradient norm is always reported.
-  if (two_steps < kNormsInterval) {
-    EXPECT_EQ(observer.steps[1].update_norm, -1);
-    EXPECT_EQ(observer.steps[1].parameter_norm, -1);
-  }
-  EXPECT_NEAR(observer.steps[1].gradient_norm, std::sqrt(static_cast<double>(n)), 1e-6);
-  // After the interval, the next step is measured again: w went from 0 to -0.5.
-  EXPECT_NEAR(observer.steps[2].update_norm, 0.5 * std::sqrt(static_cast<double>(n)), 1e-6);
-  EXPECT_NEAR(observer.steps[2].parameter_norm, 0.5 * std::sqrt(static_cast<double>(n)), 1e-6);
+  ASSERT_EQ(observer.steps.size(), 2u);
+  EXPECT_EQ(observer.asked_norms_of, (std::vector<int64_t>{4, 4}));
+  // Not asked: not measured (-1); the gradient norm is always reported.
+  EXPECT_EQ(observer.steps[0].update_norm, -1);
+  EXPECT_EQ(observer.steps[0].parameter_norm, -1);
+  EXPECT_DOUBLE_EQ(observer.steps[0].gradient_norm, 2.0);
+  // Asked: every element moved by 0.5 (from 0.5 to 0).
+  EXPECT_DOUBLE_EQ(observer.steps[1].update_norm, 1.0);
+  EXPECT_DOUBLE_EQ(observer.steps[1].parameter_norm, 0.0);
 }
 
 }  // namespace

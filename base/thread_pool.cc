@@ -1,4 +1,4 @@
-#include "server/optim/parallel.h"
+#include "base/thread_pool.h"
 
 #include <algorithm>
 #include <cstdint>

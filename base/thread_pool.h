@@ -1,4 +1,4 @@
-// File: parallel.h
+// File: thread_pool.h
 //
 // ThreadPool: a small fixed-size pool of worker threads on which the optimizer kernels run the
 // element loops of large steps, and its ParallelFor. No work stealing, no futures: a ParallelFor
@@ -13,8 +13,8 @@
 // tests. Thread-safe: any number of threads may call ParallelFor on one pool at once (each call
 // waits only for its own ranges; a caller works on its own ranges while it waits).
 
-#ifndef OPTD_SERVER_OPTIM_PARALLEL_H_
-#define OPTD_SERVER_OPTIM_PARALLEL_H_
+#ifndef OPTD_BASE_THREAD_POOL_H_
+#define OPTD_BASE_THREAD_POOL_H_
 
 #include <cstdint>
 #include <deque>
@@ -96,4 +96,4 @@ class ThreadPool {
 
 }  // namespace optd
 
-#endif  // OPTD_SERVER_OPTIM_PARALLEL_H_
+#endif  // OPTD_BASE_THREAD_POOL_H_

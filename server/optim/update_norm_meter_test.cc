@@ -1,13 +1,16 @@
-// Optimizer::Step's measured norms equal a direct computation from copies of the parameters, for
-// every optimizer, dense and row-sparse, on one thread and on a pool.
+// UpdateNormMeter's norms, measured around Optimizer::Step's update pass, equal a direct
+// computation from copies of the parameters, for every optimizer, dense and row-sparse, on one
+// thread and on a pool.
+
+#include "server/optim/update_norm_meter.h"
 
 #include <cmath>
 #include <random>
 #include <vector>
 
+#include "base/thread_pool.h"
 #include "gtest/gtest.h"
 #include "server/optim/optimizer.h"
-#include "server/optim/parallel.h"
 #include "server/optim/testing.h"
 
 namespace optd {
@@ -17,9 +20,18 @@ std::vector<OptimizerOptions> All() {
   SgdOptions sgd;
   sgd.lr = 0.1;
   sgd.momentum = 0.9;
-  return {sgd,           AdamOptions{},    AdamWOptions{}, AdagradOptions{},
-          NormalizedGdOptions{}, AdadeltaOptions{}, RmspropOptions{}, NadamOptions{},
-          RadamOptions{}, LionOptions{},    LambOptions{},  LarsOptions{}};
+  return {sgd,
+          AdamOptions{},
+          AdamWOptions{},
+          AdagradOptions{},
+          NormalizedGdOptions{},
+          AdadeltaOptions{},
+          RmspropOptions{},
+          NadamOptions{},
+          RadamOptions{},
+          LionOptions{},
+          LambOptions{},
+          LarsOptions{}};
 }
 
 // Two tensors large enough to run on the pool (more than Optimizer::kParallelMinElements).
@@ -39,7 +51,7 @@ void Check(const OptimizerOptions& options, ThreadPool* pool) {
     for (float& x : gb) x = normal(rng);
     const std::vector<float> a0 = a, b0 = b;
     std::vector<TensorGrad> t = {{absl::MakeSpan(a), ga}, {absl::MakeSpan(b), gb}};
-    StepNorms norms;
+    UpdateNormMeter norms;
     ASSERT_OK((*o)->Step(t, BaseLearningRate(options), &norms));
     double du = 0, dp = 0;
     for (int64_t i = 0; i < kA; ++i) {
@@ -50,31 +62,32 @@ void Check(const OptimizerOptions& options, ThreadPool* pool) {
       du += (static_cast<double>(b[i]) - b0[i]) * (static_cast<double>(b[i]) - b0[i]);
       dp += static_cast<double>(b[i]) * b[i];
     }
-    EXPECT_NEAR(norms.update_norm, std::sqrt(du), 1e-9 * (1 + std::sqrt(du)))
+    EXPECT_NEAR(norms.update_norm(), std::sqrt(du), 1e-9 * (1 + std::sqrt(du)))
         << OptimizerName(options);
-    EXPECT_NEAR(norms.parameter_norm, std::sqrt(dp), 1e-9 * std::sqrt(dp)) << OptimizerName(options);
+    EXPECT_NEAR(norms.parameter_norm(), std::sqrt(dp), 1e-9 * std::sqrt(dp))
+        << OptimizerName(options);
   }
 }
 
-TEST(StepNormsTest, MatchADirectComputationForEveryOptimizerOnOneThread) {
+TEST(UpdateNormMeterTest, MatchADirectComputationForEveryOptimizerOnOneThread) {
   for (const OptimizerOptions& options : All()) Check(options, nullptr);
 }
 
-TEST(StepNormsTest, MatchADirectComputationForEveryOptimizerOnAPool) {
+TEST(UpdateNormMeterTest, MatchADirectComputationForEveryOptimizerOnAPool) {
   ThreadPoolOptions two;
   two.num_threads = 2;
   ThreadPool pool(two);
   for (const OptimizerOptions& options : All()) Check(options, &pool);
 }
 
-TEST(StepNormsTest, IncludeRowSparseUpdates) {
+TEST(UpdateNormMeterTest, IncludeRowSparseUpdates) {
   auto adam = CreateOptimizer(AdamOptions{}, {8});
   std::vector<float> table = {1, 2, 3, 4, 5, 6, 7, 8};
   const std::vector<float> before = table;
   const std::vector<int64_t> rows = {1, 3};
   const std::vector<float> g = {1, -1, 0.5, 2};
   std::vector<TensorGrad> t = {{absl::MakeSpan(table), g, rows, 2}};
-  StepNorms norms;
+  UpdateNormMeter norms;
   ASSERT_OK((*adam)->Step(t, 0.1, &norms));
   double du = 0, dp = 0;
   for (size_t i = 0; i < table.size(); ++i) {
@@ -82,8 +95,8 @@ TEST(StepNormsTest, IncludeRowSparseUpdates) {
     dp += table[i] * table[i];
   }
   EXPECT_GT(du, 0);
-  EXPECT_NEAR(norms.update_norm, std::sqrt(du), 1e-7);
-  EXPECT_NEAR(norms.parameter_norm, std::sqrt(dp), 1e-6);
+  EXPECT_NEAR(norms.update_norm(), std::sqrt(du), 1e-7);
+  EXPECT_NEAR(norms.parameter_norm(), std::sqrt(dp), 1e-6);
 }
 
 }  // namespace

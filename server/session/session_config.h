@@ -1,0 +1,40 @@
+// File: session_config.h
+//
+// SessionConfig: how a session optimizes (optimizer options, learning-rate schedule, gradient
+// clipping, consistency mode), and SessionUpdate: what UpdateSession may change at run time.
+// Plain data with defaults in place; each part validates itself (optimizer_options.h, schedule.h,
+// clip.h, consistency.h). Thread-compatible.
+
+#ifndef OPTD_SERVER_SESSION_SESSION_CONFIG_H_
+#define OPTD_SERVER_SESSION_SESSION_CONFIG_H_
+
+#include <functional>
+#include <optional>
+
+#include "absl/status/status.h"
+#include "server/optim/clip.h"
+#include "server/optim/optimizer_options.h"
+#include "server/optim/schedule.h"
+#include "server/session/consistency.h"
+
+namespace optd {
+
+struct SessionConfig {
+  OptimizerOptions optimizer = AdamOptions{};
+  ScheduleOptions schedule;  // constant by default
+  ClipOptions clipping;      // off by default
+  ConsistencyOptions consistency;
+};
+
+// What UpdateSession may change; an unset member changes nothing.
+struct SessionUpdate {
+  // Edits the options in force (called under the session's lock, so concurrent updates of
+  // different fields do not lose each other); must keep the optimizer kind and validate.
+  std::function<absl::Status(OptimizerOptions*)> optimizer;
+  std::optional<ScheduleOptions> schedule;
+  std::optional<ClipOptions> clipping;
+};
+
+}  // namespace optd
+
+#endif  // OPTD_SERVER_SESSION_SESSION_CONFIG_H_

@@ -1,0 +1,79 @@
+// File: step.h
+//
+// One step in domain types: what a worker sends (StepInput), what it gets back (StepOutput), and
+// how an Aborted refusal carries the session's current version. No protobuf: server/service
+// converts the messages to and from these.
+//
+// Plain data, thread-compatible. StepInput borrows its gradients' bytes (wire_tensor.h).
+
+#ifndef OPTD_SERVER_SESSION_STEP_H_
+#define OPTD_SERVER_SESSION_STEP_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "wire/wire_dtype.h"
+#include "wire/wire_tensor.h"
+
+namespace optd {
+
+// Which parameters a step's reply carries.
+enum class ReturnMode {
+  kAll,      // every tensor
+  kNone,     // none
+  kTouched,  // tensors with a dense gradient whole; with a row-sparse one, the touched rows
+};
+
+// One worker's request. Borrows the gradients' bytes: they must stay valid until Session::Step
+// returns (a SYNC barrier copies what it keeps).
+struct StepInput {
+  std::string worker_id;
+  // One per session tensor, any order.
+  absl::Span<const WireTensorView> gradients;
+  std::optional<double> loss;
+  ReturnMode return_mode = ReturnMode::kAll;
+  WireDType return_dtype = WireDType::kF32;
+  // Idempotency key with worker_id; 0 means none.
+  int64_t sequence = 0;
+  // The version the gradient was computed at.
+  std::optional<int64_t> version;
+
+  // Tensor payload bytes in the request.
+  int64_t bytes() const {
+    int64_t n = 0;
+    for (const WireTensorView& g : gradients) n += g.data.size(g.dtype);
+    return n;
+  }
+};
+
+struct StepOutput {
+  int64_t version = 0;
+  double gradient_norm = 0;
+  double learning_rate = 0;
+  bool duplicate = false;
+  // The version of `parameters` (later than `version` for a duplicate answered after more steps).
+  int64_t parameters_version = 0;
+  int workers = 1;
+  std::vector<std::string> missing_workers;
+  int64_t staleness = 0;
+  // In creation order, as StepInput::return_mode asked.
+  std::vector<WireTensor> parameters;
+};
+
+using StepCallback = absl::AnyInvocable<void(absl::StatusOr<StepOutput>)>;
+
+// `status` carrying the session's current `version`, for the worker to re-pull (Aborted refusals).
+absl::Status WithCurrentVersion(absl::Status status, int64_t version);
+
+// The session version carried by a status from WithCurrentVersion, or -1.
+int64_t CurrentVersionOf(const absl::Status& status);
+
+}  // namespace optd
+
+#endif  // OPTD_SERVER_SESSION_STEP_H_

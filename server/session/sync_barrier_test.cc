@@ -1,0 +1,114 @@
+#include "server/session/sync_barrier.h"
+
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace optd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+
+const TensorSpecs& Specs() {
+  static const TensorSpecs* specs = new TensorSpecs({{"w", {2, 2}, 4}});
+  return *specs;
+}
+
+ConsistencyOptions Sync(int workers, std::vector<std::string> ids = {}, int quorum = 0) {
+  ConsistencyOptions o;
+  o.mode = ConsistencyOptions::Mode::kSync;
+  o.workers = workers;
+  o.worker_ids = std::move(ids);
+  o.quorum = quorum;
+  return o;
+}
+
+std::vector<Gradient> Dense(std::vector<float> values) {
+  std::vector<Gradient> g;
+  g.push_back(Gradient::Dense(std::move(values)));
+  return g;
+}
+
+SyncBarrier::Waiter Waiter(std::string worker, int64_t sequence, int* answered) {
+  return {std::move(worker),
+          sequence,
+          ReturnMode::kAll,
+          WireDType::kF32,
+          false,
+          16,
+          [answered](absl::StatusOr<StepOutput>) { ++*answered; }};
+}
+
+TEST(SyncBarrierTest, SumsTheContributionsAndHandsThemOverWithTheirWaiters) {
+  SyncBarrier barrier(Sync(2), &Specs());
+  int answered = 0;
+  const absl::Time t0 = absl::FromUnixSeconds(100);
+  EXPECT_TRUE(barrier.Add(Dense({1, 2, 3, 4}), 1.0, Waiter("a", 1, &answered), t0));
+  EXPECT_FALSE(barrier.full());
+  EXPECT_FALSE(barrier.Add(Dense({3, 2, 1, 0}), 3.0, Waiter("b", 1, &answered), t0));
+  EXPECT_TRUE(barrier.full());
+  const int64_t id = barrier.id();
+  SyncBarrier::Reduced r = barrier.Take(t0 + absl::Seconds(2));
+  EXPECT_EQ(r.workers, 2);
+  EXPECT_FLOAT_EQ(r.scale, 0.5f);
+  EXPECT_THAT(r.gradients[0].values(), ElementsAre(4, 4, 4, 4));
+  EXPECT_EQ(r.loss, 2.0);
+  EXPECT_EQ(r.waited, absl::Seconds(2));
+  EXPECT_EQ(r.waiters.size(), 2u);
+  EXPECT_THAT(r.missing_workers, IsEmpty());
+  EXPECT_NE(barrier.id(), id);  // the next barrier
+  EXPECT_EQ(barrier.contributions(), 0);
+  EXPECT_THAT(barrier.known_workers(), ElementsAre("a", "b"));
+}
+
+TEST(SyncBarrierTest, OnlySparseContributionsStaySparseOverTheRowsTouched) {
+  SyncBarrier barrier(Sync(2), &Specs());
+  int answered = 0;
+  std::vector<Gradient> a, b;
+  a.push_back(Gradient::Sparse({1}, {1, 1}));
+  b.push_back(Gradient::Sparse({0, 1}, {2, 2, 3, 3}));
+  barrier.Add(std::move(a), std::nullopt, Waiter("a", 0, &answered), absl::Time());
+  barrier.Add(std::move(b), std::nullopt, Waiter("b", 0, &answered), absl::Time());
+  SyncBarrier::Reduced r = barrier.Take(absl::Time());
+  ASSERT_TRUE(r.gradients[0].sparse());
+  EXPECT_THAT(r.gradients[0].rows(), ElementsAre(0, 1));
+  EXPECT_THAT(r.gradients[0].values(), ElementsAre(2, 2, 4, 4));
+  ASSERT_TRUE(r.touched[0].has_value());
+  EXPECT_THAT(*r.touched[0], ElementsAre(0, 1));
+  EXPECT_FALSE(r.loss.has_value());
+}
+
+TEST(SyncBarrierTest, ARetryOfAPendingContributionWaitsAsADuplicate) {
+  SyncBarrier barrier(Sync(2), &Specs());
+  int answered = 0;
+  barrier.Add(Dense({1, 1, 1, 1}), std::nullopt, Waiter("a", 7, &answered), absl::Time());
+  EXPECT_TRUE(barrier.IsPending("a", 7));
+  EXPECT_FALSE(barrier.IsPending("a", 8));
+  EXPECT_FALSE(barrier.IsPending("a", 0));  // unkeyed: never a retry
+  barrier.AttachRetry(Waiter("a", 7, &answered));
+  EXPECT_EQ(barrier.contributions(), 1);
+  std::vector<SyncBarrier::Waiter> failed = barrier.Fail();
+  ASSERT_EQ(failed.size(), 2u);
+  EXPECT_FALSE(failed[0].duplicate);
+  EXPECT_TRUE(failed[1].duplicate);
+}
+
+TEST(SyncBarrierTest, NamesTheMissingWorkersAndKnowsItsQuorum) {
+  SyncBarrier barrier(Sync(3, {"a", "b", "c"}, 2), &Specs());
+  int answered = 0;
+  barrier.Add(Dense({0, 0, 0, 0}), std::nullopt, Waiter("b", 1, &answered), absl::Time());
+  EXPECT_FALSE(barrier.quorate());
+  EXPECT_THAT(barrier.MissingWorkers(), ElementsAre("a", "c"));
+  barrier.Add(Dense({0, 0, 0, 0}), std::nullopt, Waiter("c", 1, &answered), absl::Time());
+  EXPECT_TRUE(barrier.quorate());
+  EXPECT_TRUE(barrier.HasContributed("c"));
+  SyncBarrier::Reduced r = barrier.Take(absl::Time());
+  EXPECT_THAT(r.missing_workers, ElementsAre("a"));
+  EXPECT_FLOAT_EQ(r.scale, 0.5f);
+}
+
+}  // namespace
+}  // namespace optd
