@@ -1,0 +1,145 @@
+// Session::Create and Session::Restore: the two ways a session comes to be, from a client's
+// initial tensors or from a SessionState (session_state.h). Both validate everything before
+// anything is built.
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "base/quote.h"
+#include "server/session/session.h"
+
+namespace optd {
+
+absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, SessionConfig config,
+                                                         absl::Span<const WireTensorView> tensors,
+                                                         const SessionEnv& env) {
+  if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
+  if (absl::Status s = config.consistency.Validate(); !s.ok()) return s;
+  if (config.consistency.mode == ConsistencyOptions::Mode::kSync && env.scheduler == nullptr) {
+    return absl::InternalError("a SYNC session needs a DeadlineScheduler");
+  }
+  if (tensors.empty() || tensors.size() > kMaxTensorsPerSession) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensors has ", tensors.size(), " entries; must be 1 to ", kMaxTensorsPerSession));
+  }
+  std::vector<TensorSpec> specs;
+  std::vector<std::vector<float>> values;
+  std::vector<int64_t> sizes;
+  absl::flat_hash_set<absl::string_view> names;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const WireTensorView& t = tensors[i];
+    const std::string field = absl::StrCat("tensors[", i, "]");
+    if (absl::Status s = ValidateTensorName(field, t.name); !s.ok()) return s;
+    if (!names.insert(t.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".name ", Quote(t.name), " is repeated; names must be unique"));
+    }
+    absl::StatusOr<int64_t> n = ValidateShape(field, t.shape);
+    if (!n.ok()) return n.status();
+    if (t.has_rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, " ", Quote(t.name), " has rows; initial values must be dense"));
+    }
+    if (absl::Status s = CheckEncodedSize(field, t.dtype, t.data.size(t.dtype), *n); !s.ok()) {
+      return s;
+    }
+    std::vector<float> v;
+    std::string scratch;
+    if (absl::Status s =
+            DecodeFloats(field, t.dtype, t.data.View(0, t.data.size(t.dtype), &scratch), *n, &v);
+        !s.ok()) {
+      return s;
+    }
+    if (int64_t bad = FirstNonFinite(v); bad >= 0) {
+      return NonFiniteError(field, t.name, bad, v[bad]);
+    }
+    specs.push_back(
+        {std::string(t.name), std::vector<int64_t>(t.shape.begin(), t.shape.end()), *n});
+    sizes.push_back(*n);
+    values.push_back(std::move(v));
+  }
+  absl::StatusOr<std::unique_ptr<Optimizer>> optimizer =
+      CreateOptimizer(config.optimizer, std::move(sizes));
+  if (!optimizer.ok()) return optimizer.status();
+  absl::StatusOr<LrSchedule> schedule =
+      LrSchedule::Create(config.schedule, BaseLearningRate(config.optimizer));
+  if (!schedule.ok()) return schedule.status();
+  if (absl::Status s = config.clipping.Validate(); !s.ok()) return s;
+  return std::shared_ptr<Session>(new Session(
+      std::move(id), TensorSpecs(std::move(specs)), ParameterBuffers(std::move(values)),
+      *std::move(optimizer), *std::move(schedule), std::move(config), env.clock->Now(), env));
+}
+
+absl::StatusOr<std::shared_ptr<Session>> Session::Restore(SessionState state,
+                                                          const SessionEnv& env) {
+  if (absl::Status s = ValidateSessionId(state.id); !s.ok()) return s;
+  const SessionConfig& config = state.config;
+  if (absl::Status s = config.consistency.Validate(); !s.ok()) return s;
+  if (config.consistency.mode == ConsistencyOptions::Mode::kSync && env.scheduler == nullptr) {
+    return absl::InternalError("a SYNC session needs a DeadlineScheduler");
+  }
+  if (absl::Status s = config.clipping.Validate(); !s.ok()) return s;
+  if (state.tensors.empty() || state.tensors.size() > kMaxTensorsPerSession) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensors has ", state.tensors.size(), " entries; must be 1 to ", kMaxTensorsPerSession));
+  }
+  if (state.parameters.size() != state.tensors.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("parameters has ", state.parameters.size(),
+                                                   " tensors; the session has ",
+                                                   state.tensors.size()));
+  }
+  std::vector<int64_t> sizes;
+  absl::flat_hash_set<absl::string_view> names;
+  for (size_t i = 0; i < state.tensors.size(); ++i) {
+    const TensorSpec& t = state.tensors[i];
+    const std::string field = absl::StrCat("tensors[", i, "]");
+    if (absl::Status s = ValidateTensorName(field, t.name); !s.ok()) return s;
+    if (!names.insert(t.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".name ", Quote(t.name), " is repeated; names must be unique"));
+    }
+    absl::StatusOr<int64_t> n = ValidateShape(field, t.shape);
+    if (!n.ok()) return n.status();
+    if (*n != t.num_elements || state.parameters[i] == nullptr ||
+        static_cast<int64_t>(state.parameters[i]->size()) != *n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("parameters of ", field, " ", Quote(t.name), " have ",
+                       state.parameters[i] == nullptr ? 0 : state.parameters[i]->size(),
+                       " values; its shape ", ShapeString(t.shape), " has ", *n));
+    }
+    if (int64_t bad = FirstNonFinite(*state.parameters[i]); bad >= 0) {
+      return NonFiniteError(absl::StrCat("parameters of ", field), t.name, bad,
+                            (*state.parameters[i])[bad]);
+    }
+    sizes.push_back(*n);
+  }
+  if (state.version < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("version = ", state.version, " is out of range: must be >= 0"));
+  }
+  absl::StatusOr<std::unique_ptr<Optimizer>> optimizer =
+      CreateOptimizer(config.optimizer, std::move(sizes));
+  if (!optimizer.ok()) return optimizer.status();
+  if (absl::Status s = (*optimizer)->ImportState(state.optimizer); !s.ok()) return s;
+  absl::StatusOr<LrSchedule> schedule =
+      LrSchedule::Create(config.schedule, BaseLearningRate(config.optimizer));
+  if (!schedule.ok()) return schedule.status();
+  if (absl::Status s = schedule->RestoreState(state.schedule); !s.ok()) return s;
+  std::shared_ptr<Session> session(
+      new Session(std::move(state.id), TensorSpecs(std::move(state.tensors)),
+                  ParameterBuffers(std::move(state.parameters)), *std::move(optimizer),
+                  *std::move(schedule), config, state.create_time, env));
+  {
+    absl::MutexLock lock(&session->mu_);
+    session->version_ = state.version;
+    session->exactly_once_ = ExactlyOnceTable::Import(std::move(state.workers));
+    session->barrier_.set_known_workers(std::move(state.sync_workers_seen));
+  }
+  return session;
+}
+
+}  // namespace optd
