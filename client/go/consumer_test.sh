@@ -44,7 +44,7 @@ cleanup() {
     kill "$OPTD_PID" 2> /dev/null || true
     for _ in $(seq 1 100); do kill -0 "$OPTD_PID" 2> /dev/null || break; sleep 0.1; done
     kill -9 "$OPTD_PID" 2> /dev/null || true
-    wait "$OPTD_PID" 2> /dev/null || true
+    { wait "$OPTD_PID"; } 2> /dev/null || true
   fi
   rm -rf "$T"
 }
@@ -53,7 +53,10 @@ case "$(cd "$T" && pwd -P)/" in
   "$(cd "$REPO" && pwd -P)"/*) fail "mktemp -d gave $T, inside the repository: set TMPDIR elsewhere" ;;
 esac
 
-# A server of our own on a free port.
+# A server of our own on a free port. Its output files exist before it starts: the child opens
+# them, and the loop below may read first.
+: > "$T/optd.out"
+: > "$T/optd.err"
 "$OPTD_BINARY" --listen=127.0.0.1:0 --metrics_listen= > "$T/optd.out" 2> "$T/optd.err" &
 OPTD_PID=$!
 ADDR=""
