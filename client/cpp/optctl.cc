@@ -101,6 +101,7 @@ ABSL_FLAG(std::string, worker, "optctl", "step: worker id");
 ABSL_FLAG(std::string, service, "", "health: service to check (\"\": the whole server)");
 
 namespace optd {
+namespace client {
 namespace {
 
 constexpr char kUsage[] = R"(command-line client of an optd server.
@@ -668,7 +669,7 @@ absl::Status Pull(Client& client, const std::vector<std::string>& args) {
   if (!s.ok()) return s;
   absl::StatusOr<v1::DType> dtype = ParseDType(absl::GetFlag(FLAGS_dtype));
   if (!dtype.ok()) return dtype.status();
-  absl::StatusOr<PullResult> pulled = client.Pull(args[0], absl::GetFlag(FLAGS_names), *dtype);
+  absl::StatusOr<PullResult> pulled = client.Pull(args[0], {absl::GetFlag(FLAGS_names), *dtype});
   if (!pulled.ok()) return pulled.status();
 
   const std::filesystem::path dir = absl::GetFlag(FLAGS_out);
@@ -740,7 +741,7 @@ absl::Status StepOnce(Client& client, const CommandLine& command_line,
   StepOptions options;
   options.worker_id = absl::GetFlag(FLAGS_worker);
   options.loss = absl::GetFlag(FLAGS_loss);
-  options.return_parameters = false;
+  options.return_parameters = v1::RETURN_PARAMETERS_NONE;
   absl::StatusOr<StepResult> result = client.Step(args[0], gradients, options);
   if (!result.ok()) return result.status();
   std::cout << "version:        " << result->version << "\n";
@@ -814,6 +815,7 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
+}  // namespace client
 }  // namespace optd
 
-int main(int argc, char** argv) { return optd::Main(argc, argv); }
+int main(int argc, char** argv) { return optd::client::Main(argc, argv); }

@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   const std::string session = absl::GetFlag(FLAGS_session);
   const int dim = absl::GetFlag(FLAGS_dim);
-  auto client = optd::Client::Connect(absl::GetFlag(FLAGS_server));
+  auto client = optd::client::Client::Connect(absl::GetFlag(FLAGS_server));
   if (!client.ok()) return Fail(client.status());
 
   std::vector<float> target(dim);
@@ -45,8 +45,8 @@ int main(int argc, char** argv) {
   // Create the session unless another worker already did.
   optd::v1::SessionConfig config;
   config.mutable_optimizer()->mutable_adam()->set_lr(0.1);
-  auto created = (*client)->CreateSession(session, config,
-                                          {optd::HostTensor{"w", {dim}, std::vector<float>(dim)}});
+  auto created = (*client)->CreateSession(
+      session, config, {optd::client::HostTensor{"w", {dim}, std::vector<float>(dim)}});
   if (!created.ok() && created.status().code() != absl::StatusCode::kAlreadyExists) {
     return Fail(created.status());
   }
@@ -54,11 +54,11 @@ int main(int argc, char** argv) {
   if (!pulled.ok()) return Fail(pulled.status());
   std::vector<float> w = pulled->tensors[0].values;
 
-  optd::StepOptions options;
+  optd::client::StepOptions options;
   options.worker_id = absl::GetFlag(FLAGS_worker);
   double loss = 0;
   for (int step = 0; step < absl::GetFlag(FLAGS_steps); ++step) {
-    optd::HostTensor grad{"w", {dim}, std::vector<float>(dim)};
+    optd::client::HostTensor grad{"w", {dim}, std::vector<float>(dim)};
     loss = 0;
     for (int i = 0; i < dim; ++i) {
       grad.values[i] = w[i] - target[i];
