@@ -475,6 +475,7 @@ absl::StatusOr<StepResult> Client::Step(absl::string_view session_id,
 
 absl::StatusOr<StepResult> Client::SendStep(const v1::StepRequest& request,
                                             const RetryPolicy& retry) {
+  if (absl::Status s = retry.Validate(); !s.ok()) return s;
   // A step without a key could be applied twice if its reply were lost: never retried.
   const RetryPolicy& policy = Keyed(request) ? retry : RetryPolicy::None();
   v1::StepResponse response;

@@ -47,6 +47,9 @@
 // Global.
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "optd server address, host:port");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "deadline of each RPC, e.g. 30s, 500ms");
+ABSL_FLAG(int, attempts, 3,
+          "tries of a read or a keyed step while the server is unreachable (0.1 s apart, doubling "
+          "to 2 s); 10, the client library's default, waits about 11 s for a restarting server");
 
 // create (the optimizer, schedule, clipping and consistency flags are optctl_flags.cc's).
 ABSL_FLAG(std::string, session, "", "create: session id (default: the server generates one)");
@@ -92,7 +95,7 @@ namespace {
 
 constexpr char kUsage[] = R"(command-line client of an optd server.
 
-Usage: optctl [--server=HOST:PORT] [--timeout=30s] COMMAND [ARGS] [FLAGS]
+Usage: optctl [--server=HOST:PORT] [--timeout=30s] [--attempts=3] COMMAND [ARGS] [FLAGS]
 
 Commands:
   create    --optimizer=NAME [hyperparameter flags] --tensor=NAME:DIMS[:INIT] ... [--session=ID]
@@ -529,6 +532,11 @@ int Main(int argc, char** argv) {
   if (options.timeout <= absl::ZeroDuration()) {
     return Fail(UsageError(absl::StrCat("--timeout=", absl::FormatDuration(options.timeout),
                                         ": must be > 0, e.g. 30s or 500ms")));
+  }
+  options.retry.max_attempts = absl::GetFlag(FLAGS_attempts);
+  if (options.retry.max_attempts < 1) {
+    return Fail(UsageError(
+        absl::StrCat("--attempts=", options.retry.max_attempts, ": must be >= 1 (1: no retry)")));
   }
   if (absl::GetFlag(FLAGS_server).empty()) {
     return Fail(UsageError("--server is empty; want HOST:PORT, e.g. 127.0.0.1:50051"));

@@ -234,7 +234,7 @@ out_has '^duplicate: +true$'
 run 0 describe e2e
 out_has '^version: +2$'
 run 2 step e2e --sequence=-1
-err_has -- '--sequence=-1: must be >= 0'
+err_has '--sequence=-1: must be >= 0'
 run 1 step e2e --worker='bad id'
 err_has "worker_id 'bad id' contains ' '"
 
@@ -257,7 +257,7 @@ err_has "gamma needs a finite number; got 'x'"
 run 2 create --session=x --optimizer=sgd --lr=1 --tensor=w:1 --consistency=eventual
 err_has "'eventual' is not a mode; must be one of async\|sync\|bounded"
 run 2 create --session=x --optimizer=sgd --lr=1 --tensor=w:1 --max_norm=-1
-err_has -- '--max_norm=-1: must be finite and >= 0'
+err_has '--max_norm=-1: must be finite and >= 0'
 
 # --- update: hyperparameters, schedule, clipping; version and optimizer state kept ---------------
 run 0 describe e2e
@@ -290,11 +290,11 @@ out_has '^version: +3$'
 out_has '^clipping: +max_norm=1,clip_value=0\.5$'
 
 run 2 update e2e --momentum=0.9
-err_has -- '--momentum does not apply to adam \(it takes: --lr, --beta1'
+err_has '--momentum does not apply to adam \(it takes: --lr, --beta1'
 run 2 update e2e
 err_has 'update e2e: nothing to change; give adam.s hyperparameters \(--lr, --beta1, --beta2, --eps, --weight_decay, --amsgrad, --maximize\), --schedule=SPEC, --max_norm=X or --clip_value=X'
 run 2 update e2e --optimizer=sgd --lr=1
-err_has -- '--optimizer=sgd: session e2e runs adam'
+err_has '--optimizer=sgd: session e2e runs adam'
 run 2 update e2e --consistency=sync:workers=2
 err_has "a session's consistency is fixed when it is created"
 run 2 update e2e --schedule=warmup
@@ -331,16 +331,18 @@ run 2 describe
 err_has 'usage: optctl describe ID'
 run 2 list extra-arg
 run 2 --timeout=0s list
-err_has -- '--timeout=0: must be > 0'
+err_has '--timeout=0: must be > 0'
 run 1 create --session=x --optimizer=adam --lr=abc --tensor=w:1   # absl's own flag syntax check
 err_has "Illegal value 'abc' specified for flag 'lr'"
 run 2 pull e2e --dtype=f64
-err_has -- '--dtype=f64: must be f32, bf16 or f16'
+err_has '--dtype=f64: must be f32, bf16 or f16'
 run 2 create --session=x --optimizer=adam --tensor=w:1:unif=1
 err_has "INIT 'unif=1' must be zeros, ones, const=V, uniform=A or normal=S"
 rc=0
 timeout 60 "$OPTCTL" --server=127.0.0.1:1 --timeout=5s list >"$WORK/out" 2>"$WORK/err" || rc=$?
 [[ $rc -eq 1 ]] || fail "list against a closed port: exit $rc, want 1"
-err_has '^optctl: UNAVAILABLE: '
+err_has '^optctl: UNAVAILABLE: .*\[ListSessions to 127\.0\.0\.1:1: 3 attempts in '
+run 2 --attempts=0 list
+err_has '--attempts=0: must be >= 1'
 
 echo "PASS: optctl_test"
