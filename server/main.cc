@@ -36,6 +36,13 @@ ABSL_FLAG(int, metrics_max_sessions, 100,
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "On SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled.");
 
+#ifndef OPTD_VERSION
+#define OPTD_VERSION "unknown"
+#endif
+#ifndef OPTD_BUILD_TYPE
+#define OPTD_BUILD_TYPE "unknown build type"
+#endif
+
 int main(int argc, char** argv) {
   optd::TuneMallocForLargeMessages();
   // Debian builds abseil without NDEBUG, so every absl::Mutex lock would also update a global
@@ -45,12 +52,17 @@ int main(int argc, char** argv) {
       "remote optimizer server (gRPC service optd.v1.Optimizer).\n"
       "Usage: optd [--listen=127.0.0.1:50051] [--max_message_bytes=N] [--max_sessions=N]\n"
       "            [--metrics_listen=127.0.0.1:9464] [--metrics_max_sessions=N]\n"
-      "            [--shutdown_grace=10s]");
+      "            [--shutdown_grace=10s]\n"
+      "       optd --version");
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
     return absl::EndsWith(file, "server/main.cc");
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
+  // --version: the project's version and build type (CMake's), not abseil's own build mode.
+  usage.version_string = [] {
+    return std::string("optd " OPTD_VERSION " (" OPTD_BUILD_TYPE ")\n");
+  };
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
 

@@ -1,14 +1,17 @@
-"""Three languages, one session: a Python, a Go and a C++ worker step the same optd session at once.
+"""Three languages, one session: a Python, a Go and a C++ worker step the same optd session at once,
+first in ASYNC mode, then at a SYNC barrier of three.
 
-One real optd (127.0.0.1:0) holds one ASYNC SGD session (lr = 0.25, a power of two) with one tensor
-"w" of 8 elements, created here. Three worker processes then fit w to the same target
-t[i] = i - 4 (the quadratic of examples/cpp/quadratic_worker.cc) concurrently:
+One real optd (127.0.0.1:0) per test holds one SGD session (lr = 0.25, a power of two) with one
+tensor "w" of 8 elements, created here. Three worker processes then fit w to the same target
+t[i] = i - 4 (the quadratic of examples/cpp/quadratic_worker.cc) concurrently.
+
+ASYNC (test_python_go_cpp_workers_share_one_session):
 
 * Python: this file run as a script (``--worker``), with the raw generated stubs from
   <build>/python; worker id "py-worker", sequence numbers 1..N, every reply version recorded;
 * Go: the example worker built by client/go/build.sh (<build>/go/bin/optd-go-worker), stepping over
   one StreamSteps stream (Client.StreamLoop), worker id "go-worker", sequences 1..N;
-* C++: <build>/examples/cpp/quadratic_worker (unary Client::Step, worker id "cpp-worker").
+* C++: <build>/examples/cpp/quadratic_worker (unary Worker::Step, worker id "cpp-worker").
 
 The Python worker starts first and waits, connected, at a gate; the Go and C++ workers are launched
 and the gate is opened, so all three step at the same time. Afterwards:
@@ -22,6 +25,19 @@ and the gate is opened, so all three step at the same time. Afterwards:
   nothing;
 * w has converged to the target (the C++ worker's gradients depend on the parameters it gets back,
   so the exact float values depend on the interleaving; the version count is the exact check).
+
+SYNC (test_python_go_cpp_workers_step_one_sync_session): the session waits for one gradient from
+each of the three workers (consistency workers = 3) before each step. Each worker sends its id, a
+sequence number and the version its gradient was computed at (required by SYNC):
+
+* Python: this file run as a script (``--sync-worker``) with the optd Python client (Session.step);
+* Go: the same example worker (StreamLoop sends the version it pulled or got back);
+* C++: quadratic_worker --nocreate --stream (a Worker's WorkerStream).
+
+All three start at a gate as above and apply the same number of steps N. Afterwards every worker
+exited 0 with N steps, no duplicate and no stale gradient; the Python worker saw versions exactly
+1..N, each step combining 3 gradients; the session's version is N (one per barrier); resending each
+worker's last sequence is answered duplicate = true and changes nothing; and w has converged.
 
 Every process started here is stopped by its PID. Run with Debian's interpreter:
     /usr/bin/python3 -m pytest -q tests/cross_language_test.py   (OPTD_BUILD_DIR picks the build)
@@ -45,6 +61,10 @@ DIM = 8
 LR = 0.25
 STEPS = {"py-worker": 300, "go-worker": 400, "cpp-worker": 500}
 SESSION = "cross-language"
+SYNC_SESSION = "cross-language-sync"
+SYNC_STEPS = 60
+SYNC_WORKERS = ("py-sync", "go-sync", "cpp-sync")
+SYNC_BARRIER_TIMEOUT_S = 60  # workers start one after another on a loaded 2-core machine
 GO_BUILD_TIMEOUT_S = 600  # a cold Go build of grpc takes ~20 s on 2 cores; allow for a loaded CI
 WORKER_TIMEOUT_S = 120
 READY_TIMEOUT_S = 30
@@ -89,8 +109,35 @@ def python_worker(address, session, steps, worker_id):
                       "last_sequence": steps, "final_loss": loss}), flush=True)
 
 
+def python_sync_worker(address, session, steps, worker_id):
+    """Steps `session` `steps` times as an optd.Session (worker id, sequences 1..steps, the version
+    of its parameters with each step); prints "ready", waits for a line on stdin, steps, then
+    prints one JSON summary line."""
+    sys.path.insert(0, str(REPO_ROOT / "client" / "python"))
+    load_stubs()
+    import optd  # pylint: disable=import-outside-toplevel
+    with optd.Client(address, timeout=SYNC_BARRIER_TIMEOUT_S + 30) as client:
+        worker = client.session(session, worker_id=worker_id)
+        w = worker.pull().tensors["w"].copy()  # sets the worker's version
+        t = target()
+        print("ready", flush=True)
+        sys.stdin.readline()  # the gate
+        versions, workers, duplicates, loss = [], [], 0, None
+        for _ in range(steps):
+            g = w - t
+            loss = float(0.5 * np.dot(g, g))
+            result = worker.step({"w": g}, loss=loss)
+            duplicates += int(result.duplicate)
+            versions.append(result.version)
+            workers.append(result.workers)
+            w = np.array(result.parameters["w"], dtype=np.float32)
+        print(json.dumps({"worker": worker_id, "steps": len(versions), "versions": versions,
+                          "workers": workers, "duplicates": duplicates,
+                          "last_sequence": worker.sequence, "final_loss": loss}), flush=True)
+
+
 # ---------------------------------------------------------------------------------------------------
-# The test.
+# The tests.
 
 def go_worker_binary():
     """Builds the Go client and its example worker (client/go/build.sh, offline) and returns it."""
@@ -146,6 +193,25 @@ class Workers:
                 proc.communicate()
 
 
+def start_python_at_gate(workers, name, mode, address, session, steps):
+    """Starts this file as a worker (`mode` --worker or --sync-worker) and waits for its "ready"."""
+    py = workers.start(name, [sys.executable, __file__, mode, address, session, steps, name],
+                       stdin=subprocess.PIPE)
+    line = py.stdout.readline()  # bounded: the worker's connect and Pull have timeouts
+    if line.strip() != "ready":
+        py.kill()
+        pytest.fail(f"the Python worker did not get ready: {line!r}\n{py.stderr.read()}",
+                    pytrace=False)
+    return py
+
+
+def open_gate(py):
+    py.stdin.write("go\n")
+    py.stdin.flush()
+    py.stdin.close()
+    py.stdin = None  # closed here; communicate() must not touch it
+
+
 def test_python_go_cpp_workers_share_one_session():
     go_worker = go_worker_binary()
     cpp_worker = cpp_worker_binary()
@@ -161,24 +227,15 @@ def test_python_go_cpp_workers_share_one_session():
         assert created.version == 0
 
         # Python first: it connects and pulls, then waits at the gate while the others launch.
-        py = workers.start("py-worker", [sys.executable, __file__, "--worker", server.address,
-                                         SESSION, STEPS["py-worker"], "py-worker"],
-                           stdin=subprocess.PIPE)
-        line = py.stdout.readline()  # bounded: the worker's connect and Pull have timeouts
-        if line.strip() != "ready":
-            py.kill()
-            pytest.fail(f"the Python worker did not get ready: {line!r}\n{py.stderr.read()}",
-                        pytrace=False)
+        py = start_python_at_gate(workers, "py-worker", "--worker", server.address, SESSION,
+                                  STEPS["py-worker"])
         workers.start("go-worker", [go_worker, "-server", server.address, "-session", SESSION,
                                     "-steps", STEPS["go-worker"], "-worker", "go-worker",
                                     "-first_sequence", 1])
         workers.start("cpp-worker", [cpp_worker, f"--server={server.address}",
                                      f"--session={SESSION}", f"--steps={STEPS['cpp-worker']}",
                                      "--worker=cpp-worker", f"--dim={DIM}"])
-        py.stdin.write("go\n")
-        py.stdin.flush()
-        py.stdin.close()
-        py.stdin = None  # closed here; communicate() must not touch it
+        open_gate(py)
 
         results = {name: workers.finish(name, WORKER_TIMEOUT_S) for name in STEPS}
         for name, (code, out, err) in results.items():
@@ -233,9 +290,85 @@ def test_python_go_cpp_workers_share_one_session():
     assert not killed and returncode == 0, f"optd stop: status {returncode}, killed {killed}"
 
 
+def test_python_go_cpp_workers_step_one_sync_session():
+    go_worker = go_worker_binary()
+    cpp_worker = cpp_worker_binary()
+    server = start_optd()
+    workers = Workers()
+    py_name, go_name, cpp_name = SYNC_WORKERS
+    try:
+        pb2 = server.pb2
+        stub = server.stub
+        config = pb2.SessionConfig(
+            optimizer=pb2.OptimizerConfig(sgd=pb2.Sgd(lr=LR)),
+            consistency=pb2.Consistency(mode=pb2.Consistency.MODE_SYNC, workers=3,
+                                        barrier_timeout_seconds=SYNC_BARRIER_TIMEOUT_S))
+        stub.CreateSession(pb2.CreateSessionRequest(
+            session_id=SYNC_SESSION, config=config, tensors=[to_tensor("w", np.zeros(DIM))]),
+            timeout=30)
+
+        py = start_python_at_gate(workers, py_name, "--sync-worker", server.address,
+                                  SYNC_SESSION, SYNC_STEPS)
+        workers.start(go_name, [go_worker, "-server", server.address, "-session", SYNC_SESSION,
+                                "-steps", SYNC_STEPS, "-worker", go_name, "-first_sequence", 1])
+        workers.start(cpp_name, [cpp_worker, f"--server={server.address}",
+                                 f"--session={SYNC_SESSION}", f"--steps={SYNC_STEPS}",
+                                 f"--worker={cpp_name}", f"--dim={DIM}", "--nocreate", "--stream",
+                                 "--first_sequence=1"])
+        open_gate(py)
+
+        results = {name: workers.finish(name, WORKER_TIMEOUT_S) for name in SYNC_WORKERS}
+        for name, (code, out, err) in results.items():
+            assert code == 0, f"{name} exited {code}\nstdout:\n{out}\nstderr:\n{err}"
+
+        # Every worker applied N steps, none twice, none stale; each barrier step combined three
+        # gradients and gave every worker the same new version.
+        py_summary = json.loads(results[py_name][1].strip().splitlines()[-1])
+        assert py_summary["steps"] == SYNC_STEPS and py_summary["duplicates"] == 0, py_summary
+        assert py_summary["versions"] == list(range(1, SYNC_STEPS + 1)), py_summary["versions"]
+        assert set(py_summary["workers"]) == {3}, py_summary["workers"]
+        last = {py_name: (py_summary["last_sequence"], SYNC_STEPS)}
+        for name in (go_name, cpp_name):
+            match = _SUMMARY.search(results[name][1])
+            assert match, results[name][1]
+            assert match["id"] == name
+            assert int(match["steps"]) == SYNC_STEPS, match.group(0)
+            assert int(match["dups"]) == 0 and int(match["aborted"]) == 0, match.group(0)
+            assert (int(match["first"]), int(match["last"])) == (1, SYNC_STEPS), match.group(0)
+            assert int(match["version"]) == SYNC_STEPS, match.group(0)
+            last[name] = (int(match["last"]), int(match["version"]))
+
+        # One version per barrier step.
+        session = stub.GetSession(pb2.GetSessionRequest(session_id=SYNC_SESSION), timeout=30)
+        assert session.version == SYNC_STEPS, session.version
+
+        # The exactly-once table: each worker's last step, resent, is a duplicate of the last
+        # barrier step and is not applied again (no barrier opens for it).
+        probe = to_tensor("w", np.ones(DIM))
+        for worker_id, (last_seq, last_version) in last.items():
+            reply = stub.Step(pb2.StepRequest(session_id=SYNC_SESSION, worker_id=worker_id,
+                                              sequence=last_seq, version=last_version - 1,
+                                              gradients=[probe]), timeout=30)
+            assert reply.duplicate, (worker_id, reply)
+            assert reply.version == last_version, (worker_id, reply.version, last_version)
+        assert stub.GetSession(pb2.GetSessionRequest(session_id=SYNC_SESSION),
+                               timeout=30).version == SYNC_STEPS
+
+        # The barrier averaged three gradients computed at the same parameters: w converged.
+        pulled = stub.Pull(pb2.PullRequest(session_id=SYNC_SESSION), timeout=30)
+        w = from_tensor(pulled.tensors[0])
+        assert np.allclose(w, target(), atol=1e-3), w
+    finally:
+        workers.stop_all()
+        returncode, killed = server.stop()
+    assert not killed and returncode == 0, f"optd stop: status {returncode}, killed {killed}"
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "--worker":
         python_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    elif len(sys.argv) == 6 and sys.argv[1] == "--sync-worker":
+        python_sync_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:
-        sys.exit(f"usage: {sys.argv[0]} --worker ADDRESS SESSION STEPS WORKER_ID "
+        sys.exit(f"usage: {sys.argv[0]} --worker|--sync-worker ADDRESS SESSION STEPS WORKER_ID "
                  f"(run the test with /usr/bin/python3 -m pytest)")

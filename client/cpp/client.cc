@@ -1,37 +1,107 @@
 #include "client/cpp/client.h"
 
+#include <algorithm>
 #include <climits>
+#include <cmath>
 #include <utility>
 
+#include "absl/random/random.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/types/optional.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 
 namespace optd {
+namespace client {
 namespace {
 
-// The one conversion from gRPC to absl: the codes are the same canonical set, so the number and
-// the message carry over unchanged.
-absl::Status FromGrpcStatus(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+// Where an ABORTED status carries the session's current version (decimal).
+constexpr char kCurrentVersionPayload[] = "optd.dev/current_version";
+// The unary reply's trailing metadata key the server puts it in.
+constexpr char kCurrentVersionTrailer[] = "optd-current-version";
+constexpr size_t kMaxIdLength = 128;
+constexpr int32_t kMaxPageSize = 1000;
+
+absl::Status WithCurrentVersion(absl::Status status, int64_t current_version) {
+  if (current_version >= 0) {
+    status.SetPayload(kCurrentVersionPayload, absl::Cord(absl::StrCat(current_version)));
+  }
+  return status;
 }
 
-// The code of a StepError embedded in a stream reply; an out-of-range number becomes Unknown.
+// The one conversion from gRPC to absl: the codes are the same canonical set, so the number and
+// the message carry over unchanged. The current version of an ABORTED reply comes along.
+absl::Status FromGrpcStatus(const grpc::Status& status, const grpc::ClientContext* context) {
+  if (status.ok()) return absl::OkStatus();
+  absl::Status out(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+  if (context != nullptr) {
+    const auto& trailers = context->GetServerTrailingMetadata();
+    const auto it = trailers.find(kCurrentVersionTrailer);
+    int64_t version;
+    if (it != trailers.end() &&
+        absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &version)) {
+      out = WithCurrentVersion(std::move(out), version);
+    }
+  }
+  return out;
+}
+
+// The status of a StepError embedded in a stream reply; an out-of-range code becomes Unknown.
 absl::Status FromStepError(const v1::StepError& error) {
   const int code = error.code();
   if (code <= 0 || code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
     return absl::UnknownError(absl::StrCat("StepError with code ", code, ": ", error.message()));
   }
-  return absl::Status(static_cast<absl::StatusCode>(code), error.message());
+  return WithCurrentVersion(absl::Status(static_cast<absl::StatusCode>(code), error.message()),
+                            error.current_version());
+}
+
+// `status` with `note` appended to its message; code and payloads kept.
+absl::Status Annotate(const absl::Status& status, absl::string_view note) {
+  absl::Status out(status.code(), absl::StrCat(status.message(), " [", note, "]"));
+  status.ForEachPayload(
+      [&out](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  return out;
 }
 
 void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
-  if (timeout != absl::InfiniteDuration()) {
+  if (timeout > absl::ZeroDuration() && timeout != absl::InfiniteDuration()) {
     context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   }
+}
+
+// OK if `id` is 1-128 characters of [A-Za-z0-9] and `extra`; else InvalidArgument naming `field`.
+absl::Status CheckId(absl::string_view field, absl::string_view id, absl::string_view extra) {
+  if (id.empty() || id.size() > kMaxIdLength) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " '", id, "' has ", id.size(),
+                                                   " characters; must have 1-", kMaxIdLength));
+  }
+  for (const char c : id) {
+    if (!absl::ascii_isalnum(c) && extra.find(c) == absl::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, " '", id, "' contains '", absl::CHexEscape(absl::string_view(&c, 1)),
+                       "'; must be characters of [A-Za-z0-9", extra, "]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSessionId(absl::string_view id) { return CheckId("session_id", id, "._-"); }
+
+absl::Status CheckDType(absl::string_view field, v1::DType dtype) {
+  if (v1::DType_IsValid(dtype)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(field, " = ", static_cast<int>(dtype),
+                                                 "; must be DTYPE_F32, DTYPE_BF16 or DTYPE_F16"));
 }
 
 absl::StatusOr<std::vector<HostTensor>> DecodeReplyTensors(
@@ -49,36 +119,117 @@ absl::StatusOr<std::vector<HostTensor>> DecodeReplyTensors(
   return out;
 }
 
-absl::StatusOr<v1::StepRequest> MakeStepRequest(absl::string_view session_id,
-                                                const std::vector<HostTensor>& gradients,
-                                                const StepOptions& options) {
-  v1::StepRequest request;
-  request.set_session_id(std::string(session_id));
-  request.set_worker_id(options.worker_id);
-  for (const HostTensor& g : gradients) {
-    absl::StatusOr<v1::Tensor> t = HostTensorToProto(g, options.gradient_dtype);
-    if (!t.ok()) return t.status();
-    *request.add_gradients() = *std::move(t);
-  }
-  if (options.loss.has_value()) request.set_loss(*options.loss);
-  request.set_return_parameters(options.return_parameters ? v1::RETURN_PARAMETERS_ALL
-                                                          : v1::RETURN_PARAMETERS_NONE);
-  request.set_return_dtype(options.return_dtype);
-  return request;
-}
-
-absl::StatusOr<StepResult> DecodeStepResponse(const v1::StepResponse& response) {
+absl::StatusOr<StepResult> DecodeStepResponse(const v1::StepResponse& response, int64_t sequence,
+                                              int attempts) {
   StepResult result;
   result.version = response.version();
+  result.parameters_version = response.parameters_version();
   result.gradient_norm = response.gradient_norm();
   result.learning_rate = response.learning_rate();
+  result.duplicate = response.duplicate();
+  result.workers = response.workers();
+  result.missing_workers.assign(response.missing_workers().begin(),
+                                response.missing_workers().end());
+  result.staleness = response.staleness();
+  result.sequence = sequence;
+  result.attempts = attempts;
   absl::StatusOr<std::vector<HostTensor>> parameters = DecodeReplyTensors(response.parameters());
   if (!parameters.ok()) return parameters.status();
   result.parameters = *std::move(parameters);
   return result;
 }
 
+bool Keyed(const v1::StepRequest& request) {
+  return !request.worker_id().empty() && request.sequence() > 0;
+}
+
 }  // namespace
+
+std::optional<int64_t> CurrentVersion(const absl::Status& status) {
+  if (status.code() != absl::StatusCode::kAborted) return std::nullopt;
+  // absl::optional: Debian's abseil does not alias it to std::optional.
+  const absl::optional<absl::Cord> payload = status.GetPayload(kCurrentVersionPayload);
+  int64_t version;
+  if (!payload.has_value() || !absl::SimpleAtoi(std::string(*payload), &version)) {
+    return std::nullopt;
+  }
+  return version;
+}
+
+absl::Status ClientOptions::Validate() const {
+  if (timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ClientOptions.timeout = ", absl::FormatDuration(timeout), "; must be > 0 (or infinite)"));
+  }
+  if (max_message_bytes < 1 || max_message_bytes > INT_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ClientOptions.max_message_bytes = ", max_message_bytes, "; must be in [1, ",
+                     INT_MAX, "]"));
+  }
+  if (max_reconnect_backoff < absl::Milliseconds(100) ||
+      max_reconnect_backoff > absl::Seconds(120)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ClientOptions.max_reconnect_backoff = ", absl::FormatDuration(max_reconnect_backoff),
+        "; must be in [100ms, 120s]"));
+  }
+  for (const auto& [key, value] : metadata) {
+    if (key.empty() || absl::AsciiStrToLower(key) != key) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ClientOptions.metadata key '", key, "' must be non-empty and lowercase"));
+    }
+  }
+  absl::Status s = retry.Validate();
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("ClientOptions.", s.message()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::StepRequest> MakeStepRequest(absl::string_view session_id,
+                                                const std::vector<HostTensor>& gradients,
+                                                const StepOptions& options) {
+  if (absl::Status s = CheckSessionId(session_id); !s.ok()) return s;
+  if (!options.worker_id.empty()) {
+    if (absl::Status s = CheckId("worker_id", options.worker_id, "._:-"); !s.ok()) return s;
+  }
+  if (options.sequence < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence = ", options.sequence, "; must be >= 0 (0: no idempotency key)"));
+  }
+  if (options.sequence > 0 && options.worker_id.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequence = ", options.sequence, " needs a worker_id (the key is worker_id + sequence)"));
+  }
+  if (options.version.has_value() && *options.version < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("version = ", *options.version, "; must be >= 0"));
+  }
+  if (options.loss.has_value() && !std::isfinite(*options.loss)) {
+    return absl::InvalidArgumentError(absl::StrCat("loss = ", *options.loss, "; must be finite"));
+  }
+  if (!v1::ReturnParameters_IsValid(options.return_parameters)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "return_parameters = ", static_cast<int>(options.return_parameters),
+        "; must be RETURN_PARAMETERS_ALL, RETURN_PARAMETERS_NONE or RETURN_PARAMETERS_TOUCHED"));
+  }
+  if (absl::Status s = CheckDType("return_dtype", options.return_dtype); !s.ok()) return s;
+  if (absl::Status s = CheckDType("gradient_dtype", options.gradient_dtype); !s.ok()) return s;
+
+  v1::StepRequest request;
+  request.set_session_id(std::string(session_id));
+  request.set_worker_id(options.worker_id);
+  request.set_sequence(options.sequence);
+  if (options.version.has_value()) request.set_version(*options.version);
+  for (size_t i = 0; i < gradients.size(); ++i) {
+    absl::StatusOr<v1::Tensor> t = HostTensorToProto(gradients[i], options.gradient_dtype);
+    if (!t.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("gradients[", i, "]: ", t.status().message()));
+    }
+    *request.add_gradients() = *std::move(t);
+  }
+  if (options.loss.has_value()) request.set_loss(*options.loss);
+  request.set_return_parameters(options.return_parameters);
+  request.set_return_dtype(options.return_dtype);
+  return request;
+}
 
 struct Client::HealthStub {
   explicit HealthStub(const std::shared_ptr<grpc::Channel>& channel)
@@ -88,44 +239,72 @@ struct Client::HealthStub {
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(std::string address,
                                                         ClientOptions options) {
-  if (address.empty()) return absl::InvalidArgumentError("server address is empty");
-  if (options.max_message_bytes < 1 || options.max_message_bytes > INT_MAX) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "max_message_bytes is ", options.max_message_bytes, "; must be in [1, ", INT_MAX, "]"));
-  }
-  if (options.timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("timeout is ", absl::FormatDuration(options.timeout), "; must be > 0"));
-  }
+  if (address.empty()) return absl::InvalidArgumentError("server address is empty; want host:port");
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  const int reconnect_ms =
+      static_cast<int>(absl::ToInt64Milliseconds(options.max_reconnect_backoff));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, reconnect_ms);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(reconnect_ms, 1000));
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      options.credentials != nullptr ? options.credentials : grpc::InsecureChannelCredentials();
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(address, credentials, args);
   if (channel == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("cannot make a channel to '", address, "'"));
   }
-  return std::make_unique<Client>(std::move(channel), options);
+  return std::make_unique<Client>(std::move(channel), std::move(options), std::move(address));
 }
 
-Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
-    : options_(options),
+Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options, std::string target)
+    : options_(std::move(options)),
+      target_(target.empty() ? "the server" : std::move(target)),
       channel_(std::move(channel)),
       stub_(v1::Optimizer::NewStub(channel_)),
       health_(std::make_unique<HealthStub>(channel_)) {}
 
 Client::~Client() = default;
 
-void Client::Prepare(grpc::ClientContext* context) const {
-  SetDeadline(context, options_.timeout);
+void Client::Prepare(grpc::ClientContext* context, absl::Duration timeout) const {
+  SetDeadline(context, timeout);
   context->set_wait_for_ready(options_.wait_for_ready);
+  for (const auto& [key, value] : options_.metadata) context->AddMetadata(key, value);
+}
+
+template <typename Call>
+absl::Status Client::Retry(absl::string_view method, const RetryPolicy& retry, Call call,
+                           int* attempts) {
+  const absl::Time start = absl::Now();
+  std::optional<absl::BitGen> gen;  // seeded only if a retry needs it
+  for (int attempt = 1;; ++attempt) {
+    grpc::ClientContext context;
+    Prepare(&context, options_.timeout);
+    absl::Status s = call(&context);
+    if (attempts != nullptr) *attempts = attempt;
+    if (s.ok()) return s;
+    const bool transport = s.code() == absl::StatusCode::kUnavailable ||
+                           s.code() == absl::StatusCode::kDeadlineExceeded;
+    if (!retry.Retries(s.code()) || attempt >= retry.max_attempts) {
+      if (!transport) return s;
+      return Annotate(
+          s, absl::StrFormat("%s to %s: %d attempt%s in %.2f s%s", method, target_, attempt,
+                             attempt == 1 ? "" : "s", absl::ToDoubleSeconds(absl::Now() - start),
+                             retry.max_attempts == 1 ? ", not retried" : ""));
+    }
+    if (!gen.has_value()) gen.emplace();
+    absl::SleepFor(retry.Backoff(attempt, *gen));
+  }
 }
 
 absl::StatusOr<v1::Session> Client::CreateSession(const v1::CreateSessionRequest& request) {
-  grpc::ClientContext context;
-  Prepare(&context);
+  if (!request.session_id().empty()) {
+    if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) return s;
+  }
   v1::Session session;
-  absl::Status s = FromGrpcStatus(stub_->CreateSession(&context, request, &session));
+  absl::Status s = Retry("CreateSession", RetryPolicy::None(), [&](grpc::ClientContext* context) {
+    return FromGrpcStatus(stub_->CreateSession(context, request, &session), context);
+  });
   if (!s.ok()) return s;
   return session;
 }
@@ -136,8 +315,12 @@ absl::StatusOr<v1::Session> Client::CreateSession(std::string session_id,
   v1::CreateSessionRequest request;
   request.set_session_id(std::move(session_id));
   *request.mutable_config() = config;
-  for (const HostTensor& tensor : tensors) {
-    absl::StatusOr<v1::Tensor> t = HostTensorToProto(tensor);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].row_sparse()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensors[", i, "] '", tensors[i].name, "' is row-sparse; initial values must be dense"));
+    }
+    absl::StatusOr<v1::Tensor> t = HostTensorToProto(tensors[i]);
     if (!t.ok()) return t.status();
     *request.add_tensors() = *std::move(t);
   }
@@ -145,25 +328,30 @@ absl::StatusOr<v1::Session> Client::CreateSession(std::string session_id,
 }
 
 absl::StatusOr<v1::Session> Client::GetSession(absl::string_view session_id) {
-  grpc::ClientContext context;
-  Prepare(&context);
+  if (absl::Status s = CheckSessionId(session_id); !s.ok()) return s;
   v1::GetSessionRequest request;
   request.set_session_id(std::string(session_id));
   v1::Session session;
-  absl::Status s = FromGrpcStatus(stub_->GetSession(&context, request, &session));
+  absl::Status s = Retry("GetSession", options_.retry, [&](grpc::ClientContext* context) {
+    return FromGrpcStatus(stub_->GetSession(context, request, &session), context);
+  });
   if (!s.ok()) return s;
   return session;
 }
 
 absl::StatusOr<std::vector<v1::Session>> Client::ListSessions(int32_t page_size) {
+  if (page_size < 0 || page_size > kMaxPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat("page_size = ", page_size, "; must be in [0, ",
+                                                   kMaxPageSize, "] (0: the server's default)"));
+  }
   std::vector<v1::Session> sessions;
   v1::ListSessionsRequest request;
   request.set_page_size(page_size);
   while (true) {
-    grpc::ClientContext context;
-    Prepare(&context);
     v1::ListSessionsResponse response;
-    absl::Status s = FromGrpcStatus(stub_->ListSessions(&context, request, &response));
+    absl::Status s = Retry("ListSessions", options_.retry, [&](grpc::ClientContext* context) {
+      return FromGrpcStatus(stub_->ListSessions(context, request, &response), context);
+    });
     if (!s.ok()) return s;
     for (v1::Session& session : *response.mutable_sessions()) {
       sessions.push_back(std::move(session));
@@ -179,25 +367,91 @@ absl::StatusOr<std::vector<v1::Session>> Client::ListSessions(int32_t page_size)
   }
 }
 
+absl::StatusOr<v1::Session> Client::UpdateSession(const v1::UpdateSessionRequest& request) {
+  if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) return s;
+  v1::Session session;
+  absl::Status s = Retry("UpdateSession", RetryPolicy::None(), [&](grpc::ClientContext* context) {
+    return FromGrpcStatus(stub_->UpdateSession(context, request, &session), context);
+  });
+  if (!s.ok()) return s;
+  return session;
+}
+
+absl::StatusOr<v1::Session> Client::SetLearningRate(absl::string_view session_id, double lr) {
+  if (!std::isfinite(lr) || lr < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("lr = ", lr, "; must be finite and >= 0"));
+  }
+  absl::StatusOr<v1::Session> session = GetSession(session_id);
+  if (!session.ok()) return session.status();
+  v1::UpdateSessionRequest request;
+  request.set_session_id(std::string(session_id));
+  *request.mutable_optimizer() = session->config().optimizer();
+  // The session's optimizer message, cleared but for lr: only what is set changes.
+  v1::OptimizerConfig* config = request.mutable_optimizer();
+  const google::protobuf::Reflection* reflection = config->GetReflection();
+  const google::protobuf::FieldDescriptor* kind = reflection->GetOneofFieldDescriptor(
+      *config, config->GetDescriptor()->FindOneofByName("kind"));
+  if (kind == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("session ", session_id, " reports no optimizer; cannot set its lr"));
+  }
+  google::protobuf::Message* optimizer = reflection->MutableMessage(config, kind);
+  optimizer->Clear();
+  const google::protobuf::FieldDescriptor* lr_field =
+      optimizer->GetDescriptor()->FindFieldByName("lr");
+  if (lr_field == nullptr ||
+      lr_field->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_DOUBLE) {
+    return absl::InternalError(absl::StrCat("optimizer ", kind->name(), " has no double lr"));
+  }
+  optimizer->GetReflection()->SetDouble(optimizer, lr_field, lr);
+  return UpdateSession(request);
+}
+
 absl::Status Client::DeleteSession(absl::string_view session_id) {
-  grpc::ClientContext context;
-  Prepare(&context);
+  if (absl::Status s = CheckSessionId(session_id); !s.ok()) return s;
   v1::DeleteSessionRequest request;
   request.set_session_id(std::string(session_id));
   v1::DeleteSessionResponse response;
-  return FromGrpcStatus(stub_->DeleteSession(&context, request, &response));
+  return Retry("DeleteSession", RetryPolicy::None(), [&](grpc::ClientContext* context) {
+    return FromGrpcStatus(stub_->DeleteSession(context, request, &response), context);
+  });
 }
 
-absl::StatusOr<PullResult> Client::Pull(absl::string_view session_id,
-                                        const std::vector<std::string>& names, v1::DType dtype) {
-  grpc::ClientContext context;
-  Prepare(&context);
+absl::StatusOr<PullResult> Client::Pull(absl::string_view session_id, const PullOptions& options) {
+  if (absl::Status s = CheckSessionId(session_id); !s.ok()) return s;
+  if (absl::Status s = CheckDType("PullOptions.dtype", options.dtype); !s.ok()) return s;
   v1::PullRequest request;
   request.set_session_id(std::string(session_id));
-  for (const std::string& name : names) request.add_names(name);
-  request.set_dtype(dtype);
+  for (size_t i = 0; i < options.names.size(); ++i) {
+    if (options.names[i].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("PullOptions.names[", i, "] is empty"));
+    }
+    request.add_names(options.names[i]);
+  }
+  request.set_dtype(options.dtype);
+  for (size_t i = 0; i < options.rows.size(); ++i) {
+    const TensorRows& rows = options.rows[i];
+    if (!options.names.empty() &&
+        std::find(options.names.begin(), options.names.end(), rows.name) == options.names.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("PullOptions.rows[", i, "] names '", rows.name,
+                                                     "', which is not among PullOptions.names (",
+                                                     absl::StrJoin(options.names, ", "), ")"));
+    }
+    for (size_t j = 0; j < rows.indices.size(); ++j) {
+      if (rows.indices[j] < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("PullOptions.rows[", i, "] ('", rows.name,
+                                                       "').indices[", j, "] = ", rows.indices[j],
+                                                       "; must be >= 0"));
+      }
+    }
+    v1::TensorRows* out = request.add_rows();
+    out->set_name(rows.name);
+    out->mutable_indices()->Add(rows.indices.begin(), rows.indices.end());
+  }
   v1::PullResponse response;
-  absl::Status s = FromGrpcStatus(stub_->Pull(&context, request, &response));
+  absl::Status s = Retry("Pull", options_.retry, [&](grpc::ClientContext* context) {
+    return FromGrpcStatus(stub_->Pull(context, request, &response), context);
+  });
   if (!s.ok()) return s;
   PullResult result;
   result.version = response.version();
@@ -212,27 +466,41 @@ absl::StatusOr<StepResult> Client::Step(absl::string_view session_id,
                                         const StepOptions& options) {
   absl::StatusOr<v1::StepRequest> request = MakeStepRequest(session_id, gradients, options);
   if (!request.ok()) return request.status();
-  grpc::ClientContext context;
-  Prepare(&context);
+  if (options.retry.has_value()) {
+    if (absl::Status s = options.retry->Validate(); !s.ok()) return s;
+    return SendStep(*request, *options.retry);
+  }
+  return SendStep(*request, options_.retry);
+}
+
+absl::StatusOr<StepResult> Client::SendStep(const v1::StepRequest& request,
+                                            const RetryPolicy& retry) {
+  if (absl::Status s = retry.Validate(); !s.ok()) return s;
+  // A step without a key could be applied twice if its reply were lost: never retried.
+  const RetryPolicy& policy = Keyed(request) ? retry : RetryPolicy::None();
   v1::StepResponse response;
-  absl::Status s = FromGrpcStatus(stub_->Step(&context, *request, &response));
+  int attempts = 0;
+  absl::Status s = Retry(
+      "Step", policy,
+      [&](grpc::ClientContext* context) {
+        return FromGrpcStatus(stub_->Step(context, request, &response), context);
+      },
+      &attempts);
   if (!s.ok()) return s;
-  return DecodeStepResponse(response);
+  return DecodeStepResponse(response, request.sequence(), attempts);
 }
 
 std::unique_ptr<StepStream> Client::StreamSteps(absl::Duration lifetime) {
-  if (lifetime == absl::ZeroDuration()) lifetime = options_.timeout;
-  return std::unique_ptr<StepStream>(
-      new StepStream(stub_.get(), lifetime, options_.wait_for_ready));
+  return std::unique_ptr<StepStream>(new StepStream(this, lifetime));
 }
 
 absl::StatusOr<bool> Client::Health(const std::string& service) {
-  grpc::ClientContext context;
-  Prepare(&context);
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;
-  absl::Status s = FromGrpcStatus(health_->stub->Check(&context, request, &response));
+  absl::Status s = Retry("Health", RetryPolicy::None(), [&](grpc::ClientContext* context) {
+    return FromGrpcStatus(health_->stub->Check(context, request, &response), context);
+  });
   if (!s.ok()) return s;
   return response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
@@ -240,10 +508,9 @@ absl::StatusOr<bool> Client::Health(const std::string& service) {
 // ---------------------------------------------------------------------------------------------------
 // StepStream
 
-StepStream::StepStream(v1::Optimizer::Stub* stub, absl::Duration lifetime, bool wait_for_ready) {
-  SetDeadline(&context_, lifetime);
-  context_.set_wait_for_ready(wait_for_ready);
-  stream_ = stub->StreamSteps(&context_);
+StepStream::StepStream(const Client* client, absl::Duration lifetime) {
+  client->Prepare(&context_, lifetime);
+  stream_ = client->stub_->StreamSteps(&context_);
 }
 
 StepStream::~StepStream() {
@@ -254,34 +521,38 @@ StepStream::~StepStream() {
 }
 
 absl::Status StepStream::Finish() {
-  if (!final_status_.has_value()) final_status_ = FromGrpcStatus(stream_->Finish());
+  if (!final_status_.has_value()) final_status_ = FromGrpcStatus(stream_->Finish(), nullptr);
   return *final_status_;
 }
 
 absl::StatusOr<StepResult> StepStream::Step(absl::string_view session_id,
                                             const std::vector<HostTensor>& gradients,
                                             const StepOptions& options) {
-  if (final_status_.has_value() || writes_done_) {
+  absl::StatusOr<v1::StepRequest> request = MakeStepRequest(session_id, gradients, options);
+  if (!request.ok()) return request.status();
+  return Send(*request);
+}
+
+absl::StatusOr<StepResult> StepStream::Send(const v1::StepRequest& request) {
+  if (finished()) {
     absl::Status s = final_status_.value_or(absl::OkStatus());
     if (s.ok()) s = absl::FailedPreconditionError("the StepStream is closed");
     return s;
   }
-  absl::StatusOr<v1::StepRequest> request = MakeStepRequest(session_id, gradients, options);
-  if (!request.ok()) return request.status();
-
   v1::StreamStepsResponse response;
-  if (!stream_->Write(*request) || !stream_->Read(&response)) {
+  if (!stream_->Write(request) || !stream_->Read(&response)) {
     // The call is over; its status says why (a stream that ended cleanly without answering is a
     // server fault).
     absl::Status s = Finish();
     if (s.ok()) {
-      return absl::InternalError("the server ended the StreamSteps call without a reply");
+      final_status_ = absl::InternalError("the server ended the StreamSteps call without a reply");
+      return *final_status_;
     }
     return s;
   }
   switch (response.result_case()) {
     case v1::StreamStepsResponse::kReply:
-      return DecodeStepResponse(response.reply());
+      return DecodeStepResponse(response.reply(), request.sequence(), 1);
     case v1::StreamStepsResponse::kError:
       return FromStepError(response.error());
     default:
@@ -308,4 +579,5 @@ absl::Status StepStream::Close() {
   return s;
 }
 
+}  // namespace client
 }  // namespace optd

@@ -1,13 +1,17 @@
 // File: client.h
 //
-// optd::Client: the C++ client of an optd server (the optd.v1.Optimizer service and
-// grpc.health.v1). It creates, reads, lists and deletes sessions, pulls parameters and steps them,
-// one call at a time (Step) or over a stream (StepStream), with float32 HostTensors on the caller's
-// side whatever the wire dtype.
+// optd::client::Client: the C++ client of an optd server (the optd.v1.Optimizer service and
+// grpc.health.v1), a thin layer over the generated stubs of proto/optd/v1/optd.proto. It creates,
+// reads, updates, lists and deletes sessions, pulls parameters (all, some tensors, or some rows)
+// and steps them, one call at a time (Step) or over a stream (StepStream), with float32
+// HostTensors (dense or row-sparse) on the caller's side whatever the wire dtype (F32, BF16, F16).
+// A worker loop uses a Worker (worker.h), which numbers its steps and tracks the version.
 //
-//   absl::StatusOr<std::unique_ptr<optd::Client>> client =
-//   optd::Client::Connect("127.0.0.1:50051"); if (!client.ok()) return client.status();
-//   absl::StatusOr<optd::StepResult> r = (*client)->Step("my-session", gradients);
+//   absl::StatusOr<std::unique_ptr<optd::client::Client>> client =
+//       optd::client::Client::Connect("127.0.0.1:50051");
+//   if (!client.ok()) return client.status();
+//   optd::client::Worker worker(client->get(), "my-session");  // worker id, sequence, version
+//   absl::StatusOr<optd::client::StepResult> r = worker.Step(gradients);
 //
 // Who may call it: any C++ program (workers, optctl, tests).
 //
@@ -15,12 +19,23 @@
 // its own gRPC context; the stubs are thread-safe). A StepStream is NOT thread-safe: one thread (or
 // one externally serialised worker loop) drives it.
 //
+// Retries (RetryPolicy in retry.h, ClientOptions::retry): reads (GetSession, ListSessions, Pull)
+// and keyed steps (worker_id and sequence > 0) are retried on UNAVAILABLE and DEADLINE_EXCEEDED
+// with jittered exponential backoff, the step with the same sequence number, so the server applies
+// it once (a retry of an applied step comes back with StepResult::duplicate). CreateSession,
+// UpdateSession, DeleteSession and unkeyed steps are never retried. StepStream does not retry; a
+// WorkerStream reopens its stream and resends.
+//
 // Errors: every method returns the server's gRPC status as an absl::Status with the same code and
 // message (the codes are the same canonical set): NOT_FOUND for an unknown session, ALREADY_EXISTS
 // for a taken id, INVALID_ARGUMENT for a rejected request (the message names the field),
-// UNAVAILABLE when the server cannot be reached, DEADLINE_EXCEEDED when a call outlives
-// ClientOptions::timeout. InvalidArgument is also returned, before any RPC, for a HostTensor whose
-// values do not match its shape. A reply the client cannot decode is Internal.
+// ABORTED for a stale gradient (CurrentVersion() reads the session's version from it),
+// FAILED_PRECONDITION for a reused sequence number, UNAVAILABLE when the server cannot be reached
+// and DEADLINE_EXCEEDED when a call outlives ClientOptions::timeout; those last two, once retries
+// are spent, also name the method, the server's address and the attempts made. InvalidArgument is
+// also returned, before any RPC, for a request the client can tell is invalid (a HostTensor whose
+// values do not match its shape, a bad worker id, a sequence without a worker id, a non-finite
+// loss, ...). A reply the client cannot decode is Internal.
 
 #ifndef OPTD_CLIENT_CPP_CLIENT_H_
 #define OPTD_CLIENT_CPP_CLIENT_H_
@@ -29,6 +44,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -36,48 +52,107 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "client/cpp/host_tensor.h"
+#include "client/cpp/retry.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
+#include "grpcpp/security/credentials.h"
 #include "grpcpp/support/sync_stream.h"
 #include "optd/v1/optd.grpc.pb.h"
 #include "optd/v1/optd.pb.h"
 
 namespace optd {
+namespace client {
 
 struct ClientOptions {
-  // Deadline of each unary call, counted from when the call starts. InfiniteDuration: no deadline.
+  // Deadline of each unary call (of each attempt, when retried), counted from when it starts.
+  // InfiniteDuration: no deadline. > 0.
   absl::Duration timeout = absl::Seconds(30);
   // Largest message sent or received, in bytes (Connect only; a channel passed to the constructor
   // keeps its own limits). Must be in [1, 2^31 - 1]. The default matches the server's.
   int64_t max_message_bytes = 256 << 20;
-  // false: a call fails at once with UNAVAILABLE while the server cannot be reached. true: it waits
-  // (until its deadline) for the server to come up.
+  // false: a call fails at once with UNAVAILABLE while the server cannot be reached (and is then
+  // retried if it may be). true: it waits (until its deadline) for the server to come up.
   bool wait_for_ready = false;
+  // How reads and keyed steps are retried (see retry.h for the default budget and why).
+  RetryPolicy retry;
+  // Connect only: the longest wait of the channel between two connection attempts (gRPC's default
+  // grows to 120 s), so that a restarted server is found within the retry budget. In [100 ms, 120
+  // s].
+  absl::Duration max_reconnect_backoff = absl::Seconds(1);
+  // Metadata sent with every call, e.g. {"authorization", "Bearer <token>"}. Keys are lowercase.
+  std::vector<std::pair<std::string, std::string>> metadata;
+  // Connect only: the channel's credentials (e.g. grpc::SslCredentials); null means insecure.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+
+  absl::Status Validate() const;
 };
 
-// What a Step or a StepStream::Step sends besides the gradients.
+// What a step sends besides the gradients (the fields of v1::StepRequest).
 struct StepOptions {
-  // Who sends the gradient (optional today; later keys idempotency and barriers).
+  // Who sends the gradient: 1-128 characters of [A-Za-z0-9._:-]. Required in SYNC sessions and
+  // with a sequence. (A Worker fills it in.)
   std::string worker_id;
-  // The loss observed for this gradient, if any; reported by the server, never used by the math.
+  // Idempotency key with worker_id: 0 means none; otherwise > 0 and increasing with each new step
+  // of the worker. Only a keyed step is retried. (A Worker fills it in.)
+  int64_t sequence = 0;
+  // The session version the gradient was computed at (>= 0). Required in SYNC and BOUNDED
+  // sessions. (A Worker sends its known version when this is unset.)
+  std::optional<int64_t> version;
+  // The loss observed for this gradient, if any (finite): reported in metrics, and the signal of a
+  // reduce_on_plateau schedule.
   std::optional<double> loss;
-  // true: the reply carries every parameter after the step; false: only the version.
-  bool return_parameters = true;
+  // Which parameters the reply carries: ALL, NONE (only the version), or TOUCHED (tensors with a
+  // dense gradient whole, those with a row-sparse gradient only the rows it touched, row-sparse).
+  v1::ReturnParameters return_parameters = v1::RETURN_PARAMETERS_ALL;
   // Wire encoding of the returned parameters (decoded to float32 either way).
   v1::DType return_dtype = v1::DTYPE_F32;
   // Wire encoding of the gradients sent. BF16 and F16 halve the bytes and round the gradient.
   v1::DType gradient_dtype = v1::DTYPE_F32;
+  // Overrides ClientOptions::retry for this step (a keyed step only; unkeyed ones never retry).
+  std::optional<RetryPolicy> retry;
 };
 
+// The outcome of one step (v1::StepResponse, decoded).
 struct StepResult {
   // The session's version after this step.
   int64_t version = 0;
-  // L2 norm, over all tensors, of the gradient as the server received it.
+  // The version of `parameters`: `version`, or later for a duplicate.
+  int64_t parameters_version = 0;
+  // The parameters after the step, as StepOptions::return_parameters asked (row-sparse for the
+  // touched rows of a row-sparse gradient); empty with RETURN_PARAMETERS_NONE.
+  std::vector<HostTensor> parameters;
+  // L2 norm, over all tensors, of the gradient as the server received it, before clipping (SYNC:
+  // of the combined gradient).
   double gradient_norm = 0;
   // The learning rate the step used.
   double learning_rate = 0;
-  // The parameters after the step (empty if StepOptions::return_parameters was false).
-  std::vector<HostTensor> parameters;
+  // True if this answers a retry: the step had been applied once, earlier, with this outcome.
+  bool duplicate = false;
+  // SYNC: how many gradients the step combined, and the expected workers that were missing when
+  // the barrier proceeded on its quorum.
+  int32_t workers = 0;
+  std::vector<std::string> missing_workers;
+  // Session version at arrival minus the version the gradient was computed at (0 without one).
+  int64_t staleness = 0;
+  // The sequence number sent (0: none) and the calls the step took (1 unless it was retried).
+  int64_t sequence = 0;
+  int attempts = 1;
+};
+
+// Rows of one tensor to pull.
+struct TensorRows {
+  std::string name;
+  std::vector<int64_t> indices;  // each in [0, shape[0]), in the order wanted
+};
+
+struct PullOptions {
+  // Tensors to return, by name; empty means all of them, in creation order.
+  std::vector<std::string> names = {};
+  // Wire encoding of the returned values (decoded to float32 either way).
+  v1::DType dtype = v1::DTYPE_F32;
+  // For the tensors named here, only these rows (returned row-sparse, in the order given). Each
+  // must also be among `names` when `names` is not empty.
+  std::vector<TensorRows> rows = {};
 };
 
 struct PullResult {
@@ -85,20 +160,35 @@ struct PullResult {
   std::vector<HostTensor> tensors;
 };
 
+// The session's version carried by an ABORTED status (a stale gradient or a missed barrier: the
+// worker should pull and recompute), read from the unary reply's trailing metadata or the stream's
+// StepError; nullopt for any other status.
+std::optional<int64_t> CurrentVersion(const absl::Status& status);
+
+// Builds the v1::StepRequest that Client::Step sends, checking what the client can check cheaply:
+// session id and worker id syntax, sequence >= 0 and only with a worker id, version >= 0, a finite
+// loss, known enums, and each gradient's values against its shape (and rows). InvalidArgument
+// naming the field otherwise.
+absl::StatusOr<v1::StepRequest> MakeStepRequest(absl::string_view session_id,
+                                                const std::vector<HostTensor>& gradients,
+                                                const StepOptions& options);
+
 class StepStream;
 
 class Client {
  public:
   // Makes a client for the server at `address` ("host:port", or any gRPC target such as
-  // "dns:///host:port" or "unix:/path") over an insecure channel. Connecting is lazy: an
-  // unreachable server shows up as UNAVAILABLE (or DEADLINE_EXCEEDED with wait_for_ready) on the
-  // first call. InvalidArgument for an empty address or options out of range.
+  // "dns:///host:port" or "unix:/path"). Connecting is lazy: an unreachable server shows up as
+  // UNAVAILABLE (or DEADLINE_EXCEEDED with wait_for_ready) on the first call, after its retries.
+  // InvalidArgument for an empty address or options out of range (options.Validate()).
   static absl::StatusOr<std::unique_ptr<Client>> Connect(std::string address,
                                                          ClientOptions options = {});
 
-  // A client over an existing channel (e.g. OptdServer::InProcessChannel() in tests).
-  // REQUIRES: channel != nullptr.
-  explicit Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options = {});
+  // A client over an existing channel (e.g. OptdServer::InProcessChannel() in tests). `target`
+  // only names the server in error messages. REQUIRES: channel != nullptr and options.Validate()
+  // is OK.
+  explicit Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options = {},
+                  std::string target = "");
 
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
@@ -117,23 +207,35 @@ class Client {
   // number asked for per call: 0 takes the server's default (100); at most 1000.
   absl::StatusOr<std::vector<v1::Session>> ListSessions(int32_t page_size = 0);
 
+  // Changes hyperparameters (fields set in an optimizer message of the session's kind), the
+  // schedule or the clipping for the next step, keeping the optimizer state; returns the session.
+  // INVALID_ARGUMENT for another optimizer kind or a value out of range (nothing changes).
+  absl::StatusOr<v1::Session> UpdateSession(const v1::UpdateSessionRequest& request);
+
+  // UpdateSession of the learning rate only, whatever the session's optimizer (read first).
+  absl::StatusOr<v1::Session> SetLearningRate(absl::string_view session_id, double lr);
+
   absl::Status DeleteSession(absl::string_view session_id);
 
-  // Reads parameters without stepping: `names` (all of them, in creation order, when empty),
-  // sent by the server as `dtype` and decoded to float32.
-  absl::StatusOr<PullResult> Pull(absl::string_view session_id,
-                                  const std::vector<std::string>& names = {},
-                                  v1::DType dtype = v1::DTYPE_F32);
+  // Reads parameters without stepping (see PullOptions), decoded to float32.
+  absl::StatusOr<PullResult> Pull(absl::string_view session_id, const PullOptions& options = {});
 
-  // Applies one gradient per session tensor (by name, any order): all of it or, on error, none.
+  // Applies one gradient per session tensor (by name, any order; dense or row-sparse): all of it
+  // or, on error, none. Retried (options.retry, else ClientOptions::retry) only when keyed.
   absl::StatusOr<StepResult> Step(absl::string_view session_id,
                                   const std::vector<HostTensor>& gradients,
                                   const StepOptions& options = {});
 
+  // Sends a built request (MakeStepRequest, or a Worker's), retried per `retry` if it is keyed.
+  absl::StatusOr<StepResult> SendStep(const v1::StepRequest& request, const RetryPolicy& retry);
+  absl::StatusOr<StepResult> SendStep(const v1::StepRequest& request) {
+    return SendStep(request, options_.retry);
+  }
+
   // Opens a StreamSteps stream. The stream as a whole must finish within `lifetime` (a gRPC stream
-  // has a single deadline); the default, ZeroDuration, means ClientOptions::timeout, and
-  // InfiniteDuration means no deadline. Never fails here: a stream that cannot start reports its
-  // status from the first StepStream::Step or Close.
+  // has a single deadline); the default, ZeroDuration, means no deadline, and so does
+  // InfiniteDuration. Never fails here: a stream that cannot start reports its status from the
+  // first StepStream::Step or Close.
   std::unique_ptr<StepStream> StreamSteps(absl::Duration lifetime = absl::ZeroDuration());
 
   // grpc.health.v1 Check of `service` ("" is the server as a whole, "optd.v1.Optimizer" the
@@ -142,12 +244,24 @@ class Client {
   absl::StatusOr<bool> Health(const std::string& service = "");
 
   const ClientOptions& options() const { return options_; }
+  // The address given to Connect (or the constructor's `target`).
+  const std::string& target() const { return target_; }
 
  private:
-  // Sets the deadline and wait-for-ready of a unary call.
-  void Prepare(grpc::ClientContext* context) const;
+  friend class StepStream;
+
+  // Sets the deadline, wait-for-ready and metadata of a call.
+  void Prepare(grpc::ClientContext* context, absl::Duration timeout) const;
+
+  // Runs `call` (one attempt, given a fresh prepared context) until it succeeds, fails with a code
+  // `retry` does not retry, or attempts run out; names `method` and target_ in a final transport
+  // error. *attempts (if not null) receives the attempts made.
+  template <typename Call>
+  absl::Status Retry(absl::string_view method, const RetryPolicy& retry, Call call,
+                     int* attempts = nullptr);
 
   const ClientOptions options_;
+  const std::string target_;
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<v1::Optimizer::Stub> stub_;
   // grpc.health.v1.Health stub; a pointer to an opaque type keeps the generated health headers
@@ -157,11 +271,11 @@ class Client {
 };
 
 // One StreamSteps stream: each Step writes one request and reads its reply, in order. A step the
-// server refuses is returned as its status and the stream goes on; a stream-level failure (the
-// connection drops, the deadline passes, the server ends the call) is returned by that Step and by
-// every later call, and the stream is then finished.
+// server refuses is returned as its status (with CurrentVersion for ABORTED) and the stream goes
+// on; a stream-level failure (the connection drops, the deadline passes, the server ends the call)
+// is returned by that Step and by every later call, and the stream is then finished().
 //
-// Not thread-safe. Destroying an open stream cancels it.
+// Not thread-safe. Destroying an open stream cancels it. REQUIRES: the Client outlives it.
 class StepStream {
  public:
   StepStream(const StepStream&) = delete;
@@ -172,13 +286,19 @@ class StepStream {
                                   const std::vector<HostTensor>& gradients,
                                   const StepOptions& options = {});
 
+  // Sends a built request (MakeStepRequest, or a Worker's) and reads its reply.
+  absl::StatusOr<StepResult> Send(const v1::StepRequest& request);
+
   // Half-closes the stream and returns the call's final status (OK for a clean end). Idempotent:
   // later calls return the same status.
   absl::Status Close();
 
+  // Whether the call is over (after a stream-level failure or Close): every Step then fails.
+  bool finished() const { return final_status_.has_value() || writes_done_; }
+
  private:
   friend class Client;
-  StepStream(v1::Optimizer::Stub* stub, absl::Duration deadline, bool wait_for_ready);
+  StepStream(const Client* client, absl::Duration lifetime);
 
   // Ends the call (after a failed write or read) and records its status.
   absl::Status Finish();
@@ -189,6 +309,7 @@ class StepStream {
   std::optional<absl::Status> final_status_;  // set once the call has finished
 };
 
+}  // namespace client
 }  // namespace optd
 
 #endif  // OPTD_CLIENT_CPP_CLIENT_H_

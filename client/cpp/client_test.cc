@@ -10,59 +10,22 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "client/cpp/client_testing.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/service/server.h"
+#include "wire/wire_dtype.h"
 
 namespace optd {
+namespace client {
 namespace {
 
+using ::optd::client::testing::Adam;
+using ::optd::client::testing::BoundedSgd;
+using ::optd::client::testing::Sgd;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-v1::SessionConfig Sgd(double lr) {
-  v1::SessionConfig config;
-  config.mutable_optimizer()->mutable_sgd()->set_lr(lr);
-  return config;
-}
-
-v1::SessionConfig Adam() {
-  v1::SessionConfig config;
-  config.mutable_optimizer()->mutable_adam();
-  return config;
-}
-
-// One server for the whole suite (starting one costs more than most tests); every test uses its
-// own session ids.
-class ClientTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    absl::StatusOr<std::unique_ptr<OptdServer>> server = OptdServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = server->release();
-  }
-
-  static void TearDownTestSuite() {
-    if (server_ == nullptr) return;
-    server_->Shutdown(absl::Now() + absl::Seconds(5));
-    delete server_;
-    server_ = nullptr;
-  }
-
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr);
-    client_ = std::make_unique<Client>(server_->InProcessChannel());
-  }
-
-  static std::string TcpAddress() { return absl::StrCat("127.0.0.1:", server_->port()); }
-
-  static OptdServer* server_;
-  std::unique_ptr<Client> client_;
-};
-
-OptdServer* ClientTest::server_ = nullptr;
+using ClientTest = ::optd::client::testing::ServerTest;
 
 // --- CreateSession / GetSession / DeleteSession ----------------------------------------------
 
@@ -181,7 +144,7 @@ TEST_F(ClientTest, PullDecodesEveryDType) {
   ASSERT_TRUE(
       client_->CreateSession("pull-dtypes", Adam(), {{"w", {2, 2}, w}, {"b", {1}, {7}}}).ok());
   for (const v1::DType dtype : {v1::DTYPE_F32, v1::DTYPE_BF16, v1::DTYPE_F16}) {
-    absl::StatusOr<PullResult> pulled = client_->Pull("pull-dtypes", {}, dtype);
+    absl::StatusOr<PullResult> pulled = client_->Pull("pull-dtypes", {/*names=*/{}, dtype});
     ASSERT_TRUE(pulled.ok()) << pulled.status();
     EXPECT_EQ(pulled->version, 0);
     ASSERT_EQ(pulled->tensors.size(), 2u) << dtype;
@@ -195,13 +158,13 @@ TEST_F(ClientTest, PullDecodesEveryDType) {
 TEST_F(ClientTest, PullByName) {
   ASSERT_TRUE(
       client_->CreateSession("pull-names", Adam(), {{"w", {2}, {1, 2}}, {"b", {1}, {3}}}).ok());
-  absl::StatusOr<PullResult> pulled = client_->Pull("pull-names", {"b"});
+  absl::StatusOr<PullResult> pulled = client_->Pull("pull-names", {{"b"}});
   ASSERT_TRUE(pulled.ok()) << pulled.status();
   ASSERT_EQ(pulled->tensors.size(), 1u);
   EXPECT_EQ(pulled->tensors[0].name, "b");
   EXPECT_EQ(pulled->tensors[0].values, std::vector<float>{3});
 
-  EXPECT_EQ(client_->Pull("pull-names", {"nope"}).status().code(),
+  EXPECT_EQ(client_->Pull("pull-names", {{"nope"}}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -230,7 +193,7 @@ TEST_F(ClientTest, StepAppliesSgdAndReturnsTheNewParameters) {
 TEST_F(ClientTest, StepCanReturnNothingOrACompactDType) {
   ASSERT_TRUE(client_->CreateSession("step-return", Sgd(1), {{"p", {2}, {1, 1}}}).ok());
   StepOptions none;
-  none.return_parameters = false;
+  none.return_parameters = v1::RETURN_PARAMETERS_NONE;
   absl::StatusOr<StepResult> r = client_->Step("step-return", {{"p", {2}, {0.5f, 0.25f}}}, none);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->version, 1);
@@ -272,7 +235,7 @@ TEST_F(ClientTest, ConcurrentStepsFromManyThreadsAreEachAppliedOnce) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([this] {
       StepOptions options;
-      options.return_parameters = false;
+      options.return_parameters = v1::RETURN_PARAMETERS_NONE;
       for (int i = 0; i < kSteps; ++i) {
         absl::StatusOr<StepResult> r = client_->Step("step-threads", {{"p", {1}, {-1}}}, options);
         EXPECT_TRUE(r.ok()) << r.status();
@@ -304,7 +267,7 @@ TEST_F(ClientTest, StepStreamRepliesInOrderAndSurvivesARefusedStep) {
             absl::StatusCode::kInvalidArgument);
 
   StepOptions options;
-  options.return_parameters = false;
+  options.return_parameters = v1::RETURN_PARAMETERS_NONE;
   r = stream->Step("stream", {{"p", {1}, {-1}}}, options);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->version, 2);
@@ -393,6 +356,217 @@ TEST_F(ClientTest, AReplyOverMaxMessageBytesIsResourceExhausted) {
   EXPECT_TRUE((*small)->GetSession("big").ok());  // a small reply still fits
 }
 
+// --- UpdateSession -----------------------------------------------------------------------------
+
+TEST_F(ClientTest, SetLearningRateKeepsTheVersionAndTheNextStepUsesIt) {
+  ASSERT_TRUE(client_->CreateSession("update-lr", Sgd(1), {{"p", {1}, {0}}}).ok());
+  ASSERT_TRUE(client_->Step("update-lr", {{"p", {1}, {1}}}).ok());
+  absl::StatusOr<v1::Session> updated = client_->SetLearningRate("update-lr", 0.25);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_DOUBLE_EQ(updated->config().optimizer().sgd().lr(), 0.25);
+  EXPECT_EQ(updated->version(), 1);
+  EXPECT_DOUBLE_EQ(updated->learning_rate(), 0.25);
+
+  absl::StatusOr<StepResult> r = client_->Step("update-lr", {{"p", {1}, {1}}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->version, 2);
+  EXPECT_DOUBLE_EQ(r->learning_rate, 0.25);
+  EXPECT_THAT(r->parameters[0].values, ElementsAre(-1.25f));  // -1 * 1, then -0.25 * 1
+}
+
+TEST_F(ClientTest, UpdateSessionChangesOnlyWhatIsSetAndKeepsAdamState) {
+  ASSERT_TRUE(client_->CreateSession("update-adam", Adam(), {{"w", {2}, {0, 0}}}).ok());
+  ASSERT_TRUE(client_->Step("update-adam", {{"w", {2}, {1, -1}}}).ok());
+  v1::UpdateSessionRequest request;
+  request.set_session_id("update-adam");
+  request.mutable_optimizer()->mutable_adam()->set_beta2(0.99);
+  request.mutable_schedule()->mutable_step()->set_step_size(10);
+  request.mutable_clipping()->set_max_norm(0.5);
+  absl::StatusOr<v1::Session> updated = client_->UpdateSession(request);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  const v1::Adam& adam = updated->config().optimizer().adam();
+  EXPECT_DOUBLE_EQ(adam.beta2(), 0.99);
+  EXPECT_DOUBLE_EQ(adam.lr(), 1e-3);  // not set: kept
+  EXPECT_EQ(updated->config().schedule().step().step_size(), 10);
+  EXPECT_DOUBLE_EQ(updated->config().clipping().max_norm(), 0.5);
+  EXPECT_EQ(updated->version(), 1);
+  EXPECT_EQ(updated->optimizer_state_bytes(), 2 * 8);  // moments of 2 elements kept
+
+  absl::StatusOr<v1::Session> got = client_->GetSession("update-adam");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_DOUBLE_EQ(got->config().optimizer().adam().beta2(), 0.99);
+}
+
+TEST_F(ClientTest, UpdateSessionToAnotherOptimizerKindIsInvalidArgumentAndChangesNothing) {
+  ASSERT_TRUE(client_->CreateSession("update-kind", Sgd(0.5), {{"p", {1}, {0}}}).ok());
+  v1::UpdateSessionRequest request;
+  request.set_session_id("update-kind");
+  request.mutable_optimizer()->mutable_adam()->set_lr(0.1);
+  EXPECT_EQ(client_->UpdateSession(request).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client_->SetLearningRate("update-kind", -1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<v1::Session> got = client_->GetSession("update-kind");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_DOUBLE_EQ(got->config().optimizer().sgd().lr(), 0.5);
+  EXPECT_EQ(client_->SetLearningRate("no-such-session", 1).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+// --- BF16 / F16 --------------------------------------------------------------------------------
+
+TEST_F(ClientTest, Bf16GradientsAndF16ParametersRoundAsTheWireSays) {
+  // p = 0 - 1 * g with g = 1/3 sent as BF16; the parameter comes back as F16.
+  ASSERT_TRUE(client_->CreateSession("dtypes", Sgd(1), {{"p", {2}, {0, 0}}}).ok());
+  const float third = 1.0f / 3.0f;
+  StepOptions options;
+  options.gradient_dtype = v1::DTYPE_BF16;
+  options.return_dtype = v1::DTYPE_F16;
+  absl::StatusOr<StepResult> r = client_->Step("dtypes", {{"p", {2}, {third, -third}}}, options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const float sent = Bf16ToFloat(FloatToBf16(third));
+  ASSERT_NE(sent, third);  // the gradient really was rounded
+  EXPECT_THAT(r->parameters[0].values,
+              ElementsAre(F16ToFloat(FloatToF16(-sent)), F16ToFloat(FloatToF16(sent))));
+
+  absl::StatusOr<PullResult> exact = client_->Pull("dtypes");  // F32: what the server holds
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  EXPECT_THAT(exact->tensors[0].values, ElementsAre(-sent, sent));
+  absl::StatusOr<PullResult> bf16 = client_->Pull("dtypes", {{}, v1::DTYPE_BF16});
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  EXPECT_THAT(bf16->tensors[0].values, ElementsAre(-sent, sent));  // BF16-exact already
+}
+
+// --- Row-sparse steps and row pulls -------------------------------------------------------------
+
+TEST_F(ClientTest, RowSparseStepReturnsTheTouchedRowsAndRowPullsReadChosenRows) {
+  std::vector<float> init(4 * 3);
+  for (size_t i = 0; i < init.size(); ++i) init[i] = static_cast<float>(i);
+  ASSERT_TRUE(
+      client_->CreateSession("sparse", Sgd(1), {{"emb", {4, 3}, init}, {"b", {1}, {0}}}).ok());
+
+  // Rows 2 and 0, and row 2 again (summed).
+  StepOptions options;
+  options.return_parameters = v1::RETURN_PARAMETERS_TOUCHED;
+  absl::StatusOr<StepResult> r = client_->Step(
+      "sparse",
+      {RowSparse("emb", {4, 3}, {2, 0, 2}, {1, 1, 1, 2, 2, 2, 3, 3, 3}), {"b", {1}, {0.5f}}},
+      options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->parameters.size(), 2u);
+  const HostTensor* emb = &r->parameters[0];
+  const HostTensor* b = &r->parameters[1];
+  if (emb->name != "emb") std::swap(emb, b);
+  ASSERT_TRUE(emb->row_sparse());
+  EXPECT_THAT(*emb->rows, ElementsAre(0, 2));  // sorted, unique
+  EXPECT_THAT(emb->shape, ElementsAre(4, 3));
+  EXPECT_THAT(emb->values, ElementsAre(-2, -1, 0, 2, 3, 4));  // row 0 - 2, row 2 - (1 + 3)
+  EXPECT_FALSE(b->row_sparse());
+  EXPECT_THAT(b->values, ElementsAre(-0.5f));
+
+  PullOptions pull;
+  pull.rows = {{"emb", {3, 2}}};
+  absl::StatusOr<PullResult> rows = client_->Pull("sparse", pull);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->version, 1);
+  ASSERT_EQ(rows->tensors.size(), 2u);
+  ASSERT_TRUE(rows->tensors[0].row_sparse());
+  EXPECT_THAT(*rows->tensors[0].rows, ElementsAre(3, 2));  // in the order asked
+  EXPECT_THAT(rows->tensors[0].values, ElementsAre(9, 10, 11, 2, 3, 4));
+  EXPECT_FALSE(rows->tensors[1].row_sparse());  // "b": not asked by rows, whole
+
+  pull.rows = {{"emb", {4}}};
+  EXPECT_EQ(client_->Pull("sparse", pull).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ClientTest, RowSparseGradientsAreCheckedBeforeSending) {
+  ASSERT_TRUE(
+      client_->CreateSession("sparse-local", Sgd(1), {{"emb", {4, 3}, std::vector<float>(12)}})
+          .ok());
+  absl::StatusOr<StepResult> r =
+      client_->Step("sparse-local", {RowSparse("emb", {4, 3}, {4}, {1, 1, 1})});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("rows[0] = 4 is out of range: must be in [0, 4)"));
+  r = client_->Step("sparse-local", {RowSparse("emb", {4, 3}, {1}, {1, 1})});
+  EXPECT_THAT(r.status().message(), HasSubstr("has 2 values"));
+  PullOptions pull;
+  pull.names = {"emb"};
+  pull.rows = {{"other", {0}}};
+  EXPECT_THAT(client_->Pull("sparse-local", pull).status().message(),
+              HasSubstr("not among PullOptions.names"));
+  absl::StatusOr<PullResult> pulled = client_->Pull("sparse-local");
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_EQ(pulled->version, 0);
+}
+
+// --- Keys, versions and client-side checks ------------------------------------------------------
+
+TEST_F(ClientTest, ResendingASequenceIsADuplicateAndIsNotAppliedAgain) {
+  ASSERT_TRUE(client_->CreateSession("resend", Sgd(1), {{"p", {1}, {0}}}).ok());
+  StepOptions options;
+  options.worker_id = "w0";
+  options.sequence = 7;
+  absl::StatusOr<StepResult> first = client_->Step("resend", {{"p", {1}, {1}}}, options);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->duplicate);
+  EXPECT_EQ(first->sequence, 7);
+  absl::StatusOr<StepResult> again = client_->Step("resend", {{"p", {1}, {1}}}, options);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate);
+  EXPECT_EQ(again->version, 1);
+  EXPECT_THAT(again->parameters[0].values, ElementsAre(-1.0f));
+  absl::StatusOr<PullResult> pulled = client_->Pull("resend");
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_EQ(pulled->version, 1);
+}
+
+TEST_F(ClientTest, AStaleGradientIsAbortedWithTheCurrentVersion) {
+  ASSERT_TRUE(client_->CreateSession("stale", BoundedSgd(1, 0), {{"p", {1}, {0}}}).ok());
+  StepOptions options;
+  options.version = 0;
+  ASSERT_TRUE(client_->Step("stale", {{"p", {1}, {1}}}, options).ok());
+  absl::StatusOr<StepResult> r = client_->Step("stale", {{"p", {1}, {1}}}, options);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
+  EXPECT_EQ(CurrentVersion(r.status()), 1);
+  EXPECT_EQ(CurrentVersion(absl::AbortedError("no payload")), std::nullopt);
+
+  std::unique_ptr<StepStream> stream = client_->StreamSteps();
+  r = stream->Step("stale", {{"p", {1}, {1}}}, options);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
+  EXPECT_EQ(CurrentVersion(r.status()), 1);
+  EXPECT_TRUE(stream->Close().ok());
+}
+
+TEST_F(ClientTest, RequestsTheClientCanTellAreBadFailBeforeSending) {
+  ASSERT_TRUE(client_->CreateSession("local-checks", Sgd(1), {{"p", {1}, {0}}}).ok());
+  const std::vector<HostTensor> g = {{"p", {1}, {1}}};
+  auto step_error = [&](const StepOptions& options) {
+    absl::StatusOr<StepResult> r = client_->Step("local-checks", g, options);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+    return std::string(r.status().message());
+  };
+  StepOptions options;
+  options.sequence = 3;
+  EXPECT_THAT(step_error(options), HasSubstr("sequence = 3 needs a worker_id"));
+  options.worker_id = "bad id";
+  EXPECT_THAT(step_error(options), HasSubstr("worker_id 'bad id' contains ' '"));
+  options = StepOptions();
+  options.loss = std::nan("");
+  EXPECT_THAT(step_error(options), HasSubstr("loss = nan; must be finite"));
+  options = StepOptions();
+  options.version = -2;
+  EXPECT_THAT(step_error(options), HasSubstr("version = -2; must be >= 0"));
+  options = StepOptions();
+  options.return_dtype = static_cast<v1::DType>(9);
+  EXPECT_THAT(step_error(options), HasSubstr("return_dtype = 9"));
+  EXPECT_THAT(client_->Step("", g).status().message(), HasSubstr("session_id '' has 0 characters"));
+  EXPECT_THAT(client_->GetSession("a/b").status().message(), HasSubstr("contains '/'"));
+  EXPECT_EQ(client_->ListSessions(1001).status().code(), absl::StatusCode::kInvalidArgument);
+
+  absl::StatusOr<PullResult> pulled = client_->Pull("local-checks");
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_EQ(pulled->version, 0);
+}
+
 TEST(ClientUnreachableTest, FailsFastOrWaitsUntilTheDeadline) {
   // Port 1 on loopback: nothing listens there.
   ClientOptions options;
@@ -402,10 +576,12 @@ TEST(ClientUnreachableTest, FailsFastOrWaitsUntilTheDeadline) {
   EXPECT_EQ((*fast)->Health().status().code(), absl::StatusCode::kUnavailable);
 
   options.wait_for_ready = true;
+  options.retry = RetryPolicy::None();  // retry_test.cc covers retries
   absl::StatusOr<std::unique_ptr<Client>> patient = Client::Connect("127.0.0.1:1", options);
   ASSERT_TRUE(patient.ok()) << patient.status();
   EXPECT_EQ((*patient)->GetSession("x").status().code(), absl::StatusCode::kDeadlineExceeded);
 }
 
 }  // namespace
+}  // namespace client
 }  // namespace optd

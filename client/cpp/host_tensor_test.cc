@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 
 namespace optd {
+namespace client {
 namespace {
 
 using ::testing::HasSubstr;
@@ -125,6 +126,47 @@ TEST(HostTensorTest, FromProtoRejectsAShapeTooLargeToHold) {
 
 // --- BF16 -------------------------------------------------------------------------------------
 
+TEST(HostTensorTest, RowSparseRoundTripKeepsTheRowsAndTheFullShape) {
+  const HostTensor in = RowSparse("emb", {5, 2}, {4, 0, 4}, {1, 2, 3, 4, 5, 6});
+  EXPECT_TRUE(in.row_sparse());
+  EXPECT_EQ(in.row_size(), 2);
+  absl::StatusOr<v1::Tensor> wire = HostTensorToProto(in, v1::DTYPE_BF16);
+  ASSERT_TRUE(wire.ok()) << wire.status();
+  EXPECT_THAT(wire->shape(), ::testing::ElementsAre(5, 2));
+  ASSERT_TRUE(wire->has_rows());
+  EXPECT_THAT(wire->rows().indices(), ::testing::ElementsAre(4, 0, 4));
+  EXPECT_EQ(wire->data().size(), 12u);  // 3 rows of 2 BF16 elements
+  absl::StatusOr<HostTensor> out = HostTensorFromProto(*wire);
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_TRUE(out->rows.has_value());
+  EXPECT_EQ(*out->rows, *in.rows);
+  EXPECT_EQ(out->shape, in.shape);
+  EXPECT_EQ(out->values, in.values);  // small integers are exact in BF16
+
+  // No rows at all is a valid row-sparse tensor, distinct from a dense one.
+  absl::StatusOr<v1::Tensor> empty = HostTensorToProto(RowSparse("emb", {5, 2}, {}, {}));
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_TRUE(empty->has_rows());
+  EXPECT_TRUE(empty->data().empty());
+}
+
+TEST(HostTensorTest, RowSparseChecksRowsValuesAndRank) {
+  EXPECT_THAT(HostTensorToProto(RowSparse("e", {3, 2}, {3}, {1, 2})).status().message(),
+              HasSubstr("rows[0] = 3 is out of range: must be in [0, 3)"));
+  EXPECT_THAT(HostTensorToProto(RowSparse("e", {3, 2}, {-1}, {1, 2})).status().message(),
+              HasSubstr("rows[0] = -1"));
+  EXPECT_THAT(HostTensorToProto(RowSparse("e", {3, 2}, {0, 1}, {1, 2})).status().message(),
+              HasSubstr("has 2 values; its shape [3, 2] with 2 rows needs 4"));
+  EXPECT_THAT(HostTensorToProto(RowSparse("s", {}, {0}, {1})).status().message(),
+              HasSubstr("a scalar has no rows"));
+  v1::Tensor bad;
+  bad.set_name("e");
+  bad.add_shape(2);
+  bad.mutable_rows()->add_indices(7);
+  bad.set_data(std::string(4, '\0'));
+  EXPECT_EQ(HostTensorFromProto(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(Bf16Test, ExactValuesRoundTrip) {
   for (const float v : {0.0f, 1.0f, -2.0f, 0.5f, 3.25f, -1024.0f, 1.0f / 128}) {
     EXPECT_EQ(Decode16(Encode16(v, v1::DTYPE_BF16), v1::DTYPE_BF16), v) << v;
@@ -219,4 +261,5 @@ TEST(F16Test, EveryFiniteF16DecodesAndReEncodesToItself) {
 }
 
 }  // namespace
+}  // namespace client
 }  // namespace optd

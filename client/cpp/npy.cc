@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 
 namespace optd {
+namespace client {
 namespace {
 
 #ifdef ABSL_IS_BIG_ENDIAN
@@ -35,20 +36,31 @@ std::string ShapeTuple(const std::vector<int64_t>& shape) {
 }  // namespace
 
 absl::StatusOr<std::string> EncodeNpy(const HostTensor& tensor) {
-  for (const int64_t d : tensor.shape) {
+  // The array written: the tensor itself, or the rows a row-sparse tensor holds.
+  std::vector<int64_t> shape = tensor.shape;
+  if (tensor.row_sparse()) {
+    if (shape.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", tensor.name, "' is row-sparse but its shape is []"));
+    }
+    shape[0] = static_cast<int64_t>(tensor.rows->size());
+  }
+  int64_t n = 1;
+  for (const int64_t d : shape) {
     if (d < 0) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", tensor.name, "' has shape [",
                                                      absl::StrJoin(tensor.shape, ", "),
                                                      "]; dimensions must be >= 0"));
     }
+    n *= d;
   }
-  if (static_cast<int64_t>(tensor.values.size()) != tensor.num_elements()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tensor '", tensor.name, "' has ", tensor.values.size(), " values; its shape [",
-        absl::StrJoin(tensor.shape, ", "), "] needs ", tensor.num_elements()));
+  if (static_cast<int64_t>(tensor.values.size()) != n) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", tensor.name, "' has ",
+                                                   tensor.values.size(), " values; shape [",
+                                                   absl::StrJoin(shape, ", "), "] needs ", n));
   }
-  std::string header = absl::StrCat(
-      "{'descr': '<f4', 'fortran_order': False, 'shape': ", ShapeTuple(tensor.shape), ", }");
+  std::string header =
+      absl::StrCat("{'descr': '<f4', 'fortran_order': False, 'shape': ", ShapeTuple(shape), ", }");
   const size_t preamble = 6 + 2 + 2;                     // magic, version, header length
   const size_t unpadded = preamble + header.size() + 1;  // + '\n'
   header.append((kAlignment - unpadded % kAlignment) % kAlignment, ' ');
@@ -103,4 +115,5 @@ absl::Status WriteNpy(const std::string& path, const HostTensor& tensor) {
   return absl::OkStatus();
 }
 
+}  // namespace client
 }  // namespace optd

@@ -1,7 +1,8 @@
 // File: npy.h
 //
 // Writes a HostTensor as a NumPy .npy file (format version 1.0): dtype '<f4' (little-endian
-// float32), C order, the tensor's shape (a scalar is shape ()). numpy.load reads it back exactly.
+// float32), C order, the tensor's shape (a scalar is shape ()); a row-sparse tensor is written as
+// the rows it holds, shape (len(rows), *shape[1:]). numpy.load reads it back exactly.
 //
 // Who may call it: optctl pull, and any C++ code that hands tensors to Python tooling.
 //
@@ -22,6 +23,7 @@
 #include "client/cpp/host_tensor.h"
 
 namespace optd {
+namespace client {
 
 // The complete contents of the .npy file for `tensor`.
 absl::StatusOr<std::string> EncodeNpy(const HostTensor& tensor);
@@ -30,6 +32,7 @@ absl::StatusOr<std::string> EncodeNpy(const HostTensor& tensor);
 // renamed over `path`.
 absl::Status WriteNpy(const std::string& path, const HostTensor& tensor);
 
+}  // namespace client
 }  // namespace optd
 
 #endif  // OPTD_CLIENT_CPP_NPY_H_

@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 
 namespace optd {
+namespace client {
 namespace {
 
 using ::testing::HasSubstr;
@@ -55,6 +56,14 @@ TEST(NpyTest, RejectsValuesThatDoNotMatchTheShape) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(NpyTest, ARowSparseTensorIsWrittenAsItsRows) {
+  absl::StatusOr<std::string> npy =
+      EncodeNpy(RowSparse("e", {10, 2}, {7, 3, 9}, {1, 2, 3, 4, 5, 6}));
+  ASSERT_TRUE(npy.ok()) << npy.status();
+  EXPECT_NE(npy->find("'shape': (3, 2)"), std::string::npos) << *npy;
+  EXPECT_EQ(npy->size() % 64, 24u);  // 64-byte aligned header, then 6 floats
+}
+
 TEST(NpyTest, WriteNpyWritesTheEncodedBytes) {
   const std::filesystem::path dir =
       std::filesystem::path(::testing::TempDir()) / ("npy_test." + std::to_string(getpid()));
@@ -79,4 +88,5 @@ TEST(NpyTest, WriteNpyIntoAMissingDirectoryIsNotFound) {
 }
 
 }  // namespace
+}  // namespace client
 }  // namespace optd

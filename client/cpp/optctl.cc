@@ -1,83 +1,58 @@
-// optctl: the command-line client of an optd server. Creates, lists, describes and deletes
-// sessions, pulls parameters into NumPy .npy files, steps a session with synthetic gradients and
-// checks health. Run `optctl --help` for the commands and flags.
+// optctl: the command-line client of an optd server. Creates, lists, describes, updates and
+// deletes sessions, pulls parameters into NumPy .npy files, steps a session with synthetic
+// gradients and checks health. `optctl --help` lists the commands, every optimizer with its
+// hyperparameter flags, every schedule with its options, clipping and consistency.
 //
-// Exit status: 0 on success; 1 when an RPC or a file operation fails, or health is not SERVING;
-// 2 for a usage error found by optctl (absl's own flag-syntax errors exit 1). Every failure prints
-// one line `optctl: <CODE>: <message>` to stderr.
+// Exit status: 0 on success (and for --help and --version); 1 when an RPC or a file operation
+// fails, or health is not SERVING; 2 for a usage error found by optctl (absl's own flag-syntax
+// errors, e.g. --lr=abc, exit 1). Every failure prints one line `optctl: <CODE>: <message>` to
+// stderr naming what was wrong (the flag, its value, the valid choices or range).
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
-#include <limits>
 #include <memory>
 #include <optional>
 #include <random>
-#include <sstream>
 #include <string>
 #include <system_error>
 #include <utility>
 #include <vector>
 
+#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
-#include "absl/strings/cord.h"
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "client/cpp/client.h"
 #include "client/cpp/host_tensor.h"
 #include "client/cpp/npy.h"
+#include "client/cpp/optctl_flags.h"
+#include "client/cpp/optctl_values.h"
+#include "client/cpp/worker.h"
 #include "google/protobuf/descriptor.h"
-#include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/message.h"
-#include "google/protobuf/text_format.h"
-#include "google/protobuf/util/json_util.h"
 #include "optd/v1/optd.pb.h"
 
 // Global.
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "optd server address, host:port");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "deadline of each RPC, e.g. 30s, 500ms");
+ABSL_FLAG(int, attempts, 3,
+          "tries of a read or a keyed step while the server is unreachable (0.1 s apart, doubling "
+          "to 2 s); 10, the client library's default, waits about 11 s for a restarting server");
 
-// create.
+// create (the optimizer, schedule, clipping and consistency flags are optctl_flags.cc's).
 ABSL_FLAG(std::string, session, "", "create: session id (default: the server generates one)");
-ABSL_FLAG(std::string, optimizer, "",
-          "create: sgd | adam | adamw | adagrad | normalized_gd (required without --config)");
-ABSL_FLAG(std::optional<double>, lr, std::nullopt, "create: learning rate (sgd: required)");
-ABSL_FLAG(std::optional<double>, beta1, std::nullopt, "create (adam, adamw): beta1");
-ABSL_FLAG(std::optional<double>, beta2, std::nullopt, "create (adam, adamw): beta2");
-ABSL_FLAG(std::optional<double>, eps, std::nullopt,
-          "create (adam, adamw, adagrad, normalized_gd): epsilon");
-ABSL_FLAG(std::optional<double>, weight_decay, std::nullopt,
-          "create (sgd, adam, adamw, adagrad): weight decay");
-ABSL_FLAG(std::optional<double>, momentum, std::nullopt, "create (sgd): momentum");
-ABSL_FLAG(std::optional<double>, dampening, std::nullopt, "create (sgd): dampening");
-ABSL_FLAG(std::optional<double>, lr_decay, std::nullopt, "create (adagrad): learning-rate decay");
-ABSL_FLAG(std::optional<double>, initial_accumulator_value, std::nullopt,
-          "create (adagrad): initial accumulator value");
-// Boolean hyperparameters are sent only when written on the command line (--amsgrad,
-// --noamsgrad, --amsgrad=false): their defaults below are torch's but are never sent.
-ABSL_FLAG(bool, nesterov, false, "create (sgd): Nesterov momentum");
-ABSL_FLAG(bool, amsgrad, false, "create (adam, adamw): AMSGrad");
-ABSL_FLAG(bool, maximize, false, "create (sgd, adam, adamw, adagrad): maximize the objective");
-ABSL_FLAG(std::optional<std::string>, norm, std::nullopt,
-          "create (normalized_gd): global | per_tensor");
-ABSL_FLAG(std::optional<std::string>, guard, std::nullopt,
-          "create (normalized_gd): add_eps | max_eps");
 ABSL_FLAG(std::vector<std::string>, tensor, {},
           "create: NAME:DIMS[:INIT], repeatable or comma-separated; DIMS is D1xD2x... or scalar");
 ABSL_FLAG(std::string, config, "",
@@ -96,402 +71,77 @@ ABSL_FLAG(std::vector<std::string>, grad, {},
           "step: NAME:INIT, repeatable; *:INIT for every tensor not named (default zeros)");
 ABSL_FLAG(std::optional<double>, loss, std::nullopt, "step: loss to report with the gradient");
 ABSL_FLAG(std::string, worker, "optctl", "step: worker id");
+ABSL_FLAG(int64_t, sequence, 0,
+          "step: sequence number (idempotency key); 0 takes one from the clock. Resending one "
+          "that was applied is answered as a duplicate and not applied again");
+
+// The optimizer, hyperparameter, schedule, clipping and consistency flags: optctl_flags.cc.
+ABSL_DECLARE_FLAG(std::string, optimizer);
 
 // health.
 ABSL_FLAG(std::string, service, "", "health: service to check (\"\": the whole server)");
 
+#ifndef OPTD_VERSION
+#define OPTD_VERSION "unknown"
+#endif
+#ifndef OPTD_BUILD_TYPE
+#define OPTD_BUILD_TYPE "unknown build type"
+#endif
+
 namespace optd {
+namespace client {
+namespace optctl {
 namespace {
 
 constexpr char kUsage[] = R"(command-line client of an optd server.
 
-Usage: optctl [--server=HOST:PORT] [--timeout=30s] COMMAND [ARGS] [FLAGS]
+Usage: optctl [--server=HOST:PORT] [--timeout=30s] [--attempts=3] COMMAND [ARGS] [FLAGS]
 
 Commands:
-  create    --optimizer=NAME [--lr=X ...] --tensor=NAME:DIMS[:INIT] ... [--session=ID]
-            create --config=FILE [--init=INIT] [--session=ID]
-            Creates a session and prints it. Only the hyperparameters given are sent
-            (booleans as --amsgrad or --noamsgrad); the rest take torch 1.13's defaults. FILE is
-            a CreateSessionRequest in JSON (*.json) or textproto; its tensors may omit data.
+  create    --optimizer=NAME [hyperparameter flags] --tensor=NAME:DIMS[:INIT] ... [--session=ID]
+            [--schedule=SPEC] [--max_norm=X] [--clip_value=X] [--consistency=SPEC]
+            create --config=FILE [--init=INIT] [--session=ID] [any flag above]
+            Creates a session and prints it. Only the hyperparameters given are sent; the rest
+            take torch 1.13's defaults. FILE is a CreateSessionRequest in JSON (*.json) or
+            textproto; its tensors may omit data.
+  update    ID [hyperparameter flags] [--schedule=SPEC] [--max_norm=X] [--clip_value=X]
+            Changes the session's hyperparameters (of its own optimizer), schedule (it continues
+            at the current step) or clipping for the next step, keeping the optimizer state and
+            the version, and prints the session.
   list      Lists every session.
   describe  ID: prints one session.
   delete    ID: deletes a session.
   pull      ID [--out=DIR] [--names=a,b] [--dtype=f32|bf16|f16]
             Writes one NumPy .npy file (float32, C order) per tensor into DIR.
-  step      ID [--grad=NAME:INIT ...] [--grad=*:INIT] [--loss=X] [--worker=W]
-            Applies one step with synthetic gradients (unnamed tensors: zeros).
+  step      ID [--grad=NAME:INIT ...] [--grad=*:INIT] [--loss=X] [--worker=W] [--sequence=N]
+            Applies one step with synthetic gradients (unnamed tensors: zeros), keyed by the
+            worker id and a sequence number (so it is retried safely) and computed at the
+            session's current version.
   health    [--service=NAME]: prints the health status; exit 0 only if SERVING.
+  help      This text (also --help, -h).
 
 DIMS is D1xD2x... (e.g. 784x10) or 'scalar'. INIT is zeros | ones | const=V | uniform=A
 (U(-A, A)) | normal=S (N(0, S^2)), seeded by --seed.
 
+)";
+
+constexpr char kUsageEnd[] = R"(
 Exit status: 0 success; 1 RPC or file failure, or health not SERVING; 2 usage error.
-Example:
+Examples:
   optctl create --session=demo --optimizer=adam --lr=0.01 --tensor=w:784x10:normal=0.01,b:10
-  optctl pull demo --out=/tmp/demo)";
+  optctl create --session=cos --optimizer=sgd --lr=0.1 --momentum=0.9 --tensor=w:8 \
+      --schedule=cosine_annealing:t_max=1000 --max_norm=1
+  optctl update demo --lr=0.001 --beta2=0.99 --schedule=step:step_size=100,gamma=0.5
+  optctl pull demo --out=/tmp/demo
+)";
 
-// Tensors larger than this are refused before anything is allocated: the server's default
-// message limit (256 MiB) could not carry them anyway.
-constexpr int64_t kMaxElements = (int64_t{256} << 20) / 4;
-
-// ---------------------------------------------------------------------------------------------------
-// Errors. A usage error is an InvalidArgument carrying a payload, so that main can exit with 2.
-
-constexpr char kUsagePayload[] = "optctl/usage";
-
-absl::Status UsageError(absl::string_view message) {
-  absl::Status status = absl::InvalidArgumentError(message);
-  status.SetPayload(kUsagePayload, absl::Cord("1"));
-  return status;
-}
-
-bool IsUsageError(const absl::Status& status) {
-  return status.GetPayload(kUsagePayload).has_value();
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Command-line helpers.
-
-// The raw command line, for the two things absl's parsed values cannot tell: every occurrence of a
-// repeated flag, and whether a flag was written at all. Both scan argv as absl reads it: "--name",
-// "--name=V", "--name V" for flags that take a value, one or two dashes, nothing after "--".
-struct CommandLine {
-  int argc;
-  char** argv;
-};
-
-// Every value of a repeatable flag (absl keeps only the last), each split at commas. Falls back to
-// absl's value when argv has none (e.g. the flag came from --flagfile).
-std::vector<std::string> RepeatedFlag(const CommandLine& command_line, absl::string_view name,
-                                      const std::vector<std::string>& parsed) {
-  const int argc = command_line.argc;
-  char** const argv = command_line.argv;
-  std::vector<std::string> values;
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view arg = argv[i];
-    if (arg == "--") break;
-    if (!absl::ConsumePrefix(&arg, "--")) {
-      if (!absl::ConsumePrefix(&arg, "-")) continue;
-    }
-    if (!absl::ConsumePrefix(&arg, name)) continue;
-    absl::string_view value;
-    if (absl::ConsumePrefix(&arg, "=")) {
-      value = arg;
-    } else if (arg.empty() && i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      continue;  // another flag that starts with `name`
-    }
-    for (absl::string_view v : absl::StrSplit(value, ',', absl::SkipEmpty())) {
-      values.emplace_back(v);
-    }
-  }
-  if (values.empty()) return parsed;
-  return values;
-}
-
-// Whether the boolean flag `name` was written (as --name, --name=V or --noname).
-bool BoolFlagGiven(const CommandLine& command_line, absl::string_view name) {
-  for (int i = 1; i < command_line.argc; ++i) {
-    absl::string_view arg = command_line.argv[i];
-    if (arg == "--") break;
-    if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) continue;
-    arg = arg.substr(0, arg.find('='));
-    if (arg == name || (absl::ConsumePrefix(&arg, "no") && arg == name)) return true;
-  }
-  return false;
-}
-
-// "784x10" -> {784, 10}; "scalar" -> {}.
-absl::StatusOr<std::vector<int64_t>> ParseDims(absl::string_view text, absl::string_view what) {
-  std::vector<int64_t> dims;
-  if (text == "scalar") return dims;
-  for (absl::string_view d : absl::StrSplit(text, 'x')) {
-    int64_t v;
-    if (!absl::SimpleAtoi(d, &v) || v < 0) {
-      return UsageError(absl::StrCat(what, ": dimensions '", text,
-                                     "' must be D1xD2x... of integers >= 0, or 'scalar'"));
-    }
-    dims.push_back(v);
-  }
-  return dims;
-}
-
-struct Init {
-  enum Kind { kConst, kUniform, kNormal } kind = kConst;
-  double value = 0;  // the constant, A of U(-A, A) or S of N(0, S^2)
-};
-
-bool LooksLikeInit(absl::string_view text) {
-  return text == "zeros" || text == "ones" || absl::StartsWith(text, "const=") ||
-         absl::StartsWith(text, "uniform=") || absl::StartsWith(text, "normal=");
-}
-
-absl::StatusOr<Init> ParseInit(absl::string_view text, absl::string_view what) {
-  if (text == "zeros") return Init{Init::kConst, 0};
-  if (text == "ones") return Init{Init::kConst, 1};
-  Init init;
-  absl::string_view number = text;
-  if (absl::ConsumePrefix(&number, "const=")) {
-    init.kind = Init::kConst;
-  } else if (absl::ConsumePrefix(&number, "uniform=")) {
-    init.kind = Init::kUniform;
-  } else if (absl::ConsumePrefix(&number, "normal=")) {
-    init.kind = Init::kNormal;
-  } else {
-    return UsageError(absl::StrCat(what, ": INIT '", text,
-                                   "' must be zeros, ones, const=V, uniform=A or normal=S"));
-  }
-  if (!absl::SimpleAtod(number, &init.value) || !std::isfinite(init.value) ||
-      (init.kind != Init::kConst && init.value < 0)) {
-    return UsageError(absl::StrCat(what, ": '", text, "' needs a finite number",
-                                   init.kind == Init::kConst ? "" : " >= 0"));
-  }
-  return init;
-}
-
-absl::StatusOr<std::vector<float>> MakeValues(const Init& init, const std::vector<int64_t>& shape,
-                                              absl::string_view what, std::mt19937_64* rng) {
-  int64_t n = 1;
-  for (const int64_t d : shape) {
-    if (d != 0 && n > kMaxElements / d) {
-      n = kMaxElements + 1;
-      break;
-    }
-    n *= d;
-  }
-  if (n > kMaxElements) {
-    return UsageError(absl::StrCat(what, ": shape [", absl::StrJoin(shape, ", "),
-                                   "] has more than ", kMaxElements, " elements"));
-  }
-  std::vector<float> values(static_cast<size_t>(n), static_cast<float>(init.value));
-  if (init.kind == Init::kUniform && init.value > 0) {
-    std::uniform_real_distribution<float> dist(static_cast<float>(-init.value),
-                                               static_cast<float>(init.value));
-    for (float& v : values) v = dist(*rng);
-  } else if (init.kind == Init::kNormal && init.value > 0) {
-    std::normal_distribution<float> dist(0.0f, static_cast<float>(init.value));
-    for (float& v : values) v = dist(*rng);
-  } else if (init.kind != Init::kConst) {
-    std::fill(values.begin(), values.end(), 0.0f);  // U(0, 0) and N(0, 0)
-  }
-  return values;
-}
-
-// NAME:DIMS[:INIT]. NAME may itself contain ':', so the spec is read from the right.
-absl::StatusOr<HostTensor> ParseTensorSpec(absl::string_view spec, std::mt19937_64* rng) {
-  const std::string what = absl::StrCat("--tensor=", spec);
-  std::vector<absl::string_view> parts = absl::StrSplit(spec, ':');
-  absl::string_view init_text = "zeros";
-  if (parts.size() >= 3 && LooksLikeInit(parts.back())) {
-    init_text = parts.back();
-    parts.pop_back();
-  }
-  if (parts.size() < 2) {
-    return UsageError(absl::StrCat(what, ": must be NAME:DIMS[:INIT], e.g. w:784x10:normal=0.01"));
-  }
-  HostTensor tensor;
-  absl::StatusOr<std::vector<int64_t>> dims = ParseDims(parts.back(), what);
-  if (!dims.ok()) return dims.status();
-  tensor.shape = *std::move(dims);
-  parts.pop_back();
-  tensor.name = absl::StrJoin(parts, ":");
-  absl::StatusOr<Init> init = ParseInit(init_text, what);
-  if (!init.ok()) return init.status();
-  absl::StatusOr<std::vector<float>> values = MakeValues(*init, tensor.shape, what, rng);
-  if (!values.ok()) return values.status();
-  tensor.values = *std::move(values);
-  return tensor;
-}
-
-absl::StatusOr<v1::DType> ParseDType(absl::string_view text) {
-  const std::string lower = absl::AsciiStrToLower(text);
-  if (lower == "f32") return v1::DTYPE_F32;
-  if (lower == "bf16") return v1::DTYPE_BF16;
-  if (lower == "f16") return v1::DTYPE_F16;
-  return UsageError(absl::StrCat("--dtype=", text, ": must be f32, bf16 or f16"));
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return contents.str();
-}
-
-// Collects TextFormat's errors as "FILE:LINE:COLUMN: message".
-class TextErrors : public google::protobuf::io::ErrorCollector {
- public:
-  explicit TextErrors(std::string file) : file_(std::move(file)) {}
-  void AddError(int line, google::protobuf::io::ColumnNumber column,
-                const std::string& message) override {
-    if (!errors_.empty()) errors_ += "; ";
-    absl::StrAppend(&errors_, file_, ":", line + 1, ":", column + 1, ": ", message);
-  }
-  const std::string& errors() const { return errors_; }
-
- private:
-  const std::string file_;
-  std::string errors_;
-};
-
-absl::StatusOr<v1::CreateSessionRequest> ReadCreateRequest(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadFile(path);
-  if (!text.ok()) return text.status();
-  v1::CreateSessionRequest request;
-  if (absl::EndsWith(path, ".json")) {
-    const auto status = google::protobuf::util::JsonStringToMessage(*text, &request);
-    if (!status.ok()) {
-      return UsageError(absl::StrCat("--config=", path, ": not a CreateSessionRequest in JSON: ",
-                                     status.message().ToString()));
-    }
-    return request;
-  }
-  google::protobuf::TextFormat::Parser parser;
-  TextErrors errors(path);
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(*text, &request)) {
-    return UsageError(
-        absl::StrCat("--config: not a CreateSessionRequest in text format: ", errors.errors()));
-  }
-  return request;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Optimizer flags, applied by name to whichever optimizer message the request holds. Only the flags
-// given are set, so the server fills in torch's defaults for the rest.
-
-struct DoubleFlag {
-  const char* name;
-  absl::Flag<std::optional<double>>* flag;
-};
-struct BoolFlag {
-  const char* name;
-  absl::Flag<bool>* flag;
-};
-struct EnumFlag {
-  const char* name;
-  absl::Flag<std::optional<std::string>>* flag;
-  const char* prefix;  // of the enum value names: "NORM_" + upper(value)
-};
-
-const DoubleFlag kDoubleFlags[] = {
-    {"lr", &FLAGS_lr},
-    {"beta1", &FLAGS_beta1},
-    {"beta2", &FLAGS_beta2},
-    {"eps", &FLAGS_eps},
-    {"weight_decay", &FLAGS_weight_decay},
-    {"momentum", &FLAGS_momentum},
-    {"dampening", &FLAGS_dampening},
-    {"lr_decay", &FLAGS_lr_decay},
-    {"initial_accumulator_value", &FLAGS_initial_accumulator_value},
-};
-const BoolFlag kBoolFlags[] = {
-    {"nesterov", &FLAGS_nesterov},
-    {"amsgrad", &FLAGS_amsgrad},
-    {"maximize", &FLAGS_maximize},
-};
-const EnumFlag kEnumFlags[] = {
-    {"norm", &FLAGS_norm, "NORM_"},
-    {"guard", &FLAGS_guard, "GUARD_"},
-};
-
-std::string FieldNames(const google::protobuf::Descriptor& descriptor) {
-  std::vector<std::string> names;
-  for (int i = 0; i < descriptor.field_count(); ++i) names.push_back(descriptor.field(i)->name());
-  return absl::StrJoin(names, ", ");
-}
-
-std::string OneofNames(const google::protobuf::OneofDescriptor& oneof) {
-  std::vector<std::string> names;
-  for (int i = 0; i < oneof.field_count(); ++i) names.push_back(oneof.field(i)->name());
-  return absl::StrJoin(names, ", ");
-}
-
-// The optimizer message set in `config` (nullptr if none).
-google::protobuf::Message* MutableOptimizer(v1::OptimizerConfig* config) {
-  const google::protobuf::Reflection* reflection = config->GetReflection();
-  const google::protobuf::OneofDescriptor* kind = config->GetDescriptor()->FindOneofByName("kind");
-  const google::protobuf::FieldDescriptor* field =
-      reflection->GetOneofFieldDescriptor(*config, kind);
-  return field == nullptr ? nullptr : reflection->MutableMessage(config, field);
-}
-
-absl::Status ApplyOptimizerFlags(const CommandLine& command_line, v1::OptimizerConfig* config) {
-  const std::string kind_name = absl::GetFlag(FLAGS_optimizer);
-  const google::protobuf::OneofDescriptor* kind = config->GetDescriptor()->FindOneofByName("kind");
-  if (!kind_name.empty()) {
-    const google::protobuf::FieldDescriptor* field =
-        config->GetDescriptor()->FindFieldByName(kind_name);
-    if (field == nullptr || field->containing_oneof() != kind) {
-      return UsageError(
-          absl::StrCat("--optimizer=", kind_name, ": must be one of ", OneofNames(*kind)));
-    }
-    config->GetReflection()->MutableMessage(config, field)->Clear();
-  }
-  google::protobuf::Message* optimizer = MutableOptimizer(config);
-  if (optimizer == nullptr) {
-    return UsageError(absl::StrCat("no optimizer: give --optimizer=", OneofNames(*kind),
-                                   " (or an optimizer in --config)"));
-  }
-  const google::protobuf::Descriptor* descriptor = optimizer->GetDescriptor();
-  const google::protobuf::Reflection* reflection = optimizer->GetReflection();
-  auto field_for =
-      [&](const char* flag) -> absl::StatusOr<const google::protobuf::FieldDescriptor*> {
-    const google::protobuf::FieldDescriptor* field = descriptor->FindFieldByName(flag);
-    if (field == nullptr) {
-      return UsageError(absl::StrCat("--", flag, " does not apply to ", descriptor->name(),
-                                     " (it takes: ", FieldNames(*descriptor), ")"));
-    }
-    return field;
-  };
-  for (const DoubleFlag& f : kDoubleFlags) {
-    const std::optional<double> value = absl::GetFlag(*f.flag);
-    if (!value.has_value()) continue;
-    absl::StatusOr<const google::protobuf::FieldDescriptor*> field = field_for(f.name);
-    if (!field.ok()) return field.status();
-    reflection->SetDouble(optimizer, *field, *value);
-  }
-  for (const BoolFlag& f : kBoolFlags) {
-    if (!BoolFlagGiven(command_line, f.name)) continue;
-    absl::StatusOr<const google::protobuf::FieldDescriptor*> field = field_for(f.name);
-    if (!field.ok()) return field.status();
-    reflection->SetBool(optimizer, *field, absl::GetFlag(*f.flag));
-  }
-  for (const EnumFlag& f : kEnumFlags) {
-    const std::optional<std::string> value = absl::GetFlag(*f.flag);
-    if (!value.has_value()) continue;
-    absl::StatusOr<const google::protobuf::FieldDescriptor*> field = field_for(f.name);
-    if (!field.ok()) return field.status();
-    const google::protobuf::EnumDescriptor* type = (*field)->enum_type();
-    const google::protobuf::EnumValueDescriptor* enum_value =
-        type->FindValueByName(absl::StrCat(f.prefix, absl::AsciiStrToUpper(*value)));
-    if (enum_value == nullptr) {
-      std::vector<std::string> valid;
-      for (int i = 0; i < type->value_count(); ++i) {
-        valid.push_back(absl::AsciiStrToLower(type->value(i)->name().substr(strlen(f.prefix))));
-      }
-      return UsageError(
-          absl::StrCat("--", f.name, "=", *value, ": must be one of ", absl::StrJoin(valid, ", ")));
-    }
-    reflection->SetEnum(optimizer, *field, enum_value);
-  }
-  return absl::OkStatus();
-}
+std::string Help() { return absl::StrCat(kUsage, ConfigHelp(), kUsageEnd); }
 
 // ---------------------------------------------------------------------------------------------------
 // Printing.
 
 std::string Shape(const google::protobuf::RepeatedField<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
-std::string OptimizerName(const v1::OptimizerConfig& config) {
-  const google::protobuf::FieldDescriptor* field = config.GetReflection()->GetOneofFieldDescriptor(
-      config, config.GetDescriptor()->FindOneofByName("kind"));
-  return field == nullptr ? "(none)" : field->name();
 }
 
 std::string FormatTime(double unix_seconds) {
@@ -502,9 +152,9 @@ std::string FormatTime(double unix_seconds) {
 
 void PrintSession(const v1::Session& session) {
   std::cout << "session:      " << session.session_id() << "\n";
-  std::cout << "optimizer:    " << OptimizerName(session.config().optimizer()) << "\n";
-  v1::OptimizerConfig config = session.config().optimizer();
-  if (const google::protobuf::Message* optimizer = MutableOptimizer(&config)) {
+  std::cout << "optimizer:    " << OptimizerKind(session.config().optimizer()) << "\n";
+  v1::OptimizerConfig optimizer_config = session.config().optimizer();
+  if (const google::protobuf::Message* optimizer = MutableOptimizer(&optimizer_config)) {
     const google::protobuf::Descriptor* descriptor = optimizer->GetDescriptor();
     const google::protobuf::Reflection* reflection = optimizer->GetReflection();
     for (int i = 0; i < descriptor->field_count(); ++i) {
@@ -528,6 +178,13 @@ void PrintSession(const v1::Session& session) {
       std::cout << absl::StrFormat("  %-26s %s\n", field->name(), value);
     }
   }
+  const v1::SessionConfig& config = session.config();
+  std::cout << "schedule:     " << FormatSchedule(config.schedule()) << "\n";
+  const std::string clipping = FormatFields(config.clipping());
+  std::cout << "clipping:     " << (clipping.empty() ? "off" : clipping) << "\n";
+  std::cout << "consistency:  " << FormatConsistency(config.consistency()) << "\n";
+  std::cout << "learning rate: " << absl::StrFormat("%.10g", session.learning_rate())
+            << " (next step)\n";
   std::cout << "tensors:      " << session.tensors_size() << " (" << session.num_parameters()
             << " parameters)\n";
   size_t width = 0;
@@ -606,8 +263,19 @@ absl::Status Create(Client& client, const CommandLine& command_line,
     }
   }
   if (!absl::GetFlag(FLAGS_session).empty()) request.set_session_id(absl::GetFlag(FLAGS_session));
-  s = ApplyOptimizerFlags(command_line, request.mutable_config()->mutable_optimizer());
+  v1::SessionConfig* config = request.mutable_config();
+  s = ApplyOptimizerFlags(command_line, config->mutable_optimizer());
   if (!s.ok()) return s;
+  if (absl::StatusOr<bool> given = ApplyScheduleFlag(config->mutable_schedule()); !given.ok()) {
+    return given.status();
+  }
+  if (absl::StatusOr<bool> given = ApplyClippingFlags(config->mutable_clipping()); !given.ok()) {
+    return given.status();
+  }
+  if (absl::StatusOr<bool> given = ApplyConsistencyFlag(config->mutable_consistency());
+      !given.ok()) {
+    return given.status();
+  }
   for (const std::string& spec :
        RepeatedFlag(command_line, "tensor", absl::GetFlag(FLAGS_tensor))) {
     absl::StatusOr<HostTensor> tensor = ParseTensorSpec(spec, &rng);
@@ -639,7 +307,7 @@ absl::Status List(Client& client, const std::vector<std::string>& args) {
   for (const v1::Session& session : *sessions) {
     std::cout << absl::StrFormat(
         "%-*s  %-13s %8d %8d %12d  %s\n", static_cast<int>(width), session.session_id(),
-        OptimizerName(session.config().optimizer()), session.version(), session.tensors_size(),
+        OptimizerKind(session.config().optimizer()), session.version(), session.tensors_size(),
         session.num_parameters(), FormatTime(session.create_time_seconds()));
   }
   return absl::OkStatus();
@@ -651,6 +319,59 @@ absl::Status Describe(Client& client, const std::vector<std::string>& args) {
   absl::StatusOr<v1::Session> session = client.GetSession(args[0]);
   if (!session.ok()) return session.status();
   PrintSession(*session);
+  return absl::OkStatus();
+}
+
+absl::Status Update(Client& client, const CommandLine& command_line,
+                    const std::vector<std::string>& args) {
+  absl::Status s = ExpectArgs("update", args, 1,
+                              "ID [--lr=X ...] [--schedule=SPEC] [--max_norm=X] [--clip_value=X]");
+  if (!s.ok()) return s;
+  v1::Consistency unused;
+  if (absl::StatusOr<bool> given = ApplyConsistencyFlag(&unused); !given.ok() || *given) {
+    return UsageError(
+        "--consistency: a session's consistency is fixed when it is created; update changes "
+        "hyperparameters, --schedule, --max_norm and --clip_value");
+  }
+  absl::StatusOr<v1::Session> session = client.GetSession(args[0]);
+  if (!session.ok()) return session.status();
+  const std::string kind = OptimizerKind(session->config().optimizer());
+  const std::string asked = absl::GetFlag(FLAGS_optimizer);
+  if (!asked.empty() && asked != kind) {
+    return UsageError(absl::StrCat("--optimizer=", asked, ": session ", args[0], " runs ", kind,
+                                   "; update keeps the optimizer (create a new session to change "
+                                   "it), so give ",
+                                   kind, "'s flags or no --optimizer"));
+  }
+
+  // An empty message of the session's kind, then the flags given: only they change.
+  v1::UpdateSessionRequest request;
+  request.set_session_id(args[0]);
+  *request.mutable_optimizer() = session->config().optimizer();
+  google::protobuf::Message* optimizer = MutableOptimizer(request.mutable_optimizer());
+  if (optimizer == nullptr) {
+    return absl::InternalError(absl::StrCat("session ", args[0], " reports no optimizer"));
+  }
+  optimizer->Clear();
+  absl::StatusOr<int> hyperparameters = ApplyHyperparameterFlags(command_line, optimizer);
+  if (!hyperparameters.ok()) return hyperparameters.status();
+  if (*hyperparameters == 0) request.clear_optimizer();
+  absl::StatusOr<bool> schedule = ApplyScheduleFlag(request.mutable_schedule());
+  if (!schedule.ok()) return schedule.status();
+  if (!*schedule) request.clear_schedule();
+  // The session's clipping with the flags given replacing their own field.
+  *request.mutable_clipping() = session->config().clipping();
+  absl::StatusOr<bool> clipping = ApplyClippingFlags(request.mutable_clipping());
+  if (!clipping.ok()) return clipping.status();
+  if (!*clipping) request.clear_clipping();
+  if (*hyperparameters == 0 && !*schedule && !*clipping) {
+    return UsageError(absl::StrCat("update ", args[0], ": nothing to change; give ", kind,
+                                   "'s hyperparameters (", HyperparameterFlags(kind),
+                                   "), --schedule=SPEC, --max_norm=X or --clip_value=X"));
+  }
+  absl::StatusOr<v1::Session> updated = client.UpdateSession(request);
+  if (!updated.ok()) return updated.status();
+  PrintSession(*updated);
   return absl::OkStatus();
 }
 
@@ -666,9 +387,9 @@ absl::Status Delete(Client& client, const std::vector<std::string>& args) {
 absl::Status Pull(Client& client, const std::vector<std::string>& args) {
   absl::Status s = ExpectArgs("pull", args, 1, "ID [--out=DIR] [--names=a,b] [--dtype=f32]");
   if (!s.ok()) return s;
-  absl::StatusOr<v1::DType> dtype = ParseDType(absl::GetFlag(FLAGS_dtype));
+  absl::StatusOr<v1::DType> dtype = ParseDType(absl::GetFlag(FLAGS_dtype), "--dtype");
   if (!dtype.ok()) return dtype.status();
-  absl::StatusOr<PullResult> pulled = client.Pull(args[0], absl::GetFlag(FLAGS_names), *dtype);
+  absl::StatusOr<PullResult> pulled = client.Pull(args[0], {absl::GetFlag(FLAGS_names), *dtype});
   if (!pulled.ok()) return pulled.status();
 
   const std::filesystem::path dir = absl::GetFlag(FLAGS_out);
@@ -737,13 +458,27 @@ absl::Status StepOnce(Client& client, const CommandLine& command_line,
     g.values = *std::move(values);
     gradients.push_back(std::move(g));
   }
+  // A keyed step at the session's version: retried safely, and accepted by SYNC and BOUNDED
+  // sessions.
+  if (absl::GetFlag(FLAGS_sequence) < 0) {
+    return UsageError(absl::StrCat("--sequence=", absl::GetFlag(FLAGS_sequence),
+                                   ": must be >= 0 (0: from the clock)"));
+  }
+  WorkerOptions worker;
+  worker.worker_id = absl::GetFlag(FLAGS_worker);
+  worker.first_sequence = absl::GetFlag(FLAGS_sequence);
+  worker.version = session->version();
+  Worker stepper(&client, args[0], worker);
   StepOptions options;
-  options.worker_id = absl::GetFlag(FLAGS_worker);
   options.loss = absl::GetFlag(FLAGS_loss);
-  options.return_parameters = false;
-  absl::StatusOr<StepResult> result = client.Step(args[0], gradients, options);
+  options.return_parameters = v1::RETURN_PARAMETERS_NONE;
+  absl::StatusOr<StepResult> result = stepper.Step(gradients, options);
   if (!result.ok()) return result.status();
   std::cout << "version:        " << result->version << "\n";
+  std::cout << "duplicate:      " << (result->duplicate ? "true" : "false") << "\n";
+  std::cout << "staleness:      " << result->staleness << "\n";
+  std::cout << "worker:         " << stepper.worker_id() << " sequence " << result->sequence
+            << "\n";
   std::cout << "gradient norm:  " << absl::StrFormat("%.9g", result->gradient_norm) << "\n";
   std::cout << "learning rate:  " << absl::StrFormat("%.9g", result->learning_rate) << "\n";
   return absl::OkStatus();
@@ -772,26 +507,51 @@ int Fail(const absl::Status& status) {
 }
 
 int Main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(kUsage);
+  absl::SetProgramUsageMessage("command-line client of an optd server; run optctl --help");
+  absl::FlagsUsageConfig usage;
+  usage.version_string = [] {
+    return std::string("optctl " OPTD_VERSION " (" OPTD_BUILD_TYPE ")\n");
+  };
+  absl::SetFlagsUsageConfig(usage);
+  // Our own help (every optimizer and schedule), on stdout with status 0, before absl's.
+  if (HelpRequested(argc, argv)) {
+    std::cout << "optctl: " << Help();
+    return 0;
+  }
   const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
-  if (positional.size() < 2) return Fail(UsageError("missing COMMAND"));
+  if (positional.size() < 2) return Fail(UsageError("missing COMMAND (run optctl --help)"));
   const std::string command = positional[1];
   const std::vector<std::string> args(positional.begin() + 2, positional.end());
   if (command == "help") {
-    std::cout << "optctl: " << absl::ProgramUsageMessage() << "\n";
+    std::cout << "optctl: " << Help();
     return 0;
   }
 
   ClientOptions options;
   options.timeout = absl::GetFlag(FLAGS_timeout);
+  if (options.timeout <= absl::ZeroDuration()) {
+    return Fail(UsageError(absl::StrCat("--timeout=", absl::FormatDuration(options.timeout),
+                                        ": must be > 0, e.g. 30s or 500ms")));
+  }
+  options.retry.max_attempts = absl::GetFlag(FLAGS_attempts);
+  if (options.retry.max_attempts < 1) {
+    return Fail(UsageError(
+        absl::StrCat("--attempts=", options.retry.max_attempts, ": must be >= 1 (1: no retry)")));
+  }
+  if (absl::GetFlag(FLAGS_server).empty()) {
+    return Fail(UsageError("--server is empty; want HOST:PORT, e.g. 127.0.0.1:50051"));
+  }
   absl::StatusOr<std::unique_ptr<Client>> client =
       Client::Connect(absl::GetFlag(FLAGS_server), options);
   if (!client.ok()) return Fail(UsageError(client.status().message()));
 
   absl::Status status;
   bool serving = true;
+  const CommandLine command_line{argc, argv};
   if (command == "create") {
-    status = Create(**client, CommandLine{argc, argv}, args);
+    status = Create(**client, command_line, args);
+  } else if (command == "update") {
+    status = Update(**client, command_line, args);
   } else if (command == "list") {
     status = List(**client, args);
   } else if (command == "describe") {
@@ -801,19 +561,21 @@ int Main(int argc, char** argv) {
   } else if (command == "pull") {
     status = Pull(**client, args);
   } else if (command == "step") {
-    status = StepOnce(**client, CommandLine{argc, argv}, args);
+    status = StepOnce(**client, command_line, args);
   } else if (command == "health") {
     status = Health(**client, args, &serving);
   } else {
-    status = UsageError(
-        absl::StrCat("unknown command '", command,
-                     "'; commands: create, list, describe, delete, pull, step, health, help"));
+    status = UsageError(absl::StrCat(
+        "unknown command '", command,
+        "'; commands: create, update, list, describe, delete, pull, step, health, help"));
   }
   if (!status.ok()) return Fail(status);
   return serving ? 0 : 1;
 }
 
 }  // namespace
+}  // namespace optctl
+}  // namespace client
 }  // namespace optd
 
-int main(int argc, char** argv) { return optd::Main(argc, argv); }
+int main(int argc, char** argv) { return optd::client::optctl::Main(argc, argv); }

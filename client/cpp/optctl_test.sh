@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # optctl end to end: starts the real optd binary on 127.0.0.1:0 (reading the bound port from its
 # "optd listening on HOST:PORT" line), drives it with optctl and checks outputs, .npy files (with
-# numpy) and exit codes: 0 success, 1 RPC failure, 2 usage error.
+# numpy) and exit codes: 0 success (and --help, --version), 1 RPC failure, 2 usage error. Covers
+# help (every optimizer and schedule listed), both binaries' --version, create (with schedule,
+# clipping, consistency), update (the new values shown by describe, version and optimizer state
+# kept), keyed steps (a resent sequence is a duplicate) and the errors of bad flags.
 #
-# Usage: optctl_test.sh PATH/TO/optd PATH/TO/optctl
+# Usage: optctl_test.sh PATH/TO/optd PATH/TO/optctl "VERSION (BUILD_TYPE)"
 # Stops only the optd it started (SIGTERM, then SIGKILL after 10 s). Every wait is bounded.
 set -euo pipefail
 
 OPTD=${1:?usage: optctl_test.sh OPTD OPTCTL}
-OPTCTL=${2:?usage: optctl_test.sh OPTD OPTCTL}
+OPTCTL=${2:?usage: optctl_test.sh OPTD OPTCTL VERSION}
+VERSION=${3:?usage: optctl_test.sh OPTD OPTCTL VERSION}
 PY=/usr/bin/python3
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/optctl_test.XXXXXX")
 OPTD_PID=
@@ -37,6 +41,43 @@ fail() {
   cat "$WORK/optd.err" >&2 2>/dev/null || true
   exit 1
 }
+
+# --- help and versions, without a server -------------------------------------------------------
+# local WANT_EXIT ARGS...: runs optctl with no server; stdout and stderr go to $WORK/out, err.
+local_run() {
+  local want=$1
+  shift
+  local rc=0
+  timeout 60 "$OPTCTL" "$@" >"$WORK/out" 2>"$WORK/err" || rc=$?
+  [[ $rc -eq $want ]] || fail "optctl $*: exit $rc, want $want"
+  echo "ok: optctl $* -> $rc"
+}
+for help in --help -h help; do
+  local_run 0 $help
+  grep -q '^Commands:' "$WORK/out" || fail "optctl $help: no Commands section"
+done
+for cmd in create update list describe delete pull step health; do
+  grep -Eq "^  $cmd " "$WORK/out" || fail "--help lacks the command $cmd"
+done
+for opt in sgd adam adamw adagrad adadelta rmsprop nadam radam lion lamb lars normalized_gd; do
+  grep -Eq "^  $opt +--lr=" "$WORK/out" || fail "--help lacks the optimizer $opt and its --lr"
+done
+grep -Eq '^  adam +--lr=1e-3 --beta1=0\.9 --beta2=0\.999 --eps=1e-8 --weight_decay=0 --\[no\]amsgrad' \
+  "$WORK/out" || fail "--help: adam's flags and defaults"
+grep -Eq -- '--trust_coefficient=1e-3' "$WORK/out" || fail "--help lacks lars' trust_coefficient"
+for sched in constant step multi_step exponential cosine_annealing linear_warmup warmup_cosine \
+  inverse_sqrt one_cycle reduce_on_plateau; do
+  grep -Eq "^  $sched( |$)" "$WORK/out" || fail "--help lacks the schedule $sched"
+done
+grep -Eq -- '--max_norm=X' "$WORK/out" || fail "--help lacks clipping"
+grep -Eq '^  async\|sync\|bounded ' "$WORK/out" || fail "--help lacks consistency"
+local_run 0 --version
+grep -qx "optctl $VERSION" "$WORK/out" || fail "optctl --version: '$(cat "$WORK/out")', want 'optctl $VERSION'"
+rc=0
+"$OPTD" --version >"$WORK/out" 2>"$WORK/err" || rc=$?
+[[ $rc -eq 0 ]] || fail "optd --version: exit $rc"
+grep -qx "optd $VERSION" "$WORK/out" || fail "optd --version: '$(cat "$WORK/out")', want 'optd $VERSION'"
+echo "ok: optd --version -> optd $VERSION"
 
 # --- start optd --------------------------------------------------------------------------------
 "$OPTD" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 >"$WORK/optd.out" 2>"$WORK/optd.err" &
@@ -89,15 +130,15 @@ err_has '^optctl: ALREADY_EXISTS: '
 run 1 create --session=bad-beta --optimizer=adam --beta1=1.5 --tensor=w:1
 err_has '^optctl: INVALID_ARGUMENT: .*beta1'
 run 2 create --session=x --optimizer=adam --momentum=0.9 --tensor=w:1
-err_has '^optctl: INVALID_ARGUMENT: --momentum does not apply to Adam'
+err_has '^optctl: INVALID_ARGUMENT: --momentum does not apply to adam \(it takes: --lr, --beta1, --beta2, --eps, --weight_decay, --amsgrad, --maximize\)$'
 run 2 create --session=x --optimizer=adamax --tensor=w:1
-err_has 'must be one of sgd, adam, adamw, adagrad, normalized_gd'
+err_has 'optimizer=adamax: must be one of sgd, adam, adamw, adagrad, normalized_gd, adadelta, rmsprop, nadam, radam, lion, lamb, lars$'
 run 2 create --session=x --optimizer=adam
 err_has 'no tensors'
 run 2 create --session=x --optimizer=adam --tensor=w:3xq
 err_has 'dimensions'
 run 2 create --session=x --optimizer=normalized_gd --norm=sideways --tensor=w:1
-err_has 'global, per_tensor'
+err_has "norm needs one of global\|per_tensor; got 'sideways'"
 
 run 0 create --session=bools --optimizer=sgd --lr=0.1 --momentum=0.9 --nesterov --nomaximize --tensor=w:2
 out_has '^  nesterov +true$'
@@ -154,7 +195,6 @@ for f in w b s; do [[ -f "$WORK/npy/$f.npy" ]] || fail "pull wrote no $f.npy"; d
 run 0 pull cfg --out="$WORK/cfg" --names=enc/w --dtype=bf16
 [[ -f "$WORK/cfg/enc%2Fw.npy" ]] || fail "pull wrote no enc%2Fw.npy: $(ls "$WORK/cfg")"
 [[ ! -e "$WORK/cfg/bias.npy" ]] || fail "pull --names=enc/w also wrote bias.npy"
-run 2 pull e2e --dtype=f64
 run 1 pull e2e --names=nope --out="$WORK/none"
 err_has '^optctl: INVALID_ARGUMENT: '
 
@@ -183,6 +223,97 @@ fi
 run 0 describe e2e
 out_has '^version: +1$'
 
+# --- keyed steps: a resent sequence number is answered, not applied again -----------------------
+run 0 step e2e --worker=tester --sequence=5 --grad='*:const=0.1'
+out_has '^version: +2$'
+out_has '^duplicate: +false$'
+out_has '^worker: +tester sequence 5$'
+run 0 step e2e --worker=tester --sequence=5 --grad='*:const=0.1'
+out_has '^version: +2$'
+out_has '^duplicate: +true$'
+run 0 describe e2e
+out_has '^version: +2$'
+run 2 step e2e --sequence=-1
+err_has '--sequence=-1: must be >= 0'
+run 1 step e2e --worker='bad id'
+err_has "worker_id 'bad id' contains ' '"
+
+# --- schedule, clipping and consistency at create ----------------------------------------------
+run 0 create --session=sched --optimizer=sgd --lr=0.5 --momentum=0.9 --tensor=w:4 \
+  --schedule=multi_step:milestones=10,20,gamma=0.5 --max_norm=2 --consistency=sync:workers=1
+out_has '^schedule: +multi_step:milestones=10,20,gamma=0\.5$'
+out_has '^clipping: +max_norm=2$'
+out_has '^consistency: +sync:workers=1'
+# A SYNC session needs the version with each step: optctl step sends the session's.
+run 0 step sched --grad='*:const=1'
+out_has '^version: +1$'
+out_has '^learning rate: +0\.5$'
+run 2 create --session=x --optimizer=sgd --lr=1 --tensor=w:1 --schedule=cosine
+err_has "'cosine' is not a schedule; must be one of constant, step, multi_step, exponential, cosine_annealing"
+run 2 create --session=x --optimizer=sgd --lr=1 --tensor=w:1 --schedule=step:step_sze=3
+err_has "step has no option 'step_sze' \(it takes: step_size, gamma\)"
+run 2 create --session=x --optimizer=sgd --lr=1 --tensor=w:1 --schedule=step:step_size=10,gamma=x
+err_has "gamma needs a finite number; got 'x'"
+run 2 create --session=x --optimizer=sgd --lr=1 --tensor=w:1 --consistency=eventual
+err_has "'eventual' is not a mode; must be one of async\|sync\|bounded"
+run 2 create --session=x --optimizer=sgd --lr=1 --tensor=w:1 --max_norm=-1
+err_has '--max_norm=-1: must be finite and >= 0'
+
+# --- update: hyperparameters, schedule, clipping; version and optimizer state kept ---------------
+run 0 describe e2e
+STATE=$(sed -n 's/^optimizer state bytes: *\([0-9]*\) .*/\1/p' "$WORK/out")
+[[ -n "$STATE" && "$STATE" -gt 0 ]] || fail "describe e2e shows no optimizer state bytes"
+run 0 update e2e --lr=0.001 --beta2=0.99
+out_has '^  lr +0\.001$'
+out_has '^  beta2 +0\.99$'
+out_has '^  beta1 +0\.9$'          # not given: kept
+out_has '^version: +2$'
+run 0 describe e2e
+out_has '^  lr +0\.001$'
+out_has '^  beta2 +0\.99$'
+out_has '^version: +2$'
+out_has "^optimizer state bytes: +$STATE "
+out_has '^learning rate: 0\.001 \(next step\)$'
+run 0 step e2e --grad='*:const=0.1'
+out_has '^version: +3$'
+out_has '^learning rate: +0\.001$'
+run 0 update e2e --schedule=step:step_size=10,gamma=0.5 --max_norm=1
+out_has '^schedule: +step:step_size=10,gamma=0\.5$'
+out_has '^clipping: +max_norm=1$'
+run 0 update e2e --clip_value=0.5
+out_has '^clipping: +max_norm=1,clip_value=0\.5$'   # max_norm kept
+out_has '^schedule: +step:step_size=10,gamma=0\.5$'
+run 0 update e2e --amsgrad=false --eps=1e-6
+out_has '^  eps +1e-06$'
+run 0 describe e2e
+out_has '^version: +3$'
+out_has '^clipping: +max_norm=1,clip_value=0\.5$'
+
+run 2 update e2e --momentum=0.9
+err_has '--momentum does not apply to adam \(it takes: --lr, --beta1'
+run 2 update e2e
+err_has 'update e2e: nothing to change; give adam.s hyperparameters \(--lr, --beta1, --beta2, --eps, --weight_decay, --amsgrad, --maximize\), --schedule=SPEC, --max_norm=X or --clip_value=X'
+run 2 update e2e --optimizer=sgd --lr=1
+err_has '--optimizer=sgd: session e2e runs adam'
+run 2 update e2e --consistency=sync:workers=2
+err_has "a session's consistency is fixed when it is created"
+run 2 update e2e --schedule=warmup
+err_has "'warmup' is not a schedule"
+run 1 update e2e --lr=-1
+err_has '^optctl: INVALID_ARGUMENT: .*lr'
+run 1 update e2e --beta1=1.5
+err_has '^optctl: INVALID_ARGUMENT: .*beta1'
+run 1 update e2e --amsgrad    # no history for the new state: refused by the server
+err_has '^optctl: INVALID_ARGUMENT: .*amsgrad'
+run 0 describe e2e            # nothing changed by the refused updates
+out_has '^  lr +0\.001$'
+out_has '^  beta1 +0\.9$'
+out_has '^version: +3$'
+run 1 update no-such-session --lr=1
+err_has '^optctl: NOT_FOUND: '
+run 2 update
+err_has 'usage: optctl update ID'
+
 # --- delete ------------------------------------------------------------------------------------
 run 0 delete e2e
 out_has '^deleted e2e$'
@@ -199,9 +330,19 @@ err_has "unknown command 'frobnicate'"
 run 2 describe
 err_has 'usage: optctl describe ID'
 run 2 list extra-arg
+run 2 --timeout=0s list
+err_has '--timeout=0: must be > 0'
+run 1 create --session=x --optimizer=adam --lr=abc --tensor=w:1   # absl's own flag syntax check
+err_has "Illegal value 'abc' specified for flag 'lr'"
+run 2 pull e2e --dtype=f64
+err_has '--dtype=f64: must be f32, bf16 or f16'
+run 2 create --session=x --optimizer=adam --tensor=w:1:unif=1
+err_has "INIT 'unif=1' must be zeros, ones, const=V, uniform=A or normal=S"
 rc=0
 timeout 60 "$OPTCTL" --server=127.0.0.1:1 --timeout=5s list >"$WORK/out" 2>"$WORK/err" || rc=$?
 [[ $rc -eq 1 ]] || fail "list against a closed port: exit $rc, want 1"
-err_has '^optctl: UNAVAILABLE: '
+err_has '^optctl: UNAVAILABLE: .*\[ListSessions to 127\.0\.0\.1:1: 3 attempts in '
+run 2 --attempts=0 list
+err_has '--attempts=0: must be >= 1'
 
 echo "PASS: optctl_test"
