@@ -96,13 +96,6 @@ absl::string_view GrpcTypeName(GrpcType type) {
   return "unary";
 }
 
-GrpcType GrpcTypeOf(const google::protobuf::MethodDescriptor& method) {
-  if (method.client_streaming()) {
-    return method.server_streaming() ? GrpcType::kBidiStream : GrpcType::kClientStream;
-  }
-  return method.server_streaming() ? GrpcType::kServerStream : GrpcType::kUnary;
-}
-
 absl::string_view GrpcCodeName(int code) {
   if (code < 0 || code >= kNumGrpcCodes) return "Unknown";
   return kGoCodeNames[code];
@@ -162,14 +155,6 @@ void GrpcServerMetrics::InitializeMethod(absl::string_view service, absl::string
                                   ? &stream_message_seconds_.Add(labels, LatencyBuckets())
                                   : nullptr;
   methods_.emplace(std::move(full_method), std::move(m));
-}
-
-void GrpcServerMetrics::InitializeService(const google::protobuf::ServiceDescriptor& service,
-                                          Recording recording) {
-  for (int i = 0; i < service.method_count(); ++i) {
-    const google::protobuf::MethodDescriptor& method = *service.method(i);
-    InitializeMethod(service.full_name(), method.name(), GrpcTypeOf(method), recording);
-  }
 }
 
 const GrpcServerMetrics::MethodMetrics* GrpcServerMetrics::Find(

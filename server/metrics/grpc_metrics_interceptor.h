@@ -42,7 +42,7 @@
 // (server/service/optimizer_service.h) records all of its methods so; the interceptor records
 // health and reflection.
 //
-// Only methods named by InitializeMethod/InitializeService are counted: they get zero-valued series
+// Only methods named by InitializeMethod are counted: they get zero-valued series
 // up front (handled_total for all 17 codes), like Go's InitializeMetrics, so that rate() sees the
 // first increment, and the label values stay bounded whatever method names clients send.
 //
@@ -65,7 +65,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "google/protobuf/descriptor.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -79,9 +78,6 @@ enum class GrpcType { kUnary, kClientStream, kServerStream, kBidiStream };
 
 // "unary", "client_stream", "server_stream" or "bidi_stream".
 absl::string_view GrpcTypeName(GrpcType type);
-
-// The type of a method from its descriptor's client_streaming() and server_streaming().
-GrpcType GrpcTypeOf(const google::protobuf::MethodDescriptor& method);
 
 // Go's codes.Code.String() for a canonical gRPC status code 0-16 ("OK", "Canceled", ...,
 // "Unauthenticated"); "Unknown" for anything else.
@@ -110,11 +106,6 @@ class GrpcServerMetrics {
   // Idempotent (a repeated call keeps the first type and recording).
   void InitializeMethod(absl::string_view service, absl::string_view method, GrpcType type,
                         Recording recording = Recording::kInterceptor);
-
-  // InitializeMethod for every method of `service` (full name and streaming kinds from the
-  // descriptor), each recorded as `recording` says.
-  void InitializeService(const google::protobuf::ServiceDescriptor& service,
-                         Recording recording = Recording::kInterceptor);
 
   // A new factory for ServerBuilder::experimental().SetInterceptorCreators; it refers to this
   // object, which must outlive the server.

@@ -13,6 +13,13 @@
 
 namespace optd {
 
+GrpcType GrpcTypeOf(const google::protobuf::MethodDescriptor& method) {
+  if (method.client_streaming()) {
+    return method.server_streaming() ? GrpcType::kBidiStream : GrpcType::kClientStream;
+  }
+  return method.server_streaming() ? GrpcType::kServerStream : GrpcType::kUnary;
+}
+
 absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOptions& options) {
   if (options.max_message_bytes < 1024 || options.max_message_bytes > (int64_t{1} << 31) - 1) {
     return absl::InvalidArgumentError(
@@ -38,7 +45,11 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
     if (optimizer == nullptr) return absl::InternalError("no descriptor for optd.v1.Optimizer");
     // optd's own methods are recorded by the service (cheaper than gRPC's interceptor path);
     // health and reflection by the interceptor.
-    grpc_metrics.InitializeService(*optimizer, GrpcServerMetrics::Recording::kByService);
+    for (int i = 0; i < optimizer->method_count(); ++i) {
+      const google::protobuf::MethodDescriptor& method = *optimizer->method(i);
+      grpc_metrics.InitializeMethod(optimizer->full_name(), method.name(), GrpcTypeOf(method),
+                                    GrpcServerMetrics::Recording::kByService);
+    }
     grpc_metrics.InitializeMethod("grpc.health.v1.Health", "Check", GrpcType::kUnary);
     grpc_metrics.InitializeMethod("grpc.health.v1.Health", "Watch", GrpcType::kServerStream);
     grpc_metrics.InitializeMethod("grpc.reflection.v1alpha.ServerReflection",

@@ -19,12 +19,17 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "google/protobuf/descriptor.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/server.h"
 #include "server/metrics/metrics.h"
 #include "server/session/session_store.h"
 
 namespace optd {
+
+// The gRPC type of a method from its descriptor's client_streaming() and server_streaming(), for
+// the gRPC server metrics.
+GrpcType GrpcTypeOf(const google::protobuf::MethodDescriptor& method);
 
 class OptimizerServiceImpl;
 
