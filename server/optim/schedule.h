@@ -181,8 +181,8 @@ absl::Status Validate(const ScheduleOptions& options);
 // The schedule's short name ("step", "one_cycle", ...), for messages and metric labels.
 absl::string_view ScheduleName(const ScheduleOptions& options);
 
-// Everything an LrSchedule needs, besides its options, to continue where it stopped: for
-// checkpoints. The plateau fields are meaningful only for ReduceOnPlateau (other schedules carry
+// Everything an LrSchedule needs, besides its options, to continue where it stopped: part of a
+// session's durable state (server/session/session_state.h). The plateau fields are meaningful only for ReduceOnPlateau (other schedules carry
 // them along unused).
 struct LrScheduleState {
   int64_t step = 0;      // updates applied so far: the next update has index k = step
@@ -233,7 +233,7 @@ class LrSchedule {
   // True for ReduceOnPlateau: the schedule needs losses reported with the steps.
   bool uses_loss() const;
 
-  // The mutable state, for checkpoints; RestoreState(state()) is a no-op.
+  // The mutable state, for the session's durable state; RestoreState(state()) is a no-op.
   LrScheduleState state() const;
 
   // Restores a state taken by state() from a schedule with the same options. Returns
