@@ -3,6 +3,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <thread>
 
@@ -16,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/malloc_tuning.h"
+#include "server/memory_limits.h"
 #include "server/service/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -34,7 +36,16 @@ ABSL_FLAG(int, metrics_max_sessions, 100,
           "beyond it are aggregated under session=\"_other\", so the number of series stays "
           "bounded.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
-          "On SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled.");
+          "On SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled. The "
+          "process exits at most a few seconds after it, whatever calls remain.");
+ABSL_FLAG(int64_t, max_memory_bytes, 0,
+          "Memory budget: the most that parameters, optimizer state (reserved whole at "
+          "CreateSession), SYNC barrier sums and requests in flight may take; what would exceed "
+          "it fails with RESOURCE_EXHAUSTED. 0: 75% of the smallest of the machine's memory, the "
+          "cgroup's limit and the address-space limit (ulimit -v) left at start-up.");
+ABSL_FLAG(int64_t, max_session_parameters, 0,
+          "Most parameters (elements of all tensors) one session may hold; CreateSession beyond "
+          "it fails with RESOURCE_EXHAUSTED. 0: no limit but the memory budget.");
 
 #ifndef OPTD_VERSION
 #define OPTD_VERSION "unknown"
@@ -42,6 +53,9 @@ ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
 #ifndef OPTD_BUILD_TYPE
 #define OPTD_BUILD_TYPE "unknown build type"
 #endif
+
+// How long after --shutdown_grace the process exits even if gRPC's shutdown has not finished.
+constexpr absl::Duration kShutdownMargin = absl::Seconds(5);
 
 int main(int argc, char** argv) {
   optd::TuneMallocForLargeMessages();
@@ -52,6 +66,7 @@ int main(int argc, char** argv) {
       "remote optimizer server (gRPC service optd.v1.Optimizer).\n"
       "Usage: optd [--listen=127.0.0.1:50051] [--max_message_bytes=N] [--max_sessions=N]\n"
       "            [--metrics_listen=127.0.0.1:9464] [--metrics_max_sessions=N]\n"
+      "            [--max_memory_bytes=N] [--max_session_parameters=N]\n"
       "            [--shutdown_grace=10s]\n"
       "       optd --version");
   absl::FlagsUsageConfig usage;
@@ -77,6 +92,16 @@ int main(int argc, char** argv) {
   options.listen = absl::GetFlag(FLAGS_listen);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.store.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.store.max_session_parameters = absl::GetFlag(FLAGS_max_session_parameters);
+  std::string budget_source = "--max_memory_bytes";
+  options.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
+  if (options.max_memory_bytes == 0) {
+    options.max_memory_bytes = optd::DefaultMemoryBudget(&budget_source);
+  } else if (options.max_memory_bytes < 0) {
+    std::fprintf(stderr, "optd: --max_memory_bytes = %lld is out of range: must be >= 0\n",
+                 static_cast<long long>(options.max_memory_bytes));
+    return 2;
+  }
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   if (!metrics_listen.empty()) {
     options.metrics.emplace();
@@ -97,12 +122,23 @@ int main(int argc, char** argv) {
   // Scripts and tests read the bound port from this line.
   std::printf("optd listening on %s:%d\n", host.c_str(), (*server)->port());
   std::fflush(stdout);
+  std::fprintf(stderr, "optd: memory budget %lld bytes (%s)\n",
+               static_cast<long long>(options.max_memory_bytes), budget_source.c_str());
 
   std::thread waiter([&] {
     int signal = 0;
     sigwait(&signals, &signal);
     std::fprintf(stderr, "optd: signal %d, shutting down\n", signal);
-    (*server)->Shutdown(absl::Now() + absl::GetFlag(FLAGS_shutdown_grace));
+    const absl::Time deadline = absl::Now() + absl::GetFlag(FLAGS_shutdown_grace);
+    // A last resort: whatever holds the shutdown up (a call that never ends), the process exits
+    // soon after the grace period.
+    std::thread([deadline] {
+      absl::SleepFor(deadline + kShutdownMargin - absl::Now());
+      std::fprintf(stderr, "optd: shutdown did not finish within --shutdown_grace + %s; exiting\n",
+                   absl::FormatDuration(kShutdownMargin).c_str());
+      std::_Exit(1);
+    }).detach();
+    (*server)->Shutdown(deadline);
   });
   (*server)->Wait();
   waiter.join();

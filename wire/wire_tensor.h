@@ -48,6 +48,17 @@ struct WireTensor {
   std::vector<int64_t> rows;
 };
 
+// An upper bound of the bytes one tensor takes in a message, its own key and length prefix
+// included: its data, its name, a varint per dimension and per row index, and room for every key
+// and length prefix. A server refuses a reply whose bound exceeds its message limit before it
+// builds it.
+inline int64_t TensorMessageBound(int64_t name_bytes, int64_t rank, int64_t num_rows,
+                                  int64_t data_bytes) {
+  constexpr int64_t kVarint = 10;  // the longest varint
+  constexpr int64_t kFixed = 128;  // keys and length prefixes of the tensor and its fields
+  return data_bytes + name_bytes + kVarint * (rank + num_rows) + kFixed;
+}
+
 }  // namespace optd
 
 #endif  // OPTD_WIRE_WIRE_TENSOR_H_

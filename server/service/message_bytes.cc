@@ -122,53 +122,78 @@ class SliceWriter {
   std::vector<grpc::Slice> slices_;
 };
 
-// A StepResponse split for writing: its fields but the parameters (header_), each parameter's
-// fields but its data, and the sizes the length prefixes need.
-class StepResponseWriter {
+// A message with a repeated Tensor field, split for writing: the message's other fields
+// (`header`), each tensor's fields but its data, and the sizes the length prefixes need.
+class TensorsWriter {
  public:
-  explicit StepResponseWriter(StepOutput out) : out_(std::move(out)) {
-    StepOutputToProto(out_, &header_);
+  // `header` is written as it is (its `field` must be empty); `tensors` become the elements of
+  // repeated Tensor field `field`.
+  TensorsWriter(const google::protobuf::MessageLite& header, int field,
+                std::vector<WireTensor> tensors)
+      : header_(header), field_(field), tensors_(std::move(tensors)), written_(tensors_.size()) {
     size_ = header_.ByteSizeLong();
-    tensors_.resize(out_.parameters.size());
     for (size_t i = 0; i < tensors_.size(); ++i) {
-      const WireTensor& t = out_.parameters[i];
-      Tensor& w = tensors_[i];
+      const WireTensor& t = tensors_[i];
+      Written& w = written_[i];
       TensorFieldsToProto(t, &w.fields);
       w.data_size = static_cast<size_t>(t.data.size(t.dtype));
       w.size = w.fields.ByteSizeLong();
-      if (w.data_size > 0)
+      if (w.data_size > 0) {
         w.size += PrefixSize(v1::Tensor::kDataFieldNumber, w.data_size) + w.data_size;
-      size_ += PrefixSize(v1::StepResponse::kParametersFieldNumber, w.size) + w.size;
+      }
+      size_ += PrefixSize(field_, w.size) + w.size;
     }
   }
 
-  // The serialized size of the whole StepResponse.
+  // The serialized size of the whole message.
   size_t size() const { return size_; }
 
-  // Writes the StepResponse, handing over the parameters' bytes.
+  // Writes the message, handing over the tensors' bytes.
   void WriteTo(SliceWriter* out) {
     out->Message(header_);
-    for (size_t i = 0; i < tensors_.size(); ++i) {
-      const Tensor& w = tensors_[i];
-      out->Prefix(v1::StepResponse::kParametersFieldNumber, w.size);
+    for (size_t i = 0; i < written_.size(); ++i) {
+      const Written& w = written_[i];
+      out->Prefix(field_, w.size);
       out->Message(w.fields);
       if (w.data_size == 0) continue;
       out->Prefix(v1::Tensor::kDataFieldNumber, w.data_size);
-      out->Data(std::move(out_.parameters[i].data), out_.parameters[i].dtype);
+      out->Data(std::move(tensors_[i].data), tensors_[i].dtype);
     }
   }
 
  private:
-  struct Tensor {
+  struct Written {
     v1::Tensor fields;  // without data
     size_t data_size = 0;
     size_t size = 0;  // of the whole Tensor message
   };
 
-  StepOutput out_;
-  v1::StepResponse header_;  // without parameters
-  std::vector<Tensor> tensors_;
+  const google::protobuf::MessageLite& header_;
+  const int field_;
+  std::vector<WireTensor> tensors_;
+  std::vector<Written> written_;
   size_t size_ = 0;
+};
+
+// `out` as a StepResponse: its fields, then its parameters.
+class StepResponseWriter {
+ public:
+  explicit StepResponseWriter(StepOutput out)
+      : header_(Header(out)),
+        tensors_(header_, v1::StepResponse::kParametersFieldNumber, std::move(out.parameters)) {}
+
+  size_t size() const { return tensors_.size(); }
+  void WriteTo(SliceWriter* out) { tensors_.WriteTo(out); }
+
+ private:
+  static v1::StepResponse Header(const StepOutput& out) {
+    v1::StepResponse header;
+    StepOutputToProto(out, &header);
+    return header;
+  }
+
+  const v1::StepResponse header_;  // without parameters
+  TensorsWriter tensors_;
 };
 
 // Reads a message's wire format across the slices of a ByteBuffer. Every read returns false when
@@ -353,6 +378,15 @@ absl::Status ParseStepRequest(grpc::ByteBuffer* bytes, StepRequestBytes* out) {
 void SerializeStepResponse(StepOutput out, grpc::ByteBuffer* bytes) {
   SliceWriter writer;
   StepResponseWriter(std::move(out)).WriteTo(&writer);
+  writer.Finish(bytes);
+}
+
+void SerializePullResponse(PullOutput out, grpc::ByteBuffer* bytes) {
+  v1::PullResponse header;
+  header.set_version(out.version);
+  SliceWriter writer;
+  TensorsWriter(header, v1::PullResponse::kTensorsFieldNumber, std::move(out.tensors))
+      .WriteTo(&writer);
   writer.Finish(bytes);
 }
 

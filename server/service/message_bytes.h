@@ -1,25 +1,27 @@
 // File: message_bytes.h
 //
-// The Step methods' messages to and from gRPC's bytes, done by the service itself rather than by
-// gRPC's generated code, so that tensor data is not copied on its way in or out. A StepResponse
-// carries each returned tensor's values in Tensor.data (4 MB for a million float32 parameters);
-// protobuf's serializer would copy every one of them into slices of its own, and its parser would
-// copy a request's gradients into strings.
+// The Step and Pull methods' messages to and from gRPC's bytes, done by the service itself rather
+// than by gRPC's generated code, so that tensor data is not copied on its way in or out. A
+// StepResponse carries each returned tensor's values in Tensor.data (4 MB for a million float32
+// parameters); protobuf's serializer would copy every one of them into slices of its own, and its
+// parser would copy a request's gradients into strings.
 //
-// Replies (SerializeStepResponse, SerializeStreamStepsReply) are written from the domain's
-// StepOutput: each returned tensor's TensorBytes (wire/tensor_bytes.h) goes into the ByteBuffer as
-// it is: owned bytes of at least kMoveMinBytes are moved into a slice of their own, shared F32
-// values are referenced by a slice that holds the reference (gRPC drops it once sent), shared
-// values sent as BF16 or F16 are encoded straight into a slice (on the pool when large). Only the
-// rest of the message is serialized. The bytes are a valid serialization of the same message:
-// fields may come in another order than protobuf's own serializer writes them, which every
-// protobuf parser accepts (message_bytes_test.cc parses them back).
+// Replies (SerializeStepResponse, SerializeStreamStepsReply, SerializePullResponse) are written
+// from the domain's StepOutput or PullOutput: each returned tensor's TensorBytes
+// (wire/tensor_bytes.h) goes into the ByteBuffer as it is: owned bytes of at least kMoveMinBytes
+// are moved into a slice of their own, shared F32 values are referenced by a slice that holds the
+// reference (gRPC drops it once sent), shared values sent as BF16 or F16 are encoded straight into
+// a slice (on the pool when large). Only the rest of the message is serialized. The bytes are a
+// valid serialization of the same message: fields may come in another order than protobuf's own
+// serializer writes them, which every protobuf parser accepts (message_bytes_test.cc parses them
+// back).
 //
 // Requests (ParseStepRequest) the other way: each gradient's data is left where gRPC received it,
 // as borrowed pieces of gRPC's slices, for the session to read while it checks and measures the
 // gradient (one pass, on the pool), instead of protobuf copying it into the message first.
 //
-// Who calls it: OptimizerServiceImpl's Step and StreamSteps handlers (registered as raw methods).
+// Who calls it: OptimizerServiceImpl's handlers (every method is registered raw: ParseMessage and
+// SerializeMessage serve the small messages).
 // Stateless functions, thread-safe on distinct arguments.
 //
 // Errors: ParseMessage and ParseStepRequest return InvalidArgument when the bytes are not a valid
@@ -37,6 +39,7 @@
 #include "grpcpp/support/slice.h"
 #include "optd/v1/optd.pb.h"
 #include "server/service/proto_convert.h"
+#include "server/session/session.h"
 #include "server/session/step.h"
 
 namespace optd {
@@ -70,6 +73,9 @@ void SerializeStepResponse(StepOutput out, grpc::ByteBuffer* bytes);
 
 // The same as a StreamStepsResponse whose `reply` it is.
 void SerializeStreamStepsReply(StepOutput out, grpc::ByteBuffer* bytes);
+
+// Serializes `out` as a PullResponse into `*bytes`, taking its tensors' bytes.
+void SerializePullResponse(PullOutput out, grpc::ByteBuffer* bytes);
 
 }  // namespace optd
 

@@ -1,6 +1,8 @@
 #include "server/service/optimizer_service.h"
 
+#include <exception>
 #include <memory>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -44,6 +46,20 @@ grpc::ServerUnaryReactor* FinishWith(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+// Runs `fn`, turning a memory shortfall or any other exception it throws into a status: a
+// handler never lets one escape into gRPC, and its call is always answered.
+template <typename F>
+absl::Status Guarded(absl::string_view method, F&& fn) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(method, ": the server ran out of memory; nothing was changed"));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(method, ": ", e.what()));
+  }
+}
+
 // Serves one StreamSteps stream: read a request, step, write its reply, read the next. One request
 // is in flight at a time, so replies keep request order. A refused step, or a request that does not
 // parse, is reported in its reply and the stream goes on. Raw method: the reactor parses requests
@@ -62,6 +78,15 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
       return;
     }
     call_.Received();
+    // The request's bytes count against the memory budget until its reply is written.
+    absl::StatusOr<MemoryReservation> held =
+        service_->budget()->Reserve(static_cast<int64_t>(read_.Length()), "a StreamSteps request");
+    if (!held.ok()) {
+      read_.Clear();
+      Reply(held.status());
+      return;
+    }
+    held_ = *std::move(held);
     if (absl::Status parsed = ParseStepRequest(&read_, &request_); !parsed.ok()) {
       Reply(parsed);
       return;
@@ -75,6 +100,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
     // Let go of the reply's slices now: one that shares the session's parameters would otherwise
     // make the next step copy them (copy on write) for nothing.
     write_.Clear();
+    held_.Release();
     if (!ok) {
       FinishAndRecord(
           grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream closed while writing a reply"));
@@ -87,14 +113,20 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
 
  private:
   void Reply(absl::StatusOr<StepOutput> out) {
+    absl::Status status = out.status();
     if (out.ok()) {
-      SerializeStreamStepsReply(*std::move(out), &write_);
-    } else {
+      status = Guarded("StreamSteps", [&] {
+        SerializeStreamStepsReply(*std::move(out), &write_);
+        return absl::OkStatus();
+      });
+    }
+    if (!status.ok()) {
       v1::StreamStepsResponse response;
       v1::StepError* error = response.mutable_error();
-      error->set_code(static_cast<int>(out.status().code()));
-      error->set_message(std::string(out.status().message()));
-      error->set_current_version(CurrentVersionOf(out.status()));
+      error->set_code(static_cast<int>(status.code()));
+      error->set_message(std::string(status.message()));
+      error->set_current_version(CurrentVersionOf(status));
+      error->set_rejoin(NeedsRejoin(status));
       SerializeMessage(response, &write_);
     }
     call_.Sent();
@@ -112,6 +144,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   grpc::ByteBuffer write_;
   // Kept from request to request, so its buffers are reused.
   StepRequestBytes request_;
+  MemoryReservation held_;  // the request in flight
 };
 
 // One unary Step call: its request and reply, alive until the call is answered.
@@ -119,6 +152,7 @@ struct StepCall {
   explicit StepCall(const GrpcServerMetrics::MethodMetrics* series) : recorder(series) {}
 
   StepRequestBytes request;
+  MemoryReservation held;  // the request's bytes
   UnaryRecorder recorder;
 };
 
@@ -159,10 +193,20 @@ absl::Status OptimizerServiceImpl::DoListSessions(const v1::ListSessionsRequest&
   // One extra tells whether another page follows.
   std::vector<std::shared_ptr<Session>> sessions =
       store_->List(request.page_token(), page_size + 1);
-  const bool more = static_cast<int>(sessions.size()) > page_size;
+  bool more = static_cast<int>(sessions.size()) > page_size;
   if (more) sessions.pop_back();
-  for (const std::shared_ptr<Session>& s : sessions) {
-    SessionInfoToProto(s->Info(), response->add_sessions());
+  // A page ends early, with a page token, rather than outgrow the reply limit.
+  size_t bytes = 0;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    v1::Session described;
+    SessionInfoToProto(sessions[i]->Info(), &described);
+    bytes += described.ByteSizeLong() + 16;
+    if (i > 0 && bytes + 1024 > max_reply_bytes_) {
+      sessions.resize(i);
+      more = true;
+      break;
+    }
+    *response->add_sessions() = std::move(described);
   }
   if (more) response->set_next_page_token(sessions.back()->id());
   return absl::OkStatus();
@@ -193,8 +237,7 @@ absl::Status OptimizerServiceImpl::DoUpdateSession(const v1::UpdateSessionReques
   return absl::OkStatus();
 }
 
-absl::Status OptimizerServiceImpl::DoPull(const v1::PullRequest& request,
-                                          v1::PullResponse* response) {
+absl::StatusOr<PullOutput> OptimizerServiceImpl::DoPull(const v1::PullRequest& request) {
   absl::StatusOr<WireDType> dtype = DTypeFromProto("dtype", request.dtype());
   if (!dtype.ok()) return dtype.status();
   absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
@@ -204,10 +247,23 @@ absl::Status OptimizerServiceImpl::DoPull(const v1::PullRequest& request,
   for (const v1::TensorRows& r : request.rows()) {
     rows.push_back({r.name(), absl::MakeConstSpan(r.indices().data(), r.indices().size())});
   }
-  absl::StatusOr<PullOutput> out = (*session)->Pull(names, *dtype, rows);
-  if (!out.ok()) return out.status();
-  response->set_version(out->version);
-  for (WireTensor& t : out->tensors) TensorToProto(std::move(t), response->add_tensors());
+  return (*session)->Pull(names, *dtype, rows);
+}
+
+absl::Status OptimizerServiceImpl::DoDeleteSession(const v1::DeleteSessionRequest& request,
+                                                   v1::DeleteSessionResponse* response) {
+  return store_->Delete(request.session_id());
+}
+
+absl::Status OptimizerServiceImpl::DoJoinSession(const v1::JoinSessionRequest& request,
+                                                 v1::JoinSessionResponse* response) {
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
+  if (!session.ok()) return session.status();
+  absl::StatusOr<JoinOutput> joined = (*session)->Join(request.worker_id());
+  if (!joined.ok()) return joined.status();
+  response->set_worker_incarnation(joined->worker_incarnation);
+  response->set_next_sequence(1);
+  response->set_version(joined->version);
   return absl::OkStatus();
 }
 
@@ -222,40 +278,80 @@ void OptimizerServiceImpl::StartStep(const StepRequestBytes& request, StepCallba
   (*session)->Step(*input, std::move(done));
 }
 
-grpc::ServerUnaryReactor* OptimizerServiceImpl::CreateSession(
-    grpc::CallbackServerContext* context, const v1::CreateSessionRequest* request,
-    v1::Session* response) {
-  return FinishWith(context, create_session_series_, DoCreateSession(*request, response));
+// Serves a unary method whose reply is a small message: parses the request (INVALID_ARGUMENT if
+// it does not), runs `handler` (a memory shortfall or any other exception becomes a status, never
+// an escaped exception), serializes the reply, finishes.
+template <typename Request, typename Response>
+grpc::ServerUnaryReactor* OptimizerServiceImpl::Unary(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
+    grpc::ByteBuffer* response_bytes, const GrpcServerMetrics::MethodMetrics* series,
+    absl::string_view method,
+    absl::Status (OptimizerServiceImpl::*handler)(const Request&, Response*)) {
+  Request request;
+  Response response;
+  // gRPC hands the request over and drops it after the call: parsing may consume it.
+  absl::Status status = ParseMessage(const_cast<grpc::ByteBuffer*>(request_bytes), &request);
+  if (status.ok()) status = Guarded(method, [&] { return (this->*handler)(request, &response); });
+  if (status.ok()) SerializeMessage(response, response_bytes);
+  return FinishWith(context, series, status);
+}
+
+grpc::ServerUnaryReactor* OptimizerServiceImpl::CreateSession(grpc::CallbackServerContext* context,
+                                                              const grpc::ByteBuffer* request,
+                                                              grpc::ByteBuffer* response) {
+  return Unary(context, request, response, create_session_series_, "CreateSession",
+               &OptimizerServiceImpl::DoCreateSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::GetSession(grpc::CallbackServerContext* context,
-                                                           const v1::GetSessionRequest* request,
-                                                           v1::Session* response) {
-  return FinishWith(context, get_session_series_, DoGetSession(*request, response));
+                                                           const grpc::ByteBuffer* request,
+                                                           grpc::ByteBuffer* response) {
+  return Unary(context, request, response, get_session_series_, "GetSession",
+               &OptimizerServiceImpl::DoGetSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::ListSessions(grpc::CallbackServerContext* context,
-                                                             const v1::ListSessionsRequest* request,
-                                                             v1::ListSessionsResponse* response) {
-  return FinishWith(context, list_sessions_series_, DoListSessions(*request, response));
+                                                             const grpc::ByteBuffer* request,
+                                                             grpc::ByteBuffer* response) {
+  return Unary(context, request, response, list_sessions_series_, "ListSessions",
+               &OptimizerServiceImpl::DoListSessions);
 }
 
-grpc::ServerUnaryReactor* OptimizerServiceImpl::UpdateSession(
-    grpc::CallbackServerContext* context, const v1::UpdateSessionRequest* request,
-    v1::Session* response) {
-  return FinishWith(context, update_session_series_, DoUpdateSession(*request, response));
+grpc::ServerUnaryReactor* OptimizerServiceImpl::UpdateSession(grpc::CallbackServerContext* context,
+                                                              const grpc::ByteBuffer* request,
+                                                              grpc::ByteBuffer* response) {
+  return Unary(context, request, response, update_session_series_, "UpdateSession",
+               &OptimizerServiceImpl::DoUpdateSession);
 }
 
-grpc::ServerUnaryReactor* OptimizerServiceImpl::DeleteSession(
-    grpc::CallbackServerContext* context, const v1::DeleteSessionRequest* request,
-    v1::DeleteSessionResponse* response) {
-  return FinishWith(context, delete_session_series_, store_->Delete(request->session_id()));
+grpc::ServerUnaryReactor* OptimizerServiceImpl::DeleteSession(grpc::CallbackServerContext* context,
+                                                              const grpc::ByteBuffer* request,
+                                                              grpc::ByteBuffer* response) {
+  return Unary(context, request, response, delete_session_series_, "DeleteSession",
+               &OptimizerServiceImpl::DoDeleteSession);
+}
+
+grpc::ServerUnaryReactor* OptimizerServiceImpl::JoinSession(grpc::CallbackServerContext* context,
+                                                            const grpc::ByteBuffer* request,
+                                                            grpc::ByteBuffer* response) {
+  return Unary(context, request, response, join_session_series_, "JoinSession",
+               &OptimizerServiceImpl::DoJoinSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Pull(grpc::CallbackServerContext* context,
-                                                     const v1::PullRequest* request,
-                                                     v1::PullResponse* response) {
-  return FinishWith(context, pull_series_, DoPull(*request, response));
+                                                     const grpc::ByteBuffer* request_bytes,
+                                                     grpc::ByteBuffer* response) {
+  v1::PullRequest request;
+  absl::Status status = ParseMessage(const_cast<grpc::ByteBuffer*>(request_bytes), &request);
+  if (status.ok()) {
+    status = Guarded("Pull", [&]() -> absl::Status {
+      absl::StatusOr<PullOutput> out = DoPull(request);
+      if (!out.ok()) return out.status();
+      SerializePullResponse(*std::move(out), response);
+      return absl::OkStatus();
+    });
+  }
+  return FinishWith(context, pull_series_, status);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext* context,
@@ -263,24 +359,35 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
                                                      grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto call = std::make_unique<StepCall>(step_series_);
+  // The request's bytes count against the memory budget until the call is answered.
+  absl::StatusOr<MemoryReservation> held =
+      budget_->Reserve(static_cast<int64_t>(request->Length()), "a Step request");
   // gRPC hands the request over and drops it after the call: parsing may consume it.
-  if (absl::Status parsed =
-          ParseStepRequest(const_cast<grpc::ByteBuffer*>(request), &call->request);
-      !parsed.ok()) {
+  absl::Status parsed =
+      held.ok() ? ParseStepRequest(const_cast<grpc::ByteBuffer*>(request), &call->request)
+                : held.status();
+  if (!parsed.ok()) {
     call->recorder.Finish(reactor, ToGrpcStatus(parsed));
     return reactor;
   }
+  call->held = *std::move(held);
   StepCall* const started = call.get();
-  StartStep(started->request,
-            [context, reactor, response, call = std::move(call)](absl::StatusOr<StepOutput> out) {
-              const int64_t current_version = CurrentVersionOf(out.status());
-              if (current_version >= 0) {
-                context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
-              }
-              const grpc::Status status = ToGrpcStatus(out.status());
-              if (out.ok()) SerializeStepResponse(*std::move(out), response);
-              call->recorder.Finish(reactor, status);
-            });
+  StartStep(started->request, [context, reactor, response,
+                               call = std::move(call)](absl::StatusOr<StepOutput> out) mutable {
+    const int64_t current_version = CurrentVersionOf(out.status());
+    if (current_version >= 0) {
+      context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
+    }
+    if (NeedsRejoin(out.status())) context->AddTrailingMetadata("optd-rejoin", "1");
+    absl::Status status = out.status();
+    if (out.ok()) {
+      status = Guarded("Step", [&] {
+        SerializeStepResponse(*std::move(out), response);
+        return absl::OkStatus();
+      });
+    }
+    call->recorder.Finish(reactor, ToGrpcStatus(status));
+  });
   return reactor;
 }
 
@@ -290,15 +397,19 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OptimizerServiceImp
 }
 
 OptimizerServiceImpl::OptimizerServiceImpl(SessionStore* store,
-                                           const GrpcServerMetrics* grpc_metrics)
+                                           const GrpcServerMetrics* grpc_metrics,
+                                           MemoryBudget* budget, int64_t max_reply_bytes)
     : store_(store),
       grpc_metrics_(grpc_metrics),
+      budget_(budget),
+      max_reply_bytes_(static_cast<size_t>(max_reply_bytes)),
       create_session_series_(MethodSeries("CreateSession")),
       get_session_series_(MethodSeries("GetSession")),
       list_sessions_series_(MethodSeries("ListSessions")),
       update_session_series_(MethodSeries("UpdateSession")),
       delete_session_series_(MethodSeries("DeleteSession")),
       pull_series_(MethodSeries("Pull")),
+      join_session_series_(MethodSeries("JoinSession")),
       step_series_(MethodSeries("Step")),
       stream_steps_series_(MethodSeries("StreamSteps")) {}
 

@@ -12,23 +12,27 @@
 // GrpcCallRecorders (the series go-grpc-prometheus defines: started, messages received and sent,
 // handled by code, handling seconds), so OptdServer initialises its methods with
 // Recording::kByService and gRPC's interceptor machinery, which costs a few microseconds per call,
-// stays off optd's own methods. A call's clock starts when its handler is invoked (after gRPC has
-// parsed the request; Step and StreamSteps parse their own, inside the clock) and stops when the
-// handler finishes the call.
+// stays off optd's own methods. A call's clock starts when its handler is invoked and stops when
+// the handler finishes the call.
 //
-// Step and StreamSteps are raw methods (grpc::ByteBuffer in and out): they read the request and
-// write the reply through message_bytes.h, which leaves gradients' bytes in gRPC's slices for the
-// session to read, and hands the returned parameters to gRPC without copying them (the session's
-// shared buffer, or bytes encoded straight into gRPC's slice). A request that does not
-// parse gets INVALID_ARGUMENT (unary) or a StepError with that code (stream, which goes on).
+// Every method is raw (grpc::ByteBuffer in and out): the service parses each request itself
+// (message_bytes.h), so bytes that are no valid message get INVALID_ARGUMENT (a StepError with
+// that code on a stream, which goes on), never gRPC's UNIMPLEMENTED; Step leaves gradients' bytes
+// in gRPC's slices for the session to read, and Step and Pull hand returned parameters to gRPC
+// without copying them. A handler never lets an exception escape: running out of memory is
+// RESOURCE_EXHAUSTED and the call is still answered. Requests in flight count against the memory
+// budget.
 //
 // Errors, as the client sees them: NOT_FOUND unknown session; ALREADY_EXISTS taken id;
 // INVALID_ARGUMENT bad id, tensor, dtype, hyperparameter or non-finite gradient, with the field,
-// value and valid range in the message; ABORTED stale gradient or expired SYNC barrier, with the
-// session's current version in the trailing metadata key "optd-current-version" (unary) or in
-// StepError.current_version (stream); FAILED_PRECONDITION a reused sequence number;
-// RESOURCE_EXHAUSTED too many sessions (or, from gRPC itself, a message over the size limit);
-// UNAVAILABLE the session was deleted, or the server stopped, while the call waited at a barrier.
+// a short prefix of the value and the valid range in the message; ABORTED stale gradient or
+// expired SYNC barrier, with the session's current version in the trailing metadata key
+// "optd-current-version" (unary) or in StepError.current_version (stream); FAILED_PRECONDITION a
+// keyed step the server cannot tell from a retry, with trailing metadata "optd-rejoin: 1" (or
+// StepError.rejoin) when the worker must join again; RESOURCE_EXHAUSTED too many sessions, a
+// memory budget or per-session limit reached, a reply over the message limit (or, from gRPC
+// itself, a request over it); UNAVAILABLE the session was deleted, or the server stopped, while
+// the call waited at a barrier.
 
 #ifndef OPTD_SERVER_SERVICE_OPTIMIZER_SERVICE_H_
 #define OPTD_SERVER_SERVICE_OPTIMIZER_SERVICE_H_
@@ -44,45 +48,49 @@
 
 namespace optd {
 
-// The callback service with Step and StreamSteps as raw methods (the others typed).
-using OptimizerCallbackService = v1::Optimizer::WithCallbackMethod_CreateSession<
-    v1::Optimizer::WithCallbackMethod_GetSession<v1::Optimizer::WithCallbackMethod_ListSessions<
-        v1::Optimizer::WithCallbackMethod_UpdateSession<
-            v1::Optimizer::WithCallbackMethod_DeleteSession<
-                v1::Optimizer::WithCallbackMethod_Pull<v1::Optimizer::WithRawCallbackMethod_Step<
-                    v1::Optimizer::WithRawCallbackMethod_StreamSteps<v1::Optimizer::Service>>>>>>>>;
+// The callback service with every method raw (grpc::ByteBuffer in and out): the service parses
+// each request itself, so bytes that are no message get INVALID_ARGUMENT, and writes each reply
+// itself, so tensors go out without a copy.
+using OptimizerCallbackService = v1::Optimizer::WithRawCallbackMethod_CreateSession<
+    v1::Optimizer::WithRawCallbackMethod_GetSession<
+        v1::Optimizer::WithRawCallbackMethod_ListSessions<
+            v1::Optimizer::WithRawCallbackMethod_UpdateSession<
+                v1::Optimizer::WithRawCallbackMethod_DeleteSession<
+                    v1::Optimizer::WithRawCallbackMethod_Pull<
+                        v1::Optimizer::WithRawCallbackMethod_Step<
+                            v1::Optimizer::WithRawCallbackMethod_StreamSteps<
+                                v1::Optimizer::WithRawCallbackMethod_JoinSession<
+                                    v1::Optimizer::Service>>>>>>>>>;
 
 class OptimizerServiceImpl final : public OptimizerCallbackService {
  public:
-  // `store` must outlive the service; so must `grpc_metrics`, which may be null (metrics off).
-  explicit OptimizerServiceImpl(SessionStore* store,
-                                const GrpcServerMetrics* grpc_metrics = nullptr);
+  // `store` and `budget` (which pays for requests in flight) must outlive the service; so must
+  // `grpc_metrics`, which may be null (metrics off). `max_reply_bytes` bounds ListSessions pages.
+  OptimizerServiceImpl(SessionStore* store, const GrpcServerMetrics* grpc_metrics = nullptr,
+                       MemoryBudget* budget = MemoryBudget::Unlimited(),
+                       int64_t max_reply_bytes = int64_t{1} << 31);
 
-  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
-                                          const v1::CreateSessionRequest* request,
-                                          v1::Session* response) override;
-  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
-                                       const v1::GetSessionRequest* request,
-                                       v1::Session* response) override;
-  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* context,
-                                         const v1::ListSessionsRequest* request,
-                                         v1::ListSessionsResponse* response) override;
-  grpc::ServerUnaryReactor* UpdateSession(grpc::CallbackServerContext* context,
-                                          const v1::UpdateSessionRequest* request,
-                                          v1::Session* response) override;
-  grpc::ServerUnaryReactor* DeleteSession(grpc::CallbackServerContext* context,
-                                          const v1::DeleteSessionRequest* request,
-                                          v1::DeleteSessionResponse* response) override;
-  grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
-                                 const v1::PullRequest* request,
-                                 v1::PullResponse* response) override;
-  // Raw methods: they parse the StepRequest and serialize the reply themselves (message_bytes.h),
-  // so that the parameters a reply returns are not copied once more by gRPC.
-  grpc::ServerUnaryReactor* Step(grpc::CallbackServerContext* context,
-                                 const grpc::ByteBuffer* request,
-                                 grpc::ByteBuffer* response) override;
+  using Reactor = grpc::ServerUnaryReactor;
+  Reactor* CreateSession(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                         grpc::ByteBuffer* response) override;
+  Reactor* GetSession(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                      grpc::ByteBuffer* response) override;
+  Reactor* ListSessions(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                        grpc::ByteBuffer* response) override;
+  Reactor* UpdateSession(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                         grpc::ByteBuffer* response) override;
+  Reactor* DeleteSession(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                         grpc::ByteBuffer* response) override;
+  Reactor* JoinSession(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                       grpc::ByteBuffer* response) override;
+  Reactor* Pull(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                grpc::ByteBuffer* response) override;
+  Reactor* Step(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamSteps(
       grpc::CallbackServerContext* context) override;
+
+  MemoryBudget* budget() const { return budget_; }
 
   // The work of one Step, shared by Step and StreamSteps: finds the session and steps it; `done` is
   // called exactly once, when the step is answered: at once, or (SYNC) when its barrier
@@ -91,12 +99,22 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
   void StartStep(const StepRequestBytes& request, StepCallback done);
 
  private:
+  template <typename Request, typename Response>
+  Reactor* Unary(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
+                 grpc::ByteBuffer* response_bytes, const GrpcServerMetrics::MethodMetrics* series,
+                 absl::string_view method,
+                 absl::Status (OptimizerServiceImpl::*handler)(const Request&, Response*));
+
   absl::Status DoCreateSession(const v1::CreateSessionRequest& request, v1::Session* response);
   absl::Status DoGetSession(const v1::GetSessionRequest& request, v1::Session* response);
   absl::Status DoListSessions(const v1::ListSessionsRequest& request,
                               v1::ListSessionsResponse* response);
   absl::Status DoUpdateSession(const v1::UpdateSessionRequest& request, v1::Session* response);
-  absl::Status DoPull(const v1::PullRequest& request, v1::PullResponse* response);
+  absl::Status DoDeleteSession(const v1::DeleteSessionRequest& request,
+                               v1::DeleteSessionResponse* response);
+  absl::Status DoJoinSession(const v1::JoinSessionRequest& request,
+                             v1::JoinSessionResponse* response);
+  absl::StatusOr<PullOutput> DoPull(const v1::PullRequest& request);
 
   // The series of one of this service's methods ("Step") if the service records it
   // (Recording::kByService), else null.
@@ -104,6 +122,8 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
 
   SessionStore* const store_;
   const GrpcServerMetrics* const grpc_metrics_;
+  MemoryBudget* const budget_;
+  const size_t max_reply_bytes_;
   // Looked up once: the series of each method (null without metrics).
   const GrpcServerMetrics::MethodMetrics* const create_session_series_;
   const GrpcServerMetrics::MethodMetrics* const get_session_series_;
@@ -111,6 +131,7 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
   const GrpcServerMetrics::MethodMetrics* const update_session_series_;
   const GrpcServerMetrics::MethodMetrics* const delete_session_series_;
   const GrpcServerMetrics::MethodMetrics* const pull_series_;
+  const GrpcServerMetrics::MethodMetrics* const join_session_series_;
   const GrpcServerMetrics::MethodMetrics* const step_series_;
   const GrpcServerMetrics::MethodMetrics* const stream_steps_series_;
 };

@@ -410,6 +410,12 @@ absl::StatusOr<StepInput> StepInputFromProto(const v1::StepRequest& request) {
   input.return_dtype = *return_dtype;
   input.sequence = request.sequence();
   if (request.has_version()) input.version = request.version();
+  if (request.worker_incarnation() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker_incarnation = ", request.worker_incarnation(),
+                     " is out of range: must be >= 0 (0: not joined)"));
+  }
+  input.worker_incarnation = request.worker_incarnation();
   return input;
 }
 
@@ -422,6 +428,8 @@ void StepOutputToProto(const StepOutput& output, v1::StepResponse* out) {
   out->set_workers(output.workers);
   for (const std::string& w : output.missing_workers) out->add_missing_workers(w);
   out->set_staleness(output.staleness);
+  out->set_non_finite_parameters(output.non_finite_parameters);
+  for (const std::string& t : output.non_finite_tensors) out->add_non_finite_tensors(t);
 }
 
 absl::Status MergeOptimizerFromProto(const v1::OptimizerConfig& config, bool require_same_kind,
@@ -515,6 +523,14 @@ void SessionInfoToProto(const SessionInfo& info, v1::Session* out) {
   out->set_optimizer_state_bytes(info.optimizer_state_bytes);
   out->set_state_bytes_per_parameter(info.state_bytes_per_parameter);
   out->set_create_time_seconds(absl::ToDoubleSeconds(info.create_time - absl::UnixEpoch()));
+  v1::MemoryUse* memory = out->mutable_memory();
+  memory->set_parameter_bytes(info.memory.parameter_bytes);
+  memory->set_optimizer_state_bytes(info.memory.optimizer_state_bytes);
+  memory->set_reserved_state_bytes(info.memory.reserved_state_bytes);
+  memory->set_reply_bytes(info.memory.reply_bytes);
+  memory->set_barrier_bytes(info.memory.barrier_bytes);
+  memory->set_exactly_once_bytes(info.memory.exactly_once_bytes);
+  memory->set_total_bytes(info.memory.total());
 }
 
 }  // namespace optd

@@ -55,9 +55,18 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
     grpc_metrics.InitializeMethod("grpc.reflection.v1alpha.ServerReflection",
                                   "ServerReflectionInfo", GrpcType::kBidiStream);
   }
-  server->store_ = std::make_unique<SessionStore>(options.store, observer);
+  if (options.max_memory_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_memory_bytes = ", options.max_memory_bytes,
+                                                   " is out of range: must be >= 1"));
+  }
+  server->budget_ = std::make_unique<MemoryBudget>(options.max_memory_bytes);
+  SessionStoreOptions store_options = options.store;
+  store_options.max_reply_bytes = options.max_message_bytes;
+  server->store_ =
+      std::make_unique<SessionStore>(store_options, observer, Clock::Real(), server->budget_.get());
   server->service_ = std::make_unique<OptimizerServiceImpl>(
-      server->store_.get(), server->metrics_ != nullptr ? &server->metrics_->grpc() : nullptr);
+      server->store_.get(), server->metrics_ != nullptr ? &server->metrics_->grpc() : nullptr,
+      server->budget_.get(), options.max_message_bytes);
   server->max_message_bytes_ = options.max_message_bytes;
 
   // Both are process-wide switches; they must be set before the first server is built.
@@ -65,6 +74,9 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   grpc::ServerBuilder builder;
+  // One server per port: with SO_REUSEPORT (gRPC's default) a second optd would bind the same
+  // port and clients would alternate between two sets of sessions.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
@@ -76,7 +88,9 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
   }
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", options.listen,
+        ": the address is not valid here, or another process (another optd?) is listening on it"));
   }
   server->server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
   return server;

@@ -13,6 +13,7 @@
 #define OPTD_SERVER_SERVICE_SERVER_H_
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,6 +24,7 @@
 #include "grpcpp/channel.h"
 #include "grpcpp/server.h"
 #include "server/metrics/metrics.h"
+#include "server/session/memory_budget.h"
 #include "server/session/session_store.h"
 
 namespace optd {
@@ -39,6 +41,12 @@ struct ServerOptions {
   // Largest request or reply, in bytes. A larger request fails with RESOURCE_EXHAUSTED.
   // The default leaves room for a 64 MiB tensor plus its reply.
   int64_t max_message_bytes = 256 << 20;
+  // What requests may make the server hold in all (memory_budget.h): parameters, optimizer
+  // state, barrier sums, requests and decoded gradients in flight. main.cc's default is most of
+  // the machine's (or the cgroup's, or the address-space limit's) memory.
+  int64_t max_memory_bytes = std::numeric_limits<int64_t>::max();
+  // Sessions: their count, size per session, exactly-once table (max_reply_bytes is set from
+  // max_message_bytes).
   SessionStoreOptions store;
   // Prometheus metrics. Unset (the default, for tests and embedders): none are kept and no port is
   // opened. Set: every RPC and session event is recorded, and served on `metrics->listen` when
@@ -48,8 +56,8 @@ struct ServerOptions {
 
 class OptdServer {
  public:
-  // Builds and starts the server. Returns Unavailable if the address cannot be bound and
-  // InvalidArgument for bad options.
+  // Builds and starts the server. Returns Unavailable if the address cannot be bound (another
+  // process listens on it: optd never shares a port) and InvalidArgument for bad options.
   static absl::StatusOr<std::unique_ptr<OptdServer>> Start(const ServerOptions& options);
 
   // The gRPC service name, as the health service reports it.
@@ -65,6 +73,8 @@ class OptdServer {
 
   SessionStore& store() { return *store_; }
 
+  MemoryBudget& budget() { return *budget_; }
+
   // The metrics, or null when ServerOptions::metrics was unset.
   Metrics* metrics() { return metrics_.get(); }
 
@@ -78,7 +88,9 @@ class OptdServer {
  private:
   OptdServer() = default;
 
-  std::unique_ptr<Metrics> metrics_;  // first: outlives the store and the server that report to it
+  // First: replies in flight hold reservations of the budget until gRPC has sent them.
+  std::unique_ptr<MemoryBudget> budget_;
+  std::unique_ptr<Metrics> metrics_;  // outlives the store and the server that report to it
   std::unique_ptr<SessionStore> store_;
   std::unique_ptr<OptimizerServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;

@@ -53,6 +53,22 @@ std::vector<float> Gradient::Densify(const TensorSpec& spec) && {
   return dense;
 }
 
+int64_t DecodeBytes(const TensorSpecs& specs, absl::Span<const WireTensorView> gradients) {
+  int64_t bytes = 0;
+  for (const WireTensorView& g : gradients) {
+    const int k = specs.Find(g.name);
+    if (k < 0) continue;
+    if (g.has_rows) {
+      // The raw rows, their coalesced copy and the row indices.
+      const int64_t rows = static_cast<int64_t>(g.rows.size());
+      bytes += rows * (2 * specs[k].row_size() * static_cast<int64_t>(sizeof(float)) + 8);
+    } else if (g.dtype != WireDType::kF32 || g.data.Pieces().size() != 1) {
+      bytes += specs[k].num_elements * static_cast<int64_t>(sizeof(float));
+    }
+  }
+  return bytes;
+}
+
 absl::StatusOr<std::vector<Gradient>> DecodeGradients(const TensorSpecs& specs,
                                                       absl::string_view session_id,
                                                       absl::Span<const WireTensorView> gradients,

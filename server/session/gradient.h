@@ -83,6 +83,11 @@ class Gradient {
   bool borrowed_ = false;
 };
 
+// An upper bound of the bytes DecodeGradients allocates for `gradients` (BF16/F16 decoded to
+// float32, F32 gathered from several pieces, row-sparse values): what a caller reserves from the
+// memory budget first. Gradients it will refuse count 0.
+int64_t DecodeBytes(const TensorSpecs& specs, absl::Span<const WireTensorView> gradients);
+
 // Decodes `gradients` into one Gradient per tensor of `specs`, in creation order. The dense ones
 // may borrow the gradients' bytes, which must outlive them. On failure sets `*reason` (kInvalid or
 // kNonFinite). `session_id` is for messages only.

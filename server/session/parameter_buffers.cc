@@ -4,28 +4,51 @@
 #include <atomic>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 namespace optd {
 
-ParameterBuffers::ParameterBuffers(std::vector<std::vector<float>> values) {
+struct ParameterBuffers::Buffer {
+  Buffer(std::vector<float> v, MemoryReservation r, std::shared_ptr<std::atomic<int64_t>> l)
+      : values(std::move(v)), reservation(std::move(r)), live(std::move(l)) {
+    live->fetch_add(Bytes(), std::memory_order_relaxed);
+  }
+  ~Buffer() { live->fetch_sub(Bytes(), std::memory_order_relaxed); }
+  int64_t Bytes() const { return static_cast<int64_t>(values.size() * sizeof(float)); }
+
+  std::vector<float> values;
+  MemoryReservation reservation;
+  std::shared_ptr<std::atomic<int64_t>> live;
+};
+
+std::shared_ptr<std::vector<float>> ParameterBuffers::Wrap(
+    std::vector<float> values, MemoryReservation reservation,
+    std::shared_ptr<std::atomic<int64_t>> live) {
+  auto buffer =
+      std::make_shared<Buffer>(std::move(values), std::move(reservation), std::move(live));
+  return std::shared_ptr<std::vector<float>>(buffer, &buffer->values);
+}
+
+ParameterBuffers::ParameterBuffers(std::vector<std::vector<float>> values,
+                                   MemoryReservation reservation, MemoryBudget* budget)
+    : budget_(budget) {
   buffers_.reserve(values.size());
   for (std::vector<float>& v : values) {
-    buffers_.push_back(std::make_shared<std::vector<float>>(std::move(v)));
+    MemoryReservation own = reservation.Split(static_cast<int64_t>(v.size() * sizeof(float)));
+    buffers_.push_back(Wrap(std::move(v), std::move(own), live_bytes_));
   }
 }
 
-ParameterBuffers::ParameterBuffers(std::vector<SharedFloats> values) {
-  buffers_.reserve(values.size());
-  for (SharedFloats& v : values) {
-    // The shared values are never written: the first Writable() copies them (use_count > 1).
-    buffers_.push_back(std::const_pointer_cast<std::vector<float>>(std::move(v)));
-  }
-}
-
-absl::Span<float> ParameterBuffers::Writable(int index, int64_t* copied_bytes) {
+absl::StatusOr<absl::Span<float>> ParameterBuffers::Writable(int index, int64_t* copied_bytes) {
   std::shared_ptr<std::vector<float>>& values = buffers_[index];
   if (values.use_count() > 1) {
-    values = std::make_shared<std::vector<float>>(*values);
-    *copied_bytes += static_cast<int64_t>(values->size() * sizeof(float));
+    const int64_t bytes = static_cast<int64_t>(values->size() * sizeof(float));
+    absl::StatusOr<MemoryReservation> reservation =
+        budget_ != nullptr ? budget_->Reserve(bytes, "a copy of parameters a reply still holds")
+                           : absl::StatusOr<MemoryReservation>(MemoryReservation());
+    if (!reservation.ok()) return reservation.status();
+    values = Wrap(*values, *std::move(reservation), live_bytes_);
+    *copied_bytes += bytes;
   } else {
     // The last reply that shared the buffer has let go of it; its reads (on other threads)
     // happen before the writes that follow.

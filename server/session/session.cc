@@ -33,9 +33,15 @@ std::vector<std::optional<std::vector<int64_t>>> TouchedRows(const std::vector<G
 }
 
 SyncBarrier::Waiter WaiterFor(const StepInput& input, StepCallback done) {
-  return {input.worker_id, input.sequence, input.return_mode, input.return_dtype,
-          false,           input.bytes(),  std::move(done)};
+  return {input.worker_id,   input.worker_incarnation, input.sequence,
+          input.return_mode, input.return_dtype,       false,
+          input.bytes(),     std::move(done)};
 }
+
+// Bytes of a reply's fields besides its tensors, with room for every key and varint, and for the
+// name of every missing SYNC worker.
+constexpr int64_t kReplyFieldsBound = 256;
+constexpr int64_t kWorkerIdBound = 128 + 16;
 
 }  // namespace
 
@@ -59,8 +65,9 @@ struct Session::Reports {
 };
 
 Session::Session(std::string id, TensorSpecs specs, ParameterBuffers parameters,
-                 std::unique_ptr<Optimizer> optimizer, LrSchedule schedule, SessionConfig config,
-                 absl::Time create_time, const SessionEnv& env)
+                 MemoryReservation state_reservation, std::unique_ptr<Optimizer> optimizer,
+                 LrSchedule schedule, SessionConfig config, absl::Time create_time,
+                 const SessionEnv& env)
     : id_(std::move(id)),
       specs_(std::move(specs)),
       consistency_(std::move(config.consistency)),
@@ -68,20 +75,29 @@ Session::Session(std::string id, TensorSpecs specs, ParameterBuffers parameters,
       clock_(env.clock),
       observer_(env.observer),
       scheduler_(env.scheduler),
+      budget_(env.budget),
+      max_reply_bytes_(env.max_reply_bytes),
+      state_reservation_(std::move(state_reservation)),
       parameters_(std::move(parameters)),
       optimizer_(std::move(optimizer)),
       schedule_(std::move(schedule)),
       clipping_(config.clipping),
+      exactly_once_(env.exactly_once),
       barrier_(consistency_, &specs_) {}
 
 void Session::Step(const StepInput& input, StepCallback done) {
   Reports reports;
   RefusalReason reason;
   absl::Status checked = CheckStepRequest(consistency_, input, &reason);
+  // What decoding allocates is paid for first, and held until the step is answered.
+  absl::StatusOr<MemoryReservation> decoding =
+      checked.ok() ? budget_->Reserve(DecodeBytes(specs_, input.gradients),
+                                      absl::StrCat("decoding a gradient for session ", id_))
+                   : absl::StatusOr<MemoryReservation>(checked);
   // Decoded and validated outside the lock: names and shapes never change after creation.
   absl::StatusOr<std::vector<Gradient>> gradients =
-      checked.ok() ? DecodeGradients(specs_, id_, input.gradients, &reason)
-                   : absl::StatusOr<std::vector<Gradient>>(checked);
+      decoding.ok() ? DecodeGradients(specs_, id_, input.gradients, &reason)
+                    : absl::StatusOr<std::vector<Gradient>>(decoding.status());
   if (!gradients.ok()) {
     reports.Add(std::move(done), gradients.status(), input.bytes(), -1, reason);
   } else {
@@ -98,13 +114,21 @@ void Session::StepLocked(const StepInput& input, std::vector<Gradient> gradients
   if (!closed_.ok()) return reports->Add(std::move(done), closed_, bytes, -1);
   const bool sync = consistency_.mode == ConsistencyOptions::Mode::kSync;
   // A retry of a contribution still waiting at the barrier waits for the same outcome.
-  if (sync && barrier_.IsPending(input.worker_id, input.sequence)) {
+  if (sync && barrier_.IsPending(input.worker_id, input.worker_incarnation, input.sequence)) {
     return barrier_.AttachRetry(WaiterFor(input, std::move(done)));
+  }
+  const std::vector<std::optional<std::vector<int64_t>>> touched =
+      input.return_mode == ReturnMode::kTouched && !sync
+          ? TouchedRows(gradients)
+          : std::vector<std::optional<std::vector<int64_t>>>();
+  // The reply must fit before anything is done.
+  if (absl::Status s = CheckReplySize(input.return_mode, input.return_dtype, touched); !s.ok()) {
+    return reports->Add(std::move(done), s, bytes, -1, RefusalReason::kInvalid);
   }
   // A retry of an applied step is answered with its first outcome.
   if (input.sequence > 0) {
     absl::StatusOr<const ExactlyOnceTable::Outcome*> seen =
-        exactly_once_.Find(input.worker_id, input.sequence);
+        exactly_once_.Find(input.worker_id, input.worker_incarnation, input.sequence);
     if (!seen.ok()) {
       return reports->Add(std::move(done), seen.status(), bytes, -1, RefusalReason::kDuplicate);
     }
@@ -148,19 +172,29 @@ void Session::ApplyNowLocked(const StepInput& input, std::vector<Gradient> gradi
   StepOutput out;
   out.staleness = staleness;
   StepEvent event;
-  if (absl::Status s = ApplyLocked(gradients, 1.0f, input.loss, measure, &out, &event); !s.ok()) {
+  if (absl::Status s = ApplyLocked(gradients, input.loss, measure, &out, &event); !s.ok()) {
     return reports->Add(std::move(done), s, input.bytes(), known_staleness);
   }
   reports->step = event;
-  exactly_once_.Record(input.worker_id, input.sequence, out, version_);
+  exactly_once_.Record(input.worker_id, input.worker_incarnation, input.sequence, out);
   ShareParameters(input.return_mode, input.return_dtype, touched, &out);
   reports->Add(std::move(done), std::move(out), input.bytes(), known_staleness);
 }
 
 void Session::JoinBarrierLocked(const StepInput& input, std::vector<Gradient> gradients,
                                 bool measure, StepCallback done, Reports* reports) {
+  MemoryReservation sums;
+  if (barrier_.contributions() == 0) {
+    absl::StatusOr<MemoryReservation> reserved =
+        budget_->Reserve(barrier_.SumBytes(), absl::StrCat("the SYNC barrier of session ", id_));
+    if (!reserved.ok()) {
+      return reports->Add(std::move(done), reserved.status(), input.bytes(), -1,
+                          RefusalReason::kInvalid);
+    }
+    sums = *std::move(reserved);
+  }
   if (barrier_.Add(std::move(gradients), input.loss, WaiterFor(input, std::move(done)),
-                   clock_->Now())) {
+                   clock_->Now(), std::move(sums))) {
     scheduler_->Schedule(barrier_.opened() + consistency_.barrier_timeout,
                          [weak = weak_from_this(), id = barrier_.id()] {
                            if (std::shared_ptr<Session> s = weak.lock()) s->ExpireBarrier(id);
@@ -169,9 +203,17 @@ void Session::JoinBarrierLocked(const StepInput& input, std::vector<Gradient> gr
   if (barrier_.full()) CompleteBarrierLocked(measure, reports);
 }
 
-absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
-                                  std::optional<double> loss, bool measure, StepOutput* out,
-                                  StepEvent* event) {
+absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optional<double> loss,
+                                  bool measure, StepOutput* out, StepEvent* event) {
+  // The parameter buffers to write, first: a copy a reply forces may not fit the memory budget,
+  // and then nothing has changed yet.
+  std::vector<absl::Span<float>> params(specs_.size());
+  int64_t copied_bytes = 0;
+  for (int k = 0; k < specs_.size(); ++k) {
+    absl::StatusOr<absl::Span<float>> writable = parameters_.Writable(k, &copied_bytes);
+    if (!writable.ok()) return writable.status();
+    params[k] = *writable;
+  }
   // Row-sparse gradients stay sparse for optimizers with a lazy rule (Adam: torch SparseAdam);
   // the others get the dense equivalent, where rows not sent have a zero gradient.
   bool lazy = false;
@@ -185,11 +227,6 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
   for (int k = 0; k < specs_.size(); ++k) {
     if (gradients[k].sparse() && !lazy) {
       gradients[k] = Gradient::Dense(std::move(gradients[k]).Densify(specs_[k]));
-    }
-  }
-  if (scale != 1.0f) {
-    for (Gradient& g : gradients) {
-      for (float& x : g.Own()) x *= scale;
     }
   }
   // The norm of the gradient the optimizer uses (SYNC: the combined one), before clipping. Only
@@ -207,9 +244,8 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, float scale,
     out->gradient_norm = std::sqrt(squares);
   }
   std::vector<TensorGrad> step(gradients.size());
-  int64_t copied_bytes = 0;
   for (int k = 0; k < specs_.size(); ++k) {
-    step[k] = {parameters_.Writable(k, &copied_bytes), gradients[k].values(), gradients[k].rows(),
+    step[k] = {params[k], gradients[k].values(), gradients[k].rows(),
                gradients[k].sparse() ? specs_[k].row_size() : 0};
   }
   const double lr = schedule_.Current();
@@ -244,18 +280,26 @@ void Session::CompleteBarrierLocked(bool measure, Reports* reports) {
   out.missing_workers = reduced.missing_workers;
   StepEvent event;
   const absl::Status applied =
-      ApplyLocked(reduced.gradients, reduced.scale, reduced.loss, measure, &out, &event);
+      reduced.overflow_tensor >= 0
+          ? absl::InvalidArgumentError(
+                absl::StrCat("the ", reduced.workers, " workers' gradients of ",
+                             Quote(specs_[reduced.overflow_tensor].name),
+                             " add up to values beyond float32 (REDUCE_SUM); nothing was applied"))
+          : ApplyLocked(reduced.gradients, reduced.loss, measure, &out, &event);
   if (applied.ok()) reports->step = event;
   // One encoding per requested (mode, dtype), shared by every waiter that asked for it.
   std::vector<std::pair<std::pair<ReturnMode, WireDType>, std::vector<WireTensor>>> encoded;
   for (SyncBarrier::Waiter& w : reduced.waiters) {
     if (!applied.ok()) {
-      reports->Add(std::move(w.done), applied, w.bytes_received, 0);
+      reports->Add(std::move(w.done), applied, w.bytes_received, 0,
+                   reduced.overflow_tensor >= 0
+                       ? std::optional<RefusalReason>(RefusalReason::kNonFinite)
+                       : std::nullopt);
       continue;
     }
     StepOutput reply = out;
     reply.duplicate = w.duplicate;
-    if (!w.duplicate) exactly_once_.Record(w.worker_id, w.sequence, reply, version_);
+    if (!w.duplicate) exactly_once_.Record(w.worker_id, w.incarnation, w.sequence, reply);
     if (w.return_mode != ReturnMode::kNone) {
       const auto key = std::make_pair(w.return_mode, w.return_dtype);
       auto it = std::find_if(encoded.begin(), encoded.end(),
@@ -305,6 +349,44 @@ void Session::ExpireBarrier(int64_t barrier_id) {
   Report(std::move(reports));
 }
 
+absl::StatusOr<JoinOutput> Session::Join(absl::string_view worker_id) {
+  if (absl::Status s = ValidateWorkerId("worker_id", std::string(worker_id)); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  if (!closed_.ok()) return closed_;
+  return JoinOutput{exactly_once_.Join(worker_id), version_};
+}
+
+absl::Status Session::CheckReplySize(
+    ReturnMode mode, WireDType dtype,
+    absl::Span<const std::optional<std::vector<int64_t>>> touched) const {
+  if (max_reply_bytes_ <= 0) return absl::OkStatus();
+  int64_t bytes = kReplyFieldsBound;
+  if (consistency_.mode == ConsistencyOptions::Mode::kSync) {
+    bytes += consistency_.workers * kWorkerIdBound;  // missing_workers
+  }
+  for (const TensorSpec& spec : specs_) bytes += spec.name.size() + 16;  // non_finite_tensors
+  int64_t elements = 0;
+  if (mode != ReturnMode::kNone) {
+    const int64_t width = BytesPerElement(dtype);
+    for (int k = 0; k < specs_.size(); ++k) {
+      const TensorSpec& spec = specs_[k];
+      const bool rows = mode == ReturnMode::kTouched && k < static_cast<int>(touched.size()) &&
+                        touched[k].has_value();
+      const int64_t num_rows = rows ? static_cast<int64_t>(touched[k]->size()) : 0;
+      const int64_t n = rows ? num_rows * spec.row_size() : spec.num_elements;
+      elements += n;
+      bytes += TensorMessageBound(static_cast<int64_t>(spec.name.size()),
+                                  static_cast<int64_t>(spec.shape.size()), num_rows, n * width);
+    }
+  }
+  if (bytes <= max_reply_bytes_) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the reply would take up to ", bytes, " bytes (", elements, " parameters as ",
+      WireDTypeName(dtype), "), over the server's limit of ", max_reply_bytes_,
+      " bytes (--max_message_bytes); nothing was done. Ask for return_parameters NONE or "
+      "TOUCHED, a 2-byte return_dtype, or Pull the tensors in parts"));
+}
+
 absl::Status Session::Update(const SessionUpdate& update) {
   if (update.clipping.has_value()) {
     if (absl::Status s = update.clipping->Validate(); !s.ok()) return s;
@@ -333,7 +415,30 @@ absl::Status Session::Update(const SessionUpdate& update) {
     if (absl::Status s = schedule.SetBaseLr(base_lr); !s.ok()) return s;
   }
   if (update.optimizer) {
+    // New options may keep more state (SGD's momentum turned on): it is reserved first.
+    std::optional<MemoryReservation> more;
+    absl::StatusOr<std::unique_ptr<Optimizer>> probe = CreateOptimizer(options, {1});
+    if (probe.ok()) {
+      const int64_t needed = specs_.num_elements() * (*probe)->StateBytesPerElement();
+      if (needed > state_reservation_.bytes()) {
+        absl::StatusOr<MemoryReservation> reserved =
+            budget_->Reserve(needed - state_reservation_.bytes(),
+                             absl::StrCat("the optimizer state of session ", id_));
+        if (!reserved.ok()) return reserved.status();
+        more = *std::move(reserved);
+      }
+    }
     if (absl::Status s = optimizer_->UpdateOptions(options); !s.ok()) return s;
+    if (more.has_value()) {
+      MemoryReservation merged = std::move(*more);
+      // Both came from the same budget: keep one reservation of their sum.
+      const int64_t total = merged.bytes() + state_reservation_.bytes();
+      state_reservation_.Release();
+      merged.Release();
+      absl::StatusOr<MemoryReservation> whole =
+          budget_->Reserve(total, absl::StrCat("the optimizer state of session ", id_));
+      if (whole.ok()) state_reservation_ = *std::move(whole);
+    }
   }
   schedule_ = std::move(schedule);
   if (update.clipping.has_value()) clipping_ = *update.clipping;
@@ -469,6 +574,26 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
     }
     selection[k] = &rows[i];
   }
+  // The reply must fit before anything is gathered.
+  if (max_reply_bytes_ > 0) {
+    int64_t bytes = kReplyFieldsBound;
+    for (int k : indices) {
+      const TensorSpec& spec = specs_[k];
+      const int64_t num_rows =
+          selection[k] != nullptr ? static_cast<int64_t>(selection[k]->rows.size()) : 0;
+      const int64_t n = selection[k] != nullptr ? num_rows * spec.row_size() : spec.num_elements;
+      bytes += TensorMessageBound(static_cast<int64_t>(spec.name.size()),
+                                  static_cast<int64_t>(spec.shape.size()), num_rows,
+                                  n * BytesPerElement(dtype));
+      if (bytes > max_reply_bytes_) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the reply would take more than ", max_reply_bytes_,
+            " bytes, the server's limit (--max_message_bytes), by tensor ", Quote(spec.name),
+            num_rows > 0 ? absl::StrCat(" (", num_rows, " rows)") : std::string(),
+            "; nothing was gathered. Pull fewer tensors or rows at a time, or a 2-byte dtype"));
+      }
+    }
+  }
   PullOutput out;
   absl::ReaderMutexLock lock(&mu_);
   out.version = version_;
@@ -496,6 +621,14 @@ SessionInfo Session::Info() const {
   info.version = version_;
   info.optimizer_state_bytes = optimizer_->StateBytes();
   info.state_bytes_per_parameter = optimizer_->StateBytesPerElement();
+  SessionMemory& m = info.memory;
+  m.parameter_bytes = info.parameter_bytes;
+  m.optimizer_state_bytes = info.optimizer_state_bytes;
+  m.reserved_state_bytes =
+      std::max<int64_t>(0, state_reservation_.bytes() - m.optimizer_state_bytes);
+  m.reply_bytes = std::max<int64_t>(0, parameters_.live_bytes() - m.parameter_bytes);
+  m.barrier_bytes = barrier_.contributions() > 0 ? barrier_.SumBytes() : 0;
+  m.exactly_once_bytes = exactly_once_.MemoryBytes();
   return info;
 }
 
@@ -514,7 +647,7 @@ SessionState Session::Snapshot() const {
   state.optimizer = optimizer_->ExportState();
   state.schedule = schedule_.state();
   state.version = version_;
-  state.workers = exactly_once_.Export();
+  state.exactly_once = exactly_once_.Export();
   state.sync_workers_seen = barrier_.known_workers();
   return state;
 }

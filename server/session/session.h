@@ -30,8 +30,10 @@
 //   Aborted             stale gradient (SYNC: not the current version; BOUNDED: older than S), or a
 //                       SYNC barrier that expired short of its quorum; the status carries the
 //                       current version (CurrentVersionOf, step.h)
-//   FailedPrecondition  a sequence number at or below the worker's last one that is no longer
-//                       remembered
+//   FailedPrecondition  a keyed step the session cannot tell apart from a retry of an applied one
+//                       (exactly_once.h); NeedsRejoin (step.h) when the worker must join again
+//   ResourceExhausted   the reply would exceed SessionEnv::max_reply_bytes, or the memory budget
+//                       cannot pay for the step (a barrier's sums, a decoded gradient, a copy)
 //   Unavailable         the session was closed (deleted, or the server is stopping) mid-barrier
 
 #ifndef OPTD_SERVER_SESSION_SESSION_H_
@@ -58,6 +60,7 @@
 #include "server/session/deadline_scheduler.h"
 #include "server/session/exactly_once.h"
 #include "server/session/gradient.h"
+#include "server/session/memory_budget.h"
 #include "server/session/parameter_buffers.h"
 #include "server/session/session_config.h"
 #include "server/session/session_observer.h"
@@ -68,6 +71,20 @@
 #include "wire/wire_tensor.h"
 
 namespace optd {
+
+// What a session holds in memory, in bytes (see optd.v1.MemoryUse).
+struct SessionMemory {
+  int64_t parameter_bytes = 0;
+  int64_t optimizer_state_bytes = 0;  // allocated so far
+  int64_t reserved_state_bytes = 0;   // reserved for first steps, not yet allocated
+  int64_t reply_bytes = 0;            // older parameter buffers replies still hold
+  int64_t barrier_bytes = 0;          // the open SYNC barrier's sums
+  int64_t exactly_once_bytes = 0;     // an estimate
+  int64_t total() const {
+    return parameter_bytes + optimizer_state_bytes + reserved_state_bytes + reply_bytes +
+           barrier_bytes + exactly_once_bytes;
+  }
+};
 
 // A snapshot of a session's description, for GetSession and ListSessions.
 struct SessionInfo {
@@ -81,6 +98,13 @@ struct SessionInfo {
   int64_t optimizer_state_bytes = 0;
   int64_t state_bytes_per_parameter = 0;
   absl::Time create_time;
+  SessionMemory memory;
+};
+
+// A worker's join (Session::Join).
+struct JoinOutput {
+  int64_t worker_incarnation = 0;
+  int64_t version = 0;
 };
 
 // Rows of one tensor to read (Pull).
@@ -99,6 +123,15 @@ struct SessionEnv {
   Clock* clock = Clock::Real();
   SessionObserver* observer = nullptr;     // may be null; told of every step and refusal
   DeadlineScheduler* scheduler = nullptr;  // SYNC barrier deadlines; needed by SYNC sessions
+  // Pays for parameters, optimizer state, barrier sums, decoded gradients and copies of shared
+  // parameters; also the replies' buffers, which may outlive the session.
+  MemoryBudget* budget = MemoryBudget::Unlimited();
+  // The largest reply a Step or Pull may make, in bytes (the server's message limit): a request
+  // whose reply could be larger is refused before anything is done. 0: no limit.
+  int64_t max_reply_bytes = 0;
+  // The most parameters (elements of all tensors) a session may hold; 0: no limit.
+  int64_t max_parameters = 0;
+  ExactlyOnceOptions exactly_once;
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -133,6 +166,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // caller until its barrier completes).
   absl::StatusOr<StepOutput> StepAndWait(const StepInput& input);
 
+  // Starts a new incarnation of worker `worker_id` (exactly_once.h): its keyed steps carry the
+  // returned incarnation and sequence numbers from 1. InvalidArgument for a bad worker id;
+  // the session's closing status once it is closed.
+  absl::StatusOr<JoinOutput> Join(absl::string_view worker_id);
+
   // Changes hyperparameters for the next step, keeping the optimizer state. Returns
   // InvalidArgument (naming the field) and changes nothing if any part is invalid.
   absl::Status Update(const SessionUpdate& update);
@@ -158,8 +196,23 @@ class Session : public std::enable_shared_from_this<Session> {
   struct Reports;
 
   Session(std::string id, TensorSpecs specs, ParameterBuffers parameters,
-          std::unique_ptr<Optimizer> optimizer, LrSchedule schedule, SessionConfig config,
-          absl::Time create_time, const SessionEnv& env);
+          MemoryReservation state_reservation, std::unique_ptr<Optimizer> optimizer,
+          LrSchedule schedule, SessionConfig config, absl::Time create_time, const SessionEnv& env);
+
+  // Checks env.max_parameters and reserves the parameters and the whole optimizer state of a
+  // session of `specs` running `optimizer` from env.budget; with the parameters' bytes in
+  // *parameter_bytes.
+  static absl::StatusOr<MemoryReservation> ReserveMemory(const std::string& id,
+                                                         const TensorSpecs& specs,
+                                                         const Optimizer& optimizer,
+                                                         const SessionEnv& env,
+                                                         int64_t* parameter_bytes);
+
+  // ResourceExhausted if a reply of `mode` and `dtype` (kTouched: the rows in `touched`; SYNC:
+  // every row, as the rows are not known until the barrier completes) could exceed
+  // max_reply_bytes_.
+  absl::Status CheckReplySize(ReturnMode mode, WireDType dtype,
+                              absl::Span<const std::optional<std::vector<int64_t>>> touched) const;
 
   // The part of Step under mu_: exactly-once, admission, then apply or join the barrier.
   void StepLocked(const StepInput& input, std::vector<Gradient> gradients, bool measure,
@@ -174,12 +227,11 @@ class Session : public std::enable_shared_from_this<Session> {
   void JoinBarrierLocked(const StepInput& input, std::vector<Gradient> gradients, bool measure,
                          StepCallback done, Reports* reports) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Scales `grads` by `scale`, clips them, runs the optimizer with the schedule's learning rate
-  // (measuring its norms if `measure`), advances the schedule (with `loss`), increments the
-  // version and fills the common fields of `*out` and `*event`.
-  absl::Status ApplyLocked(std::vector<Gradient>& grads, float scale, std::optional<double> loss,
-                           bool measure, StepOutput* out, StepEvent* event)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Clips `grads`, runs the optimizer with the schedule's learning rate (measuring its norms if
+  // `measure`), advances the schedule (with `loss`), increments the version and fills the common
+  // fields of `*out` and `*event`. Changes nothing when it fails.
+  absl::Status ApplyLocked(std::vector<Gradient>& grads, std::optional<double> loss, bool measure,
+                           StepOutput* out, StepEvent* event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Applies the barrier's reduced gradient, answers its waiters into `reports`.
   void CompleteBarrierLocked(bool measure, Reports* reports) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -211,8 +263,13 @@ class Session : public std::enable_shared_from_this<Session> {
   Clock* const clock_;
   SessionObserver* const observer_;     // may be null; thread-safe itself
   DeadlineScheduler* const scheduler_;  // may be null unless SYNC; thread-safe itself
+  MemoryBudget* const budget_;          // thread-safe itself
+  const int64_t max_reply_bytes_;
 
   mutable absl::Mutex mu_;
+  // The optimizer state the session may grow to (StateBytesPerElement per parameter), reserved
+  // at creation (and by UpdateSession) so that a first step never fails for memory.
+  MemoryReservation state_reservation_ ABSL_GUARDED_BY(mu_);
   ParameterBuffers parameters_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Optimizer> optimizer_ ABSL_GUARDED_BY(mu_);
   LrSchedule schedule_ ABSL_GUARDED_BY(mu_);

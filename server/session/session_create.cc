@@ -26,8 +26,8 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, Session
     return absl::InvalidArgumentError(absl::StrCat(
         "tensors has ", tensors.size(), " entries; must be 1 to ", kMaxTensorsPerSession));
   }
+  // First the names and shapes (nothing is decoded before the memory is reserved).
   std::vector<TensorSpec> specs;
-  std::vector<std::vector<float>> values;
   std::vector<int64_t> sizes;
   absl::flat_hash_set<absl::string_view> names;
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -47,20 +47,9 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, Session
     if (absl::Status s = CheckEncodedSize(field, t.dtype, t.data.size(t.dtype), *n); !s.ok()) {
       return s;
     }
-    std::vector<float> v;
-    std::string scratch;
-    if (absl::Status s =
-            DecodeFloats(field, t.dtype, t.data.View(0, t.data.size(t.dtype), &scratch), *n, &v);
-        !s.ok()) {
-      return s;
-    }
-    if (int64_t bad = FirstNonFinite(v); bad >= 0) {
-      return NonFiniteError(field, t.name, bad, v[bad]);
-    }
     specs.push_back(
         {std::string(t.name), std::vector<int64_t>(t.shape.begin(), t.shape.end()), *n});
     sizes.push_back(*n);
-    values.push_back(std::move(v));
   }
   absl::StatusOr<std::unique_ptr<Optimizer>> optimizer =
       CreateOptimizer(config.optimizer, std::move(sizes));
@@ -69,9 +58,50 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, Session
       LrSchedule::Create(config.schedule, BaseLearningRate(config.optimizer));
   if (!schedule.ok()) return schedule.status();
   if (absl::Status s = config.clipping.Validate(); !s.ok()) return s;
+  TensorSpecs table(std::move(specs));
+  int64_t parameter_bytes = 0;
+  absl::StatusOr<MemoryReservation> memory =
+      ReserveMemory(id, table, **optimizer, env, &parameter_bytes);
+  if (!memory.ok()) return memory.status();
+
+  // Then the values.
+  std::vector<std::vector<float>> values(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const WireTensorView& t = tensors[i];
+    const std::string field = absl::StrCat("tensors[", i, "]");
+    std::string scratch;
+    if (absl::Status s =
+            DecodeFloats(field, t.dtype, t.data.View(0, t.data.size(t.dtype), &scratch),
+                         table[i].num_elements, &values[i]);
+        !s.ok()) {
+      return s;
+    }
+    if (int64_t bad = FirstNonFinite(values[i]); bad >= 0) {
+      return NonFiniteError(field, t.name, bad, values[i][bad]);
+    }
+  }
+  ParameterBuffers parameters(std::move(values), memory->Split(parameter_bytes), env.budget);
   return std::shared_ptr<Session>(new Session(
-      std::move(id), TensorSpecs(std::move(specs)), ParameterBuffers(std::move(values)),
+      std::move(id), std::move(table), std::move(parameters), *std::move(memory),
       *std::move(optimizer), *std::move(schedule), std::move(config), env.clock->Now(), env));
+}
+
+absl::StatusOr<MemoryReservation> Session::ReserveMemory(const std::string& id,
+                                                         const TensorSpecs& specs,
+                                                         const Optimizer& optimizer,
+                                                         const SessionEnv& env,
+                                                         int64_t* parameter_bytes) {
+  const int64_t n = specs.num_elements();
+  if (env.max_parameters > 0 && n > env.max_parameters) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session ", id, " would hold ", n, " parameters; a session may hold at most ",
+                     env.max_parameters, " (--max_session_parameters)"));
+  }
+  *parameter_bytes = n * static_cast<int64_t>(sizeof(float));
+  return env.budget->Reserve(
+      *parameter_bytes + n * optimizer.StateBytesPerElement(),
+      absl::StrCat("session ", id, " (", n, " parameters and ", optimizer.StateBytesPerElement(),
+                   " bytes of optimizer state per parameter)"));
 }
 
 absl::StatusOr<std::shared_ptr<Session>> Session::Restore(SessionState state,
@@ -124,19 +154,29 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Restore(SessionState state,
   absl::StatusOr<std::unique_ptr<Optimizer>> optimizer =
       CreateOptimizer(config.optimizer, std::move(sizes));
   if (!optimizer.ok()) return optimizer.status();
-  if (absl::Status s = (*optimizer)->ImportState(state.optimizer); !s.ok()) return s;
   absl::StatusOr<LrSchedule> schedule =
       LrSchedule::Create(config.schedule, BaseLearningRate(config.optimizer));
   if (!schedule.ok()) return schedule.status();
   if (absl::Status s = schedule->RestoreState(state.schedule); !s.ok()) return s;
+  TensorSpecs table(std::move(state.tensors));
+  int64_t parameter_bytes = 0;
+  absl::StatusOr<MemoryReservation> memory =
+      ReserveMemory(state.id, table, **optimizer, env, &parameter_bytes);
+  if (!memory.ok()) return memory.status();
+  if (absl::Status s = (*optimizer)->ImportState(state.optimizer); !s.ok()) return s;
+  // The session's own copy of the parameters: the state's may be shared with others.
+  std::vector<std::vector<float>> values;
+  values.reserve(state.parameters.size());
+  for (const SharedFloats& p : state.parameters) values.emplace_back(p->begin(), p->end());
+  ParameterBuffers parameters(std::move(values), memory->Split(parameter_bytes), env.budget);
   std::shared_ptr<Session> session(
-      new Session(std::move(state.id), TensorSpecs(std::move(state.tensors)),
-                  ParameterBuffers(std::move(state.parameters)), *std::move(optimizer),
-                  *std::move(schedule), config, state.create_time, env));
+      new Session(std::move(state.id), std::move(table), std::move(parameters), *std::move(memory),
+                  *std::move(optimizer), *std::move(schedule), config, state.create_time, env));
   {
     absl::MutexLock lock(&session->mu_);
     session->version_ = state.version;
-    session->exactly_once_ = ExactlyOnceTable::Import(std::move(state.workers));
+    session->exactly_once_ =
+        ExactlyOnceTable::Import(std::move(state.exactly_once), env.exactly_once);
     session->barrier_.set_known_workers(std::move(state.sync_workers_seen));
   }
   return session;

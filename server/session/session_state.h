@@ -36,7 +36,7 @@ struct SessionState {
   OptimizerState optimizer;
   LrScheduleState schedule;
   int64_t version = 0;
-  std::vector<ExactlyOnceTable::Worker> workers;
+  ExactlyOnceTable::State exactly_once;
   std::vector<std::string> sync_workers_seen;
   absl::Time create_time;
 };

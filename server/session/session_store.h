@@ -8,7 +8,8 @@
 // stepped while it is deleted finishes that step and is freed when its last user lets go.
 //
 // Errors: NotFound for an unknown id, AlreadyExists for a taken id, ResourceExhausted when
-// max_sessions are held, InvalidArgument from Session::Create and Session::Restore.
+// max_sessions are held (or the session's memory or parameters are over their limits),
+// InvalidArgument from Session::Create and Session::Restore.
 
 #ifndef OPTD_SERVER_SESSION_SESSION_STORE_H_
 #define OPTD_SERVER_SESSION_SESSION_STORE_H_
@@ -35,19 +36,32 @@ namespace optd {
 struct SessionStoreOptions {
   // Most sessions held at once; one more CreateSession is ResourceExhausted.
   int max_sessions = 1024;
+  // Most parameters one session may hold (--max_session_parameters); 0: no limit.
+  int64_t max_session_parameters = 0;
+  // Largest reply a Step or Pull may make (the server's message limit); 0: no limit.
+  int64_t max_reply_bytes = 0;
+  ExactlyOnceOptions exactly_once;
 };
 
 class SessionStore {
  public:
   // `observer`, if not null, must outlive the store and its sessions; it hears of every session
   // created and deleted, and (through the sessions) of every step.
-  // `clock` (the time of SYNC barrier deadlines and of session creation) must outlive the store.
+  // `clock` (the time of SYNC barrier deadlines and of session creation) and `budget` (which
+  // pays for every session's memory) must outlive the store and every reply of its sessions.
   explicit SessionStore(SessionStoreOptions options = {}, SessionObserver* observer = nullptr,
-                        Clock* clock = Clock::Real())
+                        Clock* clock = Clock::Real(),
+                        MemoryBudget* budget = MemoryBudget::Unlimited())
       : options_(options),
         observer_(observer),
         scheduler_(clock),
-        env_{clock, observer, &scheduler_} {}
+        env_{clock,
+             observer,
+             &scheduler_,
+             budget,
+             options.max_reply_bytes,
+             options.max_session_parameters,
+             options.exactly_once} {}
 
   // Creates a session. An empty `id` gets a generated one ("s-" and 16 hex digits).
   absl::StatusOr<std::shared_ptr<Session>> Create(std::string id, SessionConfig config,

@@ -10,6 +10,7 @@ namespace optd {
 namespace {
 
 constexpr char kVersionPayload[] = "type.optd/current_version";
+constexpr char kRejoinPayload[] = "type.optd/rejoin";
 
 }  // namespace
 
@@ -23,6 +24,15 @@ int64_t CurrentVersionOf(const absl::Status& status) {
   int64_t version = -1;
   if (!payload.has_value() || !absl::SimpleAtoi(std::string(*payload), &version)) return -1;
   return version;
+}
+
+absl::Status WithRejoin(absl::Status status) {
+  status.SetPayload(kRejoinPayload, absl::Cord("1"));
+  return status;
+}
+
+bool NeedsRejoin(const absl::Status& status) {
+  return status.GetPayload(kRejoinPayload).has_value();
 }
 
 }  // namespace optd

@@ -43,6 +43,8 @@ struct StepInput {
   int64_t sequence = 0;
   // The version the gradient was computed at.
   std::optional<int64_t> version;
+  // The worker's incarnation from Session::Join; 0 if it did not join.
+  int64_t worker_incarnation = 0;
 
   // Tensor payload bytes in the request.
   int64_t bytes() const {
@@ -62,6 +64,9 @@ struct StepOutput {
   int workers = 1;
   std::vector<std::string> missing_workers;
   int64_t staleness = 0;
+  // Parameters the step left NaN or infinite, and the tensors holding them (creation order).
+  int64_t non_finite_parameters = 0;
+  std::vector<std::string> non_finite_tensors;
   // In creation order, as StepInput::return_mode asked.
   std::vector<WireTensor> parameters;
 };
@@ -73,6 +78,11 @@ absl::Status WithCurrentVersion(absl::Status status, int64_t version);
 
 // The session version carried by a status from WithCurrentVersion, or -1.
 int64_t CurrentVersionOf(const absl::Status& status);
+
+// `status` (FailedPrecondition) marked: the worker must join the session again (JoinSession)
+// before its next keyed step.
+absl::Status WithRejoin(absl::Status status);
+bool NeedsRejoin(const absl::Status& status);
 
 }  // namespace optd
 

@@ -1,10 +1,12 @@
 // File: sync_barrier.h
 //
 // SyncBarrier: the SYNC barrier of a session's current version. Each of K workers contributes one
-// gradient; the barrier sums them (sparse contributions by row), keeps the calls waiting for the
-// result, and hands everything over in one piece when it completes (K gradients, or a quorum at
-// its deadline) or fails (quorum not reached, session closed). Then the next barrier opens, with a
-// new id, so a deadline set for an old barrier finds it gone.
+// gradient; the barrier sums them in double (sparse contributions by row: finite float32 values
+// cannot overflow it, and the result does not depend on their order but in the last bits of
+// extreme cases), keeps the calls waiting for the result, and hands everything over in one piece
+// when it completes (K gradients, or a quorum at its deadline) or fails (quorum not reached,
+// session closed). Then the next barrier opens, with a new id, so a deadline set for an old barrier
+// finds it gone.
 //
 // A retry of a contribution still waiting (same worker, same sequence) waits for the same outcome
 // (IsPending, AttachRetry) instead of contributing twice. The barrier also remembers every worker
@@ -26,6 +28,7 @@
 #include "absl/time/time.h"
 #include "server/session/consistency.h"
 #include "server/session/gradient.h"
+#include "server/session/memory_budget.h"
 #include "server/session/step.h"
 #include "server/session/tensor_spec.h"
 
@@ -36,6 +39,7 @@ class SyncBarrier {
   // A call waiting for the barrier's outcome.
   struct Waiter {
     std::string worker_id;
+    int64_t incarnation = 0;
     int64_t sequence = 0;
     ReturnMode return_mode = ReturnMode::kAll;
     WireDType return_dtype = WireDType::kF32;
@@ -46,10 +50,13 @@ class SyncBarrier {
 
   // What a completed barrier hands over.
   struct Reduced {
-    // One per tensor: the sum of the contributions, dense if any contribution was dense, else
-    // sparse over the rows they touched. To be multiplied by `scale` (1/n for Reduce::kMean).
+    // One per tensor: the mean (Reduce::kMean) or sum of the contributions, computed in double and
+    // rounded to float32 once; dense if any contribution was dense, else sparse over the rows
+    // they touched.
     std::vector<Gradient> gradients;
-    float scale = 1.0f;
+    // The first tensor whose reduced value does not fit a float32 (a REDUCE_SUM of huge
+    // gradients), or -1.
+    int overflow_tensor = -1;
     // Per tensor: the rows touched when only sparse contributions came (for kTouched replies);
     // nullopt for a tensor with a dense contribution.
     std::vector<std::optional<std::vector<int64_t>>> touched;
@@ -69,8 +76,8 @@ class SyncBarrier {
   // When the first contribution of the open barrier came.
   absl::Time opened() const { return opened_; }
 
-  // Whether (worker, sequence) has a contribution waiting (sequence > 0).
-  bool IsPending(absl::string_view worker_id, int64_t sequence) const;
+  // Whether (worker, incarnation, sequence) has a contribution waiting (sequence > 0).
+  bool IsPending(absl::string_view worker_id, int64_t incarnation, int64_t sequence) const;
 
   // Adds `waiter`, a retry of a pending contribution (IsPending), to wait for the same outcome; it
   // is answered as a duplicate.
@@ -78,11 +85,16 @@ class SyncBarrier {
 
   bool HasContributed(absl::string_view worker_id) const;
 
+  // The bytes an open barrier's sums take (8 per element of every tensor): what the session
+  // reserves before the first contribution.
+  int64_t SumBytes() const { return 8 * specs_->num_elements(); }
+
   // Adds `worker`'s gradients (one per tensor, from DecodeGradients) and its waiting call.
   // Returns true if this contribution opened the barrier (its deadline is then opened() +
-  // options.barrier_timeout). REQUIRES: !HasContributed(waiter.worker_id).
+  // options.barrier_timeout); the barrier then keeps `sums` (SumBytes() of the memory budget)
+  // until it completes or fails. REQUIRES: !HasContributed(waiter.worker_id).
   bool Add(std::vector<Gradient> gradients, std::optional<double> loss, Waiter waiter,
-           absl::Time now);
+           absl::Time now, MemoryReservation sums = MemoryReservation());
 
   // All K workers have contributed.
   bool full() const { return contributions() == options_.workers; }
@@ -114,7 +126,8 @@ class SyncBarrier {
   int64_t id_ = 0;
   absl::Time opened_;
   std::vector<std::string> contributors_;      // in arrival order
-  std::vector<std::vector<float>> sum_;        // per tensor, dense
+  std::vector<std::vector<double>> sum_;       // per tensor, dense
+  MemoryReservation sum_reservation_;          // the memory budget SumBytes() came from
   std::vector<bool> dense_;                    // per tensor: a dense contribution came
   std::vector<std::vector<int64_t>> touched_;  // per tensor: the rows sparse ones touched
   std::vector<double> losses_;

@@ -33,13 +33,12 @@ std::vector<Gradient> Dense(std::vector<float> values) {
 }
 
 SyncBarrier::Waiter Waiter(std::string worker, int64_t sequence, int* answered) {
-  return {std::move(worker),
-          sequence,
-          ReturnMode::kAll,
-          WireDType::kF32,
-          false,
-          16,
-          [answered](absl::StatusOr<StepOutput>) { ++*answered; }};
+  SyncBarrier::Waiter w;
+  w.worker_id = std::move(worker);
+  w.sequence = sequence;
+  w.bytes_received = 16;
+  w.done = [answered](absl::StatusOr<StepOutput>) { ++*answered; };
+  return w;
 }
 
 TEST(SyncBarrierTest, SumsTheContributionsAndHandsThemOverWithTheirWaiters) {
@@ -53,8 +52,8 @@ TEST(SyncBarrierTest, SumsTheContributionsAndHandsThemOverWithTheirWaiters) {
   const int64_t id = barrier.id();
   SyncBarrier::Reduced r = barrier.Take(t0 + absl::Seconds(2));
   EXPECT_EQ(r.workers, 2);
-  EXPECT_FLOAT_EQ(r.scale, 0.5f);
-  EXPECT_THAT(r.gradients[0].values(), ElementsAre(4, 4, 4, 4));
+  EXPECT_THAT(r.gradients[0].values(), ElementsAre(2, 2, 2, 2));  // the mean
+  EXPECT_EQ(r.overflow_tensor, -1);
   EXPECT_EQ(r.loss, 2.0);
   EXPECT_EQ(r.waited, absl::Seconds(2));
   EXPECT_EQ(r.waiters.size(), 2u);
@@ -75,7 +74,7 @@ TEST(SyncBarrierTest, OnlySparseContributionsStaySparseOverTheRowsTouched) {
   SyncBarrier::Reduced r = barrier.Take(absl::Time());
   ASSERT_TRUE(r.gradients[0].sparse());
   EXPECT_THAT(r.gradients[0].rows(), ElementsAre(0, 1));
-  EXPECT_THAT(r.gradients[0].values(), ElementsAre(2, 2, 4, 4));
+  EXPECT_THAT(r.gradients[0].values(), ElementsAre(1, 1, 2, 2));  // the mean of a and b
   ASSERT_TRUE(r.touched[0].has_value());
   EXPECT_THAT(*r.touched[0], ElementsAre(0, 1));
   EXPECT_FALSE(r.loss.has_value());
@@ -85,9 +84,9 @@ TEST(SyncBarrierTest, ARetryOfAPendingContributionWaitsAsADuplicate) {
   SyncBarrier barrier(Sync(2), &Specs());
   int answered = 0;
   barrier.Add(Dense({1, 1, 1, 1}), std::nullopt, Waiter("a", 7, &answered), absl::Time());
-  EXPECT_TRUE(barrier.IsPending("a", 7));
-  EXPECT_FALSE(barrier.IsPending("a", 8));
-  EXPECT_FALSE(barrier.IsPending("a", 0));  // unkeyed: never a retry
+  EXPECT_TRUE(barrier.IsPending("a", 0, 7));
+  EXPECT_FALSE(barrier.IsPending("a", 0, 8));
+  EXPECT_FALSE(barrier.IsPending("a", 0, 0));  // unkeyed: never a retry
   barrier.AttachRetry(Waiter("a", 7, &answered));
   EXPECT_EQ(barrier.contributions(), 1);
   std::vector<SyncBarrier::Waiter> failed = barrier.Fail();
@@ -107,7 +106,42 @@ TEST(SyncBarrierTest, NamesTheMissingWorkersAndKnowsItsQuorum) {
   EXPECT_TRUE(barrier.HasContributed("c"));
   SyncBarrier::Reduced r = barrier.Take(absl::Time());
   EXPECT_THAT(r.missing_workers, ElementsAre("a"));
-  EXPECT_FLOAT_EQ(r.scale, 0.5f);
+}
+
+TEST(SyncBarrierTest, SumsInDoubleSoFiniteGradientsNeverOverflowTheMean) {
+  SyncBarrier barrier(Sync(2), &Specs());
+  int answered = 0;
+  barrier.Add(Dense({2e38f, -2e38f, 1, 3e38f}), std::nullopt, Waiter("a", 1, &answered),
+              absl::Time());
+  barrier.Add(Dense({2e38f, -2e38f, 1, 3e38f}), std::nullopt, Waiter("b", 1, &answered),
+              absl::Time());
+  SyncBarrier::Reduced r = barrier.Take(absl::Time());
+  EXPECT_EQ(r.overflow_tensor, -1);
+  EXPECT_THAT(r.gradients[0].values(), ElementsAre(2e38f, -2e38f, 1, 3e38f));
+}
+
+TEST(SyncBarrierTest, ASumBeyondFloat32IsReportedNotHidden) {
+  ConsistencyOptions sum = Sync(2);
+  sum.reduce = ConsistencyOptions::Reduce::kSum;
+  SyncBarrier barrier(sum, &Specs());
+  int answered = 0;
+  barrier.Add(Dense({3e38f, 0, 0, 0}), std::nullopt, Waiter("a", 1, &answered), absl::Time());
+  barrier.Add(Dense({3e38f, 0, 0, 0}), std::nullopt, Waiter("b", 1, &answered), absl::Time());
+  EXPECT_EQ(barrier.Take(absl::Time()).overflow_tensor, 0);
+}
+
+TEST(SyncBarrierTest, HoldsItsMemoryReservationWhileOpen) {
+  MemoryBudget budget(1000);
+  SyncBarrier barrier(Sync(2), &Specs());
+  EXPECT_EQ(barrier.SumBytes(), 32);
+  int answered = 0;
+  auto reservation = budget.Reserve(barrier.SumBytes(), "sums");
+  ASSERT_TRUE(reservation.ok());
+  barrier.Add(Dense({1, 1, 1, 1}), std::nullopt, Waiter("a", 1, &answered), absl::Time(),
+              *std::move(reservation));
+  EXPECT_EQ(budget.in_use(), 32);
+  barrier.Fail();
+  EXPECT_EQ(budget.in_use(), 0);
 }
 
 }  // namespace

@@ -34,6 +34,8 @@ type OptimizerClient interface {
 	Step(ctx context.Context, in *StepRequest, opts ...grpc.CallOption) (*StepResponse, error)
 	// The same as Step for a worker loop: one reply per request, in order.
 	StreamSteps(ctx context.Context, opts ...grpc.CallOption) (Optimizer_StreamStepsClient, error)
+	// Starts a new incarnation of a worker (see JoinSessionRequest). NOT_FOUND; INVALID_ARGUMENT.
+	JoinSession(ctx context.Context, in *JoinSessionRequest, opts ...grpc.CallOption) (*JoinSessionResponse, error)
 }
 
 type optimizerClient struct {
@@ -138,6 +140,15 @@ func (x *optimizerStreamStepsClient) Recv() (*StreamStepsResponse, error) {
 	return m, nil
 }
 
+func (c *optimizerClient) JoinSession(ctx context.Context, in *JoinSessionRequest, opts ...grpc.CallOption) (*JoinSessionResponse, error) {
+	out := new(JoinSessionResponse)
+	err := c.cc.Invoke(ctx, "/optd.v1.Optimizer/JoinSession", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OptimizerServer is the server API for Optimizer service.
 // All implementations must embed UnimplementedOptimizerServer
 // for forward compatibility
@@ -159,6 +170,8 @@ type OptimizerServer interface {
 	Step(context.Context, *StepRequest) (*StepResponse, error)
 	// The same as Step for a worker loop: one reply per request, in order.
 	StreamSteps(Optimizer_StreamStepsServer) error
+	// Starts a new incarnation of a worker (see JoinSessionRequest). NOT_FOUND; INVALID_ARGUMENT.
+	JoinSession(context.Context, *JoinSessionRequest) (*JoinSessionResponse, error)
 	mustEmbedUnimplementedOptimizerServer()
 }
 
@@ -189,6 +202,9 @@ func (UnimplementedOptimizerServer) Step(context.Context, *StepRequest) (*StepRe
 }
 func (UnimplementedOptimizerServer) StreamSteps(Optimizer_StreamStepsServer) error {
 	return status.Errorf(codes.Unimplemented, "method StreamSteps not implemented")
+}
+func (UnimplementedOptimizerServer) JoinSession(context.Context, *JoinSessionRequest) (*JoinSessionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method JoinSession not implemented")
 }
 func (UnimplementedOptimizerServer) mustEmbedUnimplementedOptimizerServer() {}
 
@@ -355,6 +371,24 @@ func (x *optimizerStreamStepsServer) Recv() (*StepRequest, error) {
 	return m, nil
 }
 
+func _Optimizer_JoinSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OptimizerServer).JoinSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/optd.v1.Optimizer/JoinSession",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OptimizerServer).JoinSession(ctx, req.(*JoinSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _Optimizer_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "optd.v1.Optimizer",
 	HandlerType: (*OptimizerServer)(nil),
@@ -386,6 +420,10 @@ var _Optimizer_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Step",
 			Handler:    _Optimizer_Step_Handler,
+		},
+		{
+			MethodName: "JoinSession",
+			Handler:    _Optimizer_JoinSession_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
