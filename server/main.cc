@@ -43,6 +43,9 @@ ABSL_FLAG(int64_t, max_memory_bytes, 0,
           "CreateSession), SYNC barrier sums and requests in flight may take; what would exceed "
           "it fails with RESOURCE_EXHAUSTED. 0: 75% of the smallest of the machine's memory, the "
           "cgroup's limit and the address-space limit (ulimit -v) left at start-up.");
+ABSL_FLAG(absl::Duration, session_idle_timeout, absl::ZeroDuration(),
+          "Unload (delete) a session that no worker has stepped, pulled, joined or updated for "
+          "this long, e.g. 24h; its workers then get NOT_FOUND saying so. 0: never.");
 ABSL_FLAG(int64_t, max_session_parameters, 0,
           "Most parameters (elements of all tensors) one session may hold; CreateSession beyond "
           "it fails with RESOURCE_EXHAUSTED. 0: no limit but the memory budget.");
@@ -67,6 +70,7 @@ int main(int argc, char** argv) {
       "Usage: optd [--listen=127.0.0.1:50051] [--max_message_bytes=N] [--max_sessions=N]\n"
       "            [--metrics_listen=127.0.0.1:9464] [--metrics_max_sessions=N]\n"
       "            [--max_memory_bytes=N] [--max_session_parameters=N]\n"
+      "            [--session_idle_timeout=0]\n"
       "            [--shutdown_grace=10s]\n"
       "       optd --version");
   absl::FlagsUsageConfig usage;
@@ -93,6 +97,7 @@ int main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.store.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   options.store.max_session_parameters = absl::GetFlag(FLAGS_max_session_parameters);
+  options.store.idle_timeout = absl::GetFlag(FLAGS_session_idle_timeout);
   std::string budget_source = "--max_memory_bytes";
   options.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
   if (options.max_memory_bytes == 0) {

@@ -103,7 +103,8 @@ struct PrometheusSessionObserver::Series {
         update_ratio(o.update_ratio_, labels),
         learning_rate(o.learning_rate_, labels),
         loss(o.loss_, labels),
-        state_bytes(o.state_bytes_, labels) {
+        state_bytes(o.state_bytes_, labels),
+        memory_bytes(o.memory_bytes_, labels) {
     for (size_t i = 0; i < kReasons.size(); ++i) {
       prometheus::Labels with_reason = labels;
       with_reason.emplace("reason", std::string(RefusalReasonName(kReasons[i])));
@@ -132,6 +133,7 @@ struct PrometheusSessionObserver::Series {
   LazyGauge learning_rate;
   LazyGauge loss;
   LazyGauge state_bytes;
+  LazyGauge memory_bytes;
 };
 
 PrometheusSessionObserver::PrometheusSessionObserver(prometheus::Registry& registry,
@@ -211,6 +213,18 @@ PrometheusSessionObserver::PrometheusSessionObserver(prometheus::Registry& regis
                        .Help("Bytes of optimizer state (moments, accumulators) held by the "
                              "session, as of its last step.")
                        .Register(registry)),
+      memory_bytes_(prometheus::BuildGauge()
+                        .Name("optd_session_memory_bytes")
+                        .Help("Bytes the session holds (parameters, optimizer state allocated and "
+                              "reserved, parameter copies replies still hold, barrier sums, the "
+                              "exactly-once table), as of its last step.")
+                        .Register(registry)),
+      unloaded_(prometheus::BuildCounter()
+                    .Name("optd_sessions_unloaded_total")
+                    .Help("Sessions unloaded because nothing used them for "
+                          "--session_idle_timeout.")
+                    .Register(registry)
+                    .Add({{"reason", "idle"}})),
       sessions_(prometheus::BuildGauge()
                     .Name("optd_sessions")
                     .Help("Live sessions, by optimizer.")
@@ -258,7 +272,7 @@ void PrometheusSessionObserver::RemoveSeries(Series& s) {
   copy_bytes_.Remove(s.copy_bytes);
   for (Counter* c : s.refused) refused_.Remove(c);
   for (LazyGauge* g : {&s.gradient_norm, &s.update_norm, &s.parameter_norm, &s.update_ratio,
-                       &s.learning_rate, &s.loss, &s.state_bytes}) {
+                       &s.learning_rate, &s.loss, &s.state_bytes, &s.memory_bytes}) {
     g->Remove();
   }
 }
@@ -310,6 +324,10 @@ bool PrometheusSessionObserver::WantsStepNorms(absl::string_view session_id,
   return s != nullptr && sampling_.Take(&s->norms_measured_ns, num_parameters);
 }
 
+void PrometheusSessionObserver::OnSessionUnloaded(absl::string_view session_id) {
+  unloaded_.Increment();
+}
+
 void PrometheusSessionObserver::OnStep(const StepEvent& event) {
   absl::ReaderMutexLock lock(&mu_);
   Series* s = Find(event.session_id);
@@ -319,6 +337,7 @@ void PrometheusSessionObserver::OnStep(const StepEvent& event) {
   s->step_gradient_norm->Observe(event.gradient_norm);
   s->learning_rate.Set(event.learning_rate);
   s->state_bytes.Set(static_cast<double>(event.optimizer_state_bytes));
+  s->memory_bytes.Set(static_cast<double>(event.memory_bytes));
   if (event.parameter_bytes_copied > 0) {
     s->copy_bytes->Increment(static_cast<double>(event.parameter_bytes_copied));
   }

@@ -24,9 +24,12 @@
 //   optd_parameter_copy_bytes_total  counter    parameter bytes copied because a reply still
 //                                               held them when the next step came (copy on write)
 //   optd_optimizer_state_bytes       gauge      optimizer state held by the session
+//   optd_session_memory_bytes        gauge      everything the session holds (GetSession's
+//                                               MemoryUse.total_bytes), as of its last step
 // Server-wide:
 //   optd_sessions{optimizer}         gauge      live sessions (every known optimizer, from 0)
 //   optd_metrics_other_sessions      gauge      live sessions aggregated under session="_other"
+//   optd_sessions_unloaded_total{reason="idle"}  counter  sessions unloaded for being idle
 //
 // Series exist while the session does: counters, histograms and barrier_missing_workers are created
 // (at 0) with the session, so queries have data from the start; the "last value" gauges appear with
@@ -86,6 +89,7 @@ class PrometheusSessionObserver final : public SessionObserver {
   bool WantsStepNorms(absl::string_view session_id, int64_t num_parameters) override;
   void OnSessionCreated(absl::string_view session_id, absl::string_view optimizer) override;
   void OnSessionDeleted(absl::string_view session_id) override;
+  void OnSessionUnloaded(absl::string_view session_id) override;
   void OnStep(const StepEvent& event) override;
   void OnRequest(const RequestEvent& event) override;
   void OnRefused(absl::string_view session_id, RefusalReason reason) override;
@@ -124,6 +128,8 @@ class PrometheusSessionObserver final : public SessionObserver {
   prometheus::Family<prometheus::Counter>& sent_bytes_;
   prometheus::Family<prometheus::Counter>& copy_bytes_;
   prometheus::Family<prometheus::Gauge>& state_bytes_;
+  prometheus::Family<prometheus::Gauge>& memory_bytes_;
+  prometheus::Counter& unloaded_;
   prometheus::Family<prometheus::Gauge>& sessions_;
   prometheus::Gauge& other_sessions_;
 

@@ -7,10 +7,25 @@
 
 namespace optd {
 
+int64_t ExactlyOnceTable::OutcomeBytes(const Outcome& outcome) {
+  int64_t bytes = sizeof(Outcome);
+  for (const std::string& m : outcome.output.missing_workers) {
+    bytes += static_cast<int64_t>(sizeof(std::string) + m.size());
+  }
+  return bytes;
+}
+
+int64_t ExactlyOnceTable::EntryBytes(absl::string_view id, const Entry& entry) {
+  int64_t bytes = static_cast<int64_t>(sizeof(std::string) + id.size() + sizeof(Entry));
+  for (const Outcome& o : entry.recent) bytes += OutcomeBytes(o);
+  return bytes;
+}
+
 int64_t ExactlyOnceTable::Join(absl::string_view worker_id) {
   Entry& entry = Touch(worker_id);
   entry.incarnation = ++last_incarnation_;
   entry.last_sequence = 0;
+  for (const Outcome& o : entry.recent) bytes_ -= OutcomeBytes(o);
   entry.recent.clear();
   return entry.incarnation;
 }
@@ -79,8 +94,12 @@ void ExactlyOnceTable::Record(absl::string_view worker_id, int64_t incarnation, 
   if (outcome.output.missing_workers.size() > kRecordedMissing) {
     outcome.output.missing_workers.resize(kRecordedMissing);
   }
+  bytes_ += OutcomeBytes(outcome);
   entry.recent.push_back(std::move(outcome));
-  if (static_cast<int>(entry.recent.size()) > options_.replay_window) entry.recent.pop_front();
+  if (static_cast<int>(entry.recent.size()) > options_.replay_window) {
+    bytes_ -= OutcomeBytes(entry.recent.front());
+    entry.recent.pop_front();
+  }
 }
 
 ExactlyOnceTable::Entry& ExactlyOnceTable::Touch(absl::string_view worker_id) {
@@ -92,26 +111,14 @@ ExactlyOnceTable::Entry& ExactlyOnceTable::Touch(absl::string_view worker_id) {
         if (w->second.last_active < oldest->second.last_active) oldest = w;
       }
       if (oldest->second.incarnation == 0) forgot_unjoined_ = true;
+      bytes_ -= EntryBytes(oldest->first, oldest->second);
       workers_.erase(oldest);
     }
     it = workers_.emplace(std::string(worker_id), Entry()).first;
+    bytes_ += EntryBytes(worker_id, it->second);
   }
   it->second.last_active = ++activity_;
   return it->second;
-}
-
-int64_t ExactlyOnceTable::MemoryBytes() const {
-  int64_t bytes = static_cast<int64_t>(sizeof(*this));
-  for (const auto& [id, entry] : workers_) {
-    bytes += static_cast<int64_t>(sizeof(std::string) + sizeof(Entry) + id.capacity());
-    for (const Outcome& o : entry.recent) {
-      bytes += static_cast<int64_t>(sizeof(Outcome));
-      for (const std::string& m : o.output.missing_workers) {
-        bytes += static_cast<int64_t>(sizeof(std::string) + m.capacity());
-      }
-    }
-  }
-  return bytes;
 }
 
 ExactlyOnceTable::State ExactlyOnceTable::Export() const {
@@ -129,7 +136,9 @@ ExactlyOnceTable::State ExactlyOnceTable::Export() const {
 ExactlyOnceTable ExactlyOnceTable::Import(State state, ExactlyOnceOptions options) {
   ExactlyOnceTable table(options);
   for (Worker& w : state.workers) {
-    table.workers_[w.id] = {w.incarnation, w.last_sequence, w.last_active, std::move(w.recent)};
+    Entry& entry = table.workers_[w.id];
+    entry = {w.incarnation, w.last_sequence, w.last_active, std::move(w.recent)};
+    table.bytes_ += EntryBytes(w.id, entry);
   }
   table.last_incarnation_ = state.last_incarnation;
   table.activity_ = state.activity;

@@ -90,8 +90,8 @@ class ExactlyOnceTable {
 
   int num_workers() const { return static_cast<int>(workers_.size()); }
 
-  // An estimate of the bytes the table holds.
-  int64_t MemoryBytes() const;
+  // An estimate of the bytes the table holds (kept as it changes: constant time).
+  int64_t MemoryBytes() const { return bytes_; }
 
   State Export() const;
   static ExactlyOnceTable Import(State state, ExactlyOnceOptions options = ExactlyOnceOptions());
@@ -108,8 +108,12 @@ class ExactlyOnceTable {
   // full) if there is none.
   Entry& Touch(absl::string_view worker_id);
 
+  static int64_t OutcomeBytes(const Outcome& outcome);
+  static int64_t EntryBytes(absl::string_view id, const Entry& entry);
+
   ExactlyOnceOptions options_;
   absl::flat_hash_map<std::string, Entry> workers_;
+  int64_t bytes_ = sizeof(ExactlyOnceTable);
   int64_t last_incarnation_ = 0;
   int64_t activity_ = 0;
   bool forgot_unjoined_ = false;  // a worker that never joined was forgotten

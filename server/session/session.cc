@@ -77,6 +77,7 @@ Session::Session(std::string id, TensorSpecs specs, ParameterBuffers parameters,
       scheduler_(env.scheduler),
       budget_(env.budget),
       max_reply_bytes_(env.max_reply_bytes),
+      last_used_ns_(absl::ToUnixNanos(env.clock->Now())),
       state_reservation_(std::move(state_reservation)),
       parameters_(std::move(parameters)),
       optimizer_(std::move(optimizer)),
@@ -86,6 +87,7 @@ Session::Session(std::string id, TensorSpecs specs, ParameterBuffers parameters,
       barrier_(consistency_, &specs_) {}
 
 void Session::Step(const StepInput& input, StepCallback done) {
+  Touch();
   Reports reports;
   RefusalReason reason;
   absl::Status checked = CheckStepRequest(consistency_, input, &reason);
@@ -267,6 +269,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
   event->gradient_norm = out->gradient_norm;
   event->learning_rate = lr;
   event->optimizer_state_bytes = optimizer_->StateBytes();
+  event->memory_bytes = MemoryLocked().total();
   event->parameter_bytes_copied = copied_bytes;
   return absl::OkStatus();
 }
@@ -350,6 +353,7 @@ void Session::ExpireBarrier(int64_t barrier_id) {
 }
 
 absl::StatusOr<JoinOutput> Session::Join(absl::string_view worker_id) {
+  Touch();
   if (absl::Status s = ValidateWorkerId("worker_id", std::string(worker_id)); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   if (!closed_.ok()) return closed_;
@@ -387,7 +391,25 @@ absl::Status Session::CheckReplySize(
       "TOUCHED, a 2-byte return_dtype, or Pull the tensors in parts"));
 }
 
+SessionMemory Session::MemoryLocked() const {
+  SessionMemory m;
+  m.parameter_bytes = specs_.num_elements() * static_cast<int64_t>(sizeof(float));
+  m.optimizer_state_bytes = optimizer_->StateBytes();
+  m.reserved_state_bytes =
+      std::max<int64_t>(0, state_reservation_.bytes() - m.optimizer_state_bytes);
+  m.reply_bytes = std::max<int64_t>(0, parameters_.live_bytes() - m.parameter_bytes);
+  m.barrier_bytes = barrier_.contributions() > 0 ? barrier_.SumBytes() : 0;
+  m.exactly_once_bytes = exactly_once_.MemoryBytes();
+  return m;
+}
+
+bool Session::busy() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return barrier_.contributions() > 0;
+}
+
 absl::Status Session::Update(const SessionUpdate& update) {
+  Touch();
   if (update.clipping.has_value()) {
     if (absl::Status s = update.clipping->Validate(); !s.ok()) return s;
   }
@@ -529,6 +551,7 @@ WireTensor Session::RowsOf(int index, absl::Span<const int64_t> rows, WireDType 
 
 absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> names, WireDType dtype,
                                          absl::Span<const RowSelection> rows) const {
+  Touch();
   std::vector<int> indices;
   if (names.empty()) {
     for (int k = 0; k < specs_.size(); ++k) indices.push_back(k);

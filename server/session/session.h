@@ -39,6 +39,7 @@
 #ifndef OPTD_SERVER_SESSION_SESSION_H_
 #define OPTD_SERVER_SESSION_SESSION_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -190,6 +191,13 @@ class Session : public std::enable_shared_from_this<Session> {
   // The session's durable state at its current version (see session_state.h).
   SessionState Snapshot() const;
 
+  // When a worker last stepped, pulled, joined or updated the session (or its creation): what
+  // the idle timeout of SessionStore measures. GetSession and ListSessions do not count.
+  absl::Time last_used() const { return absl::FromUnixNanos(last_used_ns_.load()); }
+
+  // True while calls wait at the session's SYNC barrier.
+  bool busy() const;
+
  private:
   // What a step (or an expired barrier) leaves to do once mu_ is released: the calls to answer
   // and what to tell the observer.
@@ -252,6 +260,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // Whether this step should measure its update and parameter norms (the observer decides).
   bool WantsNorms() const;
 
+  // What the session holds in memory now.
+  SessionMemory MemoryLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  // Records a use now (last_used).
+  void Touch() const { last_used_ns_.store(absl::ToUnixNanos(clock_->Now())); }
+
   // Answers the calls in `reports` and tells the observer; no lock may be held.
   void Report(Reports reports);
 
@@ -265,6 +279,7 @@ class Session : public std::enable_shared_from_this<Session> {
   DeadlineScheduler* const scheduler_;  // may be null unless SYNC; thread-safe itself
   MemoryBudget* const budget_;          // thread-safe itself
   const int64_t max_reply_bytes_;
+  mutable std::atomic<int64_t> last_used_ns_;
 
   mutable absl::Mutex mu_;
   // The optimizer state the session may grow to (StateBytesPerElement per parameter), reserved

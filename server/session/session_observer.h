@@ -40,6 +40,8 @@ struct StepEvent {
   double learning_rate = 0;    // used by this step
   std::optional<double> loss;  // reported by the worker(s), averaged for SYNC
   int64_t optimizer_state_bytes = 0;
+  // Everything the session holds in memory after the step (SessionInfo::memory's total).
+  int64_t memory_bytes = 0;
   // Parameter bytes copied before the step because replies still held the buffers (copy on
   // write, see wire_tensor.h); 0 in a worker loop, where a reply is sent before the next step.
   int64_t parameter_bytes_copied = 0;
@@ -65,6 +67,8 @@ class SessionObserver {
   }
   virtual void OnSessionCreated(absl::string_view session_id, absl::string_view optimizer) {}
   virtual void OnSessionDeleted(absl::string_view session_id) {}
+  // The session was unloaded for being idle (--session_idle_timeout); OnSessionDeleted came first.
+  virtual void OnSessionUnloaded(absl::string_view session_id) {}
   virtual void OnStep(const StepEvent& event) {}
   virtual void OnRequest(const RequestEvent& event) {}
   virtual void OnRefused(absl::string_view session_id, RefusalReason reason) {}

@@ -1,11 +1,15 @@
 #include "server/session/session_store.h"
 
+#include <algorithm>
 #include <limits>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/time.h"
 
 namespace optd {
 namespace {
@@ -66,13 +70,23 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Insert(std::shared_ptr<Se
 absl::StatusOr<std::shared_ptr<Session>> SessionStore::Find(absl::string_view id) const {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
-  if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("session ", ShownSessionId(id), " not found"));
+  if (it != sessions_.end()) return it->second;
+  for (auto u = unloaded_.rbegin(); u != unloaded_.rend(); ++u) {
+    if (u->first != id) continue;
+    return absl::NotFoundError(absl::StrCat(
+        "session ", ShownSessionId(id), " not found: it was unloaded at ",
+        absl::FormatTime(u->second, absl::UTCTimeZone()), " after ",
+        absl::FormatDuration(options_.idle_timeout), " without use (--session_idle_timeout)"));
   }
-  return it->second;
+  return absl::NotFoundError(absl::StrCat("session ", ShownSessionId(id), " not found"));
 }
 
 absl::Status SessionStore::Delete(absl::string_view id) {
+  return Remove(
+      id, absl::UnavailableError(absl::StrCat("session ", ShownSessionId(id), " was deleted")));
+}
+
+absl::Status SessionStore::Remove(absl::string_view id, const absl::Status& status) {
   std::shared_ptr<Session> doomed;  // freed after the lock is released
   {
     absl::MutexLock lock(&mu_);
@@ -83,10 +97,40 @@ absl::Status SessionStore::Delete(absl::string_view id) {
     doomed = std::move(it->second);
     sessions_.erase(it);
   }
-  doomed->Close(
-      absl::UnavailableError(absl::StrCat("session ", ShownSessionId(id), " was deleted")));
+  doomed->Close(status);
   if (observer_ != nullptr) observer_->OnSessionDeleted(doomed->id());
   return absl::OkStatus();
+}
+
+void SessionStore::ScheduleIdleSweep() {
+  if (options_.idle_timeout <= absl::ZeroDuration()) return;
+  // Often enough that a session is unloaded at most a quarter of the timeout late.
+  const absl::Duration every =
+      std::clamp(options_.idle_timeout / 4, absl::Seconds(1), absl::Minutes(1));
+  scheduler_.Schedule(clock_->Now() + every, [this] {
+    UnloadIdle();
+    ScheduleIdleSweep();
+  });
+}
+
+void SessionStore::UnloadIdle() {
+  const absl::Time now = clock_->Now();
+  std::vector<std::string> idle;
+  for (const std::shared_ptr<Session>& s : List("", std::numeric_limits<int>::max())) {
+    if (now - s->last_used() >= options_.idle_timeout && !s->busy()) idle.push_back(s->id());
+  }
+  for (const std::string& id : idle) {
+    const absl::Status gone = absl::UnavailableError(absl::StrCat(
+        "session ", id, " was unloaded after ", absl::FormatDuration(options_.idle_timeout),
+        " without use (--session_idle_timeout)"));
+    if (!Remove(id, gone).ok()) continue;
+    {
+      absl::MutexLock lock(&mu_);
+      unloaded_.emplace_back(id, now);
+      if (static_cast<int>(unloaded_.size()) > kRememberedUnloads) unloaded_.pop_front();
+    }
+    if (observer_ != nullptr) observer_->OnSessionUnloaded(id);
+  }
 }
 
 void SessionStore::CloseSyncSessions(const absl::Status& status) {

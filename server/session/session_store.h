@@ -1,6 +1,8 @@
 // File: session_store.h
 //
-// SessionStore: the server's sessions by id, in memory.
+// SessionStore: the server's sessions by id, in memory. With an idle timeout, it unloads the
+// sessions nothing has used for that long (a sweep on its scheduler), and remembers the most
+// recent unloads to say so when a worker asks for one.
 //
 // Who may call it: the service layer (and tests). Thread-safe: mu_ guards only the id -> session
 // map and is held just long enough to find, insert or erase an entry; a caller copies out the
@@ -15,9 +17,11 @@
 #define OPTD_SERVER_SESSION_SESSION_STORE_H_
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -41,6 +45,9 @@ struct SessionStoreOptions {
   // Largest reply a Step or Pull may make (the server's message limit); 0: no limit.
   int64_t max_reply_bytes = 0;
   ExactlyOnceOptions exactly_once;
+  // A session that nothing has stepped, pulled, joined or updated for this long is unloaded
+  // (--session_idle_timeout; deleted, until checkpoints exist). Zero: never.
+  absl::Duration idle_timeout = absl::ZeroDuration();
 };
 
 class SessionStore {
@@ -54,6 +61,7 @@ class SessionStore {
                         MemoryBudget* budget = MemoryBudget::Unlimited())
       : options_(options),
         observer_(observer),
+        clock_(clock),
         scheduler_(clock),
         env_{clock,
              observer,
@@ -61,7 +69,9 @@ class SessionStore {
              budget,
              options.max_reply_bytes,
              options.max_session_parameters,
-             options.exactly_once} {}
+             options.exactly_once} {
+    ScheduleIdleSweep();
+  }
 
   // Creates a session. An empty `id` gets a generated one ("s-" and 16 hex digits).
   absl::StatusOr<std::shared_ptr<Session>> Create(std::string id, SessionConfig config,
@@ -89,13 +99,26 @@ class SessionStore {
   // Adds `session` unless its id is taken or the store is full.
   absl::StatusOr<std::shared_ptr<Session>> Insert(std::shared_ptr<Session> session);
 
+  // Unloads the sessions idle for options_.idle_timeout (if set), then schedules the next sweep.
+  void ScheduleIdleSweep();
+  void UnloadIdle();
+
+  // Removes session `id` and closes it with `status`; NotFound if there is none.
+  absl::Status Remove(absl::string_view id, const absl::Status& status);
+
   const SessionStoreOptions options_;
   SessionObserver* const observer_;
-  DeadlineScheduler scheduler_;  // SYNC barrier deadlines of every session
-  const SessionEnv env_;         // what every session is given
+  Clock* const clock_;
   mutable absl::Mutex mu_;
   // Ordered, so that ListSessions pages are stable.
   std::map<std::string, std::shared_ptr<Session>, std::less<>> sessions_ ABSL_GUARDED_BY(mu_);
+  // The most recently unloaded sessions (at most kRememberedUnloads), for NotFound messages.
+  static constexpr int kRememberedUnloads = 1024;
+  std::deque<std::pair<std::string, absl::Time>> unloaded_ ABSL_GUARDED_BY(mu_);
+  // SYNC barrier deadlines of every session, and the idle sweeps. Declared last, so destroyed
+  // first: its thread is joined before anything a callback touches goes away.
+  DeadlineScheduler scheduler_;
+  const SessionEnv env_;  // what every session is given
 };
 
 }  // namespace optd

@@ -4,6 +4,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
+#include "base/fake_clock.h"
+#include "base/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -106,6 +109,59 @@ TEST_F(SessionStoreTest, ConcurrentCreateFindDeleteOnManySessions) {
   }
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(store.size(), 0);
+}
+
+}  // namespace
+}  // namespace optd
+
+namespace optd {
+namespace {
+
+// Tells a test when the store unloads a session.
+class UnloadObserver : public SessionObserver {
+ public:
+  void OnSessionUnloaded(absl::string_view id) override {
+    absl::MutexLock lock(&mu);
+    unloaded.push_back(std::string(id));
+  }
+  absl::Mutex mu;
+  std::vector<std::string> unloaded ABSL_GUARDED_BY(mu);
+};
+
+TEST(SessionStoreIdleTest, UnloadsSessionsNothingHasUsedForTheTimeout) {
+  FakeClock clock;
+  UnloadObserver observer;
+  SessionStoreOptions options;
+  options.idle_timeout = absl::Minutes(10);
+  SessionStore store(options, &observer, &clock);
+  std::string data;
+  EncodeFloats(WireDType::kF32, {1.0f, 2.0f}, &data);
+  const std::vector<int64_t> shape = {2};
+  WireTensorView view{"w", shape, WireDType::kF32, TensorBytes::Borrowed(data)};
+  SgdOptions sgd;
+  sgd.lr = 0.1;
+  for (const char* id : {"idle", "busy"}) {
+    ASSERT_TRUE(store.Create(id, SessionConfig{sgd}, absl::MakeConstSpan(&view, 1)).ok());
+  }
+  clock.Advance(absl::Minutes(6));
+  StepInput step;
+  step.gradients = absl::MakeConstSpan(&view, 1);
+  ASSERT_TRUE((*store.Find("busy"))->StepAndWait(step).ok());  // a use
+  (void)(*store.Find("idle"))->Info();                         // not a use
+  clock.Advance(absl::Minutes(6));  // idle: 12 minutes without use; busy: 6
+  {
+    absl::MutexLock lock(&observer.mu);
+    auto unloaded = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(observer.mu) {
+      return !observer.unloaded.empty();
+    };
+    ASSERT_TRUE(observer.mu.AwaitWithTimeout(absl::Condition(&unloaded), absl::Seconds(30)));
+    EXPECT_THAT(observer.unloaded, ::testing::ElementsAre("idle"));
+  }
+  EXPECT_TRUE(store.Find("busy").ok());
+  EXPECT_THAT(store.Find("idle").status(),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("was unloaded at 2001-09-09T01:58:40+00:00 after 10m without use "
+                                 "(--session_idle_timeout)")));
 }
 
 }  // namespace
