@@ -91,6 +91,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  optd::StartIdleTrimmer();  // after the mask: its thread must not take the signals
 
   optd::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);

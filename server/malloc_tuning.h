@@ -14,6 +14,13 @@
 // Called once by main() of optd and of optd-echo (bench/, so both sides of the benchmark allocate
 // alike), before any thread starts. Does nothing when GLIBC_TUNABLES is set: an operator's own
 // malloc tunables win. Not thread-safe; returns nothing (glibc ignores settings it refuses).
+//
+// StartIdleTrimmer: the price above, paid only while steps run. A background thread looks at the
+// heap every kTrimCheckInterval; once its free memory has stayed unchanged (nothing allocated or
+// freed: no step in flight) for two checks in a row and is over kTrimMinFreeBytes, it hands it
+// back to the kernel (malloc_trim). So a server that stops training shrinks to what its sessions
+// hold (parameters and optimizer state), while a training one keeps reusing its message buffers.
+// Called once by optd's main(), after TuneMallocForLargeMessages; the thread runs until exit.
 
 #ifndef OPTD_SERVER_MALLOC_TUNING_H_
 #define OPTD_SERVER_MALLOC_TUNING_H_
@@ -21,6 +28,11 @@
 namespace optd {
 
 void TuneMallocForLargeMessages();
+
+inline constexpr int kTrimCheckIntervalMillis = 1000;
+inline constexpr long kTrimMinFreeBytes = 16L << 20;
+
+void StartIdleTrimmer();
 
 }  // namespace optd
 
