@@ -8,10 +8,12 @@ t[i] = i - 4 (the quadratic of examples/cpp/quadratic_worker.cc) concurrently.
 ASYNC (test_python_go_cpp_workers_share_one_session):
 
 * Python: this file run as a script (``--worker``), with the raw generated stubs from
-  <build>/python; worker id "py-worker", sequence numbers 1..N, every reply version recorded;
+  <build>/python; worker id "py-worker", sequence numbers 1..N without joining (an unjoined worker:
+  no incarnation), every reply version recorded;
 * Go: the example worker built by client/go/build.sh (<build>/go/bin/optd-go-worker), stepping over
-  one StreamSteps stream (Client.StreamLoop), worker id "go-worker", sequences 1..N;
-* C++: <build>/examples/cpp/quadratic_worker (unary Worker::Step, worker id "cpp-worker").
+  one StreamSteps stream (Client.StreamLoop), worker id "go-worker"; it joins the session and
+  numbers the steps of its incarnation 1..N;
+* C++: <build>/examples/cpp/quadratic_worker (unary Worker::Step, worker id "cpp-worker", joined).
 
 The Python worker starts first and waits, connected, at a gate; the Go and C++ workers are launched
 and the gate is opened, so all three step at the same time. Afterwards:
@@ -21,14 +23,15 @@ and the gate is opened, so all three step at the same time. Afterwards:
 * the Python worker's reply versions show steps of the other workers in between (the workers really
   interleaved), and all versions it saw are distinct;
 * the server's exactly-once table confirms the Python and Go workers' last steps: resending their last
-  sequence number is answered duplicate = true with the version that worker reported, and changes
-  nothing;
+  sequence number (with the Go worker's incarnation) is answered duplicate = true with the version
+  that worker reported, and changes nothing;
 * w has converged to the target (the C++ worker's gradients depend on the parameters it gets back,
   so the exact float values depend on the interleaving; the version count is the exact check).
 
 SYNC (test_python_go_cpp_workers_step_one_sync_session): the session waits for one gradient from
-each of the three workers (consistency workers = 3) before each step. Each worker sends its id, a
-sequence number and the version its gradient was computed at (required by SYNC):
+each of the three workers (consistency workers = 3) before each step. Each worker joins the session,
+then sends its id, its incarnation, a sequence number (1..N) and the version its gradient was
+computed at (required by SYNC):
 
 * Python: this file run as a script (``--sync-worker``) with the optd Python client (Session.step);
 * Go: the same example worker (StreamLoop sends the version it pulled or got back);
@@ -37,7 +40,8 @@ sequence number and the version its gradient was computed at (required by SYNC):
 All three start at a gate as above and apply the same number of steps N. Afterwards every worker
 exited 0 with N steps, no duplicate and no stale gradient; the Python worker saw versions exactly
 1..N, each step combining 3 gradients; the session's version is N (one per barrier); resending each
-worker's last sequence is answered duplicate = true and changes nothing; and w has converged.
+worker's last sequence with its incarnation is answered duplicate = true and changes nothing; and w
+has converged.
 
 Every process started here is stopped by its PID. Run with Debian's interpreter:
     /usr/bin/python3 -m pytest -q tests/cross_language_test.py   (OPTD_BUILD_DIR picks the build)
@@ -71,7 +75,8 @@ READY_TIMEOUT_S = 30
 
 _SUMMARY = re.compile(r"^worker (?P<id>\S+) steps (?P<steps>\d+) duplicates (?P<dups>\d+) "
                       r"aborted (?P<aborted>\d+) first_sequence (?P<first>\d+) last_sequence "
-                      r"(?P<last>\d+) version (?P<version>\d+) final loss (?P<loss>\S+)$", re.M)
+                      r"(?P<last>\d+) incarnation (?P<incarnation>\d+) version (?P<version>\d+) "
+                      r"final loss (?P<loss>\S+)$", re.M)
 
 
 def target():
@@ -110,14 +115,15 @@ def python_worker(address, session, steps, worker_id):
 
 
 def python_sync_worker(address, session, steps, worker_id):
-    """Steps `session` `steps` times as an optd.Session (worker id, sequences 1..steps, the version
-    of its parameters with each step); prints "ready", waits for a line on stdin, steps, then
-    prints one JSON summary line."""
+    """Steps `session` `steps` times as an optd.Session (it joins; worker id, incarnation, sequences
+    1..steps, the version of its parameters with each step); prints "ready", waits for a line on
+    stdin, steps, then prints one JSON summary line."""
     sys.path.insert(0, str(REPO_ROOT / "client" / "python"))
     load_stubs()
     import optd  # pylint: disable=import-outside-toplevel
     with optd.Client(address, timeout=SYNC_BARRIER_TIMEOUT_S + 30) as client:
         worker = client.session(session, worker_id=worker_id)
+        worker.join()  # before the gate (step would join by itself)
         w = worker.pull().tensors["w"].copy()  # sets the worker's version
         t = target()
         print("ready", flush=True)
@@ -133,7 +139,8 @@ def python_sync_worker(address, session, steps, worker_id):
             w = np.array(result.parameters["w"], dtype=np.float32)
         print(json.dumps({"worker": worker_id, "steps": len(versions), "versions": versions,
                           "workers": workers, "duplicates": duplicates,
-                          "last_sequence": worker.sequence, "final_loss": loss}), flush=True)
+                          "incarnation": worker.incarnation, "last_sequence": worker.sequence,
+                          "final_loss": loss}), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,8 +237,7 @@ def test_python_go_cpp_workers_share_one_session():
         py = start_python_at_gate(workers, "py-worker", "--worker", server.address, SESSION,
                                   STEPS["py-worker"])
         workers.start("go-worker", [go_worker, "-server", server.address, "-session", SESSION,
-                                    "-steps", STEPS["go-worker"], "-worker", "go-worker",
-                                    "-first_sequence", 1])
+                                    "-steps", STEPS["go-worker"], "-worker", "go-worker"])
         workers.start("cpp-worker", [cpp_worker, f"--server={server.address}",
                                      f"--session={SESSION}", f"--steps={STEPS['cpp-worker']}",
                                      "--worker=cpp-worker", f"--dim={DIM}"])
@@ -250,8 +256,12 @@ def test_python_go_cpp_workers_share_one_session():
         assert int(go_match["steps"]) == STEPS["go-worker"]
         assert int(go_match["dups"]) == 0 and int(go_match["aborted"]) == 0
         assert (int(go_match["first"]), int(go_match["last"])) == (1, STEPS["go-worker"])
+        assert int(go_match["incarnation"]) > 0  # it joined
         cpp_out = results["cpp-worker"][1]
         assert re.search(r"^final loss \d", cpp_out, re.M), cpp_out
+        cpp_match = _SUMMARY.search(cpp_out)
+        assert cpp_match and int(cpp_match["steps"]) == STEPS["cpp-worker"], cpp_out
+        assert int(cpp_match["incarnation"]) > 0 and int(cpp_match["first"]) == 1, cpp_out
 
         # The session counted every step of every worker, once.
         total = sum(STEPS.values())
@@ -270,11 +280,13 @@ def test_python_go_cpp_workers_share_one_session():
         # The exactly-once table: a resend of each sequenced worker's last step is a duplicate with
         # the version that worker got, and is not applied again.
         probe = to_tensor("w", np.ones(DIM))
-        for worker_id, last_seq, last_version in (
-                ("py-worker", py_summary["last_sequence"], versions[-1]),
-                ("go-worker", int(go_match["last"]), int(go_match["version"]))):
+        for worker_id, incarnation, last_seq, last_version in (
+                ("py-worker", 0, py_summary["last_sequence"], versions[-1]),
+                ("go-worker", int(go_match["incarnation"]), int(go_match["last"]),
+                 int(go_match["version"]))):
             reply = stub.Step(pb2.StepRequest(session_id=SESSION, worker_id=worker_id,
-                                              sequence=last_seq, gradients=[probe]), timeout=30)
+                                              worker_incarnation=incarnation, sequence=last_seq,
+                                              gradients=[probe]), timeout=30)
             assert reply.duplicate, (worker_id, reply)
             assert reply.version == last_version, (worker_id, reply.version, last_version)
         assert stub.GetSession(pb2.GetSessionRequest(session_id=SESSION),
@@ -310,11 +322,10 @@ def test_python_go_cpp_workers_step_one_sync_session():
         py = start_python_at_gate(workers, py_name, "--sync-worker", server.address,
                                   SYNC_SESSION, SYNC_STEPS)
         workers.start(go_name, [go_worker, "-server", server.address, "-session", SYNC_SESSION,
-                                "-steps", SYNC_STEPS, "-worker", go_name, "-first_sequence", 1])
+                                "-steps", SYNC_STEPS, "-worker", go_name])
         workers.start(cpp_name, [cpp_worker, f"--server={server.address}",
                                  f"--session={SYNC_SESSION}", f"--steps={SYNC_STEPS}",
-                                 f"--worker={cpp_name}", f"--dim={DIM}", "--nocreate", "--stream",
-                                 "--first_sequence=1"])
+                                 f"--worker={cpp_name}", f"--dim={DIM}", "--nocreate", "--stream"])
         open_gate(py)
 
         results = {name: workers.finish(name, WORKER_TIMEOUT_S) for name in SYNC_WORKERS}
@@ -327,7 +338,8 @@ def test_python_go_cpp_workers_step_one_sync_session():
         assert py_summary["steps"] == SYNC_STEPS and py_summary["duplicates"] == 0, py_summary
         assert py_summary["versions"] == list(range(1, SYNC_STEPS + 1)), py_summary["versions"]
         assert set(py_summary["workers"]) == {3}, py_summary["workers"]
-        last = {py_name: (py_summary["last_sequence"], SYNC_STEPS)}
+        assert py_summary["incarnation"] > 0 and py_summary["last_sequence"] == SYNC_STEPS
+        last = {py_name: (py_summary["incarnation"], py_summary["last_sequence"], SYNC_STEPS)}
         for name in (go_name, cpp_name):
             match = _SUMMARY.search(results[name][1])
             assert match, results[name][1]
@@ -336,7 +348,9 @@ def test_python_go_cpp_workers_step_one_sync_session():
             assert int(match["dups"]) == 0 and int(match["aborted"]) == 0, match.group(0)
             assert (int(match["first"]), int(match["last"])) == (1, SYNC_STEPS), match.group(0)
             assert int(match["version"]) == SYNC_STEPS, match.group(0)
-            last[name] = (int(match["last"]), int(match["version"]))
+            assert int(match["incarnation"]) > 0, match.group(0)
+            last[name] = (int(match["incarnation"]), int(match["last"]), int(match["version"]))
+        assert len({incarnation for incarnation, _, _ in last.values()}) == 3
 
         # One version per barrier step.
         session = stub.GetSession(pb2.GetSessionRequest(session_id=SYNC_SESSION), timeout=30)
@@ -345,10 +359,11 @@ def test_python_go_cpp_workers_step_one_sync_session():
         # The exactly-once table: each worker's last step, resent, is a duplicate of the last
         # barrier step and is not applied again (no barrier opens for it).
         probe = to_tensor("w", np.ones(DIM))
-        for worker_id, (last_seq, last_version) in last.items():
+        for worker_id, (incarnation, last_seq, last_version) in last.items():
             reply = stub.Step(pb2.StepRequest(session_id=SYNC_SESSION, worker_id=worker_id,
-                                              sequence=last_seq, version=last_version - 1,
-                                              gradients=[probe]), timeout=30)
+                                              worker_incarnation=incarnation, sequence=last_seq,
+                                              version=last_version - 1, gradients=[probe]),
+                              timeout=30)
             assert reply.duplicate, (worker_id, reply)
             assert reply.version == last_version, (worker_id, reply.version, last_version)
         assert stub.GetSession(pb2.GetSessionRequest(session_id=SYNC_SESSION),

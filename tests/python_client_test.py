@@ -4,7 +4,9 @@ Covers the API (sessions, pull, step, update, health), numpy round trips in F32/
 checked bit for bit against torch's bfloat16 and numpy's float16), every typed error with its gRPC
 code (those the server produces, from a real server; the rest through the code -> class mapping),
 deadlines, retries of keyed steps without double application, StreamSteps worker loops, SYNC with
-several workers, row-sparse gradients, and that the package installs offline with pip.
+several workers, row-sparse gradients, joins (a restarted worker is a new incarnation whose steps
+are applied; a forgotten worker joins again by itself; a retry whose outcome cannot be known raises
+StepOutcomeUnknownError), and that the package installs offline with pip.
 
 Run: /usr/bin/python3 -m pytest -q tests/python_client_test.py   (OPTD_BUILD_DIR picks the build)
 """
@@ -49,9 +51,9 @@ def _unique(prefix):
 class FakeRpcError(grpc.RpcError):
     """What a lost reply looks like to the client: a failed call with a code."""
 
-    def __init__(self, code, details="injected"):
+    def __init__(self, code, details="injected", trailing=()):
         super().__init__(details)
-        self._code, self._details = code, details
+        self._code, self._details, self._trailing = code, details, tuple(trailing)
 
     def code(self):
         return self._code
@@ -60,7 +62,7 @@ class FakeRpcError(grpc.RpcError):
         return self._details
 
     def trailing_metadata(self):
-        return ()
+        return self._trailing
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -128,6 +130,16 @@ def test_every_status_code_maps_to_its_error_class():
     assert isinstance(optd.DeadlineExceededError("x"), TimeoutError)
     assert isinstance(optd.UnavailableError("x"), ConnectionError)
     assert optd.error_from_status(10, "stale", 7).current_version == 7
+    # FAILED_PRECONDITION says whether the worker must join again (metadata or StepError.rejoin).
+    assert not optd.error_from_status(9, "reused").rejoin
+    assert optd.error_from_status(9, "forgotten", rejoin=True).rejoin
+    rejoin = optd.error_from_rpc(FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "forgotten",
+                                              trailing=[("optd-rejoin", "1")]))
+    assert type(rejoin) is optd.FailedPreconditionError and rejoin.rejoin
+    unknown = optd.StepOutcomeUnknownError("lost", worker_id="w", worker_incarnation=3, sequence=4,
+                                           new_incarnation=5)
+    assert isinstance(unknown, optd.FailedPreconditionError) and unknown.rejoin
+    assert unknown.code == grpc.StatusCode.FAILED_PRECONDITION and "lost" in str(unknown)
 
 
 def test_config_builders():
@@ -298,11 +310,18 @@ def test_failed_precondition_for_a_forgotten_sequence(client):
     g = {"w": np.ones(2, np.float32)}
     for _ in range(20):  # the server remembers the last 16 outcomes per worker
         session.step(g)
-    again = client.step(session.session_id, g, worker_id=session.worker_id, sequence=19)
+    key = dict(worker_id=session.worker_id, worker_incarnation=session.incarnation)
+    again = client.step(session.session_id, g, sequence=19, **key)
     assert again.duplicate and again.version == 19
     with pytest.raises(optd.FailedPreconditionError) as e:
-        client.step(session.session_id, g, worker_id=session.worker_id, sequence=1)
+        client.step(session.session_id, g, sequence=1, **key)
     assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and "sequence" in e.value.message
+    assert not e.value.rejoin  # the worker is known: only this sequence is
+    # The worker joined: a step of it without its incarnation is refused, never guessed at.
+    with pytest.raises(optd.FailedPreconditionError) as e:
+        client.step(session.session_id, g, worker_id=session.worker_id, sequence=21)
+    assert e.value.rejoin and "worker_incarnation" in e.value.message
+    assert session.info().version == 20
     session.delete()
 
 
@@ -507,6 +526,143 @@ def test_sync_session_with_worker_threads(client):
     assert [v for v, _, _ in results[0]] == [1, 2, 3, 4, 5]
     assert all(n == workers for _, n, _ in results[0])
     np.testing.assert_allclose(results[0][-1][2], [-5.0, -5.0])  # mean gradient 1, five steps
+    session.delete()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Joins: incarnations of a worker id, forgotten workers, outcomes that cannot be known.
+
+# A session remembers at most this many workers (the least recently active is forgotten first).
+REMEMBERED_WORKERS = 1024
+
+
+def _crowd_out(address, session_id, prefix, n=REMEMBERED_WORKERS + 1):
+    """Makes the session forget every worker active before: n other workers join and step once
+    each (unary, no parameters back), over their own channel. Returns the steps applied (n)."""
+    with optd.Client(address, timeout=20.0) as other:
+        g = {"w": np.zeros(2, np.float32)}
+        for i in range(n):
+            worker_id = f"{prefix}-{i}"
+            joined = other.join_session(session_id, worker_id)
+            r = other.step(session_id, g, worker_id=worker_id, sequence=joined.next_sequence,
+                           worker_incarnation=joined.worker_incarnation,
+                           return_parameters="none")
+            assert not r.duplicate
+    return n
+
+
+def test_a_restarted_worker_is_a_new_incarnation_whose_steps_are_applied(client):
+    session = client.create_session({"w": np.zeros(2)}, "sgd", lr=1.0)
+    sid, g = session.session_id, {"w": np.ones(2, np.float32)}
+    first = client.session(sid, worker_id="trainer-0")
+    assert first.incarnation is None  # it joins at its first step
+    for k in range(3):
+        r = first.step(g)
+        assert (r.version, r.sequence, r.duplicate) == (k + 1, k + 1, False)
+    assert r.worker_incarnation == first.incarnation > 0
+    old_request = first.request(g)  # what the old process would (re)send next: sequence 4
+
+    # The process restarts: a new client, the same worker id, sequences from 1 again. Before
+    # joins, these steps were answered as duplicates of the old process's and not applied.
+    with optd.Client(client.address) as restarted_client:
+        restarted = restarted_client.session(sid, worker_id="trainer-0")
+        for k in range(3):
+            r = restarted.step(g)
+            assert (r.version, r.sequence, r.duplicate, r.rejoins) == (4 + k, k + 1, False, 0)
+        assert restarted.incarnation > first.incarnation
+        np.testing.assert_allclose(restarted.pull().tensors["w"], [-6.0, -6.0])
+
+        # A late request of the old incarnation (a retry still on its way) is refused, unapplied.
+        with pytest.raises(optd.FailedPreconditionError) as e:
+            client.send_step(old_request)
+        assert e.value.rejoin and "superseded" in e.value.message
+        assert session.info().version == 6
+
+        # Two live processes with one worker id take it from each other: a new step of either is
+        # refused once, joins again and is applied (once).
+        r = first.step(g)
+        assert (r.version, r.rejoins, r.sequence) == (7, 1, 1)
+        r = restarted.step(g)
+        assert (r.version, r.rejoins, r.sequence) == (8, 1, 1)
+    session.delete()
+
+
+def test_a_forgotten_worker_joins_again_and_its_step_is_applied_once(client):
+    session = client.create_session({"w": np.zeros(2)}, "sgd", lr=1.0)
+    sid, g = session.session_id, {"w": np.ones(2, np.float32)}
+    worker = client.session(sid, worker_id="forgotten")
+    assert worker.step(g).version == 1
+    incarnation = worker.incarnation
+    start = time.monotonic()
+    version = 1 + _crowd_out(client.address, sid, "crowd-a")
+    assert time.monotonic() - start < 30, "1025 joins and steps should take a few seconds"
+
+    # The server forgot the worker: its next step is refused with rejoin before anything is
+    # applied, so the Session joins again and resends it under the new incarnation.
+    r = worker.step(g)
+    assert (r.version, r.duplicate, r.rejoins, r.sequence) == (version + 1, False, 1, 1)
+    assert worker.incarnation > incarnation and r.worker_incarnation == worker.incarnation
+    r = worker.step(g)
+    assert (r.version, r.rejoins, r.sequence) == (version + 2, 0, 2)
+    version += 2
+
+    # A retry after a lost reply, across a forced forget: the first attempt was applied, the
+    # server forgot the worker, the retry is refused and the client cannot know the outcome.
+    real_step = client.stub.Step
+    calls = []
+
+    def reply_lost_then_forgotten(request, **kwargs):
+        calls.append((request.worker_incarnation, request.sequence))
+        reply = real_step(request, **kwargs)  # applied ...
+        if len(calls) == 1:
+            _crowd_out(client.address, sid, "crowd-b")  # ... then forgotten ...
+            raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "reply lost")  # ... reply lost
+        return reply
+
+    client.stub.Step = reply_lost_then_forgotten
+    try:
+        with pytest.raises(optd.StepOutcomeUnknownError) as e:
+            worker.step(g, retry=optd.RetryPolicy(max_attempts=3, initial_backoff=0.001))
+    finally:
+        client.stub.Step = real_step
+    assert len(calls) == 2 and calls[0] == calls[1]  # the same request, resent once, not more
+    assert e.value.new_incarnation == worker.incarnation and worker.sequence == 0
+    version += 1 + REMEMBERED_WORKERS + 1  # the lost-reply step was applied, once
+    assert session.info().version == version
+    r = worker.step(g)
+    assert (r.version, r.sequence, r.duplicate, r.rejoins) == (version + 1, 1, False, 0)
+    session.delete()
+
+
+def test_stream_steps_join_again_when_the_server_forgot_the_worker(client):
+    session = client.create_session({"w": np.zeros(2)}, "sgd", lr=1.0)
+    sid, g = session.session_id, {"w": np.ones(2, np.float32)}
+    worker = client.session(sid, worker_id="streamer")
+    with worker.stream(timeout=20) as stream:
+        r = stream.step(g)
+        assert (r.version, r.sequence) == (1, 1)
+        incarnation = worker.incarnation
+        version = 1 + _crowd_out(client.address, sid, "crowd-s")
+        # Three steps in flight under the forgotten incarnation: each is refused (not applied)
+        # and resent in order under the new one, and the stream goes on.
+        seqs = [stream.submit(g) for _ in range(3)]
+        assert seqs == [2, 3, 4]
+        results = [stream.result() for _ in range(3)]
+        assert [r.version for r in results] == [version + 1, version + 2, version + 3]
+        assert [r.sequence for r in results] == [1, 2, 3]
+        assert [r.rejoins for r in results] == [1, 1, 1] and not any(r.duplicate for r in results)
+        assert worker.incarnation > incarnation
+        assert all(r.worker_incarnation == worker.incarnation for r in results)
+        assert stream.step(g).rejoins == 0
+    assert session.info().version == version + 4
+
+    # A restarted process's stream loop: its first steps are applied, not answered as duplicates.
+    with optd.Client(client.address) as restarted_client:
+        restarted = restarted_client.session(sid, worker_id="streamer")
+        got = list(restarted.stream_steps([g, g, g], timeout=20))
+        assert [(r.sequence, r.duplicate) for r in got] == [(1, False), (2, False), (3, False)]
+        assert [r.version for r in got] == [version + 5, version + 6, version + 7]
+        assert restarted.incarnation > worker.incarnation
     session.delete()
 
 

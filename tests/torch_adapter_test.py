@@ -4,8 +4,8 @@ The same small MLP (same initial weights, same batches) is trained twice: locall
 (single-tensor path) and through RemoteOptimizer. After every step every parameter must agree to
 rtol 1e-4 / atol 1e-5, for Adam, AdamW, SGD with (Nesterov) momentum, Adagrad and RMSprop, with
 learning-rate changes made through param_groups and through torch lr_scheduler objects. Also:
-attaching to an existing session, state_dict round trips, closures, param-group rules, None and
-sparse gradients.
+attaching to an existing session, state_dict round trips (a restored worker joins as a new
+incarnation and its steps are applied), closures, param-group rules, None and sparse gradients.
 
 Run: /usr/bin/python3 -m pytest -q tests/torch_adapter_test.py   (OPTD_BUILD_DIR picks the build)
 """
@@ -169,18 +169,23 @@ def test_attach_to_an_existing_session_and_state_dict(client):
         state = worker.state_dict()
         assert state["optd"]["session_id"] == "torch-attach"
         assert state["optd"]["worker_id"] == "w1" and state["optd"]["sequence"] == 1
+        assert state["optd"]["worker_incarnation"] == worker.session.incarnation > 0
         assert state["optd"]["version"] == 4 and state["state"] == {}
         state["param_groups"][0]["lr"] = 1e-3
 
-        # A fresh optimizer restores the worker and sends the restored lr with its next step.
+        # A fresh optimizer (a restarted process) restores the worker and sends the restored lr
+        # with its next step. It joins as a new incarnation of "w1": its first step is applied (a
+        # restarted worker's steps were once answered as duplicates of the old process's).
         restored_model = make_mlp(99)
         restored = optd.torch.RemoteOptimizer(restored_model.named_parameters(),
                                               session=other_client.session("torch-attach"))
         restored.load_state_dict(state)
-        assert restored.session.worker_id == "w1" and restored.session.sequence == 1
+        assert restored.session.worker_id == "w1" and restored.session.incarnation is None
         assert restored.param_groups[0]["lr"] == 1e-3
         train_step(restored_model, restored, x, y)
-        assert restored.last_result.sequence == 2 and not restored.last_result.duplicate
+        assert restored.last_result.sequence == 1 and not restored.last_result.duplicate
+        assert restored.last_result.version == 5 and restored.last_result.rejoins == 0
+        assert restored.session.incarnation > state["optd"]["worker_incarnation"]
         assert restored.last_result.learning_rate == pytest.approx(1e-3)
         assert restored.session.info().config.optimizer.adam.lr == pytest.approx(1e-3)
 

@@ -29,6 +29,10 @@ namespace {
 constexpr char kCurrentVersionPayload[] = "optd.dev/current_version";
 // The unary reply's trailing metadata key the server puts it in.
 constexpr char kCurrentVersionTrailer[] = "optd-current-version";
+// Where a FAILED_PRECONDITION status says that the worker must join again ("1"), and the unary
+// reply's trailing metadata key that carries it.
+constexpr char kRejoinPayload[] = "optd.dev/rejoin";
+constexpr char kRejoinTrailer[] = "optd-rejoin";
 constexpr size_t kMaxIdLength = 128;
 constexpr int32_t kMaxPageSize = 1000;
 
@@ -39,8 +43,18 @@ absl::Status WithCurrentVersion(absl::Status status, int64_t current_version) {
   return status;
 }
 
+// `status` marked as needing a rejoin (see NeedsRejoin) when `rejoin` and it is
+// FAILED_PRECONDITION.
+absl::Status WithRejoin(absl::Status status, bool rejoin) {
+  if (rejoin && status.code() == absl::StatusCode::kFailedPrecondition) {
+    status.SetPayload(kRejoinPayload, absl::Cord("1"));
+  }
+  return status;
+}
+
 // The one conversion from gRPC to absl: the codes are the same canonical set, so the number and
-// the message carry over unchanged. The current version of an ABORTED reply comes along.
+// the message carry over unchanged. The current version of an ABORTED reply and the rejoin flag of
+// a FAILED_PRECONDITION one come along.
 absl::Status FromGrpcStatus(const grpc::Status& status, const grpc::ClientContext* context) {
   if (status.ok()) return absl::OkStatus();
   absl::Status out(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
@@ -52,6 +66,11 @@ absl::Status FromGrpcStatus(const grpc::Status& status, const grpc::ClientContex
         absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &version)) {
       out = WithCurrentVersion(std::move(out), version);
     }
+    const auto rejoin = trailers.find(kRejoinTrailer);
+    if (rejoin != trailers.end()) {
+      out = WithRejoin(std::move(out),
+                       absl::string_view(rejoin->second.data(), rejoin->second.size()) == "1");
+    }
   }
   return out;
 }
@@ -62,8 +81,10 @@ absl::Status FromStepError(const v1::StepError& error) {
   if (code <= 0 || code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
     return absl::UnknownError(absl::StrCat("StepError with code ", code, ": ", error.message()));
   }
-  return WithCurrentVersion(absl::Status(static_cast<absl::StatusCode>(code), error.message()),
-                            error.current_version());
+  return WithRejoin(
+      WithCurrentVersion(absl::Status(static_cast<absl::StatusCode>(code), error.message()),
+                         error.current_version()),
+      error.rejoin());
 }
 
 // `status` with `note` appended to its message; code and payloads kept.
@@ -119,8 +140,8 @@ absl::StatusOr<std::vector<HostTensor>> DecodeReplyTensors(
   return out;
 }
 
-absl::StatusOr<StepResult> DecodeStepResponse(const v1::StepResponse& response, int64_t sequence,
-                                              int attempts) {
+absl::StatusOr<StepResult> DecodeStepResponse(const v1::StepResponse& response,
+                                              const v1::StepRequest& request, int attempts) {
   StepResult result;
   result.version = response.version();
   result.parameters_version = response.parameters_version();
@@ -131,7 +152,8 @@ absl::StatusOr<StepResult> DecodeStepResponse(const v1::StepResponse& response, 
   result.missing_workers.assign(response.missing_workers().begin(),
                                 response.missing_workers().end());
   result.staleness = response.staleness();
-  result.sequence = sequence;
+  result.sequence = request.sequence();
+  result.worker_incarnation = request.worker_incarnation();
   result.attempts = attempts;
   absl::StatusOr<std::vector<HostTensor>> parameters = DecodeReplyTensors(response.parameters());
   if (!parameters.ok()) return parameters.status();
@@ -154,6 +176,11 @@ std::optional<int64_t> CurrentVersion(const absl::Status& status) {
     return std::nullopt;
   }
   return version;
+}
+
+bool NeedsRejoin(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kFailedPrecondition &&
+         status.GetPayload(kRejoinPayload).has_value();
 }
 
 absl::Status ClientOptions::Validate() const {
@@ -198,6 +225,11 @@ absl::StatusOr<v1::StepRequest> MakeStepRequest(absl::string_view session_id,
     return absl::InvalidArgumentError(absl::StrCat(
         "sequence = ", options.sequence, " needs a worker_id (the key is worker_id + sequence)"));
   }
+  if (options.worker_incarnation < 0 || (options.worker_incarnation > 0 && options.sequence == 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker_incarnation = ", options.worker_incarnation,
+                     "; must be >= 0, and > 0 only with a worker_id and a sequence"));
+  }
   if (options.version.has_value() && *options.version < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("version = ", *options.version, "; must be >= 0"));
@@ -217,6 +249,7 @@ absl::StatusOr<v1::StepRequest> MakeStepRequest(absl::string_view session_id,
   request.set_session_id(std::string(session_id));
   request.set_worker_id(options.worker_id);
   request.set_sequence(options.sequence);
+  request.set_worker_incarnation(options.worker_incarnation);
   if (options.version.has_value()) request.set_version(*options.version);
   for (size_t i = 0; i < gradients.size(); ++i) {
     absl::StatusOr<v1::Tensor> t = HostTensorToProto(gradients[i], options.gradient_dtype);
@@ -474,20 +507,41 @@ absl::StatusOr<StepResult> Client::Step(absl::string_view session_id,
 }
 
 absl::StatusOr<StepResult> Client::SendStep(const v1::StepRequest& request,
-                                            const RetryPolicy& retry) {
+                                            const RetryPolicy& retry, int* attempts) {
+  if (attempts != nullptr) *attempts = 0;
   if (absl::Status s = retry.Validate(); !s.ok()) return s;
   // A step without a key could be applied twice if its reply were lost: never retried.
   const RetryPolicy& policy = Keyed(request) ? retry : RetryPolicy::None();
   v1::StepResponse response;
-  int attempts = 0;
+  int made = 0;
   absl::Status s = Retry(
       "Step", policy,
       [&](grpc::ClientContext* context) {
         return FromGrpcStatus(stub_->Step(context, request, &response), context);
       },
-      &attempts);
+      &made);
+  if (attempts != nullptr) *attempts = made;
   if (!s.ok()) return s;
-  return DecodeStepResponse(response, request.sequence(), attempts);
+  return DecodeStepResponse(response, request, made);
+}
+
+absl::StatusOr<JoinResult> Client::JoinSession(absl::string_view session_id,
+                                               absl::string_view worker_id) {
+  if (absl::Status s = CheckSessionId(session_id); !s.ok()) return s;
+  if (absl::Status s = CheckId("worker_id", worker_id, "._:-"); !s.ok()) return s;
+  v1::JoinSessionRequest request;
+  request.set_session_id(std::string(session_id));
+  request.set_worker_id(std::string(worker_id));
+  v1::JoinSessionResponse response;
+  absl::Status s = Retry("JoinSession", options_.retry, [&](grpc::ClientContext* context) {
+    return FromGrpcStatus(stub_->JoinSession(context, request, &response), context);
+  });
+  if (!s.ok()) return s;
+  JoinResult result;
+  result.worker_incarnation = response.worker_incarnation();
+  result.next_sequence = response.next_sequence();
+  result.version = response.version();
+  return result;
 }
 
 std::unique_ptr<StepStream> Client::StreamSteps(absl::Duration lifetime) {
@@ -552,7 +606,7 @@ absl::StatusOr<StepResult> StepStream::Send(const v1::StepRequest& request) {
   }
   switch (response.result_case()) {
     case v1::StreamStepsResponse::kReply:
-      return DecodeStepResponse(response.reply(), request.sequence(), 1);
+      return DecodeStepResponse(response.reply(), request, 1);
     case v1::StreamStepsResponse::kError:
       return FromStepError(response.error());
     default:

@@ -5,7 +5,8 @@
 // reads, updates, lists and deletes sessions, pulls parameters (all, some tensors, or some rows)
 // and steps them, one call at a time (Step) or over a stream (StepStream), with float32
 // HostTensors (dense or row-sparse) on the caller's side whatever the wire dtype (F32, BF16, F16).
-// A worker loop uses a Worker (worker.h), which numbers its steps and tracks the version.
+// A worker loop uses a Worker (worker.h), which joins the session, numbers its steps and tracks the
+// version.
 //
 //   absl::StatusOr<std::unique_ptr<optd::client::Client>> client =
 //       optd::client::Client::Connect("127.0.0.1:50051");
@@ -19,8 +20,9 @@
 // its own gRPC context; the stubs are thread-safe). A StepStream is NOT thread-safe: one thread (or
 // one externally serialised worker loop) drives it.
 //
-// Retries (RetryPolicy in retry.h, ClientOptions::retry): reads (GetSession, ListSessions, Pull)
-// and keyed steps (worker_id and sequence > 0) are retried on UNAVAILABLE and DEADLINE_EXCEEDED
+// Retries (RetryPolicy in retry.h, ClientOptions::retry): reads (GetSession, ListSessions, Pull),
+// JoinSession and keyed steps (worker_id and sequence > 0) are retried on UNAVAILABLE and
+// DEADLINE_EXCEEDED
 // with jittered exponential backoff, the step with the same sequence number, so the server applies
 // it once (a retry of an applied step comes back with StepResult::duplicate). CreateSession,
 // UpdateSession, DeleteSession and unkeyed steps are never retried. StepStream does not retry; a
@@ -30,7 +32,8 @@
 // message (the codes are the same canonical set): NOT_FOUND for an unknown session, ALREADY_EXISTS
 // for a taken id, INVALID_ARGUMENT for a rejected request (the message names the field),
 // ABORTED for a stale gradient (CurrentVersion() reads the session's version from it),
-// FAILED_PRECONDITION for a reused sequence number, UNAVAILABLE when the server cannot be reached
+// FAILED_PRECONDITION for a reused sequence number (NeedsRejoin() when the server cannot place the
+// worker's step and the worker must join again), UNAVAILABLE when the server cannot be reached
 // and DEADLINE_EXCEEDED when a call outlives ClientOptions::timeout; those last two, once retries
 // are spent, also name the method, the server's address and the attempts made. InvalidArgument is
 // also returned, before any RPC, for a request the client can tell is invalid (a HostTensor whose
@@ -93,8 +96,11 @@ struct StepOptions {
   // with a sequence. (A Worker fills it in.)
   std::string worker_id;
   // Idempotency key with worker_id: 0 means none; otherwise > 0 and increasing with each new step
-  // of the worker. Only a keyed step is retried. (A Worker fills it in.)
+  // of the worker (of its incarnation). Only a keyed step is retried. (A Worker fills it in.)
   int64_t sequence = 0;
+  // The worker's incarnation from JoinSession (>= 0; only with a sequence). 0: the worker did not
+  // join, and its sequences follow the unjoined rules. (A Worker fills it in.)
+  int64_t worker_incarnation = 0;
   // The session version the gradient was computed at (>= 0). Required in SYNC and BOUNDED
   // sessions. (A Worker sends its known version when this is unset.)
   std::optional<int64_t> version;
@@ -134,9 +140,24 @@ struct StepResult {
   std::vector<std::string> missing_workers;
   // Session version at arrival minus the version the gradient was computed at (0 without one).
   int64_t staleness = 0;
-  // The sequence number sent (0: none) and the calls the step took (1 unless it was retried).
+  // The sequence number sent (0: none) and the calls the step took (1 unless it was retried; a
+  // step resent after its worker joined again counts from 1 again).
   int64_t sequence = 0;
   int attempts = 1;
+  // The worker incarnation sent (0: none), and how many times the worker joined again during this
+  // step (the server had forgotten it, so the refused step, never applied, was resent).
+  int64_t worker_incarnation = 0;
+  int rejoins = 0;
+};
+
+// What JoinSession returns.
+struct JoinResult {
+  // Send with every keyed step of this incarnation (StepOptions::worker_incarnation).
+  int64_t worker_incarnation = 0;
+  // The first sequence number of the incarnation (1).
+  int64_t next_sequence = 1;
+  // The session's version at the join.
+  int64_t version = 0;
 };
 
 // Rows of one tensor to pull.
@@ -164,6 +185,14 @@ struct PullResult {
 // worker should pull and recompute), read from the unary reply's trailing metadata or the stream's
 // StepError; nullopt for any other status.
 std::optional<int64_t> CurrentVersion(const absl::Status& status);
+
+// Whether `status` is a FAILED_PRECONDITION refusal of a keyed step that the server cannot place
+// (the worker was forgotten, its worker id joined again elsewhere, or the session was restored
+// without it), after which the worker must join again (JoinSession): the unary reply's trailing
+// metadata "optd-rejoin: 1", or StepError.rejoin on a stream. The refused step was not applied if
+// the call was its first attempt; a refused retry may have been (a Worker then returns a
+// step-outcome-unknown error: IsStepOutcomeUnknown, worker.h).
+bool NeedsRejoin(const absl::Status& status);
 
 // Builds the v1::StepRequest that Client::Step sends, checking what the client can check cheaply:
 // session id and worker id syntax, sequence >= 0 and only with a worker id, version >= 0, a finite
@@ -227,10 +256,19 @@ class Client {
                                   const StepOptions& options = {});
 
   // Sends a built request (MakeStepRequest, or a Worker's), retried per `retry` if it is keyed.
-  absl::StatusOr<StepResult> SendStep(const v1::StepRequest& request, const RetryPolicy& retry);
+  // `attempts` (if not null) receives the calls made, also when the step fails.
+  absl::StatusOr<StepResult> SendStep(const v1::StepRequest& request, const RetryPolicy& retry,
+                                      int* attempts = nullptr);
   absl::StatusOr<StepResult> SendStep(const v1::StepRequest& request) {
     return SendStep(request, options_.retry);
   }
+
+  // Starts a new incarnation of `worker_id` on the session (JoinSession): its keyed steps then
+  // carry JoinResult::worker_incarnation and sequences from next_sequence, and steps of its earlier
+  // incarnations (a previous process with the same id) are refused. A Worker joins by itself; this
+  // is for code that builds its own requests. Retried like a read (a retried join only leaves an
+  // unused incarnation). NOT_FOUND; INVALID_ARGUMENT for a bad worker id.
+  absl::StatusOr<JoinResult> JoinSession(absl::string_view session_id, absl::string_view worker_id);
 
   // Opens a StreamSteps stream. The stream as a whole must finish within `lifetime` (a gRPC stream
   // has a single deadline); the default, ZeroDuration, means no deadline, and so does

@@ -72,8 +72,9 @@ ABSL_FLAG(std::vector<std::string>, grad, {},
 ABSL_FLAG(std::optional<double>, loss, std::nullopt, "step: loss to report with the gradient");
 ABSL_FLAG(std::string, worker, "optctl", "step: worker id");
 ABSL_FLAG(int64_t, sequence, 0,
-          "step: sequence number (idempotency key); 0 takes one from the clock. Resending one "
-          "that was applied is answered as a duplicate and not applied again");
+          "step: sequence number (idempotency key) of an unjoined worker; resending one that was "
+          "applied is answered as a duplicate and not applied again. 0: the worker joins the "
+          "session (a new incarnation) and sends sequence 1");
 
 // The optimizer, hyperparameter, schedule, clipping and consistency flags: optctl_flags.cc.
 ABSL_DECLARE_FLAG(std::string, optimizer);
@@ -459,10 +460,10 @@ absl::Status StepOnce(Client& client, const CommandLine& command_line,
     gradients.push_back(std::move(g));
   }
   // A keyed step at the session's version: retried safely, and accepted by SYNC and BOUNDED
-  // sessions.
+  // sessions. Without --sequence the worker joins (each optctl run is a new incarnation).
   if (absl::GetFlag(FLAGS_sequence) < 0) {
     return UsageError(absl::StrCat("--sequence=", absl::GetFlag(FLAGS_sequence),
-                                   ": must be >= 0 (0: from the clock)"));
+                                   ": must be >= 0 (0: join the session and send sequence 1)"));
   }
   WorkerOptions worker;
   worker.worker_id = absl::GetFlag(FLAGS_worker);
@@ -477,8 +478,9 @@ absl::Status StepOnce(Client& client, const CommandLine& command_line,
   std::cout << "version:        " << result->version << "\n";
   std::cout << "duplicate:      " << (result->duplicate ? "true" : "false") << "\n";
   std::cout << "staleness:      " << result->staleness << "\n";
-  std::cout << "worker:         " << stepper.worker_id() << " sequence " << result->sequence
-            << "\n";
+  std::cout << "worker:         " << stepper.worker_id();
+  if (result->worker_incarnation > 0) std::cout << " incarnation " << result->worker_incarnation;
+  std::cout << " sequence " << result->sequence << "\n";
   std::cout << "gradient norm:  " << absl::StrFormat("%.9g", result->gradient_norm) << "\n";
   std::cout << "learning rate:  " << absl::StrFormat("%.9g", result->learning_rate) << "\n";
   return absl::OkStatus();

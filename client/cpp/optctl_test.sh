@@ -4,7 +4,8 @@
 # numpy) and exit codes: 0 success (and --help, --version), 1 RPC failure, 2 usage error. Covers
 # help (every optimizer and schedule listed), both binaries' --version, create (with schedule,
 # clipping, consistency), update (the new values shown by describe, version and optimizer state
-# kept), keyed steps (a resent sequence is a duplicate) and the errors of bad flags.
+# kept), keyed steps (a resent sequence is a duplicate; without --sequence each run joins as a new
+# incarnation and is applied) and the errors of bad flags.
 #
 # Usage: optctl_test.sh PATH/TO/optd PATH/TO/optctl "VERSION (BUILD_TYPE)"
 # Stops only the optd it started (SIGTERM, then SIGKILL after 10 s). Every wait is bounded.
@@ -223,7 +224,7 @@ fi
 run 0 describe e2e
 out_has '^version: +1$'
 
-# --- keyed steps: a resent sequence number is answered, not applied again -----------------------
+# --- keyed steps (--sequence: unjoined): a resent sequence number is answered, not applied again --
 run 0 step e2e --worker=tester --sequence=5 --grad='*:const=0.1'
 out_has '^version: +2$'
 out_has '^duplicate: +false$'
@@ -248,6 +249,16 @@ out_has '^consistency: +sync:workers=1'
 run 0 step sched --grad='*:const=1'
 out_has '^version: +1$'
 out_has '^learning rate: +0\.5$'
+# Without --sequence the worker joins: each run is a new incarnation of worker "optctl", numbered
+# from 1, so a second run is applied (not answered as a duplicate of the first).
+out_has '^worker: +optctl incarnation [0-9]+ sequence 1$'
+FIRST_INCARNATION=$(sed -n 's/^worker: *optctl incarnation \([0-9]*\) .*/\1/p' "$WORK/out")
+run 0 step sched --grad='*:const=1'
+out_has '^version: +2$'
+out_has '^duplicate: +false$'
+out_has '^worker: +optctl incarnation [0-9]+ sequence 1$'
+grep -q "^worker: *optctl incarnation $FIRST_INCARNATION " "$WORK/out" &&
+  fail "a second optctl step reused incarnation $FIRST_INCARNATION"
 run 2 create --session=x --optimizer=sgd --lr=1 --tensor=w:1 --schedule=cosine
 err_has "'cosine' is not a schedule; must be one of constant, step, multi_step, exponential, cosine_annealing"
 run 2 create --session=x --optimizer=sgd --lr=1 --tensor=w:1 --schedule=step:step_sze=3

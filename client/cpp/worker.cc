@@ -6,12 +6,28 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 
 namespace optd {
 namespace client {
+namespace {
+
+// How many times one step is resent after its worker joined again (each resend is a first attempt
+// under the new incarnation; a server that keeps refusing it is not waited on forever).
+constexpr int kMaxRejoinsPerStep = 3;
+
+// Marks a status as the step-outcome-unknown error.
+constexpr char kOutcomeUnknownPayload[] = "optd.dev/step_outcome_unknown";
+
+}  // namespace
+
+bool IsStepOutcomeUnknown(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kFailedPrecondition &&
+         status.GetPayload(kOutcomeUnknownPayload).has_value();
+}
 
 std::string DefaultWorkerId() {
   char host[256] = {};
@@ -33,8 +49,60 @@ Worker::Worker(Client* client, std::string session_id, WorkerOptions options)
     : client_(client),
       session_id_(std::move(session_id)),
       worker_id_(options.worker_id.empty() ? DefaultWorkerId() : std::move(options.worker_id)),
-      next_sequence_(options.first_sequence > 0 ? options.first_sequence : ClockSequence()),
+      unjoined_(options.first_sequence > 0),
+      next_sequence_(options.first_sequence > 0 ? options.first_sequence : 1),
       version_(options.version) {}
+
+void Worker::set_next_sequence(int64_t sequence) {
+  if (!joined_) unjoined_ = true;
+  next_sequence_ = sequence;
+}
+
+absl::Status Worker::Join() {
+  absl::StatusOr<JoinResult> joined = client_->JoinSession(session_id_, worker_id_);
+  if (!joined.ok()) return joined.status();
+  joined_ = true;
+  unjoined_ = false;
+  incarnation_ = joined->worker_incarnation;
+  next_sequence_ = joined->next_sequence;
+  return absl::OkStatus();
+}
+
+absl::Status Worker::EnsureJoined() {
+  if (joined_ || unjoined_) return absl::OkStatus();
+  return Join();
+}
+
+absl::StatusOr<v1::StepRequest> Worker::AfterRejoin(const v1::StepRequest& request,
+                                                    const absl::Status& refusal, int attempts,
+                                                    int resends) {
+  if (attempts <= 1 && resends >= kMaxRejoinsPerStep) return refusal;
+  absl::Status join = absl::OkStatus();
+  if (!joined_ || incarnation_ == request.worker_incarnation()) {
+    joined_ = unjoined_ = false;  // if the join fails, the next step joins
+    join = Join();
+  }
+  if (attempts <= 1) {  // nothing was applied: resend under the new incarnation
+    if (!join.ok()) return join;
+    v1::StepRequest resend = request;
+    resend.set_worker_incarnation(incarnation_);
+    resend.set_sequence(next_sequence_++);
+    return resend;
+  }
+  absl::Status unknown = absl::FailedPreconditionError(absl::StrFormat(
+      "the outcome of step sequence %d of worker %s (incarnation %d) on session %s is unknown: "
+      "the reply of an earlier attempt was lost, and the retry (attempt %d) was refused "
+      "because the server can no longer place the worker (%s); the step may have been applied "
+      "once or not at all; %s",
+      request.sequence(), worker_id_, request.worker_incarnation(), session_id_, attempts,
+      refusal.message(),
+      join.ok() ? absl::StrCat("it has joined the session again as incarnation ", incarnation_,
+                               "; its next step works")
+                : absl::StrCat("joining again failed (", join.ToString(),
+                               "); its next step joins again")));
+  unknown.SetPayload(kOutcomeUnknownPayload, absl::Cord("1"));
+  return unknown;
+}
 
 absl::StatusOr<PullResult> Worker::Pull(const PullOptions& options) {
   absl::StatusOr<PullResult> pulled = client_->Pull(session_id_, options);
@@ -44,6 +112,7 @@ absl::StatusOr<PullResult> Worker::Pull(const PullOptions& options) {
 
 absl::StatusOr<v1::StepRequest> Worker::NextRequest(const std::vector<HostTensor>& gradients,
                                                     const StepOptions& options) {
+  if (absl::Status s = EnsureJoined(); !s.ok()) return s;
   if (next_sequence_ <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "worker ", worker_id_, ": next sequence number is ", next_sequence_, "; must be > 0"));
@@ -51,6 +120,7 @@ absl::StatusOr<v1::StepRequest> Worker::NextRequest(const std::vector<HostTensor
   StepOptions keyed = options;
   keyed.worker_id = worker_id_;
   keyed.sequence = next_sequence_++;
+  keyed.worker_incarnation = joined_ ? incarnation_ : 0;
   if (!keyed.version.has_value()) keyed.version = version_;
   return MakeStepRequest(session_id_, gradients, keyed);
 }
@@ -71,10 +141,18 @@ absl::StatusOr<StepResult> Worker::Step(const std::vector<HostTensor>& gradients
   }
   absl::StatusOr<v1::StepRequest> request = NextRequest(gradients, options);
   if (!request.ok()) return request.status();
-  absl::StatusOr<StepResult> result =
-      client_->SendStep(*request, options.retry.value_or(client_->options().retry));
-  Observe(result);
-  return result;
+  const RetryPolicy& policy = options.retry.value_or(client_->options().retry);
+  for (int resends = 0;; ++resends) {
+    int attempts = 0;
+    absl::StatusOr<StepResult> result = client_->SendStep(*request, policy, &attempts);
+    if (!NeedsRejoin(result.status())) {
+      if (result.ok()) result->rejoins = resends;
+      Observe(result);
+      return result;
+    }
+    request = AfterRejoin(*request, result.status(), attempts, resends);
+    if (!request.ok()) return request.status();
+  }
 }
 
 std::unique_ptr<WorkerStream> Worker::OpenStream(absl::Duration lifetime) {
@@ -98,11 +176,24 @@ absl::StatusOr<StepResult> WorkerStream::Step(const std::vector<HostTensor>& gra
 
   const absl::Time start = absl::Now();
   std::optional<absl::BitGen> gen;
+  int resends = 0;
   for (int attempt = 1;; ++attempt) {
     if (stream_ == nullptr) stream_ = worker_->client_->StreamSteps(lifetime_);
     absl::StatusOr<StepResult> result = stream_->Send(*request);
+    if (!result.ok() && !stream_->finished() && NeedsRejoin(result.status())) {
+      // Refused because the server cannot place the worker: join again; resend if this was the
+      // request's first sending (else the outcome is unknown).
+      request = worker_->AfterRejoin(*request, result.status(), attempt, resends);
+      if (!request.ok()) return request.status();
+      ++resends;
+      attempt = 0;  // the resend is a new request
+      continue;
+    }
     if (result.ok() || !stream_->finished()) {  // a reply, or a step the server refused
-      if (result.ok()) result->attempts = attempt;
+      if (result.ok()) {
+        result->attempts = attempt;
+        result->rejoins = resends;
+      }
       worker_->Observe(result);
       return result;
     }

@@ -1,24 +1,40 @@
 // File: worker.h
 //
 // optd::client::Worker: one worker's handle on one session (the C++ counterpart of the Python
-// client's Session and the Go client's Worker). It holds the worker id, numbers the worker's steps
-// with increasing sequence numbers (the idempotency key, so every step is retried safely and
-// applied once) and remembers the version of the parameters it last got, which it sends with each
-// step: SYNC and BOUNDED sessions require it. A loop of Worker::Step calls therefore works in
-// ASYNC, SYNC and BOUNDED sessions alike; WorkerStream does the same over one StreamSteps stream.
+// client's Session and the Go client's Worker). It holds the worker id, joins the session as that
+// worker, numbers the worker's steps with increasing sequence numbers (the idempotency key, so
+// every step is retried safely and applied once) and remembers the version of the parameters it
+// last got, which it sends with each step: SYNC and BOUNDED sessions require it. A loop of
+// Worker::Step calls therefore works in ASYNC, SYNC and BOUNDED sessions alike; WorkerStream does
+// the same over one StreamSteps stream.
 //
-//   Worker worker(client.get(), "demo");        // generated id, sequences from the clock
+//   Worker worker(client.get(), "demo");        // generated id; joins at the first step
 //   absl::StatusOr<PullResult> p = worker.Pull();  // the worker's version is now p->version
 //   for (...) {
 //     absl::StatusOr<StepResult> r = worker.Step({grad(w)});
 //     if (CurrentVersion(r.status())) { /* stale (ABORTED): pull, recompute */ }
+//     if (IsStepOutcomeUnknown(r.status())) { /* applied once or not at all; go on */ }
 //     w = r->parameters[0].values;              // at r->parameters_version == worker.version()
 //   }
 //
-// Sequence numbers start from the clock (microseconds since 1970, as the Go client's Worker does),
-// so a restarted worker process with the same id keeps numbering above its previous run instead of
-// reusing numbers the server remembers (which it would answer as duplicates, unapplied). A sequence
-// number is consumed whatever the step's outcome.
+// Joins: before its first step a Worker joins the session (Client::JoinSession). Each join starts a
+// new incarnation of the worker id, whose steps carry the incarnation and sequences 1, 2, 3, ... So
+// a restarted process may reuse its worker id: its steps are applied (never mistaken for duplicates
+// of the old process's), and the old process's late retries are refused. A sequence number is
+// consumed whatever the step's outcome.
+//
+// When the server can no longer place the worker (NeedsRejoin, client.h: a session remembers at
+// most 1024 workers and forgets the least recently active first; or another process joined with
+// the same id), the Worker joins again and resends the step under the new incarnation if the
+// refused call was the step's first attempt (nothing was applied; StepResult::rejoins counts it).
+// If it was a retry of an attempt whose reply was lost, the step may or may not have been applied:
+// Step returns the step-outcome-unknown error (FAILED_PRECONDITION; IsStepOutcomeUnknown), the
+// worker has joined again, and its next step works.
+//
+// Unjoined mode: WorkerOptions::first_sequence > 0 (or set_next_sequence before the first join)
+// skips the join: steps carry no incarnation and number from that sequence, as before joins
+// existed (a restarted process must then number above its previous run, e.g. from
+// ClockSequence()). If the server asks such a worker to join, it does.
 //
 // Who may call it: worker loops, examples, tests.
 //
@@ -26,8 +42,9 @@
 // thread its own Worker (its own worker id). REQUIRES: the Client outlives the Worker, and the
 // Worker its WorkerStreams.
 //
-// Errors: those of Client::Step / Pull (client.h). A bad worker id is InvalidArgument at the first
-// Step. An ABORTED step that carries the session's current version sets the worker's version to it.
+// Errors: those of Client::Step / Pull / JoinSession (client.h), and the step-outcome-unknown
+// error above. A bad worker id is InvalidArgument at the first Step. An ABORTED step that carries
+// the session's current version sets the worker's version to it.
 
 #ifndef OPTD_CLIENT_CPP_WORKER_H_
 #define OPTD_CLIENT_CPP_WORKER_H_
@@ -51,7 +68,8 @@ struct WorkerOptions {
   // 1-128 characters of [A-Za-z0-9._:-]. Empty: DefaultWorkerId(). A SYNC session with worker_ids
   // accepts only its listed ids.
   std::string worker_id;
-  // The sequence number of the first step (> 0). 0: ClockSequence().
+  // 0: join the session before the first step (sequences from 1 in each incarnation). > 0: unjoined
+  // mode, the sequence number of the first step (see the file comment).
   int64_t first_sequence = 0;
   // The version the worker's parameters are at, if known (e.g. Session::version() right after
   // CreateSession). Unset: none is sent until a Pull or a step reply sets it.
@@ -61,9 +79,15 @@ struct WorkerOptions {
 // "cpp-<host>-<pid>-<8 hex digits>": unique to this process and call.
 std::string DefaultWorkerId();
 
-// Microseconds since the Unix epoch: a first sequence number above any a previous run of the same
-// worker used (at fewer than a million steps per second).
+// Microseconds since the Unix epoch: for unjoined mode, a first sequence number above any a
+// previous run of the same worker used (at fewer than a million steps per second).
 int64_t ClockSequence();
+
+// Whether `status` is the step-outcome-unknown error of a Worker or WorkerStream step:
+// FAILED_PRECONDITION for a retried step that the server refused with rejoin (an earlier attempt's
+// reply was lost, so the step may have been applied once, or not at all; never twice). The worker
+// has joined again by then (or, if that join failed, joins at its next step).
+bool IsStepOutcomeUnknown(const absl::Status& status);
 
 class WorkerStream;
 
@@ -78,10 +102,21 @@ class Worker {
   const std::string& session_id() const { return session_id_; }
   const std::string& worker_id() const { return worker_id_; }
 
-  // The sequence number the next step will use; set_next_sequence overrides it (it must be above
-  // every sequence this worker id used in the session, unless it is meant as a retry).
+  // The sequence number the next step will use (in the current incarnation: a join restarts it at
+  // 1). set_next_sequence overrides it: before the first join it puts the worker in unjoined mode;
+  // after, it sets the next sequence of the current incarnation (it must be above every sequence
+  // used in it, unless it is meant as a retry).
   int64_t next_sequence() const { return next_sequence_; }
-  void set_next_sequence(int64_t sequence) { next_sequence_ = sequence; }
+  void set_next_sequence(int64_t sequence);
+
+  // The incarnation of the worker's last join; 0 before it joined (and in unjoined mode).
+  int64_t incarnation() const { return incarnation_; }
+  bool joined() const { return joined_; }
+
+  // Starts a new incarnation of the worker (Client::JoinSession): the previous incarnation's steps
+  // are refused from now on and the next step sends sequence 1. Steps join by themselves when
+  // needed; call Join to join early (to fail fast) or to start afresh.
+  absl::Status Join();
 
   // The version the worker's parameters are at (from the constructor, a Pull or the last step).
   std::optional<int64_t> version() const { return version_; }
@@ -90,15 +125,17 @@ class Worker {
   // Client::Pull of this session; the worker's version becomes the pulled one.
   absl::StatusOr<PullResult> Pull(const PullOptions& options = {});
 
-  // One step with the worker's id and next sequence number, and options.version or else the
-  // worker's known version. Retried (options.retry, else the client's policy) on UNAVAILABLE and
-  // DEADLINE_EXCEEDED; a retry the server had applied comes back with duplicate = true. The
-  // worker's version becomes the reply's (parameters_version when parameters came back).
-  // options.worker_id and options.sequence are ignored.
+  // One step with the worker's id, incarnation and next sequence number, and options.version or
+  // else the worker's known version; joins first if the worker has not. Retried (options.retry,
+  // else the client's policy) on UNAVAILABLE and DEADLINE_EXCEEDED; a retry the server had applied
+  // comes back with duplicate = true. Refused with rejoin: see the file comment. The worker's
+  // version becomes the reply's (parameters_version when parameters came back).
+  // options.worker_id, options.sequence and options.worker_incarnation are ignored.
   absl::StatusOr<StepResult> Step(const std::vector<HostTensor>& gradients,
                                   const StepOptions& options = {});
 
-  // The request Step would send, with the next sequence number (consumed).
+  // The request Step would send, with the worker's incarnation and next sequence number (consumed);
+  // joins first if the worker has not.
   absl::StatusOr<v1::StepRequest> NextRequest(const std::vector<HostTensor>& gradients,
                                               const StepOptions& options = {});
 
@@ -113,18 +150,34 @@ class Worker {
  private:
   friend class WorkerStream;
 
+  // Joins unless the worker has (or is in unjoined mode).
+  absl::Status EnsureJoined();
+
+  // After `request` was refused with rejoin (`refusal`) at its `attempts`-th call: joins again
+  // (unless an earlier refusal of the same incarnation already did) and returns the request to
+  // resend (a first attempt: nothing was applied), or the step-outcome-unknown error (a retry), or
+  // `refusal` itself once the step was resent kMaxRejoinsPerStep times.
+  absl::StatusOr<v1::StepRequest> AfterRejoin(const v1::StepRequest& request,
+                                              const absl::Status& refusal, int attempts,
+                                              int resends);
+
   Client* const client_;
   const std::string session_id_;
   const std::string worker_id_;
+  bool joined_ = false;    // incarnation_ is from a join
+  bool unjoined_ = false;  // unjoined mode: steps carry no incarnation
+  int64_t incarnation_ = 0;
   int64_t next_sequence_;
   std::optional<int64_t> version_;
 };
 
-// A Worker's steps over a StreamSteps stream: the same sequence numbers and versions as
+// A Worker's steps over a StreamSteps stream: the same joins, sequence numbers and versions as
 // Worker::Step. A step the server refuses is returned as its status and the stream goes on. When
 // the stream itself fails with a code the retry policy retries (the connection dropped, the server
 // restarted, the lifetime passed), the step is resent on a new stream with the same sequence number
-// (with backoff, up to the policy's attempts), so it is applied once.
+// (with backoff, up to the policy's attempts), so it is applied once. A step refused with rejoin is
+// resent after the worker joins again if it was its first sending; if it was such a resend, the
+// result is the step-outcome-unknown error (see Worker).
 //
 // Not thread-safe. Destroying it cancels an open stream.
 class WorkerStream {

@@ -31,24 +31,24 @@ WorkerOptions Named(std::string id) {
   return options;
 }
 
-TEST_F(WorkerTest, SequencesStartFromTheClockAndIncreaseByOne) {
+TEST_F(WorkerTest, JoinsAtItsFirstStepAndNumbersItsStepsFromOne) {
   ASSERT_TRUE(client_->CreateSession("w-seq", Sgd(1), {{"p", {1}, {0}}}).ok());
-  const int64_t before = ClockSequence();
   Worker worker(client_.get(), "w-seq");
-  const int64_t after = ClockSequence();
   EXPECT_THAT(worker.worker_id(), StartsWith("cpp-"));
-  const int64_t first = worker.next_sequence();
-  EXPECT_GE(first, before);
-  EXPECT_LE(first, after);
+  EXPECT_EQ(worker.next_sequence(), 1);
+  EXPECT_FALSE(worker.joined());
 
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 1; i <= 3; ++i) {
     absl::StatusOr<StepResult> r = worker.Step({{"p", {1}, {1}}});
     ASSERT_TRUE(r.ok()) << r.status();
-    EXPECT_EQ(r->sequence, first + i);
+    EXPECT_EQ(r->sequence, i);
+    EXPECT_EQ(r->worker_incarnation, worker.incarnation());
     EXPECT_FALSE(r->duplicate);
     EXPECT_EQ(r->attempts, 1);
   }
-  EXPECT_EQ(worker.next_sequence(), first + 3);
+  EXPECT_TRUE(worker.joined());
+  EXPECT_GT(worker.incarnation(), 0);
+  EXPECT_EQ(worker.next_sequence(), 4);
   EXPECT_EQ(worker.version(), 3);
 
   // Two workers of one process get different ids.
@@ -58,7 +58,7 @@ TEST_F(WorkerTest, SequencesStartFromTheClockAndIncreaseByOne) {
 TEST_F(WorkerTest, ResendingAnAppliedSequenceIsADuplicateAndAForgottenOneIsRefused) {
   ASSERT_TRUE(client_->CreateSession("w-dup", Sgd(1), {{"p", {1}, {0}}}).ok());
   Worker worker(client_.get(), "w-dup", Named("dup"));
-  worker.set_next_sequence(100);
+  worker.set_next_sequence(100);  // before any join: unjoined mode
   ASSERT_TRUE(worker.Step({{"p", {1}, {1}}}).ok());
   worker.set_next_sequence(100);
   absl::StatusOr<StepResult> again = worker.Step({{"p", {1}, {1}}});
@@ -69,7 +69,10 @@ TEST_F(WorkerTest, ResendingAnAppliedSequenceIsADuplicateAndAForgottenOneIsRefus
   // The server remembers a worker's last 16 outcomes; an older sequence is FAILED_PRECONDITION.
   for (int i = 0; i < 20; ++i) ASSERT_TRUE(worker.Step({{"p", {1}, {0}}}).ok());
   worker.set_next_sequence(100);
-  EXPECT_EQ(worker.Step({{"p", {1}, {0}}}).status().code(), absl::StatusCode::kFailedPrecondition);
+  absl::Status refused = worker.Step({{"p", {1}, {0}}}).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(NeedsRejoin(refused));  // the worker is known; only that sequence is not
+  EXPECT_FALSE(worker.joined());
 }
 
 TEST_F(WorkerTest, SendsItsVersionSoTheServerMeasuresStaleness) {

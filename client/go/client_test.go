@@ -333,7 +333,8 @@ func TestStepRetryIsAppliedOnce(t *testing.T) {
 	if s, _ := c.GetSession(ctx, id); s.GetVersion() != 1 {
 		t.Fatalf("version %d after one step and its retries, want 1", s.GetVersion())
 	}
-	// A Worker numbers its steps: each new step is applied.
+	// A Worker numbers its steps: each new step is applied. (Unjoined mode here; joins:
+	// join_test.go.)
 	wk := c.NewWorker(id, "w1")
 	wk.SetNextSequence(10)
 	for i := 0; i < 3; i++ {
@@ -341,8 +342,9 @@ func TestStepRetryIsAppliedOnce(t *testing.T) {
 			t.Fatalf("Worker.Step %d = %+v, %v", i, r, err)
 		}
 	}
-	if wk.NextSequence() != 13 {
-		t.Errorf("NextSequence = %d, want 13", wk.NextSequence())
+	if wk.NextSequence() != 13 || wk.Incarnation() != 0 {
+		t.Errorf("NextSequence = %d, Incarnation = %d; want 13 and 0 (unjoined: SetNextSequence before "+
+			"the first step)", wk.NextSequence(), wk.Incarnation())
 	}
 	// A sequence below the last one and out of the server's replay window: FAILED_PRECONDITION.
 	for seq := int64(2); seq <= 20; seq++ {
@@ -445,12 +447,14 @@ func TestStreamLoop(t *testing.T) {
 	id := createSGD(t, c, 0.5, 0, 0, 0)
 	target := []float32{1, -2, 3}
 	var seen []int64
-	st, err := c.StreamLoop(ctx, id, optd.LoopOptions{Steps: 40, WorkerID: "loop", FirstSequence: 1,
+	st, err := c.StreamLoop(ctx, id, optd.LoopOptions{Steps: 40, WorkerID: "loop",
 		OnStep: func(step int, r *optd.StepResult) { seen = append(seen, r.Version) }}, quadratic(target))
 	if err != nil {
 		t.Fatalf("StreamLoop: %v", err)
 	}
+	// The loop joined: sequences 1..40 of its incarnation.
 	if st.Steps != 40 || st.Version != 40 || st.FirstSequence != 1 || st.LastSequence != 40 ||
+		st.Incarnation <= 0 || st.Rejoins != 0 ||
 		st.Duplicates != 0 || st.Aborted != 0 || st.Reconnects != 0 || len(seen) != 40 || seen[39] != 40 {
 		t.Fatalf("stats = %+v", st)
 	}
@@ -491,12 +495,12 @@ func TestStreamLoopReconnectsAndIsAppliedOnce(t *testing.T) {
 	c := dial(t, failOneRecv(5), fastRetry)
 	ctx := testContext(t)
 	id := createSGD(t, c, 0.5, 0)
-	st, err := c.StreamLoop(ctx, id, optd.LoopOptions{Steps: 10, WorkerID: "flaky", FirstSequence: 100},
+	st, err := c.StreamLoop(ctx, id, optd.LoopOptions{Steps: 10, WorkerID: "flaky"},
 		quadratic([]float32{8}))
 	if err != nil {
 		t.Fatalf("StreamLoop: %v", err)
 	}
-	if st.Steps != 10 || st.Reconnects != 1 || st.Duplicates != 1 || st.Version != 10 || st.LastSequence != 109 {
+	if st.Steps != 10 || st.Reconnects != 1 || st.Duplicates != 1 || st.Version != 10 || st.LastSequence != 10 {
 		t.Fatalf("stats = %+v, want 10 steps, 1 reconnect, 1 duplicate, version 10", st)
 	}
 	if s, _ := c.GetSession(ctx, id); s.GetVersion() != 10 {

@@ -10,7 +10,8 @@
 //	_, err = c.CreateSession(ctx, "demo", optd.SGD(0.5), []optd.Tensor{
 //		{Name: "w", Shape: []int64{8}, Values: make([]float32, 8)},
 //	})
-//	r, err := c.Step(ctx, "demo", grads, &optd.StepOptions{WorkerID: "w0", Sequence: 1})
+//	w := c.NewWorker("demo", "w0") // joins at its first step, numbers the steps
+//	r, err := w.Step(ctx, grads, nil)
 //	// r.Version, r.Parameters[0].Values ...
 //
 // # Tensors
@@ -25,14 +26,15 @@
 //
 // # Errors
 //
-// Every method returns either nil or an *Error carrying the canonical gRPC code and message of the
-// server's status (or of the client's own check, for a malformed Tensor, which is
-// codes.InvalidArgument before any RPC). Test it with errors.Is against the sentinels
-// (errors.Is(err, optd.ErrNotFound)), with optd.Code(err), or with status.Code(err) from
-// google.golang.org/grpc/status (an *Error has a GRPCStatus method). An ABORTED step (a stale
-// gradient in a BOUNDED or SYNC session) also carries the session's current version:
-// (*Error).CurrentVersion. A call ended by its context (or by the client's per-call timeout) also
-// matches context.Canceled or context.DeadlineExceeded with errors.Is.
+// Every method returns either nil or an *Error (or a *StepOutcomeUnknownError, which wraps one)
+// carrying the canonical gRPC code and message of the server's status (or of the client's own
+// check, for a malformed Tensor, which is codes.InvalidArgument before any RPC). Test it with
+// errors.Is against the sentinels (errors.Is(err, optd.ErrNotFound)), with optd.Code(err), or with
+// status.Code(err) from google.golang.org/grpc/status (an *Error has a GRPCStatus method). An
+// ABORTED step (a stale gradient in a BOUNDED or SYNC session) also carries the session's current
+// version: (*Error).CurrentVersion; a FAILED_PRECONDITION step whose worker must join again has
+// (*Error).Rejoin. A call ended by its context (or by the client's per-call timeout) also matches
+// context.Canceled or context.DeadlineExceeded with errors.Is.
 //
 // # Retries and exactly-once steps
 //
@@ -42,6 +44,19 @@
 // RetryPolicy and WithRetry); steps without a sequence are never retried, since a lost reply would
 // apply them twice. A Worker numbers its steps itself, and StreamLoop runs a whole worker loop over
 // one StreamSteps stream, reconnecting and re-pulling as needed.
+//
+// # Workers and joins
+//
+// A Worker (and StreamLoop with a WorkerID) joins the session before its first step
+// (JoinSession): each join starts a new incarnation of the worker id, whose steps carry the
+// incarnation and sequences 1, 2, 3, ... A restarted process may therefore reuse its worker id: its
+// steps are applied, and the old process's late retries are refused. When the server can no longer
+// place a worker (FAILED_PRECONDITION with (*Error).Rejoin: a session remembers at most 1024
+// workers, the least recently active forgotten first; or another process joined with the same id),
+// the worker joins again and resends the step if the refused call was its first attempt, since
+// nothing was applied. If it was a retry of an attempt whose reply was lost, the step may or may
+// not have been applied: the error is a *StepOutcomeUnknownError (errors.Is(err,
+// ErrStepOutcomeUnknown)), the worker has joined again, and its next step works.
 //
 // # Concurrency
 //

@@ -15,6 +15,10 @@ import (
 // current version with an ABORTED unary reply.
 const CurrentVersionKey = "optd-current-version"
 
+// RejoinKey is the trailing-metadata key ("1") of a FAILED_PRECONDITION unary Step whose worker
+// must join the session again (StepError.Rejoin on a stream).
+const RejoinKey = "optd-rejoin"
+
 // Error is the error every Client method returns: the canonical gRPC code and message of the
 // server's status (or of a check the client made before calling). It implements GRPCStatus, so
 // status.Code and status.FromError see through it, and Is, so errors.Is(err, ErrNotFound) and the
@@ -26,6 +30,7 @@ type Error struct {
 	code           codes.Code
 	message        string
 	currentVersion int64 // -1: unknown
+	rejoin         bool  // FAILED_PRECONDITION: the worker must join the session again
 	cause          error // context.Canceled / context.DeadlineExceeded when the caller's ctx ended
 }
 
@@ -42,6 +47,13 @@ func (e *Error) Message() string { return e.message }
 func (e *Error) CurrentVersion() (version int64, ok bool) {
 	return e.currentVersion, e.currentVersion >= 0
 }
+
+// Rejoin reports whether the server refused a keyed step because it cannot place the worker (it
+// forgot it, the worker id joined again elsewhere, or the session was restored without it): a
+// FAILED_PRECONDITION after which the worker must join again (JoinSession). The refused step was
+// not applied if the call was its first attempt; a refused retry may have been (a Worker or
+// StreamLoop then returns a *StepOutcomeUnknownError).
+func (e *Error) Rejoin() bool { return e.rejoin }
 
 // Error formats as "optd: Op: CODE: message".
 func (e *Error) Error() string {
@@ -85,6 +97,56 @@ var (
 	ErrResourceExhausted  error = &codeSentinel{codes.ResourceExhausted}
 	ErrInternal           error = &codeSentinel{codes.Internal}
 )
+
+// ErrStepOutcomeUnknown matches a *StepOutcomeUnknownError with errors.Is.
+var ErrStepOutcomeUnknown = errors.New("optd: step outcome unknown")
+
+// StepOutcomeUnknownError is what a Worker's Step (or StreamLoop) returns when a retried step was
+// refused with Rejoin: an earlier attempt's reply was lost (UNAVAILABLE, a dropped stream), and by
+// the retry the server could no longer place the worker (it forgot it, or its id joined again
+// elsewhere). The step may have been applied once, or not at all; never twice. The worker has
+// joined again (NewIncarnation; 0 if that join failed, and then its next step joins), so its next
+// step works; pull the parameters if the difference matters.
+//
+// It wraps the refusal: errors.Is(err, ErrFailedPrecondition), optd.Code(err) and status.Code(err)
+// see FAILED_PRECONDITION, and errors.Is(err, ErrStepOutcomeUnknown) tells it apart.
+type StepOutcomeUnknownError struct {
+	// The worker and the refused step's key.
+	WorkerID                    string
+	WorkerIncarnation, Sequence int64
+	// The incarnation the worker joined as afterwards (0: the join failed; the next step joins).
+	NewIncarnation int64
+	// Attempts made for the step.
+	Attempts int
+	// The server's refusal.
+	Err *Error
+	// Why joining again failed, if it did.
+	JoinErr error
+}
+
+func (e *StepOutcomeUnknownError) Error() string {
+	joined := fmt.Sprintf("it has joined the session again as incarnation %d; its next step works",
+		e.NewIncarnation)
+	if e.JoinErr != nil {
+		joined = fmt.Sprintf("joining again failed (%v); its next step joins again", e.JoinErr)
+	}
+	return fmt.Sprintf("optd: %s: FAILED_PRECONDITION: the outcome of step sequence %d of worker %s "+
+		"(incarnation %d) is unknown: the reply of an earlier attempt was lost and the retry (attempt "+
+		"%d) was refused because the server can no longer place the worker (%s); the step may have "+
+		"been applied once or not at all; %s", e.Err.Op, e.Sequence, e.WorkerID, e.WorkerIncarnation,
+		e.Attempts, e.Err.message, joined)
+}
+
+// Unwrap returns the server's refusal (an *Error with code FAILED_PRECONDITION).
+func (e *StepOutcomeUnknownError) Unwrap() error { return e.Err }
+
+// Is matches ErrStepOutcomeUnknown (and, through Unwrap, ErrFailedPrecondition).
+func (e *StepOutcomeUnknownError) Is(target error) bool { return target == ErrStepOutcomeUnknown }
+
+// GRPCStatus is FAILED_PRECONDITION with the error's text, for status.Code and status.FromError.
+func (e *StepOutcomeUnknownError) GRPCStatus() *status.Status {
+	return status.New(codes.FailedPrecondition, e.Error())
+}
 
 // Code returns the gRPC code of err: codes.OK for nil, the code of an *Error (also when wrapped,
 // e.g. by fmt.Errorf("...: %w", err)), status.Code(err) otherwise.
@@ -170,6 +232,9 @@ func wrapError(ctx context.Context, op string, err error, trailer metadata.MD) e
 		if n, perr := strconv.ParseInt(v[0], 10, 64); perr == nil && n >= 0 {
 			e.currentVersion = n
 		}
+	}
+	if v := trailer.Get(RejoinKey); len(v) > 0 && e.code == codes.FailedPrecondition {
+		e.rejoin = v[0] == "1"
 	}
 	if ctx != nil && ctx.Err() != nil && (e.code == codes.Canceled || e.code == codes.DeadlineExceeded) {
 		e.cause = ctx.Err()

@@ -42,7 +42,8 @@ func ExampleClient_StreamLoop() {
 	fmt.Println(stats.Steps, stats.Params[0].Values)
 }
 
-// Idempotent unary steps: a Worker numbers them, so retries are never applied twice.
+// Idempotent unary steps: a Worker joins the session and numbers its steps, so retries are never
+// applied twice and a restarted process may reuse the worker id.
 func ExampleWorker_Step() {
 	ctx := context.Background()
 	c, err := optd.Dial(ctx, "127.0.0.1:50051")
@@ -55,6 +56,11 @@ func ExampleWorker_Step() {
 	switch {
 	case errors.Is(err, optd.ErrNotFound):
 		log.Fatal("no such session")
+	case errors.Is(err, optd.ErrStepOutcomeUnknown):
+		// A retried step the server could no longer place: applied once or not at all. The
+		// worker has joined again; pull the parameters if it matters, and go on.
+		log.Printf("unknown outcome: %v", err)
+		return
 	case err != nil:
 		log.Fatalf("step failed with %v: %v", optd.Code(err), err)
 	}

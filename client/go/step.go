@@ -2,12 +2,14 @@ package optd
 
 import (
 	"context"
+	"errors"
 	"math/rand"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/optd/optd/client/go/optdv1"
 )
@@ -19,8 +21,12 @@ type StepOptions struct {
 	// with a Sequence.
 	WorkerID string
 	// Idempotency key with WorkerID: 0 means none; otherwise it must increase with each new step
-	// of the worker. A step with a sequence is retried on UNAVAILABLE (see RetryPolicy).
+	// of the worker (of its incarnation). A step with a sequence is retried on UNAVAILABLE (see
+	// RetryPolicy).
 	Sequence int64
+	// The worker's incarnation from JoinSession (0: the worker did not join, and its sequences
+	// follow the unjoined rules). A Worker fills it in.
+	WorkerIncarnation int64
 	// The loss observed for this gradient, if any (reported by the server, never used by the math).
 	Loss *float64
 	// The session version the gradient was computed at; required in SYNC and BOUNDED sessions.
@@ -53,8 +59,14 @@ type StepResult struct {
 	MissingWorkers []string
 	// Session version at arrival minus StepOptions.Version (0 when no version was sent).
 	Staleness int64
-	// Calls made for this step (1 unless it was retried).
+	// Calls made for this step (1 unless it was retried; a step resent after a rejoin counts
+	// from 1 again).
 	Attempts int
+	// The key the step was sent with: sequence and worker incarnation (0: none).
+	Sequence, WorkerIncarnation int64
+	// How many times the worker joined again during this step (the server had forgotten it, so
+	// the refused step was resent under the new incarnation; nothing had been applied).
+	Rejoins int
 }
 
 // RetryPolicy says how steps with a WorkerID and Sequence > 0 are retried. Attempt k (k >= 2)
@@ -137,11 +149,11 @@ func (o *StepOptions) request(op, sessionID string, grads []Tensor) (*optdv1.Ste
 	return &optdv1.StepRequest{
 		SessionId: sessionID, WorkerId: o.WorkerID, Gradients: tensors, Loss: o.Loss,
 		ReturnParameters: o.Return, ReturnDtype: o.ReturnDType, Sequence: o.Sequence,
-		Version: o.Version,
+		Version: o.Version, WorkerIncarnation: o.WorkerIncarnation,
 	}, nil
 }
 
-func stepResult(op string, r *optdv1.StepResponse, attempts int) (*StepResult, error) {
+func stepResult(op string, req *optdv1.StepRequest, r *optdv1.StepResponse, attempts int) (*StepResult, error) {
 	params, err := fromProtos(op, r.GetParameters())
 	if err != nil {
 		return nil, err
@@ -150,16 +162,19 @@ func stepResult(op string, r *optdv1.StepResponse, attempts int) (*StepResult, e
 		Version: r.GetVersion(), ParametersVersion: r.GetParametersVersion(), Parameters: params,
 		GradientNorm: r.GetGradientNorm(), LearningRate: r.GetLearningRate(),
 		Duplicate: r.GetDuplicate(), Workers: r.GetWorkers(), MissingWorkers: r.GetMissingWorkers(),
-		Staleness: r.GetStaleness(), Attempts: attempts,
+		Staleness: r.GetStaleness(), Attempts: attempts, Sequence: req.GetSequence(),
+		WorkerIncarnation: req.GetWorkerIncarnation(),
 	}, nil
 }
 
 // Step applies one gradient per session tensor (by name, any order): all of it or, on error, none.
-// With opts.WorkerID and opts.Sequence > 0 the step is idempotent and is retried per the client's
+// It is the raw call: a Worker joins, numbers its steps and joins again when needed. With
+// opts.WorkerID and opts.Sequence > 0 the step is idempotent and is retried per the client's
 // RetryPolicy; a retry the server had already applied comes back with Duplicate set (and is not
 // applied again). Errors: NOT_FOUND, INVALID_ARGUMENT (a missing, unknown or malformed gradient,
 // a non-finite value), ABORTED with CurrentVersion (stale gradient in BOUNDED / SYNC),
-// FAILED_PRECONDITION (a sequence not above the worker's last one and no longer remembered).
+// FAILED_PRECONDITION (a sequence not above the worker's last one and no longer remembered; with
+// Rejoin when the server cannot place the worker and it must join again).
 func (c *Client) Step(ctx context.Context, sessionID string, grads []Tensor, opts *StepOptions) (*StepResult, error) {
 	req, err := opts.request("Step", sessionID, grads)
 	if err != nil {
@@ -175,6 +190,12 @@ func (c *Client) StepRequest(ctx context.Context, req *optdv1.StepRequest) (*Ste
 }
 
 func (c *Client) stepRequest(ctx context.Context, req *optdv1.StepRequest) (*StepResult, error) {
+	r, _, err := c.stepAttempts(ctx, req)
+	return r, err
+}
+
+// stepAttempts is stepRequest that also returns the attempts made when the step fails.
+func (c *Client) stepAttempts(ctx context.Context, req *optdv1.StepRequest) (*StepResult, int, error) {
 	idempotent := req.GetWorkerId() != "" && req.GetSequence() > 0
 	policy := c.opts.retry
 	for attempt := 1; ; attempt++ {
@@ -183,55 +204,211 @@ func (c *Client) stepRequest(ctx context.Context, req *optdv1.StepRequest) (*Ste
 		resp, err := c.stub.Step(cctx, req, c.callOptions(&trailer)...)
 		if err == nil {
 			cancel()
-			return stepResult("Step", resp, attempt)
+			r, err := stepResult("Step", req, resp, attempt)
+			return r, attempt, err
 		}
 		werr := wrapError(cctx, "Step", err, trailer)
 		cancel()
 		if !idempotent || attempt >= policy.MaxAttempts || !policy.retries(Code(werr)) ||
 			ctx.Err() != nil {
-			return nil, werr
+			return nil, attempt, werr
 		}
 		if sleep(ctx, policy.backoff(attempt+1)) != nil {
-			return nil, werr
+			return nil, attempt, werr
 		}
 	}
 }
 
-// Worker steps one session as one worker id, numbering its steps itself so that every step is
-// idempotent (retried on UNAVAILABLE, never applied twice). Not safe for concurrent use.
-type Worker struct {
-	c         *Client
-	sessionID string
-	workerID  string
-	next      int64
+// JoinResult is what JoinSession returns.
+type JoinResult struct {
+	// Send with every keyed step of this incarnation (StepOptions.WorkerIncarnation).
+	WorkerIncarnation int64
+	// The first sequence number of the incarnation (1).
+	NextSequence int64
+	// The session's version at the join.
+	Version int64
 }
 
-// NewWorker returns a Worker for sessionID with id workerID. Its first sequence number is derived
-// from the clock (microseconds since 1970), so a restarted worker process with the same id keeps
-// numbering above its previous run; SetNextSequence overrides it.
+// JoinSession starts a new incarnation of workerID on the session: its steps then carry
+// WorkerIncarnation and sequences from NextSequence, and steps of its earlier incarnations (a
+// previous process with the same id) are refused. A Worker joins by itself; this is for code that
+// builds its own requests. Retried like a step (a retried join only leaves an unused
+// incarnation). NOT_FOUND; INVALID_ARGUMENT for a bad worker id.
+func (c *Client) JoinSession(ctx context.Context, sessionID, workerID string) (*JoinResult, error) {
+	req := &optdv1.JoinSessionRequest{SessionId: sessionID, WorkerId: workerID}
+	policy := c.opts.retry
+	for attempt := 1; ; attempt++ {
+		resp, err := unary(ctx, c, "JoinSession", req, c.stub.JoinSession)
+		if err == nil {
+			return &JoinResult{WorkerIncarnation: resp.GetWorkerIncarnation(),
+				NextSequence: resp.GetNextSequence(), Version: resp.GetVersion()}, nil
+		}
+		if attempt >= policy.MaxAttempts || !policy.retries(Code(err)) || ctx.Err() != nil {
+			return nil, err
+		}
+		if sleep(ctx, policy.backoff(attempt+1)) != nil {
+			return nil, err
+		}
+	}
+}
+
+// maxRejoinsPerStep bounds how many times one step is resent after its worker joined again (each
+// resend is a first attempt under the new incarnation).
+const maxRejoinsPerStep = 3
+
+// Worker steps one session as one worker id, numbering its steps itself so that every step is
+// idempotent (retried on UNAVAILABLE, never applied twice). Not safe for concurrent use.
+//
+// Before its first step a Worker joins the session (JoinSession): each join starts a new
+// incarnation of the worker id, whose steps carry the incarnation and sequences 1, 2, 3, ... So a
+// restarted process may reuse its worker id: its steps are applied (not mistaken for the old
+// process's), and the old process's late retries are refused. When the server can no longer place
+// the worker (an *Error with Rejoin: it forgot the worker, since a session remembers at most 1024,
+// or another process joined with the id), the Worker joins again and resends the step if the
+// refused call was its first attempt (nothing was applied); if it was a retry of an attempt whose
+// reply was lost, Step returns a *StepOutcomeUnknownError, and the next step works.
+//
+// Unjoined mode: SetNextSequence before the first step makes the worker skip the join and send
+// that sequence and the following ones without an incarnation (the rules before joins existed: a
+// restarted process must number above its previous run). If the server asks it to join, it does.
+type Worker struct {
+	c           *Client
+	sessionID   string
+	workerID    string
+	joined      bool  // incarnation is from a join
+	unjoined    bool  // SetNextSequence before any join: no incarnation is sent
+	incarnation int64 // the last join's; 0 before
+	next        int64
+}
+
+// NewWorker returns a Worker for sessionID with id workerID. It joins the session at its first
+// Step (or Join).
 func (c *Client) NewWorker(sessionID, workerID string) *Worker {
-	return &Worker{c: c, sessionID: sessionID, workerID: workerID, next: time.Now().UnixMicro()}
+	return &Worker{c: c, sessionID: sessionID, workerID: workerID, next: 1}
 }
 
 // ID is the worker id.
 func (w *Worker) ID() string { return w.workerID }
 
-// NextSequence is the sequence number the next Step will use.
+// Incarnation is the worker's incarnation from its last join (0: it has not joined).
+func (w *Worker) Incarnation() int64 { return w.incarnation }
+
+// NextSequence is the sequence number the next Step will use (in the current incarnation; a join
+// restarts it at 1).
 func (w *Worker) NextSequence() int64 { return w.next }
 
-// SetNextSequence sets the sequence number of the next Step (it must be above every sequence the
-// worker used in this session, unless it is meant as a retry).
-func (w *Worker) SetNextSequence(seq int64) { w.next = seq }
+// SetNextSequence sets the sequence number of the next Step. Before the worker's first join it
+// puts the worker in unjoined mode (see Worker). After a join it sets the next sequence of the
+// current incarnation (it must be above every sequence used in it, unless it is meant as a retry).
+func (w *Worker) SetNextSequence(seq int64) {
+	if !w.joined {
+		w.unjoined = true
+	}
+	w.next = seq
+}
 
-// Step is Client.Step with the worker's id and its next sequence number (opts.WorkerID and
-// opts.Sequence are ignored). The sequence is consumed whatever the outcome.
-func (w *Worker) Step(ctx context.Context, grads []Tensor, opts *StepOptions) (*StepResult, error) {
+// Join starts a new incarnation of the worker (JoinSession): the previous incarnation's steps are
+// refused from now on, and the next step sends sequence 1. Step joins by itself when needed; call
+// Join to join early or to start afresh.
+func (w *Worker) Join(ctx context.Context) error {
+	j, err := w.c.JoinSession(ctx, w.sessionID, w.workerID)
+	if err != nil {
+		return err
+	}
+	w.joined, w.unjoined = true, false
+	w.incarnation, w.next = j.WorkerIncarnation, j.NextSequence
+	return nil
+}
+
+func (w *Worker) ensureJoined(ctx context.Context) error {
+	if w.joined || w.unjoined || w.workerID == "" {
+		return nil
+	}
+	return w.Join(ctx)
+}
+
+// nextRequest is the worker's next keyed request (consuming a sequence number).
+func (w *Worker) nextRequest(op string, grads []Tensor, opts *StepOptions) (*optdv1.StepRequest, error) {
 	o := StepOptions{}
 	if opts != nil {
 		o = *opts
 	}
 	o.WorkerID = w.workerID
 	o.Sequence = w.next
+	o.WorkerIncarnation = 0
+	if w.joined {
+		o.WorkerIncarnation = w.incarnation
+	}
 	w.next++
-	return w.c.Step(ctx, w.sessionID, grads, &o)
+	return o.request(op, w.sessionID, grads)
+}
+
+// afterRejoin handles a step refused with Rejoin after `attempts` calls of req: it joins again
+// (unless an earlier refusal of the same incarnation already did) and returns the request to
+// resend (a first attempt: nothing was applied), or a *StepOutcomeUnknownError (a retry: an
+// earlier attempt may have been applied), or the refusal itself after maxRejoinsPerStep resends.
+func (w *Worker) afterRejoin(ctx context.Context, req *optdv1.StepRequest, refusal *Error, attempts, resends int) (*optdv1.StepRequest, error) {
+	if attempts <= 1 && resends >= maxRejoinsPerStep {
+		return nil, refusal
+	}
+	var joinErr error
+	if !w.joined || w.incarnation == req.GetWorkerIncarnation() {
+		w.joined, w.unjoined = false, false // if the join fails, the next step joins
+		joinErr = w.Join(ctx)
+	}
+	if attempts <= 1 {
+		if joinErr != nil {
+			return nil, joinErr
+		}
+		resend := proto.Clone(req).(*optdv1.StepRequest)
+		resend.WorkerIncarnation = w.incarnation
+		resend.Sequence = w.next
+		w.next++
+		return resend, nil
+	}
+	unknown := &StepOutcomeUnknownError{WorkerID: w.workerID,
+		WorkerIncarnation: req.GetWorkerIncarnation(), Sequence: req.GetSequence(),
+		Attempts: attempts, Err: refusal, JoinErr: joinErr}
+	if joinErr == nil {
+		unknown.NewIncarnation = w.incarnation
+	}
+	return nil, unknown
+}
+
+// rejoinRefusal is err as an *Error with Rejoin, or nil.
+func rejoinRefusal(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) && e.code == codes.FailedPrecondition && e.rejoin {
+		return e
+	}
+	return nil
+}
+
+// Step is Client.Step with the worker's id, incarnation and next sequence number (opts.WorkerID,
+// opts.Sequence and opts.WorkerIncarnation are ignored); the worker joins first if it has not. The
+// sequence is consumed whatever the outcome. Refused with Rejoin, the step is resent after joining
+// again when that is safe (StepResult.Rejoins counts it); otherwise the error is a
+// *StepOutcomeUnknownError (see Worker).
+func (w *Worker) Step(ctx context.Context, grads []Tensor, opts *StepOptions) (*StepResult, error) {
+	if err := w.ensureJoined(ctx); err != nil {
+		return nil, err
+	}
+	req, err := w.nextRequest("Step", grads, opts)
+	if err != nil {
+		return nil, err
+	}
+	for resends := 0; ; resends++ {
+		r, attempts, err := w.c.stepAttempts(ctx, req)
+		if err == nil {
+			r.Rejoins = resends
+			return r, nil
+		}
+		refusal := rejoinRefusal(err)
+		if refusal == nil {
+			return nil, err
+		}
+		if req, err = w.afterRejoin(ctx, req, refusal, attempts, resends); err != nil {
+			return nil, err
+		}
+	}
 }

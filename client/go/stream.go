@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -36,8 +35,8 @@ func (c *Client) StreamSteps(ctx context.Context) (*StepStream, error) {
 }
 
 // Step sends one step on the stream and waits for its reply; see Client.Step for the options and
-// errors (a refused step carries its code, message and CurrentVersion). No retries: StreamLoop
-// reconnects and resends idempotent steps.
+// errors (a refused step carries its code, message, CurrentVersion and Rejoin). No retries and no
+// joins: StreamLoop joins, reconnects and resends idempotent steps.
 func (s *StepStream) Step(sessionID string, grads []Tensor, opts *StepOptions) (*StepResult, error) {
 	req, err := opts.request("StreamSteps", sessionID, grads)
 	if err != nil {
@@ -66,13 +65,14 @@ func (s *StepStream) StepRequest(req *optdv1.StepRequest) (*StepResult, error) {
 		return nil, s.fail(err)
 	}
 	if e := resp.GetError(); e != nil {
-		return nil, &Error{Op: "StreamSteps", code: codes.Code(e.GetCode()), message: e.GetMessage(),
-			currentVersion: e.GetCurrentVersion()}
+		code := codes.Code(e.GetCode())
+		return nil, &Error{Op: "StreamSteps", code: code, message: e.GetMessage(),
+			currentVersion: e.GetCurrentVersion(), rejoin: e.GetRejoin() && code == codes.FailedPrecondition}
 	}
 	if resp.GetReply() == nil {
 		return nil, s.fail(newError("StreamSteps", codes.Internal, "reply with neither result nor error"))
 	}
-	return stepResult("StreamSteps", resp.GetReply(), 1)
+	return stepResult("StreamSteps", req, resp.GetReply(), 1)
 }
 
 // fail records the stream-level error and ends the call.
@@ -132,13 +132,17 @@ type GradientFunc func(ctx context.Context, s *LoopState) (grads []Tensor, loss 
 type LoopOptions struct {
 	// Steps is how many steps to apply (refused and duplicate steps do not count twice).
 	Steps int
-	// WorkerID names the worker; with it every step carries a sequence number, so steps are
-	// idempotent and a step in flight when the stream fails is resent on a new stream (the server
-	// answers it from its first outcome if it had been applied). Without it a stream failure ends
-	// the loop. Required for SYNC sessions.
+	// WorkerID names the worker; with it the loop joins the session before its first step (a new
+	// incarnation of the worker id: a restarted process may reuse it) and every step carries the
+	// incarnation and a sequence number, so steps are idempotent and a step in flight when the
+	// stream fails is resent on a new stream (the server answers it from its first outcome if it
+	// had been applied). A step refused because the server forgot the worker is resent after
+	// joining again; if that step was such a resend, the loop ends with a
+	// *StepOutcomeUnknownError. Without WorkerID a stream failure ends the loop. Required for
+	// SYNC sessions.
 	WorkerID string
-	// FirstSequence is the sequence number of the first step; 0 takes one from the clock (as
-	// NewWorker does).
+	// FirstSequence > 0 is unjoined mode (see Worker): no join, the steps carry no incarnation
+	// and number from FirstSequence. 0: join.
 	FirstSequence int64
 	// Wire encodings of the gradients sent and of the parameters returned.
 	GradientDType, ReturnDType optdv1.DType
@@ -156,8 +160,11 @@ type LoopStats struct {
 	Aborted    int   // stale gradients refused with ABORTED, then recomputed
 	Reconnects int   // streams reopened after a failure
 	Version    int64 // the session version after the last step
-	// The sequence numbers used, first and last (0 without WorkerID).
-	FirstSequence, LastSequence int64
+	// The sequence numbers used, first and last (0 without WorkerID), and the incarnation of the
+	// last step sent (0: unjoined).
+	FirstSequence, LastSequence, Incarnation int64
+	// Times the worker joined again because the server had forgotten it.
+	Rejoins int
 	// Params are the parameters after the last step.
 	Params []Tensor
 }
@@ -167,19 +174,20 @@ type LoopStats struct {
 // with the version it was computed at, and continues from the parameters the reply returns. A
 // stale gradient (ABORTED, in BOUNDED or SYNC sessions) makes it pull again and recompute; with a
 // WorkerID, a failed stream (UNAVAILABLE or any code of the client's RetryPolicy) is reopened
-// with backoff and the step resent, at most RetryPolicy.MaxAttempts times per step. Any other
-// error ends the loop and is returned with the stats so far.
+// with backoff and the step resent, at most RetryPolicy.MaxAttempts times per step; a step refused
+// with Rejoin is resent after joining again (see LoopOptions.WorkerID). Any other error ends the
+// loop and is returned with the stats so far.
 func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOptions, fn GradientFunc) (*LoopStats, error) {
 	stats := &LoopStats{}
 	maxAborts := opts.MaxConsecutiveAborts
 	if maxAborts <= 0 {
 		maxAborts = 100
 	}
-	seq := int64(0)
+	var wk *Worker // numbers and joins the keyed steps
 	if opts.WorkerID != "" {
-		seq = opts.FirstSequence
-		if seq <= 0 {
-			seq = time.Now().UnixMicro()
+		wk = c.NewWorker(sessionID, opts.WorkerID)
+		if opts.FirstSequence > 0 {
+			wk.SetNextSequence(opts.FirstSequence)
 		}
 	}
 	pull := func() (*LoopState, error) {
@@ -209,19 +217,29 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 		version := state.Version
 		so := &StepOptions{WorkerID: opts.WorkerID, Loss: loss, Version: &version,
 			ReturnDType: opts.ReturnDType, GradientDType: opts.GradientDType}
-		if opts.WorkerID != "" {
-			so.Sequence = seq
-			if stats.FirstSequence == 0 {
-				stats.FirstSequence = seq
+		var req *optdv1.StepRequest
+		if wk != nil {
+			if err := wk.ensureJoined(ctx); err != nil {
+				return stats, err
 			}
-			stats.LastSequence = seq
-			seq++
+			req, err = wk.nextRequest("StreamSteps", grads, so)
+		} else {
+			req, err = so.request("StreamSteps", sessionID, grads)
 		}
-		req, err := so.request("StreamSteps", sessionID, grads)
 		if err != nil {
 			return stats, err
 		}
+		sent := func(r *optdv1.StepRequest) {
+			if stats.FirstSequence == 0 {
+				stats.FirstSequence = r.GetSequence()
+			}
+			stats.LastSequence, stats.Incarnation = r.GetSequence(), r.GetWorkerIncarnation()
+		}
+		if wk != nil {
+			sent(req)
+		}
 		var result *StepResult
+		resends := 0
 		for attempt := 1; result == nil; attempt++ {
 			if stream == nil {
 				if stream, err = c.StreamSteps(ctx); err != nil {
@@ -235,6 +253,16 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 				break
 			}
 			if stream != nil && stream.Err() == nil { // the server refused this step
+				if refusal := rejoinRefusal(err); refusal != nil && wk != nil {
+					if req, err = wk.afterRejoin(ctx, req, refusal, attempt, resends); err != nil {
+						return stats, err
+					}
+					stats.Rejoins++
+					resends++
+					sent(req)
+					attempt = 0 // the resend is a new request: its first attempt comes next
+					continue
+				}
 				if Code(err) != codes.Aborted {
 					return stats, err
 				}

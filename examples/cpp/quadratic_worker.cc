@@ -7,17 +7,22 @@
 //
 // It creates the session (Adam, lr 0.1) when it does not exist yet (unless --nocreate), and
 // otherwise steps the existing one, so several workers, in any language, can share a session. It
-// steps as an optd::client::Worker: every step carries the worker id, the next sequence number
-// (from the clock, or --first_sequence) and the version of the parameters it was computed at, so
-// it takes part in ASYNC, SYNC and BOUNDED sessions alike and is retried safely (applied once). A
-// stale gradient (ABORTED) makes it pull and recompute. --stream steps over one StreamSteps stream
-// (a WorkerStream) instead of one Step call per step.
+// steps as an optd::client::Worker: it joins the session (a new incarnation of its worker id, so a
+// restarted worker may reuse the id), and every step carries the worker id, the incarnation, the
+// next sequence number (1, 2, ...; --first_sequence=N > 0 skips the join: unjoined mode) and the
+// version of the parameters it was computed at, so it takes part in ASYNC, SYNC and BOUNDED
+// sessions alike and is retried safely (applied once). A stale gradient (ABORTED) makes it pull and
+// recompute. --stream steps over one StreamSteps stream (a WorkerStream) instead of one Step call
+// per step.
 //
 // It prints "step N version V loss L" every 50 steps, then the summary line of the Go example
 // worker (client/go/cmd/worker) and the final loss:
 //
-//   worker W steps N duplicates D aborted A first_sequence F last_sequence S version V final loss L
+//   worker W steps N duplicates D aborted A first_sequence F last_sequence S incarnation I ...
 //   final loss L
+//
+// where "..." is "version V final loss L" on the same line; F and S are the sequences of the first
+// and the last step applied, I the incarnation of the last (0 in unjoined mode).
 //
 // and exits 0 if the final loss is below --max_loss (1 on an error, 2 if the loss is too high).
 
@@ -37,7 +42,9 @@ ABSL_FLAG(bool, create, true, "create the session if it does not exist (--nocrea
 ABSL_FLAG(int, dim, 8, "length of w");
 ABSL_FLAG(int, steps, 200, "steps to apply");
 ABSL_FLAG(std::string, worker, "cpp-worker", "worker id sent with each step");
-ABSL_FLAG(int64_t, first_sequence, 0, "sequence number of the first step (0: from the clock)");
+ABSL_FLAG(int64_t, first_sequence, 0,
+          "sequence number of the first step, without joining the session (0: join, and number "
+          "from 1)");
 ABSL_FLAG(bool, stream, false, "step over one StreamSteps stream instead of unary Step calls");
 ABSL_FLAG(double, max_loss, 1e-2, "exit 2 if the final loss is not below this");
 
@@ -84,7 +91,7 @@ int main(int argc, char** argv) {
   oc::Worker worker(client->get(), session, options);
   std::unique_ptr<oc::WorkerStream> stream;
   if (absl::GetFlag(FLAGS_stream)) stream = worker.OpenStream();
-  const int64_t first_sequence = worker.next_sequence();
+  int64_t first_sequence = 0, last_sequence = 0, incarnation = 0;
 
   absl::StatusOr<oc::PullResult> pulled = worker.Pull();  // w and the version it is at
   if (!pulled.ok()) return Fail(pulled.status());
@@ -114,6 +121,9 @@ int main(int argc, char** argv) {
     if (!result.ok()) return Fail(result.status());
     aborts_in_a_row = 0;
     duplicates += result->duplicate ? 1 : 0;
+    if (first_sequence == 0) first_sequence = result->sequence;
+    last_sequence = result->sequence;
+    incarnation = result->worker_incarnation;
     w = result->parameters[0].values;
     if (applied % 50 == 0) {
       std::printf("step %4d  version %5lld  loss %.6f\n", applied,
@@ -125,11 +135,12 @@ int main(int argc, char** argv) {
     if (absl::Status s = stream->Close(); !s.ok()) return Fail(s);
   }
   std::printf(
-      "worker %s steps %d duplicates %d aborted %d first_sequence %lld last_sequence %lld version "
-      "%lld final loss %.6f\n",
+      "worker %s steps %d duplicates %d aborted %d first_sequence %lld last_sequence %lld "
+      "incarnation %lld version %lld final loss %.6f\n",
       worker.worker_id().c_str(), applied, duplicates, aborted,
-      static_cast<long long>(first_sequence), static_cast<long long>(worker.next_sequence() - 1),
-      static_cast<long long>(worker.version().value_or(0)), loss);
+      static_cast<long long>(first_sequence), static_cast<long long>(last_sequence),
+      static_cast<long long>(incarnation), static_cast<long long>(worker.version().value_or(0)),
+      loss);
   std::printf("final loss %.6f\n", loss);
   return loss < absl::GetFlag(FLAGS_max_loss) ? 0 : 2;
 }

@@ -9,8 +9,10 @@
             w = result.parameters["w"]
 
 * ``optd.Client`` / ``optd.Session`` / ``optd.StepStream``: sessions, Pull, Step (with
-  idempotent retries), StreamSteps worker loops, UpdateSession, health (``optd.client``).
-* ``optd.OptdError`` and one subclass per gRPC code (``optd.errors``).
+  idempotent retries; a Session joins the session as its worker and joins again when the server
+  asks), StreamSteps worker loops, UpdateSession, health (``optd.client``).
+* ``optd.OptdError`` and one subclass per gRPC code, and ``optd.StepOutcomeUnknownError`` (a
+  FailedPreconditionError: a retried step whose outcome cannot be known) (``optd.errors``).
 * ``optd.optimizer_config``, ``optd.schedule``, ``optd.clipping``, ``optd.consistency``
   (``optd.config``).
 * ``optd.encode`` / ``optd.decode`` / ``optd.RowSparse``: numpy <-> wire bytes (``optd.tensors``).
@@ -30,8 +32,9 @@ __version__ = "0.1.0"
 from optd.errors import (  # noqa: E402
     AbortedError, AlreadyExistsError, CancelledError, DataLossError, DeadlineExceededError,
     FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError, OptdError,
-    OutOfRangeError, PermissionDeniedError, ResourceExhaustedError, UnauthenticatedError,
-    UnavailableError, UnimplementedError, UnknownError, error_from_rpc, error_from_status)
+    OutOfRangeError, PermissionDeniedError, ResourceExhaustedError, StepOutcomeUnknownError,
+    UnauthenticatedError, UnavailableError, UnimplementedError, UnknownError, error_from_rpc,
+    error_from_status)
 from optd.tensors import (  # noqa: E402
     RowSparse, bf16_bits_to_float32, decode, dtype_name, dtype_value, encode,
     float32_to_bf16_bits, from_tensor, to_tensor)
@@ -49,7 +52,7 @@ __all__ = [
     "NotFoundError", "AlreadyExistsError", "PermissionDeniedError", "ResourceExhaustedError",
     "FailedPreconditionError", "AbortedError", "OutOfRangeError", "UnimplementedError",
     "InternalError", "UnavailableError", "DataLossError", "UnauthenticatedError",
-    "error_from_rpc", "error_from_status",
+    "StepOutcomeUnknownError", "error_from_rpc", "error_from_status",
     "RowSparse", "encode", "decode", "to_tensor", "from_tensor", "dtype_value", "dtype_name",
     "float32_to_bf16_bits", "bf16_bits_to_float32",
     "OPTIMIZERS", "optimizer_config", "optimizer_kind", "optimizer_hyperparameters", "schedule",

@@ -12,19 +12,30 @@ is one worker (one worker_id with its own increasing sequence numbers): drive it
 give each thread or process its own Session (``client.session(id, worker_id=...)``). A StepStream
 is not thread-safe.
 
+Workers and joins: before its first step a Session joins the session (JoinSession) as its worker
+id. Each join starts a new *incarnation* of the worker: its steps carry the incarnation and number
+their sequences 1, 2, 3, ... from there, so a restarted process that uses the same worker id is
+never mistaken for the old one (whose late retries the server refuses). When the server can no
+longer place the worker (FailedPreconditionError with ``rejoin``: it forgot the worker, or another
+process joined with the same id) the Session joins again and resends the step if nothing was
+applied; if the refused call was a retry of an attempt whose reply was lost, it raises
+``StepOutcomeUnknownError`` instead (the step may or may not have been applied) and the next step
+works.
+
 Deadlines: every call takes ``timeout`` (seconds; ``None`` = no deadline); the default is the
 Client's ``timeout`` (30 s).
 
 Errors: every failure raises the typed subclass of ``optd.OptdError`` for its gRPC code.
 
-Retries: reads (GetSession, ListSessions, Pull) and Steps that carry an idempotency key
-(``worker_id`` + ``sequence`` > 0; Session.step always sends one) are retried on UNAVAILABLE and
+Retries: reads (GetSession, ListSessions, Pull), JoinSession and Steps that carry an idempotency
+key (``worker_id`` + ``sequence`` > 0; Session.step always sends one) are retried on UNAVAILABLE and
 DEADLINE_EXCEEDED with exponential backoff (``RetryPolicy``). A retried Step reuses its key, so
 the server applies it at most once and answers the retry with the first outcome
 (``StepResult.duplicate``). CreateSession, UpdateSession, DeleteSession and unkeyed Steps are never
-retried.
+retried. (A retried JoinSession whose first reply was lost only leaves an unused incarnation.)
 """
 
+import collections
 import dataclasses
 import os
 import queue
@@ -42,7 +53,8 @@ import numpy as np
 
 from optd import _pb
 from optd import config as _config
-from optd.errors import (DeadlineExceededError, InternalError, InvalidArgumentError, OptdError,
+from optd.errors import (DeadlineExceededError, FailedPreconditionError, InternalError,
+                         InvalidArgumentError, OptdError, StepOutcomeUnknownError,
                          UnavailableError, error_from_rpc, error_from_status)
 from optd.tensors import DTypeLike, RowSparse, dtype_value, from_tensor, to_tensor
 
@@ -122,18 +134,24 @@ class StepResult:
     missing_workers: List[str]
     #: Session version at arrival minus the version the gradient was computed at.
     staleness: int
-    #: The idempotency key sent (0: none) and how many attempts the call took.
+    #: The idempotency key sent (0: none) and how many attempts the call took (of the last
+    #: request sent: a step resent after a join counts again from 1).
     sequence: int = 0
     attempts: int = 1
+    #: The worker incarnation the step was sent with (0: none), and how many times the worker
+    #: joined again during this step (the server had forgotten it; nothing was applied before).
+    worker_incarnation: int = 0
+    rejoins: int = 0
 
     @classmethod
-    def from_proto(cls, reply, sequence: int = 0, attempts: int = 1) -> "StepResult":
+    def from_proto(cls, reply, sequence: int = 0, attempts: int = 1,
+                   worker_incarnation: int = 0) -> "StepResult":
         return cls(version=reply.version, parameters=_decode_all(reply.parameters),
                    parameters_version=reply.parameters_version,
                    gradient_norm=reply.gradient_norm, learning_rate=reply.learning_rate,
                    duplicate=reply.duplicate, workers=reply.workers,
                    missing_workers=list(reply.missing_workers), staleness=reply.staleness,
-                   sequence=sequence, attempts=attempts)
+                   sequence=sequence, attempts=attempts, worker_incarnation=worker_incarnation)
 
 
 @dataclasses.dataclass
@@ -277,7 +295,8 @@ class Client:
     def _call(self, method: str, request, timeout: Any = DEFAULT,
               retry: Optional[RetryPolicy] = None):
         """Calls ``method`` with the client's deadline and metadata; retries per ``retry`` (None:
-        no retry). Returns (reply, attempts); raises the typed OptdError."""
+        no retry). Returns (reply, attempts); raises the typed OptdError, with ``attempts`` set
+        to the number of calls made."""
         policy = retry or NO_RETRY
         fn = getattr(self.stub, method)
         deadline = self._deadline(timeout)
@@ -291,6 +310,7 @@ class Client:
             except grpc.RpcError as e:
                 error = error_from_rpc(e)
             if attempt >= policy.max_attempts or error.code not in policy.retry_codes:
+                error.attempts = attempt
                 raise error
             time.sleep(policy.backoff(attempt))
 
@@ -332,9 +352,21 @@ class Client:
     def session(self, session_id: str, *, worker_id: Optional[str] = None,
                 version: Optional[int] = None) -> "Session":
         """A Session for an existing session id, without any RPC (use .info() or .pull() to
-        check it). ``worker_id``: this worker's id (required by SYNC sessions with worker_ids);
-        default generated. ``version``: the version the worker's parameters are at, if known."""
+        check it; the worker joins at its first step). ``worker_id``: this worker's id (required
+        by SYNC sessions with worker_ids); default generated. Reusing the id of a worker that ran
+        before (a restarted process) is safe: the join starts a new incarnation. ``version``: the
+        version the worker's parameters are at, if known."""
         return Session(self, session_id, worker_id=worker_id, version=version)
+
+    def join_session(self, session_id: str, worker_id: str, *, timeout: Any = DEFAULT):
+        """JoinSession: starts a new incarnation of ``worker_id`` on the session and returns the
+        optd_pb2.JoinSessionResponse (``worker_incarnation``, ``next_sequence``, ``version``).
+        Steps of the worker then carry ``worker_incarnation`` and sequences from
+        ``next_sequence``; steps of its earlier incarnations are refused. Session.step joins by
+        itself: this is for code that builds its own requests. Retried like a read.
+        NotFoundError, InvalidArgumentError (a bad worker id)."""
+        request = self.pb2.JoinSessionRequest(session_id=session_id, worker_id=worker_id)
+        return self._call("JoinSession", request, timeout, self.retry)[0]
 
     def get_session(self, session_id: str, *, timeout: Any = DEFAULT):
         """The session (optd_pb2.Session: config with defaults filled in, tensors, version,
@@ -399,13 +431,15 @@ class Client:
     def step_request(self, session_id: str, gradients: Gradients, *, worker_id: str = "",
                      sequence: int = 0, version: Optional[int] = None,
                      loss: Optional[float] = None, return_parameters: Union[str, bool] = "all",
-                     return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32"):
+                     return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32",
+                     worker_incarnation: int = 0):
         """The optd_pb2.StepRequest that step() would send."""
         request = self.pb2.StepRequest(session_id=session_id, worker_id=worker_id or "",
                                        gradients=_tensors(gradients, gradient_dtype),
                                        return_parameters=_return_mode(return_parameters),
                                        return_dtype=dtype_value(return_dtype),
-                                       sequence=int(sequence))
+                                       sequence=int(sequence),
+                                       worker_incarnation=int(worker_incarnation))
         if loss is not None:
             request.loss = float(loss)
         if version is not None:
@@ -416,32 +450,39 @@ class Client:
              sequence: int = 0, version: Optional[int] = None, loss: Optional[float] = None,
              return_parameters: Union[str, bool] = "all", return_dtype: DTypeLike = "f32",
              gradient_dtype: DTypeLike = "f32", timeout: Any = DEFAULT,
-             retry: Optional[RetryPolicy] = None) -> StepResult:
+             retry: Optional[RetryPolicy] = None, worker_incarnation: int = 0) -> StepResult:
         """Applies one gradient per session tensor (dense arrays or RowSparse): all or nothing.
 
+        A raw step: Session.step is the worker loop's call (it joins, numbers and rejoins).
         ``worker_id`` + ``sequence`` (> 0, increasing per worker) make the step idempotent; only
         then is it retried (per ``retry``, default the client's policy) on UNAVAILABLE or
         DEADLINE_EXCEEDED, and a retry of an applied step comes back with ``duplicate=True``.
-        ``version`` is the session version the gradient was computed at (required in SYNC and
-        BOUNDED sessions). ``return_parameters``: "all", "none" or "touched";
-        ``return_dtype``/``gradient_dtype``: "f32", "bf16" or "f16" on the wire.
+        ``worker_incarnation`` is the worker's incarnation from join_session (0: the worker did
+        not join, and its sequences follow the unjoined rules). ``version`` is the session
+        version the gradient was computed at (required in SYNC and BOUNDED sessions).
+        ``return_parameters``: "all", "none" or "touched"; ``return_dtype``/``gradient_dtype``:
+        "f32", "bf16" or "f16" on the wire.
 
         Raises NotFoundError, InvalidArgumentError, AbortedError (``.current_version``),
-        FailedPreconditionError (a reused sequence), DeadlineExceededError, UnavailableError.
+        FailedPreconditionError (a reused sequence; ``.rejoin`` when the worker must join
+        again), DeadlineExceededError, UnavailableError.
         """
         request = self.step_request(session_id, gradients, worker_id=worker_id, sequence=sequence,
                                     version=version, loss=loss,
                                     return_parameters=return_parameters,
-                                    return_dtype=return_dtype, gradient_dtype=gradient_dtype)
+                                    return_dtype=return_dtype, gradient_dtype=gradient_dtype,
+                                    worker_incarnation=worker_incarnation)
         return self.send_step(request, timeout=timeout, retry=retry)
 
     def send_step(self, request, *, timeout: Any = DEFAULT,
                   retry: Optional[RetryPolicy] = None) -> StepResult:
-        """Sends a built StepRequest (see step_request); retried only if it has a key."""
+        """Sends a built StepRequest (see step_request); retried only if it has a key. A failure
+        raises its OptdError with ``attempts`` set to the calls made."""
         keyed = bool(request.worker_id) and request.sequence > 0
         policy = (retry or self.retry) if keyed else NO_RETRY
         reply, attempts = self._call("Step", request, timeout, policy)
-        return StepResult.from_proto(reply, sequence=request.sequence, attempts=attempts)
+        return StepResult.from_proto(reply, sequence=request.sequence, attempts=attempts,
+                                     worker_incarnation=request.worker_incarnation)
 
     def stream(self, *, timeout: Any = None) -> "StepStream":
         """Opens a StreamSteps stream for steps of any session (see StepStream). ``timeout`` is
@@ -496,13 +537,32 @@ def _health_status(data: bytes) -> int:
     return status
 
 
-class Session:
-    """One worker's handle on one session: its id, worker id, last sequence number and the
-    version its parameters are at.
+#: How many times one step is resent after its worker joined again (each resend is a first attempt
+#: under the new incarnation; a server that keeps refusing it is not waited on forever).
+MAX_REJOINS_PER_STEP = 3
 
-    Created by Client.create_session or Client.session. ``step`` sends the next sequence number
-    and (unless told otherwise) the known version, and updates the version from the reply, so a
-    loop of ``step`` calls works in ASYNC, SYNC and BOUNDED sessions alike.
+
+class Session:
+    """One worker's handle on one session: its id, worker id, incarnation, last sequence number
+    and the version its parameters are at.
+
+    Created by Client.create_session or Client.session. ``step`` joins the session before the
+    worker's first step (JoinSession: a new incarnation of the worker id, sequences from 1), sends
+    the next sequence number with the incarnation and (unless told otherwise) the known version,
+    and updates the version from the reply, so a loop of ``step`` calls works in ASYNC, SYNC and
+    BOUNDED sessions alike. A worker id may be reused by a later process (a restart): its join
+    starts a new incarnation, and the old process's steps are refused from then on.
+
+    When the server can no longer place the worker (it forgot it: a session remembers at most 1024
+    workers; or another process joined with its id), ``step`` joins again and resends the step if
+    the refused call was its first attempt (nothing was applied); if it was a retry after a lost
+    reply, it raises StepOutcomeUnknownError (applied once or not at all; the worker has joined
+    again and the next step works).
+
+    Unjoined mode: ``Session(client, id, worker_id=..., sequence=N)`` with N > 0 does not join;
+    its steps carry no incarnation and number on from N + 1 (the rules before joins existed: a
+    restarted process must then number above its previous run). If the server asks it to join,
+    it does, and continues as a joined worker.
     """
 
     def __init__(self, client: Client, session_id: str, *, worker_id: Optional[str] = None,
@@ -512,8 +572,12 @@ class Session:
         self.client = client
         self.session_id = session_id
         self.worker_id: str = worker_id or default_worker_id()
-        #: The last sequence number used (the next step sends sequence + 1).
+        #: The last sequence number used in the current incarnation (the next step sends
+        #: sequence + 1).
         self.sequence: int = int(sequence)
+        #: The worker's incarnation from its last join; None: not joined yet (it joins before its
+        #: next step); 0: unjoined mode (see the class comment).
+        self.incarnation: Optional[int] = 0 if self.sequence > 0 else None
         #: The version this worker's parameters are at (from create, pull or the last step).
         self.version: Optional[int] = version
         self._info = info
@@ -525,10 +589,73 @@ class Session:
 
     def __repr__(self) -> str:
         return (f"optd.Session({self.session_id!r}, worker_id={self.worker_id!r}, "
-                f"version={self.version}, sequence={self.sequence})")
+                f"incarnation={self.incarnation}, version={self.version}, "
+                f"sequence={self.sequence})")
+
+    def join(self, *, timeout: Any = DEFAULT) -> int:
+        """JoinSession: starts a new incarnation of this worker (the previous one's steps are
+        refused from now on) and returns it; the next step sends sequence 1. ``step`` joins by
+        itself when needed; call this to join early (to fail fast) or to start afresh."""
+        reply = self.client.join_session(self.session_id, self.worker_id, timeout=timeout)
+        with self._lock:
+            self.incarnation = int(reply.worker_incarnation)
+            self.sequence = int(reply.next_sequence) - 1
+        return self.incarnation
+
+    def _ensure_joined(self, timeout: Any = DEFAULT) -> None:
+        if self.incarnation is None:
+            self.join(timeout=timeout)
+
+    def _rejoin(self, refused_incarnation: int, timeout: Any) -> int:
+        """Joins again after a step of ``refused_incarnation`` was refused with rejoin, unless the
+        worker already has (an earlier refusal of the same incarnation). Returns the incarnation
+        to resend with. On failure the worker is left unjoined (its next step joins)."""
+        with self._lock:
+            if self.incarnation is not None and self.incarnation != refused_incarnation:
+                return self.incarnation
+            self.incarnation = None
+        return self.join(timeout=timeout)
+
+    def _resend_or_raise(self, request, error: FailedPreconditionError, resends: int,
+                         timeout: Any):
+        """After ``request`` (built by this worker) was refused with rejoin: joins again and
+        returns the request to resend (the refused call was a first attempt, so nothing was
+        applied), or raises StepOutcomeUnknownError (it was a retry of an attempt whose reply was
+        lost), or ``error`` itself when the step was already resent MAX_REJOINS_PER_STEP times."""
+        first_attempt = getattr(error, "attempts", 1) == 1
+        if first_attempt and resends >= MAX_REJOINS_PER_STEP:
+            raise error
+        if first_attempt:
+            incarnation = self._rejoin(request.worker_incarnation, timeout)
+            resend = type(request)()
+            resend.CopyFrom(request)
+            resend.worker_incarnation = incarnation
+            resend.sequence = self.next_sequence()
+            return resend
+        new_incarnation: Optional[int] = None
+        join_note = "it has joined the session again as incarnation {}; its next step works"
+        try:
+            new_incarnation = self._rejoin(request.worker_incarnation, timeout)
+            join_note = join_note.format(new_incarnation)
+        except OptdError as join_error:
+            join_note = (f"joining again failed ({join_error}); its next step joins again")
+        unknown = StepOutcomeUnknownError(
+            f"the outcome of step sequence {request.sequence} of worker {self.worker_id} "
+            f"(incarnation {request.worker_incarnation}) on session {self.session_id} is unknown: "
+            f"the reply of an earlier attempt was lost, and the retry was refused because the "
+            f"server can no longer place the worker ({error.message}); the step may have been "
+            f"applied once or not at all; {join_note}",
+            worker_id=self.worker_id, worker_incarnation=request.worker_incarnation,
+            sequence=request.sequence, new_incarnation=new_incarnation, cause=error)
+        unknown.attempts = getattr(error, "attempts", 1)
+        raise unknown from error
+
+    def _owns(self, request) -> bool:
+        return request.session_id == self.session_id and request.worker_id == self.worker_id \
+            and request.sequence > 0
 
     def next_sequence(self) -> int:
-        """Reserves and returns the next sequence number."""
+        """Reserves and returns the next sequence number (of the current incarnation)."""
         with self._lock:
             self.sequence += 1
             return self.sequence
@@ -561,34 +688,53 @@ class Session:
     def request(self, gradients: Gradients, *, loss: Optional[float] = None,
                 version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",
                 return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32"):
-        """The next StepRequest of this worker (reserves a sequence number)."""
+        """The next StepRequest of this worker (joins first if it has not; reserves a sequence
+        number)."""
+        self._ensure_joined()
         if version is DEFAULT:
             version = self.version
         return self.client.step_request(self.session_id, gradients, worker_id=self.worker_id,
                                         sequence=self.next_sequence(), version=version, loss=loss,
                                         return_parameters=return_parameters,
-                                        return_dtype=return_dtype, gradient_dtype=gradient_dtype)
+                                        return_dtype=return_dtype, gradient_dtype=gradient_dtype,
+                                        worker_incarnation=self.incarnation or 0)
 
     def step(self, gradients: Gradients, *, loss: Optional[float] = None,
              version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",
              return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32",
              timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None) -> StepResult:
-        """One step with this worker's next sequence number (retried safely, see Client.step).
+        """One step with this worker's incarnation and next sequence number (retried safely, see
+        Client.step; the worker joins first if it has not).
 
         ``version`` defaults to the worker's known version (None: send none). On an AbortedError
         the worker's version is set to ``current_version`` when the server sent one, so after
         re-pulling (or simply stepping again in SYNC) the next gradient carries it.
+
+        Refused with rejoin (the server forgot the worker, or its id joined again elsewhere): the
+        worker joins again and the step is resent under the new incarnation when the refused
+        call was its first attempt (``StepResult.rejoins`` counts this); after a retry it raises
+        StepOutcomeUnknownError (see there).
         """
+        self._ensure_joined(timeout)
         request = self.request(gradients, loss=loss, version=version,
                                return_parameters=return_parameters, return_dtype=return_dtype,
                                gradient_dtype=gradient_dtype)
-        try:
-            result = self.client.send_step(request, timeout=timeout, retry=retry)
-        except OptdError as e:
-            if getattr(e, "current_version", None) is not None:
-                with self._lock:
-                    self.version = e.current_version
-            raise
+        resends = 0
+        while True:
+            try:
+                result = self.client.send_step(request, timeout=timeout, retry=retry)
+                break
+            except FailedPreconditionError as e:
+                if not e.rejoin:
+                    raise
+                request = self._resend_or_raise(request, e, resends, timeout)
+                resends += 1
+            except OptdError as e:
+                if getattr(e, "current_version", None) is not None:
+                    with self._lock:
+                        self.version = e.current_version
+                raise
+        result.rejoins = resends
         self._observe(result)
         return result
 
@@ -619,7 +765,8 @@ class Session:
 
         ``errors="raise"``: a refused step raises its OptdError (and ends the loop);
         ``errors="yield"``: the OptdError is yielded in its place and the loop goes on.
-        ``step_options`` are those of Session.step (loss, return_parameters, ...).
+        ``step_options`` are those of Session.step (loss, return_parameters, ...). A step refused
+        with rejoin is resent after joining again, as Session.step does.
         """
         if errors not in ("raise", "yield"):
             raise InvalidArgumentError(f"errors = {errors!r}; must be 'raise' or 'yield'")
@@ -636,6 +783,19 @@ class Session:
 _CLOSE = object()
 
 
+class _Slot:
+    """A step submitted on a StepStream: the request last sent for it and, once known, its
+    outcome (a StepResult or an OptdError)."""
+    __slots__ = ("request", "owned", "outcome", "done", "resends")
+
+    def __init__(self, request, owned: bool) -> None:
+        self.request = request
+        self.owned = owned  # built by the stream's Session: resent after a rejoin
+        self.outcome: Any = None
+        self.done = False
+        self.resends = 0
+
+
 class StepStream:
     """One StreamSteps call: ``step`` sends one request and returns its reply, in order.
 
@@ -644,10 +804,13 @@ class StepStream:
                 result = stream.step(grad(params, batch), loss=loss)
                 params = result.parameters
 
-    A step the server refuses raises its typed OptdError and the stream goes on. A stream-level
-    failure (connection lost, the server ends the call, a reply later than ``step_timeout``)
-    raises from that call and every later one, and the stream is closed. ``submit``/``result``
-    pipeline several requests (replies still come back in order). Not thread-safe.
+    A step the server refuses raises its typed OptdError and the stream goes on. A step of the
+    stream's Session refused with rejoin (the server forgot the worker) is resent on the stream
+    after the worker joins again: each request on a stream is a first attempt, so nothing had
+    been applied. A stream-level failure (connection lost, the server ends the call, a reply later
+    than ``step_timeout``) raises from that call and every later one, and the stream is closed.
+    ``submit``/``result`` pipeline several requests (replies still come back in order). Not
+    thread-safe.
     """
 
     def __init__(self, client: Client, session: Optional[Session],
@@ -657,7 +820,11 @@ class StepStream:
         self.step_timeout = step_timeout
         self._requests: "queue.Queue[Any]" = queue.Queue()
         self._replies: "queue.Queue[Any]" = queue.Queue()
-        self._pending: List[Any] = []  # requests sent whose reply has not been returned
+        # Steps whose outcome has not been returned, in submission order (result() returns the
+        # oldest), and the steps whose request is on the wire, in the order sent (replies come
+        # back in this order; a resent step moves to the end).
+        self._pending: "collections.deque[_Slot]" = collections.deque()
+        self._inflight: "collections.deque[_Slot]" = collections.deque()
         self._final: Optional[OptdError] = None  # the stream-level failure, once there is one
         self._reported = False  # whether _final has been raised to the caller
         self._closed = False
@@ -694,34 +861,49 @@ class StepStream:
     def submit(self, gradients: Any, *, session_id: Optional[str] = None,
                **step_options: Any) -> int:
         """Sends a step without waiting for its reply; returns its sequence number. ``gradients``
-        may also be a built StepRequest. Without a session, give ``session_id`` (and, for
-        idempotency, ``worker_id``/``sequence`` in step_options)."""
+        may also be a built StepRequest (sent as it is, never resent). Without a session, give
+        ``session_id`` (and, for idempotency, ``worker_id``/``sequence`` and
+        ``worker_incarnation`` in step_options)."""
         if self._final is not None:
             self._reported = True
             raise self._final
         if self._closed:
             raise InvalidArgumentError("the stream is closed")
+        owned = False
         if isinstance(gradients, self.client.pb2.StepRequest):
             request = gradients
         elif self.session is not None and session_id is None:
             request = self.session.request(gradients, **step_options)
+            owned = True
         else:
             if session_id is None:
                 raise InvalidArgumentError("submit: session_id is required on a stream opened "
                                            "by Client.stream()")
             request = self.client.step_request(session_id, gradients, **step_options)
-        self._pending.append(request)
+        slot = _Slot(request, owned)
+        self._pending.append(slot)
+        self._inflight.append(slot)
         self._requests.put(request)
         return request.sequence
 
     def result(self, timeout: Any = DEFAULT) -> StepResult:
-        """The reply to the oldest submitted step (raises its OptdError if it was refused)."""
+        """The outcome of the oldest submitted step (raises its OptdError if it was refused)."""
         if self._final is not None:
             self._reported = True
             raise self._final
         if not self._pending:
             raise InvalidArgumentError("result: no step is waiting for a reply")
         wait = self.step_timeout if timeout is DEFAULT else timeout
+        slot = self._pending[0]
+        while not slot.done:
+            self._settle(self._inflight.popleft(), self._next_reply(wait))
+        self._pending.popleft()
+        if isinstance(slot.outcome, OptdError):
+            raise slot.outcome
+        return slot.outcome
+
+    def _next_reply(self, wait: Optional[float]):
+        """The next StreamStepsResponse; a stream-level failure is recorded and raised."""
         try:
             item = self._replies.get(timeout=wait)
         except queue.Empty:
@@ -732,29 +914,54 @@ class StepStream:
             raise self._final from None
         if item is None:
             self._fail(UnavailableError("the server ended the StreamSteps stream with "
-                                        f"{len(self._pending)} step(s) unanswered"))
+                                        f"{len(self._inflight)} step(s) unanswered"))
             self._reported = True
             raise self._final
         if isinstance(item, OptdError):
             self._fail(item)
             self._reported = True
             raise self._final
-        request = self._pending.pop(0)
+        return item
+
+    def _settle(self, slot: _Slot, item) -> None:
+        """Records the reply to ``slot``'s request, or resends it after a rejoin."""
+        request = slot.request
         which = item.WhichOneof("result")
-        if which == "error":
-            e = item.error
-            error = error_from_status(e.code, e.message,
-                                      e.current_version if e.current_version >= 0 else None)
-            if self.session is not None and getattr(error, "current_version", None) is not None:
-                with self.session._lock:
-                    self.session.version = error.current_version
-            raise error
-        if which != "reply":
-            raise InternalError("a StreamStepsResponse with neither reply nor error")
-        result = StepResult.from_proto(item.reply, sequence=request.sequence)
-        if self.session is not None and request.session_id == self.session.session_id:
-            self.session._observe(result)
-        return result
+        if which == "reply":
+            result = StepResult.from_proto(item.reply, sequence=request.sequence,
+                                           worker_incarnation=request.worker_incarnation)
+            result.rejoins = slot.resends
+            if self.session is not None and request.session_id == self.session.session_id:
+                self.session._observe(result)
+            slot.outcome, slot.done = result, True
+            return
+        if which != "error":
+            slot.outcome = InternalError("a StreamStepsResponse with neither reply nor error")
+            slot.done = True
+            return
+        e = item.error
+        error = error_from_status(e.code, e.message,
+                                  e.current_version if e.current_version >= 0 else None, e.rejoin)
+        if self.session is not None and getattr(error, "current_version", None) is not None:
+            with self.session._lock:
+                self.session.version = error.current_version
+        if isinstance(error, FailedPreconditionError) and error.rejoin and slot.owned and \
+                self.session is not None and self._owned_by_session(request):
+            try:  # a request on a stream is a first attempt: nothing was applied
+                resend = self.session._resend_or_raise(request, error, slot.resends,
+                                                       self.client.timeout)
+            except OptdError as failure:
+                error = failure
+            else:
+                slot.request = resend
+                slot.resends += 1
+                self._inflight.append(slot)
+                self._requests.put(resend)
+                return
+        slot.outcome, slot.done = error, True
+
+    def _owned_by_session(self, request) -> bool:
+        return self.session is not None and self.session._owns(request)
 
     def step(self, gradients: Any, **step_options: Any) -> StepResult:
         """submit + result: one step, its reply."""
@@ -775,7 +982,7 @@ class StepStream:
             self._closed = True
             self._requests.put(_CLOSE)
             deadline = None if self.step_timeout is None else time.monotonic() + \
-                self.step_timeout * (1 + len(self._pending))
+                self.step_timeout * (1 + len(self._inflight))
             while True:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
@@ -791,6 +998,7 @@ class StepStream:
                     self._final = self._final or item
                     break
             self._pending.clear()
+            self._inflight.clear()
             self._reader.join(5.0)
         if self._final is not None and not self._reported:
             self._reported = True

@@ -10,6 +10,11 @@ generic code keeps working: ``InvalidArgumentError`` is a ``ValueError``, ``NotF
 
 Errors found before any RPC (an array whose size does not match its shape, an unknown
 hyperparameter name) raise ``InvalidArgumentError`` too, as the server would.
+
+A keyed step the server cannot place (it forgot the worker, or another process joined with the
+same worker id) is ``FailedPreconditionError`` with ``rejoin = True``; a Session handles it (it
+joins again and resends the step, or raises ``StepOutcomeUnknownError`` when the step was a retry
+whose first outcome was lost).
 """
 
 from typing import Dict, Optional, Type
@@ -21,11 +26,15 @@ __all__ = [
     "NotFoundError", "AlreadyExistsError", "PermissionDeniedError", "ResourceExhaustedError",
     "FailedPreconditionError", "AbortedError", "OutOfRangeError", "UnimplementedError",
     "InternalError", "UnavailableError", "DataLossError", "UnauthenticatedError",
-    "error_from_rpc", "error_from_status", "CURRENT_VERSION_METADATA_KEY",
+    "StepOutcomeUnknownError", "error_from_rpc", "error_from_status",
+    "CURRENT_VERSION_METADATA_KEY", "REJOIN_METADATA_KEY",
 ]
 
 #: Trailing-metadata key of an ABORTED Step: the session's version when the step was refused.
 CURRENT_VERSION_METADATA_KEY = "optd-current-version"
+#: Trailing-metadata key ("1") of a FAILED_PRECONDITION Step whose worker must join the session
+#: again (StepError.rejoin on a stream).
+REJOIN_METADATA_KEY = "optd-rejoin"
 
 
 class OptdError(Exception):
@@ -88,8 +97,52 @@ class ResourceExhaustedError(OptdError):
 
 
 class FailedPreconditionError(OptdError):
-    """FAILED_PRECONDITION: e.g. a step's sequence number is not above the worker's last one."""
+    """FAILED_PRECONDITION: e.g. a step's sequence number is not above the worker's last one.
+
+    ``rejoin`` is True when the server cannot place a keyed step of the worker (it was forgotten,
+    another process joined with its id, or the session was restored without it): the worker must
+    join again (JoinSession) before its next step. The refused step was not applied if it was the
+    request's first attempt; a refused retry may have been (see StepOutcomeUnknownError).
+    """
     CODE = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, code: Optional[grpc.StatusCode] = None,
+                 rejoin: bool = False) -> None:
+        super().__init__(message, code)
+        self.rejoin: bool = bool(rejoin)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(code=FAILED_PRECONDITION, message={self.message!r}, "
+                f"rejoin={self.rejoin})")
+
+
+class StepOutcomeUnknownError(FailedPreconditionError):
+    """A retried step was refused with rejoin: whether it was applied is unknown.
+
+    An earlier attempt of the step reached the server but its reply was lost (UNAVAILABLE or
+    DEADLINE_EXCEEDED), and by the time of the retry the server could no longer place the worker
+    (it was forgotten, or its worker id joined again elsewhere). The step may have been applied
+    once, or not at all; it was never applied twice. The Session has already joined again
+    (``new_incarnation``; None if that join failed, then the next step joins), so its next step
+    works; re-pull the parameters if the difference matters.
+
+    ``sequence`` and ``worker_incarnation`` are the refused step's key; ``worker_id`` the worker.
+    """
+
+    def __init__(self, message: str, *, worker_id: str = "", worker_incarnation: int = 0,
+                 sequence: int = 0, new_incarnation: Optional[int] = None,
+                 cause: Optional[OptdError] = None) -> None:
+        super().__init__(message, grpc.StatusCode.FAILED_PRECONDITION, rejoin=True)
+        self.worker_id = worker_id
+        self.worker_incarnation = worker_incarnation
+        self.sequence = sequence
+        self.new_incarnation = new_incarnation
+        self.cause = cause
+
+    def __repr__(self) -> str:
+        return (f"StepOutcomeUnknownError(worker_id={self.worker_id!r}, worker_incarnation="
+                f"{self.worker_incarnation}, sequence={self.sequence}, new_incarnation="
+                f"{self.new_incarnation}, message={self.message!r})")
 
 
 class AbortedError(OptdError):
@@ -151,26 +204,35 @@ _BY_CODE: Dict[grpc.StatusCode, Type[OptdError]] = {
 _BY_NUMBER: Dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
 
 
-def error_from_status(code, message: str, current_version: Optional[int] = None) -> OptdError:
-    """The typed error for ``code`` (a grpc.StatusCode or its number, as in ``StepError.code``)."""
+def error_from_status(code, message: str, current_version: Optional[int] = None,
+                      rejoin: bool = False) -> OptdError:
+    """The typed error for ``code`` (a grpc.StatusCode or its number, as in ``StepError.code``);
+    ``current_version`` goes to an AbortedError, ``rejoin`` to a FailedPreconditionError."""
     if not isinstance(code, grpc.StatusCode):
         code = _BY_NUMBER.get(int(code), grpc.StatusCode.UNKNOWN)
     cls = _BY_CODE.get(code, UnknownError)
     if cls is AbortedError:
         return AbortedError(message, code, current_version)
+    if cls is FailedPreconditionError:
+        return FailedPreconditionError(message, code, rejoin)
     return cls(message, code)
 
 
 def error_from_rpc(error: grpc.RpcError) -> OptdError:
-    """The typed error for a failed gRPC call (reads ``optd-current-version`` for ABORTED)."""
+    """The typed error for a failed gRPC call (reads ``optd-current-version`` for ABORTED and
+    ``optd-rejoin`` for FAILED_PRECONDITION)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    current_version = None
-    if code == grpc.StatusCode.ABORTED and hasattr(error, "trailing_metadata"):
+    current_version, rejoin = None, False
+    if code in (grpc.StatusCode.ABORTED, grpc.StatusCode.FAILED_PRECONDITION) and \
+            hasattr(error, "trailing_metadata"):
         for key, value in error.trailing_metadata() or ():
-            if key == CURRENT_VERSION_METADATA_KEY:
+            if key == CURRENT_VERSION_METADATA_KEY and code == grpc.StatusCode.ABORTED:
                 try:
                     current_version = int(value)
                 except (TypeError, ValueError):
                     pass
-    return error_from_status(code or grpc.StatusCode.UNKNOWN, details or "", current_version)
+            elif key == REJOIN_METADATA_KEY and code == grpc.StatusCode.FAILED_PRECONDITION:
+                rejoin = value in ("1", b"1")
+    return error_from_status(code or grpc.StatusCode.UNKNOWN, details or "", current_version,
+                             rejoin)

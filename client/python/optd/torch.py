@@ -94,6 +94,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             (``lr``, ``betas``, ``momentum``, ...).
         session_id, schedule, clipping, consistency: when creating (see Client.create_session).
         worker_id: this worker's id (default: generated; give stable ids for SYNC worker_ids).
+            The worker joins the session at its first step; a restarted process may reuse the
+            id (its join starts a new incarnation, see optd.Session).
         pull: when attaching, overwrite the local parameters with the server's (default True).
         return_dtype, gradient_dtype: wire dtypes ("f32" default; "bf16"/"f16" halve the bytes
             and round).
@@ -293,13 +295,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> Dict[str, Any]:
         """torch's state_dict (param_groups with their hyperparameters; empty ``state``: the
-        optimizer state lives on the server) plus ``optd``: session id, worker id, sequence,
-        version, optimizer kind and tensor names."""
+        optimizer state lives on the server) plus ``optd``: session id, worker id, incarnation
+        and last sequence (for information), version, optimizer kind and tensor names."""
         sd = super().state_dict()
         sd["optd"] = {
             "address": self.client.address,
             "session_id": self.session.session_id,
             "worker_id": self.session.worker_id,
+            "worker_incarnation": self.session.incarnation,
             "sequence": self.session.sequence,
             "version": self.session.version,
             "optimizer": self.kind,
@@ -309,7 +312,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores param_groups hyperparameters (sent at the next step if they differ from the
-        server's) and, from ``optd``, the session id, worker id, sequence and version."""
+        server's) and, from ``optd``, the session id, worker id and version. A different session
+        or worker id than this optimizer's makes a new worker handle, which joins the session at
+        its next step as a new incarnation (the saved incarnation and sequence belong to the
+        process that saved them and are not reused: its late steps are refused, never mistaken
+        for the restored worker's)."""
         sd = dict(state_dict)
         meta = sd.pop("optd", None)
         super().load_state_dict(sd)
@@ -321,9 +328,6 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if meta["session_id"] != self.session.session_id or \
                 meta["worker_id"] != self.session.worker_id:
             self.session = self.client.session(meta["session_id"], worker_id=meta["worker_id"])
-        self.session.sequence = max(int(meta.get("sequence") or 0),
-                                    self.session.sequence
-                                    if meta["worker_id"] == self.session.worker_id else 0)
         self.session.version = meta.get("version")
         info = self.session.info(timeout=self._timeout)
         self.kind = _config.optimizer_kind(info.config.optimizer)

@@ -8,12 +8,17 @@
 // It creates the session (Adam, lr 0.1) when it does not exist yet and otherwise steps the
 // existing one, so several workers (in any language) can share a session. By default it steps
 // over one StreamSteps stream (Client.StreamLoop); -unary sends one Step call per step
-// (Client.NewWorker). Either way every step carries the worker id and a sequence number, so steps
-// are retried on UNAVAILABLE and never applied twice.
+// (Client.NewWorker). Either way the worker joins the session first (a new incarnation of its
+// worker id, so a restarted worker may reuse the id) and every step carries the worker id, the
+// incarnation and a sequence number (1, 2, ...), so steps are retried on UNAVAILABLE and never
+// applied twice. -first_sequence N > 0 skips the join (unjoined mode: sequences from N, no
+// incarnation).
 //
 // It prints "step N version V loss L" every 50 steps, then one summary line
 //
-//	worker W steps N duplicates D aborted A first_sequence F last_sequence S version V final loss L
+//	worker W steps N duplicates D aborted A first_sequence F last_sequence S incarnation I version V final loss L
+//
+// (I is the incarnation of the last step: 0 in unjoined mode).
 //
 // and exits 0 if the final loss is below -max_loss (1 on an error, 2 if the loss is too high).
 package main
@@ -35,7 +40,8 @@ func main() {
 	dim := flag.Int("dim", 8, "length of w")
 	steps := flag.Int("steps", 200, "steps to run")
 	worker := flag.String("worker", "go-worker", "worker id sent with each step")
-	firstSeq := flag.Int64("first_sequence", 0, "sequence number of the first step (0: from the clock)")
+	firstSeq := flag.Int64("first_sequence", 0, "sequence number of the first step, without joining "+
+		"the session (0: join, and number from 1)")
 	unary := flag.Bool("unary", false, "one Step call per step instead of a StreamSteps stream")
 	maxLoss := flag.Float64("max_loss", 1e-2, "exit 2 if the final loss is not below this")
 	timeout := flag.Duration("timeout", 10*time.Minute, "bound on the whole run")
@@ -97,7 +103,6 @@ func run(ctx context.Context, server, session string, dim, steps int, worker str
 		if firstSeq > 0 {
 			wk.SetNextSequence(firstSeq)
 		}
-		stats.FirstSequence = wk.NextSequence()
 		for step := 0; step < steps; step++ {
 			grads, l := gradient(w)
 			loss = l
@@ -108,6 +113,11 @@ func run(ctx context.Context, server, session string, dim, steps int, worker str
 			if r.Duplicate {
 				stats.Duplicates++
 			}
+			if stats.FirstSequence == 0 {
+				stats.FirstSequence = r.Sequence
+			}
+			stats.LastSequence, stats.Incarnation = r.Sequence, r.WorkerIncarnation
+			stats.Rejoins += r.Rejoins
 			stats.Steps++
 			version = r.Version
 			w = r.Parameters[0].Values
@@ -115,7 +125,6 @@ func run(ctx context.Context, server, session string, dim, steps int, worker str
 				fmt.Printf("step %4d  version %5d  loss %.6f\n", step, r.Version, l)
 			}
 		}
-		stats.LastSequence = wk.NextSequence() - 1
 	} else {
 		st, err := c.StreamLoop(ctx, session, optd.LoopOptions{
 			Steps: steps, WorkerID: worker, FirstSequence: firstSeq,
@@ -136,8 +145,8 @@ func run(ctx context.Context, server, session string, dim, steps int, worker str
 		version = st.Version
 	}
 	fmt.Printf("worker %s steps %d duplicates %d aborted %d first_sequence %d last_sequence %d "+
-		"version %d final loss %.6f\n", worker, stats.Steps, stats.Duplicates, stats.Aborted,
-		stats.FirstSequence, stats.LastSequence, version, loss)
+		"incarnation %d version %d final loss %.6f\n", worker, stats.Steps, stats.Duplicates,
+		stats.Aborted, stats.FirstSequence, stats.LastSequence, stats.Incarnation, version, loss)
 	if loss < maxLoss {
 		return 0, nil
 	}
