@@ -7,7 +7,7 @@ PACKAGES=(
   # C++ toolchain and libraries
   cmake ninja-build g++ clang pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
-  libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev
   # Python: clients, torch-parity tests (always /usr/bin/python3)
   python3 python3-grpcio python3-protobuf python3-numpy python3-torch python3-pytest
   # the digits example (examples/digits): scikit-learn's bundled data set, matplotlib for its PNG;

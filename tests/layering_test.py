@@ -76,6 +76,7 @@ EXTERNAL = {
     "pybind11": {"python_ext"},
     "benchmark": {"bench"},
     "eigen": {"optim", "bench"},
+    "json": {"persist", "fuzz"},
 }
 
 # Tests may also include these, by the layer they test: a client test starts a real server
@@ -113,6 +114,7 @@ def family(header):
                          ("grpcpp/", "grpcpp"), ("grpc/", "grpcpp"), ("prometheus/", "prometheus"),
                          ("gtest/", "gtest"), ("gmock/", "gtest"), ("pybind11/", "pybind11"),
                          ("benchmark/", "benchmark"), ("Eigen/", "eigen"), ("Python.h", "python"),
+                         ("nlohmann/", "json"),
                          ("cblas", "eigen")):
         if header.startswith(prefix):
             return name, None

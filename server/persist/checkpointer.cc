@@ -1,0 +1,250 @@
+#include "server/persist/checkpointer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+
+namespace optd {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kFolderPrefix[] = "session-";
+constexpr char kSuffix[] = ".ckpt";
+
+std::string ErrorName(const absl::Status& status) {
+  return absl::AsciiStrToLower(absl::StatusCodeToString(status.code()));
+}
+
+void Log(const std::string& line) { std::fprintf(stderr, "optd: %s\n", line.c_str()); }
+
+}  // namespace
+
+absl::string_view CheckpointReasonName(CheckpointReason reason) {
+  switch (reason) {
+    case CheckpointReason::kInterval:
+      return "interval";
+    case CheckpointReason::kRequest:
+      return "request";
+    case CheckpointReason::kShutdown:
+      return "shutdown";
+    case CheckpointReason::kIdle:
+      return "idle";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Open(
+    CheckpointerOptions options, SessionStore* store, const ConfigCodec* codec,
+    std::string server_incarnation, Clock* clock, CheckpointObserver* observer) {
+  if (options.keep < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint_keep = ", options.keep, " is out of range: must be >= 1"));
+  }
+  if (options.interval < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("checkpoint_interval must be >= 0 (0: only on request)");
+  }
+  std::error_code error;
+  fs::create_directories(options.dir, error);
+  if (error || !fs::is_directory(options.dir, error)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--checkpoint_dir ", options.dir, " is not a folder optd can create or use",
+                     error ? absl::StrCat(": ", error.message()) : std::string()));
+  }
+  if (::access(options.dir.c_str(), R_OK | W_OK | X_OK) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("--checkpoint_dir ", options.dir,
+                                                      " is not readable and writable by optd (",
+                                                      std::strerror(errno), ")"));
+  }
+  // Listing it must work too: an unreadable folder is a clear error now, not an empty server.
+  fs::directory_iterator probe(options.dir, error);
+  if (error) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot list --checkpoint_dir ", options.dir, ": ", error.message()));
+  }
+  return std::unique_ptr<Checkpointer>(new Checkpointer(
+      std::move(options), store, codec, std::move(server_incarnation), clock, observer));
+}
+
+Checkpointer::Checkpointer(CheckpointerOptions options, SessionStore* store,
+                           const ConfigCodec* codec, std::string server_incarnation, Clock* clock,
+                           CheckpointObserver* observer)
+    : options_(std::move(options)),
+      store_(store),
+      codec_(codec),
+      server_incarnation_(std::move(server_incarnation)),
+      clock_(clock),
+      observer_(observer) {}
+
+Checkpointer::~Checkpointer() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string Checkpointer::FolderOf(absl::string_view id) const {
+  return absl::StrCat(options_.dir, "/", kFolderPrefix, id);
+}
+
+std::vector<std::pair<int64_t, std::string>> Checkpointer::Files(const std::string& folder) const {
+  std::vector<std::pair<int64_t, std::string>> files;
+  std::error_code error;
+  for (const fs::directory_entry& entry : fs::directory_iterator(folder, error)) {
+    const std::string name = entry.path().filename().string();
+    absl::string_view stem = name;
+    if (absl::StrContains(name, ".tmp-")) {  // a write a crash interrupted
+      fs::remove(entry.path(), error);
+      continue;
+    }
+    if (!absl::ConsumeSuffix(&stem, kSuffix)) continue;
+    int64_t version = 0;
+    if (absl::SimpleAtoi(stem, &version)) files.emplace_back(version, entry.path().string());
+  }
+  std::sort(files.rbegin(), files.rend());
+  return files;
+}
+
+absl::StatusOr<int> Checkpointer::Restore() {
+  std::error_code error;
+  int restored = 0;
+  fs::directory_iterator folders(options_.dir, error);
+  if (error) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot list --checkpoint_dir ", options_.dir, ": ", error.message()));
+  }
+  for (const fs::directory_entry& folder : folders) {
+    const std::string name = folder.path().filename().string();
+    if (!folder.is_directory(error) || !absl::StartsWith(name, kFolderPrefix)) continue;
+    const std::string id = name.substr(sizeof(kFolderPrefix) - 1);
+    bool loaded = false;
+    for (const auto& [version, path] : Files(folder.path().string())) {
+      absl::StatusOr<SessionState> state = ReadCheckpointFile(path, *codec_);
+      if (!state.ok()) {
+        Log(absl::StrCat("checkpoint ", path, " cannot be restored (", state.status().ToString(),
+                         "); trying an older one"));
+        if (observer_ != nullptr) observer_->OnCheckpointSkipped(id);
+        continue;
+      }
+      absl::StatusOr<std::shared_ptr<Session>> session = store_->Restore(*std::move(state));
+      if (!session.ok()) {
+        Log(absl::StrCat("checkpoint ", path, " cannot be restored (", session.status().ToString(),
+                         "); trying an older one"));
+        if (observer_ != nullptr) observer_->OnCheckpointSkipped(id);
+        continue;
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        durable_[id] = version;
+      }
+      Log(absl::StrCat("restored session ", id, " at version ", version, " from ", path));
+      loaded = true;
+      ++restored;
+      break;
+    }
+    if (!loaded) Log(absl::StrCat("no checkpoint of session ", id, " could be restored"));
+  }
+  return restored;
+}
+
+absl::StatusOr<CheckpointResult> Checkpointer::Checkpoint(const Session& session,
+                                                          CheckpointReason reason) {
+  absl::MutexLock write(&write_mu_);
+  const absl::Time start = clock_->Now();
+  const SessionState state = session.Snapshot();  // the only part under the session's lock
+  const std::string folder = FolderOf(state.id);
+  const std::string path =
+      absl::StrFormat("%s/%020d%s", folder, static_cast<long long>(state.version), kSuffix);
+  std::error_code error;
+  fs::create_directories(folder, error);
+  CheckpointMeta meta;
+  absl::Status written =
+      error ? absl::InternalError(absl::StrCat("cannot create ", folder, ": ", error.message()))
+            : WriteCheckpointFile(path, state, *codec_, server_incarnation_, clock_->Now(), &meta);
+  if (!written.ok()) {
+    Log(absl::StrCat("checkpoint of session ", state.id, " (", CheckpointReasonName(reason),
+                     ") failed: ", written.ToString(), "; older checkpoints are intact"));
+    if (observer_ != nullptr) observer_->OnCheckpointFailed(state.id, ErrorName(written));
+    return written;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    durable_[state.id] = state.version;
+  }
+  Prune(folder);
+  const absl::Time end = clock_->Now();
+  if (observer_ != nullptr) observer_->OnCheckpointWritten(state.id, meta.bytes, end - start, end);
+  return CheckpointResult{state.version, path, meta.bytes};
+}
+
+void Checkpointer::Prune(const std::string& folder) {
+  const auto files = Files(folder);
+  std::error_code error;
+  for (size_t i = static_cast<size_t>(options_.keep); i < files.size(); ++i) {
+    fs::remove(files[i].second, error);
+  }
+}
+
+void Checkpointer::CheckpointAll(CheckpointReason reason) {
+  for (const std::shared_ptr<Session>& s : store_->List("", std::numeric_limits<int>::max())) {
+    const int64_t version = s->Info().version;
+    if (version == DurableVersion(s->id())) continue;
+    (void)Checkpoint(*s, reason);
+  }
+}
+
+void Checkpointer::Forget(absl::string_view id) {
+  {
+    absl::MutexLock write(&write_mu_);
+    std::error_code error;
+    fs::remove_all(FolderOf(id), error);
+  }
+  absl::MutexLock lock(&mu_);
+  durable_.erase(id);
+}
+
+absl::StatusOr<SessionState> Checkpointer::Read(const std::string& path) const {
+  return ReadCheckpointFile(path, *codec_);
+}
+
+int64_t Checkpointer::DurableVersion(absl::string_view id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = durable_.find(id);
+  return it == durable_.end() ? -1 : it->second;
+}
+
+void Checkpointer::Start() {
+  if (options_.interval <= absl::ZeroDuration() || thread_.joinable()) return;
+  thread_ = std::thread([this] { Run(); });
+}
+
+void Checkpointer::Run() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+      if (clock_->AwaitWithDeadline(&mu_, absl::Condition(&stop),
+                                    clock_->Now() + options_.interval)) {
+        return;
+      }
+    }
+    CheckpointAll(CheckpointReason::kInterval);
+  }
+}
+
+}  // namespace optd

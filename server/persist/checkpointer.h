@@ -1,0 +1,132 @@
+// File: checkpointer.h
+//
+// Checkpointer: durability of a SessionStore's sessions in a directory (--checkpoint_dir). Each
+// session has a folder "session-<id>" of checkpoint files named by version
+// ("00000000000000000042.ckpt", checkpoint_file.h); the newest `keep` are kept.
+//
+//   - Restore() loads, at start-up, every session it finds: the newest checkpoint that reads back
+//     whole (a torn or corrupt newest one is logged, counted, and the previous one used).
+//   - Checkpoint(session) writes one now and returns when it is durable (the Checkpoint RPC).
+//   - Start() runs a thread that checkpoints every session whose version moved, every `interval`.
+//   - CheckpointAll() writes every session (graceful shutdown).
+//   - Forget(id) removes a deleted session's folder, so a restart does not bring it back.
+//   - Read(path) reads any checkpoint file (CreateSession from a checkpoint: a fork).
+//
+// A checkpoint is a consistent cut: Session::Snapshot copies the state at one version under the
+// session's lock (parameters are shared, not copied); the file is written outside every lock, so
+// steps wait only for that copy. Failures (full disk, unwritable folder, a file removed under
+// optd) leave older checkpoints intact, are logged and reported, and training goes on.
+//
+// Who uses it: OptdServer and main.cc. Thread-safe: mu_ serialises writes (one checkpoint at a
+// time) and guards the versions written; the observer hears of every write and failure.
+
+#ifndef OPTD_SERVER_PERSIST_CHECKPOINTER_H_
+#define OPTD_SERVER_PERSIST_CHECKPOINTER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "base/clock.h"
+#include "server/persist/checkpoint_file.h"
+#include "server/session/session_store.h"
+
+namespace optd {
+
+struct CheckpointerOptions {
+  std::string dir;                             // must exist or be creatable, and writable
+  absl::Duration interval = absl::Minutes(5);  // 0: no periodic checkpoints
+  int keep = 3;                                // checkpoints kept per session, >= 1
+};
+
+// Why a checkpoint was written, for logs and metrics.
+enum class CheckpointReason { kInterval, kRequest, kShutdown, kIdle };
+absl::string_view CheckpointReasonName(CheckpointReason reason);
+
+// Hears of checkpoints (server/metrics implements it). Called outside every lock; thread-safe.
+class CheckpointObserver {
+ public:
+  virtual ~CheckpointObserver() = default;
+  virtual void OnCheckpointWritten(absl::string_view session_id, int64_t bytes, absl::Duration took,
+                                   absl::Time when) {}
+  // `error` is the status's code name, in snake case ("resource_exhausted", "permission_denied").
+  virtual void OnCheckpointFailed(absl::string_view session_id, absl::string_view error) {}
+  // A checkpoint could not be read back at restore time and an older one (or none) was used.
+  virtual void OnCheckpointSkipped(absl::string_view session_id) {}
+};
+
+struct CheckpointResult {
+  int64_t version = 0;
+  std::string path;
+  int64_t bytes = 0;
+};
+
+class Checkpointer {
+ public:
+  // Checks that `options.dir` can be used (creating it if missing): FailedPrecondition naming the
+  // folder and the reason otherwise (optd then refuses to start). `store`, `codec`, `clock` and
+  // `observer` (may be null) must outlive the checkpointer.
+  static absl::StatusOr<std::unique_ptr<Checkpointer>> Open(
+      CheckpointerOptions options, SessionStore* store, const ConfigCodec* codec,
+      std::string server_incarnation, Clock* clock, CheckpointObserver* observer);
+  ~Checkpointer();  // stops the periodic thread
+
+  // Loads every session of the folder into the store; returns how many. Sessions that cannot be
+  // read at all are logged and skipped (never a silent empty server: the log names them).
+  absl::StatusOr<int> Restore();
+
+  absl::StatusOr<CheckpointResult> Checkpoint(const Session& session, CheckpointReason reason);
+
+  // Checkpoints every session of the store whose version moved since its last checkpoint.
+  void CheckpointAll(CheckpointReason reason);
+
+  // Removes the checkpoints of session `id` (deleted).
+  void Forget(absl::string_view id);
+
+  // Reads the checkpoint at `path` (a file of this folder or any other).
+  absl::StatusOr<SessionState> Read(const std::string& path) const;
+
+  // The newest checkpointed version of session `id`, or -1.
+  int64_t DurableVersion(absl::string_view id) const;
+
+  // Starts the periodic thread (options.interval > 0).
+  void Start();
+
+  const std::string& dir() const { return options_.dir; }
+
+ private:
+  Checkpointer(CheckpointerOptions options, SessionStore* store, const ConfigCodec* codec,
+               std::string server_incarnation, Clock* clock, CheckpointObserver* observer);
+
+  std::string FolderOf(absl::string_view id) const;
+  // The checkpoint files of a session's folder, newest first.
+  std::vector<std::pair<int64_t, std::string>> Files(const std::string& folder) const;
+  void Prune(const std::string& folder);
+  void Run();
+
+  const CheckpointerOptions options_;
+  SessionStore* const store_;
+  const ConfigCodec* const codec_;
+  const std::string server_incarnation_;
+  Clock* const clock_;
+  CheckpointObserver* const observer_;
+
+  absl::Mutex write_mu_;  // one checkpoint written at a time
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, int64_t> durable_ ABSL_GUARDED_BY(mu_);  // id -> version
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace optd
+
+#endif  // OPTD_SERVER_PERSIST_CHECKPOINTER_H_
