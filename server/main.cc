@@ -46,6 +46,15 @@ ABSL_FLAG(int64_t, max_memory_bytes, 0,
 ABSL_FLAG(absl::Duration, session_idle_timeout, absl::ZeroDuration(),
           "Unload (delete) a session that no worker has stepped, pulled, joined or updated for "
           "this long, e.g. 24h; its workers then get NOT_FOUND saying so. 0: never.");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "Folder of session checkpoints (durability). Empty: sessions live in memory only. Set: "
+          "every session found there is restored before optd serves, each session is "
+          "checkpointed every --checkpoint_interval (if it moved), on the Checkpoint RPC and at "
+          "shutdown. An unusable folder is an error at start-up.");
+ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Minutes(5),
+          "How often sessions that moved are checkpointed; 0: only on request and at shutdown. "
+          "What a SIGKILL loses: the steps after the last checkpoint.");
+ABSL_FLAG(int, checkpoint_keep, 3, "Checkpoints kept per session (the newest), >= 1.");
 ABSL_FLAG(int64_t, max_session_parameters, 0,
           "Most parameters (elements of all tensors) one session may hold; CreateSession beyond "
           "it fails with RESOURCE_EXHAUSTED. 0: no limit but the memory budget.");
@@ -70,7 +79,8 @@ int main(int argc, char** argv) {
       "Usage: optd [--listen=127.0.0.1:50051] [--max_message_bytes=N] [--max_sessions=N]\n"
       "            [--metrics_listen=127.0.0.1:9464] [--metrics_max_sessions=N]\n"
       "            [--max_memory_bytes=N] [--max_session_parameters=N]\n"
-      "            [--session_idle_timeout=0]\n"
+      "            [--session_idle_timeout=0] [--checkpoint_dir=DIR]\n"
+      "            [--checkpoint_interval=5m] [--checkpoint_keep=3]\n"
       "            [--shutdown_grace=10s]\n"
       "       optd --version");
   absl::FlagsUsageConfig usage;
@@ -101,12 +111,21 @@ int main(int argc, char** argv) {
   options.store.idle_timeout = absl::GetFlag(FLAGS_session_idle_timeout);
   std::string budget_source = "--max_memory_bytes";
   options.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
-  if (options.max_memory_bytes == 0) {
+  const bool default_budget = options.max_memory_bytes == 0;
+  if (default_budget) {
+    // A first estimate, for the sessions restored at start-up; measured again below, once gRPC's
+    // threads and buffers are mapped (they count against an address-space limit).
     options.max_memory_bytes = optd::DefaultMemoryBudget(&budget_source);
   } else if (options.max_memory_bytes < 0) {
     std::fprintf(stderr, "optd: --max_memory_bytes = %lld is out of range: must be >= 0\n",
                  static_cast<long long>(options.max_memory_bytes));
     return 2;
+  }
+  if (const std::string dir = absl::GetFlag(FLAGS_checkpoint_dir); !dir.empty()) {
+    options.checkpoints.emplace();
+    options.checkpoints->dir = dir;
+    options.checkpoints->interval = absl::GetFlag(FLAGS_checkpoint_interval);
+    options.checkpoints->keep = absl::GetFlag(FLAGS_checkpoint_keep);
   }
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   if (!metrics_listen.empty()) {
@@ -128,8 +147,18 @@ int main(int argc, char** argv) {
   // Scripts and tests read the bound port from this line.
   std::printf("optd listening on %s:%d\n", host.c_str(), (*server)->port());
   std::fflush(stdout);
+  if (default_budget) {
+    // What the running process has mapped now is what the budget must leave room for.
+    const int64_t measured = optd::DefaultMemoryBudget(&budget_source);
+    (*server)->budget().set_limit(measured);
+    options.max_memory_bytes = measured;
+  }
   std::fprintf(stderr, "optd: memory budget %lld bytes (%s)\n",
                static_cast<long long>(options.max_memory_bytes), budget_source.c_str());
+  if ((*server)->checkpointer() != nullptr) {
+    std::fprintf(stderr, "optd: %d sessions restored from %s\n", (*server)->restored_sessions(),
+                 (*server)->checkpointer()->dir().c_str());
+  }
 
   std::thread waiter([&] {
     int signal = 0;
@@ -149,5 +178,8 @@ int main(int argc, char** argv) {
   (*server)->Wait();
   waiter.join();
   std::fprintf(stderr, "optd: stopped\n");
-  return 0;
+  std::fflush(nullptr);
+  // Every call has ended and every checkpoint is written: exit now, rather than wait in gRPC's
+  // own teardown (it can sit seconds in an idle executor thread after a large message).
+  std::_Exit(0);
 }

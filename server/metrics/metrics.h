@@ -57,6 +57,7 @@ class Metrics {
 
   // The observer to give to the SessionStore.
   PrometheusSessionObserver* session_observer() { return sessions_.get(); }
+  CheckpointObserver* checkpoint_observer() { return sessions_.get(); }
 
   // The exporter's port, 0 without an exporter.
   int port() const { return port_; }

@@ -104,7 +104,8 @@ struct PrometheusSessionObserver::Series {
         learning_rate(o.learning_rate_, labels),
         loss(o.loss_, labels),
         state_bytes(o.state_bytes_, labels),
-        memory_bytes(o.memory_bytes_, labels) {
+        memory_bytes(o.memory_bytes_, labels),
+        checkpoint_time(o.checkpoint_time_, labels) {
     for (size_t i = 0; i < kReasons.size(); ++i) {
       prometheus::Labels with_reason = labels;
       with_reason.emplace("reason", std::string(RefusalReasonName(kReasons[i])));
@@ -134,6 +135,7 @@ struct PrometheusSessionObserver::Series {
   LazyGauge loss;
   LazyGauge state_bytes;
   LazyGauge memory_bytes;
+  LazyGauge checkpoint_time;
 };
 
 PrometheusSessionObserver::PrometheusSessionObserver(prometheus::Registry& registry,
@@ -225,6 +227,33 @@ PrometheusSessionObserver::PrometheusSessionObserver(prometheus::Registry& regis
                           "--session_idle_timeout.")
                     .Register(registry)
                     .Add({{"reason", "idle"}})),
+      checkpoint_time_(prometheus::BuildGauge()
+                           .Name("optd_checkpoint_last_success_timestamp_seconds")
+                           .Help("Unix time at which the session's newest checkpoint became "
+                                 "durable.")
+                           .Register(registry)),
+      checkpoint_seconds_(prometheus::BuildHistogram()
+                              .Name("optd_checkpoint_duration_seconds")
+                              .Help("Time to snapshot a session and write its checkpoint durably.")
+                              .Register(registry)
+                              .Add({}, prometheus::Histogram::BucketBoundaries{
+                                           0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300})),
+      checkpoint_bytes_(prometheus::BuildCounter()
+                            .Name("optd_checkpoint_written_bytes_total")
+                            .Help("Bytes of checkpoint files written.")
+                            .Register(registry)
+                            .Add({})),
+      checkpoint_failures_(prometheus::BuildCounter()
+                               .Name("optd_checkpoint_failures_total")
+                               .Help("Checkpoints that failed, by status code (older ones stay "
+                                     "intact).")
+                               .Register(registry)),
+      checkpoint_skipped_(prometheus::BuildCounter()
+                              .Name("optd_checkpoint_skipped_total")
+                              .Help("Checkpoints that could not be read back at start-up; an "
+                                    "older one was restored.")
+                              .Register(registry)
+                              .Add({})),
       sessions_(prometheus::BuildGauge()
                     .Name("optd_sessions")
                     .Help("Live sessions, by optimizer.")
@@ -272,7 +301,8 @@ void PrometheusSessionObserver::RemoveSeries(Series& s) {
   copy_bytes_.Remove(s.copy_bytes);
   for (Counter* c : s.refused) refused_.Remove(c);
   for (LazyGauge* g : {&s.gradient_norm, &s.update_norm, &s.parameter_norm, &s.update_ratio,
-                       &s.learning_rate, &s.loss, &s.state_bytes, &s.memory_bytes}) {
+                       &s.learning_rate, &s.loss, &s.state_bytes, &s.memory_bytes,
+                       &s.checkpoint_time}) {
     g->Remove();
   }
 }
@@ -322,6 +352,25 @@ bool PrometheusSessionObserver::WantsStepNorms(absl::string_view session_id,
   absl::ReaderMutexLock lock(&mu_);
   Series* s = Find(session_id);
   return s != nullptr && sampling_.Take(&s->norms_measured_ns, num_parameters);
+}
+
+void PrometheusSessionObserver::OnCheckpointWritten(absl::string_view session_id, int64_t bytes,
+                                                    absl::Duration took, absl::Time when) {
+  checkpoint_seconds_.Observe(absl::ToDoubleSeconds(took));
+  checkpoint_bytes_.Increment(static_cast<double>(bytes));
+  absl::ReaderMutexLock lock(&mu_);
+  if (Series* s = Find(session_id); s != nullptr) {
+    s->checkpoint_time.Set(absl::ToDoubleSeconds(when - absl::UnixEpoch()));
+  }
+}
+
+void PrometheusSessionObserver::OnCheckpointFailed(absl::string_view session_id,
+                                                   absl::string_view error) {
+  checkpoint_failures_.Add({{"reason", std::string(error)}}).Increment();
+}
+
+void PrometheusSessionObserver::OnCheckpointSkipped(absl::string_view session_id) {
+  checkpoint_skipped_.Increment();
 }
 
 void PrometheusSessionObserver::OnSessionUnloaded(absl::string_view session_id) {

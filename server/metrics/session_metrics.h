@@ -30,6 +30,14 @@
 //   optd_sessions{optimizer}         gauge      live sessions (every known optimizer, from 0)
 //   optd_metrics_other_sessions      gauge      live sessions aggregated under session="_other"
 //   optd_sessions_unloaded_total{reason="idle"}  counter  sessions unloaded for being idle
+//   optd_checkpoint_last_success_timestamp_seconds{session,optimizer}  gauge  Unix time of the
+//                                               session's newest durable checkpoint
+//   optd_checkpoint_duration_seconds  histogram  time to snapshot and write one checkpoint
+//   optd_checkpoint_written_bytes_total  counter  bytes of checkpoint files written
+//   optd_checkpoint_failures_total{reason}  counter  failed checkpoints, by status code
+//                                               (resource_exhausted: disk full, ...)
+//   optd_checkpoint_skipped_total    counter    checkpoints that could not be read back at start-up
+//                                               (an older one was used)
 //
 // Series exist while the session does: counters, histograms and barrier_missing_workers are created
 // (at 0) with the session, so queries have data from the start; the "last value" gauges appear with
@@ -67,11 +75,12 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "server/metrics/norms_sampling.h"
+#include "server/persist/checkpointer.h"
 #include "server/session/session_observer.h"
 
 namespace optd {
 
-class PrometheusSessionObserver final : public SessionObserver {
+class PrometheusSessionObserver final : public SessionObserver, public CheckpointObserver {
  public:
   // The session label of sessions beyond the bound.
   static constexpr char kOtherSession[] = "_other";
@@ -94,6 +103,12 @@ class PrometheusSessionObserver final : public SessionObserver {
   void OnRequest(const RequestEvent& event) override;
   void OnRefused(absl::string_view session_id, RefusalReason reason) override;
   void OnBarrier(absl::string_view session_id, double wait_seconds, int missing_workers) override;
+
+  // CheckpointObserver.
+  void OnCheckpointWritten(absl::string_view session_id, int64_t bytes, absl::Duration took,
+                           absl::Time when) override;
+  void OnCheckpointFailed(absl::string_view session_id, absl::string_view error) override;
+  void OnCheckpointSkipped(absl::string_view session_id) override;
 
   // Sessions labelled with their own id right now (for tests).
   int labelled_sessions() const;
@@ -130,6 +145,11 @@ class PrometheusSessionObserver final : public SessionObserver {
   prometheus::Family<prometheus::Gauge>& state_bytes_;
   prometheus::Family<prometheus::Gauge>& memory_bytes_;
   prometheus::Counter& unloaded_;
+  prometheus::Family<prometheus::Gauge>& checkpoint_time_;
+  prometheus::Histogram& checkpoint_seconds_;
+  prometheus::Counter& checkpoint_bytes_;
+  prometheus::Family<prometheus::Counter>& checkpoint_failures_;
+  prometheus::Counter& checkpoint_skipped_;
   prometheus::Family<prometheus::Gauge>& sessions_;
   prometheus::Gauge& other_sessions_;
 

@@ -222,6 +222,15 @@ absl::StatusOr<SessionState> Checkpointer::Read(const std::string& path) const {
   return ReadCheckpointFile(path, *codec_);
 }
 
+absl::StatusOr<std::string> Checkpointer::NewestFile(absl::string_view id) const {
+  const auto files = Files(FolderOf(id));
+  if (files.empty()) {
+    return absl::NotFoundError(absl::StrCat("session ", id, " has no checkpoint in ",
+                                            options_.dir));
+  }
+  return files.front().second;
+}
+
 int64_t Checkpointer::DurableVersion(absl::string_view id) const {
   absl::MutexLock lock(&mu_);
   auto it = durable_.find(id);

@@ -95,6 +95,9 @@ class Checkpointer {
   // Reads the checkpoint at `path` (a file of this folder or any other).
   absl::StatusOr<SessionState> Read(const std::string& path) const;
 
+  // The newest checkpoint file of session `id`; NotFound if it has none.
+  absl::StatusOr<std::string> NewestFile(absl::string_view id) const;
+
   // The newest checkpointed version of session `id`, or -1.
   int64_t DurableVersion(absl::string_view id) const;
 

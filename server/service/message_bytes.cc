@@ -381,9 +381,12 @@ void SerializeStepResponse(StepOutput out, grpc::ByteBuffer* bytes) {
   writer.Finish(bytes);
 }
 
-void SerializePullResponse(PullOutput out, grpc::ByteBuffer* bytes) {
+void SerializePullResponse(PullOutput out, const std::string& server_incarnation,
+                           int64_t durable_version, grpc::ByteBuffer* bytes) {
   v1::PullResponse header;
   header.set_version(out.version);
+  header.set_server_incarnation(server_incarnation);
+  header.set_durable_version(durable_version);
   SliceWriter writer;
   TensorsWriter(header, v1::PullResponse::kTensorsFieldNumber, std::move(out.tensors))
       .WriteTo(&writer);

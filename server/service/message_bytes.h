@@ -74,8 +74,10 @@ void SerializeStepResponse(StepOutput out, grpc::ByteBuffer* bytes);
 // The same as a StreamStepsResponse whose `reply` it is.
 void SerializeStreamStepsReply(StepOutput out, grpc::ByteBuffer* bytes);
 
-// Serializes `out` as a PullResponse into `*bytes`, taking its tensors' bytes.
-void SerializePullResponse(PullOutput out, grpc::ByteBuffer* bytes);
+// Serializes `out` as a PullResponse into `*bytes`, taking its tensors' bytes, with the server's
+// incarnation and the session's durable version.
+void SerializePullResponse(PullOutput out, const std::string& server_incarnation,
+                           int64_t durable_version, grpc::ByteBuffer* bytes);
 
 }  // namespace optd
 

@@ -66,6 +66,8 @@ StepOutput OutputOf(const v1::StepResponse& reply,
   out.workers = reply.workers();
   out.missing_workers.assign(reply.missing_workers().begin(), reply.missing_workers().end());
   out.staleness = reply.staleness();
+  out.durable_version = reply.durable_version();
+  out.server_incarnation = reply.server_incarnation();
   for (int i = 0; i < reply.parameters_size(); ++i) {
     const v1::Tensor& t = reply.parameters(i);
     WireTensor w{t.name(), {t.shape().begin(), t.shape().end()}, static_cast<WireDType>(t.dtype())};

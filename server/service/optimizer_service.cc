@@ -115,6 +115,8 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   void Reply(absl::StatusOr<StepOutput> out) {
     absl::Status status = out.status();
     if (out.ok()) {
+      out->server_incarnation = service_->server_incarnation();
+      out->durable_version = service_->DurableVersion(request_.message.session_id());
       status = Guarded("StreamSteps", [&] {
         SerializeStreamStepsReply(*std::move(out), &write_);
         return absl::OkStatus();
@@ -127,6 +129,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
       error->set_message(std::string(status.message()));
       error->set_current_version(CurrentVersionOf(status));
       error->set_rejoin(NeedsRejoin(status));
+      error->set_server_incarnation(service_->server_incarnation());
       SerializeMessage(response, &write_);
     }
     call_.Sent();
@@ -160,6 +163,9 @@ struct StepCall {
 
 absl::Status OptimizerServiceImpl::DoCreateSession(const v1::CreateSessionRequest& request,
                                                    v1::Session* response) {
+  if (!request.from_checkpoint().empty() || !request.from_session_checkpoint().empty()) {
+    return DoFork(request, response);
+  }
   if (!request.session_id().empty()) {
     if (absl::Status s = ValidateSessionId(request.session_id()); !s.ok()) return s;
   }
@@ -170,7 +176,7 @@ absl::Status OptimizerServiceImpl::DoCreateSession(const v1::CreateSessionReques
   absl::StatusOr<std::shared_ptr<Session>> session =
       store_->Create(request.session_id(), *std::move(config), *tensors);
   if (!session.ok()) return session.status();
-  SessionInfoToProto((*session)->Info(), response);
+  Describe(**session, response);
   return absl::OkStatus();
 }
 
@@ -178,7 +184,7 @@ absl::Status OptimizerServiceImpl::DoGetSession(const v1::GetSessionRequest& req
                                                 v1::Session* response) {
   absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
   if (!session.ok()) return session.status();
-  SessionInfoToProto((*session)->Info(), response);
+  Describe(**session, response);
   return absl::OkStatus();
 }
 
@@ -199,9 +205,9 @@ absl::Status OptimizerServiceImpl::DoListSessions(const v1::ListSessionsRequest&
   size_t bytes = 0;
   for (size_t i = 0; i < sessions.size(); ++i) {
     v1::Session described;
-    SessionInfoToProto(sessions[i]->Info(), &described);
+    Describe(*sessions[i], &described);
     bytes += described.ByteSizeLong() + 16;
-    if (i > 0 && bytes + 1024 > max_reply_bytes_) {
+    if (i > 0 && bytes + 1024 > static_cast<size_t>(options_.max_reply_bytes)) {
       sessions.resize(i);
       more = true;
       break;
@@ -233,7 +239,7 @@ absl::Status OptimizerServiceImpl::DoUpdateSession(const v1::UpdateSessionReques
     update.clipping = *clipping;
   }
   if (absl::Status s = (*session)->Update(update); !s.ok()) return s;
-  SessionInfoToProto((*session)->Info(), response);
+  Describe(**session, response);
   return absl::OkStatus();
 }
 
@@ -252,7 +258,88 @@ absl::StatusOr<PullOutput> OptimizerServiceImpl::DoPull(const v1::PullRequest& r
 
 absl::Status OptimizerServiceImpl::DoDeleteSession(const v1::DeleteSessionRequest& request,
                                                    v1::DeleteSessionResponse* response) {
-  return store_->Delete(request.session_id());
+  if (absl::Status s = store_->Delete(request.session_id()); !s.ok()) return s;
+  // A deleted session must not come back at the next start.
+  if (options_.checkpointer != nullptr) options_.checkpointer->Forget(request.session_id());
+  return absl::OkStatus();
+}
+
+absl::Status OptimizerServiceImpl::DoCheckpoint(const v1::CheckpointRequest& request,
+                                                v1::CheckpointResponse* response) {
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
+  if (!session.ok()) return session.status();
+  if (options_.checkpointer == nullptr) {
+    return absl::FailedPreconditionError(
+        "this server keeps no checkpoints: start it with --checkpoint_dir");
+  }
+  absl::StatusOr<CheckpointResult> result =
+      options_.checkpointer->Checkpoint(**session, CheckpointReason::kRequest);
+  if (!result.ok()) return result.status();
+  response->set_version(result->version);
+  response->set_path(result->path);
+  response->set_bytes(result->bytes);
+  return absl::OkStatus();
+}
+
+absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& request,
+                                          v1::Session* response) {
+  if (options_.checkpointer == nullptr) {
+    return absl::FailedPreconditionError(
+        "this server keeps no checkpoints (--checkpoint_dir): it cannot create a session from one");
+  }
+  if (!request.from_checkpoint().empty() && !request.from_session_checkpoint().empty()) {
+    return absl::InvalidArgumentError(
+        "from_checkpoint and from_session_checkpoint are both set; give one");
+  }
+  if (request.tensors_size() > 0) {
+    return absl::InvalidArgumentError(
+        "tensors must be empty when the session starts from a checkpoint");
+  }
+  if (request.session_id().empty()) {
+    return absl::InvalidArgumentError("session_id is required with a checkpoint");
+  }
+  if (absl::Status s = ValidateSessionId(request.session_id()); !s.ok()) return s;
+  std::string path = request.from_checkpoint();
+  if (path.empty()) {
+    if (absl::Status s = ValidateSessionId(request.from_session_checkpoint()); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("from_", s.message()));
+    }
+    absl::StatusOr<std::string> newest =
+        options_.checkpointer->NewestFile(request.from_session_checkpoint());
+    if (!newest.ok()) return newest.status();
+    path = *newest;
+  }
+  absl::StatusOr<SessionState> state = options_.checkpointer->Read(path);
+  if (!state.ok()) return state.status();
+  state->id = request.session_id();
+  state->exactly_once = ExactlyOnceTable::State();  // the fork's workers join it afresh
+  state->sync_workers_seen.clear();
+  state->create_time = absl::Now();
+  if (request.config().has_optimizer()) {
+    if (absl::Status s = MergeOptimizerFromProto(request.config().optimizer(),
+                                                 /*require_same_kind=*/true, "config.",
+                                                 &state->config.optimizer);
+        !s.ok()) {
+      return s;
+    }
+    state->schedule.base_lr = BaseLearningRate(state->config.optimizer);
+    state->schedule.plateau_lr = state->schedule.base_lr;
+  }
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Restore(*std::move(state));
+  if (!session.ok()) return session.status();
+  Describe(**session, response);
+  return absl::OkStatus();
+}
+
+int64_t OptimizerServiceImpl::DurableVersion(absl::string_view session_id) const {
+  return options_.checkpointer == nullptr ? -1
+                                          : options_.checkpointer->DurableVersion(session_id);
+}
+
+void OptimizerServiceImpl::Describe(const Session& session, v1::Session* out) const {
+  SessionInfoToProto(session.Info(), out);
+  out->set_server_incarnation(options_.server_incarnation);
+  out->set_durable_version(DurableVersion(session.id()));
 }
 
 absl::Status OptimizerServiceImpl::DoJoinSession(const v1::JoinSessionRequest& request,
@@ -264,6 +351,7 @@ absl::Status OptimizerServiceImpl::DoJoinSession(const v1::JoinSessionRequest& r
   response->set_worker_incarnation(joined->worker_incarnation);
   response->set_next_sequence(1);
   response->set_version(joined->version);
+  response->set_server_incarnation(options_.server_incarnation);
   return absl::OkStatus();
 }
 
@@ -338,6 +426,13 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::JoinSession(grpc::CallbackServer
                &OptimizerServiceImpl::DoJoinSession);
 }
 
+grpc::ServerUnaryReactor* OptimizerServiceImpl::Checkpoint(grpc::CallbackServerContext* context,
+                                                           const grpc::ByteBuffer* request,
+                                                           grpc::ByteBuffer* response) {
+  return Unary(context, request, response, checkpoint_series_, "Checkpoint",
+               &OptimizerServiceImpl::DoCheckpoint);
+}
+
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Pull(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request_bytes,
                                                      grpc::ByteBuffer* response) {
@@ -347,7 +442,8 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Pull(grpc::CallbackServerContext
     status = Guarded("Pull", [&]() -> absl::Status {
       absl::StatusOr<PullOutput> out = DoPull(request);
       if (!out.ok()) return out.status();
-      SerializePullResponse(*std::move(out), response);
+      SerializePullResponse(*std::move(out), options_.server_incarnation,
+                            DurableVersion(request.session_id()), response);
       return absl::OkStatus();
     });
   }
@@ -361,7 +457,7 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
   auto call = std::make_unique<StepCall>(step_series_);
   // The request's bytes count against the memory budget until the call is answered.
   absl::StatusOr<MemoryReservation> held =
-      budget_->Reserve(static_cast<int64_t>(request->Length()), "a Step request");
+      options_.budget->Reserve(static_cast<int64_t>(request->Length()), "a Step request");
   // gRPC hands the request over and drops it after the call: parsing may consume it.
   absl::Status parsed =
       held.ok() ? ParseStepRequest(const_cast<grpc::ByteBuffer*>(request), &call->request)
@@ -372,8 +468,9 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
   }
   call->held = *std::move(held);
   StepCall* const started = call.get();
-  StartStep(started->request, [context, reactor, response,
+  StartStep(started->request, [this, context, reactor, response,
                                call = std::move(call)](absl::StatusOr<StepOutput> out) mutable {
+    context->AddTrailingMetadata("optd-server-incarnation", options_.server_incarnation);
     const int64_t current_version = CurrentVersionOf(out.status());
     if (current_version >= 0) {
       context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
@@ -381,6 +478,8 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
     if (NeedsRejoin(out.status())) context->AddTrailingMetadata("optd-rejoin", "1");
     absl::Status status = out.status();
     if (out.ok()) {
+      out->server_incarnation = options_.server_incarnation;
+      out->durable_version = DurableVersion(call->request.message.session_id());
       status = Guarded("Step", [&] {
         SerializeStepResponse(*std::move(out), response);
         return absl::OkStatus();
@@ -398,11 +497,10 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OptimizerServiceImp
 
 OptimizerServiceImpl::OptimizerServiceImpl(SessionStore* store,
                                            const GrpcServerMetrics* grpc_metrics,
-                                           MemoryBudget* budget, int64_t max_reply_bytes)
+                                           OptimizerServiceOptions options)
     : store_(store),
       grpc_metrics_(grpc_metrics),
-      budget_(budget),
-      max_reply_bytes_(static_cast<size_t>(max_reply_bytes)),
+      options_(std::move(options)),
       create_session_series_(MethodSeries("CreateSession")),
       get_session_series_(MethodSeries("GetSession")),
       list_sessions_series_(MethodSeries("ListSessions")),
@@ -410,6 +508,7 @@ OptimizerServiceImpl::OptimizerServiceImpl(SessionStore* store,
       delete_session_series_(MethodSeries("DeleteSession")),
       pull_series_(MethodSeries("Pull")),
       join_session_series_(MethodSeries("JoinSession")),
+      checkpoint_series_(MethodSeries("Checkpoint")),
       step_series_(MethodSeries("Step")),
       stream_steps_series_(MethodSeries("StreamSteps")) {}
 

@@ -37,6 +37,7 @@
 #ifndef OPTD_SERVER_SERVICE_OPTIMIZER_SERVICE_H_
 #define OPTD_SERVER_SERVICE_OPTIMIZER_SERVICE_H_
 
+#include <string>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -44,6 +45,7 @@
 #include "optd/v1/optd.grpc.pb.h"
 #include "server/metrics/grpc_metrics_interceptor.h"
 #include "server/service/message_bytes.h"
+#include "server/persist/checkpointer.h"
 #include "server/session/session_store.h"
 
 namespace optd {
@@ -60,15 +62,23 @@ using OptimizerCallbackService = v1::Optimizer::WithRawCallbackMethod_CreateSess
                         v1::Optimizer::WithRawCallbackMethod_Step<
                             v1::Optimizer::WithRawCallbackMethod_StreamSteps<
                                 v1::Optimizer::WithRawCallbackMethod_JoinSession<
-                                    v1::Optimizer::Service>>>>>>>>>;
+                                    v1::Optimizer::WithRawCallbackMethod_Checkpoint<
+                                        v1::Optimizer::Service>>>>>>>>>>;
+
+// What the service needs besides the store and the metrics.
+struct OptimizerServiceOptions {
+  MemoryBudget* budget = MemoryBudget::Unlimited();  // pays for requests in flight
+  int64_t max_reply_bytes = int64_t{1} << 31;        // bounds ListSessions pages
+  Checkpointer* checkpointer = nullptr;              // null: no --checkpoint_dir
+  std::string server_incarnation;                    // in every reply
+};
 
 class OptimizerServiceImpl final : public OptimizerCallbackService {
  public:
-  // `store` and `budget` (which pays for requests in flight) must outlive the service; so must
-  // `grpc_metrics`, which may be null (metrics off). `max_reply_bytes` bounds ListSessions pages.
+  // `store`, `grpc_metrics` (may be null: metrics off) and the options' budget and checkpointer
+  // must outlive the service.
   OptimizerServiceImpl(SessionStore* store, const GrpcServerMetrics* grpc_metrics = nullptr,
-                       MemoryBudget* budget = MemoryBudget::Unlimited(),
-                       int64_t max_reply_bytes = int64_t{1} << 31);
+                       OptimizerServiceOptions options = OptimizerServiceOptions());
 
   using Reactor = grpc::ServerUnaryReactor;
   Reactor* CreateSession(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
@@ -83,6 +93,8 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
                          grpc::ByteBuffer* response) override;
   Reactor* JoinSession(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                        grpc::ByteBuffer* response) override;
+  Reactor* Checkpoint(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                      grpc::ByteBuffer* response) override;
   Reactor* Pull(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                 grpc::ByteBuffer* response) override;
   Reactor* Step(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
@@ -90,7 +102,10 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamSteps(
       grpc::CallbackServerContext* context) override;
 
-  MemoryBudget* budget() const { return budget_; }
+  MemoryBudget* budget() const { return options_.budget; }
+  const std::string& server_incarnation() const { return options_.server_incarnation; }
+  // The session's newest checkpointed version, or -1.
+  int64_t DurableVersion(absl::string_view session_id) const;
 
   // The work of one Step, shared by Step and StreamSteps: finds the session and steps it; `done` is
   // called exactly once, when the step is answered: at once, or (SYNC) when its barrier
@@ -114,6 +129,12 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
                                v1::DeleteSessionResponse* response);
   absl::Status DoJoinSession(const v1::JoinSessionRequest& request,
                              v1::JoinSessionResponse* response);
+  absl::Status DoCheckpoint(const v1::CheckpointRequest& request,
+                            v1::CheckpointResponse* response);
+  // CreateSession from a checkpoint (a fork).
+  absl::Status DoFork(const v1::CreateSessionRequest& request, v1::Session* response);
+  // The session's description, with the server's incarnation and its durable version.
+  void Describe(const Session& session, v1::Session* out) const;
   absl::StatusOr<PullOutput> DoPull(const v1::PullRequest& request);
 
   // The series of one of this service's methods ("Step") if the service records it
@@ -122,8 +143,7 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
 
   SessionStore* const store_;
   const GrpcServerMetrics* const grpc_metrics_;
-  MemoryBudget* const budget_;
-  const size_t max_reply_bytes_;
+  const OptimizerServiceOptions options_;
   // Looked up once: the series of each method (null without metrics).
   const GrpcServerMetrics::MethodMetrics* const create_session_series_;
   const GrpcServerMetrics::MethodMetrics* const get_session_series_;
@@ -132,6 +152,7 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
   const GrpcServerMetrics::MethodMetrics* const delete_session_series_;
   const GrpcServerMetrics::MethodMetrics* const pull_series_;
   const GrpcServerMetrics::MethodMetrics* const join_session_series_;
+  const GrpcServerMetrics::MethodMetrics* const checkpoint_series_;
   const GrpcServerMetrics::MethodMetrics* const step_series_;
   const GrpcServerMetrics::MethodMetrics* const stream_steps_series_;
 };

@@ -429,6 +429,8 @@ void StepOutputToProto(const StepOutput& output, v1::StepResponse* out) {
   for (const std::string& w : output.missing_workers) out->add_missing_workers(w);
   out->set_staleness(output.staleness);
   out->set_non_finite_parameters(output.non_finite_parameters);
+  out->set_server_incarnation(output.server_incarnation);
+  out->set_durable_version(output.durable_version);
   for (const std::string& t : output.non_finite_tensors) out->add_non_finite_tensors(t);
 }
 

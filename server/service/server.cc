@@ -9,6 +9,9 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "absl/random/random.h"
+#include "absl/strings/str_format.h"
+#include "server/service/config_codec.h"
 #include "server/service/optimizer_service.h"
 
 namespace optd {
@@ -60,13 +63,42 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
                                                    " is out of range: must be >= 1"));
   }
   server->budget_ = std::make_unique<MemoryBudget>(options.max_memory_bytes);
+  server->incarnation_ = absl::StrFormat("%016x", absl::Uniform<uint64_t>(absl::BitGen()));
+  server->codec_ = std::make_unique<ProtoJsonConfigCodec>();
   SessionStoreOptions store_options = options.store;
   store_options.max_reply_bytes = options.max_message_bytes;
+  OptdServer* const raw = server.get();
+  if (options.checkpoints.has_value()) {
+    store_options.before_unload = [raw](const Session& session) {
+      return raw->checkpointer_->Checkpoint(session, CheckpointReason::kIdle).status();
+    };
+    store_options.reload = [raw](absl::string_view id) -> absl::StatusOr<SessionState> {
+      absl::StatusOr<std::string> path = raw->checkpointer_->NewestFile(id);
+      if (!path.ok()) return path.status();
+      return raw->checkpointer_->Read(*path);
+    };
+  }
   server->store_ =
       std::make_unique<SessionStore>(store_options, observer, Clock::Real(), server->budget_.get());
+  if (options.checkpoints.has_value()) {
+    absl::StatusOr<std::unique_ptr<Checkpointer>> checkpointer = Checkpointer::Open(
+        *options.checkpoints, server->store_.get(), server->codec_.get(), server->incarnation_,
+        Clock::Real(),
+        server->metrics_ != nullptr ? server->metrics_->checkpoint_observer() : nullptr);
+    if (!checkpointer.ok()) return checkpointer.status();
+    server->checkpointer_ = *std::move(checkpointer);
+    absl::StatusOr<int> restored = server->checkpointer_->Restore();
+    if (!restored.ok()) return restored.status();
+    server->restored_ = *restored;
+  }
+  OptimizerServiceOptions service_options;
+  service_options.budget = server->budget_.get();
+  service_options.max_reply_bytes = options.max_message_bytes;
+  service_options.checkpointer = server->checkpointer_.get();
+  service_options.server_incarnation = server->incarnation_;
   server->service_ = std::make_unique<OptimizerServiceImpl>(
       server->store_.get(), server->metrics_ != nullptr ? &server->metrics_->grpc() : nullptr,
-      server->budget_.get(), options.max_message_bytes);
+      std::move(service_options));
   server->max_message_bytes_ = options.max_message_bytes;
 
   // Both are process-wide switches; they must be set before the first server is built.
@@ -93,6 +125,7 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
         ": the address is not valid here, or another process (another optd?) is listening on it"));
   }
   server->server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
+  if (server->checkpointer_ != nullptr) server->checkpointer_->Start();
   return server;
 }
 
@@ -114,6 +147,8 @@ void OptdServer::Shutdown(absl::Time deadline) {
   // Calls waiting at SYNC barriers would otherwise hold shutdown until the deadline.
   store_->CloseSyncSessions(absl::UnavailableError("the server is shutting down"));
   server_->Shutdown(absl::ToChronoTime(deadline));
+  // No call runs any more: the last steps are made durable.
+  if (checkpointer_ != nullptr) checkpointer_->CheckpointAll(CheckpointReason::kShutdown);
 }
 
 void OptdServer::Wait() { server_->Wait(); }

@@ -24,6 +24,7 @@
 #include "grpcpp/channel.h"
 #include "grpcpp/server.h"
 #include "server/metrics/metrics.h"
+#include "server/persist/checkpointer.h"
 #include "server/session/memory_budget.h"
 #include "server/session/session_store.h"
 
@@ -48,6 +49,12 @@ struct ServerOptions {
   // Sessions: their count, size per session, exactly-once table (max_reply_bytes is set from
   // max_message_bytes).
   SessionStoreOptions store;
+  // Durability (--checkpoint_dir): unset, sessions live in memory only. Set, every session found
+  // in the folder is restored before the server serves, checkpoints are written every interval
+  // and on request, deleted sessions' checkpoints are removed, idle sessions are checkpointed
+  // before they are unloaded (and loaded again when asked for), and Shutdown checkpoints every
+  // session that moved.
+  std::optional<CheckpointerOptions> checkpoints;
   // Prometheus metrics. Unset (the default, for tests and embedders): none are kept and no port is
   // opened. Set: every RPC and session event is recorded, and served on `metrics->listen` when
   // that is not empty (main.cc's --metrics_listen).
@@ -56,8 +63,10 @@ struct ServerOptions {
 
 class OptdServer {
  public:
-  // Builds and starts the server. Returns Unavailable if the address cannot be bound (another
-  // process listens on it: optd never shares a port) and InvalidArgument for bad options.
+  // Builds and starts the server (restoring checkpointed sessions first). Returns Unavailable if
+  // the address cannot be bound (another process listens on it: optd never shares a port),
+  // FailedPrecondition for a checkpoint folder it cannot use, and InvalidArgument for bad
+  // options.
   static absl::StatusOr<std::unique_ptr<OptdServer>> Start(const ServerOptions& options);
 
   // The gRPC service name, as the health service reports it.
@@ -79,8 +88,17 @@ class OptdServer {
   Metrics* metrics() { return metrics_.get(); }
 
   // Marks the services NOT_SERVING, stops accepting calls, lets in-flight calls finish until
-  // `deadline`, then cancels the rest.
+  // `deadline`, then cancels the rest; then checkpoints every session that moved (durability).
   void Shutdown(absl::Time deadline);
+
+  // This process's incarnation: random, new at every start, in every reply.
+  const std::string& incarnation() const { return incarnation_; }
+
+  // The checkpointer, or null without ServerOptions::checkpoints.
+  Checkpointer* checkpointer() { return checkpointer_.get(); }
+
+  // Sessions restored from checkpoints at start-up.
+  int restored_sessions() const { return restored_; }
 
   // Blocks until the server has shut down.
   void Wait();
@@ -92,7 +110,11 @@ class OptdServer {
   std::unique_ptr<MemoryBudget> budget_;
   std::unique_ptr<Metrics> metrics_;  // outlives the store and the server that report to it
   std::unique_ptr<SessionStore> store_;
+  std::unique_ptr<ConfigCodec> codec_;
+  std::unique_ptr<Checkpointer> checkpointer_;  // after the store: stops before it
   std::unique_ptr<OptimizerServiceImpl> service_;
+  std::string incarnation_;
+  int restored_ = 0;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   int64_t max_message_bytes_ = 0;

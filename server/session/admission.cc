@@ -51,10 +51,19 @@ absl::Status CheckStepRequest(const ConsistencyOptions& consistency, const StepI
 
 absl::StatusOr<int64_t> AdmitVersion(const ConsistencyOptions& consistency,
                                      std::optional<int64_t> version, int64_t current,
-                                     RefusalReason* reason) {
+                                     RefusalReason* reason, bool restored) {
   using Mode = ConsistencyOptions::Mode;
   *reason = RefusalReason::kInvalid;
   if (!version.has_value()) return 0;
+  if (*version > current && restored) {
+    *reason = RefusalReason::kStale;
+    return WithCurrentVersion(
+        absl::AbortedError(absl::StrCat(
+            "gradient computed at version ", *version, ", but the session is at version ", current,
+            ": it was restored from a checkpoint and the steps after it were lost. Pull and "
+            "recompute")),
+        current);
+  }
   if (*version > current) {
     return absl::InvalidArgumentError(absl::StrCat("version = ", *version,
                                                    " is ahead of the session, which is at version ",

@@ -33,9 +33,11 @@ absl::Status CheckStepRequest(const ConsistencyOptions& consistency, const StepI
 // The staleness of a gradient computed at `version` (0 when the request does not say), or the
 // refusal when `consistency` does not take it at the session's `current` version. On failure sets
 // `*reason`.
+// `restored`: the session was rebuilt from a checkpoint, so a version ahead of it is one the
+// server lost (Aborted, stale: pull and recompute), not a malformed request (InvalidArgument).
 absl::StatusOr<int64_t> AdmitVersion(const ConsistencyOptions& consistency,
                                      std::optional<int64_t> version, int64_t current,
-                                     RefusalReason* reason);
+                                     RefusalReason* reason, bool restored = false);
 
 }  // namespace optd
 

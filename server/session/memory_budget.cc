@@ -38,10 +38,11 @@ MemoryBudget* MemoryBudget::Unlimited() {
 absl::StatusOr<MemoryReservation> MemoryBudget::Reserve(int64_t bytes, absl::string_view what) {
   if (bytes <= 0) return MemoryReservation(this, 0);
   int64_t used = in_use_.load(std::memory_order_relaxed);
+  const int64_t limit = limit_.load(std::memory_order_relaxed);
   do {
-    if (bytes > limit_ - used) {
+    if (bytes > limit - used) {
       return absl::ResourceExhaustedError(absl::StrCat(what, " needs ", bytes, " bytes; ", used,
-                                                       " of the server's memory budget of ", limit_,
+                                                       " of the server's memory budget of ", limit,
                                                        " bytes (--max_memory_bytes) are in use"));
     }
   } while (!in_use_.compare_exchange_weak(used, used + bytes, std::memory_order_relaxed));

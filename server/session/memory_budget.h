@@ -68,13 +68,16 @@ class MemoryBudget {
   // (--max_memory_bytes) are in use".
   absl::StatusOr<MemoryReservation> Reserve(int64_t bytes, absl::string_view what);
 
-  int64_t limit() const { return limit_; }
+  int64_t limit() const { return limit_.load(std::memory_order_relaxed); }
+
+  // Changes the limit (a measurement made after start-up); what is in use stays, even above it.
+  void set_limit(int64_t limit) { limit_.store(limit, std::memory_order_relaxed); }
   int64_t in_use() const { return in_use_.load(std::memory_order_relaxed); }
 
  private:
   friend class MemoryReservation;
 
-  const int64_t limit_;
+  std::atomic<int64_t> limit_;
   std::atomic<int64_t> in_use_{0};
 };
 

@@ -142,7 +142,7 @@ void Session::StepLocked(const StepInput& input, std::vector<Gradient> gradients
     }
   }
   RefusalReason reason;
-  absl::StatusOr<int64_t> staleness = AdmitVersion(consistency_, input.version, version_, &reason);
+  absl::StatusOr<int64_t> staleness = AdmitVersion(consistency_, input.version, version_, &reason, restored_);
   if (!staleness.ok()) return reports->Add(std::move(done), staleness.status(), bytes, -1, reason);
   for (const Gradient& g : gradients) {
     if (!g.sparse()) continue;

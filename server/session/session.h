@@ -290,6 +290,7 @@ class Session : public std::enable_shared_from_this<Session> {
   LrSchedule schedule_ ABSL_GUARDED_BY(mu_);
   ClipOptions clipping_ ABSL_GUARDED_BY(mu_);
   int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
+  bool restored_ ABSL_GUARDED_BY(mu_) = false;  // rebuilt from a SessionState
   absl::Status closed_ ABSL_GUARDED_BY(mu_);  // not OK once Close was called
   ExactlyOnceTable exactly_once_ ABSL_GUARDED_BY(mu_);
   SyncBarrier barrier_ ABSL_GUARDED_BY(mu_);

@@ -175,6 +175,7 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Restore(SessionState state,
   {
     absl::MutexLock lock(&session->mu_);
     session->version_ = state.version;
+    session->restored_ = true;
     session->exactly_once_ =
         ExactlyOnceTable::Import(std::move(state.exactly_once), env.exactly_once);
     session->barrier_.set_known_workers(std::move(state.sync_workers_seen));

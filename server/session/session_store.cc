@@ -67,10 +67,32 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Insert(std::shared_ptr<Se
   return session;
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionStore::Find(absl::string_view id) const {
+absl::StatusOr<std::shared_ptr<Session>> SessionStore::Find(absl::string_view id) {
+  absl::Time unloaded_at;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sessions_.find(id);
+    if (it != sessions_.end()) return it->second;
+    for (auto u = unloaded_.rbegin(); u != unloaded_.rend(); ++u) {
+      if (u->first == id) unloaded_at = u->second;
+    }
+  }
+  if (unloaded_at != absl::Time() && options_.reload) {
+    absl::StatusOr<SessionState> state = options_.reload(id);
+    if (state.ok()) {
+      absl::StatusOr<std::shared_ptr<Session>> session = Restore(*std::move(state));
+      if (session.ok()) {
+        absl::MutexLock lock(&mu_);
+        for (auto u = unloaded_.begin(); u != unloaded_.end();) {
+          u = u->first == id ? unloaded_.erase(u) : u + 1;
+        }
+        return session;
+      }
+      if (session.status().code() == absl::StatusCode::kAlreadyExists) return Find(id);
+      return session.status();
+    }
+  }
   absl::MutexLock lock(&mu_);
-  auto it = sessions_.find(id);
-  if (it != sessions_.end()) return it->second;
   for (auto u = unloaded_.rbegin(); u != unloaded_.rend(); ++u) {
     if (u->first != id) continue;
     return absl::NotFoundError(absl::StrCat(
@@ -120,6 +142,10 @@ void SessionStore::UnloadIdle() {
     if (now - s->last_used() >= options_.idle_timeout && !s->busy()) idle.push_back(s->id());
   }
   for (const std::string& id : idle) {
+    if (options_.before_unload) {
+      absl::StatusOr<std::shared_ptr<Session>> session = Find(id);
+      if (!session.ok() || !options_.before_unload(**session).ok()) continue;  // stays loaded
+    }
     const absl::Status gone = absl::UnavailableError(absl::StrCat(
         "session ", id, " was unloaded after ", absl::FormatDuration(options_.idle_timeout),
         " without use (--session_idle_timeout)"));

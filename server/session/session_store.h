@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -46,8 +47,12 @@ struct SessionStoreOptions {
   int64_t max_reply_bytes = 0;
   ExactlyOnceOptions exactly_once;
   // A session that nothing has stepped, pulled, joined or updated for this long is unloaded
-  // (--session_idle_timeout; deleted, until checkpoints exist). Zero: never.
+  // (--session_idle_timeout). Zero: never.
   absl::Duration idle_timeout = absl::ZeroDuration();
+  // With durability: called before a session is unloaded (it checkpoints it; an error keeps the
+  // session loaded), and to load an unloaded session again when a request names it.
+  std::function<absl::Status(const Session&)> before_unload;
+  std::function<absl::StatusOr<SessionState>(absl::string_view id)> reload;
 };
 
 class SessionStore {
@@ -80,7 +85,8 @@ class SessionStore {
   // Adds the session `state` describes (Session::Restore), under its own id.
   absl::StatusOr<std::shared_ptr<Session>> Restore(SessionState state);
 
-  absl::StatusOr<std::shared_ptr<Session>> Find(absl::string_view id) const;
+  // With SessionStoreOptions::reload, a session unloaded for being idle is loaded again here.
+  absl::StatusOr<std::shared_ptr<Session>> Find(absl::string_view id);
 
   // Removes the session and closes it: calls waiting at its SYNC barrier fail with Unavailable.
   absl::Status Delete(absl::string_view id);

@@ -69,6 +69,10 @@ struct StepOutput {
   std::vector<std::string> non_finite_tensors;
   // In creation order, as StepInput::return_mode asked.
   std::vector<WireTensor> parameters;
+  // Filled in by the service: the server process that answered, and the session's newest durable
+  // (checkpointed) version, -1 if none.
+  std::string server_incarnation;
+  int64_t durable_version = -1;
 };
 
 using StepCallback = absl::AnyInvocable<void(absl::StatusOr<StepOutput>)>;

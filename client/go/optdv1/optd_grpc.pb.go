@@ -36,6 +36,10 @@ type OptimizerClient interface {
 	StreamSteps(ctx context.Context, opts ...grpc.CallOption) (Optimizer_StreamStepsClient, error)
 	// Starts a new incarnation of a worker (see JoinSessionRequest). NOT_FOUND; INVALID_ARGUMENT.
 	JoinSession(ctx context.Context, in *JoinSessionRequest, opts ...grpc.CallOption) (*JoinSessionResponse, error)
+	// Writes a checkpoint of the session and returns when it is durable. NOT_FOUND;
+	// FAILED_PRECONDITION without --checkpoint_dir; RESOURCE_EXHAUSTED (disk full),
+	// PERMISSION_DENIED or INTERNAL when the write fails (older checkpoints stay intact).
+	Checkpoint(ctx context.Context, in *CheckpointRequest, opts ...grpc.CallOption) (*CheckpointResponse, error)
 }
 
 type optimizerClient struct {
@@ -149,6 +153,15 @@ func (c *optimizerClient) JoinSession(ctx context.Context, in *JoinSessionReques
 	return out, nil
 }
 
+func (c *optimizerClient) Checkpoint(ctx context.Context, in *CheckpointRequest, opts ...grpc.CallOption) (*CheckpointResponse, error) {
+	out := new(CheckpointResponse)
+	err := c.cc.Invoke(ctx, "/optd.v1.Optimizer/Checkpoint", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OptimizerServer is the server API for Optimizer service.
 // All implementations must embed UnimplementedOptimizerServer
 // for forward compatibility
@@ -172,6 +185,10 @@ type OptimizerServer interface {
 	StreamSteps(Optimizer_StreamStepsServer) error
 	// Starts a new incarnation of a worker (see JoinSessionRequest). NOT_FOUND; INVALID_ARGUMENT.
 	JoinSession(context.Context, *JoinSessionRequest) (*JoinSessionResponse, error)
+	// Writes a checkpoint of the session and returns when it is durable. NOT_FOUND;
+	// FAILED_PRECONDITION without --checkpoint_dir; RESOURCE_EXHAUSTED (disk full),
+	// PERMISSION_DENIED or INTERNAL when the write fails (older checkpoints stay intact).
+	Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error)
 	mustEmbedUnimplementedOptimizerServer()
 }
 
@@ -205,6 +222,9 @@ func (UnimplementedOptimizerServer) StreamSteps(Optimizer_StreamStepsServer) err
 }
 func (UnimplementedOptimizerServer) JoinSession(context.Context, *JoinSessionRequest) (*JoinSessionResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method JoinSession not implemented")
+}
+func (UnimplementedOptimizerServer) Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Checkpoint not implemented")
 }
 func (UnimplementedOptimizerServer) mustEmbedUnimplementedOptimizerServer() {}
 
@@ -389,6 +409,24 @@ func _Optimizer_JoinSession_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Optimizer_Checkpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckpointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OptimizerServer).Checkpoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/optd.v1.Optimizer/Checkpoint",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OptimizerServer).Checkpoint(ctx, req.(*CheckpointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _Optimizer_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "optd.v1.Optimizer",
 	HandlerType: (*OptimizerServer)(nil),
@@ -424,6 +462,10 @@ var _Optimizer_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "JoinSession",
 			Handler:    _Optimizer_JoinSession_Handler,
+		},
+		{
+			MethodName: "Checkpoint",
+			Handler:    _Optimizer_Checkpoint_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
