@@ -317,6 +317,13 @@ void ProtoConvertSeeds() {
     b->set_name("b");
     b->add_indices(2);
     Write(f, "pull-rows-of-all-f16", Convert(2, 37, f16));
+    v1::PullRequest last;  // the last row of each tensor
+    for (const auto& [name, row] : {std::make_pair("w", 3), std::make_pair("b", 2)}) {
+      v1::TensorRows* r = last.add_rows();
+      r->set_name(name);
+      r->add_indices(row);
+    }
+    Write(f, "pull-last-rows", Convert(2, 2, last));
   }
 
   // Step: dense, sparse, 16-bit, keyed (sent again), in each mode.
