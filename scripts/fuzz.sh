@@ -41,7 +41,7 @@ for f in "${FUZZERS[@]}"; do
   if [ "$status" -ne 0 ]; then
     failed+=("$f")
     echo "fuzz: $f FAILED (exit $status):"
-    grep -v -E '^#[0-9]+|^INFO:' "$log" | tail -n 60
+    grep -v -E '^#[0-9]+|^INFO:' "$log" | tail -n 60 || true
     artifact=$(sed -n "s/.*Test unit written to \(.*\)$/\1/p" "$log" | tail -n 1)
     if [ -n "$artifact" ]; then
       echo "fuzz: rerun it with: $ASAN_BUILD_DIR/fuzz/$f $artifact"
