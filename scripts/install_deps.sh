@@ -6,6 +6,9 @@ set -euo pipefail
 PACKAGES=(
   # C++ toolchain and libraries
   cmake ninja-build g++ clang pkg-config git
+  # sanitizers and fuzzers (scripts/sanitize.sh, scripts/fuzz.sh): clang's runtimes (ASan, UBSan,
+  # libFuzzer; only recommended by clang) and llvm-symbolizer for readable reports
+  libclang-rt-14-dev llvm-14
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev
   # Python: clients, torch-parity tests (always /usr/bin/python3)

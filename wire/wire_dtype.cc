@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "absl/base/config.h"
 #include "absl/strings/str_cat.h"
@@ -111,8 +112,8 @@ float F16ToFloat(uint16_t bits) {
 
 std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_view data,
                                                int64_t count) {
-  if (dtype != WireDType::kF32 || count < 0 ||
-      static_cast<int64_t>(data.size()) != count * static_cast<int64_t>(sizeof(float)) ||
+  if (dtype != WireDType::kF32 || count < 0 || data.size() % sizeof(float) != 0 ||
+      static_cast<int64_t>(data.size() / sizeof(float)) != count ||
       reinterpret_cast<uintptr_t>(data.data()) % alignof(float) != 0) {
     return std::nullopt;
   }
@@ -123,13 +124,15 @@ std::optional<absl::Span<const float>> F32View(WireDType dtype, absl::string_vie
 
 absl::Status CheckEncodedSize(absl::string_view what, WireDType dtype, int64_t size,
                               int64_t count) {
-  const int64_t want = count * BytesPerElement(dtype);
-  if (count < 0 || size != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ".data has ", size, " bytes; must be ", want, " (", count, " elements of ",
-        WireDTypeName(dtype), " at ", BytesPerElement(dtype), " bytes each)"));
-  }
-  return absl::OkStatus();
+  const int64_t width = BytesPerElement(dtype);
+  // count * width only where it is an int64: a count may be any value a caller computed.
+  const bool representable = count >= std::numeric_limits<int64_t>::min() / width &&
+                             count <= std::numeric_limits<int64_t>::max() / width;
+  if (count >= 0 && representable && size == count * width) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      what, ".data has ", size, " bytes; must be ",
+      representable ? absl::StrCat(count * width) : absl::StrCat(count, " * ", width), " (", count,
+      " elements of ", WireDTypeName(dtype), " at ", width, " bytes each)"));
 }
 
 absl::Status DecodeFloats(absl::string_view what, WireDType dtype, absl::string_view data,

@@ -1,6 +1,7 @@
 #include "server/service/message_bytes.h"
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -196,6 +197,12 @@ class StepResponseWriter {
   TensorsWriter tensors_;
 };
 
+// The longest varints protobuf reads: keys and lengths in at most 5 bytes (it refuses longer
+// ones, even when their value would fit), other values in 10.
+constexpr int kMaxKeyBytes = 5;
+constexpr int kMaxLengthBytes = 5;
+constexpr int kMaxVarintBytes = 10;
+
 // Reads a message's wire format across the slices of a ByteBuffer. Every read returns false when
 // the bytes run out.
 class SliceReader {
@@ -205,16 +212,17 @@ class SliceReader {
   int64_t position() const { return position_; }
   bool done() const { return slice_ == slices_.size(); }
 
-  bool Varint(uint64_t* value) {
+  // A varint of at most `max_bytes` bytes; false if it is longer.
+  bool Varint(uint64_t* value, int max_bytes) {
     *value = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
+    for (int shift = 0; shift < 7 * max_bytes; shift += 7) {
       if (done()) return false;
       const uint8_t byte = slices_[slice_].begin()[offset_];
       Advance(1);
       *value |= static_cast<uint64_t>(byte & 0x7f) << shift;
       if ((byte & 0x80) == 0) return true;
     }
-    return false;  // longer than a varint can be
+    return false;  // longer than protobuf reads
   }
 
   // The next `n` bytes as pieces of the slices (no copy), or appended to `*out`.
@@ -262,7 +270,7 @@ bool CopyValue(uint32_t wire_type, SliceReader* in, std::string* out) {
   uint64_t n = 0;
   switch (wire_type) {
     case WireFormatLite::WIRETYPE_VARINT:
-      if (!in->Varint(&n)) return false;
+      if (!in->Varint(&n, kMaxVarintBytes)) return false;
       AppendVarint(n, out);
       return true;
     case WireFormatLite::WIRETYPE_FIXED64:
@@ -270,7 +278,7 @@ bool CopyValue(uint32_t wire_type, SliceReader* in, std::string* out) {
     case WireFormatLite::WIRETYPE_FIXED32:
       return in->Copy(4, out);
     case WireFormatLite::WIRETYPE_LENGTH_DELIMITED:
-      if (!in->Varint(&n)) return false;
+      if (!in->Varint(&n, kMaxLengthBytes)) return false;
       AppendVarint(n, out);
       return in->Copy(n, out);
     default:
@@ -281,18 +289,20 @@ bool CopyValue(uint32_t wire_type, SliceReader* in, std::string* out) {
 // One Tensor of `length` bytes from `in`: its fields but the data into out->fields, the data as
 // pieces of the slices into out->data.
 bool SplitTensor(uint64_t length, SliceReader* in, TensorMessage* out) {
+  // protobuf refuses lengths of 2^31 or more: left to it (and `end` cannot overflow).
+  if (length > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())) return false;
   const int64_t end = in->position() + static_cast<int64_t>(length);
   std::string rest;
   std::vector<absl::string_view> pieces;
   while (in->position() < end) {
     uint64_t key = 0;
-    if (!in->Varint(&key) || key > UINT32_MAX) return false;
+    if (!in->Varint(&key, kMaxKeyBytes) || key > UINT32_MAX) return false;
     const int field = static_cast<int>(key >> 3);
     const uint32_t wire_type = static_cast<uint32_t>(key & 7);
     if (field == v1::Tensor::kDataFieldNumber &&
         wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
       uint64_t size = 0;
-      if (!in->Varint(&size)) return false;
+      if (!in->Varint(&size, kMaxLengthBytes)) return false;
       pieces.clear();  // a repeated singular field: the last one counts
       if (!in->Pieces(size, &pieces)) return false;
       continue;
@@ -311,7 +321,7 @@ bool SplitStepRequest(StepRequestBytes* out) {
   std::string rest;  // the request without its gradients
   while (!in.done()) {
     uint64_t key = 0;
-    if (!in.Varint(&key) || key > UINT32_MAX) return false;
+    if (!in.Varint(&key, kMaxKeyBytes) || key > UINT32_MAX) return false;
     const uint32_t wire_type = static_cast<uint32_t>(key & 7);
     if (static_cast<int>(key >> 3) != v1::StepRequest::kGradientsFieldNumber ||
         wire_type != WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
@@ -320,7 +330,7 @@ bool SplitStepRequest(StepRequestBytes* out) {
       continue;
     }
     uint64_t length = 0;
-    if (!in.Varint(&length)) return false;
+    if (!in.Varint(&length, kMaxLengthBytes)) return false;
     if (!SplitTensor(length, &in, &out->gradients.emplace_back())) return false;
   }
   return out->message.ParseFromString(rest);

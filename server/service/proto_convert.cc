@@ -300,7 +300,11 @@ absl::StatusOr<ConsistencyOptions> ConsistencyFromProto(const v1::Consistency& m
                                                         : m.workers();
   if (o.mode != ConsistencyOptions::Mode::kSync) o.workers = std::max(o.workers, 1);
   if (m.barrier_timeout_seconds() != 0) {
-    if (!std::isfinite(m.barrier_timeout_seconds()) || m.barrier_timeout_seconds() < 0) {
+    // Checked in every mode, though only SYNC uses it, so that every config accepted reads back
+    // (ConfigToProto) as one that is accepted again, the same: a value absl::Duration rounds to
+    // zero would read back as 0 (which means 30), one beyond its range as inf.
+    const double seconds = m.barrier_timeout_seconds();
+    if (!(seconds > 0 && seconds <= 86400) || absl::Seconds(seconds) <= absl::ZeroDuration()) {
       return absl::InvalidArgumentError(
           absl::StrCat("config.consistency.barrier_timeout_seconds = ", m.barrier_timeout_seconds(),
                        " is out of range: must be in (0, 86400] (0 means 30)"));
