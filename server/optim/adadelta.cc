@@ -12,6 +12,8 @@ namespace optd {
 namespace {
 
 using optim_internal::DispatchBool;
+using optim_internal::IsNonFinite;
+using optim_internal::NonFiniteCount;
 
 // The float32 coefficients of one step, computed in double and rounded once.
 struct AdadeltaCoefficients {
@@ -24,17 +26,18 @@ struct AdadeltaCoefficients {
 };
 
 // One fused pass, in torch's op order (mul_ then addcmul_, add(eps).sqrt_(), div_ then mul_,
-// add_ with alpha = -lr).
+// add_ with alpha = -lr). Returns how many p it left non-finite.
 template <bool kWeightDecay>
-OPTD_SIMD_CLONES void AdadeltaKernel(float* __restrict p, const float* __restrict g,
-                                     float* __restrict square_avg, float* __restrict acc_delta,
-                                     int64_t n, const AdadeltaCoefficients& c) {
+OPTD_SIMD_CLONES int64_t AdadeltaKernel(float* __restrict p, const float* __restrict g,
+                                        float* __restrict square_avg, float* __restrict acc_delta,
+                                        int64_t n, const AdadeltaCoefficients& c) {
   const float sign = c.sign;
   const float weight_decay = c.weight_decay;
   const float rho = c.rho;
   const float one_minus_rho = c.one_minus_rho;
   const float eps = c.eps;
   const float neg_lr = c.neg_lr;
+  NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float d = sign * g[i];
     if constexpr (kWeightDecay) d += weight_decay * p[i];
@@ -43,8 +46,11 @@ OPTD_SIMD_CLONES void AdadeltaKernel(float* __restrict p, const float* __restric
     const float acc = acc_delta[i];
     const float delta = std::sqrt(acc + eps) / std::sqrt(sq + eps) * d;
     acc_delta[i] = rho * acc + (one_minus_rho * delta) * delta;
-    p[i] += neg_lr * delta;
+    const float p_new = p[i] + neg_lr * delta;
+    p[i] = p_new;
+    non_finite += IsNonFinite(p_new);
   }
+  return non_finite;
 }
 
 }  // namespace
@@ -80,13 +86,14 @@ void Adadelta::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     ++s.step;
   }
 
-  ForEachSegment([&](const Segment& seg) {
+  UpdateSegments([&](const Segment& seg) {
     TensorState& s = state_[seg.tensor];
     float* p = tensors[seg.tensor].param.data() + seg.begin;
     const float* g = tensors[seg.tensor].grad.data() + seg.begin;
-    DispatchBool(has_weight_decay, [&](auto kWd) {
-      AdadeltaKernel<decltype(kWd)::value>(p, g, s.square_avg.data() + seg.begin,
-                                           s.acc_delta.data() + seg.begin, seg.end - seg.begin, c);
+    return DispatchBool(has_weight_decay, [&](auto kWd) {
+      return AdadeltaKernel<decltype(kWd)::value>(p, g, s.square_avg.data() + seg.begin,
+                                                  s.acc_delta.data() + seg.begin,
+                                                  seg.end - seg.begin, c);
     });
   });
 }

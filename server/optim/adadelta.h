@@ -11,7 +11,7 @@
 // State, created on a tensor's first step: square_avg and acc_delta (8 bytes per element). torch's
 // step counter is unused by the update; this class keeps an int64 one only to know the first
 // step. Coefficients are rounded to float once per step; the element math is float32, one fused
-// pass per tensor segment (on the pool for large steps, see Optimizer::ForEachSegment).
+// pass per tensor segment (on the pool for large steps, see Optimizer::UpdateSegments).
 //
 // Built by CreateOptimizer (optimizer.h); tests may construct it directly. Not thread-safe, like
 // every Optimizer. Errors: see Optimizer::Step.

@@ -13,19 +13,26 @@ namespace optd {
 namespace {
 
 using optim_internal::DispatchBool;
+using optim_internal::IsNonFinite;
+using optim_internal::NonFiniteCount;
 
 // One fused pass over a tensor, in torch's op order (addcmul_, sqrt().add_(eps), addcdiv_).
+// Returns how many p it left non-finite.
 template <bool kWeightDecay>
-OPTD_SIMD_CLONES void AdagradKernel(float* __restrict p, const float* __restrict g,
-                                    float* __restrict sum, int64_t n, float sign, float wd,
-                                    float neg_clr, float eps) {
+OPTD_SIMD_CLONES int64_t AdagradKernel(float* __restrict p, const float* __restrict g,
+                                       float* __restrict sum, int64_t n, float sign, float wd,
+                                       float neg_clr, float eps) {
+  NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float d = sign * g[i];
     if constexpr (kWeightDecay) d += wd * p[i];
     const float s = sum[i] + d * d;
     sum[i] = s;
-    p[i] += (neg_clr * d) / (std::sqrt(s) + eps);
+    const float p_new = p[i] + (neg_clr * d) / (std::sqrt(s) + eps);
+    p[i] = p_new;
+    non_finite += IsNonFinite(p_new);
   }
+  return non_finite;
 }
 
 }  // namespace
@@ -67,13 +74,13 @@ void Adagrad::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     neg_clr[t] = static_cast<float>(-clr);
   }
 
-  ForEachSegment([&](const Segment& seg) {
+  UpdateSegments([&](const Segment& seg) {
     float* p = tensors[seg.tensor].param.data() + seg.begin;
     const float* g = tensors[seg.tensor].grad.data() + seg.begin;
     float* sum = state_[seg.tensor].sum.data() + seg.begin;
-    DispatchBool(has_weight_decay, [&](auto kWd) {
-      AdagradKernel<decltype(kWd)::value>(p, g, sum, seg.end - seg.begin, sign, wd,
-                                          neg_clr[seg.tensor], eps);
+    return DispatchBool(has_weight_decay, [&](auto kWd) {
+      return AdagradKernel<decltype(kWd)::value>(p, g, sum, seg.end - seg.begin, sign, wd,
+                                                 neg_clr[seg.tensor], eps);
     });
   });
 }

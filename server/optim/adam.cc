@@ -14,6 +14,8 @@ namespace optd {
 namespace {
 
 using optim_internal::DispatchBool;
+using optim_internal::IsNonFinite;
+using optim_internal::NonFiniteCount;
 
 // The float32 coefficients of one step, computed in double and rounded once.
 struct AdamCoefficients {
@@ -31,10 +33,11 @@ struct AdamCoefficients {
 
 // One fused pass over a tensor. The operation order follows torch's ops (mul_ then add_,
 // addcmul_, sqrt / sqrt(bc2) + eps, addcdiv_) so float32 results stay within a few ulp of torch.
+// Returns how many p it left non-finite.
 template <bool kCoupledDecay, bool kDecoupledDecay, bool kAmsgrad>
-OPTD_SIMD_CLONES void AdamKernel(float* __restrict p, const float* __restrict g,
-                                 float* __restrict m, float* __restrict v, float* __restrict vmax,
-                                 int64_t n, const AdamCoefficients& c) {
+OPTD_SIMD_CLONES int64_t AdamKernel(float* __restrict p, const float* __restrict g,
+                                    float* __restrict m, float* __restrict v,
+                                    float* __restrict vmax, int64_t n, const AdamCoefficients& c) {
   // Local copies: the compiler need not reload them after stores through the pointers.
   const float sign = c.sign;
   const float weight_decay = c.weight_decay;
@@ -46,6 +49,7 @@ OPTD_SIMD_CLONES void AdamKernel(float* __restrict p, const float* __restrict g,
   const float sqrt_bc2 = c.sqrt_bias_correction2;
   const float eps = c.eps;
   const float neg_step_size = c.neg_step_size;
+  NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float pi = p[i];
     float d = sign * g[i];
@@ -61,8 +65,11 @@ OPTD_SIMD_CLONES void AdamKernel(float* __restrict p, const float* __restrict g,
       vmax[i] = denom_v;
     }
     const float denom = std::sqrt(denom_v) / sqrt_bc2 + eps;
-    p[i] = pi + (neg_step_size * mi) / denom;
+    const float p_new = pi + (neg_step_size * mi) / denom;
+    p[i] = p_new;
+    non_finite += IsNonFinite(p_new);
   }
+  return non_finite;
 }
 
 }  // namespace
@@ -174,6 +181,7 @@ void Adam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     const float neg_step_size = static_cast<float>(-(
         lr * std::sqrt(1.0 - std::pow(hyper_.beta2, step)) / (1.0 - std::pow(hyper_.beta1, step))));
     const int64_t row_size = tensors[t].row_size;
+    int64_t non_finite = 0;
     for (size_t r = 0; r < tensors[t].rows.size(); ++r) {
       const int64_t base = tensors[t].rows[r] * row_size;
       float* p = tensors[t].param.data() + base;
@@ -191,24 +199,26 @@ void Adam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
         p[j] = p[j] + neg_step_size * (m_new / (std::sqrt(v_new) + c.eps));
         const double d = static_cast<double>(p[j]) - before;
         update_squares += d * d;
+        non_finite += IsNonFinite(p[j]);
       }
       AddUpdateSquares(update_squares);
     }
+    AddNonFinite(t, non_finite);
   }
 
-  ForEachSegment([&](const Segment& seg) {
-    if (tensors[seg.tensor].sparse()) return;
+  UpdateSegments([&](const Segment& seg) -> int64_t {
+    if (tensors[seg.tensor].sparse()) return 0;  // its rows were written above
     TensorState& s = state_[seg.tensor];
     float* p = tensors[seg.tensor].param.data() + seg.begin;
     const float* g = tensors[seg.tensor].grad.data() + seg.begin;
     float* vmax = hyper_.amsgrad ? s.max_exp_avg_sq.data() + seg.begin : nullptr;
-    DispatchBool(coupled, [&](auto kCoupled) {
-      DispatchBool(decoupled, [&](auto kDecoupled) {
-        DispatchBool(hyper_.amsgrad, [&](auto kAmsgrad) {
-          AdamKernel<decltype(kCoupled)::value, decltype(kDecoupled)::value,
-                     decltype(kAmsgrad)::value>(p, g, s.exp_avg.data() + seg.begin,
-                                                s.exp_avg_sq.data() + seg.begin, vmax,
-                                                seg.end - seg.begin, coefficients[seg.tensor]);
+    return DispatchBool(coupled, [&](auto kCoupled) {
+      return DispatchBool(decoupled, [&](auto kDecoupled) {
+        return DispatchBool(hyper_.amsgrad, [&](auto kAmsgrad) {
+          return AdamKernel<decltype(kCoupled)::value, decltype(kDecoupled)::value,
+                            decltype(kAmsgrad)::value>(
+              p, g, s.exp_avg.data() + seg.begin, s.exp_avg_sq.data() + seg.begin, vmax,
+              seg.end - seg.begin, coefficients[seg.tensor]);
         });
       });
     });

@@ -15,6 +15,17 @@
 //
 // Kernels are compiled for AVX2 and for the baseline with OPTD_SIMD_CLONES (base/simd.h).
 //
+// A kernel that writes parameters counts, in the same loop, those it leaves NaN or +-inf, and
+// returns the count (Optimizer::UpdateSegments):
+//
+//   NonFiniteCount non_finite = 0;
+//   for (int64_t i = 0; i < n; ++i) {
+//     const float p_new = ...;
+//     p[i] = p_new;
+//     non_finite += IsNonFinite(p_new);
+//   }
+//   return non_finite;
+//
 // SumOfSquares is the one reduction the norm-based kernels share. Coefficients that a float cannot
 // hold well (FitsFloat) take a double path.
 //
@@ -23,6 +34,7 @@
 #ifndef OPTD_SERVER_OPTIM_KERNEL_INTERNAL_H_
 #define OPTD_SERVER_OPTIM_KERNEL_INTERNAL_H_
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -33,15 +45,21 @@
 namespace optd {
 namespace optim_internal {
 
-// Calls f(std::true_type()) if `flag`, else f(std::false_type()).
+// Returns f(std::true_type()) if `flag`, else f(std::false_type()); both must return one type.
 template <typename F>
-inline void DispatchBool(bool flag, F&& f) {
-  if (flag) {
-    std::forward<F>(f)(std::true_type());
-  } else {
-    std::forward<F>(f)(std::false_type());
-  }
+inline decltype(auto) DispatchBool(bool flag, F&& f) {
+  if (flag) return std::forward<F>(f)(std::true_type());
+  return std::forward<F>(f)(std::false_type());
 }
+
+// The count of non-finite parameters inside a kernel's loop. int32 lanes are as wide as float
+// lanes, so counting costs an and, a compare and a subtract per vector (an int64 count also
+// widens every mask to two vectors). A kernel runs on one segment of at most
+// Optimizer::kBlockElements elements, far below its range.
+using NonFiniteCount = int32_t;
+
+// 1 if `x` is NaN or +-inf, else 0. Branch-free: a loop that adds it up still vectorises.
+inline NonFiniteCount IsNonFinite(float x) { return !std::isfinite(x); }
 
 // Sum of x[i]^2 in double, in a fixed order: eight interleaved partial sums (which the compiler
 // vectorises) combined pairwise, then the tail.

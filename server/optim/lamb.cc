@@ -15,6 +15,8 @@ namespace {
 
 using optim_internal::DispatchBool;
 using optim_internal::FitsFloat;
+using optim_internal::IsNonFinite;
+using optim_internal::NonFiniteCount;
 using optim_internal::SumOfSquares;
 
 // Pass 1 works on tiles this long: u goes to a stack buffer for the norm, then is dropped.
@@ -74,17 +76,21 @@ OPTD_SIMD_CLONES std::array<double, 2> Moments(const float* p, const float* g, f
 }
 
 // Pass 2: p += neg_step * u, with neg_step = -lr * trust in float, or in double when a float cannot
-// hold it.
+// hold it. Returns how many p it left non-finite.
 template <bool kWeightDecay, typename Coefficient>
-OPTD_SIMD_CLONES void Update(float* __restrict p, const float* __restrict m,
-                             const float* __restrict v, int64_t n, const LambCoefficients& c,
-                             Coefficient neg_step) {
+OPTD_SIMD_CLONES int64_t Update(float* __restrict p, const float* __restrict m,
+                                const float* __restrict v, int64_t n, const LambCoefficients& c,
+                                Coefficient neg_step) {
   const LambCoefficients local = c;
+  NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float pi = p[i];
     const float u = Direction<kWeightDecay>(m[i], v[i], pi, local);
-    p[i] = static_cast<float>(pi + neg_step * u);
+    const float p_new = static_cast<float>(pi + neg_step * u);
+    p[i] = p_new;
+    non_finite += IsNonFinite(p_new);
   }
+  return non_finite;
 }
 
 }  // namespace
@@ -148,20 +154,20 @@ void Lamb::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   }
 
   // Pass 2: p -= lr * trust * u.
-  ForEachSegment([&](const Segment& seg) {
+  UpdateSegments([&](const Segment& seg) {
     TensorState& s = state_[seg.tensor];
     float* p = tensors[seg.tensor].param.data() + seg.begin;
     const float* m = s.exp_avg.data() + seg.begin;
     const float* v = s.exp_avg_sq.data() + seg.begin;
     const int64_t n = seg.end - seg.begin;
     const double step = steps[seg.tensor];
-    DispatchBool(has_weight_decay, [&](auto kWd) {
+    return DispatchBool(has_weight_decay, [&](auto kWd) {
       constexpr bool kWeightDecay = decltype(kWd)::value;
       if (FitsFloat(step)) {
-        Update<kWeightDecay>(p, m, v, n, coefficients[seg.tensor], static_cast<float>(-step));
-      } else {
-        Update<kWeightDecay>(p, m, v, n, coefficients[seg.tensor], -step);
+        return Update<kWeightDecay>(p, m, v, n, coefficients[seg.tensor],
+                                    static_cast<float>(-step));
       }
+      return Update<kWeightDecay>(p, m, v, n, coefficients[seg.tensor], -step);
     });
   });
 }

@@ -15,6 +15,8 @@ namespace {
 
 using optim_internal::DispatchBool;
 using optim_internal::FitsFloat;
+using optim_internal::IsNonFinite;
+using optim_internal::NonFiniteCount;
 using optim_internal::SumOfSquares;
 
 // Pass 1 works on tiles this long: u goes to a stack buffer for the norm, then is dropped.
@@ -40,27 +42,34 @@ std::array<double, 2> Norms(const float* p, const float* g, int64_t n, float wei
   return sums;
 }
 
-// Pass 2, with step = lr * trust in float, or in double when a float cannot hold it.
+// Pass 2, with step = lr * trust in float, or in double when a float cannot hold it. Returns how
+// many p it left non-finite.
 template <bool kWeightDecay, bool kMomentum, bool kNesterov, typename Coefficient>
-OPTD_SIMD_CLONES void Update(float* __restrict p, const float* __restrict g, float* __restrict buf,
-                             int64_t n, float weight_decay, float momentum, Coefficient step) {
+OPTD_SIMD_CLONES int64_t Update(float* __restrict p, const float* __restrict g,
+                                float* __restrict buf, int64_t n, float weight_decay,
+                                float momentum, Coefficient step) {
+  NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float pi = p[i];
     float u = g[i];
     if constexpr (kWeightDecay) u = Direction(u, pi, weight_decay);
     const Coefficient s = step * u;
+    float p_new;
     if constexpr (kMomentum) {
       const Coefficient b = momentum * buf[i] + s;
       buf[i] = static_cast<float>(b);
       if constexpr (kNesterov) {
-        p[i] = static_cast<float>(pi - (s + momentum * b));
+        p_new = static_cast<float>(pi - (s + momentum * b));
       } else {
-        p[i] = static_cast<float>(pi - b);
+        p_new = static_cast<float>(pi - b);
       }
     } else {
-      p[i] = static_cast<float>(pi - s);
+      p_new = static_cast<float>(pi - s);
     }
+    p[i] = p_new;
+    non_finite += IsNonFinite(p_new);
   }
+  return non_finite;
 }
 
 }  // namespace
@@ -111,23 +120,23 @@ void Lars::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   }
 
   // Pass 2: the momentum buffer and p.
-  ForEachSegment([&](const Segment& seg) {
+  UpdateSegments([&](const Segment& seg) {
     float* p = tensors[seg.tensor].param.data() + seg.begin;
     const float* g = tensors[seg.tensor].grad.data() + seg.begin;
     float* buf = has_momentum ? momentum_buffers_[seg.tensor].data() + seg.begin : nullptr;
     const int64_t n = seg.end - seg.begin;
     const double step = steps[seg.tensor];
-    DispatchBool(has_weight_decay, [&](auto kWd) {
-      DispatchBool(has_momentum, [&](auto kMomentum) {
-        DispatchBool(options_.nesterov, [&](auto kNesterov) {
+    return DispatchBool(has_weight_decay, [&](auto kWd) {
+      return DispatchBool(has_momentum, [&](auto kMomentum) {
+        return DispatchBool(options_.nesterov, [&](auto kNesterov) {
           constexpr bool kW = decltype(kWd)::value;
           constexpr bool kM = decltype(kMomentum)::value;
           constexpr bool kN = decltype(kNesterov)::value;
           if (FitsFloat(step)) {
-            Update<kW, kM, kN>(p, g, buf, n, weight_decay, momentum, static_cast<float>(step));
-          } else {
-            Update<kW, kM, kN>(p, g, buf, n, weight_decay, momentum, step);
+            return Update<kW, kM, kN>(p, g, buf, n, weight_decay, momentum,
+                                      static_cast<float>(step));
           }
+          return Update<kW, kM, kN>(p, g, buf, n, weight_decay, momentum, step);
         });
       });
     });

@@ -11,6 +11,8 @@ namespace optd {
 namespace {
 
 using optim_internal::DispatchBool;
+using optim_internal::IsNonFinite;
+using optim_internal::NonFiniteCount;
 
 // The float32 coefficients of one step, computed in double and rounded once.
 struct LionCoefficients {
@@ -23,16 +25,18 @@ struct LionCoefficients {
 };
 
 // One fused pass, in lion-pytorch's op order: p.mul_(decay), c = m * beta1 + g * (1 - beta1),
-// p.add_(sign(c), alpha=-lr), m.mul_(beta2).add_(g, alpha=1 - beta2).
+// p.add_(sign(c), alpha=-lr), m.mul_(beta2).add_(g, alpha=1 - beta2). Returns how many p it left
+// non-finite.
 template <bool kWeightDecay>
-OPTD_SIMD_CLONES void LionKernel(float* __restrict p, const float* __restrict g,
-                                 float* __restrict m, int64_t n, const LionCoefficients& c) {
+OPTD_SIMD_CLONES int64_t LionKernel(float* __restrict p, const float* __restrict g,
+                                    float* __restrict m, int64_t n, const LionCoefficients& c) {
   const float decay = c.decay;
   const float beta1 = c.beta1;
   const float one_minus_beta1 = c.one_minus_beta1;
   const float beta2 = c.beta2;
   const float one_minus_beta2 = c.one_minus_beta2;
   const float neg_lr = c.neg_lr;
+  NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float pi = p[i];
     if constexpr (kWeightDecay) pi *= decay;
@@ -41,9 +45,12 @@ OPTD_SIMD_CLONES void LionKernel(float* __restrict p, const float* __restrict g,
     const float interpolated = beta1 * mi + one_minus_beta1 * gi;
     // sign(), branch-free so the loop vectorises; 0 for 0.
     const float sign = (interpolated > 0.0f ? 1.0f : 0.0f) - (interpolated < 0.0f ? 1.0f : 0.0f);
-    p[i] = pi + neg_lr * sign;
+    const float p_new = pi + neg_lr * sign;
+    p[i] = p_new;
     m[i] = beta2 * mi + one_minus_beta2 * gi;
+    non_finite += IsNonFinite(p_new);
   }
+  return non_finite;
 }
 
 }  // namespace
@@ -75,12 +82,12 @@ void Lion::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     if (exp_avgs_[t].empty()) exp_avgs_[t].assign(tensors[t].param.size(), 0.0f);
   }
 
-  ForEachSegment([&](const Segment& seg) {
+  UpdateSegments([&](const Segment& seg) {
     float* p = tensors[seg.tensor].param.data() + seg.begin;
     const float* g = tensors[seg.tensor].grad.data() + seg.begin;
     float* m = exp_avgs_[seg.tensor].data() + seg.begin;
-    DispatchBool(has_weight_decay, [&](auto kWd) {
-      LionKernel<decltype(kWd)::value>(p, g, m, seg.end - seg.begin, c);
+    return DispatchBool(has_weight_decay, [&](auto kWd) {
+      return LionKernel<decltype(kWd)::value>(p, g, m, seg.end - seg.begin, c);
     });
   });
 }

@@ -13,7 +13,7 @@
 //
 // State, created on a tensor's first step as zeros: m (4 bytes per element). Coefficients are
 // rounded to float once per step; the element math is float32, one fused pass per tensor segment
-// (on the pool for large steps, see Optimizer::ForEachSegment).
+// (on the pool for large steps, see Optimizer::UpdateSegments).
 //
 // Built by CreateOptimizer (optimizer.h); tests may construct it directly. Not thread-safe, like
 // every Optimizer. Errors: see Optimizer::Step.

@@ -12,6 +12,8 @@ namespace optd {
 namespace {
 
 using optim_internal::DispatchBool;
+using optim_internal::IsNonFinite;
+using optim_internal::NonFiniteCount;
 
 // The float32 coefficients of one step of one tensor, computed in double and rounded once.
 struct NadamCoefficients {
@@ -27,11 +29,12 @@ struct NadamCoefficients {
 };
 
 // One fused pass, in torch's op order (mul_ then add_, mul_ then addcmul_,
-// div(bc2).sqrt().add_(eps), then two addcdiv_ into p, each rounded).
+// div(bc2).sqrt().add_(eps), then two addcdiv_ into p, each rounded). Returns how many p it left
+// non-finite.
 template <bool kWeightDecay>
-OPTD_SIMD_CLONES void NadamKernel(float* __restrict p, const float* __restrict g,
-                                  float* __restrict m, float* __restrict v, int64_t n,
-                                  const NadamCoefficients& c) {
+OPTD_SIMD_CLONES int64_t NadamKernel(float* __restrict p, const float* __restrict g,
+                                     float* __restrict m, float* __restrict v, int64_t n,
+                                     const NadamCoefficients& c) {
   const float weight_decay = c.weight_decay;
   const float beta1 = c.beta1;
   const float one_minus_beta1 = c.one_minus_beta1;
@@ -41,6 +44,7 @@ OPTD_SIMD_CLONES void NadamKernel(float* __restrict p, const float* __restrict g
   const float eps = c.eps;
   const float neg_grad_step = c.neg_grad_step;
   const float neg_momentum_step = c.neg_momentum_step;
+  NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float pi = p[i];
     float d = g[i];
@@ -53,7 +57,9 @@ OPTD_SIMD_CLONES void NadamKernel(float* __restrict p, const float* __restrict g
     pi += (neg_grad_step * d) / denom;
     pi += (neg_momentum_step * mi) / denom;
     p[i] = pi;
+    non_finite += IsNonFinite(pi);
   }
+  return non_finite;
 }
 
 }  // namespace
@@ -108,14 +114,14 @@ void Nadam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
         static_cast<float>(-lr * mu_next / (1.0 - static_cast<double>(mu_product_next)));
   }
 
-  ForEachSegment([&](const Segment& seg) {
+  UpdateSegments([&](const Segment& seg) {
     TensorState& s = state_[seg.tensor];
     float* p = tensors[seg.tensor].param.data() + seg.begin;
     const float* g = tensors[seg.tensor].grad.data() + seg.begin;
-    DispatchBool(has_weight_decay, [&](auto kWd) {
-      NadamKernel<decltype(kWd)::value>(p, g, s.exp_avg.data() + seg.begin,
-                                        s.exp_avg_sq.data() + seg.begin, seg.end - seg.begin,
-                                        coefficients[seg.tensor]);
+    return DispatchBool(has_weight_decay, [&](auto kWd) {
+      return NadamKernel<decltype(kWd)::value>(p, g, s.exp_avg.data() + seg.begin,
+                                               s.exp_avg_sq.data() + seg.begin, seg.end - seg.begin,
+                                               coefficients[seg.tensor]);
     });
   });
 }

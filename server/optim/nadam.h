@@ -23,7 +23,7 @@
 //
 // State, created on a tensor's first step: m and v (8 bytes per element), plus the int64 step and
 // float32 mu_product. The element math is float32, one fused pass per tensor segment (on the pool
-// for large steps, see Optimizer::ForEachSegment).
+// for large steps, see Optimizer::UpdateSegments).
 //
 // Built by CreateOptimizer (optimizer.h); tests may construct it directly. Not thread-safe, like
 // every Optimizer. Errors: see Optimizer::Step.

@@ -14,18 +14,34 @@ namespace optd {
 namespace {
 
 using optim_internal::FitsFloat;
+using optim_internal::IsNonFinite;
+using optim_internal::NonFiniteCount;
 using optim_internal::SumOfSquares;
 
-// p -= coef * g.
+// p -= coef * g. Returns how many p it left non-finite.
 OPTD_SIMD_CLONES
-void ScaledSubtract(float* __restrict p, const float* __restrict g, int64_t n, float coef) {
-  for (int64_t i = 0; i < n; ++i) p[i] -= coef * g[i];
+int64_t ScaledSubtract(float* __restrict p, const float* __restrict g, int64_t n, float coef) {
+  NonFiniteCount non_finite = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float p_new = p[i] - coef * g[i];
+    p[i] = p_new;
+    non_finite += IsNonFinite(p_new);
+  }
+  return non_finite;
 }
 
-// p -= coef * g with coef kept in double, for coefficients a float cannot hold well.
+// p -= coef * g with coef kept in double, for coefficients a float cannot hold well. Returns how
+// many p it left non-finite.
 OPTD_SIMD_CLONES
-void ScaledSubtractDouble(float* __restrict p, const float* __restrict g, int64_t n, double coef) {
-  for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(p[i] - coef * g[i]);
+int64_t ScaledSubtractDouble(float* __restrict p, const float* __restrict g, int64_t n,
+                             double coef) {
+  NonFiniteCount non_finite = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float p_new = static_cast<float>(p[i] - coef * g[i]);
+    p[i] = p_new;
+    non_finite += IsNonFinite(p_new);
+  }
+  return non_finite;
 }
 
 }  // namespace
@@ -48,18 +64,15 @@ void NormalizedGd::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     for (const std::array<double, 1>& sum : sums) sum_of_squares += sum[0];
     coefficients.assign(tensors.size(), Coefficient(lr, std::sqrt(sum_of_squares)));
   }
-  ForEachSegment([&](const Segment& s) {
+  UpdateSegments([&](const Segment& s) -> int64_t {
     const double coef = coefficients[s.tensor];
-    if (coef == 0.0) return;
+    if (coef == 0.0) return 0;  // no update: the parameters are not written
     float* p = tensors[s.tensor].param.data() + s.begin;
     const float* g = tensors[s.tensor].grad.data() + s.begin;
     // A tiny norm with a tiny eps can make coef overflow a float (inf * g); a huge norm can make
     // it subnormal. Both are rare, so keep the double path out of the common loop.
-    if (!FitsFloat(coef)) {
-      ScaledSubtractDouble(p, g, s.end - s.begin, coef);
-      return;
-    }
-    ScaledSubtract(p, g, s.end - s.begin, static_cast<float>(coef));
+    if (!FitsFloat(coef)) return ScaledSubtractDouble(p, g, s.end - s.begin, coef);
+    return ScaledSubtract(p, g, s.end - s.begin, static_cast<float>(coef));
   });
 }
 

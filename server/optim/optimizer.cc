@@ -104,14 +104,20 @@ Optimizer::Optimizer(std::vector<int64_t> tensor_sizes) : tensor_sizes_(std::mov
   block_first_segment_.push_back(segments_.size());
 }
 
-void Optimizer::ForEachSegment(const std::function<void(const Segment&)>& fn) const {
-  if (probe_ == nullptr) return RunSegments(fn);
+void Optimizer::UpdateSegments(const std::function<int64_t(const Segment&)>& fn) const {
+  // Each segment writes only its own slot; Step adds them up after the pass.
+  const absl::Span<int64_t> counts = segment_non_finite_;
+  if (probe_ == nullptr) {
+    if (counts.empty()) return RunSegments([&](const Segment& s) { fn(s); });
+    return RunSegments([&](const Segment& s) { counts[s.index] = fn(s); });
+  }
   RunSegments([&](const Segment& s) {
     const absl::Span<float> params =
         current_[s.tensor].param.subspan(s.begin, static_cast<size_t>(s.end - s.begin));
     probe_->BeforeSegment(s.index, params);
-    fn(s);
+    const int64_t count = fn(s);
     probe_->AfterSegment(s.index, params);
+    if (!counts.empty()) counts[s.index] = count;
   });
 }
 
@@ -146,7 +152,8 @@ absl::Status Optimizer::UpdateOptions(const OptimizerOptions& options) {
   return absl::OkStatus();
 }
 
-absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, StepProbe* probe) {
+absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, StepProbe* probe,
+                             StepResult* result) {
   if (!std::isfinite(lr) || lr < 0.0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("lr = %g is out of range: must be finite and >= 0", lr));
@@ -191,16 +198,33 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
           "tensor %d has a gradient of %d elements for %d parameters", i, grad_size, param_size));
     }
   }
-  if (probe == nullptr) {
-    StepImpl(tensors, lr);
-    return absl::OkStatus();
+  // The call context, cleared before returning: the optimizer keeps nothing of it.
+  std::vector<int64_t> segment_non_finite;
+  std::vector<int64_t> tensor_non_finite;
+  if (result != nullptr) {
+    segment_non_finite.assign(segments_.size(), 0);
+    tensor_non_finite.assign(tensor_sizes_.size(), 0);
+    segment_non_finite_ = absl::MakeSpan(segment_non_finite);
+    tensor_non_finite_ = absl::MakeSpan(tensor_non_finite);
   }
   probe_ = probe;
   current_ = tensors;
-  probe->BeginStep(segments_.size());
+  if (probe != nullptr) probe->BeginStep(segments_.size());
   StepImpl(tensors, lr);
   probe_ = nullptr;
   current_ = {};
+  segment_non_finite_ = {};
+  tensor_non_finite_ = {};
+  if (result == nullptr) return absl::OkStatus();
+
+  for (const Segment& s : segments_) tensor_non_finite[s.tensor] += segment_non_finite[s.index];
+  result->non_finite_parameters = 0;
+  result->non_finite_tensors.clear();
+  for (size_t t = 0; t < tensor_non_finite.size(); ++t) {
+    if (tensor_non_finite[t] == 0) continue;
+    result->non_finite_parameters += tensor_non_finite[t];
+    result->non_finite_tensors.push_back(static_cast<int>(t));
+  }
   return absl::OkStatus();
 }
 

@@ -11,11 +11,15 @@
 // ThreadPool (parallel.h), by default the process-wide ThreadPool::Default(). The pool is not
 // owned by the optimizer and is shared by every optimizer that uses it; it is thread-safe, so
 // steps of different sessions may run at once. Step still returns only when the whole update is
-// done, and its results are bit-identical whatever the pool size (see ForEachSegment).
+// done, and its results are bit-identical whatever the pool size (see UpdateSegments).
 //
 // Semantics follow torch.optim 1.13 single-tensor code paths (reference/optimizers.md): state is
 // created lazily on a tensor's first step, step counters are int64 and per tensor, and scalar
 // coefficients are computed in double and rounded to float once per step.
+//
+// A step reports what it found out about its own result (StepResult): how many parameters it left
+// NaN or inf, counted in the loop that writes them, so the caller learns it without a second pass
+// over the parameters.
 
 #ifndef OPTD_SERVER_OPTIM_OPTIMIZER_H_
 #define OPTD_SERVER_OPTIM_OPTIMIZER_H_
@@ -54,6 +58,17 @@ struct TensorGrad {
   bool sparse() const { return row_size > 0; }
 };
 
+// What a step found out about its own result. Filled by Optimizer::Step.
+struct StepResult {
+  // Parameters the step wrote that are NaN or +-inf after it, over all tensors. A parameter the
+  // step did not write is not counted: the rows a row-sparse gradient does not list, and the
+  // tensors whose normalized-GD update is zero (a zero gradient, or lr 0), which it skips. A
+  // parameter that was already non-finite and is written again is counted again.
+  int64_t non_finite_parameters = 0;
+  // The tensors holding them (indexes into Step's `tensors`), in increasing order, each once.
+  std::vector<int> non_finite_tensors;
+};
+
 // How an optimizer applies row-sparse gradients.
 enum class RowSparseRule {
   kDensify,  // as the dense gradient with zero rows (the same as lazy where no state decays)
@@ -75,7 +90,13 @@ class Optimizer {
   //
   // With a `probe`, calls it around the update of every segment and with the squares of changes
   // made outside that pass (step_probe.h); the optimizer keeps nothing of it after Step returns.
-  absl::Status Step(absl::Span<const TensorGrad> tensors, double lr, StepProbe* probe = nullptr);
+  //
+  // With a `result`, replaces *result, on success only, with what the step found out about the
+  // parameters it wrote (StepResult). The kernels count in the loops that write the parameters,
+  // whether or not a result is asked for: asking costs no pass over the parameters. The counts
+  // are the same whatever the pool size; the optimizer keeps nothing of them after Step returns.
+  absl::Status Step(absl::Span<const TensorGrad> tensors, double lr, StepProbe* probe = nullptr,
+                    StepResult* result = nullptr);
 
   // The options in force, with every default filled in.
   virtual OptimizerOptions options() const = 0;
@@ -125,7 +146,8 @@ class Optimizer {
   // REQUIRES: tensor_sizes non-empty and every size >= 1 (CreateOptimizer checks).
   explicit Optimizer(std::vector<int64_t> tensor_sizes);
 
-  // Does the work of Step once the sizes are checked.
+  // Does the work of Step once the sizes are checked: its update pass runs through UpdateSegments
+  // (once), and writes outside it go through AddUpdateSquares and AddNonFinite.
   virtual void StepImpl(absl::Span<const TensorGrad> tensors, double lr) = 0;
 
   // Replaces the options; `options` holds this optimizer's kind and is valid.
@@ -164,17 +186,36 @@ class Optimizer {
   // concurrently and in any order. fn must only write state of its own segment. Elementwise
   // kernels give the same bits either way: a cut does not change the math of any element.
   // With a probe (Step's), fn runs between the probe's BeforeSegment and AfterSegment.
-  void ForEachSegment(const std::function<void(const Segment&)>& fn) const;
+  //
+  // fn returns how many of its segment's parameters it left NaN or +-inf (0 for a segment it does
+  // not write), counted in the loop that writes them; Step adds them up, per segment and in
+  // segment order, into its StepResult.
+  void UpdateSegments(const std::function<int64_t(const Segment&)>& fn) const;
 
-  // For parameter changes made outside ForEachSegment (row-sparse updates, before it): tells the
-  // step's probe, if any, the sum of their squares.
+  // UpdateSegments for an fn that reports no count (every segment counts 0). Kernels that write
+  // parameters call UpdateSegments, so that a step reports the non-finite ones.
+  void ForEachSegment(const std::function<void(const Segment&)>& fn) const {
+    UpdateSegments([&fn](const Segment& s) -> int64_t {
+      fn(s);
+      return 0;
+    });
+  }
+
+  // For parameter changes made outside UpdateSegments (row-sparse updates, before it): tells the
+  // step's probe, if any, the sum of their squares. Call on the thread that called Step.
   void AddUpdateSquares(double sum_of_squares) const {
     if (probe_ != nullptr) probe_->AddUpdateSquares(sum_of_squares);
   }
 
+  // For parameters written outside UpdateSegments (row-sparse updates): `count` of those written
+  // in tensor `tensor` are NaN or +-inf after the write. Call on the thread that called Step.
+  void AddNonFinite(size_t tensor, int64_t count) const {
+    if (!tensor_non_finite_.empty()) tensor_non_finite_[tensor] += count;
+  }
+
   // Returns, for each tensor, the kWidth sums over its segments of value(segment), which runs
-  // through ForEachSegment. Partials are kept per segment and added in segment order, so the
-  // result is the same bits whatever the pool size.
+  // over the segments as UpdateSegments does. Partials are kept per segment and added in segment
+  // order, so the result is the same bits whatever the pool size.
   template <size_t kWidth>
   std::vector<std::array<double, kWidth>> SumPerTensor(
       const std::function<std::array<double, kWidth>(const Segment&)>& value) const {
@@ -188,7 +229,7 @@ class Optimizer {
   }
 
  private:
-  // ForEachSegment without measuring (reductions).
+  // UpdateSegments without measuring or counting (reductions).
   void RunSegments(const std::function<void(const Segment&)>& fn) const;
 
   const std::vector<int64_t> tensor_sizes_;
@@ -199,10 +240,14 @@ class Optimizer {
   std::vector<size_t> block_first_segment_;
   ThreadPool* pool_ = ThreadPool::Default();
 
-  // The probe and tensors of the step in progress (Step is not reentrant); null and empty
-  // between steps.
+  // The call context of the step in progress (Step is not reentrant), null and empty between
+  // steps: its probe and tensors, and, when its caller asked for a StepResult, where its
+  // non-finite counts go: one slot per segment (written only by that segment's fn) and one per
+  // tensor (AddNonFinite). The counts live in Step's frame.
   StepProbe* probe_ = nullptr;
   absl::Span<const TensorGrad> current_;
+  absl::Span<int64_t> segment_non_finite_;
+  absl::Span<int64_t> tensor_non_finite_;
 };
 
 // Creates the optimizer `options` names for tensors of the given element counts, running large

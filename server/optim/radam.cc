@@ -12,6 +12,8 @@ namespace optd {
 namespace {
 
 using optim_internal::DispatchBool;
+using optim_internal::IsNonFinite;
+using optim_internal::NonFiniteCount;
 
 // The float32 coefficients of one step of one tensor, computed in double and rounded once.
 struct RadamCoefficients {
@@ -26,11 +28,11 @@ struct RadamCoefficients {
 };
 
 // One fused pass: the moments in torch's op order (mul_ then add_ / addcmul_), then the update
-// with torch's scalars folded into one coefficient.
+// with torch's scalars folded into one coefficient. Returns how many p it left non-finite.
 template <bool kWeightDecay, bool kRectified>
-OPTD_SIMD_CLONES void RadamKernel(float* __restrict p, const float* __restrict g,
-                                  float* __restrict m, float* __restrict v, int64_t n,
-                                  const RadamCoefficients& c) {
+OPTD_SIMD_CLONES int64_t RadamKernel(float* __restrict p, const float* __restrict g,
+                                     float* __restrict m, float* __restrict v, int64_t n,
+                                     const RadamCoefficients& c) {
   const float weight_decay = c.weight_decay;
   const float beta1 = c.beta1;
   const float one_minus_beta1 = c.one_minus_beta1;
@@ -38,6 +40,7 @@ OPTD_SIMD_CLONES void RadamKernel(float* __restrict p, const float* __restrict g
   const float one_minus_beta2 = c.one_minus_beta2;
   const float eps = c.eps;
   const float neg_step = c.neg_step;
+  NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float pi = p[i];
     float d = g[i];
@@ -46,12 +49,16 @@ OPTD_SIMD_CLONES void RadamKernel(float* __restrict p, const float* __restrict g
     const float vi = beta2 * v[i] + (one_minus_beta2 * d) * d;
     m[i] = mi;
     v[i] = vi;
+    float p_new;
     if constexpr (kRectified) {
-      p[i] = pi + (neg_step * mi) / (std::sqrt(vi) + eps);
+      p_new = pi + (neg_step * mi) / (std::sqrt(vi) + eps);
     } else {
-      p[i] = pi + neg_step * mi;
+      p_new = pi + neg_step * mi;
     }
+    p[i] = p_new;
+    non_finite += IsNonFinite(p_new);
   }
+  return non_finite;
 }
 
 }  // namespace
@@ -106,14 +113,14 @@ void Radam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     }
   }
 
-  ForEachSegment([&](const Segment& seg) {
+  UpdateSegments([&](const Segment& seg) {
     TensorState& s = state_[seg.tensor];
     float* p = tensors[seg.tensor].param.data() + seg.begin;
     const float* g = tensors[seg.tensor].grad.data() + seg.begin;
     const RadamCoefficients& ct = coefficients[seg.tensor];
-    DispatchBool(has_weight_decay, [&](auto kWd) {
-      DispatchBool(ct.rectified, [&](auto kRectified) {
-        RadamKernel<decltype(kWd)::value, decltype(kRectified)::value>(
+    return DispatchBool(has_weight_decay, [&](auto kWd) {
+      return DispatchBool(ct.rectified, [&](auto kRectified) {
+        return RadamKernel<decltype(kWd)::value, decltype(kRectified)::value>(
             p, g, s.exp_avg.data() + seg.begin, s.exp_avg_sq.data() + seg.begin,
             seg.end - seg.begin, ct);
       });

@@ -13,6 +13,8 @@ namespace optd {
 namespace {
 
 using optim_internal::DispatchBool;
+using optim_internal::IsNonFinite;
+using optim_internal::NonFiniteCount;
 
 // The float32 coefficients of one step, computed in double and rounded once.
 struct RmspropCoefficients {
@@ -26,12 +28,13 @@ struct RmspropCoefficients {
 };
 
 // One fused pass, in torch's op order (mul_ then addcmul_ / add_, addcmul(value=-1).sqrt_(),
-// add_(eps), then mul_ and addcdiv_ into the buffer or addcdiv_ into p).
+// add_(eps), then mul_ and addcdiv_ into the buffer or addcdiv_ into p). Returns how many p it
+// left non-finite.
 template <bool kWeightDecay, bool kCentered, bool kMomentum>
-OPTD_SIMD_CLONES void RmspropKernel(float* __restrict p, const float* __restrict g,
-                                    float* __restrict square_avg, float* __restrict grad_avg,
-                                    float* __restrict buf, int64_t n,
-                                    const RmspropCoefficients& c) {
+OPTD_SIMD_CLONES int64_t RmspropKernel(float* __restrict p, const float* __restrict g,
+                                       float* __restrict square_avg, float* __restrict grad_avg,
+                                       float* __restrict buf, int64_t n,
+                                       const RmspropCoefficients& c) {
   const float sign = c.sign;
   const float weight_decay = c.weight_decay;
   const float alpha = c.alpha;
@@ -39,6 +42,7 @@ OPTD_SIMD_CLONES void RmspropKernel(float* __restrict p, const float* __restrict
   const float eps = c.eps;
   const float momentum = c.momentum;
   const float neg_lr = c.neg_lr;
+  NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float d = sign * g[i];
     if constexpr (kWeightDecay) d += weight_decay * p[i];
@@ -54,14 +58,18 @@ OPTD_SIMD_CLONES void RmspropKernel(float* __restrict p, const float* __restrict
       avg = std::sqrt(sq);
     }
     avg += eps;
+    float p_new;
     if constexpr (kMomentum) {
       const float b = momentum * buf[i] + d / avg;
       buf[i] = b;
-      p[i] += neg_lr * b;
+      p_new = p[i] + neg_lr * b;
     } else {
-      p[i] += (neg_lr * d) / avg;
+      p_new = p[i] + (neg_lr * d) / avg;
     }
+    p[i] = p_new;
+    non_finite += IsNonFinite(p_new);
   }
+  return non_finite;
 }
 
 }  // namespace
@@ -114,18 +122,18 @@ void Rmsprop::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     ++s.step;
   }
 
-  ForEachSegment([&](const Segment& seg) {
+  UpdateSegments([&](const Segment& seg) {
     TensorState& s = state_[seg.tensor];
     float* p = tensors[seg.tensor].param.data() + seg.begin;
     const float* g = tensors[seg.tensor].grad.data() + seg.begin;
     float* grad_avg = options_.centered ? s.grad_avg.data() + seg.begin : nullptr;
     float* buf = has_momentum ? s.momentum_buffer.data() + seg.begin : nullptr;
-    DispatchBool(has_weight_decay, [&](auto kWd) {
-      DispatchBool(options_.centered, [&](auto kCentered) {
-        DispatchBool(has_momentum, [&](auto kMomentum) {
-          RmspropKernel<decltype(kWd)::value, decltype(kCentered)::value,
-                        decltype(kMomentum)::value>(p, g, s.square_avg.data() + seg.begin, grad_avg,
-                                                    buf, seg.end - seg.begin, c);
+    return DispatchBool(has_weight_decay, [&](auto kWd) {
+      return DispatchBool(options_.centered, [&](auto kCentered) {
+        return DispatchBool(has_momentum, [&](auto kMomentum) {
+          return RmspropKernel<decltype(kWd)::value, decltype(kCentered)::value,
+                               decltype(kMomentum)::value>(p, g, s.square_avg.data() + seg.begin,
+                                                           grad_avg, buf, seg.end - seg.begin, c);
         });
       });
     });

@@ -18,7 +18,7 @@
 // State, created on a tensor's first step as zeros: square_avg (4 bytes per element), plus the
 // momentum buffer when momentum != 0 (4) and grad_avg when centered (4). Coefficients are rounded
 // to float once per step; the element math is float32, one fused pass per tensor segment (on the
-// pool for large steps, see Optimizer::ForEachSegment).
+// pool for large steps, see Optimizer::UpdateSegments).
 //
 // Built by CreateOptimizer (optimizer.h); tests may construct it directly. Not thread-safe, like
 // every Optimizer. Errors: see Optimizer::Step.

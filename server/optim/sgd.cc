@@ -11,24 +11,32 @@ namespace optd {
 namespace {
 
 using optim_internal::DispatchBool;
+using optim_internal::IsNonFinite;
+using optim_internal::NonFiniteCount;
 
-// p += neg_lr * (sign * g + wd * p). Plain SGD, no state.
+// p += neg_lr * (sign * g + wd * p). Plain SGD, no state. Returns how many p it left non-finite.
 template <bool kWeightDecay>
-OPTD_SIMD_CLONES void SgdKernel(float* __restrict p, const float* __restrict g, int64_t n,
-                                float sign, float wd, float neg_lr) {
+OPTD_SIMD_CLONES int64_t SgdKernel(float* __restrict p, const float* __restrict g, int64_t n,
+                                   float sign, float wd, float neg_lr) {
+  NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float d = sign * g[i];
     if constexpr (kWeightDecay) d += wd * p[i];
-    p[i] += neg_lr * d;
+    const float p_new = p[i] + neg_lr * d;
+    p[i] = p_new;
+    non_finite += IsNonFinite(p_new);
   }
+  return non_finite;
 }
 
 // SGD with momentum. On the first step the buffer is a copy of d (torch.clone), with no
-// (1 - dampening) factor.
+// (1 - dampening) factor. Returns how many p it left non-finite.
 template <bool kWeightDecay, bool kFirstStep, bool kNesterov>
-OPTD_SIMD_CLONES void SgdMomentumKernel(float* __restrict p, const float* __restrict g,
-                                        float* __restrict buf, int64_t n, float sign, float wd,
-                                        float momentum, float one_minus_dampening, float neg_lr) {
+OPTD_SIMD_CLONES int64_t SgdMomentumKernel(float* __restrict p, const float* __restrict g,
+                                           float* __restrict buf, int64_t n, float sign, float wd,
+                                           float momentum, float one_minus_dampening,
+                                           float neg_lr) {
+  NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float d = sign * g[i];
     if constexpr (kWeightDecay) d += wd * p[i];
@@ -39,12 +47,16 @@ OPTD_SIMD_CLONES void SgdMomentumKernel(float* __restrict p, const float* __rest
       b = momentum * buf[i] + one_minus_dampening * d;
     }
     buf[i] = b;
+    float p_new;
     if constexpr (kNesterov) {
-      p[i] += neg_lr * (d + momentum * b);
+      p_new = p[i] + neg_lr * (d + momentum * b);
     } else {
-      p[i] += neg_lr * b;
+      p_new = p[i] + neg_lr * b;
     }
+    p[i] = p_new;
+    non_finite += IsNonFinite(p_new);
   }
+  return non_finite;
 }
 
 }  // namespace
@@ -72,11 +84,11 @@ void Sgd::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   const bool has_weight_decay = options_.weight_decay != 0.0;
 
   if (options_.momentum == 0.0) {
-    ForEachSegment([&](const Segment& s) {
+    UpdateSegments([&](const Segment& s) {
       float* p = tensors[s.tensor].param.data() + s.begin;
       const float* g = tensors[s.tensor].grad.data() + s.begin;
-      DispatchBool(has_weight_decay, [&](auto kWd) {
-        SgdKernel<decltype(kWd)::value>(p, g, s.end - s.begin, sign, wd, neg_lr);
+      return DispatchBool(has_weight_decay, [&](auto kWd) {
+        return SgdKernel<decltype(kWd)::value>(p, g, s.end - s.begin, sign, wd, neg_lr);
       });
     });
     return;
@@ -89,17 +101,17 @@ void Sgd::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     first_step[t] = buf.empty();
     if (buf.empty()) buf.resize(tensors[t].param.size());
   }
-  ForEachSegment([&](const Segment& s) {
+  UpdateSegments([&](const Segment& s) {
     float* p = tensors[s.tensor].param.data() + s.begin;
     const float* g = tensors[s.tensor].grad.data() + s.begin;
     float* buf = momentum_buffers_[s.tensor].data() + s.begin;
     const int64_t n = s.end - s.begin;
-    DispatchBool(has_weight_decay, [&](auto kWd) {
-      DispatchBool(first_step[s.tensor], [&](auto kFirst) {
-        DispatchBool(options_.nesterov, [&](auto kNesterov) {
-          SgdMomentumKernel<decltype(kWd)::value, decltype(kFirst)::value,
-                            decltype(kNesterov)::value>(p, g, buf, n, sign, wd, momentum,
-                                                        one_minus_dampening, neg_lr);
+    return DispatchBool(has_weight_decay, [&](auto kWd) {
+      return DispatchBool(first_step[s.tensor], [&](auto kFirst) {
+        return DispatchBool(options_.nesterov, [&](auto kNesterov) {
+          return SgdMomentumKernel<decltype(kWd)::value, decltype(kFirst)::value,
+                                   decltype(kNesterov)::value>(p, g, buf, n, sign, wd, momentum,
+                                                               one_minus_dampening, neg_lr);
         });
       });
     });
