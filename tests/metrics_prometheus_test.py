@@ -228,6 +228,8 @@ def _train(optd, observed: Observed, prometheus: Prometheus):
 
     create(SESSION)
     create(DOOMED)
+    # A checkpoint, so the durability series have values.
+    stub.Checkpoint(pb2.CheckpointRequest(session_id=SESSION), timeout=RPC_TIMEOUT_S)
     # Let Prometheus see the sessions' zero-valued series first, so that increase() and rate() see
     # every step and refusal below.
     _wait_for("the first scrape of the new sessions",
@@ -273,7 +275,8 @@ def stack():
     optd = prometheus = None
     try:
         try:
-            optd = OptdProcess(metrics=True).start()
+            optd = OptdProcess(metrics=True,
+                               extra_args=[f"--checkpoint_dir={workdir / 'checkpoints'}"]).start()
         except OptdSetupError as e:
             pytest.fail(str(e), pytrace=False)
         prometheus = Prometheus(optd.metrics_address, workdir)

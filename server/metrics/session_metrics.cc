@@ -105,7 +105,9 @@ struct PrometheusSessionObserver::Series {
         loss(o.loss_, labels),
         state_bytes(o.state_bytes_, labels),
         memory_bytes(o.memory_bytes_, labels),
-        checkpoint_time(o.checkpoint_time_, labels) {
+        checkpoint_time(o.checkpoint_time_, labels),
+        non_finite_steps(&o.non_finite_steps_.Add(labels)),
+        non_finite(&o.non_finite_.Add(labels)) {
     for (size_t i = 0; i < kReasons.size(); ++i) {
       prometheus::Labels with_reason = labels;
       with_reason.emplace("reason", std::string(RefusalReasonName(kReasons[i])));
@@ -136,6 +138,8 @@ struct PrometheusSessionObserver::Series {
   LazyGauge state_bytes;
   LazyGauge memory_bytes;
   LazyGauge checkpoint_time;
+  Counter* const non_finite_steps;
+  Gauge* const non_finite;
 };
 
 PrometheusSessionObserver::PrometheusSessionObserver(prometheus::Registry& registry,
@@ -227,17 +231,27 @@ PrometheusSessionObserver::PrometheusSessionObserver(prometheus::Registry& regis
                           "--session_idle_timeout.")
                     .Register(registry)
                     .Add({{"reason", "idle"}})),
+      non_finite_steps_(prometheus::BuildCounter()
+                            .Name("optd_non_finite_parameter_steps_total")
+                            .Help("Steps that left parameters NaN or infinite (from finite "
+                                  "gradients: an lr too large, an overflow).")
+                            .Register(registry)),
+      non_finite_(prometheus::BuildGauge()
+                      .Name("optd_non_finite_parameters")
+                      .Help("Parameters the session's last step left NaN or infinite.")
+                      .Register(registry)),
       checkpoint_time_(prometheus::BuildGauge()
                            .Name("optd_checkpoint_last_success_timestamp_seconds")
                            .Help("Unix time at which the session's newest checkpoint became "
                                  "durable.")
                            .Register(registry)),
-      checkpoint_seconds_(prometheus::BuildHistogram()
-                              .Name("optd_checkpoint_duration_seconds")
-                              .Help("Time to snapshot a session and write its checkpoint durably.")
-                              .Register(registry)
-                              .Add({}, prometheus::Histogram::BucketBoundaries{
-                                           0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300})),
+      checkpoint_seconds_(
+          prometheus::BuildHistogram()
+              .Name("optd_checkpoint_duration_seconds")
+              .Help("Time to snapshot a session and write its checkpoint durably.")
+              .Register(registry)
+              .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10,
+                                                               30, 60, 300})),
       checkpoint_bytes_(prometheus::BuildCounter()
                             .Name("optd_checkpoint_written_bytes_total")
                             .Help("Bytes of checkpoint files written.")
@@ -266,6 +280,10 @@ PrometheusSessionObserver::PrometheusSessionObserver(prometheus::Registry& regis
                           .Add({})) {
   absl::MutexLock lock(&mu_);
   for (const std::string& name : KnownOptimizers()) SessionsGauge(name);
+  // Zero from the start for the reasons a checkpoint usually fails, so alerts have a series.
+  for (const char* reason : {"resource_exhausted", "permission_denied", "not_found", "internal"}) {
+    checkpoint_failures_.Add({{"reason", reason}});
+  }
 }
 
 PrometheusSessionObserver::~PrometheusSessionObserver() = default;
@@ -299,10 +317,12 @@ void PrometheusSessionObserver::RemoveSeries(Series& s) {
   received_bytes_.Remove(s.received_bytes);
   sent_bytes_.Remove(s.sent_bytes);
   copy_bytes_.Remove(s.copy_bytes);
+  non_finite_steps_.Remove(s.non_finite_steps);
+  non_finite_.Remove(s.non_finite);
   for (Counter* c : s.refused) refused_.Remove(c);
-  for (LazyGauge* g : {&s.gradient_norm, &s.update_norm, &s.parameter_norm, &s.update_ratio,
-                       &s.learning_rate, &s.loss, &s.state_bytes, &s.memory_bytes,
-                       &s.checkpoint_time}) {
+  for (LazyGauge* g :
+       {&s.gradient_norm, &s.update_norm, &s.parameter_norm, &s.update_ratio, &s.learning_rate,
+        &s.loss, &s.state_bytes, &s.memory_bytes, &s.checkpoint_time}) {
     g->Remove();
   }
 }
@@ -387,6 +407,8 @@ void PrometheusSessionObserver::OnStep(const StepEvent& event) {
   s->learning_rate.Set(event.learning_rate);
   s->state_bytes.Set(static_cast<double>(event.optimizer_state_bytes));
   s->memory_bytes.Set(static_cast<double>(event.memory_bytes));
+  s->non_finite->Set(static_cast<double>(event.non_finite_parameters));
+  if (event.non_finite_parameters > 0) s->non_finite_steps->Increment();
   if (event.parameter_bytes_copied > 0) {
     s->copy_bytes->Increment(static_cast<double>(event.parameter_bytes_copied));
   }

@@ -24,6 +24,8 @@
 //   optd_parameter_copy_bytes_total  counter    parameter bytes copied because a reply still
 //                                               held them when the next step came (copy on write)
 //   optd_optimizer_state_bytes       gauge      optimizer state held by the session
+//   optd_non_finite_parameters       gauge      parameters the last step left NaN or infinite
+//   optd_non_finite_parameter_steps_total  counter  steps that left some
 //   optd_session_memory_bytes        gauge      everything the session holds (GetSession's
 //                                               MemoryUse.total_bytes), as of its last step
 // Server-wide:
@@ -145,6 +147,8 @@ class PrometheusSessionObserver final : public SessionObserver, public Checkpoin
   prometheus::Family<prometheus::Gauge>& state_bytes_;
   prometheus::Family<prometheus::Gauge>& memory_bytes_;
   prometheus::Counter& unloaded_;
+  prometheus::Family<prometheus::Counter>& non_finite_steps_;
+  prometheus::Family<prometheus::Gauge>& non_finite_;
   prometheus::Family<prometheus::Gauge>& checkpoint_time_;
   prometheus::Histogram& checkpoint_seconds_;
   prometheus::Counter& checkpoint_bytes_;

@@ -308,20 +308,13 @@ absl::Status Optimizer::ImportState(const OptimizerState& state) {
                                       empty_ok ? ", or 0 before its first use" : "")
                     : std::string("0 (a tensor that has not stepped has no state)")));
       }
-      for (size_t i = 0; i < array.values.size(); ++i) {
-        if (!std::isfinite(array.values[i])) {
-          return absl::InvalidArgumentError(
-              absl::StrFormat("%s: \"%s\" element %d is %g; every value must be finite", where,
-                              array.name, i, array.values[i]));
-        }
-      }
     }
     if (in.scalars.size() != refs.scalars.size()) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "%s has %d scalars; %s keeps %d", where, in.scalars.size(), kind, refs.scalars.size()));
     }
     for (size_t k = 0; k < in.scalars.size(); ++k) {
-      if (in.scalars[k].first != refs.scalars[k].first || !std::isfinite(in.scalars[k].second)) {
+      if (in.scalars[k].first != refs.scalars[k].first) {
         return absl::InvalidArgumentError(absl::StrFormat(
             "%s: scalar %d is \"%s\" = %g; %s keeps a finite \"%s\" there", where, k,
             in.scalars[k].first.substr(0, 64), in.scalars[k].second, kind, refs.scalars[k].first));

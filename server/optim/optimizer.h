@@ -122,7 +122,8 @@ class Optimizer {
   // Returns InvalidArgument naming what does not fit, and changes nothing, if the number of
   // tensors differs, a tensor's arrays are not exactly those the options in force keep (by name)
   // or have the wrong length, a step counter is negative, arrays are present for a tensor that has
-  // not stepped (or missing for one that has), or a value is not finite.
+  // not stepped (or missing for one that has). Values are taken as they are, non-finite ones too:
+  // a checkpoint restores a session exactly, even one a step drove to inf (StepResult).
   absl::Status ImportState(const OptimizerState& state);
 
   // Bytes of state per parameter element once every tensor has stepped (e.g. 8 for Adam, 12 for

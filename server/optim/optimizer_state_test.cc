@@ -141,8 +141,6 @@ TEST(OptimizerStateTest, RefusesAStateThatDoesNotFitAndChangesNothing) {
        "has 1 arrays; adam with these options keeps 2 (exp_avg, exp_avg_sq)"},
       {"length", [](OptimizerState& s) { s.tensors[0].arrays[0].values.push_back(0); },
        "\"exp_avg\" has 5 values at step 1; must be 4"},
-      {"non-finite", [](OptimizerState& s) { s.tensors[0].arrays[1].values[2] = NAN; },
-       "\"exp_avg_sq\" element 2 is nan"},
       {"negative step", [](OptimizerState& s) { s.tensors[0].step = -1; },
        "step = -1 is out of range"},
       {"arrays at step 0", [](OptimizerState& s) { s.tensors[0].step = 0; },

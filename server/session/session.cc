@@ -142,7 +142,8 @@ void Session::StepLocked(const StepInput& input, std::vector<Gradient> gradients
     }
   }
   RefusalReason reason;
-  absl::StatusOr<int64_t> staleness = AdmitVersion(consistency_, input.version, version_, &reason, restored_);
+  absl::StatusOr<int64_t> staleness =
+      AdmitVersion(consistency_, input.version, version_, &reason, restored_);
   if (!staleness.ok()) return reports->Add(std::move(done), staleness.status(), bytes, -1, reason);
   for (const Gradient& g : gradients) {
     if (!g.sparse()) continue;
@@ -252,7 +253,13 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
   }
   const double lr = schedule_.Current();
   UpdateNormMeter norms;
-  if (absl::Status s = optimizer_->Step(step, lr, measure ? &norms : nullptr); !s.ok()) return s;
+  StepResult result;
+  if (absl::Status s = optimizer_->Step(step, lr, measure ? &norms : nullptr, &result); !s.ok()) {
+    return s;
+  }
+  out->non_finite_parameters = result.non_finite_parameters;
+  for (int t : result.non_finite_tensors) out->non_finite_tensors.push_back(specs_[t].name);
+  event->non_finite_parameters = result.non_finite_parameters;
   schedule_.Advance(loss);
   event->loss = loss;
   if (measure) {

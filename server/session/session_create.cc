@@ -141,10 +141,6 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Restore(SessionState state,
                        state.parameters[i] == nullptr ? 0 : state.parameters[i]->size(),
                        " values; its shape ", ShapeString(t.shape), " has ", *n));
     }
-    if (int64_t bad = FirstNonFinite(*state.parameters[i]); bad >= 0) {
-      return NonFiniteError(absl::StrCat("parameters of ", field), t.name, bad,
-                            (*state.parameters[i])[bad]);
-    }
     sizes.push_back(*n);
   }
   if (state.version < 0) {

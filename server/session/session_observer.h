@@ -42,6 +42,8 @@ struct StepEvent {
   int64_t optimizer_state_bytes = 0;
   // Everything the session holds in memory after the step (SessionInfo::memory's total).
   int64_t memory_bytes = 0;
+  // Parameters the step left NaN or infinite (from finite gradients).
+  int64_t non_finite_parameters = 0;
   // Parameter bytes copied before the step because replies still held the buffers (copy on
   // write, see wire_tensor.h); 0 in a worker loop, where a reply is sent before the next step.
   int64_t parameter_bytes_copied = 0;
