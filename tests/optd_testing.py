@@ -7,13 +7,18 @@
   Metrics are off (``--metrics_listen=``) unless ``metrics=True``: then the Prometheus exporter
   listens on 127.0.0.1:0, its address is read from the ``optd metrics on HOST:PORT`` line
   (``.metrics_address``) and ``.metrics_text()`` fetches ``/metrics``. ``extra_args`` come last, so
-  they can override either flag.
+  they can override either flag. ``wrapper`` is a command prefix that execs optd in its own process
+  (``["prlimit", "--as=N"]``), so ``.proc.pid`` is still optd's. ``.status()`` reads its
+  /proc/<pid>/status (VmRSS, VmSize, Threads), ``.open_fds()`` counts its descriptors,
+  ``.memory_budget()`` is the budget it announced at start-up, ``.stop(timeout)`` waits that long.
 * ``optd_server``: a module-scoped pytest fixture yielding a started ``OptdProcess`` (``.address``,
   ``.stub``, ``.pb2``). A missing binary or missing stubs FAIL the test: in CI that is a bug, not a
   reason to skip.
 * ``to_tensor`` / ``from_tensor``: numpy float32 <-> ``optd_pb2.Tensor`` without per-element loops.
 * ``to_sparse_tensor`` / ``from_sparse_tensor``: the same for row-sparse tensors (``Tensor.rows``);
   ``current_version_of``: the "optd-current-version" trailing metadata of an ABORTED unary reply.
+* ``StepStream``: a StreamSteps call whose replies are read on a thread, so each can be awaited with
+  a timeout (a reply that never comes fails the test instead of hanging it).
 
 Run with Debian's interpreter: ``/usr/bin/python3 -m pytest -q tests/...``.
 """
@@ -42,6 +47,7 @@ STOP_TIMEOUT_S = 10.0
 
 _LISTEN_LINE = re.compile(r"^optd listening on (?P<host>\S+):(?P<port>\d+)\s*$")
 _METRICS_LINE = re.compile(r"^optd metrics on (?P<host>\S+):(?P<port>\d+)\s*$")
+_BUDGET_LINE = re.compile(r"optd: memory budget (\d+) bytes")
 
 
 class OptdSetupError(RuntimeError):
@@ -160,9 +166,10 @@ atexit.register(_kill_leftovers)
 class OptdProcess:
     """One optd server process started by this test run (never anything else)."""
 
-    def __init__(self, extra_args=(), metrics=False):
+    def __init__(self, extra_args=(), metrics=False, wrapper=()):
         self.binary = binary_path()
         self.extra_args = list(extra_args)
+        self.wrapper = list(wrapper)
         self.metrics = metrics
         self.metrics_address = None  # "host:port" of /metrics, when the exporter is on
         self.proc = None
@@ -186,7 +193,8 @@ class OptdProcess:
         self.pb2, self.pb2_grpc = load_stubs()
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         metrics_flag = "--metrics_listen=127.0.0.1:0" if self.metrics else "--metrics_listen="
-        args = [str(self.binary), "--listen=127.0.0.1:0", metrics_flag, *self.extra_args]
+        args = [*self.wrapper, str(self.binary), "--listen=127.0.0.1:0", metrics_flag,
+                *self.extra_args]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self._stderr)
         _live[self.proc.pid] = self.proc
@@ -250,8 +258,9 @@ class OptdProcess:
 
     # -- stop --------------------------------------------------------------------------------------
 
-    def stop(self):
-        """SIGTERM, wait up to STOP_TIMEOUT_S, then SIGKILL. Returns (returncode, killed)."""
+    def stop(self, timeout=None):
+        """SIGTERM, wait up to `timeout` (default STOP_TIMEOUT_S), then SIGKILL. Returns
+        (returncode, killed)."""
         if self.channel is not None:
             self.channel.close()
             self.channel = None
@@ -261,7 +270,7 @@ class OptdProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
+                self.proc.wait(timeout=STOP_TIMEOUT_S if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -270,6 +279,41 @@ class OptdProcess:
         if self._reader is not None:
             self._reader.join(2.0)
         return self.proc.returncode, killed
+
+    def stderr_text(self) -> str:
+        """Everything optd wrote to stderr so far."""
+        if self._stderr is None:
+            return ""
+        # pread: the file offset, shared with the server's descriptor, stays where it is.
+        return os.pread(self._stderr.fileno(), 1 << 24, 0).decode("utf-8", "replace")
+
+    def memory_budget(self, timeout=5.0) -> int:
+        """The memory budget optd announced at start-up ("optd: memory budget N bytes")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = _BUDGET_LINE.search(self.stderr_text())
+            if m:
+                return int(m.group(1))
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise OptdSetupError(f"optd announced no memory budget\n{self.output()}")
+            time.sleep(0.02)
+
+    def status(self) -> dict:
+        """The server's /proc/<pid>/status as {field: int}, kB fields in bytes (VmRSS, VmSize)."""
+        out = {}
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                parts = value.split()
+                if len(parts) == 2 and parts[1] == "kB":
+                    out[key] = int(parts[0]) * 1024
+                elif len(parts) == 1 and parts[0].isdigit():
+                    out[key] = int(parts[0])
+        return out
+
+    def open_fds(self) -> int:
+        """How many file descriptors the server has open (/proc/<pid>/fd)."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def output(self) -> str:
         """stdout and (the tail of) stderr so far, for failure messages."""
@@ -282,8 +326,8 @@ class OptdProcess:
                 "\n--- optd stderr (tail) ---\n" + err)
 
 
-def start_optd(extra_args=(), metrics=False) -> OptdProcess:
-    return OptdProcess(extra_args, metrics=metrics).start()
+def start_optd(extra_args=(), metrics=False, wrapper=()) -> OptdProcess:
+    return OptdProcess(extra_args, metrics=metrics, wrapper=wrapper).start()
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +350,57 @@ def optd_server():
     if returncode != 0:
         pytest.fail(f"optd exited with status {returncode} after SIGTERM\n{server.output()}",
                     pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Streams.
+
+class StepStream:
+    """One StreamSteps call whose replies are read on a thread of their own, so a test can wait
+    for each with a timeout: ``send(request)``, ``recv(timeout)`` (the next StreamStepsResponse;
+    ``queue.Empty`` if none came in time, the call's ``grpc.RpcError`` if it ended with one,
+    ``EOFError`` if it ended OK), ``close()`` (half-close), ``cancel()``, ``status()`` (the code
+    the call ended with, once it has)."""
+
+    _END = object()
+
+    def __init__(self, stub, timeout):
+        import queue  # pylint: disable=import-outside-toplevel
+        self._requests = queue.Queue()
+        self._replies = queue.Queue()
+        self.call = stub.StreamSteps(iter(self._requests.get, None), timeout=timeout)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        try:
+            for response in self.call:
+                self._replies.put(response)
+            self._replies.put(self._END)
+        except grpc.RpcError as e:
+            self._replies.put(e)
+
+    def send(self, request):
+        self._requests.put(request)
+
+    def recv(self, timeout):
+        item = self._replies.get(timeout=timeout)
+        if item is self._END:
+            self._replies.put(item)
+            raise EOFError("the stream ended")
+        if isinstance(item, grpc.RpcError):
+            self._replies.put(item)
+            raise item
+        return item
+
+    def close(self):
+        self._requests.put(None)
+
+    def cancel(self):
+        self._requests.put(None)
+        self.call.cancel()
+
+    def join(self, timeout):
+        """Waits for the call to end; True if it did."""
+        self._reader.join(timeout)
+        return not self._reader.is_alive()
