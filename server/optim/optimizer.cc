@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <new>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -197,6 +198,21 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
       return absl::InvalidArgumentError(absl::StrFormat(
           "tensor %d has a gradient of %d elements for %d parameters", i, grad_size, param_size));
     }
+  }
+  // Everything this step may allocate is allocated first, so that running out of memory changes
+  // nothing: the state a tensor's first step creates (its arrays take this capacity, and
+  // assigning within it allocates no more) and the step's own bookkeeping.
+  try {
+    if (StateBytesPerElement() > 0) {
+      for (size_t t = 0; t < tensor_sizes_.size(); ++t) {
+        for (const auto& [name, values] : StateOf(t).arrays) {
+          if (values->empty()) values->reserve(static_cast<size_t>(tensor_sizes_[t]));
+        }
+      }
+    }
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%s: no memory for the optimizer state of the first step", OptimizerName(options())));
   }
   // The call context, cleared before returning: the optimizer keeps nothing of it.
   std::vector<int64_t> segment_non_finite;

@@ -51,6 +51,10 @@ size_t PrefixSize(int field, size_t length) {
 // values sent as BF16 or F16 are encoded into slices of their own.
 class SliceWriter {
  public:
+  // `keep`, if set, is held by every slice of owned or encoded bytes until gRPC frees it: the
+  // memory reservation that pays for them.
+  explicit SliceWriter(std::shared_ptr<void> keep = nullptr) : keep_(std::move(keep)) {}
+
   void Prefix(int field, size_t length) { AppendPrefix(field, length, &pending_); }
 
   void Message(const google::protobuf::MessageLite& message) { message.AppendToString(&pending_); }
@@ -61,9 +65,10 @@ class SliceWriter {
       return;
     }
     Flush();
-    auto* owned = new std::string(std::move(*bytes));
+    auto* owned = new Owned{std::move(*bytes), keep_};
     slices_.emplace_back(
-        owned->data(), owned->size(), [](void* s) { delete static_cast<std::string*>(s); }, owned);
+        owned->bytes.data(), owned->bytes.size(), [](void* s) { delete static_cast<Owned*>(s); },
+        owned);
   }
 
   // `floats` encoded as `dtype`: F32 large ones referenced where they are, others encoded
@@ -78,10 +83,10 @@ class SliceWriter {
     }
     Flush();
     if (dtype != WireDType::kF32) {
-      grpc::Slice slice(size);  // not zero-filled
-      EncodeFloats(dtype, *floats, reinterpret_cast<char*>(const_cast<uint8_t*>(slice.begin())),
-                   ThreadPool::Default());
-      slices_.push_back(std::move(slice));
+      auto* encoded = new Encoded{std::unique_ptr<char[]>(new char[size]), keep_};  // no zero-fill
+      EncodeFloats(dtype, *floats, encoded->bytes.get(), ThreadPool::Default());
+      slices_.emplace_back(
+          encoded->bytes.get(), size, [](void* s) { delete static_cast<Encoded*>(s); }, encoded);
       return;
     }
     // gRPC only reads the slice; the session never writes a buffer it shares.
@@ -119,6 +124,16 @@ class SliceWriter {
     pending_.clear();
   }
 
+  struct Owned {
+    std::string bytes;
+    std::shared_ptr<void> keep;
+  };
+  struct Encoded {
+    std::unique_ptr<char[]> bytes;
+    std::shared_ptr<void> keep;
+  };
+
+  const std::shared_ptr<void> keep_;
   std::string pending_;
   std::vector<grpc::Slice> slices_;
 };
@@ -386,7 +401,7 @@ absl::Status ParseStepRequest(grpc::ByteBuffer* bytes, StepRequestBytes* out) {
 }
 
 void SerializeStepResponse(StepOutput out, grpc::ByteBuffer* bytes) {
-  SliceWriter writer;
+  SliceWriter writer(out.encoding);
   StepResponseWriter(std::move(out)).WriteTo(&writer);
   writer.Finish(bytes);
 }
@@ -397,14 +412,14 @@ void SerializePullResponse(PullOutput out, const std::string& server_incarnation
   header.set_version(out.version);
   header.set_server_incarnation(server_incarnation);
   header.set_durable_version(durable_version);
-  SliceWriter writer;
+  SliceWriter writer(out.encoding);
   TensorsWriter(header, v1::PullResponse::kTensorsFieldNumber, std::move(out.tensors))
       .WriteTo(&writer);
   writer.Finish(bytes);
 }
 
 void SerializeStreamStepsReply(StepOutput out, grpc::ByteBuffer* bytes) {
-  SliceWriter writer;
+  SliceWriter writer(out.encoding);
   StepResponseWriter reply(std::move(out));
   writer.Prefix(v1::StreamStepsResponse::kReplyFieldNumber, reply.size());
   reply.WriteTo(&writer);

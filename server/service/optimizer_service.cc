@@ -332,8 +332,7 @@ absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& reques
 }
 
 int64_t OptimizerServiceImpl::DurableVersion(absl::string_view session_id) const {
-  return options_.checkpointer == nullptr ? -1
-                                          : options_.checkpointer->DurableVersion(session_id);
+  return options_.checkpointer == nullptr ? -1 : options_.checkpointer->DurableVersion(session_id);
 }
 
 void OptimizerServiceImpl::Describe(const Session& session, v1::Session* out) const {
@@ -356,14 +355,23 @@ absl::Status OptimizerServiceImpl::DoJoinSession(const v1::JoinSessionRequest& r
 }
 
 void OptimizerServiceImpl::StartStep(const StepRequestBytes& request, StepCallback done) {
-  absl::StatusOr<StepInput> input = StepInputFromProto(request.message);
-  if (!input.ok()) return done(input.status());
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.message.session_id());
-  if (!session.ok()) return done(session.status());
-  absl::StatusOr<std::vector<WireTensorView>> gradients = ViewsOf("gradients", request.gradients);
-  if (!gradients.ok()) return done(gradients.status());
-  input->gradients = *gradients;
-  (*session)->Step(*input, std::move(done));
+  // Until the session has `done`, a memory shortfall here is answered here.
+  bool handed = false;
+  try {
+    absl::StatusOr<StepInput> input = StepInputFromProto(request.message);
+    if (!input.ok()) return done(input.status());
+    absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.message.session_id());
+    if (!session.ok()) return done(session.status());
+    absl::StatusOr<std::vector<WireTensorView>> gradients = ViewsOf("gradients", request.gradients);
+    if (!gradients.ok()) return done(gradients.status());
+    input->gradients = *gradients;
+    handed = true;
+    (*session)->Step(*input, std::move(done));
+  } catch (const std::bad_alloc&) {
+    if (!handed) {
+      done(absl::ResourceExhaustedError("Step: the server ran out of memory; nothing was changed"));
+    }
+  }
 }
 
 // Serves a unary method whose reply is a small message: parses the request (INVALID_ARGUMENT if

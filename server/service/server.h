@@ -36,6 +36,9 @@ GrpcType GrpcTypeOf(const google::protobuf::MethodDescriptor& method);
 
 class OptimizerServiceImpl;
 
+// Streams (calls) one client connection may have open at once.
+inline constexpr int kMaxConcurrentStreams = 1024;
+
 struct ServerOptions {
   // host:port to listen on; port 0 picks a free port (read it back with port()).
   std::string listen = "127.0.0.1:50051";

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <new>
 #include <string>
 #include <utility>
 
@@ -98,8 +99,17 @@ void Session::Step(const StepInput& input, StepCallback done) {
                    : absl::StatusOr<MemoryReservation>(checked);
   // Decoded and validated outside the lock: names and shapes never change after creation.
   absl::StatusOr<std::vector<Gradient>> gradients =
-      decoding.ok() ? DecodeGradients(specs_, id_, input.gradients, &reason)
+      decoding.ok() ? absl::StatusOr<std::vector<Gradient>>(std::vector<Gradient>())
                     : absl::StatusOr<std::vector<Gradient>>(decoding.status());
+  if (decoding.ok()) {
+    try {
+      gradients = DecodeGradients(specs_, id_, input.gradients, &reason);
+    } catch (const std::bad_alloc&) {
+      gradients = absl::ResourceExhaustedError(
+          absl::StrCat("no memory to decode the gradient for session ", id_));
+      reason = RefusalReason::kInvalid;
+    }
+  }
   if (!gradients.ok()) {
     reports.Add(std::move(done), gradients.status(), input.bytes(), -1, reason);
   } else {
@@ -127,6 +137,11 @@ void Session::StepLocked(const StepInput& input, std::vector<Gradient> gradients
   if (absl::Status s = CheckReplySize(input.return_mode, input.return_dtype, touched); !s.ok()) {
     return reports->Add(std::move(done), s, bytes, -1, RefusalReason::kInvalid);
   }
+  absl::StatusOr<std::shared_ptr<MemoryReservation>> encoding =
+      ReserveEncoding(input.return_mode, input.return_dtype, touched);
+  if (!encoding.ok()) {
+    return reports->Add(std::move(done), encoding.status(), bytes, -1, RefusalReason::kInvalid);
+  }
   // A retry of an applied step is answered with its first outcome.
   if (input.sequence > 0) {
     absl::StatusOr<const ExactlyOnceTable::Outcome*> seen =
@@ -137,6 +152,7 @@ void Session::StepLocked(const StepInput& input, std::vector<Gradient> gradients
     if (*seen != nullptr) {
       StepOutput out = (*seen)->output;
       out.duplicate = true;
+      out.encoding = *encoding;
       ShareParameters(input.return_mode, input.return_dtype, TouchedRows(gradients), &out);
       return reports->Add(std::move(done), std::move(out), bytes, input.version ? 0 : -1);
     }
@@ -153,8 +169,8 @@ void Session::StepLocked(const StepInput& input, std::vector<Gradient> gradients
     break;
   }
   if (!sync) {
-    return ApplyNowLocked(input, std::move(gradients), *staleness, measure, std::move(done),
-                          reports);
+    return ApplyNowLocked(input, std::move(gradients), *staleness, measure, *std::move(encoding),
+                          std::move(done), reports);
   }
   if (barrier_.HasContributed(input.worker_id)) {
     return reports->Add(
@@ -164,11 +180,14 @@ void Session::StepLocked(const StepInput& input, std::vector<Gradient> gradients
             "; one gradient per worker per SYNC step (a retry must reuse its sequence number)")),
         bytes, input.version ? *staleness : -1, RefusalReason::kInvalid);
   }
-  JoinBarrierLocked(input, std::move(gradients), measure, std::move(done), reports);
+  JoinBarrierLocked(input, std::move(gradients), measure, *std::move(encoding), std::move(done),
+                    reports);
 }
 
 void Session::ApplyNowLocked(const StepInput& input, std::vector<Gradient> gradients,
-                             int64_t staleness, bool measure, StepCallback done, Reports* reports) {
+                             int64_t staleness, bool measure,
+                             std::shared_ptr<MemoryReservation> encoding, StepCallback done,
+                             Reports* reports) {
   const int64_t known_staleness = input.version ? staleness : -1;
   std::vector<std::optional<std::vector<int64_t>>> touched;
   if (input.return_mode == ReturnMode::kTouched) touched = TouchedRows(gradients);
@@ -181,11 +200,13 @@ void Session::ApplyNowLocked(const StepInput& input, std::vector<Gradient> gradi
   reports->step = event;
   exactly_once_.Record(input.worker_id, input.worker_incarnation, input.sequence, out);
   ShareParameters(input.return_mode, input.return_dtype, touched, &out);
+  out.encoding = std::move(encoding);
   reports->Add(std::move(done), std::move(out), input.bytes(), known_staleness);
 }
 
 void Session::JoinBarrierLocked(const StepInput& input, std::vector<Gradient> gradients,
-                                bool measure, StepCallback done, Reports* reports) {
+                                bool measure, std::shared_ptr<MemoryReservation> encoding,
+                                StepCallback done, Reports* reports) {
   MemoryReservation sums;
   if (barrier_.contributions() == 0) {
     absl::StatusOr<MemoryReservation> reserved =
@@ -196,8 +217,10 @@ void Session::JoinBarrierLocked(const StepInput& input, std::vector<Gradient> gr
     }
     sums = *std::move(reserved);
   }
-  if (barrier_.Add(std::move(gradients), input.loss, WaiterFor(input, std::move(done)),
-                   clock_->Now(), std::move(sums))) {
+  SyncBarrier::Waiter waiter = WaiterFor(input, std::move(done));
+  waiter.encoding = std::move(encoding);
+  if (barrier_.Add(std::move(gradients), input.loss, std::move(waiter), clock_->Now(),
+                   std::move(sums))) {
     scheduler_->Schedule(barrier_.opened() + consistency_.barrier_timeout,
                          [weak = weak_from_this(), id = barrier_.id()] {
                            if (std::shared_ptr<Session> s = weak.lock()) s->ExpireBarrier(id);
@@ -254,9 +277,14 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
   const double lr = schedule_.Current();
   UpdateNormMeter norms;
   StepResult result;
-  if (absl::Status s = optimizer_->Step(step, lr, measure ? &norms : nullptr, &result); !s.ok()) {
-    return s;
+  absl::Status stepped;
+  try {
+    stepped = optimizer_->Step(step, lr, measure ? &norms : nullptr, &result);
+  } catch (const std::bad_alloc&) {
+    stepped = absl::ResourceExhaustedError(
+        absl::StrCat("no memory for the step of session ", id_, "; nothing was applied"));
   }
+  if (!stepped.ok()) return stepped;
   out->non_finite_parameters = result.non_finite_parameters;
   for (int t : result.non_finite_tensors) out->non_finite_tensors.push_back(specs_[t].name);
   event->non_finite_parameters = result.non_finite_parameters;
@@ -323,6 +351,7 @@ void Session::CompleteBarrierLocked(bool measure, Reports* reports) {
       reply.parameters = it->second;
     }
     reply.parameters_version = version_;
+    reply.encoding = std::move(w.encoding);
     reports->Add(std::move(w.done), std::move(reply), w.bytes_received, 0);
   }
 }
@@ -365,6 +394,28 @@ absl::StatusOr<JoinOutput> Session::Join(absl::string_view worker_id) {
   absl::MutexLock lock(&mu_);
   if (!closed_.ok()) return closed_;
   return JoinOutput{exactly_once_.Join(worker_id), version_};
+}
+
+absl::StatusOr<std::shared_ptr<MemoryReservation>> Session::ReserveEncoding(
+    ReturnMode mode, WireDType dtype,
+    absl::Span<const std::optional<std::vector<int64_t>>> touched) const {
+  if (mode == ReturnMode::kNone) return nullptr;
+  const int64_t width = BytesPerElement(dtype);
+  int64_t bytes = 0;
+  for (int k = 0; k < specs_.size(); ++k) {
+    const bool rows = mode == ReturnMode::kTouched && k < static_cast<int>(touched.size()) &&
+                      touched[k].has_value();
+    if (rows) {
+      bytes += static_cast<int64_t>(touched[k]->size()) * specs_[k].row_size() * width;
+    } else if (dtype != WireDType::kF32) {
+      bytes += specs_[k].num_elements * width;
+    }
+  }
+  if (bytes == 0) return nullptr;
+  absl::StatusOr<MemoryReservation> reserved =
+      budget_->Reserve(bytes, absl::StrCat("the encoded reply of session ", id_));
+  if (!reserved.ok()) return reserved.status();
+  return std::make_shared<MemoryReservation>(*std::move(reserved));
 }
 
 absl::Status Session::CheckReplySize(
@@ -625,6 +676,28 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
     }
   }
   PullOutput out;
+  {
+    std::vector<std::optional<std::vector<int64_t>>> rows_of(specs_.size());
+    for (int k : indices) {
+      if (selection[k] != nullptr) {
+        rows_of[k] = std::vector<int64_t>(selection[k]->rows.begin(), selection[k]->rows.end());
+      }
+    }
+    // Encoded sizes: whole tensors (unless F32, which share the parameters) and rows.
+    const int64_t width = BytesPerElement(dtype);
+    int64_t bytes = 0;
+    for (int k : indices) {
+      bytes += selection[k] != nullptr
+                   ? static_cast<int64_t>(selection[k]->rows.size()) * specs_[k].row_size() * width
+                   : (dtype != WireDType::kF32 ? specs_[k].num_elements * width : 0);
+    }
+    if (bytes > 0) {
+      absl::StatusOr<MemoryReservation> reserved =
+          budget_->Reserve(bytes, absl::StrCat("the encoded reply of session ", id_));
+      if (!reserved.ok()) return reserved.status();
+      out.encoding = std::make_shared<MemoryReservation>(*std::move(reserved));
+    }
+  }
   absl::ReaderMutexLock lock(&mu_);
   out.version = version_;
   out.tensors.reserve(indices.size());

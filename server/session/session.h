@@ -117,6 +117,8 @@ struct RowSelection {
 struct PullOutput {
   int64_t version = 0;
   std::vector<WireTensor> tensors;
+  // Pays for the encoded bytes of the reply (see StepOutput::encoding). May be null.
+  std::shared_ptr<MemoryReservation> encoding;
 };
 
 // What a session needs from the server around it. Each pointer must outlive the session.
@@ -222,18 +224,26 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::Status CheckReplySize(ReturnMode mode, WireDType dtype,
                               absl::Span<const std::optional<std::vector<int64_t>>> touched) const;
 
+  // Reserves the bytes a reply of `mode` and `dtype` allocates when it is encoded (BF16/F16 whole
+  // tensors, gathered rows; F32 whole tensors share the parameters and need none); null when
+  // there are none. touched as for CheckReplySize.
+  absl::StatusOr<std::shared_ptr<MemoryReservation>> ReserveEncoding(
+      ReturnMode mode, WireDType dtype,
+      absl::Span<const std::optional<std::vector<int64_t>>> touched) const;
+
   // The part of Step under mu_: exactly-once, admission, then apply or join the barrier.
   void StepLocked(const StepInput& input, std::vector<Gradient> gradients, bool measure,
                   StepCallback done, Reports* reports) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // ASYNC and BOUNDED: applies `gradients` now and answers.
   void ApplyNowLocked(const StepInput& input, std::vector<Gradient> gradients, int64_t staleness,
-                      bool measure, StepCallback done, Reports* reports)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                      bool measure, std::shared_ptr<MemoryReservation> encoding, StepCallback done,
+                      Reports* reports) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // SYNC: adds the contribution to the barrier, completing it if it is full.
   void JoinBarrierLocked(const StepInput& input, std::vector<Gradient> gradients, bool measure,
-                         StepCallback done, Reports* reports) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                         std::shared_ptr<MemoryReservation> encoding, StepCallback done,
+                         Reports* reports) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Clips `grads`, runs the optimizer with the schedule's learning rate (measuring its norms if
   // `measure`), advances the schedule (with `loss`), increments the version and fills the common
@@ -291,7 +301,7 @@ class Session : public std::enable_shared_from_this<Session> {
   ClipOptions clipping_ ABSL_GUARDED_BY(mu_);
   int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   bool restored_ ABSL_GUARDED_BY(mu_) = false;  // rebuilt from a SessionState
-  absl::Status closed_ ABSL_GUARDED_BY(mu_);  // not OK once Close was called
+  absl::Status closed_ ABSL_GUARDED_BY(mu_);    // not OK once Close was called
   ExactlyOnceTable exactly_once_ ABSL_GUARDED_BY(mu_);
   SyncBarrier barrier_ ABSL_GUARDED_BY(mu_);
 };

@@ -10,6 +10,7 @@
 #define OPTD_SERVER_SESSION_STEP_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "server/session/memory_budget.h"
 #include "wire/wire_dtype.h"
 #include "wire/wire_tensor.h"
 
@@ -73,6 +75,9 @@ struct StepOutput {
   // (checkpointed) version, -1 if none.
   std::string server_incarnation;
   int64_t durable_version = -1;
+  // The memory budget's reservation for the reply's encoded bytes (BF16/F16 tensors, gathered
+  // rows): whoever writes the reply keeps it until those bytes are freed. May be null.
+  std::shared_ptr<MemoryReservation> encoding;
 };
 
 using StepCallback = absl::AnyInvocable<void(absl::StatusOr<StepOutput>)>;

@@ -46,6 +46,7 @@ class SyncBarrier {
     bool duplicate = false;  // a retry attached to a pending contribution
     int64_t bytes_received = 0;
     StepCallback done;
+    std::shared_ptr<MemoryReservation> encoding;  // pays for the reply's encoded bytes
   };
 
   // What a completed barrier hands over.
