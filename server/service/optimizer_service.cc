@@ -238,6 +238,12 @@ absl::Status OptimizerServiceImpl::DoUpdateSession(const v1::UpdateSessionReques
     if (!clipping.ok()) return clipping.status();
     update.clipping = *clipping;
   }
+  if (request.has_optimizer_state()) {
+    absl::StatusOr<OptimizerState> state =
+        OptimizerStateFromProto(request.optimizer_state(), (*session)->tensors());
+    if (!state.ok()) return state.status();
+    update.optimizer_state = *std::move(state);
+  }
   if (absl::Status s = (*session)->Update(update); !s.ok()) return s;
   Describe(**session, response);
   return absl::OkStatus();
@@ -253,7 +259,7 @@ absl::StatusOr<PullOutput> OptimizerServiceImpl::DoPull(const v1::PullRequest& r
   for (const v1::TensorRows& r : request.rows()) {
     rows.push_back({r.name(), absl::MakeConstSpan(r.indices().data(), r.indices().size())});
   }
-  return (*session)->Pull(names, *dtype, rows);
+  return (*session)->Pull(names, *dtype, rows, request.include_optimizer_state());
 }
 
 absl::Status OptimizerServiceImpl::DoDeleteSession(const v1::DeleteSessionRequest& request,

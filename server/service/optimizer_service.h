@@ -44,8 +44,8 @@
 #include "absl/status/status.h"
 #include "optd/v1/optd.grpc.pb.h"
 #include "server/metrics/grpc_metrics_interceptor.h"
-#include "server/service/message_bytes.h"
 #include "server/persist/checkpointer.h"
+#include "server/service/message_bytes.h"
 #include "server/session/session_store.h"
 
 namespace optd {
@@ -129,8 +129,7 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
                                v1::DeleteSessionResponse* response);
   absl::Status DoJoinSession(const v1::JoinSessionRequest& request,
                              v1::JoinSessionResponse* response);
-  absl::Status DoCheckpoint(const v1::CheckpointRequest& request,
-                            v1::CheckpointResponse* response);
+  absl::Status DoCheckpoint(const v1::CheckpointRequest& request, v1::CheckpointResponse* response);
   // CreateSession from a checkpoint (a fork).
   absl::Status DoFork(const v1::CreateSessionRequest& request, v1::Session* response);
   // The session's description, with the server's incarnation and its durable version.

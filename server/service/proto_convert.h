@@ -73,6 +73,17 @@ void ConfigToProto(const SessionConfig& config, v1::SessionConfig* out);
 
 void SessionInfoToProto(const SessionInfo& info, v1::Session* out);
 
+// An optimizer's state as the message Pull exports (arrays as F32 tensors of the tensor's shape;
+// `tensors` names the session's tensors, in order); tensors without state are left out.
+void OptimizerStateToProto(const OptimizerState& state, const std::vector<TensorSpec>& tensors,
+                           v1::OptimizerState* out);
+
+// The message UpdateSession imports, in the session's tensor order. InvalidArgument naming the
+// field for an unknown, repeated or missing tensor, an array that is not F32 or has the wrong
+// length.
+absl::StatusOr<OptimizerState> OptimizerStateFromProto(const v1::OptimizerState& message,
+                                                       const std::vector<TensorSpec>& tensors);
+
 }  // namespace optd
 
 #endif  // OPTD_SERVER_SERVICE_PROTO_CONVERT_H_

@@ -461,6 +461,42 @@ SessionMemory Session::MemoryLocked() const {
   return m;
 }
 
+absl::Status Session::ImportStateLocked(const OptimizerState& given) {
+  // The arrays in the optimizer's own order, matched by name.
+  OptimizerState state = optimizer_->ExportState();
+  if (given.tensors.size() != state.tensors.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("optimizer_state has ", given.tensors.size(),
+                                                   " tensors; the session has ",
+                                                   state.tensors.size()));
+  }
+  for (size_t t = 0; t < state.tensors.size(); ++t) {
+    OptimizerState::Tensor& into = state.tensors[t];
+    const OptimizerState::Tensor& from = given.tensors[t];
+    if (from.arrays.size() != into.arrays.size()) {
+      std::vector<std::string> names;
+      for (const auto& a : into.arrays) names.push_back(a.name);
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer_state of tensor ", Quote(specs_[t].name), " has ",
+                       from.arrays.size(), " arrays; ", NameOf(optimizer_->options()),
+                       " with these options keeps ", into.arrays.size(),
+                       names.empty() ? "" : absl::StrCat(" (", absl::StrJoin(names, ", "), ")")));
+    }
+    into.step = from.step;
+    for (OptimizerState::Array& a : into.arrays) {
+      auto match = std::find_if(from.arrays.begin(), from.arrays.end(),
+                                [&](const OptimizerState::Array& b) { return b.name == a.name; });
+      if (match == from.arrays.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "optimizer_state of tensor ", Quote(specs_[t].name), " has no array ", Quote(a.name)));
+      }
+      a.values = match->values;
+    }
+    into.scalars = from.scalars;
+  }
+  state.scalars = given.scalars;
+  return optimizer_->ImportState(state);
+}
+
 bool Session::busy() const {
   absl::ReaderMutexLock lock(&mu_);
   return barrier_.contributions() > 0;
@@ -493,6 +529,9 @@ absl::Status Session::Update(const SessionUpdate& update) {
     schedule = *std::move(fresh);
   } else if (base_lr != schedule_.base_lr()) {
     if (absl::Status s = schedule.SetBaseLr(base_lr); !s.ok()) return s;
+  }
+  if (update.optimizer_state.has_value()) {
+    if (absl::Status s = ImportStateLocked(*update.optimizer_state); !s.ok()) return s;
   }
   if (update.optimizer) {
     // New options may keep more state (SGD's momentum turned on): it is reserved first.
@@ -608,8 +647,13 @@ WireTensor Session::RowsOf(int index, absl::Span<const int64_t> rows, WireDType 
 }
 
 absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> names, WireDType dtype,
-                                         absl::Span<const RowSelection> rows) const {
+                                         absl::Span<const RowSelection> rows,
+                                         bool include_optimizer_state) const {
   Touch();
+  if (include_optimizer_state && !rows.empty()) {
+    return absl::InvalidArgumentError(
+        "include_optimizer_state returns whole tensors' state: it cannot be combined with rows");
+  }
   std::vector<int> indices;
   if (names.empty()) {
     for (int k = 0; k < specs_.size(); ++k) indices.push_back(k);
@@ -666,6 +710,10 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
       bytes += TensorMessageBound(static_cast<int64_t>(spec.name.size()),
                                   static_cast<int64_t>(spec.shape.size()), num_rows,
                                   n * BytesPerElement(dtype));
+      if (include_optimizer_state) {
+        bytes += (spec.num_elements * StateBytesPerElementUnlocked() + 256) +
+                 static_cast<int64_t>(spec.name.size()) * 4;
+      }
       if (bytes > max_reply_bytes_) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "the reply would take more than ", max_reply_bytes_,
@@ -700,6 +748,16 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
   }
   absl::ReaderMutexLock lock(&mu_);
   out.version = version_;
+  if (include_optimizer_state) {
+    OptimizerState state = optimizer_->ExportState();
+    std::vector<bool> wanted(specs_.size(), false);
+    for (int k : indices) wanted[k] = true;
+    for (int k = 0; k < specs_.size(); ++k) {
+      if (!wanted[k]) state.tensors[k] = OptimizerState::Tensor();
+    }
+    out.optimizer_state = std::move(state);
+    out.tensor_names = specs_.all();
+  }
   out.tensors.reserve(indices.size());
   for (int k : indices) {
     out.tensors.push_back(selection[k] != nullptr ? RowsOf(k, selection[k]->rows, dtype)

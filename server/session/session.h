@@ -117,6 +117,10 @@ struct RowSelection {
 struct PullOutput {
   int64_t version = 0;
   std::vector<WireTensor> tensors;
+  // With include_optimizer_state: the state of the tensors pulled (the others' entries empty), at
+  // the same version.
+  std::optional<OptimizerState> optimizer_state;
+  std::vector<TensorSpec> tensor_names;  // the session's tensors, for the state's names
   // Pays for the encoded bytes of the reply (see StepOutput::encoding). May be null.
   std::shared_ptr<MemoryReservation> encoding;
 };
@@ -185,8 +189,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // Returns the named tensors (all, in creation order, when `names` is empty) as `dtype`; for the
   // tensors in `rows`, only the rows chosen there (row-sparse, in the order given).
   // InvalidArgument for an unknown or repeated name, or a row out of range.
+  // With `include_optimizer_state`, also the optimizer state of those tensors (not with rows).
   absl::StatusOr<PullOutput> Pull(absl::Span<const absl::string_view> names, WireDType dtype,
-                                  absl::Span<const RowSelection> rows = {}) const;
+                                  absl::Span<const RowSelection> rows = {},
+                                  bool include_optimizer_state = false) const;
 
   SessionInfo Info() const;
 
@@ -272,6 +278,15 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // What the session holds in memory now.
   SessionMemory MemoryLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  // Replaces the optimizer state (SessionUpdate::optimizer_state), matching arrays by name.
+  absl::Status ImportStateLocked(const OptimizerState& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // The optimizer's state bytes per parameter, read without the lock (for size bounds only: it
+  // changes only through UpdateSession).
+  int64_t StateBytesPerElementUnlocked() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return optimizer_->StateBytesPerElement();
+  }
 
   // Records a use now (last_used).
   void Touch() const { last_used_ns_.store(absl::ToUnixNanos(clock_->Now())); }

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "server/optim/clip.h"
 #include "server/optim/optimizer_options.h"
+#include "server/optim/optimizer_state.h"
 #include "server/optim/schedule.h"
 #include "server/session/consistency.h"
 
@@ -33,6 +34,9 @@ struct SessionUpdate {
   std::function<absl::Status(OptimizerOptions*)> optimizer;
   std::optional<ScheduleOptions> schedule;
   std::optional<ClipOptions> clipping;
+  // Replaces the optimizer state (an import). Its tensors are in the session's order; each
+  // tensor's arrays may come in any order (matched by name).
+  std::optional<OptimizerState> optimizer_state;
 };
 
 }  // namespace optd
