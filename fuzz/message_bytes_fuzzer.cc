@@ -275,6 +275,16 @@ void FuzzReply(FuzzedDataProvider& in) {
   }
   out.staleness = in.ConsumeIntegral<int64_t>();
   want.set_staleness(out.staleness);
+  out.non_finite_parameters = in.ConsumeIntegral<int64_t>();
+  want.set_non_finite_parameters(out.non_finite_parameters);
+  for (int i = in.ConsumeIntegralInRange<int>(0, 2); i > 0; --i) {
+    out.non_finite_tensors.push_back(AsciiOf(in, 16));
+    want.add_non_finite_tensors(out.non_finite_tensors.back());
+  }
+  out.server_incarnation = AsciiOf(in, 16);
+  want.set_server_incarnation(out.server_incarnation);
+  out.durable_version = in.ConsumeIntegral<int64_t>();
+  want.set_durable_version(out.durable_version);
 
   std::vector<std::string> keep;  // what borrowed data borrows
   keep.reserve(8);
