@@ -62,7 +62,12 @@ struct World {
   FakeClock clock;
   SessionStore store{SessionStoreOptions{}, nullptr, &clock};
   DeadlineScheduler scheduler{&clock};
-  SessionEnv env{&clock, nullptr, &scheduler};
+  SessionEnv env = [this] {
+    SessionEnv e;
+    e.clock = &clock;
+    e.scheduler = &scheduler;
+    return e;
+  }();
 };
 
 World& TheWorld() {
@@ -252,6 +257,14 @@ void CheckSnapshotRestore(Session& session) {
   SessionInfo info_b = copy.Info();
   SessionInfoToProto(info_a, &a);
   SessionInfoToProto(info_b, &b);
+  // Only the original holds what is not in a snapshot: older parameter buffers its replies still
+  // hold (this input's calls keep them) and an open SYNC barrier's sums.
+  for (v1::Session* s : {&a, &b}) {
+    v1::MemoryUse* m = s->mutable_memory();
+    m->set_total_bytes(m->total_bytes() - m->reply_bytes() - m->barrier_bytes());
+    m->clear_reply_bytes();
+    m->clear_barrier_bytes();
+  }
   FUZZ_CHECK(
       CanonicalOf(a) == CanonicalOf(b),
       absl::StrCat("restored session differs:\n", a.DebugString(), "---\n", b.DebugString()));

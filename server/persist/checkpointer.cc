@@ -56,7 +56,10 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Open(
         absl::StrCat("checkpoint_keep = ", options.keep, " is out of range: must be >= 1"));
   }
   if (options.interval < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("checkpoint_interval must be >= 0 (0: only on request)");
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint_interval = ",
+                                                   absl::FormatDuration(options.interval),
+                                                   " is out of range: must be >= 0 (0: only on "
+                                                   "request)"));
   }
   std::error_code error;
   fs::create_directories(options.dir, error);

@@ -146,4 +146,12 @@ ExactlyOnceTable ExactlyOnceTable::Import(State state, ExactlyOnceOptions option
   return table;
 }
 
+void ExactlyOnceTable::SkipIncarnationsTo(int64_t floor) {
+  last_incarnation_ = std::max(last_incarnation_, floor);
+}
+
+int64_t ExactlyOnceTable::IncarnationFloor(absl::Time now) {
+  return std::max<int64_t>(0, absl::ToUnixMicros(now));
+}
+
 }  // namespace optd

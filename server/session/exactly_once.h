@@ -35,6 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "server/session/step.h"
 
 namespace optd {
@@ -95,6 +96,17 @@ class ExactlyOnceTable {
 
   State Export() const;
   static ExactlyOnceTable Import(State state, ExactlyOnceOptions options = ExactlyOnceOptions());
+
+  // Makes every later Join return an incarnation above `floor`. A session restored from a
+  // checkpoint calls it with a floor from the clock (IncarnationFloor): the process that wrote the
+  // checkpoint may have handed out incarnations after it, and a number handed out twice would let
+  // a lost step's late retry be answered with another process's outcome.
+  void SkipIncarnationsTo(int64_t floor);
+
+  // The floor for a table restored at `now`: microseconds since the Unix epoch, above every
+  // incarnation an earlier process handed out since its own restore as long as it joined fewer
+  // than one worker per microsecond (a join is an RPC) and the clock did not step back.
+  static int64_t IncarnationFloor(absl::Time now);
 
  private:
   struct Entry {

@@ -134,5 +134,31 @@ TEST(ExactlyOnceTableTest, ExportThenImportRemembersTheSame) {
   EXPECT_GT(copy.Join("c"), b);                       // incarnations keep growing
 }
 
+// The process that wrote a checkpoint may have handed out incarnations after it; the restored
+// table must not hand them out again, or a lost step's late retry (old incarnation, same sequence)
+// would be answered with a newcomer's outcome.
+TEST(ExactlyOnceTableTest, ARestoredTableNeverReusesAnIncarnationHandedOutAfterTheCheckpoint) {
+  const absl::Time written = absl::FromUnixSeconds(1'700'000'000);
+  ExactlyOnceTable before;
+  before.SkipIncarnationsTo(ExactlyOnceTable::IncarnationFloor(written));  // itself restored then
+  const ExactlyOnceTable::State checkpoint = before.Export();
+  const int64_t lost = before.Join("w");  // after the checkpoint: lost with the process
+  before.Record("w", lost, 1, At(1));
+
+  ExactlyOnceTable after = ExactlyOnceTable::Import(checkpoint);
+  after.SkipIncarnationsTo(ExactlyOnceTable::IncarnationFloor(written + absl::Seconds(2)));
+  const int64_t fresh = after.Join("w");
+  EXPECT_GT(fresh, lost);
+  // The lost incarnation's retry is not mistaken for the newcomer's step.
+  EXPECT_THAT(after.Find("w", lost, 1), AsksToRejoin());
+}
+
+TEST(ExactlyOnceTableTest, SkippingIncarnationsNeverGoesBack) {
+  ExactlyOnceTable table;
+  table.SkipIncarnationsTo(100);
+  table.SkipIncarnationsTo(5);
+  EXPECT_EQ(table.Join("w"), 101);
+}
+
 }  // namespace
 }  // namespace optd

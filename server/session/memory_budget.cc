@@ -22,6 +22,13 @@ MemoryReservation MemoryReservation::Split(int64_t bytes) {
   return MemoryReservation(budget_, bytes);
 }
 
+void MemoryReservation::Absorb(MemoryReservation other) {
+  if (other.bytes_ == 0) return;
+  if (budget_ == nullptr) budget_ = other.budget_;
+  bytes_ += std::exchange(other.bytes_, 0);
+  other.budget_ = nullptr;
+}
+
 void MemoryReservation::Release() {
   if (budget_ != nullptr && bytes_ > 0) {
     budget_->in_use_.fetch_sub(bytes_, std::memory_order_relaxed);

@@ -42,6 +42,10 @@ class MemoryReservation {
   // Splits `bytes` (at most bytes()) off into a reservation of their own.
   MemoryReservation Split(int64_t bytes);
 
+  // Takes `other`'s bytes into this reservation. REQUIRES: both come from the same budget (or
+  // either is empty).
+  void Absorb(MemoryReservation other);
+
   // Gives the bytes back now.
   void Release();
 

@@ -530,34 +530,35 @@ absl::Status Session::Update(const SessionUpdate& update) {
   } else if (base_lr != schedule_.base_lr()) {
     if (absl::Status s = schedule.SetBaseLr(base_lr); !s.ok()) return s;
   }
-  if (update.optimizer_state.has_value()) {
-    if (absl::Status s = ImportStateLocked(*update.optimizer_state); !s.ok()) return s;
-  }
+  // The new options first (the imported state is laid out as they say), taken back if the state
+  // does not fit them: nothing changes unless every part is valid.
+  const OptimizerOptions old_options = optimizer_->options();
+  MemoryReservation more;
+  int64_t needed = 0;
   if (update.optimizer) {
-    // New options may keep more state (SGD's momentum turned on): it is reserved first.
-    std::optional<MemoryReservation> more;
+    // New options may keep more state (SGD's momentum turned on): it is reserved first. Or less
+    // (momentum turned off): what neither they nor the state already allocated need is given back.
     absl::StatusOr<std::unique_ptr<Optimizer>> probe = CreateOptimizer(options, {1});
-    if (probe.ok()) {
-      const int64_t needed = specs_.num_elements() * (*probe)->StateBytesPerElement();
-      if (needed > state_reservation_.bytes()) {
-        absl::StatusOr<MemoryReservation> reserved =
-            budget_->Reserve(needed - state_reservation_.bytes(),
-                             absl::StrCat("the optimizer state of session ", id_));
-        if (!reserved.ok()) return reserved.status();
-        more = *std::move(reserved);
-      }
+    needed = probe.ok() ? specs_.num_elements() * (*probe)->StateBytesPerElement()
+                        : state_reservation_.bytes();
+    if (needed > state_reservation_.bytes()) {
+      absl::StatusOr<MemoryReservation> reserved = budget_->Reserve(
+          needed - state_reservation_.bytes(), absl::StrCat("the optimizer state of session ", id_));
+      if (!reserved.ok()) return reserved.status();
+      more = *std::move(reserved);
     }
     if (absl::Status s = optimizer_->UpdateOptions(options); !s.ok()) return s;
-    if (more.has_value()) {
-      MemoryReservation merged = std::move(*more);
-      // Both came from the same budget: keep one reservation of their sum.
-      const int64_t total = merged.bytes() + state_reservation_.bytes();
-      state_reservation_.Release();
-      merged.Release();
-      absl::StatusOr<MemoryReservation> whole =
-          budget_->Reserve(total, absl::StrCat("the optimizer state of session ", id_));
-      if (whole.ok()) state_reservation_ = *std::move(whole);
+  }
+  if (update.optimizer_state.has_value()) {
+    if (absl::Status s = ImportStateLocked(*update.optimizer_state); !s.ok()) {
+      if (update.optimizer) optimizer_->UpdateOptions(old_options).IgnoreError();  // were valid
+      return s;
     }
+  }
+  if (update.optimizer) {
+    state_reservation_.Absorb(std::move(more));
+    const int64_t keep = std::max(needed, optimizer_->StateBytes());
+    state_reservation_.Split(state_reservation_.bytes() - keep);  // dropped: given back
   }
   schedule_ = std::move(schedule);
   if (update.clipping.has_value()) clipping_ = *update.clipping;
@@ -782,14 +783,7 @@ SessionInfo Session::Info() const {
   info.version = version_;
   info.optimizer_state_bytes = optimizer_->StateBytes();
   info.state_bytes_per_parameter = optimizer_->StateBytesPerElement();
-  SessionMemory& m = info.memory;
-  m.parameter_bytes = info.parameter_bytes;
-  m.optimizer_state_bytes = info.optimizer_state_bytes;
-  m.reserved_state_bytes =
-      std::max<int64_t>(0, state_reservation_.bytes() - m.optimizer_state_bytes);
-  m.reply_bytes = std::max<int64_t>(0, parameters_.live_bytes() - m.parameter_bytes);
-  m.barrier_bytes = barrier_.contributions() > 0 ? barrier_.SumBytes() : 0;
-  m.exactly_once_bytes = exactly_once_.MemoryBytes();
+  info.memory = MemoryLocked();
   return info;
 }
 

@@ -174,6 +174,7 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Restore(SessionState state,
     session->restored_ = true;
     session->exactly_once_ =
         ExactlyOnceTable::Import(std::move(state.exactly_once), env.exactly_once);
+    session->exactly_once_.SkipIncarnationsTo(ExactlyOnceTable::IncarnationFloor(env.clock->Now()));
     session->barrier_.set_known_workers(std::move(state.sync_workers_seen));
   }
   return session;

@@ -180,5 +180,54 @@ TEST_F(SessionStateTest, RefusesAStateThatDoesNotFit) {
   }
 }
 
+// UpdateSession with new options and a state: when the state does not fit, neither the options
+// nor the state change.
+TEST_F(SessionStateTest, AnImportThatDoesNotFitLeavesTheOptionsAsTheyWere) {
+  std::shared_ptr<Session> s = Make();
+  ASSERT_OK(s->StepAndWait(RandomStep("w1", 1)));
+  const SessionState before = s->Snapshot();
+  SessionUpdate update;
+  update.optimizer = [](OptimizerOptions* o) {
+    std::get<AdamOptions>(*o).lr = 0.5;
+    return absl::OkStatus();
+  };
+  update.optimizer_state = before.optimizer;
+  update.optimizer_state->tensors[1].arrays.pop_back();  // b without max_exp_avg_sq
+  EXPECT_THAT(s->Update(update), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(std::get<AdamOptions>(s->Info().config.optimizer).lr, 0.01);
+  EXPECT_EQ(s->Snapshot().optimizer.tensors[1].arrays.size(), 3u);
+
+  update.optimizer_state = before.optimizer;
+  ASSERT_OK(s->Update(update));
+  EXPECT_EQ(std::get<AdamOptions>(s->Info().config.optimizer).lr, 0.5);
+}
+
+// Options that keep less state give back the memory reserved for the rest: the session then
+// accounts for exactly what a session restored from its snapshot does.
+TEST_F(SessionStateTest, OptionsThatKeepLessStateGiveTheirReservationBack) {
+  MemoryBudget budget(1 << 20);
+  SessionEnv env;
+  env.budget = &budget;
+  std::vector<WireTensorView> views = {View("w", {4, 3}, std::vector<float>(12, 0.5f))};
+  SessionConfig config;
+  SgdOptions sgd;
+  sgd.momentum = 0.9;
+  config.optimizer = sgd;
+  absl::StatusOr<std::shared_ptr<Session>> s = Session::Create("less", config, views, env);
+  ASSERT_OK(s);
+  EXPECT_EQ((*s)->Info().memory.reserved_state_bytes, 12 * 4);  // the momentum buffer, to come
+  SessionUpdate update;
+  update.optimizer = [](OptimizerOptions* o) {
+    std::get<SgdOptions>(*o).momentum = 0;
+    return absl::OkStatus();
+  };
+  ASSERT_OK((*s)->Update(update));
+  EXPECT_EQ((*s)->Info().memory.reserved_state_bytes, 0);
+  EXPECT_EQ(budget.in_use(), 12 * 4);  // the parameters alone
+  absl::StatusOr<std::shared_ptr<Session>> restored = Session::Restore((*s)->Snapshot(), env);
+  ASSERT_OK(restored);
+  EXPECT_EQ((*restored)->Info().memory.total(), (*s)->Info().memory.total());
+}
+
 }  // namespace
 }  // namespace optd

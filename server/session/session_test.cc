@@ -265,7 +265,9 @@ TEST(SessionTest, ConcurrentStepsAreAtomicAndExact) {
       for (int i = 0; i < kSteps; ++i) {
         const float g = static_cast<float>(t + 1);
         ASSERT_TRUE(StepWith(*s, {Make("w", {3}, {g, -g, 2 * g}), Make("b", {1}, {1})}).ok());
-        if (i % 50 == 0) ASSERT_TRUE(s->Pull({}, WireDType::kF32).ok());
+        if (i % 50 == 0) {
+          ASSERT_TRUE(s->Pull({}, WireDType::kF32).ok());
+        }
       }
     });
   }
