@@ -205,3 +205,31 @@ def test_the_readme_reader_reads_a_checkpoint_as_pull_does(tmp_path):
     out = subprocess.run(["/usr/bin/python3", str(snippet), path, str(tmp_path / "w.npy"),
                           str(tmp_path / "v.npy")], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "damaged array" in out.stderr
+
+
+def test_a_fork_reads_only_optds_own_checkpoints(tmp_path):
+    folder = tmp_path / "ckpt"
+    optd = OptdProcess(extra_args=[f"--checkpoint_dir={folder}",
+                                   "--checkpoint_interval=0"]).start()
+    pb2 = optd.pb2
+    try:
+        create(optd, "origin", 100)
+        path = checkpoint(optd, "origin").path
+        outside = tmp_path / "copy.ckpt"
+        outside.write_bytes(Path(path).read_bytes())
+        for bad in ["/etc/passwd", str(outside), "../copy.ckpt", "/dev/zero", str(folder)]:
+            with pytest.raises(grpc.RpcError) as e:
+                optd.stub.CreateSession(pb2.CreateSessionRequest(session_id="fork",
+                                                                 from_checkpoint=bad),
+                                        timeout=RPC_TIMEOUT_S)
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, (bad, e.value.details())
+            assert "is not a checkpoint file in --checkpoint_dir" in e.value.details()
+        # Its own, by the path Checkpoint answered or relative to the folder: a fork.
+        relative = str(Path(path).relative_to(folder))
+        for i, good in enumerate([path, relative]):
+            optd.stub.CreateSession(pb2.CreateSessionRequest(session_id=f"fork{i}",
+                                                             from_checkpoint=good),
+                                    timeout=RPC_TIMEOUT_S)
+            assert pull(optd, f"fork{i}")[1].tobytes() == pull(optd, "origin")[1].tobytes()
+    finally:
+        optd.stop()

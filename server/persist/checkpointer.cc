@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "base/quote.h"
 
 namespace optd {
 namespace {
@@ -222,7 +223,27 @@ void Checkpointer::Forget(absl::string_view id) {
 }
 
 absl::StatusOr<SessionState> Checkpointer::Read(const std::string& path) const {
-  return ReadCheckpointFile(path, *codec_);
+  std::error_code error;
+  const fs::path dir = fs::canonical(options_.dir, error);
+  if (error) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read --checkpoint_dir ", options_.dir, ": ", error.message()));
+  }
+  // Symbolic links and ".." resolved first: the file itself must be inside the folder.
+  const fs::path file = fs::canonical(dir / fs::path(path), error);
+  if (error) {
+    return absl::NotFoundError(absl::StrCat("from_checkpoint = ", Quote(path),
+                                            ": no such checkpoint (", error.message(), ")"));
+  }
+  const bool inside =
+      std::mismatch(dir.begin(), dir.end(), file.begin(), file.end()).first == dir.end();
+  if (!inside || file.extension() != kSuffix || !fs::is_regular_file(file, error)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "from_checkpoint = ", Quote(path), " is not a checkpoint file in --checkpoint_dir ",
+        options_.dir, ": a session can start only from optd's own checkpoints (session-<id>/"
+        "<version>", kSuffix, ", as CheckpointResponse.path gives)"));
+  }
+  return ReadCheckpointFile(file.string(), *codec_);
 }
 
 absl::StatusOr<std::string> Checkpointer::NewestFile(absl::string_view id) const {

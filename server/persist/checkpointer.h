@@ -10,7 +10,7 @@
 //   - Start() runs a thread that checkpoints every session whose version moved, every `interval`.
 //   - CheckpointAll() writes every session (graceful shutdown).
 //   - Forget(id) removes a deleted session's folder, so a restart does not bring it back.
-//   - Read(path) reads any checkpoint file (CreateSession from a checkpoint: a fork).
+//   - Read(path) reads one of its checkpoint files (CreateSession from a checkpoint: a fork).
 //
 // A checkpoint is a consistent cut: Session::Snapshot copies the state at one version under the
 // session's lock (parameters are shared, not copied); the file is written outside every lock, so
@@ -92,7 +92,9 @@ class Checkpointer {
   // Removes the checkpoints of session `id` (deleted).
   void Forget(absl::string_view id);
 
-  // Reads the checkpoint at `path` (a file of this folder or any other).
+  // Reads the checkpoint at `path`: a ".ckpt" file inside this folder, absolute or relative to it
+  // ("session-a/00000000000000000042.ckpt"). Anything else is PermissionDenied (a client names
+  // the path: optd reads no other file of its machine for it), a missing file NotFound.
   absl::StatusOr<SessionState> Read(const std::string& path) const;
 
   // The newest checkpoint file of session `id`; NotFound if it has none.

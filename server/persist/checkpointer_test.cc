@@ -149,6 +149,36 @@ TEST_F(CheckpointerTest, ADeletedSessionIsForgotten) {
   EXPECT_THAT(checkpointer->Restore(), IsOkAndHolds(0));
 }
 
+// A client names the file a fork starts from: optd reads only its own checkpoints for it.
+TEST_F(CheckpointerTest, ReadsOnlyCheckpointsOfItsOwnFolder) {
+  SessionStore store;
+  auto checkpointer = Open(&store);
+  auto a = Create(store, "a");
+  absl::StatusOr<CheckpointResult> written =
+      checkpointer->Checkpoint(*a, CheckpointReason::kRequest);
+  ASSERT_OK(written);
+  EXPECT_OK(checkpointer->Read(written->path));
+  const std::string relative = fs::relative(written->path, dir_).string();
+  EXPECT_OK(checkpointer->Read(relative));  // relative to the folder
+
+  // Outside the folder, by name, through "..", or through a symbolic link: refused unread.
+  const fs::path outside = dir_.parent_path() / (dir_.filename().string() + "-outside.ckpt");
+  fs::copy_file(written->path, outside, fs::copy_options::overwrite_existing);
+  fs::create_symlink(outside, dir_ / "session-a" / "link.ckpt");
+  for (const std::string& path :
+       {outside.string(), "../" + outside.filename().string(),
+        (dir_ / "session-a" / "link.ckpt").string(), std::string("/etc/passwd"),
+        (dir_ / "session-a").string()}) {
+    SCOPED_TRACE(path);
+    EXPECT_THAT(checkpointer->Read(path),
+                StatusIs(absl::StatusCode::kPermissionDenied,
+                         HasSubstr("is not a checkpoint file in --checkpoint_dir")));
+  }
+  fs::remove(outside);
+  EXPECT_THAT(checkpointer->Read("session-a/00000000000000000099.ckpt"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("no such checkpoint")));
+}
+
 TEST_F(CheckpointerTest, AFolderThatCannotBeUsedIsAClearError) {
   fs::create_directories(dir_);
   std::ofstream(dir_ / "file") << "x";
