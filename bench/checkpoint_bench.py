@@ -271,6 +271,15 @@ def bench_steps(pb2, stub, step_request, steps, rounds):
         at = next((f"{start - s:.2f} s into a {e - s:.2f} s checkpoint" for s, e in spans
                    if s <= start <= e), "between checkpoints")
         worst.append({"latency_ms": lat * 1e3, "when": at})
+    # Busy-step latency by where the step started within its checkpoint (tenths of its duration).
+    profile = [[] for _ in range(10)]
+    samples = []
+    for start, lat in busy:
+        span = next(((s, e) for s, e in spans if s <= start <= e), None)
+        frac = None if span is None else (start - span[0]) / max(span[1] - span[0], 1e-9)
+        samples.append([None if span is None else round(start - span[0], 4), round(lat * 1e3, 3)])
+        if frac is not None:
+            profile[min(int(frac * 10), 9)].append(lat * 1e3)
     busy_time = sum(l for _, l in busy)
     covered = 0.0
     for start, lat in busy:
@@ -285,6 +294,12 @@ def bench_steps(pb2, stub, step_request, steps, rounds):
                  "checkpoint_s": statistics.median(e - s for s, e in spans) if spans else None,
                  "time_inside_checkpoints": covered / busy_time if busy_time else 0.0},
         "worst_busy_steps": worst,
+        "busy_profile": [{"tenth": k, "steps": len(v),
+                          "p50_ms": percentile(v, 50) if v else None,
+                          "max_ms": max(v) if v else None} for k, v in enumerate(profile)],
+        "busy_samples": samples,  # [seconds after its checkpoint started (None: between), ms]
+        "quiet_samples_ms": [round(l * 1e3, 3) for _, l in quiet],
+        "checkpoint_spans_s": [round(e - s, 3) for s, e in spans],
     }
     res["p50_ratio"] = res["busy"]["p50_ms"] / res["quiet"]["p50_ms"]
     res["p99_ratio"] = res["busy"]["p99_ms"] / res["quiet"]["p99_ms"]
@@ -461,6 +476,9 @@ def table(res):
         f"{s['busy']['checkpoints']} checkpoints during busy phases, median "
         f"{s['busy']['checkpoint_s']:.2f} s each (alone: {w['optd_s']:.2f} s); "
         f"{s['busy']['time_inside_checkpoints'] * 100:.0f}% of busy step time inside a checkpoint.",
+        "b: busy step p50/max ms by tenth of the checkpoint it started in: " + ", ".join(
+            f"{x['p50_ms']:.1f}/{x['max_ms']:.0f}" if x["steps"] else "-"
+            for x in s["busy_profile"]) + ".",
         "b: slowest busy steps: " + "; ".join(f"{x['latency_ms']:.1f} ms ({x['when']})"
                                               for x in s["worst_busy_steps"][:3]) + ".",
         f"c: cold = {r['cold_method']} of the checkpoint file before each cold measurement "
