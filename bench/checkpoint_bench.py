@@ -10,7 +10,9 @@ a. **Write.** A session of N parameters (default 100M, Adam, one step taken so i
    file written with os.write in 8 MiB pieces, fsync, rename over the previous one, fsync of the
    folder). Alternated round by round (ABBA order); the ratio is the median of per-round ratios of
    throughput, optd / plain. The server's own optd_checkpoint_duration_seconds is reported beside
-   the client's clock.
+   the client's clock, and the CPU seconds each side spent (optd: /proc/<pid>/stat of the whole
+   process; plain: this process's user + system time, the kernel's copy into the page cache
+   included).
 b. **Step latency of another session while checkpoints run.** A small session (1M parameters,
    Adam) stepped by one worker with unary Step (dense F32 gradient, every parameter returned), in
    three arms per round, in rotating order: "quiet" (nothing else runs), "busy" (a thread
@@ -160,6 +162,18 @@ def plain_write(folder, nbytes, piece):
     return time.monotonic() - start
 
 
+def process_cpu_s(pid):
+    """User + system CPU seconds of process `pid`, all its threads (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s():
+    t = os.times()
+    return t.user + t.system
+
+
 def bench_write(server, stub, plain_dir, rounds):
     pb2 = server.pb2
     piece = np.random.default_rng(1).integers(0, 256, PIECE, dtype=np.uint8).tobytes()
@@ -170,10 +184,12 @@ def bench_write(server, stub, plain_dir, rounds):
         for which in order:
             if which == "optd":
                 before = server.metrics_text()
+                cpu = process_cpu_s(server.proc.pid)
                 start = time.monotonic()
                 reply = stub.Checkpoint(pb2.CheckpointRequest(session_id=BIG),
                                         timeout=RPC_TIMEOUT_S)
                 row["optd_s"] = time.monotonic() - start
+                row["optd_cpu_s"] = process_cpu_s(server.proc.pid) - cpu
                 after = server.metrics_text()
                 row["bytes"] = reply.bytes
                 row["path"] = reply.path
@@ -182,12 +198,15 @@ def bench_write(server, stub, plain_dir, rounds):
             else:
                 # Round 1 writes optd's checkpoint first, so its size is known here.
                 nbytes = row["bytes"] if "bytes" in row else rows[0]["bytes"]
+                cpu = own_cpu_s()
                 row["plain_s"] = plain_write(plain_dir, nbytes, piece)
+                row["plain_cpu_s"] = own_cpu_s() - cpu
         if rows and row["bytes"] != rows[0]["bytes"]:
             raise AssertionError("checkpoint size changed between rounds")
         row["ratio"] = row["plain_s"] / row["optd_s"]  # throughput optd / plain
-        log(f"  write round {r + 1}: optd {row['optd_s']:.2f} s (server {row['server_s']:.2f} s), "
-            f"plain {row['plain_s']:.2f} s, {row['bytes'] / 1e9:.3f} GB")
+        log(f"  write round {r + 1}: optd {row['optd_s']:.2f} s (server {row['server_s']:.2f} s, "
+            f"CPU {row['optd_cpu_s']:.2f} s), plain {row['plain_s']:.2f} s (CPU "
+            f"{row['plain_cpu_s']:.2f} s), {row['bytes'] / 1e9:.3f} GB")
         rows.append(row)
     os.remove(os.path.join(plain_dir, "plain.bin"))
     nbytes = rows[0]["bytes"]
@@ -199,6 +218,12 @@ def bench_write(server, stub, plain_dir, rounds):
         "plain_s": plain_s,
         "optd_gbps": nbytes / optd_s / 1e9, "plain_gbps": nbytes / plain_s / 1e9,
         "ratio": statistics.median(r["ratio"] for r in rows),
+        "optd_cpu_s": statistics.median(r["optd_cpu_s"] for r in rows),
+        "plain_cpu_s": statistics.median(r["plain_cpu_s"] for r in rows),
+        # CPU seconds, optd / plain, per round (the plain write's CPU is this process's: the
+        # kernel's copy into the page cache, counted as system time, and the loop).
+        "cpu_ratio": statistics.median(r["optd_cpu_s"] / max(r["plain_cpu_s"], 1e-3)
+                                       for r in rows),
     }
 
 
@@ -527,6 +552,8 @@ def table(res):
         f"written + fsync + rename + fsync dir (median of {len(w['rounds'])}) | {w['optd_s']:.2f} "
         f"({w['optd_gbps']:.2f}) | {w['plain_s']:.2f} ({w['plain_gbps']:.2f}) | "
         f"{w['ratio']:.2f} (throughput optd/plain) |",
+        f"| a. CPU seconds to write it (optd: the whole process; plain: the writing process) | "
+        f"{w['optd_cpu_s']:.2f} | {w['plain_cpu_s']:.2f} | {w['cpu_ratio']:.2f} |",
     ]
     for q in ("p50", "p99", "max"):
         lines.append(
