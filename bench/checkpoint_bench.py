@@ -33,7 +33,8 @@ c. **Restore.** Time from starting the optd process until a Pull of the restored
 
 Usage:
   /usr/bin/python3 bench/checkpoint_bench.py [--params N] [--small_params N] [--steps N]
-      [--rounds N] [--write_rounds N] [--restore_rounds N] [--dir DIR] [--json FILE] [--smoke]
+      [--rounds N] [--write_rounds N] [--restore_rounds N] [--same_channel]
+      [--cold fadvise|drop_caches|none] [--dir DIR] [--json FILE] [--smoke]
 Needs the build: OPTD_BUILD_DIR (default <repo>/build) with server/optd and the Python stubs.
 --smoke: 2M parameters (a 0.1M session stepped), a few steps per arm, about 3 s; checks that every number is there
 (bench/CMakeLists.txt registers it as the ctest checkpoint_bench_smoke). Speed is never asserted.
