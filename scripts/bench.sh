@@ -28,3 +28,14 @@ echo "== optimizer kernels"
 # shellcheck disable=SC2086
 /usr/bin/python3 bench/run_optimizer_bench.py "$BUILD_DIR" ${OPTD_OPTIMIZER_BENCH_FLAGS:-} |
   tee "$BUILD_DIR/bench/optimizer_bench.txt"
+
+# checkpoints (issue #12): a 100M-parameter Adam session's checkpoint (1.2 GB) written through the
+# Checkpoint RPC vs the same bytes written with fsync; step latency of a 1M-parameter session while
+# checkpoints run vs none; restore at start-up vs reading the file and vs an empty folder. About
+# 4 minutes; writes a few GB under $TMPDIR (README "Benchmarks → Checkpoints"). Extra flags in
+# OPTD_CHECKPOINT_BENCH_FLAGS, e.g. "--params=25000000".
+echo "== checkpoints"
+# shellcheck disable=SC2086
+OPTD_BUILD_DIR="$BUILD_DIR" /usr/bin/python3 bench/checkpoint_bench.py \
+  --json "$BUILD_DIR/bench/checkpoint_bench.json" ${OPTD_CHECKPOINT_BENCH_FLAGS:-} |
+  tee "$BUILD_DIR/bench/checkpoint_bench.txt"

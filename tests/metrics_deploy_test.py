@@ -81,8 +81,9 @@ def test_dashboard_is_well_formed():
     assert {"datasource", "instance", "session"} <= variables
     builtin = {"__rate_interval", "__interval", "__range"}
     rows = [p for p in panels if p["type"] == "row"]
-    assert [r["title"] for r in rows] == ["Server", "Training: $session", "Resources"]
-    assert rows[1].get("repeat") == "session"
+    assert [r["title"] for r in rows] == ["Server", "Checkpoints", "Training: $session",
+                                          "Resources"]
+    assert rows[2].get("repeat") == "session"
     cells = set()
     for panel in panels:
         pos = panel["gridPos"]
@@ -105,7 +106,11 @@ def test_dashboard_is_well_formed():
     for metric in ("optd_loss", "optd_gradient_norm", "optd_update_ratio", "optd_learning_rate",
                    "optd_staleness_versions_bucket", "optd_refused_steps_total",
                    "grpc_server_handling_seconds_bucket", "process_resident_memory_bytes",
-                   "process_cpu_seconds_total"):
+                   "process_cpu_seconds_total",
+                   # The checkpoints row (issue #12): every durability metric optd exports.
+                   "optd_checkpoint_duration_seconds_bucket", "optd_checkpoint_written_bytes_total",
+                   "optd_checkpoint_failures_total", "optd_checkpoint_skipped_total",
+                   "optd_checkpoint_last_success_timestamp_seconds"):
         assert metric in exprs, metric
 
 
