@@ -26,6 +26,10 @@ using Json = nlohmann::ordered_json;
 
 constexpr char kMagic[8] = {'O', 'P', 'T', 'D', 'C', 'K', 'P', 'T'};
 constexpr size_t kHeaderBytes = 24;
+// Arrays are written (and checksummed) in chunks of this size; write-back is started every
+// kWriteBackBytes.
+constexpr int64_t kChunkBytes = int64_t{1} << 20;
+constexpr int64_t kWriteBackBytes = int64_t{64} << 20;
 constexpr int64_t kAlign = 64;
 // The largest manifest read back: a session's tensors and exactly-once table fit in far less.
 constexpr uint32_t kMaxManifestBytes = 1u << 30;
@@ -187,17 +191,19 @@ Json Manifest(const SessionState& state, const ConfigCodec& codec,
   };
 }
 
-// Writes all of [data, data + size) to `fd`.
-absl::Status WriteAll(int fd, const void* data, size_t size, absl::string_view path) {
+// Writes all of [data, data + size) at `offset` of `fd`.
+absl::Status WriteAt(int fd, const void* data, size_t size, int64_t offset,
+                     absl::string_view path) {
   const char* p = static_cast<const char*>(data);
   while (size > 0) {
-    const ssize_t n = ::write(fd, p, std::min<size_t>(size, 1 << 30));
+    const ssize_t n = ::pwrite(fd, p, std::min<size_t>(size, 1 << 30), offset);
     if (n < 0) {
       if (errno == EINTR) continue;
       return IoError(errno, "cannot write", path);
     }
     p += n;
     size -= static_cast<size_t>(n);
+    offset += n;
   }
   return absl::OkStatus();
 }
@@ -250,10 +256,12 @@ absl::Status WriteCheckpointFile(const std::string& path, const SessionState& st
                         static_cast<int64_t>(a.values.size())});
     }
   }
-  for (Array& a : arrays) a.crc = Crc32(a.data, a.count * sizeof(float));
+  // The layout is settled with every CRC at its widest (10 digits): the real manifest is no longer,
+  // so the arrays can be written first, each CRC computed in the same pass while its bytes are in
+  // cache, and the manifest last, in front of them.
+  for (Array& a : arrays) a.crc = std::numeric_limits<uint32_t>::max();
   // The offsets depend on the manifest's length, which depends on the offsets: a few rounds
   // settle it (only the digits of the offsets change).
-  std::string manifest;
   int64_t data_start = Align(kHeaderBytes);
   for (int round = 0; round < 8; ++round) {
     int64_t at = data_start;
@@ -261,8 +269,8 @@ absl::Status WriteCheckpointFile(const std::string& path, const SessionState& st
       a.offset = at;
       at = Align(at + a.count * static_cast<int64_t>(sizeof(float)));
     }
-    manifest = Manifest(state, codec, server_incarnation, now, arrays).dump(1);
-    const int64_t needed = Align(kHeaderBytes + static_cast<int64_t>(manifest.size()));
+    const std::string widest = Manifest(state, codec, server_incarnation, now, arrays).dump(1);
+    const int64_t needed = Align(kHeaderBytes + static_cast<int64_t>(widest.size()));
     if (needed == data_start) break;
     data_start = needed;
   }
@@ -277,6 +285,34 @@ absl::Status WriteCheckpointFile(const std::string& path, const SessionState& st
     ::unlink(tmp.c_str());
     return status;
   };
+  // The arrays, in chunks: CRC-32, then write. Every kWriteBackBytes the kernel is asked to start
+  // writing the new pages to disk (sync_file_range), so the disk works while the CPU computes and
+  // the final fsync has little left to do.
+  int64_t at = data_start;
+  int64_t flushed = 0;
+  for (Array& a : arrays) {
+    const char* data = reinterpret_cast<const char*>(a.data);
+    const int64_t bytes = a.count * static_cast<int64_t>(sizeof(float));
+    uint32_t crc = 0;
+    for (int64_t done = 0; done < bytes; done += kChunkBytes) {
+      const size_t n = static_cast<size_t>(std::min(kChunkBytes, bytes - done));
+      crc = Crc32(data + done, n, crc);
+      if (absl::Status s = WriteAt(out.fd, data + done, n, a.offset + done, tmp); !s.ok()) {
+        return fail(s);
+      }
+      const int64_t end = a.offset + done + static_cast<int64_t>(n);
+      if (end - flushed >= kWriteBackBytes) {
+        ::sync_file_range(out.fd, flushed, end - flushed, SYNC_FILE_RANGE_WRITE);  // a hint
+        flushed = end;
+      }
+    }
+    a.crc = crc;
+    at = a.offset + bytes;
+  }
+  const std::string manifest = Manifest(state, codec, server_incarnation, now, arrays).dump(1);
+  if (Align(kHeaderBytes + static_cast<int64_t>(manifest.size())) > data_start) {
+    return fail(absl::InternalError(absl::StrCat("checkpoint ", tmp, ": the manifest grew")));
+  }
   char header[kHeaderBytes] = {};
   std::memcpy(header, kMagic, sizeof(kMagic));
   const uint32_t words[4] = {kCheckpointFormatVersion, static_cast<uint32_t>(manifest.size()),
@@ -284,15 +320,9 @@ absl::Status WriteCheckpointFile(const std::string& path, const SessionState& st
   std::memcpy(header + 8, words, sizeof(words));  // little-endian hosts only (x86-64, arm64)
   std::string head(header, kHeaderBytes);
   head += manifest;
-  head.resize(data_start, '\0');
-  if (absl::Status s = WriteAll(out.fd, head.data(), head.size(), tmp); !s.ok()) return fail(s);
-  int64_t at = data_start;
-  static const char kZeros[kAlign] = {};
-  for (const Array& a : arrays) {
-    if (absl::Status s = WriteAll(out.fd, kZeros, a.offset - at, tmp); !s.ok()) return fail(s);
-    const size_t bytes = a.count * sizeof(float);
-    if (absl::Status s = WriteAll(out.fd, a.data, bytes, tmp); !s.ok()) return fail(s);
-    at = a.offset + static_cast<int64_t>(bytes);
+  head.resize(data_start, '\0');  // the gaps between arrays are holes: they read as zeros
+  if (absl::Status s = WriteAt(out.fd, head.data(), head.size(), 0, tmp); !s.ok()) {
+    return fail(s);
   }
   if (::fsync(out.fd) != 0) return fail(IoError(errno, "cannot fsync", tmp));
   if (::close(out.fd) != 0) {

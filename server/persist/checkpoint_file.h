@@ -20,7 +20,10 @@
 // ("kind": "parameters") and each optimizer state array ("kind": "optimizer", named as
 // torch.optim names it). Doubles that JSON cannot hold (inf) are written as strings.
 //
-// WriteCheckpointFile is atomic: it writes a temporary file in the same directory, fsyncs it,
+// WriteCheckpointFile reads each array once: it checksums and writes it in 1 MiB chunks, asking the
+// kernel to start write-back every 64 MiB, and writes the header and manifest last (laid out for
+// the widest checksums, so they fit in front of the arrays). It is atomic: it writes a temporary
+// file in the same directory, fsyncs it,
 // renames it over `path` and fsyncs the directory, so a crash at any moment leaves either the old
 // file (or none) or the complete new one. ReadCheckpointFile verifies the magic, the format
 // version, and every checksum: a torn or corrupted file is DataLoss, never a wrong session.
