@@ -318,8 +318,7 @@ class Client:
             defaults = [("grpc.max_send_message_length", max_message_bytes),
                         ("grpc.max_receive_message_length", max_message_bytes),
                         ("grpc.max_reconnect_backoff_ms", backoff_ms),
-                        ("grpc.initial_reconnect_backoff_ms", min(backoff_ms, 100)),
-                        ("grpc.min_reconnect_backoff_ms", min(backoff_ms, 100))]
+                        ("grpc.initial_reconnect_backoff_ms", min(backoff_ms, 100))]
             options = [(k, v) for k, v in defaults if k not in given] + list(channel_options)
             channel = (grpc.secure_channel(address, credentials, options=options)
                        if credentials is not None else
