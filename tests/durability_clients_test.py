@@ -294,6 +294,17 @@ def test_checkpoint_reader_equals_pull_bit_for_bit(server, client, kind, hp):
             optd.checkpoint.read(damaged)
         with pytest.raises(ValueError):
             scope["read_checkpoint"](damaged)
+    # The reserved header word and the zero padding are covered by no checksum; optd.checkpoint
+    # refuses them flipped all the same (the numpy snippet, which checks only the CRCs, does not).
+    length = int.from_bytes(data[12:16], "little")
+    for where in (21, 24 + length + 1):
+        if where >= manifest["arrays"][0]["offset"]:
+            continue  # no padding after this manifest
+        flipped = bytearray(data)
+        flipped[where] ^= 0x01
+        open(damaged, "wb").write(bytes(flipped))
+        with pytest.raises(optd.CheckpointError, match="reserved|padding"):
+            optd.checkpoint.read(damaged)
     for size in (10, 30, array_offset + 2, len(data) - 1):
         open(damaged, "wb").write(data[:size])
         with pytest.raises(optd.CheckpointError, match="truncated|corrupt"):

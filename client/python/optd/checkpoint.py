@@ -20,8 +20,9 @@ A checkpoint (written by ``optd --checkpoint_dir=DIR``, on the Checkpoint RPC, e
                arrays: little-endian float32, each at the offset the manifest gives (a multiple of
                64), with its element count and CRC-32 in the manifest's "arrays" list
 
-``read`` checks all of it (the magic, the format version, the lengths and every CRC-32) and raises
-``optd.CheckpointError`` for a truncated or damaged file: it never returns wrong numbers.
+``read`` checks all of it (the magic, the format version, the reserved word, the lengths, every
+CRC-32, and that the padding no checksum covers is zero) and raises ``optd.CheckpointError`` for a
+truncated or damaged file: it never returns wrong numbers.
 """
 
 import json
@@ -55,13 +56,16 @@ def _manifest(data: bytes, path: str) -> Dict[str, Any]:
     if len(data) < _HEADER.size:
         raise CheckpointError(f"checkpoint {path} is corrupt: no header ({len(data)} bytes; "
                               f"truncated)", path)
-    magic, version, length, crc, _ = _HEADER.unpack_from(data)
+    magic, version, length, crc, reserved = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise CheckpointError(f"checkpoint {path} is corrupt: it does not start with OPTDCKPT",
                               path)
     if version != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {version}; this reader reads "
                               f"version {FORMAT_VERSION}", path)
+    if reserved != 0:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its reserved header word is "
+                              f"{reserved:#x}, not 0", path)
     if _HEADER.size + length > len(data):
         raise CheckpointError(f"checkpoint {path} is corrupt: its manifest length {length} exceeds "
                               f"the file ({len(data)} bytes; truncated)", path)
@@ -76,6 +80,22 @@ def _manifest(data: bytes, path: str) -> Dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != "optd-checkpoint":
         raise CheckpointError(f"checkpoint {path}: its manifest is not an optd checkpoint's", path)
     return manifest
+
+
+def _check_padding(data: bytes, manifest_end: int, arrays: list, path: str) -> None:
+    """Every byte outside the header, the manifest and the arrays is padding and must be zero
+    (no checksum covers it: a flipped padding byte is damage all the same)."""
+    spans = sorted((int(a["offset"]), int(a["offset"]) + 4 * int(a["count"])) for a in arrays)
+    at = manifest_end
+    for start, end in spans + [(len(data), len(data))]:
+        if start < at:
+            raise CheckpointError(f"checkpoint {path} is corrupt: arrays overlap the manifest or "
+                                  f"each other at byte {start}", path)
+        gap = data[at:start]
+        if gap.count(0) != len(gap):
+            raise CheckpointError(f"checkpoint {path} is corrupt: a padding byte in [{at}, "
+                                  f"{start}) is not zero", path)
+        at = end
 
 
 def _read_bytes(path: str) -> bytes:
@@ -157,6 +177,7 @@ def read(path: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray], OptimizerSta
         else:
             raise CheckpointError(f"checkpoint {path} is corrupt: array {name} ({kind}) of tensor "
                                   f"{tensor_name} has no place", path)
+    _check_padding(data, _HEADER.size + _HEADER.unpack_from(data)[2], listed, path)
     missing = [n for n, v in parameters.items() if v is None]
     if missing:
         raise CheckpointError(f"checkpoint {path} is corrupt: no parameters for {missing}", path)
