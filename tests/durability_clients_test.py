@@ -157,6 +157,26 @@ def test_a_session_sees_the_restart_and_follows_the_restored_version(server, cli
     assert max(server.restart_seconds) < 5.0
 
 
+def test_a_worker_that_joined_after_the_checkpoint_joins_again_after_the_restart(server, client):
+    session = client.create_session(initial(), "sgd", lr=0.1, session_id="late-join")
+    session.step(grads(SHAPES))
+    session.checkpoint()  # version 1: knows only the first worker
+    late = client.session("late-join", worker_id="late")
+    assert late.step(grads(SHAPES)).version == 2  # joined after the checkpoint: lost
+    old_incarnation = late.incarnation
+    server.kill_and_restart()
+    # The restored session does not know the late worker's incarnation (rejoin). A restarted
+    # server cannot hold the step, so it is resent as new, not StepOutcomeUnknownError; computed
+    # at the lost version 2, it is then stale.
+    with pytest.raises(optd.AbortedError) as refused:
+        late.step(grads(SHAPES))
+    assert refused.value.server_restarted and refused.value.current_version == 1
+    assert late.incarnation != old_incarnation and late.version == 1
+    late.pull()
+    r = late.step(grads(SHAPES))
+    assert r.version == 2 and r.sequence == 2  # the refused resend used sequence 1
+
+
 def test_remote_optimizer_training_survives_a_kill_and_restart(server, client):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
