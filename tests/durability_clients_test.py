@@ -14,7 +14,7 @@ Each test runs optd with --checkpoint_dir in a temporary folder on a fixed free 
 * Session.to_npz / Client.create_session_from_npz round-trip every optimizer bit for bit;
 * a fork from a checkpoint with another learning rate.
 
-Run: /usr/bin/python3 -m pytest -q tests/durability_clients_test.py   (OPTD_BUILD_DIR picks the build)
+Run: /usr/bin/python3 -m pytest -q tests/durability_clients_test.py  (OPTD_BUILD_DIR: the build)
 """
 
 import os
@@ -116,7 +116,7 @@ def initial():
     return {name: RNG.standard_normal(shape).astype(np.float32) for name, shape in SHAPES.items()}
 
 
-# -- restarts -----------------------------------------------------------------------------------------
+# -- restarts --------------------------------------------------------------------------------------
 
 def test_a_session_sees_the_restart_and_follows_the_restored_version(server, client):
     session = client.create_session(initial(), "adam", lr=0.05, session_id="restart")
@@ -256,7 +256,7 @@ def test_stream_steps_survives_a_restart(server, client):
     assert outcomes[5].version == 10 and session.server_restarts == 2
 
 
-# -- checkpoint files ---------------------------------------------------------------------------------
+# -- checkpoint files ------------------------------------------------------------------------------
 
 def _snippet() -> str:
     """The numpy-only reader of README.durability-clients.md (or, once folded in, README.md)."""
@@ -333,7 +333,7 @@ def test_checkpoint_reader_equals_pull_bit_for_bit(server, client, kind, hp):
             scope["read_checkpoint"](damaged)
 
 
-# -- npz and forks -------------------------------------------------------------------------------------
+# -- npz and forks ---------------------------------------------------------------------------------
 
 NPZ_CASES = {
     "sgd": dict(lr=0.05, momentum=0.9), "adam": dict(lr=0.01), "adamw": dict(lr=0.01),

@@ -158,8 +158,9 @@ def read(path: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray], OptimizerSta
         elements = int(np.prod(shape, dtype=np.int64))
         if count != elements or offset < 0 or offset % _ALIGN:
             raise CheckpointError(f"checkpoint {path} is corrupt: array {name} of tensor "
-                                  f"{tensor_name} has {count} values at offset {offset} (the tensor "
-                                  f"has {elements}; offsets are multiples of {_ALIGN})", path)
+                                  f"{tensor_name} has {count} values at offset {offset} (the "
+                                  f"tensor has {elements}; offsets are multiples of {_ALIGN})",
+                                  path)
         end = offset + 4 * count
         if end > len(data):
             raise CheckpointError(f"checkpoint {path} is corrupt: array {name} of tensor "
