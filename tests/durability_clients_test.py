@@ -245,7 +245,8 @@ def test_stream_steps_survives_a_restart(server, client):
     assert [r.version for r in results] == list(range(1, 9))
     assert [r.sequence for r in results] == list(range(1, 9))  # the resent step kept its number
     assert [r.server_restarted for r in results] == [False] * 4 + [True] + [False] * 3
-    assert results[4].attempts > 1 and results[4].server_incarnation != incarnations[0]
+    # (attempts counts the sends: 1 when the stream had failed before the step was put on it.)
+    assert results[4].server_incarnation != incarnations[0]
     # Steps after the checkpoint are lost: the first step computed at a lost version is refused
     # (yielded), the next carries the restored version and is applied.
     outcomes = list(session.stream_steps(work(6, checkpoint_at=2, kill_at=5), errors="yield"))

@@ -1071,7 +1071,6 @@ class Session:
                 attempt = 0
                 while True:
                     attempt += 1
-                    slot.attempts = max(slot.attempts, attempt)
                     try:
                         if stream is None:
                             stream = StepStream(self.client, self, step_timeout=step_timeout)
@@ -1084,9 +1083,10 @@ class Session:
                             stream = None
                             if e.code in policy.retry_codes and attempt < policy.max_attempts:
                                 time.sleep(policy.backoff(attempt))
-                                slot = _Slot(slot.request, True, attempts=attempt + 1,
+                                # A resend is a retry only if the failed stream sent it.
+                                slot = _Slot(slot.request, True,
+                                             attempts=slot.attempts + (1 if slot.sent else 0),
                                              server_before=slot.server_before)
-                                slot.resends = 0
                                 continue
                             e.attempts = attempt
                             raise
@@ -1109,7 +1109,8 @@ _CLOSE = object()
 class _Slot:
     """A step submitted on a StepStream: the request last sent for it and, once known, its
     outcome (a StepResult or an OptdError)."""
-    __slots__ = ("request", "owned", "outcome", "done", "resends", "attempts", "server_before")
+    __slots__ = ("request", "owned", "outcome", "done", "resends", "attempts", "server_before",
+                 "sent")
 
     def __init__(self, request, owned: bool, attempts: int = 1,
                  server_before: Optional[str] = None) -> None:
@@ -1120,6 +1121,7 @@ class _Slot:
         self.resends = 0
         self.attempts = attempts  # > 1: resent on a new stream after the previous one failed
         self.server_before = server_before  # the server incarnation when first sent
+        self.sent = False  # put on a stream's wire (a stream that failed before did not send it)
 
 
 class StepStream:
@@ -1219,6 +1221,7 @@ class StepStream:
         self._pending.append(slot)
         self._inflight.append(slot)
         self._requests.put(slot.request)
+        slot.sent = True
         return slot.request.sequence
 
     def result(self, timeout: Any = DEFAULT) -> StepResult:
