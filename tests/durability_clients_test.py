@@ -257,6 +257,44 @@ def test_stream_steps_survives_a_restart(server, client):
     assert outcomes[5].version == 10 and session.server_restarts == 2
 
 
+def test_stream_steps_with_a_kill_while_steps_are_in_flight(server, client):
+    session = client.create_session(initial(), "adam", lr=0.01, session_id="stream-inflight")
+    crashed = threading.Event()
+
+    def crash():
+        time.sleep(0.05)
+        server.kill()
+        time.sleep(0.3)
+        server.restart()
+        crashed.set()
+
+    def work():
+        for i in range(1, 400):
+            if i == 3:
+                session.checkpoint()  # version 2
+                threading.Thread(target=crash, daemon=True).start()
+            if crashed.is_set() and i > 3 and session.server_restarts and \
+                    session.version is not None and session.version >= 8:
+                return
+            yield grads(SHAPES)
+
+    outcomes = list(session.stream_steps(work(), errors="yield"))
+    assert crashed.is_set() and session.server_restarts == 1
+    new = session.server_incarnation
+    # Every step either was answered by a server or refused as stale after the restart; the
+    # restored session continued from the checkpoint with the steps the new server applied.
+    for o in outcomes:
+        assert isinstance(o, optd.StepResult) or \
+            (isinstance(o, optd.AbortedError) and o.server_restarted), o
+    applied_after = [o for o in outcomes
+                     if isinstance(o, optd.StepResult) and o.server_incarnation == new]
+    aborted = [o for o in outcomes if isinstance(o, optd.AbortedError)]
+    assert len(aborted) <= 1  # one refusal at most: the next step carries the restored version
+    assert session.pull().version == 2 + len(applied_after) == session.version
+    sequences = [o.sequence for o in outcomes if isinstance(o, optd.StepResult)]
+    assert sequences == sorted(sequences)
+
+
 # -- checkpoint files ------------------------------------------------------------------------------
 
 def _snippet() -> str:
