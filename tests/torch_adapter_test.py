@@ -170,7 +170,13 @@ def test_attach_to_an_existing_session_and_state_dict(client):
         assert state["optd"]["session_id"] == "torch-attach"
         assert state["optd"]["worker_id"] == "w1" and state["optd"]["sequence"] == 1
         assert state["optd"]["worker_incarnation"] == worker.session.incarnation > 0
-        assert state["optd"]["version"] == 4 and state["state"] == {}
+        assert state["optd"]["version"] == 4
+        # torch's layout: the server's Adam state by parameter index, step a float32 0-d tensor.
+        assert sorted(state["state"]) == list(range(6))
+        assert list(state["state"][0]) == ["step", "exp_avg", "exp_avg_sq"]
+        assert state["state"][0]["step"].dtype == torch.float32 and \
+            state["state"][0]["step"].item() == 4.0
+        assert state["state"][0]["exp_avg"].shape == worker_model[0].weight.shape
         state["param_groups"][0]["lr"] = 1e-3
 
         # A fresh optimizer (a restarted process) restores the worker and sends the restored lr
@@ -232,3 +238,171 @@ def test_none_and_sparse_gradients(client):
     torch.testing.assert_close(emb.weight.detach(), expected)
     torch.testing.assert_close(unused.detach(), torch.ones(3))  # a zero gradient, SGD: unchanged
     opt.session.delete()
+
+
+# -- state_dict in torch 1.13's layout, both ways ------------------------------------------------
+
+STATE_CASES = [
+    ("adam", torch.optim.Adam, dict(lr=1e-2, betas=(0.85, 0.99), eps=1e-7)),
+    ("adam", torch.optim.Adam, dict(lr=3e-3, amsgrad=True)),
+    ("adamw", torch.optim.AdamW, dict(lr=5e-3, weight_decay=0.05)),
+    ("sgd", torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
+    ("adagrad", torch.optim.Adagrad, dict(lr=0.05, lr_decay=1e-3, initial_accumulator_value=0.1)),
+    ("rmsprop", torch.optim.RMSprop, dict(lr=3e-3, alpha=0.95)),
+    ("rmsprop", torch.optim.RMSprop, dict(lr=1e-3, momentum=0.5, centered=True)),
+    ("nadam", torch.optim.NAdam, dict(lr=2e-3)),
+    ("radam", torch.optim.RAdam, dict(lr=1e-3)),
+    ("adadelta", torch.optim.Adadelta, dict(lr=0.5, rho=0.8)),
+]
+STATE_IDS = [f"{c[0]}-{i}" for i, c in enumerate(STATE_CASES)]
+K_STEPS, MORE_STEPS = 7, 15
+
+
+def assert_same_layout(ours, theirs):
+    """Keys, order of state keys, `step` type and dtype, array dtypes and shapes, param_groups."""
+    assert sorted(ours["state"]) == sorted(theirs["state"])
+    for i, entry in theirs["state"].items():
+        mine = ours["state"][i]
+        assert list(mine) == list(entry), f"state[{i}] keys"
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                assert isinstance(mine[key], torch.Tensor), f"state[{i}][{key}]"
+                assert mine[key].dtype == value.dtype and mine[key].shape == value.shape, key
+            else:
+                assert type(mine[key]) is type(value), f"state[{i}][{key}]: {mine[key]!r}"
+    assert len(ours["param_groups"]) == len(theirs["param_groups"])
+    for mine, group in zip(ours["param_groups"], theirs["param_groups"]):
+        assert sorted(mine) == sorted(group)
+        assert mine["params"] == group["params"]
+
+
+def assert_same_values(ours, theirs):
+    for i, entry in theirs["state"].items():
+        for key, value in entry.items():
+            mine = ours["state"][i][key]
+            if isinstance(value, torch.Tensor):
+                np.testing.assert_allclose(mine.numpy(), value.numpy(), rtol=RTOL, atol=ATOL,
+                                           err_msg=f"state[{i}][{key}]")
+            else:
+                assert mine == value
+    for mine, group in zip(ours["param_groups"], theirs["param_groups"]):
+        for key, value in group.items():
+            if key in ("params", "foreach", "capturable", "differentiable", "fused"):
+                continue
+            assert _close(mine[key], value), f"param_groups {key}: {mine[key]} vs {value}"
+
+
+def _close(a, b):
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return bool(a) == bool(b)
+    return a == pytest.approx(b, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind,torch_cls,hp", STATE_CASES, ids=STATE_IDS)
+def test_torch_state_dict_loads_into_optd_and_continues_identically(client, kind, torch_cls, hp):
+    local_model = make_mlp(11)
+    local = torch_cls(local_model.parameters(), foreach=False, **hp)
+    data = list(batches(K_STEPS + MORE_STEPS, seed=4))
+    for x, y in data[:K_STEPS]:
+        train_step(local_model, local, x, y)
+    saved = local.state_dict()
+    remote_model = make_mlp(0)
+    remote_model.load_state_dict(local_model.state_dict())
+    # Another lr at creation: load_state_dict sends the saved hyperparameters too.
+    start_hp = dict(hp, lr=hp["lr"] * 3)
+    remote = optd.torch.RemoteOptimizer(remote_model.named_parameters(), client=client,
+                                        optimizer=kind, **start_hp)
+    remote.load_state_dict(saved)
+    assert remote.param_groups[0]["lr"] == pytest.approx(hp["lr"])
+    assert remote.session.info().version == 0  # the session's own count; the state is torch's
+    assert_same_values(remote.state_dict(), local.state_dict())
+    for step, (x, y) in enumerate(data[K_STEPS:], start=K_STEPS + 1):
+        train_step(remote_model, remote, x, y)
+        train_step(local_model, local, x, y)
+        assert_same(remote_model, local_model, step)
+    remote.session.delete()
+
+
+@pytest.mark.parametrize("kind,torch_cls,hp", STATE_CASES, ids=STATE_IDS)
+def test_optd_state_dict_loads_into_torch_and_continues_identically(client, kind, torch_cls, hp):
+    remote_model, local_model = make_mlp(12), make_mlp(12)
+    remote = optd.torch.RemoteOptimizer(remote_model.named_parameters(), client=client,
+                                        optimizer=kind, **hp)
+    reference = torch_cls(local_model.parameters(), foreach=False, **hp)
+    data = list(batches(K_STEPS + MORE_STEPS, seed=6))
+    for x, y in data[:K_STEPS]:
+        train_step(remote_model, remote, x, y)
+        train_step(local_model, reference, x, y)
+    ours = remote.state_dict()
+    assert_same_layout(ours, reference.state_dict())
+    assert_same_values(ours, reference.state_dict())
+    # A fresh torch optimizer (another lr, changed by the load) continues from optd's state.
+    model = make_mlp(0)
+    model.load_state_dict(remote_model.state_dict())
+    local = torch_cls(model.parameters(), foreach=False, **dict(hp, lr=hp["lr"] * 5))
+    local.load_state_dict(ours)
+    assert local.param_groups[0]["lr"] == pytest.approx(hp["lr"])
+    for step, (x, y) in enumerate(data[K_STEPS:], start=K_STEPS + 1):
+        train_step(remote_model, remote, x, y)
+        train_step(model, local, x, y)
+        assert_same(remote_model, model, step)
+    remote.session.delete()
+
+
+def test_state_dict_before_any_step_matches_torch(client):
+    for kind, torch_cls, hp in (STATE_CASES[0], STATE_CASES[3], STATE_CASES[4]):
+        model = make_mlp(2)
+        remote = optd.torch.RemoteOptimizer(model.named_parameters(), client=client,
+                                            optimizer=kind, **hp)
+        local = torch_cls(make_mlp(2).parameters(), **hp)
+        assert_same_layout(remote.state_dict(), local.state_dict())
+        remote.session.delete()
+
+
+def test_sgd_without_momentum_state_dict(client):
+    model, local_model = make_mlp(3), make_mlp(3)
+    remote = optd.torch.RemoteOptimizer(model.named_parameters(), client=client, optimizer="sgd",
+                                        lr=0.1)
+    local = torch.optim.SGD(local_model.parameters(), lr=0.1)
+    x, y = next(batches(1))
+    train_step(model, remote, x, y)
+    train_step(local_model, local, x, y)
+    ours = remote.state_dict()
+    assert ours["state"][0] == {"momentum_buffer": None}
+    assert_same_layout(ours, local.state_dict())
+    remote.load_state_dict(local.state_dict())  # loads back: nothing to carry but lr
+    remote.session.delete()
+
+
+def test_a_state_dict_of_another_optimizer_is_refused_with_nothing_changed(client):
+    model = make_mlp(5)
+    remote = optd.torch.RemoteOptimizer(model.named_parameters(), client=client, optimizer="adam",
+                                        lr=1e-2)
+    for x, y in batches(2):
+        train_step(model, remote, x, y)
+    before = remote.session.pull(optimizer_state=True)
+    groups_before = [dict(g, params=None) for g in remote.param_groups]
+    other_model = make_mlp(5)
+    for cls, hp in ((torch.optim.SGD, dict(lr=0.3, momentum=0.9)),
+                    (torch.optim.Adagrad, dict(lr=0.3)),
+                    (torch.optim.RMSprop, dict(lr=0.3))):
+        other = cls(other_model.parameters(), **hp)
+        for x, y in batches(2):
+            train_step(other_model, other, x, y)
+        with pytest.raises(optd.InvalidArgumentError, match="another optimizer"):
+            remote.load_state_dict(other.state_dict())
+    # Adam's own layout with a state of the wrong kind inside is refused too.
+    adam_model = make_mlp(5)
+    adam = torch.optim.Adam(adam_model.parameters(), lr=0.3)
+    train_step(adam_model, adam, *next(batches(1)))
+    forged = adam.state_dict()
+    forged["state"][0]["momentum_buffer"] = forged["state"][0].pop("exp_avg")
+    with pytest.raises(optd.InvalidArgumentError, match="another optimizer"):
+        remote.load_state_dict(forged)
+    after = remote.session.pull(optimizer_state=True)
+    assert after.version == before.version and after.optimizer_state == before.optimizer_state
+    assert [dict(g, params=None) for g in remote.param_groups] == groups_before
+    assert remote.session.info().config.optimizer.adam.lr == pytest.approx(1e-2)
+    remote.session.delete()

@@ -18,6 +18,11 @@
 * ``optd.encode`` / ``optd.decode`` / ``optd.RowSparse``: numpy <-> wire bytes (``optd.tensors``).
 * ``optd.torch.RemoteOptimizer``: a torch.optim.Optimizer whose step runs on the server
   (imported on first use of ``optd.torch``; needs torch).
+* Durability: ``client.checkpoint`` / ``session.checkpoint`` (``optd.CheckpointResult``),
+  ``client.create_session_from_checkpoint`` (forks), ``optd.OptimizerState`` (``pull(...,
+  optimizer_state=True)``, ``session.import_optimizer_state``), ``session.to_npz`` /
+  ``client.create_session_from_npz``, and ``optd.checkpoint.read`` / ``newest`` for checkpoint
+  files (``optd.CheckpointError``); replies carry ``server_incarnation`` / ``durable_version``.
 
 The generated protobuf modules are ``optd.v1.optd_pb2`` and ``optd.v1.optd_pb2_grpc``.
 """
@@ -34,7 +39,8 @@ from optd.errors import (  # noqa: E402
     FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError, OptdError,
     OutOfRangeError, PermissionDeniedError, ResourceExhaustedError, StepOutcomeUnknownError,
     UnauthenticatedError, UnavailableError, UnimplementedError, UnknownError, error_from_rpc,
-    error_from_status)
+    error_from_status, CheckpointError)
+from optd.state import OptimizerState, TensorState  # noqa: E402
 from optd.tensors import (  # noqa: E402
     RowSparse, bf16_bits_to_float32, decode, dtype_name, dtype_value, encode,
     float32_to_bf16_bits, from_tensor, to_tensor)
@@ -42,11 +48,13 @@ from optd.config import (  # noqa: E402
     OPTIMIZERS, clipping, consistency, optimizer_config, optimizer_hyperparameters,
     optimizer_kind, schedule, session_config)
 from optd.client import (  # noqa: E402
-    DEFAULT, DEFAULT_ADDRESS, NO_RETRY, Client, PullResult, RetryPolicy, Session, StepResult,
-    StepStream)
+    DEFAULT, DEFAULT_ADDRESS, NO_RETRY, CheckpointResult, Client, PullResult, RetryPolicy, Session,
+    StepResult, StepStream)
+from optd import checkpoint  # noqa: E402
 
 __all__ = [
-    "Client", "Session", "StepStream", "StepResult", "PullResult", "RetryPolicy", "NO_RETRY",
+    "Client", "Session", "StepStream", "StepResult", "PullResult", "CheckpointResult",
+    "RetryPolicy", "NO_RETRY", "OptimizerState", "TensorState", "CheckpointError", "checkpoint",
     "DEFAULT", "DEFAULT_ADDRESS",
     "OptdError", "CancelledError", "UnknownError", "InvalidArgumentError", "DeadlineExceededError",
     "NotFoundError", "AlreadyExistsError", "PermissionDeniedError", "ResourceExhaustedError",

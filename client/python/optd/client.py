@@ -33,16 +33,30 @@ DEADLINE_EXCEEDED with exponential backoff (``RetryPolicy``). A retried Step reu
 the server applies it at most once and answers the retry with the first outcome
 (``StepResult.duplicate``). CreateSession, UpdateSession, DeleteSession and unkeyed Steps are never
 retried. (A retried JoinSession whose first reply was lost only leaves an unused incarnation.)
+The default policy (10 attempts, 0.1 s doubling to 2 s, about 11 s in all) and the channel's
+reconnect backoff, capped at 1 s, outlast a server restart of a few seconds.
+
+Server restarts (durability): every reply names the server process that sent it
+(``server_incarnation``) and the session's newest checkpointed version (``durable_version``). A
+Session remembers the incarnation of its last reply; a reply from another process means the server
+restarted and restored the session from its newest checkpoint (``StepResult.server_restarted``,
+``Session.server_restarts``), and the Session's version follows the restored server, even when it
+is lower. A step computed at a version the restored session no longer has is refused with
+``AbortedError`` (``server_restarted = True``, ``current_version`` the restored version): pull and
+go on. ``stream_steps`` reopens a failed stream and resends the unanswered step with the same
+sequence number, within the retry budget.
 """
 
 import collections
 import dataclasses
+import json
 import os
 import queue
 import random
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 from typing import (Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple,
@@ -50,19 +64,28 @@ from typing import (Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequ
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
 from optd import _pb
 from optd import config as _config
-from optd.errors import (DeadlineExceededError, FailedPreconditionError, InternalError,
-                         InvalidArgumentError, OptdError, StepOutcomeUnknownError,
+from optd.errors import (AbortedError, DeadlineExceededError, FailedPreconditionError,
+                         InternalError, InvalidArgumentError, OptdError, StepOutcomeUnknownError,
                          UnavailableError, error_from_rpc, error_from_status)
+from optd.state import OptimizerState
 from optd.tensors import DTypeLike, RowSparse, dtype_value, from_tensor, to_tensor
 
-__all__ = ["Client", "Session", "StepStream", "StepResult", "PullResult", "RetryPolicy",
-           "NO_RETRY", "Gradients", "DEFAULT_ADDRESS"]
+__all__ = ["Client", "Session", "StepStream", "StepResult", "PullResult", "CheckpointResult",
+           "RetryPolicy", "NO_RETRY", "Gradients", "DEFAULT_ADDRESS",
+           "DEFAULT_MAX_RECONNECT_BACKOFF"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
+#: Seconds: the longest gRPC waits between attempts to reconnect to a server that went away
+#: (gRPC's own default is 120 s), so a restarted server is found within about a second.
+DEFAULT_MAX_RECONNECT_BACKOFF = 1.0
+
+#: The "format" of the config.json inside a Session.to_npz file.
+NPZ_FORMAT = "optd-session-npz-1"
 
 #: Gradients (or initial values): a mapping name -> array-like / RowSparse / torch tensor, or a
 #: sequence of (name, value) pairs.
@@ -84,10 +107,11 @@ class RetryPolicy:
 
     ``max_attempts`` counts the first try (1 = no retry). The n-th retry waits
     ``min(max_backoff, initial_backoff * multiplier**(n-1))``, scaled by a random factor in
-    ``[1 - jitter, 1 + jitter]``. Only the codes in ``retry_codes`` are retried.
+    ``[1 - jitter, 1 + jitter]``. Only the codes in ``retry_codes`` are retried. The default, 10
+    attempts waiting 0.1 s doubling to 2 s (about 11 s in all), outlasts a server restart.
     """
-    max_attempts: int = 5
-    initial_backoff: float = 0.05
+    max_attempts: int = 10
+    initial_backoff: float = 0.1
     max_backoff: float = 2.0
     multiplier: float = 2.0
     jitter: float = 0.2
@@ -142,6 +166,14 @@ class StepResult:
     #: joined again during this step (the server had forgotten it; nothing was applied before).
     worker_incarnation: int = 0
     rejoins: int = 0
+    #: The server process that answered (new at each server start), and the session's newest
+    #: checkpointed version (-1: none, or no --checkpoint_dir): steps after it are lost if the
+    #: server is killed.
+    server_incarnation: str = ""
+    durable_version: int = -1
+    #: Set by a Session: the reply came from another server process than the session's previous
+    #: reply (the server restarted and restored the session from its checkpoint).
+    server_restarted: bool = False
 
     @classmethod
     def from_proto(cls, reply, sequence: int = 0, attempts: int = 1,
@@ -151,7 +183,9 @@ class StepResult:
                    gradient_norm=reply.gradient_norm, learning_rate=reply.learning_rate,
                    duplicate=reply.duplicate, workers=reply.workers,
                    missing_workers=list(reply.missing_workers), staleness=reply.staleness,
-                   sequence=sequence, attempts=attempts, worker_incarnation=worker_incarnation)
+                   sequence=sequence, attempts=attempts, worker_incarnation=worker_incarnation,
+                   server_incarnation=reply.server_incarnation,
+                   durable_version=reply.durable_version)
 
 
 @dataclasses.dataclass
@@ -160,6 +194,22 @@ class PullResult:
     version: int
     #: By name, in the order asked (all: creation order); RowSparse for tensors pulled by rows.
     tensors: Dict[str, Union[np.ndarray, RowSparse]]
+    #: See StepResult.
+    server_incarnation: str = ""
+    durable_version: int = -1
+    #: With ``pull(optimizer_state=True)``: the optimizer state at ``version``.
+    optimizer_state: Optional[OptimizerState] = None
+
+
+@dataclasses.dataclass
+class CheckpointResult:
+    """A checkpoint the server wrote (Checkpoint RPC)."""
+    #: The session version checkpointed.
+    version: int
+    #: The file, on the server's file system (``<checkpoint_dir>/session-<id>/<version>.ckpt``).
+    path: str
+    #: Its size.
+    bytes: int
 
 
 def _decode_all(tensors) -> Dict[str, Union[np.ndarray, RowSparse]]:
@@ -228,7 +278,9 @@ class Client:
         max_message_bytes: largest message sent or received; the default matches the server's.
         wait_for_ready: True: calls wait (until their deadline) for the server to come up instead
             of failing at once with UNAVAILABLE.
-        channel_options: extra gRPC channel arguments.
+        max_reconnect_backoff: seconds; caps gRPC's wait between reconnection attempts (channel
+            option ``grpc.max_reconnect_backoff_ms``) so a restarted server is found quickly.
+        channel_options: extra gRPC channel arguments (they win over the ones above).
         channel: use this channel instead of making one (address and channel options are ignored).
 
     Connecting is lazy: an unreachable server shows up as UnavailableError on the first call.
@@ -241,6 +293,7 @@ class Client:
                  metadata: Sequence[Tuple[str, str]] = (),
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  wait_for_ready: bool = False,
+                 max_reconnect_backoff: float = DEFAULT_MAX_RECONNECT_BACKOFF,
                  channel_options: Sequence[Tuple[str, Any]] = (),
                  channel: Optional[grpc.Channel] = None) -> None:
         if channel is None and not address:
@@ -256,10 +309,17 @@ class Client:
         self.metadata: Tuple[Tuple[str, str], ...] = tuple(metadata)
         self.wait_for_ready = wait_for_ready
         self._owns_channel = channel is None
+        if not max_reconnect_backoff > 0:
+            raise InvalidArgumentError(f"max_reconnect_backoff = {max_reconnect_backoff}; must be "
+                                       f"> 0 seconds")
         if channel is None:
-            options = [("grpc.max_send_message_length", max_message_bytes),
-                       ("grpc.max_receive_message_length", max_message_bytes),
-                       *channel_options]
+            backoff_ms = max(1, int(max_reconnect_backoff * 1000))
+            given = {key for key, _ in channel_options}
+            defaults = [("grpc.max_send_message_length", max_message_bytes),
+                        ("grpc.max_receive_message_length", max_message_bytes),
+                        ("grpc.max_reconnect_backoff_ms", backoff_ms),
+                        ("grpc.initial_reconnect_backoff_ms", min(backoff_ms, 100))]
+            options = [(k, v) for k, v in defaults if k not in given] + list(channel_options)
             channel = (grpc.secure_channel(address, credentials, options=options)
                        if credentials is not None else
                        grpc.insecure_channel(address, options=options))
@@ -349,6 +409,107 @@ class Client:
         return Session(self, info.session_id, worker_id=worker_id, version=info.version,
                        info=info)
 
+    def create_session_from_checkpoint(self, session_id: str, path: Optional[str] = None, *,
+                                       from_session: Optional[str] = None, optimizer: Any = None,
+                                       worker_id: Optional[str] = None, timeout: Any = DEFAULT,
+                                       **hyperparameters: Any) -> "Session":
+        """Creates session ``session_id`` from a checkpoint (a fork): its parameters, optimizer
+        state, schedule state and version, with a new exactly-once table.
+
+        Args:
+            session_id: the new session's id.
+            path: a checkpoint file on the server (CheckpointResult.path), or
+            from_session: a session id whose newest checkpoint to use (exactly one of the two).
+            optimizer, hyperparameters: new hyperparameters replacing the checkpoint's (same
+                optimizer kind), e.g. ``lr=0.01``. With only keywords the kind is read from
+                ``from_session`` (GetSession) or, for ``path``, from the file when this machine
+                can read it; otherwise give ``optimizer=``.
+            worker_id: the returned Session's worker id.
+
+        Needs a server with --checkpoint_dir (FailedPreconditionError without); NotFoundError for
+        no such checkpoint.
+        """
+        if (path is None) == (from_session is None):
+            raise InvalidArgumentError("create_session_from_checkpoint: give exactly one of path= "
+                                       "and from_session=")
+        pb2 = self.pb2
+        request = pb2.CreateSessionRequest(session_id=session_id, from_checkpoint=path or "",
+                                           from_session_checkpoint=from_session or "")
+        if optimizer is not None or hyperparameters:
+            if optimizer is None:
+                optimizer = self._checkpoint_kind(path, from_session, timeout)
+            request.config.optimizer.CopyFrom(_config.optimizer_config(optimizer,
+                                                                       **hyperparameters))
+        info, _ = self._call("CreateSession", request, timeout)
+        return Session(self, info.session_id, worker_id=worker_id, version=info.version,
+                       info=info)
+
+    def _checkpoint_kind(self, path: Optional[str], from_session: Optional[str],
+                         timeout: Any) -> str:
+        """The optimizer kind of a checkpoint, to build a config from bare hyperparameters."""
+        if from_session is not None:
+            return _config.optimizer_kind(self.get_session(from_session,
+                                                           timeout=timeout).config.optimizer)
+        try:
+            from optd import checkpoint as _checkpoint  # pylint: disable=import-outside-toplevel
+            manifest = _checkpoint.read_manifest(path)
+        except (OSError, OptdError) as e:
+            raise InvalidArgumentError(f"create_session_from_checkpoint: cannot tell the optimizer "
+                                       f"kind of {path} from here ({e}); give optimizer=") from None
+        kinds = list(manifest.get("config", {}).get("optimizer", {}))
+        if len(kinds) != 1:
+            raise InvalidArgumentError(f"checkpoint {path} names optimizer {kinds}; give "
+                                       f"optimizer=")
+        return _config._canonical_kind(kinds[0])
+
+    def create_session_from_npz(self, path: str, *, session_id: str = "",
+                                worker_id: Optional[str] = None, timeout: Any = DEFAULT,
+                                **hyperparameters: Any) -> "Session":
+        """Creates a session from a file written by Session.to_npz: CreateSession with its
+        parameters and configuration (``hyperparameters`` replace the saved ones, same kind),
+        then UpdateSession with its optimizer state. The new session starts at version 0 (its
+        step counters and state are the saved ones). If the state is refused the new session is
+        deleted and the error raised."""
+        data = np.load(path, allow_pickle=False)
+        try:
+            meta = json.loads(bytes(data["config.json"]).decode("utf-8"))
+            if meta.get("format") != NPZ_FORMAT:
+                raise InvalidArgumentError(f"{path} is not an optd session npz (format "
+                                           f"{meta.get('format')!r})")
+            config = json_format.Parse(json.dumps(meta["config"]), self.pb2.SessionConfig())
+            if hyperparameters:
+                kind = _config.optimizer_kind(config.optimizer)
+                sub = getattr(config.optimizer, kind)
+                _config._fill(sub, hyperparameters, f"optimizer.{kind}")
+            names = list(meta["tensors"])
+            tensors = [(name, np.asarray(data["parameters/" + name], dtype=np.float32))
+                       for name in names]
+            state = OptimizerState.from_flat(data, names, meta["optimizer_arrays"])
+        except KeyError as e:
+            raise InvalidArgumentError(f"{path} lacks {e} (not written by Session.to_npz?)") \
+                from None
+        finally:
+            data.close()
+        session = self.create_session(tensors, config, session_id=session_id,
+                                      worker_id=worker_id, timeout=timeout)
+        try:
+            session.import_optimizer_state(state, timeout=timeout)
+        except OptdError:
+            try:
+                session.delete(timeout=timeout)
+            except OptdError:
+                pass
+            raise
+        return session
+
+    def checkpoint(self, session_id: str, *, timeout: Any = DEFAULT) -> CheckpointResult:
+        """Checkpoint RPC: writes a checkpoint of the session now and returns when it is durable
+        (retried like a read: writing one twice is harmless). FailedPreconditionError without
+        --checkpoint_dir; NotFoundError; ResourceExhaustedError (disk full)."""
+        reply, _ = self._call("Checkpoint", self.pb2.CheckpointRequest(session_id=session_id),
+                              timeout, self.retry)
+        return CheckpointResult(version=reply.version, path=reply.path, bytes=reply.bytes)
+
     def session(self, session_id: str, *, worker_id: Optional[str] = None,
                 version: Optional[int] = None) -> "Session":
         """A Session for an existing session id, without any RPC (use .info() or .pull() to
@@ -388,14 +549,17 @@ class Client:
                 return sessions
 
     def update_session(self, session_id: str, optimizer: Any = None, *, schedule: Any = None,
-                       clipping: Any = None, timeout: Any = DEFAULT, **hyperparameters: Any):
+                       clipping: Any = None, optimizer_state: Optional[OptimizerState] = None,
+                       timeout: Any = DEFAULT, **hyperparameters: Any):
         """Changes hyperparameters for the next step, keeping the optimizer state; returns the
         updated optd_pb2.Session.
 
         ``optimizer`` is the session's kind (or an OptimizerConfig); with only keywords
         (``update_session(id, lr=0.01)``) the kind is read from the session first. Only the fields
         given change. ``schedule`` replaces the schedule (starting at the current step);
-        ``clipping`` replaces the clipping (a number means max_norm).
+        ``clipping`` replaces the clipping (a number means max_norm). ``optimizer_state`` (an
+        optd.OptimizerState, or an optd_pb2.OptimizerState) replaces the optimizer state: refused
+        whole (InvalidArgumentError, nothing changed) if it does not fit the session's optimizer.
         """
         pb2 = self.pb2
         request = pb2.UpdateSessionRequest(session_id=session_id)
@@ -408,6 +572,10 @@ class Client:
             request.schedule.CopyFrom(_config._as(_config.schedule, schedule))
         if clipping is not None:
             request.clipping.CopyFrom(_config._as(_config.clipping, clipping))
+        if optimizer_state is not None:
+            request.optimizer_state.CopyFrom(
+                optimizer_state.to_proto() if isinstance(optimizer_state, OptimizerState)
+                else optimizer_state)
         return self._call("UpdateSession", request, timeout)[0]
 
     def delete_session(self, session_id: str, *, timeout: Any = DEFAULT) -> None:
@@ -416,17 +584,27 @@ class Client:
 
     def pull(self, session_id: str, names: Optional[Sequence[str]] = None, *,
              dtype: DTypeLike = "f32", rows: Optional[Mapping[str, Sequence[int]]] = None,
-             timeout: Any = DEFAULT) -> PullResult:
+             optimizer_state: bool = False, timeout: Any = DEFAULT) -> PullResult:
         """Reads parameters without stepping: ``names`` (all, in creation order, when None) as
         ``dtype`` on the wire, decoded to float32; ``rows`` {name: indices} reads only those rows
-        (as RowSparse)."""
+        (as RowSparse). ``optimizer_state=True`` also returns the whole optimizer state
+        (PullResult.optimizer_state, an optd.OptimizerState at the same version; not with
+        ``rows``)."""
         pb2 = self.pb2
         request = pb2.PullRequest(session_id=session_id, names=list(names or ()),
-                                  dtype=dtype_value(dtype))
+                                  dtype=dtype_value(dtype),
+                                  include_optimizer_state=bool(optimizer_state))
         for name, indices in (rows or {}).items():
             request.rows.add(name=name, indices=[int(i) for i in np.asarray(indices).ravel()])
         reply, _ = self._call("Pull", request, timeout, self.retry)
-        return PullResult(version=reply.version, tensors=_decode_all(reply.tensors))
+        tensors = _decode_all(reply.tensors)
+        state = None
+        if optimizer_state:
+            state = OptimizerState.from_proto(reply.optimizer_state,
+                                              None if names else list(tensors))
+        return PullResult(version=reply.version, tensors=tensors,
+                          server_incarnation=reply.server_incarnation,
+                          durable_version=reply.durable_version, optimizer_state=state)
 
     def step_request(self, session_id: str, gradients: Gradients, *, worker_id: str = "",
                      sequence: int = 0, version: Optional[int] = None,
@@ -580,8 +758,16 @@ class Session:
         self.incarnation: Optional[int] = 0 if self.sequence > 0 else None
         #: The version this worker's parameters are at (from create, pull or the last step).
         self.version: Optional[int] = version
+        #: The server process of the session's last reply (None before any), the newest
+        #: checkpointed version it reported (-1: none), and how many times replies showed the
+        #: server had restarted since this Session first heard from it.
+        self.server_incarnation: Optional[str] = None
+        self.durable_version: int = -1
+        self.server_restarts: int = 0
         self._info = info
         self._lock = threading.Lock()
+        if info is not None:
+            self._observe_server(info.server_incarnation, info.durable_version)
 
     @property
     def id(self) -> str:
@@ -597,6 +783,7 @@ class Session:
         refused from now on) and returns it; the next step sends sequence 1. ``step`` joins by
         itself when needed; call this to join early (to fail fast) or to start afresh."""
         reply = self.client.join_session(self.session_id, self.worker_id, timeout=timeout)
+        self._observe_server(reply.server_incarnation, None)
         with self._lock:
             self.incarnation = int(reply.worker_incarnation)
             self.sequence = int(reply.next_sequence) - 1
@@ -617,12 +804,18 @@ class Session:
         return self.join(timeout=timeout)
 
     def _resend_or_raise(self, request, error: FailedPreconditionError, resends: int,
-                         timeout: Any):
+                         timeout: Any, server_before: Optional[str] = None):
         """After ``request`` (built by this worker) was refused with rejoin: joins again and
         returns the request to resend (the refused call was a first attempt, so nothing was
         applied), or raises StepOutcomeUnknownError (it was a retry of an attempt whose reply was
-        lost), or ``error`` itself when the step was already resent MAX_REJOINS_PER_STEP times."""
-        first_attempt = getattr(error, "attempts", 1) == 1
+        lost), or ``error`` itself when the step was already resent MAX_REJOINS_PER_STEP times.
+
+        A retry refused by another server process than ``server_before`` (the one the step was
+        first sent to) is treated as a first attempt: the server restarted and restored the
+        session from a checkpoint that does not know this incarnation, so the checkpoint cannot
+        hold the step either, and the session the server now has never applied it."""
+        first_attempt = getattr(error, "attempts", 1) == 1 or \
+            self._restarted_since(server_before, error.server_incarnation)
         if first_attempt and resends >= MAX_REJOINS_PER_STEP:
             raise error
         if first_attempt:
@@ -660,15 +853,53 @@ class Session:
             self.sequence += 1
             return self.sequence
 
-    def _observe(self, result: StepResult) -> None:
+    @staticmethod
+    def _restarted_since(before: Optional[str], now: str) -> bool:
+        return bool(before) and bool(now) and before != now
+
+    def _observe_server(self, incarnation: str, durable_version: Optional[int]) -> bool:
+        """Records the server process (and durable version) of a reply about this session;
+        returns True if it differs from the previous reply's (the server restarted)."""
+        if not incarnation:
+            return False
+        with self._lock:
+            restarted = self.server_incarnation is not None and \
+                incarnation != self.server_incarnation
+            if restarted:
+                self.server_restarts += 1
+            self.server_incarnation = incarnation
+            if durable_version is not None:
+                self.durable_version = int(durable_version)
+            return restarted
+
+    def _observe(self, result: StepResult, server_before: Optional[str] = DEFAULT) -> None:
+        """Updates the version, the server incarnation and the durable version from a step's
+        reply; ``server_before`` is the incarnation known when the step was sent (default: now).
+        After a restart the version follows the restored server even when it is lower."""
+        if server_before is DEFAULT:
+            server_before = self.server_incarnation
+        self._observe_server(result.server_incarnation, result.durable_version)
+        result.server_restarted = self._restarted_since(server_before, result.server_incarnation)
         new = result.parameters_version if result.parameters else result.version
         with self._lock:
-            if self.version is None or new > self.version:
+            if self.version is None or new > self.version or result.server_restarted:
                 self.version = new
+
+    def _observe_error(self, error: OptdError, server_before: Optional[str]) -> None:
+        """Records what a refused step says about the server: its incarnation, and for an
+        AbortedError the session's current version (and ``server_restarted``)."""
+        self._observe_server(error.server_incarnation, None)
+        if isinstance(error, AbortedError):
+            error.server_restarted = self._restarted_since(server_before,
+                                                           error.server_incarnation)
+        if getattr(error, "current_version", None) is not None:
+            with self._lock:
+                self.version = error.current_version
 
     def info(self, *, timeout: Any = DEFAULT):
         """GetSession: the optd_pb2.Session (config with defaults, tensors, version, ...)."""
         self._info = self.client.get_session(self.session_id, timeout=timeout)
+        self._observe_server(self._info.server_incarnation, self._info.durable_version)
         return self._info
 
     @property
@@ -677,13 +908,56 @@ class Session:
         return self._info
 
     def pull(self, names: Optional[Sequence[str]] = None, *, dtype: DTypeLike = "f32",
-             rows: Optional[Mapping[str, Sequence[int]]] = None,
+             rows: Optional[Mapping[str, Sequence[int]]] = None, optimizer_state: bool = False,
              timeout: Any = DEFAULT) -> PullResult:
         """Client.pull on this session; the worker's version becomes the pulled one."""
-        result = self.client.pull(self.session_id, names, dtype=dtype, rows=rows, timeout=timeout)
+        result = self.client.pull(self.session_id, names, dtype=dtype, rows=rows,
+                                  optimizer_state=optimizer_state, timeout=timeout)
+        self._observe_server(result.server_incarnation, result.durable_version)
         with self._lock:
             self.version = result.version
         return result
+
+    def checkpoint(self, *, timeout: Any = DEFAULT) -> CheckpointResult:
+        """Client.checkpoint on this session: a checkpoint now; ``durable_version`` follows."""
+        result = self.client.checkpoint(self.session_id, timeout=timeout)
+        with self._lock:
+            self.durable_version = max(self.durable_version, result.version)
+        return result
+
+    def import_optimizer_state(self, state: OptimizerState, *, timeout: Any = DEFAULT):
+        """UpdateSession with ``state`` (see Client.update_session); returns the optd_pb2.Session.
+        Refused whole (InvalidArgumentError, nothing changed) if it does not fit."""
+        self._info = self.client.update_session(self.session_id, optimizer_state=state,
+                                                timeout=timeout)
+        return self._info
+
+    def to_npz(self, path: str, *, timeout: Any = DEFAULT) -> PullResult:
+        """Saves the session to a numpy ``.npz`` file: ``parameters/<tensor>`` float32 arrays,
+        the optimizer state (``optimizer/<tensor>/step``, ``optimizer/<tensor>/array/<name>``,
+        ``optimizer/<tensor>/scalar/<name>``), all from one Pull (one version), and
+        ``config.json`` (uint8 bytes of JSON: format, session id, version, tensor names, array
+        names per tensor, and the SessionConfig as proto3 JSON). Client.create_session_from_npz
+        reads it back, bit for bit. Returns the Pull it saved."""
+        pulled = self.pull(optimizer_state=True, timeout=timeout)
+        info = self.info(timeout=timeout)
+        state = pulled.optimizer_state or OptimizerState()
+        meta = {
+            "format": NPZ_FORMAT,
+            "session_id": self.session_id,
+            "version": pulled.version,
+            "tensors": list(pulled.tensors),
+            "optimizer_arrays": {name: list(t.arrays) for name, t in state.tensors.items()},
+            "config": json.loads(json_format.MessageToJson(info.config)),
+        }
+        arrays: Dict[str, np.ndarray] = {
+            "config.json": np.frombuffer(json.dumps(meta, indent=1).encode("utf-8"), np.uint8)}
+        for name, values in pulled.tensors.items():
+            arrays["parameters/" + name] = np.asarray(values, dtype=np.float32)
+        arrays.update(state.to_flat())
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+        return pulled
 
     def request(self, gradients: Gradients, *, loss: Optional[float] = None,
                 version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",
@@ -710,6 +984,12 @@ class Session:
         the worker's version is set to ``current_version`` when the server sent one, so after
         re-pulling (or simply stepping again in SYNC) the next gradient carries it.
 
+        After a server restart: the step is retried until the restarted server answers (within
+        the retry budget). If the restored session is behind the version the gradient was
+        computed at, the step is refused with AbortedError (``server_restarted = True``): pull
+        the restored parameters and go on. Otherwise it is applied and
+        ``StepResult.server_restarted`` is True.
+
         Refused with rejoin (the server forgot the worker, or its id joined again elsewhere): the
         worker joins again and the step is resent under the new incarnation when the refused
         call was its first attempt (``StepResult.rejoins`` counts this); after a retry it raises
@@ -719,6 +999,7 @@ class Session:
         request = self.request(gradients, loss=loss, version=version,
                                return_parameters=return_parameters, return_dtype=return_dtype,
                                gradient_dtype=gradient_dtype)
+        server_before = self.server_incarnation
         resends = 0
         while True:
             try:
@@ -726,16 +1007,15 @@ class Session:
                 break
             except FailedPreconditionError as e:
                 if not e.rejoin:
+                    self._observe_error(e, server_before)
                     raise
-                request = self._resend_or_raise(request, e, resends, timeout)
+                request = self._resend_or_raise(request, e, resends, timeout, server_before)
                 resends += 1
             except OptdError as e:
-                if getattr(e, "current_version", None) is not None:
-                    with self._lock:
-                        self.version = e.current_version
+                self._observe_error(e, server_before)
                 raise
         result.rejoins = resends
-        self._observe(result)
+        self._observe(result, server_before)
         return result
 
     def update(self, optimizer: Any = None, *, schedule: Any = None, clipping: Any = None,
@@ -759,7 +1039,8 @@ class Session:
         return StepStream(self.client, self, step_timeout=self.client._deadline(timeout))
 
     def stream_steps(self, gradients: Iterable[Gradients], *, errors: str = "raise",
-                     timeout: Any = None, **step_options: Any) -> Iterator[Any]:
+                     timeout: Any = None, retry: Optional[RetryPolicy] = None,
+                     **step_options: Any) -> Iterator[Any]:
         """A worker loop over one stream: sends each item of ``gradients`` (pulled lazily, one
         at a time, so it may depend on the previous result) and yields its StepResult, in order.
 
@@ -767,17 +1048,59 @@ class Session:
         ``errors="yield"``: the OptdError is yielded in its place and the loop goes on.
         ``step_options`` are those of Session.step (loss, return_parameters, ...). A step refused
         with rejoin is resent after joining again, as Session.step does.
+
+        When the stream itself fails with a retriable code (the server went away, e.g. it
+        restarted), a new stream is opened and the unanswered step resent with the same sequence
+        number and incarnation, per ``retry`` (default: the client's policy): applied once, or
+        answered as a duplicate. A resend the server cannot place (rejoin) raises
+        StepOutcomeUnknownError, unless another server process answered it (a restart: then the
+        worker joins again and the step is resent as new). After a restart to an older
+        checkpoint, a step computed at a lost version is an AbortedError with
+        ``server_restarted`` (raised, or yielded with ``errors="yield"``; the next step carries
+        the restored version).
         """
         if errors not in ("raise", "yield"):
             raise InvalidArgumentError(f"errors = {errors!r}; must be 'raise' or 'yield'")
-        with self.stream(timeout=timeout) as stream:
+        policy = retry or self.client.retry
+        step_timeout = self.client._deadline(timeout)
+        stream: Optional[StepStream] = None
+        try:
             for item in gradients:
-                try:
-                    yield stream.step(item, **step_options)
-                except OptdError as e:
-                    if errors == "raise" or stream.closed:
-                        raise
-                    yield e
+                request = self.request(item, **step_options)
+                slot = _Slot(request, True, server_before=self.server_incarnation)
+                attempt = 0
+                while True:
+                    attempt += 1
+                    try:
+                        if stream is None:
+                            stream = StepStream(self.client, self, step_timeout=step_timeout)
+                        stream._submit(slot)
+                        outcome: Any = stream.result()
+                        break
+                    except OptdError as e:
+                        if stream is not None and stream.closed:
+                            stream.cancel()
+                            stream = None
+                            if e.code in policy.retry_codes and attempt < policy.max_attempts:
+                                time.sleep(policy.backoff(attempt))
+                                # A resend is a retry only if the failed stream sent it.
+                                slot = _Slot(slot.request, True,
+                                             attempts=slot.attempts + (1 if slot.sent else 0),
+                                             server_before=slot.server_before)
+                                continue
+                            e.attempts = attempt
+                            raise
+                        if errors == "raise":
+                            raise
+                        outcome = e
+                        break
+                yield outcome
+        finally:
+            if stream is not None:
+                if sys.exc_info()[0] is None:
+                    stream.close()
+                else:
+                    stream.cancel()
 
 
 _CLOSE = object()
@@ -786,14 +1109,19 @@ _CLOSE = object()
 class _Slot:
     """A step submitted on a StepStream: the request last sent for it and, once known, its
     outcome (a StepResult or an OptdError)."""
-    __slots__ = ("request", "owned", "outcome", "done", "resends")
+    __slots__ = ("request", "owned", "outcome", "done", "resends", "attempts", "server_before",
+                 "sent")
 
-    def __init__(self, request, owned: bool) -> None:
+    def __init__(self, request, owned: bool, attempts: int = 1,
+                 server_before: Optional[str] = None) -> None:
         self.request = request
         self.owned = owned  # built by the stream's Session: resent after a rejoin
         self.outcome: Any = None
         self.done = False
         self.resends = 0
+        self.attempts = attempts  # > 1: resent on a new stream after the previous one failed
+        self.server_before = server_before  # the server incarnation when first sent
+        self.sent = False  # put on a stream's wire (a stream that failed before did not send it)
 
 
 class StepStream:
@@ -880,11 +1208,21 @@ class StepStream:
                 raise InvalidArgumentError("submit: session_id is required on a stream opened "
                                            "by Client.stream()")
             request = self.client.step_request(session_id, gradients, **step_options)
-        slot = _Slot(request, owned)
+        return self._submit(_Slot(request, owned, server_before=(
+            self.session.server_incarnation if self.session is not None else None)))
+
+    def _submit(self, slot: _Slot) -> int:
+        """Puts ``slot``'s request on the wire."""
+        if self._final is not None:
+            self._reported = True
+            raise self._final
+        if self._closed:
+            raise InvalidArgumentError("the stream is closed")
         self._pending.append(slot)
         self._inflight.append(slot)
-        self._requests.put(request)
-        return request.sequence
+        self._requests.put(slot.request)
+        slot.sent = True
+        return slot.request.sequence
 
     def result(self, timeout: Any = DEFAULT) -> StepResult:
         """The outcome of the oldest submitted step (raises its OptdError if it was refused)."""
@@ -929,10 +1267,11 @@ class StepStream:
         which = item.WhichOneof("result")
         if which == "reply":
             result = StepResult.from_proto(item.reply, sequence=request.sequence,
+                                           attempts=slot.attempts,
                                            worker_incarnation=request.worker_incarnation)
             result.rejoins = slot.resends
             if self.session is not None and request.session_id == self.session.session_id:
-                self.session._observe(result)
+                self.session._observe(result, slot.server_before)
             slot.outcome, slot.done = result, True
             return
         if which != "error":
@@ -941,20 +1280,24 @@ class StepStream:
             return
         e = item.error
         error = error_from_status(e.code, e.message,
-                                  e.current_version if e.current_version >= 0 else None, e.rejoin)
-        if self.session is not None and getattr(error, "current_version", None) is not None:
-            with self.session._lock:
-                self.session.version = error.current_version
-        if isinstance(error, FailedPreconditionError) and error.rejoin and slot.owned and \
-                self.session is not None and self._owned_by_session(request):
-            try:  # a request on a stream is a first attempt: nothing was applied
+                                  e.current_version if e.current_version >= 0 else None, e.rejoin,
+                                  e.server_incarnation)
+        error.attempts = slot.attempts
+        rejoin = isinstance(error, FailedPreconditionError) and error.rejoin
+        if self.session is not None and request.session_id == self.session.session_id and \
+                not rejoin:
+            self.session._observe_error(error, slot.server_before)
+        if rejoin and slot.owned and self.session is not None and \
+                self._owned_by_session(request):
+            try:  # a first attempt on a stream: nothing was applied (a resend: see there)
                 resend = self.session._resend_or_raise(request, error, slot.resends,
-                                                       self.client.timeout)
+                                                       self.client.timeout, slot.server_before)
             except OptdError as failure:
                 error = failure
             else:
                 slot.request = resend
                 slot.resends += 1
+                slot.attempts = 1
                 self._inflight.append(slot)
                 self._requests.put(resend)
                 return

@@ -15,6 +15,14 @@ A keyed step the server cannot place (it forgot the worker, or another process j
 same worker id) is ``FailedPreconditionError`` with ``rejoin = True``; a Session handles it (it
 joins again and resends the step, or raises ``StepOutcomeUnknownError`` when the step was a retry
 whose first outcome was lost).
+
+Server restarts (durability, README "Durability"): every error carries ``server_incarnation``, the
+server process that answered (trailing metadata ``optd-server-incarnation``, or
+``StepError.server_incarnation`` on a stream; "" when the server sent none, e.g. when it could not
+be reached). A Session compares it with the incarnation of the session's last reply: a stale step
+refused because the server restarted from an older checkpoint is an ``AbortedError`` with
+``server_restarted = True`` (pull the restored parameters and go on). ``CheckpointError`` is what
+``optd.checkpoint.read`` raises for a damaged or truncated checkpoint file (no RPC involved).
 """
 
 from typing import Dict, Optional, Type
@@ -26,8 +34,8 @@ __all__ = [
     "NotFoundError", "AlreadyExistsError", "PermissionDeniedError", "ResourceExhaustedError",
     "FailedPreconditionError", "AbortedError", "OutOfRangeError", "UnimplementedError",
     "InternalError", "UnavailableError", "DataLossError", "UnauthenticatedError",
-    "StepOutcomeUnknownError", "error_from_rpc", "error_from_status",
-    "CURRENT_VERSION_METADATA_KEY", "REJOIN_METADATA_KEY",
+    "StepOutcomeUnknownError", "CheckpointError", "error_from_rpc", "error_from_status",
+    "CURRENT_VERSION_METADATA_KEY", "REJOIN_METADATA_KEY", "SERVER_INCARNATION_METADATA_KEY",
 ]
 
 #: Trailing-metadata key of an ABORTED Step: the session's version when the step was refused.
@@ -35,6 +43,8 @@ CURRENT_VERSION_METADATA_KEY = "optd-current-version"
 #: Trailing-metadata key ("1") of a FAILED_PRECONDITION Step whose worker must join the session
 #: again (StepError.rejoin on a stream).
 REJOIN_METADATA_KEY = "optd-rejoin"
+#: Trailing-metadata key of a failed call: the server process (incarnation) that answered it.
+SERVER_INCARNATION_METADATA_KEY = "optd-server-incarnation"
 
 
 class OptdError(Exception):
@@ -48,6 +58,9 @@ class OptdError(Exception):
         self.code: grpc.StatusCode = code if code is not None else (self.CODE or
                                                                      grpc.StatusCode.UNKNOWN)
         self.message: str = message
+        #: The server process that answered (from the trailing metadata / StepError); "" if the
+        #: server sent none (e.g. it could not be reached).
+        self.server_incarnation: str = ""
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -151,6 +164,11 @@ class AbortedError(OptdError):
     ``current_version`` is the session's version when the step was refused (from the trailing
     metadata ``optd-current-version`` or ``StepError.current_version``), or ``None`` when the
     server did not send one. Re-pull the parameters at that version and step again.
+
+    ``server_restarted`` is True when a Session saw the refusal come from another server process
+    than the session's last reply: the server restarted and restored the session from its newest
+    checkpoint, which is older than the worker's version (the steps after it were lost). Pull the
+    restored parameters (version ``current_version``) and recompute the gradient.
     """
     CODE = grpc.StatusCode.ABORTED
 
@@ -158,10 +176,12 @@ class AbortedError(OptdError):
                  current_version: Optional[int] = None) -> None:
         super().__init__(message, code)
         self.current_version: Optional[int] = current_version
+        self.server_restarted: bool = False
 
     def __repr__(self) -> str:
         return (f"AbortedError(code=ABORTED, message={self.message!r}, "
-                f"current_version={self.current_version})")
+                f"current_version={self.current_version}, "
+                f"server_restarted={self.server_restarted})")
 
 
 class OutOfRangeError(OptdError):
@@ -194,6 +214,16 @@ class UnauthenticatedError(OptdError):
     CODE = grpc.StatusCode.UNAUTHENTICATED
 
 
+class CheckpointError(DataLossError, ValueError):
+    """A checkpoint file is damaged or truncated (a checksum, the magic, a length or the manifest
+    does not check out), or is not an optd checkpoint; raised by optd.checkpoint.read. ``path`` is
+    the file."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message, grpc.StatusCode.DATA_LOSS)
+        self.path = path
+
+
 _BY_CODE: Dict[grpc.StatusCode, Type[OptdError]] = {
     cls.CODE: cls
     for cls in (CancelledError, UnknownError, InvalidArgumentError, DeadlineExceededError,
@@ -205,29 +235,35 @@ _BY_NUMBER: Dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode
 
 
 def error_from_status(code, message: str, current_version: Optional[int] = None,
-                      rejoin: bool = False) -> OptdError:
+                      rejoin: bool = False, server_incarnation: str = "") -> OptdError:
     """The typed error for ``code`` (a grpc.StatusCode or its number, as in ``StepError.code``);
-    ``current_version`` goes to an AbortedError, ``rejoin`` to a FailedPreconditionError."""
+    ``current_version`` goes to an AbortedError, ``rejoin`` to a FailedPreconditionError;
+    ``server_incarnation`` to every error."""
     if not isinstance(code, grpc.StatusCode):
         code = _BY_NUMBER.get(int(code), grpc.StatusCode.UNKNOWN)
     cls = _BY_CODE.get(code, UnknownError)
     if cls is AbortedError:
-        return AbortedError(message, code, current_version)
-    if cls is FailedPreconditionError:
-        return FailedPreconditionError(message, code, rejoin)
-    return cls(message, code)
+        error: OptdError = AbortedError(message, code, current_version)
+    elif cls is FailedPreconditionError:
+        error = FailedPreconditionError(message, code, rejoin)
+    else:
+        error = cls(message, code)
+    error.server_incarnation = server_incarnation or ""
+    return error
 
 
 def error_from_rpc(error: grpc.RpcError) -> OptdError:
-    """The typed error for a failed gRPC call (reads ``optd-current-version`` for ABORTED and
-    ``optd-rejoin`` for FAILED_PRECONDITION)."""
+    """The typed error for a failed gRPC call (reads ``optd-current-version`` for ABORTED,
+    ``optd-rejoin`` for FAILED_PRECONDITION and ``optd-server-incarnation`` for all)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    current_version, rejoin = None, False
-    if code in (grpc.StatusCode.ABORTED, grpc.StatusCode.FAILED_PRECONDITION) and \
-            hasattr(error, "trailing_metadata"):
+    current_version, rejoin, incarnation = None, False, ""
+    if hasattr(error, "trailing_metadata"):
         for key, value in error.trailing_metadata() or ():
-            if key == CURRENT_VERSION_METADATA_KEY and code == grpc.StatusCode.ABORTED:
+            if key == SERVER_INCARNATION_METADATA_KEY:
+                incarnation = value.decode("utf-8", "replace") if isinstance(value, bytes) \
+                    else str(value)
+            elif key == CURRENT_VERSION_METADATA_KEY and code == grpc.StatusCode.ABORTED:
                 try:
                     current_version = int(value)
                 except (TypeError, ValueError):
@@ -235,4 +271,4 @@ def error_from_rpc(error: grpc.RpcError) -> OptdError:
             elif key == REJOIN_METADATA_KEY and code == grpc.StatusCode.FAILED_PRECONDITION:
                 rejoin = value in ("1", b"1")
     return error_from_status(code or grpc.StatusCode.UNKNOWN, details or "", current_version,
-                             rejoin)
+                             rejoin, incarnation)
