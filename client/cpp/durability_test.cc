@@ -123,7 +123,7 @@ class OptdProcess {
 };
 
 class DurabilityTest : public ::testing::Test {
- protected:
+ public:
   void SetUp() override {
     dir_ = fs::temp_directory_path() /
            absl::StrCat("optd-client-durability-", getpid(), "-",
@@ -168,6 +168,12 @@ class DurabilityTest : public ::testing::Test {
       // until the test ends.
       done_.WaitForNotification();
     });
+  }
+
+  // Kills optd with `sig` and restarts it in the background after 300 ms.
+  void Restart(int sig) {
+    RestartInBackground(sig, absl::Milliseconds(300));
+    if (sig == SIGKILL) absl::SleepFor(absl::Milliseconds(50));  // the kill lands first
   }
 
   void CreateQuadratic(const std::string& id) {
@@ -310,6 +316,59 @@ TEST_F(DurabilityTest, CheckpointForkAndOptimizerState) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(ServerIncarnation(missing.status()), p->server_incarnation);
   EXPECT_FALSE(ServerRestarted(missing.status()));
+}
+
+// The checkpoint predates the worker's join: the restarted server does not know its incarnation
+// and refuses the retried step with rejoin. The worker joins again and resends (nothing of that
+// incarnation is in the restored session: no step-outcome-unknown error); the resend is stale
+// (ABORTED, marked ServerRestarted), and the loop pulls and finishes.
+void RunRejoinAcrossRestart(DurabilityTest* test, Client* client, bool stream) {
+  const std::string id = absl::StrCat("rejoin-", stream);
+  v1::SessionConfig config;
+  config.mutable_optimizer()->mutable_sgd()->set_lr(0.05);
+  ASSERT_TRUE(client->CreateSession(id, config, {HostTensor{"w", {4}, std::vector<float>(4)}}).ok());
+  ASSERT_TRUE(client->Checkpoint(id).ok());  // version 0, before the join
+  WorkerOptions options;
+  options.worker_id = "late";
+  Worker worker(client, id, options);
+  std::unique_ptr<WorkerStream> ws = stream ? worker.OpenStream() : nullptr;
+  absl::StatusOr<PullResult> pulled = worker.Pull();
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  std::vector<float> w = pulled->tensors[0].values;
+  int applied = 0, aborted = 0, restarted = 0, rejoins = 0;
+  for (int i = 0; applied < 30 && i < 100; ++i) {
+    if (applied == 10 && aborted == 0 && i == 10) test->Restart(SIGKILL);
+    HostTensor g{"w", {4}, std::vector<float>(4)};
+    for (int k = 0; k < 4; ++k) g.values[k] = w[k] - static_cast<float>(k + 1);
+    absl::StatusOr<StepResult> r = ws ? ws->Step({g}) : worker.Step({g});
+    ASSERT_FALSE(IsStepOutcomeUnknown(r.status())) << r.status();
+    if (CurrentVersion(r.status()).has_value()) {
+      ++aborted;
+      restarted += ServerRestarted(r.status()) ? 1 : 0;
+      pulled = worker.Pull();
+      ASSERT_TRUE(pulled.ok()) << pulled.status();
+      w = pulled->tensors[0].values;
+      continue;
+    }
+    ASSERT_TRUE(r.ok()) << "step " << applied << ": " << r.status();
+    rejoins += r->rejoins;
+    w = r->parameters[0].values;
+    ++applied;
+  }
+  EXPECT_EQ(applied, 30);
+  EXPECT_EQ(aborted, 1);
+  EXPECT_EQ(restarted, 1);
+  EXPECT_EQ(worker.server_restarts(), 1);
+  absl::StatusOr<PullResult> after = client->Pull(id);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->version, 20);  // the 10 steps before the crash were lost
+}
+
+TEST_F(DurabilityTest, WorkerRejoinsARestartedServerThatLostItsJoin) {
+  RunRejoinAcrossRestart(this, client_.get(), false);
+}
+TEST_F(DurabilityTest, WorkerStreamRejoinsARestartedServerThatLostItsJoin) {
+  RunRejoinAcrossRestart(this, client_.get(), true);
 }
 
 // The channel finds a restarted server about a second after it is back (the reconnect backoff

@@ -22,6 +22,16 @@ constexpr int kMaxRejoinsPerStep = 3;
 // Marks a status as the step-outcome-unknown error.
 constexpr char kOutcomeUnknownPayload[] = "optd.dev/step_outcome_unknown";
 
+// The outcome of a step resent after a restarted server refused it keeps that news.
+void MarkRestarted(bool restarted, absl::StatusOr<StepResult>& outcome) {
+  if (!restarted) return;
+  if (outcome.ok()) {
+    outcome->server_restarted = true;
+  } else {
+    outcome = WithServerRestarted(outcome.status(), true);
+  }
+}
+
 }  // namespace
 
 bool IsStepOutcomeUnknown(const absl::Status& status) {
@@ -166,16 +176,19 @@ absl::StatusOr<StepResult> Worker::Step(const std::vector<HostTensor>& gradients
   absl::StatusOr<v1::StepRequest> request = NextRequest(gradients, options);
   if (!request.ok()) return request.status();
   const RetryPolicy& policy = options.retry.value_or(client_->options().retry);
+  bool restarted = false;  // a refusal of this step came from a restarted server
   for (int resends = 0;; ++resends) {
     int attempts = 0;
     absl::StatusOr<StepResult> result = client_->SendStep(*request, policy, &attempts);
     Observe(result);
     if (!NeedsRejoin(result.status())) {
+      MarkRestarted(restarted, result);
       if (result.ok()) result->rejoins = resends;
       return result;
     }
+    restarted = restarted || ServerRestarted(result.status());
     request = AfterRejoin(*request, result.status(), attempts, resends);
-    if (!request.ok()) return request.status();
+    if (!request.ok()) return WithServerRestarted(request.status(), restarted);
   }
 }
 
@@ -201,6 +214,7 @@ absl::StatusOr<StepResult> WorkerStream::Step(const std::vector<HostTensor>& gra
   const absl::Time start = absl::Now();
   std::optional<absl::BitGen> gen;
   int resends = 0;
+  bool restarted = false;  // a refusal of this step came from a restarted server
   for (int attempt = 1;; ++attempt) {
     if (stream_ == nullptr) stream_ = worker_->client_->StreamSteps(lifetime_);
     absl::StatusOr<StepResult> result = stream_->Send(*request);
@@ -208,13 +222,15 @@ absl::StatusOr<StepResult> WorkerStream::Step(const std::vector<HostTensor>& gra
     if (!result.ok() && !stream_->finished() && NeedsRejoin(result.status())) {
       // Refused because the server cannot place the worker: join again; resend if this was the
       // request's first sending (else the outcome is unknown).
+      restarted = restarted || ServerRestarted(result.status());
       request = worker_->AfterRejoin(*request, result.status(), attempt, resends);
-      if (!request.ok()) return request.status();
+      if (!request.ok()) return WithServerRestarted(request.status(), restarted);
       ++resends;
       attempt = 0;  // the resend is a new request
       continue;
     }
     if (result.ok() || !stream_->finished()) {  // a reply, or a step the server refused
+      MarkRestarted(restarted, result);
       if (result.ok()) {
         result->attempts = attempt;
         result->rejoins = resends;

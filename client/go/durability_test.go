@@ -370,3 +370,68 @@ func TestCheckpointNeedsACheckpointDir(t *testing.T) {
 		t.Errorf("Pull: %+v, %v; want durable version -1", p, err)
 	}
 }
+
+// The checkpoint predates the worker's join: the restarted server does not know the worker's
+// incarnation and refuses its retried step with Rejoin. The loop joins again and resends (nothing
+// of that incarnation is in the restored session; no StepOutcomeUnknownError), the resend is stale
+// (computed at a lost version), and the loop pulls and finishes.
+func runRejoinAfterRestart(t *testing.T, unary bool) {
+	srv := startDurable(t)
+	c := srv.dial(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	id := fmt.Sprintf("rejoin-%v", unary)
+	createQuadratic(t, ctx, c, id)
+	if _, err := c.Checkpoint(ctx, id); err != nil { // version 0, no worker yet
+		t.Fatalf("Checkpoint: %v", err)
+	}
+	const steps = 30
+	atTen, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	type outcome struct {
+		stats *optd.LoopStats
+		err   error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		st, err := c.StreamLoop(ctx, id, optd.LoopOptions{Steps: steps, WorkerID: "late", Unary: unary},
+			func(ctx context.Context, s *optd.LoopState) ([]optd.Tensor, *float64, error) {
+				if s.Step == 10 {
+					once.Do(func() { close(atTen); <-resume })
+				}
+				return quadraticGradient(s.Params[0].Values), nil, nil
+			})
+		done <- outcome{st, err}
+	}()
+	select {
+	case <-atTen:
+	case o := <-done:
+		t.Fatalf("loop ended early: %+v, %v", o.stats, o.err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the loop did not reach step 10 within 20 s")
+	}
+	srv.kill(syscall.SIGKILL)
+	close(resume)
+	time.Sleep(300 * time.Millisecond)
+	srv.restart()
+	var o outcome
+	select {
+	case o = <-done:
+	case <-time.After(25 * time.Second):
+		t.Fatal("the loop did not finish within 25 s of the restart")
+	}
+	if o.err != nil {
+		t.Fatalf("StreamLoop across the restart: %v (stats %+v)", o.err, *o.stats)
+	}
+	if o.stats.Steps != steps || o.stats.Rejoins != 1 || o.stats.ServerRestarts != 1 {
+		t.Errorf("stats = %+v; want %d steps, 1 rejoin, 1 server restart", *o.stats, steps)
+	}
+	after, err := c.Pull(ctx, id, nil)
+	if err != nil || after.Version != steps-10 {
+		t.Errorf("Pull after = %+v, %v; want version %d (the 10 steps before the crash lost)",
+			after, err, steps-10)
+	}
+}
+
+func TestStreamLoopRejoinsARestartedServer(t *testing.T) { runRejoinAfterRestart(t, false) }
+func TestUnaryLoopRejoinsARestartedServer(t *testing.T)  { runRejoinAfterRestart(t, true) }

@@ -301,6 +301,7 @@ type Worker struct {
 	next        int64
 	server      incarnations // the server processes the worker's replies came from
 	durable     int64        // the durable version of the last reply; -1 before
+	resent      int          // steps resent after joining again, in all
 }
 
 // NewWorker returns a Worker for sessionID with id workerID. It joins the session at its first
@@ -468,20 +469,35 @@ func (w *Worker) Step(ctx context.Context, grads []Tensor, opts *StepOptions) (*
 
 // send sends the worker's keyed request (with retries) and, refused with Rejoin, joins again and
 // resends it when that is safe.
+// The outcome of a step resent because a restarted server refused it is marked ServerRestarted.
 func (w *Worker) send(ctx context.Context, req *optdv1.StepRequest) (*StepResult, error) {
+	restarted := false
 	for resends := 0; ; resends++ {
 		r, attempts, err := w.c.stepAttempts(ctx, req)
 		w.observeStep(r, err)
 		if err == nil {
 			r.Rejoins = resends
+			r.ServerRestarted = r.ServerRestarted || restarted
 			return r, nil
 		}
 		refusal := rejoinRefusal(err)
 		if refusal == nil {
+			markRestarted(err, restarted)
 			return nil, err
 		}
+		restarted = restarted || refusal.restarted
 		if req, err = w.afterRejoin(ctx, req, refusal, attempts, resends); err != nil {
+			markRestarted(err, restarted)
 			return nil, err
 		}
+		w.resent++
+	}
+}
+
+// markRestarted sets ServerRestarted on err (an *Error, possibly wrapped) when restarted.
+func markRestarted(err error, restarted bool) {
+	var e *Error
+	if restarted && errors.As(err, &e) {
+		e.restarted = true
 	}
 }

@@ -269,7 +269,9 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 		var result *StepResult
 		if opts.Unary {
 			if keyed {
+				resent := wk.resent
 				result, err = wk.send(ctx, req)
+				stats.Rejoins += wk.resent - resent
 			} else {
 				result, err = c.stepRequest(ctx, req)
 				wk.observeStep(result, err)
@@ -284,7 +286,6 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 				}
 				result = nil
 			} else {
-				stats.Rejoins += result.Rejoins
 				if keyed { // a resend after a rejoin has another key
 					sent(&optdv1.StepRequest{Sequence: result.Sequence,
 						WorkerIncarnation: result.WorkerIncarnation})
@@ -292,6 +293,7 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 			}
 		}
 		resends := 0
+		restarted := false // a refusal of this step came from a restarted server
 		for attempt := 1; result == nil && !opts.Unary; attempt++ {
 			if stream == nil {
 				if stream, err = c.StreamSteps(ctx); err != nil {
@@ -303,10 +305,12 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 				wk.observeStep(result, err)
 			}
 			if err == nil {
+				result.ServerRestarted = result.ServerRestarted || restarted
 				break
 			}
 			if stream != nil && stream.Err() == nil { // the server refused this step
 				if refusal := rejoinRefusal(err); refusal != nil && keyed {
+					restarted = restarted || refusal.restarted
 					if req, err = wk.afterRejoin(ctx, req, refusal, attempt, resends); err != nil {
 						return stats, err
 					}
