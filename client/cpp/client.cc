@@ -73,9 +73,9 @@ absl::Status FromGrpcStatus(const grpc::Status& status, const grpc::ClientContex
     }
     const auto incarnation = trailers.find(kServerIncarnationTrailer);
     if (incarnation != trailers.end() && !incarnation->second.empty()) {
-      out.SetPayload(kServerIncarnationPayload,
-                     absl::Cord(absl::string_view(incarnation->second.data(),
-                                                  incarnation->second.size())));
+      out.SetPayload(
+          kServerIncarnationPayload,
+          absl::Cord(absl::string_view(incarnation->second.data(), incarnation->second.size())));
     }
     const auto rejoin = trailers.find(kRejoinTrailer);
     if (rejoin != trailers.end()) {
@@ -560,9 +560,9 @@ absl::StatusOr<v1::Session> Client::CreateSessionFromCheckpoint(
     std::string session_id, const CheckpointSource& from,
     const std::optional<v1::SessionConfig>& config) {
   if (from.path.empty() == from.session_id.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "CheckpointSource needs exactly one of path and session_id (got path '", from.path,
-        "', session_id '", from.session_id, "')"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("CheckpointSource needs exactly one of path and session_id (got path '",
+                     from.path, "', session_id '", from.session_id, "')"));
   }
   if (!from.session_id.empty()) {
     if (absl::Status s = CheckSessionId(from.session_id); !s.ok()) return s;

@@ -21,12 +21,19 @@
 // one externally serialised worker loop) drives it.
 //
 // Retries (RetryPolicy in retry.h, ClientOptions::retry): reads (GetSession, ListSessions, Pull),
-// JoinSession and keyed steps (worker_id and sequence > 0) are retried on UNAVAILABLE and
-// DEADLINE_EXCEEDED
-// with jittered exponential backoff, the step with the same sequence number, so the server applies
-// it once (a retry of an applied step comes back with StepResult::duplicate). CreateSession,
+// JoinSession and keyed steps (worker_id and sequence > 0) are retried on UNAVAILABLE,
+// DEADLINE_EXCEEDED and CANCELLED (a server shutting down) with jittered exponential backoff, the
+// step with the same sequence number, so the server applies it once (a retry of an applied step
+// comes back with StepResult::duplicate). CreateSession,
 // UpdateSession, DeleteSession and unkeyed steps are never retried. StepStream does not retry; a
 // WorkerStream reopens its stream and resends.
+//
+// Durability (a server run with --checkpoint_dir): Checkpoint writes a session's checkpoint now,
+// CreateSessionFromCheckpoint forks a session from one, PullOptions::optimizer_state exports the
+// optimizer state. Step and Pull results carry the answering server process
+// (server_incarnation, new at each server start) and the session's durable version (the newest
+// checkpointed); step errors carry the former too (ServerIncarnation(status)). A Worker
+// (worker.h) uses them to notice restarts (server_restarted, ServerRestarted(status)).
 //
 // Errors: every method returns the server's gRPC status as an absl::Status with the same code and
 // message (the codes are the same canonical set): NOT_FOUND for an unknown session, ALREADY_EXISTS

@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "absl/synchronization/notification.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/cpp/client.h"
@@ -222,7 +222,8 @@ class DurabilityTest : public ::testing::Test {
       }
       if (sig == SIGTERM && applied >= 20) absl::SleepFor(absl::Milliseconds(20));
       StepOptions step;
-      absl::StatusOr<StepResult> r = ws ? ws->Step({Gradient(w)}, step) : worker.Step({Gradient(w)});
+      absl::StatusOr<StepResult> r =
+          ws ? ws->Step({Gradient(w)}, step) : worker.Step({Gradient(w)});
       if (CurrentVersion(r.status()).has_value()) {  // stale: pull, recompute
         ++aborted;
         if (ServerRestarted(r.status())) ++restarted_errors;
@@ -236,12 +237,12 @@ class DurabilityTest : public ::testing::Test {
       w = r->parameters[0].values;
       ++applied;
     }
-    std::printf("%s loop, %s at step 20: 60 steps done %.2f s after the restart began (%.2f s in "
-                "all), %d aborted, %d reconnects\n",
-                stream ? "stream" : "unary", sig == SIGKILL ? "SIGKILL" : "SIGTERM",
-                absl::ToDoubleSeconds(absl::Now() - restart_at),
-                absl::ToDoubleSeconds(absl::Now() - start), aborted,
-                ws ? ws->reconnects() : 0);
+    std::printf(
+        "%s loop, %s at step 20: 60 steps done %.2f s after the restart began (%.2f s in "
+        "all), %d aborted, %d reconnects\n",
+        stream ? "stream" : "unary", sig == SIGKILL ? "SIGKILL" : "SIGTERM",
+        absl::ToDoubleSeconds(absl::Now() - restart_at), absl::ToDoubleSeconds(absl::Now() - start),
+        aborted, ws ? ws->reconnects() : 0);
     EXPECT_EQ(applied, 60);
     EXPECT_EQ(worker.server_restarts(), 1);
     EXPECT_NE(worker.server_incarnation(), first_incarnation);
@@ -294,10 +295,9 @@ TEST_F(DurabilityTest, CheckpointForkAndOptimizerState) {
   EXPECT_TRUE(client_->CreateSessionFromCheckpoint("fork2", CheckpointSource{"", "base"}).ok());
   EXPECT_EQ(client_->CreateSessionFromCheckpoint("bad", CheckpointSource{}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(client_->CreateSessionFromCheckpoint("bad", CheckpointSource{"", "none"})
-                .status()
-                .code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(
+      client_->CreateSessionFromCheckpoint("bad", CheckpointSource{"", "none"}).status().code(),
+      absl::StatusCode::kNotFound);
 
   PullOptions with_state;
   with_state.optimizer_state = true;
@@ -326,7 +326,8 @@ void RunRejoinAcrossRestart(DurabilityTest* test, Client* client, bool stream) {
   const std::string id = absl::StrCat("rejoin-", stream);
   v1::SessionConfig config;
   config.mutable_optimizer()->mutable_sgd()->set_lr(0.05);
-  ASSERT_TRUE(client->CreateSession(id, config, {HostTensor{"w", {4}, std::vector<float>(4)}}).ok());
+  ASSERT_TRUE(
+      client->CreateSession(id, config, {HostTensor{"w", {4}, std::vector<float>(4)}}).ok());
   ASSERT_TRUE(client->Checkpoint(id).ok());  // version 0, before the join
   WorkerOptions options;
   options.worker_id = "late";

@@ -1,7 +1,8 @@
 // optctl: the command-line client of an optd server. Creates (also from checkpoints), lists,
-// describes, updates, checkpoints and deletes sessions, pulls parameters into NumPy .npy files, steps a session with synthetic
-// gradients and checks health. `optctl --help` lists the commands, every optimizer with its
-// hyperparameter flags, every schedule with its options, clipping and consistency.
+// describes, updates, checkpoints and deletes sessions, pulls parameters into NumPy .npy files,
+// steps a session with synthetic gradients and checks health. `optctl --help` lists the commands,
+// every optimizer with its hyperparameter flags, every schedule with its options, clipping and
+// consistency.
 //
 // Exit status: 0 on success (and for --help and --version); 1 when an RPC or a file operation
 // fails, or health is not SERVING; 2 for a usage error found by optctl (absl's own flag-syntax
@@ -301,8 +302,7 @@ absl::Status Create(Client& client, const CommandLine& command_line,
                     const std::vector<std::string>& args) {
   absl::Status s = ExpectArgs("create", args, 0, "");
   if (!s.ok()) return s;
-  if (!absl::GetFlag(FLAGS_from_checkpoint).empty() ||
-      !absl::GetFlag(FLAGS_from_session).empty()) {
+  if (!absl::GetFlag(FLAGS_from_checkpoint).empty() || !absl::GetFlag(FLAGS_from_session).empty()) {
     return CreateFromCheckpoint(client, command_line);
   }
   std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));

@@ -43,9 +43,9 @@
 // computed at a version the session no longer has, is refused as stale (ABORTED with
 // CurrentVersion, and ServerRestarted(status) true): the loop above pulls the restored parameters
 // and recomputes, as for any stale gradient. If the restored session does not know the worker's
-// incarnation (it joined after the checkpoint), the worker joins again and resends, since nothing of
-// that incarnation is in the session. WorkerStream also reopens a stream the server cancelled (at
-// its graceful shutdown). server_restarts() counts the restarts seen.
+// incarnation (it joined after the checkpoint), the worker joins again and resends, since nothing
+// of that incarnation is in the session. WorkerStream also reopens a stream the server cancelled
+// (at its graceful shutdown). server_restarts() counts the restarts seen.
 //
 // Who may call it: worker loops, examples, tests.
 //
@@ -138,9 +138,9 @@ class Worker {
 
   // One step with the worker's id, incarnation and next sequence number, and options.version or
   // else the worker's known version; joins first if the worker has not. Retried (options.retry,
-  // else the client's policy) on UNAVAILABLE and DEADLINE_EXCEEDED; a retry the server had applied
-  // comes back with duplicate = true. Refused with rejoin: see the file comment. The worker's
-  // version becomes the reply's (parameters_version when parameters came back).
+  // else the client's policy) on UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED; a retry the server
+  // had applied comes back with duplicate = true. Refused with rejoin: see the file comment. The
+  // worker's version becomes the reply's (parameters_version when parameters came back).
   // options.worker_id, options.sequence and options.worker_incarnation are ignored.
   absl::StatusOr<StepResult> Step(const std::vector<HostTensor>& gradients,
                                   const StepOptions& options = {});
@@ -199,10 +199,11 @@ class Worker {
 // A Worker's steps over a StreamSteps stream: the same joins, sequence numbers and versions as
 // Worker::Step. A step the server refuses is returned as its status and the stream goes on. When
 // the stream itself fails with a code the retry policy retries (the connection dropped, the server
-// restarted, the lifetime passed), or is CANCELLED by the server (its graceful shutdown), the step is resent on a new stream with the same sequence number
-// (with backoff, up to the policy's attempts), so it is applied once. A step refused with rejoin is
-// resent after the worker joins again if it was its first sending; if it was such a resend, the
-// result is the step-outcome-unknown error (see Worker).
+// restarted, the lifetime passed), or is CANCELLED by the server (its graceful shutdown), the step
+// is resent on a new stream with the same sequence number (with backoff, up to the policy's
+// attempts), so it is applied once. A step refused with rejoin is resent after the worker joins
+// again if it was its first sending; if it was such a resend, the result is the
+// step-outcome-unknown error (see Worker).
 //
 // Not thread-safe. Destroying it cancels an open stream.
 class WorkerStream {

@@ -98,10 +98,6 @@ func run(ctx context.Context, server, session string, dim, steps int, worker str
 			if step%50 == 0 {
 				fmt.Printf("step %4d  version %5d  loss %.6f\n", step, r.Version, loss)
 			}
-			if r.ServerRestarted {
-				fmt.Printf("step %4d  the server restarted (incarnation %s); session restored at "+
-					"durable version %d\n", step, r.ServerIncarnation, r.DurableVersion)
-			}
 		},
 	}, func(_ context.Context, s *optd.LoopState) ([]optd.Tensor, *float64, error) {
 		grads, l := gradient(s.Params[0].Values)
@@ -112,6 +108,10 @@ func run(ctx context.Context, server, session string, dim, steps int, worker str
 		return 1, err
 	}
 	stats, version := *st, st.Version
+	if stats.ServerRestarts > 0 {
+		fmt.Printf("the server restarted %d time(s); continued from the restored session\n",
+			stats.ServerRestarts)
+	}
 	fmt.Printf("worker %s steps %d duplicates %d aborted %d first_sequence %d last_sequence %d "+
 		"incarnation %d version %d final loss %.6f\n", worker, stats.Steps, stats.Duplicates,
 		stats.Aborted, stats.FirstSequence, stats.LastSequence, stats.Incarnation, version, loss)
