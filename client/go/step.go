@@ -87,7 +87,8 @@ type RetryPolicy struct {
 	MaxBackoff     time.Duration // >= InitialBackoff
 	Multiplier     float64       // >= 1
 	// Codes retried; empty means UNAVAILABLE only. ABORTED (stale gradient) is never worth
-	// retrying unchanged: pull and recompute.
+	// retrying unchanged: pull and recompute. Besides these, a CANCELLED the caller did not cause
+	// (its context is live: a server shutting down cancelled the call) is always retried.
 	Codes []codes.Code
 }
 
@@ -103,6 +104,13 @@ func (p RetryPolicy) check() error {
 			"MaxAttempts >= 1, InitialBackoff > 0, MaxBackoff >= InitialBackoff, Multiplier >= 1", p)
 	}
 	return nil
+}
+
+// retriesErr is retries for a call's error, also true for a CANCELLED that did not come from ctx
+// (the server cancelled the call: it is shutting down).
+func (p RetryPolicy) retriesErr(ctx context.Context, err error) bool {
+	c := Code(err)
+	return p.retries(c) || (c == codes.Canceled && ctx.Err() == nil)
 }
 
 func (p RetryPolicy) retries(c codes.Code) bool {
@@ -225,7 +233,7 @@ func (c *Client) stepAttempts(ctx context.Context, req *optdv1.StepRequest) (*St
 		werr := wrapError(cctx, "Step", err, trailer)
 		c.server.observeErr(werr)
 		cancel()
-		if !idempotent || attempt >= policy.MaxAttempts || !policy.retries(Code(werr)) ||
+		if !idempotent || attempt >= policy.MaxAttempts || !policy.retriesErr(ctx, werr) ||
 			ctx.Err() != nil {
 			return nil, attempt, werr
 		}
@@ -263,7 +271,7 @@ func (c *Client) JoinSession(ctx context.Context, sessionID, workerID string) (*
 				NextSequence: resp.GetNextSequence(), Version: resp.GetVersion(),
 				ServerIncarnation: resp.GetServerIncarnation()}, nil
 		}
-		if attempt >= policy.MaxAttempts || !policy.retries(Code(err)) || ctx.Err() != nil {
+		if attempt >= policy.MaxAttempts || !policy.retriesErr(ctx, err) || ctx.Err() != nil {
 			return nil, err
 		}
 		if sleep(ctx, policy.backoff(attempt+1)) != nil {

@@ -334,8 +334,8 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 				stream = nil
 			}
 			// A stream the server cancelled (its graceful shutdown) is reopened like a dropped one.
-			retryable := policy.retries(Code(err)) || (Code(err) == codes.Canceled && ctx.Err() == nil)
-			if !keyed || attempt >= policy.MaxAttempts || !retryable || ctx.Err() != nil {
+			if !keyed || attempt >= policy.MaxAttempts || !policy.retriesErr(ctx, err) ||
+				ctx.Err() != nil {
 				return stats, err
 			}
 			stats.Reconnects++
