@@ -21,12 +21,19 @@
 // one externally serialised worker loop) drives it.
 //
 // Retries (RetryPolicy in retry.h, ClientOptions::retry): reads (GetSession, ListSessions, Pull),
-// JoinSession and keyed steps (worker_id and sequence > 0) are retried on UNAVAILABLE and
-// DEADLINE_EXCEEDED
-// with jittered exponential backoff, the step with the same sequence number, so the server applies
-// it once (a retry of an applied step comes back with StepResult::duplicate). CreateSession,
+// JoinSession and keyed steps (worker_id and sequence > 0) are retried on UNAVAILABLE,
+// DEADLINE_EXCEEDED and CANCELLED (a server shutting down) with jittered exponential backoff, the
+// step with the same sequence number, so the server applies it once (a retry of an applied step
+// comes back with StepResult::duplicate). CreateSession,
 // UpdateSession, DeleteSession and unkeyed steps are never retried. StepStream does not retry; a
 // WorkerStream reopens its stream and resends.
+//
+// Durability (a server run with --checkpoint_dir): Checkpoint writes a session's checkpoint now,
+// CreateSessionFromCheckpoint forks a session from one, PullOptions::optimizer_state exports the
+// optimizer state. Step and Pull results carry the answering server process
+// (server_incarnation, new at each server start) and the session's durable version (the newest
+// checkpointed); step errors carry the former too (ServerIncarnation(status)). A Worker
+// (worker.h) uses them to notice restarts (server_restarted, ServerRestarted(status)).
 //
 // Errors: every method returns the server's gRPC status as an absl::Status with the same code and
 // message (the codes are the same canonical set): NOT_FOUND for an unknown session, ALREADY_EXISTS
@@ -79,8 +86,9 @@ struct ClientOptions {
   // How reads and keyed steps are retried (see retry.h for the default budget and why).
   RetryPolicy retry;
   // Connect only: the longest wait of the channel between two connection attempts (gRPC's default
-  // grows to 120 s), so that a restarted server is found within the retry budget. In [100 ms, 120
-  // s].
+  // grows to 120 s), so that a restarted server is found within the retry budget; the resolver's
+  // re-resolution interval is capped at the same value (at most 1 s), since the channel reconnects
+  // only after it. In [100 ms, 120 s].
   absl::Duration max_reconnect_backoff = absl::Seconds(1);
   // Metadata sent with every call, e.g. {"authorization", "Bearer <token>"}. Keys are lowercase.
   std::vector<std::pair<std::string, std::string>> metadata;
@@ -148,6 +156,15 @@ struct StepResult {
   // step (the server had forgotten it, so the refused step, never applied, was resent).
   int64_t worker_incarnation = 0;
   int rejoins = 0;
+  // The server process that answered (an id new at each server start) and the session's newest
+  // checkpointed version (-1: none, or the server runs without --checkpoint_dir): steps after it
+  // are lost if the server is killed.
+  std::string server_incarnation;
+  int64_t durable_version = -1;
+  // Set by a Worker (Client::Step leaves it false): the reply came from another server process
+  // than the worker's previous reply, so the server restarted in between and this step applied to
+  // the session as restored from its checkpoint.
+  bool server_restarted = false;
 };
 
 // What JoinSession returns.
@@ -158,6 +175,8 @@ struct JoinResult {
   int64_t next_sequence = 1;
   // The session's version at the join.
   int64_t version = 0;
+  // The server process that answered (JoinSessionResponse carries no durable version).
+  std::string server_incarnation;
 };
 
 // Rows of one tensor to pull.
@@ -174,11 +193,36 @@ struct PullOptions {
   // For the tensors named here, only these rows (returned row-sparse, in the order given). Each
   // must also be among `names` when `names` is not empty.
   std::vector<TensorRows> rows = {};
+  // Also return the whole optimizer state (PullResult::optimizer_state), at the same version as
+  // the parameters. Not with `rows`.
+  bool optimizer_state = false;
 };
 
 struct PullResult {
   int64_t version = 0;
   std::vector<HostTensor> tensors;
+  // See StepResult.
+  std::string server_incarnation;
+  int64_t durable_version = -1;
+  // With PullOptions::optimizer_state: the optimizer's state as torch.optim names it (per tensor:
+  // its step count and F32 arrays such as "exp_avg"; HostTensorFromProto decodes them). It can be
+  // given back with UpdateSession (UpdateSessionRequest.optimizer_state).
+  std::optional<v1::OptimizerState> optimizer_state;
+};
+
+// What Checkpoint returns.
+struct CheckpointResult {
+  int64_t version = 0;  // the version checkpointed (now the session's durable version)
+  std::string path;     // the checkpoint file, on the server (CheckpointSource::path)
+  int64_t bytes = 0;
+};
+
+// The checkpoint a session starts from (CreateSessionFromCheckpoint): exactly one of `path` (a
+// checkpoint file on the server, CheckpointResult::path) and `session_id` (that session's newest
+// checkpoint).
+struct CheckpointSource {
+  std::string path;
+  std::string session_id;
 };
 
 // The session's version carried by an ABORTED status (a stale gradient or a missed barrier: the
@@ -193,6 +237,22 @@ std::optional<int64_t> CurrentVersion(const absl::Status& status);
 // the call was its first attempt; a refused retry may have been (a Worker then returns a
 // step-outcome-unknown error: IsStepOutcomeUnknown, worker.h).
 bool NeedsRejoin(const absl::Status& status);
+
+// The incarnation of the server process that answered with `status` (unary: the trailing
+// metadata "optd-server-incarnation"; streams: StepError.server_incarnation); empty when no server
+// answered (e.g. UNAVAILABLE) or for the client's own checks. It changes at each server start.
+std::string ServerIncarnation(const absl::Status& status);
+
+// Whether a Worker or WorkerStream saw `status` come from another server process than its
+// previous reply: the server restarted and restored its sessions from their checkpoints (steps
+// after a session's durable version were lost). An ABORTED step with it is a gradient computed at
+// a lost version: pull the restored parameters and recompute. False for statuses a Worker did not
+// return.
+bool ServerRestarted(const absl::Status& status);
+
+// `status` marked (or unmarked) as ServerRestarted; code, message and other payloads kept. For
+// Worker.
+absl::Status WithServerRestarted(absl::Status status, bool restarted);
 
 // Builds the v1::StepRequest that Client::Step sends, checking what the client can check cheaply:
 // session id and worker id syntax, sequence >= 0 and only with a worker id, version >= 0, a finite
@@ -248,6 +308,22 @@ class Client {
 
   // Reads parameters without stepping (see PullOptions), decoded to float32.
   absl::StatusOr<PullResult> Pull(absl::string_view session_id, const PullOptions& options = {});
+
+  // Writes a checkpoint of the session now and returns once it is durable. NOT_FOUND;
+  // FAILED_PRECONDITION when the server runs without --checkpoint_dir; RESOURCE_EXHAUSTED,
+  // PERMISSION_DENIED or INTERNAL when the write fails (older checkpoints stay intact). Not
+  // retried.
+  absl::StatusOr<CheckpointResult> Checkpoint(absl::string_view session_id);
+
+  // Creates session `session_id` (empty: the server generates one) from a checkpoint: a fork with
+  // the checkpoint's parameters, optimizer state, schedule state and version and a new
+  // exactly-once table. `config`, if given, replaces the checkpoint's hyperparameters (same
+  // optimizer kind), e.g. another learning rate from the same point. FAILED_PRECONDITION without
+  // --checkpoint_dir; NOT_FOUND for no such checkpoint; ALREADY_EXISTS; INVALID_ARGUMENT (both or
+  // neither of path and session_id in `from`, another optimizer kind).
+  absl::StatusOr<v1::Session> CreateSessionFromCheckpoint(
+      std::string session_id, const CheckpointSource& from,
+      const std::optional<v1::SessionConfig>& config = std::nullopt);
 
   // Applies one gradient per session tensor (by name, any order; dense or row-sparse): all of it
   // or, on error, none. Retried (options.retry, else ClientOptions::retry) only when keyed.

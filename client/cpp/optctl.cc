@@ -1,7 +1,8 @@
-// optctl: the command-line client of an optd server. Creates, lists, describes, updates and
-// deletes sessions, pulls parameters into NumPy .npy files, steps a session with synthetic
-// gradients and checks health. `optctl --help` lists the commands, every optimizer with its
-// hyperparameter flags, every schedule with its options, clipping and consistency.
+// optctl: the command-line client of an optd server. Creates (also from checkpoints), lists,
+// describes, updates, checkpoints and deletes sessions, pulls parameters into NumPy .npy files,
+// steps a session with synthetic gradients and checks health. `optctl --help` lists the commands,
+// every optimizer with its hyperparameter flags, every schedule with its options, clipping and
+// consistency.
 //
 // Exit status: 0 on success (and for --help and --version); 1 when an RPC or a file operation
 // fails, or health is not SERVING; 2 for a usage error found by optctl (absl's own flag-syntax
@@ -59,6 +60,10 @@ ABSL_FLAG(std::string, config, "",
           "create: file holding a CreateSessionRequest, as JSON (*.json) or textproto; tensors "
           "given with a shape and no data are initialised with --init");
 ABSL_FLAG(std::string, init, "zeros", "create --config: INIT of tensors given without data");
+ABSL_FLAG(std::string, from_checkpoint, "",
+          "create: start from this checkpoint file on the server (optctl checkpoint prints it)");
+ABSL_FLAG(std::string, from_session, "",
+          "create: start from this session's newest checkpoint (a fork)");
 ABSL_FLAG(uint64_t, seed, 1, "create, step: seed of uniform= and normal= initialisation");
 
 // pull.
@@ -105,12 +110,21 @@ Commands:
             Creates a session and prints it. Only the hyperparameters given are sent; the rest
             take torch 1.13's defaults. FILE is a CreateSessionRequest in JSON (*.json) or
             textproto; its tensors may omit data.
+            create (--from_checkpoint=PATH | --from_session=ID) [--session=ID]
+            [--optimizer=NAME hyperparameter flags] [--schedule=SPEC] [--max_norm=X] ...
+            Creates a session from a checkpoint (a fork): its parameters, optimizer state,
+            schedule state and version. PATH is a checkpoint file on the server; ID names the
+            session whose newest checkpoint to use. --optimizer (the checkpoint's kind) with
+            hyperparameter flags replaces its hyperparameters, e.g. another --lr. Needs a server
+            run with --checkpoint_dir.
   update    ID [hyperparameter flags] [--schedule=SPEC] [--max_norm=X] [--clip_value=X]
             Changes the session's hyperparameters (of its own optimizer), schedule (it continues
             at the current step) or clipping for the next step, keeping the optimizer state and
             the version, and prints the session.
   list      Lists every session.
-  describe  ID: prints one session.
+  describe  ID: prints one session (with its durable version: the newest checkpointed).
+  checkpoint ID: writes a checkpoint of the session now; prints its version, path and bytes.
+            Needs a server run with --checkpoint_dir.
   delete    ID: deletes a session.
   pull      ID [--out=DIR] [--names=a,b] [--dtype=f32|bf16|f16]
             Writes one NumPy .npy file (float32, C order) per tensor into DIR.
@@ -134,6 +148,8 @@ Examples:
       --schedule=cosine_annealing:t_max=1000 --max_norm=1
   optctl update demo --lr=0.001 --beta2=0.99 --schedule=step:step_size=100,gamma=0.5
   optctl pull demo --out=/tmp/demo
+  optctl checkpoint demo
+  optctl create --session=demo-slow --from_session=demo --optimizer=adam --lr=0.001
 )";
 
 std::string Help() { return absl::StrCat(kUsage, ConfigHelp(), kUsageEnd); }
@@ -195,6 +211,13 @@ void PrintSession(const v1::Session& session) {
                                  Shape(t.shape()), t.num_elements());
   }
   std::cout << "version:      " << session.version() << "\n";
+  if (session.durable_version() >= 0) {
+    std::cout << "durable:      " << session.durable_version()
+              << " (newest checkpointed version; later steps are lost if the server is killed)\n";
+  } else {
+    std::cout << "durable:      none (no checkpoint yet, or the server runs without "
+                 "--checkpoint_dir)\n";
+  }
   std::cout << "parameter bytes:        " << session.parameter_bytes() << "\n";
   std::cout << "optimizer state bytes:  " << session.optimizer_state_bytes() << " ("
             << session.state_bytes_per_parameter()
@@ -231,10 +254,57 @@ absl::Status ExpectArgs(absl::string_view command, const std::vector<std::string
   return UsageError(absl::StrCat("usage: optctl ", command, " ", what));
 }
 
+// create --from_checkpoint=PATH | --from_session=ID: a session forked from a checkpoint.
+absl::Status CreateFromCheckpoint(Client& client, const CommandLine& command_line) {
+  CheckpointSource from{absl::GetFlag(FLAGS_from_checkpoint), absl::GetFlag(FLAGS_from_session)};
+  if (!from.path.empty() && !from.session_id.empty()) {
+    return UsageError("give one of --from_checkpoint and --from_session, not both");
+  }
+  if (!absl::GetFlag(FLAGS_tensor).empty() || !absl::GetFlag(FLAGS_config).empty()) {
+    return UsageError(
+        "--tensor and --config do not go with --from_checkpoint / --from_session: the "
+        "checkpoint holds the tensors");
+  }
+  v1::SessionConfig config;
+  bool given = false;
+  if (!absl::GetFlag(FLAGS_optimizer).empty()) {
+    if (absl::Status s = ApplyOptimizerFlags(command_line, config.mutable_optimizer()); !s.ok()) {
+      return s;
+    }
+    given = true;
+  } else {
+    // Hyperparameter flags need the optimizer kind: any of them given (counted, or refused as not
+    // applying to this probe's kind) without --optimizer is an error, not silently dropped.
+    v1::Sgd probe;
+    absl::StatusOr<int> count = ApplyHyperparameterFlags(command_line, &probe);
+    if (!count.ok() || *count > 0) {
+      return UsageError(
+          "hyperparameter flags with --from_checkpoint / --from_session need --optimizer=NAME "
+          "(the checkpoint's optimizer)");
+    }
+  }
+  absl::StatusOr<bool> schedule = ApplyScheduleFlag(config.mutable_schedule());
+  if (!schedule.ok()) return schedule.status();
+  absl::StatusOr<bool> clipping = ApplyClippingFlags(config.mutable_clipping());
+  if (!clipping.ok()) return clipping.status();
+  absl::StatusOr<bool> consistency = ApplyConsistencyFlag(config.mutable_consistency());
+  if (!consistency.ok()) return consistency.status();
+  given = given || *schedule || *clipping || *consistency;
+  absl::StatusOr<v1::Session> session = client.CreateSessionFromCheckpoint(
+      absl::GetFlag(FLAGS_session), from,
+      given ? std::optional<v1::SessionConfig>(config) : std::nullopt);
+  if (!session.ok()) return session.status();
+  PrintSession(*session);
+  return absl::OkStatus();
+}
+
 absl::Status Create(Client& client, const CommandLine& command_line,
                     const std::vector<std::string>& args) {
   absl::Status s = ExpectArgs("create", args, 0, "");
   if (!s.ok()) return s;
+  if (!absl::GetFlag(FLAGS_from_checkpoint).empty() || !absl::GetFlag(FLAGS_from_session).empty()) {
+    return CreateFromCheckpoint(client, command_line);
+  }
   std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
   v1::CreateSessionRequest request;
   const std::string config_path = absl::GetFlag(FLAGS_config);
@@ -320,6 +390,18 @@ absl::Status Describe(Client& client, const std::vector<std::string>& args) {
   absl::StatusOr<v1::Session> session = client.GetSession(args[0]);
   if (!session.ok()) return session.status();
   PrintSession(*session);
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointNow(Client& client, const std::vector<std::string>& args) {
+  absl::Status s = ExpectArgs("checkpoint", args, 1, "ID");
+  if (!s.ok()) return s;
+  absl::StatusOr<CheckpointResult> checkpoint = client.Checkpoint(args[0]);
+  if (!checkpoint.ok()) return checkpoint.status();
+  std::cout << "checkpoint:   " << args[0] << "\n";
+  std::cout << "version:      " << checkpoint->version << "\n";
+  std::cout << "path:         " << checkpoint->path << "\n";
+  std::cout << "bytes:        " << checkpoint->bytes << "\n";
   return absl::OkStatus();
 }
 
@@ -558,6 +640,8 @@ int Main(int argc, char** argv) {
     status = List(**client, args);
   } else if (command == "describe") {
     status = Describe(**client, args);
+  } else if (command == "checkpoint") {
+    status = CheckpointNow(**client, args);
   } else if (command == "delete") {
     status = Delete(**client, args);
   } else if (command == "pull") {
@@ -569,7 +653,8 @@ int Main(int argc, char** argv) {
   } else {
     status = UsageError(absl::StrCat(
         "unknown command '", command,
-        "'; commands: create, update, list, describe, delete, pull, step, health, help"));
+        "'; commands: create, update, list, describe, checkpoint, delete, pull, step, health, "
+        "help"));
   }
   if (!status.ok()) return Fail(status);
   return serving ? 0 : 1;

@@ -5,7 +5,8 @@
 # help (every optimizer and schedule listed), both binaries' --version, create (with schedule,
 # clipping, consistency), update (the new values shown by describe, version and optimizer state
 # kept), keyed steps (a resent sequence is a duplicate; without --sequence each run joins as a new
-# incarnation and is applied) and the errors of bad flags.
+# incarnation and is applied), checkpoint and create --from_checkpoint / --from_session (optd runs
+# with --checkpoint_dir in the temporary folder), and the errors of bad flags.
 #
 # Usage: optctl_test.sh PATH/TO/optd PATH/TO/optctl "VERSION (BUILD_TYPE)"
 # Stops only the optd it started (SIGTERM, then SIGKILL after 10 s). Every wait is bounded.
@@ -57,7 +58,7 @@ for help in --help -h help; do
   local_run 0 $help
   grep -q '^Commands:' "$WORK/out" || fail "optctl $help: no Commands section"
 done
-for cmd in create update list describe delete pull step health; do
+for cmd in create update list describe checkpoint delete pull step health; do
   grep -Eq "^  $cmd " "$WORK/out" || fail "--help lacks the command $cmd"
 done
 for opt in sgd adam adamw adagrad adadelta rmsprop nadam radam lion lamb lars normalized_gd; do
@@ -81,7 +82,9 @@ grep -qx "optd $VERSION" "$WORK/out" || fail "optd --version: '$(cat "$WORK/out"
 echo "ok: optd --version -> optd $VERSION"
 
 # --- start optd --------------------------------------------------------------------------------
-"$OPTD" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 >"$WORK/optd.out" 2>"$WORK/optd.err" &
+mkdir -p "$WORK/checkpoints"
+"$OPTD" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --checkpoint_dir="$WORK/checkpoints" \
+  --checkpoint_interval=0 >"$WORK/optd.out" 2>"$WORK/optd.err" &
 OPTD_PID=$!
 ADDR=
 for _ in $(seq 1 200); do  # up to 20 s
@@ -178,8 +181,42 @@ out_has '^e2e +adam +0 +3 +17 '
 out_has '^json +normalized_gd '
 run 0 describe e2e
 out_has '^session: +e2e$'
+out_has '^durable: +none '
 run 1 describe no-such-session
 err_has '^optctl: NOT_FOUND: '
+
+# --- checkpoints and forks (optd runs with --checkpoint_dir) ----------------------------------
+run 0 create --session=ck --optimizer=adam --lr=0.1 --tensor=w:4:const=1
+run 0 step ck --grad=w:const=0.5
+run 0 checkpoint ck
+out_has '^checkpoint: +ck$'
+out_has '^version: +1$'
+out_has "^path: +$WORK/checkpoints/"
+out_has '^bytes: +[1-9][0-9]*$'
+CKPT=$(sed -n 's/^path: *//p' "$WORK/out")
+[[ -f "$CKPT" ]] || fail "checkpoint file $CKPT does not exist"
+run 0 describe ck
+out_has '^durable: +1 '
+run 0 step ck --grad=w:const=0.5
+run 0 create --session=ck-fork --from_checkpoint="$CKPT" --optimizer=adam --lr=0.01
+out_has '^session: +ck-fork$'
+out_has '^  lr +0\.01$'
+out_has '^version: +1$'
+run 0 create --session=ck-fork2 --from_session=ck
+out_has '^  lr +0\.1$'
+out_has '^version: +1$'   # the newest checkpoint's, not the session's 2
+run 2 create --session=x --from_session=ck --lr=0.5
+err_has 'need --optimizer=NAME'
+run 2 create --session=x --from_session=ck --from_checkpoint="$CKPT"
+err_has 'not both'
+run 2 create --session=x --from_session=ck --tensor=w:1
+err_has 'the checkpoint holds the tensors'
+run 1 create --session=x --from_session=no-such-session
+err_has '^optctl: NOT_FOUND: '
+run 1 checkpoint no-such-session
+err_has '^optctl: NOT_FOUND: '
+run 2 checkpoint
+err_has 'usage: optctl checkpoint ID'
 
 # --- step and pull -----------------------------------------------------------------------------
 run 0 step e2e --grad=w:const=1 --grad='*:const=0.5' --loss=2.5

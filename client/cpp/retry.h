@@ -46,10 +46,13 @@ struct RetryPolicy {
   // failed together do not retry together. In [0, 1].
   double jitter = 0.2;
   // The codes worth retrying: the transport's (the server is unreachable, restarting, or the reply
-  // was lost or late). ABORTED (a stale gradient) is not among them: the worker must pull and
-  // recompute, not resend. Not empty.
+  // was lost or late). CANCELLED is among them because the C++ client never cancels a unary call
+  // itself: it comes from a server that is shutting down (a graceful restart), and the call's
+  // outcome is unknown, which a keyed step's retry resolves. ABORTED (a stale gradient) is not:
+  // the worker must pull and recompute, not resend. Not empty.
   std::vector<absl::StatusCode> retry_codes = {absl::StatusCode::kUnavailable,
-                                               absl::StatusCode::kDeadlineExceeded};
+                                               absl::StatusCode::kDeadlineExceeded,
+                                               absl::StatusCode::kCancelled};
 
   // A policy that never retries.
   static RetryPolicy None();

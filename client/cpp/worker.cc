@@ -22,6 +22,16 @@ constexpr int kMaxRejoinsPerStep = 3;
 // Marks a status as the step-outcome-unknown error.
 constexpr char kOutcomeUnknownPayload[] = "optd.dev/step_outcome_unknown";
 
+// The outcome of a step resent after a restarted server refused it keeps that news.
+void MarkRestarted(bool restarted, absl::StatusOr<StepResult>& outcome) {
+  if (!restarted) return;
+  if (outcome.ok()) {
+    outcome->server_restarted = true;
+  } else {
+    outcome = WithServerRestarted(outcome.status(), true);
+  }
+}
+
 }  // namespace
 
 bool IsStepOutcomeUnknown(const absl::Status& status) {
@@ -65,7 +75,16 @@ absl::Status Worker::Join() {
   unjoined_ = false;
   incarnation_ = joined->worker_incarnation;
   next_sequence_ = joined->next_sequence;
+  ObserveIncarnation(joined->server_incarnation);
   return absl::OkStatus();
+}
+
+bool Worker::ObserveIncarnation(const std::string& incarnation) {
+  if (incarnation.empty()) return false;
+  const bool restarted = !server_incarnation_.empty() && server_incarnation_ != incarnation;
+  if (restarted) ++server_restarts_;
+  server_incarnation_ = incarnation;
+  return restarted;
 }
 
 absl::Status Worker::EnsureJoined() {
@@ -76,6 +95,10 @@ absl::Status Worker::EnsureJoined() {
 absl::StatusOr<v1::StepRequest> Worker::AfterRejoin(const v1::StepRequest& request,
                                                     const absl::Status& refusal, int attempts,
                                                     int resends) {
+  // Refused by another server process than the worker's previous reply: the restarted server
+  // restored the session from a checkpoint without this incarnation, so none of its steps are in
+  // the session; resend as a first attempt.
+  if (ServerRestarted(refusal)) attempts = 1;
   if (attempts <= 1 && resends >= kMaxRejoinsPerStep) return refusal;
   absl::Status join = absl::OkStatus();
   if (!joined_ || incarnation_ == request.worker_incarnation()) {
@@ -106,7 +129,13 @@ absl::StatusOr<v1::StepRequest> Worker::AfterRejoin(const v1::StepRequest& reque
 
 absl::StatusOr<PullResult> Worker::Pull(const PullOptions& options) {
   absl::StatusOr<PullResult> pulled = client_->Pull(session_id_, options);
-  if (pulled.ok()) version_ = pulled->version;
+  if (pulled.ok()) {
+    version_ = pulled->version;
+    durable_version_ = pulled->durable_version;
+    ObserveIncarnation(pulled->server_incarnation);
+  } else {
+    ObserveIncarnation(ServerIncarnation(pulled.status()));
+  }
   return pulled;
 }
 
@@ -125,13 +154,18 @@ absl::StatusOr<v1::StepRequest> Worker::NextRequest(const std::vector<HostTensor
   return MakeStepRequest(session_id_, gradients, keyed);
 }
 
-void Worker::Observe(const absl::StatusOr<StepResult>& outcome) {
+void Worker::Observe(absl::StatusOr<StepResult>& outcome) {
   if (!outcome.ok()) {
+    const bool restarted = ObserveIncarnation(ServerIncarnation(outcome.status()));
+    if (restarted) outcome = WithServerRestarted(outcome.status(), true);
     if (const std::optional<int64_t> current = CurrentVersion(outcome.status())) version_ = current;
     return;
   }
+  outcome->server_restarted = ObserveIncarnation(outcome->server_incarnation);
+  durable_version_ = outcome->durable_version;
   const int64_t seen = outcome->parameters.empty() ? outcome->version : outcome->parameters_version;
-  if (!version_.has_value() || seen > *version_) version_ = seen;
+  // After a restart the session may be behind the worker's version (it was restored).
+  if (!version_.has_value() || seen > *version_ || outcome->server_restarted) version_ = seen;
 }
 
 absl::StatusOr<StepResult> Worker::Step(const std::vector<HostTensor>& gradients,
@@ -142,16 +176,19 @@ absl::StatusOr<StepResult> Worker::Step(const std::vector<HostTensor>& gradients
   absl::StatusOr<v1::StepRequest> request = NextRequest(gradients, options);
   if (!request.ok()) return request.status();
   const RetryPolicy& policy = options.retry.value_or(client_->options().retry);
+  bool restarted = false;  // a refusal of this step came from a restarted server
   for (int resends = 0;; ++resends) {
     int attempts = 0;
     absl::StatusOr<StepResult> result = client_->SendStep(*request, policy, &attempts);
+    Observe(result);
     if (!NeedsRejoin(result.status())) {
+      MarkRestarted(restarted, result);
       if (result.ok()) result->rejoins = resends;
-      Observe(result);
       return result;
     }
+    restarted = restarted || ServerRestarted(result.status());
     request = AfterRejoin(*request, result.status(), attempts, resends);
-    if (!request.ok()) return request.status();
+    if (!request.ok()) return WithServerRestarted(request.status(), restarted);
   }
 }
 
@@ -177,30 +214,37 @@ absl::StatusOr<StepResult> WorkerStream::Step(const std::vector<HostTensor>& gra
   const absl::Time start = absl::Now();
   std::optional<absl::BitGen> gen;
   int resends = 0;
+  bool restarted = false;  // a refusal of this step came from a restarted server
   for (int attempt = 1;; ++attempt) {
     if (stream_ == nullptr) stream_ = worker_->client_->StreamSteps(lifetime_);
     absl::StatusOr<StepResult> result = stream_->Send(*request);
+    if (!stream_->finished()) worker_->Observe(result);  // a reply or a refusal, not a failure
     if (!result.ok() && !stream_->finished() && NeedsRejoin(result.status())) {
       // Refused because the server cannot place the worker: join again; resend if this was the
       // request's first sending (else the outcome is unknown).
+      restarted = restarted || ServerRestarted(result.status());
       request = worker_->AfterRejoin(*request, result.status(), attempt, resends);
-      if (!request.ok()) return request.status();
+      if (!request.ok()) return WithServerRestarted(request.status(), restarted);
       ++resends;
       attempt = 0;  // the resend is a new request
       continue;
     }
     if (result.ok() || !stream_->finished()) {  // a reply, or a step the server refused
+      MarkRestarted(restarted, result);
       if (result.ok()) {
         result->attempts = attempt;
         result->rejoins = resends;
       }
-      worker_->Observe(result);
       return result;
     }
     // The stream failed: its reply, if the server sent one, is lost. Resend on a new stream.
     stream_.reset();
     const absl::Status failure = result.status();
-    if (!policy.Retries(failure.code()) || attempt >= policy.max_attempts) {
+    // CANCELLED here is the server's doing (the client cancels only in ~StepStream): its graceful
+    // shutdown ends open streams; reopen like a dropped one.
+    const bool retryable =
+        policy.Retries(failure.code()) || failure.code() == absl::StatusCode::kCancelled;
+    if (!retryable || attempt >= policy.max_attempts) {
       return absl::Status(
           failure.code(),
           absl::StrFormat("%s [StreamSteps to %s: step %d of worker %s, %d attempt%s in %.2f s]",

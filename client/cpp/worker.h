@@ -36,6 +36,17 @@
 // existed (a restarted process must then number above its previous run, e.g. from
 // ClockSequence()). If the server asks such a worker to join, it does.
 //
+// Server restarts: a server started with --checkpoint_dir that is killed (or shut down) and
+// started again on the same address restores its sessions at their checkpoints' versions; the
+// steps after were lost. A step in flight is retried until the server is back (RetryPolicy, and
+// the channel's reconnect backoff capped at ClientOptions::max_reconnect_backoff); its gradient,
+// computed at a version the session no longer has, is refused as stale (ABORTED with
+// CurrentVersion, and ServerRestarted(status) true): the loop above pulls the restored parameters
+// and recomputes, as for any stale gradient. If the restored session does not know the worker's
+// incarnation (it joined after the checkpoint), the worker joins again and resends, since nothing
+// of that incarnation is in the session. WorkerStream also reopens a stream the server cancelled
+// (at its graceful shutdown). server_restarts() counts the restarts seen.
+//
 // Who may call it: worker loops, examples, tests.
 //
 // Thread safety: not thread-safe; one thread drives a Worker and its WorkerStream. Give each
@@ -127,9 +138,9 @@ class Worker {
 
   // One step with the worker's id, incarnation and next sequence number, and options.version or
   // else the worker's known version; joins first if the worker has not. Retried (options.retry,
-  // else the client's policy) on UNAVAILABLE and DEADLINE_EXCEEDED; a retry the server had applied
-  // comes back with duplicate = true. Refused with rejoin: see the file comment. The worker's
-  // version becomes the reply's (parameters_version when parameters came back).
+  // else the client's policy) on UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED; a retry the server
+  // had applied comes back with duplicate = true. Refused with rejoin: see the file comment. The
+  // worker's version becomes the reply's (parameters_version when parameters came back).
   // options.worker_id, options.sequence and options.worker_incarnation are ignored.
   absl::StatusOr<StepResult> Step(const std::vector<HostTensor>& gradients,
                                   const StepOptions& options = {});
@@ -140,8 +151,16 @@ class Worker {
                                               const StepOptions& options = {});
 
   // Updates the worker's version from a step's outcome (done by Step and WorkerStream::Step):
-  // a reply's version, or an ABORTED status's current version.
-  void Observe(const absl::StatusOr<StepResult>& outcome);
+  // a reply's version, or an ABORTED status's current version; notes the answering server process
+  // and sets StepResult::server_restarted (or ServerRestarted on the status) when it changed.
+  void Observe(absl::StatusOr<StepResult>& outcome);
+
+  // The server process of the worker's last reply ("" before any), how many times it changed (the
+  // server restarts the worker lived through), and the session's newest checkpointed version in
+  // the last step or pull reply (-1 before any, or when none is durable).
+  const std::string& server_incarnation() const { return server_incarnation_; }
+  int server_restarts() const { return server_restarts_; }
+  int64_t durable_version() const { return durable_version_; }
 
   // A StreamSteps stream for this worker's steps. `lifetime` bounds each stream opened
   // (ZeroDuration or InfiniteDuration: no deadline).
@@ -169,15 +188,22 @@ class Worker {
   int64_t incarnation_ = 0;
   int64_t next_sequence_;
   std::optional<int64_t> version_;
+  std::string server_incarnation_;
+  int server_restarts_ = 0;
+  int64_t durable_version_ = -1;
+
+  // Records the incarnation of a reply ("" ignored); true if it differs from the previous one.
+  bool ObserveIncarnation(const std::string& incarnation);
 };
 
 // A Worker's steps over a StreamSteps stream: the same joins, sequence numbers and versions as
 // Worker::Step. A step the server refuses is returned as its status and the stream goes on. When
 // the stream itself fails with a code the retry policy retries (the connection dropped, the server
-// restarted, the lifetime passed), the step is resent on a new stream with the same sequence number
-// (with backoff, up to the policy's attempts), so it is applied once. A step refused with rejoin is
-// resent after the worker joins again if it was its first sending; if it was such a resend, the
-// result is the step-outcome-unknown error (see Worker).
+// restarted, the lifetime passed), or is CANCELLED by the server (its graceful shutdown), the step
+// is resent on a new stream with the same sequence number (with backoff, up to the policy's
+// attempts), so it is applied once. A step refused with rejoin is resent after the worker joins
+// again if it was its first sending; if it was such a resend, the result is the
+// step-outcome-unknown error (see Worker).
 //
 // Not thread-safe. Destroying it cancels an open stream.
 class WorkerStream {

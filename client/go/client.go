@@ -2,9 +2,12 @@ package optd
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -22,6 +25,11 @@ const DefaultMaxMessageBytes = 256 << 20
 // DefaultTimeout is the default deadline of each unary call.
 const DefaultTimeout = 30 * time.Second
 
+// DefaultMaxReconnectBackoff caps gRPC's wait between two attempts to reconnect to the server
+// (gRPC's own default grows to 120 s), so a restarted server is reached about a second after it
+// is back.
+const DefaultMaxReconnectBackoff = time.Second
+
 // Option configures Dial (and NewClient, which ignores the options that only concern dialing).
 type Option func(*options)
 
@@ -31,12 +39,13 @@ type options struct {
 	waitForReady    bool
 	block           bool
 	retry           RetryPolicy
+	reconnect       time.Duration
 	dialOptions     []grpc.DialOption
 }
 
 func defaultOptions() options {
 	return options{timeout: DefaultTimeout, maxMessageBytes: DefaultMaxMessageBytes,
-		retry: DefaultRetryPolicy}
+		retry: DefaultRetryPolicy, reconnect: DefaultMaxReconnectBackoff}
 }
 
 // WithTimeout sets the deadline of each unary call (each attempt of a retried Step), counted from
@@ -61,6 +70,11 @@ func WithBlock() Option { return func(o *options) { o.block = true } }
 // DefaultRetryPolicy; RetryPolicy{MaxAttempts: 1} turns retries off.
 func WithRetry(p RetryPolicy) Option { return func(o *options) { o.retry = p } }
 
+// WithMaxReconnectBackoff caps the wait between gRPC's attempts to reconnect after the connection
+// drops (Dial only; in [100ms, 120s]). Default DefaultMaxReconnectBackoff. With RetryPolicy it
+// decides how soon a worker reaches a restarted server.
+func WithMaxReconnectBackoff(d time.Duration) Option { return func(o *options) { o.reconnect = d } }
+
 // WithDialOptions adds gRPC dial options (after the client's own: insecure transport and message
 // limits), e.g. TLS transport credentials (Dial only).
 func WithDialOptions(opts ...grpc.DialOption) Option {
@@ -73,6 +87,45 @@ type Client struct {
 	stub   optdv1.OptimizerClient
 	health healthpb.HealthClient
 	opts   options
+	server incarnations // the server processes this client's replies came from
+}
+
+// incarnations remembers the server incarnation of the last reply seen, to tell when the server
+// restarted. Safe for concurrent use.
+type incarnations struct {
+	mu       sync.Mutex
+	last     string
+	restarts int
+}
+
+// observe records the incarnation of a reply ("" is ignored) and reports whether it differs from
+// the previous one seen (the server restarted in between).
+func (t *incarnations) observe(inc string) bool {
+	if inc == "" {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	restarted := t.last != "" && t.last != inc
+	if restarted {
+		t.restarts++
+	}
+	t.last = inc
+	return restarted
+}
+
+func (t *incarnations) get() (string, int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.last, t.restarts
+}
+
+// observeErr records the incarnation of a server error and sets its ServerRestarted.
+func (t *incarnations) observeErr(err error) {
+	var e *Error
+	if errors.As(err, &e) && e.incarnation != "" {
+		e.restarted = t.observe(e.incarnation)
+	}
 }
 
 // Dial makes a client for the server at addr ("host:port", or any gRPC target such as
@@ -95,6 +148,13 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(o.maxMessageBytes),
 			grpc.MaxCallSendMsgSize(o.maxMessageBytes)),
 	}
+	bo := backoff.DefaultConfig
+	bo.MaxDelay = o.reconnect
+	if bo.BaseDelay > bo.MaxDelay {
+		bo.BaseDelay = bo.MaxDelay
+	}
+	dialOpts = append(dialOpts, grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo,
+		MinConnectTimeout: 20 * time.Second}))
 	if o.block {
 		dialOpts = append(dialOpts, grpc.WithBlock())
 	}
@@ -133,6 +193,10 @@ func (o *options) check() error {
 	if o.timeout < 0 {
 		return newError("Dial", codes.InvalidArgument, "timeout = %v is out of range: must be >= 0",
 			o.timeout)
+	}
+	if o.reconnect < 100*time.Millisecond || o.reconnect > 120*time.Second {
+		return newError("Dial", codes.InvalidArgument,
+			"max reconnect backoff = %v is out of range: must be in [100ms, 120s]", o.reconnect)
 	}
 	return o.retry.check()
 }
@@ -177,10 +241,17 @@ func unary[Req, Resp any](ctx context.Context, c *Client, op string, req Req,
 	resp, err := call(cctx, req, c.callOptions(&trailer)...)
 	if err != nil {
 		var zero Resp
-		return zero, wrapError(cctx, op, err, trailer)
+		werr := wrapError(cctx, op, err, trailer)
+		c.server.observeErr(werr)
+		return zero, werr
 	}
 	return resp, nil
 }
+
+// ServerIncarnation is the incarnation of the server process that sent the last reply this client
+// saw ("" before any), and ServerRestarts how many times it changed: how many server restarts
+// this client lived through.
+func (c *Client) ServerIncarnation() (incarnation string, restarts int) { return c.server.get() }
 
 // CreateSession creates a session with the given id (empty: the server generates one), config and
 // initial parameters (sent as float32) and returns it with every default filled in.
@@ -242,12 +313,23 @@ type PullOptions struct {
 	DType optdv1.DType
 	// For the tensors named here, only these rows, returned as row-sparse tensors.
 	Rows []*optdv1.TensorRows
+	// Also return the whole optimizer state (PullResult.OptimizerState), at the same version as
+	// the parameters. Not with Rows.
+	OptimizerState bool
 }
 
 // PullResult is what Pull returns.
 type PullResult struct {
 	Version int64
 	Tensors []Tensor
+	// The server process that answered (new at each server start) and the session's newest
+	// checkpointed version (-1: none; steps after it are lost if the server is killed).
+	ServerIncarnation string
+	DurableVersion    int64
+	// With PullOptions.OptimizerState: the optimizer's state, as torch.optim names it (per tensor:
+	// its step count and F32 arrays such as "exp_avg"; decode them with FromProto). It can be
+	// given back with UpdateSession (UpdateSessionRequest.OptimizerState).
+	OptimizerState *optdv1.OptimizerState
 }
 
 // Pull reads parameters without stepping.
@@ -256,16 +338,67 @@ func (c *Client) Pull(ctx context.Context, sessionID string, opts *PullOptions) 
 		opts = &PullOptions{}
 	}
 	req := &optdv1.PullRequest{SessionId: sessionID, Names: opts.Names, Dtype: opts.DType,
-		Rows: opts.Rows}
+		Rows: opts.Rows, IncludeOptimizerState: opts.OptimizerState}
 	resp, err := unary(ctx, c, "Pull", req, c.stub.Pull)
 	if err != nil {
 		return nil, err
 	}
+	c.server.observe(resp.GetServerIncarnation())
 	tensors, err := fromProtos("Pull", resp.GetTensors())
 	if err != nil {
 		return nil, err
 	}
-	return &PullResult{Version: resp.GetVersion(), Tensors: tensors}, nil
+	return &PullResult{Version: resp.GetVersion(), Tensors: tensors,
+		ServerIncarnation: resp.GetServerIncarnation(), DurableVersion: resp.GetDurableVersion(),
+		OptimizerState: resp.GetOptimizerState()}, nil
+}
+
+// CheckpointResult is what Checkpoint returns.
+type CheckpointResult struct {
+	// The version checkpointed (now the session's DurableVersion).
+	Version int64
+	// The checkpoint file, on the server (for CheckpointSource.Path), and its size.
+	Path  string
+	Bytes int64
+}
+
+// Checkpoint writes a checkpoint of the session now and returns once it is durable. NOT_FOUND;
+// FAILED_PRECONDITION when the server runs without --checkpoint_dir; RESOURCE_EXHAUSTED,
+// PERMISSION_DENIED or INTERNAL when the write fails (older checkpoints stay intact).
+func (c *Client) Checkpoint(ctx context.Context, sessionID string) (*CheckpointResult, error) {
+	resp, err := unary(ctx, c, "Checkpoint", &optdv1.CheckpointRequest{SessionId: sessionID},
+		c.stub.Checkpoint)
+	if err != nil {
+		return nil, err
+	}
+	return &CheckpointResult{Version: resp.GetVersion(), Path: resp.GetPath(),
+		Bytes: resp.GetBytes()}, nil
+}
+
+// CheckpointSource names the checkpoint a session starts from: exactly one of Path (a checkpoint
+// file on the server, CheckpointResult.Path) and SessionID (that session's newest checkpoint).
+type CheckpointSource struct {
+	Path      string
+	SessionID string
+}
+
+// CreateSessionFromCheckpoint creates session sessionID (empty: the server generates one) from a
+// checkpoint: a fork with the checkpoint's parameters, optimizer state, schedule state and
+// version, and a new exactly-once table (workers join it afresh). config, if not nil, replaces the
+// checkpoint's hyperparameters (same optimizer kind), e.g. to try another learning rate from the
+// same point. FAILED_PRECONDITION when the server runs without --checkpoint_dir; NOT_FOUND for no
+// such checkpoint; ALREADY_EXISTS; INVALID_ARGUMENT (both or neither of Path and SessionID, another
+// optimizer kind).
+func (c *Client) CreateSessionFromCheckpoint(ctx context.Context, sessionID string,
+	from CheckpointSource, config *optdv1.SessionConfig) (*optdv1.Session, error) {
+	if (from.Path == "") == (from.SessionID == "") {
+		return nil, newError("CreateSession", codes.InvalidArgument,
+			"CheckpointSource needs exactly one of Path and SessionID (got Path %q, SessionID %q)",
+			from.Path, from.SessionID)
+	}
+	req := &optdv1.CreateSessionRequest{SessionId: sessionID, Config: config,
+		FromCheckpoint: from.Path, FromSessionCheckpoint: from.SessionID}
+	return unary(ctx, c, "CreateSession", req, c.stub.CreateSession)
 }
 
 // Health runs the grpc.health.v1 Check of service ("" is the server as a whole, ServiceName the

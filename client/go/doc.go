@@ -58,6 +58,30 @@
 // not have been applied: the error is a *StepOutcomeUnknownError (errors.Is(err,
 // ErrStepOutcomeUnknown)), the worker has joined again, and its next step works.
 //
+// # Server restarts and checkpoints
+//
+// A server run with --checkpoint_dir checkpoints its sessions (every --checkpoint_interval, on
+// Client.Checkpoint and at shutdown) and restores them when it starts again. Every reply says
+// which server process answered (StepResult.ServerIncarnation, PullResult, JoinResult; the errors
+// of steps: (*Error).ServerIncarnation) and how far the session is durable
+// (StepResult.DurableVersion, PullResult.DurableVersion: steps after it are lost if the server is
+// killed). A Worker (ServerIncarnation, ServerRestarts, DurableVersion) and StreamLoop
+// (LoopStats.ServerRestarts) notice when that process changes: StepResult.ServerRestarted and
+// (*Error).ServerRestarted. Dialed clients cap gRPC's reconnect backoff at 1 s
+// (WithMaxReconnectBackoff) and DefaultRetryPolicy waits about 11 s in all, so a step in flight
+// reaches a server restarted within seconds. Its gradient, computed at a version the restored
+// session no longer has, is refused as stale (ABORTED, with CurrentVersion the checkpoint's
+// version): StreamLoop (also with LoopOptions.Unary) pulls the restored parameters and goes on;
+// a loop of Worker.Step calls does the same when it sends StepOptions.Version. A refusal with
+// Rejoin from a restarted server (the checkpoint predates the worker's join) is resent after
+// joining again, since nothing of that incarnation is in the restored session. StreamLoop reopens
+// a stream the server cancels at its graceful shutdown.
+//
+//	cp, err := c.Checkpoint(ctx, "demo")                  // cp.Version, cp.Path, cp.Bytes
+//	_, err = c.CreateSessionFromCheckpoint(ctx, "demo-slow",
+//		optd.CheckpointSource{SessionID: "demo"}, optd.Adam(0.001)) // a fork, another lr
+//	p, err := c.Pull(ctx, "demo", &optd.PullOptions{OptimizerState: true}) // p.OptimizerState
+//
 // # Concurrency
 //
 // A Client is safe for concurrent use by any number of goroutines. A Worker and a StepStream are

@@ -19,6 +19,10 @@ const CurrentVersionKey = "optd-current-version"
 // must join the session again (StepError.Rejoin on a stream).
 const RejoinKey = "optd-rejoin"
 
+// ServerIncarnationKey is the trailing-metadata key under which the server sends its incarnation
+// (an id new in each server process) with an error (StepError.ServerIncarnation on a stream).
+const ServerIncarnationKey = "optd-server-incarnation"
+
 // Error is the error every Client method returns: the canonical gRPC code and message of the
 // server's status (or of a check the client made before calling). It implements GRPCStatus, so
 // status.Code and status.FromError see through it, and Is, so errors.Is(err, ErrNotFound) and the
@@ -29,9 +33,11 @@ type Error struct {
 
 	code           codes.Code
 	message        string
-	currentVersion int64 // -1: unknown
-	rejoin         bool  // FAILED_PRECONDITION: the worker must join the session again
-	cause          error // context.Canceled / context.DeadlineExceeded when the caller's ctx ended
+	currentVersion int64  // -1: unknown
+	rejoin         bool   // FAILED_PRECONDITION: the worker must join the session again
+	incarnation    string // the answering server process ("": unknown, e.g. unreachable)
+	restarted      bool   // incarnation differs from the previous reply's (see ServerRestarted)
+	cause          error  // context.Canceled / context.DeadlineExceeded when the caller's ctx ended
 }
 
 // Code is the canonical gRPC status code.
@@ -54,6 +60,19 @@ func (e *Error) CurrentVersion() (version int64, ok bool) {
 // not applied if the call was its first attempt; a refused retry may have been (a Worker or
 // StreamLoop then returns a *StepOutcomeUnknownError).
 func (e *Error) Rejoin() bool { return e.rejoin }
+
+// ServerIncarnation is the id of the server process that answered with this error ("" when no
+// server answered, e.g. UNAVAILABLE, or for the client's own checks; the server sends it with the
+// errors of Step and StreamSteps steps only, not with those of other calls). It changes at each server
+// start: after a restart the server restored its sessions from their checkpoints.
+func (e *Error) ServerIncarnation() string { return e.incarnation }
+
+// ServerRestarted reports whether the error came from another server process than the previous
+// reply the client (for a Worker or StreamLoop: the worker) saw, i.e. the server restarted in
+// between and its sessions were restored from their checkpoints (steps after a session's
+// DurableVersion were lost). An ABORTED step with ServerRestarted is a gradient computed at a lost
+// version: pull the restored parameters and recompute.
+func (e *Error) ServerRestarted() bool { return e.restarted }
 
 // Error formats as "optd: Op: CODE: message".
 func (e *Error) Error() string {
@@ -235,6 +254,9 @@ func wrapError(ctx context.Context, op string, err error, trailer metadata.MD) e
 	}
 	if v := trailer.Get(RejoinKey); len(v) > 0 && e.code == codes.FailedPrecondition {
 		e.rejoin = v[0] == "1"
+	}
+	if v := trailer.Get(ServerIncarnationKey); len(v) > 0 {
+		e.incarnation = v[0]
 	}
 	if ctx != nil && ctx.Err() != nil && (e.code == codes.Canceled || e.code == codes.DeadlineExceeded) {
 		e.cause = ctx.Err()

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -69,7 +70,14 @@ func startOptd(extraArgs ...string) (*optdProcess, error) {
 			"first (or set OPTD_BINARY / OPTD_BUILD_DIR)", bin)
 	}
 	p := &optdProcess{}
-	args := append([]string{"--listen=127.0.0.1:0", "--metrics_listen="}, extraArgs...)
+	args := []string{"--listen=127.0.0.1:0", "--metrics_listen="}
+	for _, a := range extraArgs {
+		if strings.HasPrefix(a, "--listen=") { // a fixed address (a restart on the same port)
+			args = args[1:]
+			break
+		}
+	}
+	args = append(args, extraArgs...)
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stderr = &p.stderr
 	// If this test binary dies without stopping it (a panic, the -timeout), the kernel kills optd.

@@ -67,6 +67,15 @@ type StepResult struct {
 	// How many times the worker joined again during this step (the server had forgotten it, so
 	// the refused step was resent under the new incarnation; nothing had been applied).
 	Rejoins int
+	// The server process that answered (an id new at each server start) and the session's newest
+	// checkpointed version (-1: none, or the server runs without --checkpoint_dir): steps after it
+	// are lost if the server is killed.
+	ServerIncarnation string
+	DurableVersion    int64
+	// The reply came from another server process than the previous reply this worker (for
+	// Client.Step: this client) saw: the server restarted and restored the session from its
+	// checkpoint, so this step applied to the restored parameters.
+	ServerRestarted bool
 }
 
 // RetryPolicy says how steps with a WorkerID and Sequence > 0 are retried. Attempt k (k >= 2)
@@ -78,12 +87,15 @@ type RetryPolicy struct {
 	MaxBackoff     time.Duration // >= InitialBackoff
 	Multiplier     float64       // >= 1
 	// Codes retried; empty means UNAVAILABLE only. ABORTED (stale gradient) is never worth
-	// retrying unchanged: pull and recompute.
+	// retrying unchanged: pull and recompute. Besides these, a CANCELLED the caller did not cause
+	// (its context is live: a server shutting down cancelled the call) is always retried.
 	Codes []codes.Code
 }
 
-// DefaultRetryPolicy: up to 5 attempts, backoff 50 ms doubling to at most 2 s, on UNAVAILABLE.
-var DefaultRetryPolicy = RetryPolicy{MaxAttempts: 5, InitialBackoff: 50 * time.Millisecond,
+// DefaultRetryPolicy: up to 10 attempts, backoff 100 ms doubling to at most 2 s (about 11 s of
+// waiting in all), on UNAVAILABLE: with the reconnect backoff capped at 1 s
+// (DefaultMaxReconnectBackoff), a step outlasts a server restart of several seconds.
+var DefaultRetryPolicy = RetryPolicy{MaxAttempts: 10, InitialBackoff: 100 * time.Millisecond,
 	MaxBackoff: 2 * time.Second, Multiplier: 2}
 
 func (p RetryPolicy) check() error {
@@ -92,6 +104,13 @@ func (p RetryPolicy) check() error {
 			"MaxAttempts >= 1, InitialBackoff > 0, MaxBackoff >= InitialBackoff, Multiplier >= 1", p)
 	}
 	return nil
+}
+
+// retriesErr is retries for a call's error, also true for a CANCELLED that did not come from ctx
+// (the server cancelled the call: it is shutting down).
+func (p RetryPolicy) retriesErr(ctx context.Context, err error) bool {
+	c := Code(err)
+	return p.retries(c) || (c == codes.Canceled && ctx.Err() == nil)
 }
 
 func (p RetryPolicy) retries(c codes.Code) bool {
@@ -163,7 +182,8 @@ func stepResult(op string, req *optdv1.StepRequest, r *optdv1.StepResponse, atte
 		GradientNorm: r.GetGradientNorm(), LearningRate: r.GetLearningRate(),
 		Duplicate: r.GetDuplicate(), Workers: r.GetWorkers(), MissingWorkers: r.GetMissingWorkers(),
 		Staleness: r.GetStaleness(), Attempts: attempts, Sequence: req.GetSequence(),
-		WorkerIncarnation: req.GetWorkerIncarnation(),
+		WorkerIncarnation: req.GetWorkerIncarnation(), ServerIncarnation: r.GetServerIncarnation(),
+		DurableVersion: r.GetDurableVersion(),
 	}, nil
 }
 
@@ -205,11 +225,15 @@ func (c *Client) stepAttempts(ctx context.Context, req *optdv1.StepRequest) (*St
 		if err == nil {
 			cancel()
 			r, err := stepResult("Step", req, resp, attempt)
+			if r != nil {
+				r.ServerRestarted = c.server.observe(r.ServerIncarnation)
+			}
 			return r, attempt, err
 		}
 		werr := wrapError(cctx, "Step", err, trailer)
+		c.server.observeErr(werr)
 		cancel()
-		if !idempotent || attempt >= policy.MaxAttempts || !policy.retries(Code(werr)) ||
+		if !idempotent || attempt >= policy.MaxAttempts || !policy.retriesErr(ctx, werr) ||
 			ctx.Err() != nil {
 			return nil, attempt, werr
 		}
@@ -227,6 +251,8 @@ type JoinResult struct {
 	NextSequence int64
 	// The session's version at the join.
 	Version int64
+	// The server process that answered (JoinSessionResponse carries no durable version).
+	ServerIncarnation string
 }
 
 // JoinSession starts a new incarnation of workerID on the session: its steps then carry
@@ -240,10 +266,12 @@ func (c *Client) JoinSession(ctx context.Context, sessionID, workerID string) (*
 	for attempt := 1; ; attempt++ {
 		resp, err := unary(ctx, c, "JoinSession", req, c.stub.JoinSession)
 		if err == nil {
+			c.server.observe(resp.GetServerIncarnation())
 			return &JoinResult{WorkerIncarnation: resp.GetWorkerIncarnation(),
-				NextSequence: resp.GetNextSequence(), Version: resp.GetVersion()}, nil
+				NextSequence: resp.GetNextSequence(), Version: resp.GetVersion(),
+				ServerIncarnation: resp.GetServerIncarnation()}, nil
 		}
-		if attempt >= policy.MaxAttempts || !policy.retries(Code(err)) || ctx.Err() != nil {
+		if attempt >= policy.MaxAttempts || !policy.retriesErr(ctx, err) || ctx.Err() != nil {
 			return nil, err
 		}
 		if sleep(ctx, policy.backoff(attempt+1)) != nil {
@@ -279,12 +307,50 @@ type Worker struct {
 	unjoined    bool  // SetNextSequence before any join: no incarnation is sent
 	incarnation int64 // the last join's; 0 before
 	next        int64
+	server      incarnations // the server processes the worker's replies came from
+	durable     int64        // the durable version of the last reply; -1 before
+	resent      int          // steps resent after joining again, in all
 }
 
 // NewWorker returns a Worker for sessionID with id workerID. It joins the session at its first
 // Step (or Join).
 func (c *Client) NewWorker(sessionID, workerID string) *Worker {
-	return &Worker{c: c, sessionID: sessionID, workerID: workerID, next: 1}
+	return &Worker{c: c, sessionID: sessionID, workerID: workerID, next: 1, durable: -1}
+}
+
+// ServerIncarnation is the incarnation of the server process that sent the worker's last reply
+// ("" before any).
+func (w *Worker) ServerIncarnation() string { inc, _ := w.server.get(); return inc }
+
+// ServerRestarts is how many times the server process answering the worker changed: server
+// restarts the worker lived through.
+func (w *Worker) ServerRestarts() int { _, n := w.server.get(); return n }
+
+// DurableVersion is the session's newest checkpointed version in the worker's last step reply
+// (or Pull; -1 before any, or when none is durable).
+func (w *Worker) DurableVersion() int64 { return w.durable }
+
+// Pull is Client.Pull of the worker's session; the worker notes the answering server process.
+func (w *Worker) Pull(ctx context.Context, opts *PullOptions) (*PullResult, error) {
+	p, err := w.c.Pull(ctx, w.sessionID, opts)
+	if err != nil {
+		w.server.observeErr(err)
+		return nil, err
+	}
+	w.server.observe(p.ServerIncarnation)
+	w.durable = p.DurableVersion
+	return p, nil
+}
+
+// observeStep notes the server process of a step's outcome (setting ServerRestarted on the result
+// or error relative to the worker's previous reply) and the durable version.
+func (w *Worker) observeStep(r *StepResult, err error) {
+	if err != nil {
+		w.server.observeErr(err)
+		return
+	}
+	r.ServerRestarted = w.server.observe(r.ServerIncarnation)
+	w.durable = r.DurableVersion
 }
 
 // ID is the worker id.
@@ -313,8 +379,10 @@ func (w *Worker) SetNextSequence(seq int64) {
 func (w *Worker) Join(ctx context.Context) error {
 	j, err := w.c.JoinSession(ctx, w.sessionID, w.workerID)
 	if err != nil {
+		w.server.observeErr(err)
 		return err
 	}
+	w.server.observe(j.ServerIncarnation)
 	w.joined, w.unjoined = true, false
 	w.incarnation, w.next = j.WorkerIncarnation, j.NextSequence
 	return nil
@@ -347,7 +415,14 @@ func (w *Worker) nextRequest(op string, grads []Tensor, opts *StepOptions) (*opt
 // (unless an earlier refusal of the same incarnation already did) and returns the request to
 // resend (a first attempt: nothing was applied), or a *StepOutcomeUnknownError (a retry: an
 // earlier attempt may have been applied), or the refusal itself after maxRejoinsPerStep resends.
+//
+// A refusal from a server process other than the one of the worker's previous reply
+// (refusal.ServerRestarted) counts as a first attempt: the restarted server restored the session
+// from a checkpoint that does not know this incarnation, so none of its steps are in the session.
 func (w *Worker) afterRejoin(ctx context.Context, req *optdv1.StepRequest, refusal *Error, attempts, resends int) (*optdv1.StepRequest, error) {
+	if refusal.restarted {
+		attempts = 1
+	}
 	if attempts <= 1 && resends >= maxRejoinsPerStep {
 		return nil, refusal
 	}
@@ -397,18 +472,40 @@ func (w *Worker) Step(ctx context.Context, grads []Tensor, opts *StepOptions) (*
 	if err != nil {
 		return nil, err
 	}
+	return w.send(ctx, req)
+}
+
+// send sends the worker's keyed request (with retries) and, refused with Rejoin, joins again and
+// resends it when that is safe.
+// The outcome of a step resent because a restarted server refused it is marked ServerRestarted.
+func (w *Worker) send(ctx context.Context, req *optdv1.StepRequest) (*StepResult, error) {
+	restarted := false
 	for resends := 0; ; resends++ {
 		r, attempts, err := w.c.stepAttempts(ctx, req)
+		w.observeStep(r, err)
 		if err == nil {
 			r.Rejoins = resends
+			r.ServerRestarted = r.ServerRestarted || restarted
 			return r, nil
 		}
 		refusal := rejoinRefusal(err)
 		if refusal == nil {
+			markRestarted(err, restarted)
 			return nil, err
 		}
+		restarted = restarted || refusal.restarted
 		if req, err = w.afterRejoin(ctx, req, refusal, attempts, resends); err != nil {
+			markRestarted(err, restarted)
 			return nil, err
 		}
+		w.resent++
+	}
+}
+
+// markRestarted sets ServerRestarted on err (an *Error, possibly wrapped) when restarted.
+func markRestarted(err error, restarted bool) {
+	var e *Error
+	if restarted && errors.As(err, &e) {
+		e.restarted = true
 	}
 }

@@ -67,7 +67,8 @@ func (s *StepStream) StepRequest(req *optdv1.StepRequest) (*StepResult, error) {
 	if e := resp.GetError(); e != nil {
 		code := codes.Code(e.GetCode())
 		return nil, &Error{Op: "StreamSteps", code: code, message: e.GetMessage(),
-			currentVersion: e.GetCurrentVersion(), rejoin: e.GetRejoin() && code == codes.FailedPrecondition}
+			currentVersion: e.GetCurrentVersion(), rejoin: e.GetRejoin() && code == codes.FailedPrecondition,
+			incarnation: e.GetServerIncarnation()}
 	}
 	if resp.GetReply() == nil {
 		return nil, s.fail(newError("StreamSteps", codes.Internal, "reply with neither result nor error"))
@@ -151,6 +152,9 @@ type LoopOptions struct {
 	MaxConsecutiveAborts int
 	// OnStep, if set, is called after each applied step with its result.
 	OnStep func(step int, r *StepResult)
+	// Unary sends one Step call per step (a Worker's, retried per the RetryPolicy) instead of
+	// using a StreamSteps stream; everything else is the same.
+	Unary bool
 }
 
 // LoopStats reports what StreamLoop did.
@@ -167,6 +171,12 @@ type LoopStats struct {
 	Rejoins int
 	// Params are the parameters after the last step.
 	Params []Tensor
+	// Server restarts the loop lived through (the answering server process changed), the last
+	// answering process, and the session's newest checkpointed version in the last reply (-1:
+	// none).
+	ServerRestarts    int
+	ServerIncarnation string
+	DurableVersion    int64
 }
 
 // StreamLoop runs a worker loop over one StreamSteps stream: it pulls the parameters, then, until
@@ -175,26 +185,40 @@ type LoopStats struct {
 // stale gradient (ABORTED, in BOUNDED or SYNC sessions) makes it pull again and recompute; with a
 // WorkerID, a failed stream (UNAVAILABLE or any code of the client's RetryPolicy) is reopened
 // with backoff and the step resent, at most RetryPolicy.MaxAttempts times per step; a step refused
-// with Rejoin is resent after joining again (see LoopOptions.WorkerID). Any other error ends the
-// loop and is returned with the stats so far.
+// with Rejoin is resent after joining again (see LoopOptions.WorkerID). A stream the server
+// cancels (CANCELLED while ctx is live, e.g. at its graceful shutdown) is reopened like a failed
+// one.
+//
+// Server restarts: after the server is killed (or shut down) and restarted with the same
+// --checkpoint_dir, its sessions are back at their checkpoints' versions and the steps after were
+// lost. The loop reconnects (RetryPolicy, WithMaxReconnectBackoff), its gradient, computed at a
+// version the session no longer has, is refused as stale (ABORTED), and it pulls the restored
+// parameters and goes on; if the restored session does not know the worker's incarnation (it
+// joined after the checkpoint), it joins again first. Steps counts applied steps as the client saw
+// them, so steps lost with the crash are not applied again (stats.ServerRestarts counts restarts).
+//
+// Any other error ends the loop and is returned with the stats so far.
 func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOptions, fn GradientFunc) (*LoopStats, error) {
-	stats := &LoopStats{}
+	stats := &LoopStats{DurableVersion: -1}
 	maxAborts := opts.MaxConsecutiveAborts
 	if maxAborts <= 0 {
 		maxAborts = 100
 	}
-	var wk *Worker // numbers and joins the keyed steps
-	if opts.WorkerID != "" {
-		wk = c.NewWorker(sessionID, opts.WorkerID)
-		if opts.FirstSequence > 0 {
-			wk.SetNextSequence(opts.FirstSequence)
-		}
+	// wk numbers and joins the keyed steps (with a WorkerID) and tracks the server process.
+	wk := c.NewWorker(sessionID, opts.WorkerID)
+	keyed := opts.WorkerID != ""
+	if keyed && opts.FirstSequence > 0 {
+		wk.SetNextSequence(opts.FirstSequence)
 	}
+	defer func() {
+		stats.ServerIncarnation, stats.ServerRestarts = wk.server.get()
+	}()
 	pull := func() (*LoopState, error) {
-		p, err := c.Pull(ctx, sessionID, &PullOptions{DType: opts.ReturnDType})
+		p, err := wk.Pull(ctx, &PullOptions{DType: opts.ReturnDType})
 		if err != nil {
 			return nil, err
 		}
+		stats.DurableVersion = p.DurableVersion
 		return &LoopState{Step: stats.Steps, Version: p.Version, Params: p.Tensors}, nil
 	}
 	state, err := pull()
@@ -217,14 +241,18 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 		version := state.Version
 		so := &StepOptions{WorkerID: opts.WorkerID, Loss: loss, Version: &version,
 			ReturnDType: opts.ReturnDType, GradientDType: opts.GradientDType}
+		op := "StreamSteps"
+		if opts.Unary {
+			op = "Step"
+		}
 		var req *optdv1.StepRequest
-		if wk != nil {
+		if keyed {
 			if err := wk.ensureJoined(ctx); err != nil {
 				return stats, err
 			}
-			req, err = wk.nextRequest("StreamSteps", grads, so)
+			req, err = wk.nextRequest(op, grads, so)
 		} else {
-			req, err = so.request("StreamSteps", sessionID, grads)
+			req, err = so.request(op, sessionID, grads)
 		}
 		if err != nil {
 			return stats, err
@@ -235,12 +263,38 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 			}
 			stats.LastSequence, stats.Incarnation = r.GetSequence(), r.GetWorkerIncarnation()
 		}
-		if wk != nil {
+		if keyed {
 			sent(req)
 		}
 		var result *StepResult
+		if opts.Unary {
+			if keyed {
+				resent := wk.resent
+				result, err = wk.send(ctx, req)
+				stats.Rejoins += wk.resent - resent
+			} else {
+				result, err = c.stepRequest(ctx, req)
+				wk.observeStep(result, err)
+			}
+			if err != nil {
+				if Code(err) != codes.Aborted {
+					return stats, err
+				}
+				stats.Aborted++
+				if aborts++; aborts > maxAborts {
+					return stats, err
+				}
+				result = nil
+			} else {
+				if keyed { // a resend after a rejoin has another key
+					sent(&optdv1.StepRequest{Sequence: result.Sequence,
+						WorkerIncarnation: result.WorkerIncarnation})
+				}
+			}
+		}
 		resends := 0
-		for attempt := 1; result == nil; attempt++ {
+		restarted := false // a refusal of this step came from a restarted server
+		for attempt := 1; result == nil && !opts.Unary; attempt++ {
 			if stream == nil {
 				if stream, err = c.StreamSteps(ctx); err != nil {
 					stream = nil
@@ -248,12 +302,15 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 			}
 			if stream != nil {
 				result, err = stream.StepRequest(req)
+				wk.observeStep(result, err)
 			}
 			if err == nil {
+				result.ServerRestarted = result.ServerRestarted || restarted
 				break
 			}
 			if stream != nil && stream.Err() == nil { // the server refused this step
-				if refusal := rejoinRefusal(err); refusal != nil && wk != nil {
+				if refusal := rejoinRefusal(err); refusal != nil && keyed {
+					restarted = restarted || refusal.restarted
 					if req, err = wk.afterRejoin(ctx, req, refusal, attempt, resends); err != nil {
 						return stats, err
 					}
@@ -276,7 +333,8 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 				stream.Close()
 				stream = nil
 			}
-			if opts.WorkerID == "" || attempt >= policy.MaxAttempts || !policy.retries(Code(err)) ||
+			// A stream the server cancelled (its graceful shutdown) is reopened like a dropped one.
+			if !keyed || attempt >= policy.MaxAttempts || !policy.retriesErr(ctx, err) ||
 				ctx.Err() != nil {
 				return stats, err
 			}
@@ -300,6 +358,7 @@ func (c *Client) StreamLoop(ctx context.Context, sessionID string, opts LoopOpti
 		}
 		stats.Steps++
 		stats.Version = result.Version
+		stats.DurableVersion = result.DurableVersion
 		state = &LoopState{Step: stats.Steps, Version: result.ParametersVersion, Params: result.Parameters}
 	}
 	stats.Params = state.Params

@@ -13,7 +13,9 @@
 // version of the parameters it was computed at, so it takes part in ASYNC, SYNC and BOUNDED
 // sessions alike and is retried safely (applied once). A stale gradient (ABORTED) makes it pull and
 // recompute. --stream steps over one StreamSteps stream (a WorkerStream) instead of one Step call
-// per step.
+// per step. It outlasts a restart of a server run with --checkpoint_dir: the step in flight is
+// retried until the server is back, refused as stale (the session was restored at its checkpoint),
+// and the worker pulls the restored parameters and goes on; it prints a line when that happens.
 //
 // It prints "step N version V loss L" every 50 steps, then the summary line of the Go example
 // worker (client/go/cmd/worker) and the final loss:
@@ -110,7 +112,12 @@ int main(int argc, char** argv) {
     absl::StatusOr<oc::StepResult> result =
         stream ? stream->Step({grad}, step) : worker.Step({grad}, step);
     if (result.status().code() == absl::StatusCode::kAborted) {
-      // Stale: another worker moved the session on. Pull and recompute.
+      // Stale: another worker moved the session on, or the server restarted and restored the
+      // session at its checkpoint. Pull and recompute.
+      if (oc::ServerRestarted(result.status())) {
+        std::printf("the server restarted (incarnation %s): continuing from the restored session\n",
+                    oc::ServerIncarnation(result.status()).c_str());
+      }
       ++aborted;
       if (++aborts_in_a_row > kMaxConsecutiveAborts) return Fail(result.status());
       pulled = worker.Pull();

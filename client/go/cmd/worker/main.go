@@ -8,7 +8,8 @@
 // It creates the session (Adam, lr 0.1) when it does not exist yet and otherwise steps the
 // existing one, so several workers (in any language) can share a session. By default it steps
 // over one StreamSteps stream (Client.StreamLoop); -unary sends one Step call per step
-// (Client.NewWorker). Either way the worker joins the session first (a new incarnation of its
+// (StreamLoop with LoopOptions.Unary, a Worker's calls). Either way it outlasts a server restart
+// (with --checkpoint_dir): it reconnects, pulls the restored parameters and goes on. Either way the worker joins the session first (a new incarnation of its
 // worker id, so a restarted worker may reuse the id) and every step carries the worker id, the
 // incarnation and a sequence number (1, 2, ...), so steps are retried on UNAVAILABLE and never
 // applied twice. -first_sequence N > 0 skips the join (unjoined mode: sequences from N, no
@@ -91,58 +92,25 @@ func run(ctx context.Context, server, session string, dim, steps int, worker str
 	}
 
 	var loss float64
-	var version int64
-	var stats optd.LoopStats
-	if unary {
-		pulled, err := c.Pull(ctx, session, nil)
-		if err != nil {
-			return 1, err
-		}
-		w := pulled.Tensors[0].Values
-		wk := c.NewWorker(session, worker)
-		if firstSeq > 0 {
-			wk.SetNextSequence(firstSeq)
-		}
-		for step := 0; step < steps; step++ {
-			grads, l := gradient(w)
-			loss = l
-			r, err := wk.Step(ctx, grads, &optd.StepOptions{Loss: &l})
-			if err != nil {
-				return 1, err
-			}
-			if r.Duplicate {
-				stats.Duplicates++
-			}
-			if stats.FirstSequence == 0 {
-				stats.FirstSequence = r.Sequence
-			}
-			stats.LastSequence, stats.Incarnation = r.Sequence, r.WorkerIncarnation
-			stats.Rejoins += r.Rejoins
-			stats.Steps++
-			version = r.Version
-			w = r.Parameters[0].Values
+	st, err := c.StreamLoop(ctx, session, optd.LoopOptions{
+		Steps: steps, WorkerID: worker, FirstSequence: firstSeq, Unary: unary,
+		OnStep: func(step int, r *optd.StepResult) {
 			if step%50 == 0 {
-				fmt.Printf("step %4d  version %5d  loss %.6f\n", step, r.Version, l)
+				fmt.Printf("step %4d  version %5d  loss %.6f\n", step, r.Version, loss)
 			}
-		}
-	} else {
-		st, err := c.StreamLoop(ctx, session, optd.LoopOptions{
-			Steps: steps, WorkerID: worker, FirstSequence: firstSeq,
-			OnStep: func(step int, r *optd.StepResult) {
-				if step%50 == 0 {
-					fmt.Printf("step %4d  version %5d  loss %.6f\n", step, r.Version, loss)
-				}
-			},
-		}, func(_ context.Context, s *optd.LoopState) ([]optd.Tensor, *float64, error) {
-			grads, l := gradient(s.Params[0].Values)
-			loss = l
-			return grads, &l, nil
-		})
-		if err != nil {
-			return 1, err
-		}
-		stats = *st
-		version = st.Version
+		},
+	}, func(_ context.Context, s *optd.LoopState) ([]optd.Tensor, *float64, error) {
+		grads, l := gradient(s.Params[0].Values)
+		loss = l
+		return grads, &l, nil
+	})
+	if err != nil {
+		return 1, err
+	}
+	stats, version := *st, st.Version
+	if stats.ServerRestarts > 0 {
+		fmt.Printf("the server restarted %d time(s); continued from the restored session\n",
+			stats.ServerRestarts)
 	}
 	fmt.Printf("worker %s steps %d duplicates %d aborted %d first_sequence %d last_sequence %d "+
 		"incarnation %d version %d final loss %.6f\n", worker, stats.Steps, stats.Duplicates,
