@@ -10,7 +10,7 @@ Each test runs optd with --checkpoint_dir in a temporary folder on a fixed free 
   parameters, skipped_steps >= 1) and finishes with a low loss;
 * Session.stream_steps reopens its stream and resends the unanswered step with its sequence number;
 * optd.checkpoint.read equals Pull(optimizer_state=True) bit for bit and refuses a flipped byte and
-  a truncated file; the numpy-only reader in README.durability-clients.md, run verbatim, agrees;
+  a truncated file; the numpy-only reader in README.md (Durability), run verbatim, agrees;
 * Session.to_npz / Client.create_session_from_npz round-trip every optimizer bit for bit;
 * a fork from a checkpoint with another learning rate.
 
@@ -121,10 +121,10 @@ def initial():
 def test_a_session_sees_the_restart_and_follows_the_restored_version(server, client):
     session = client.create_session(initial(), "adam", lr=0.05, session_id="restart")
     first = session.server_incarnation
-    assert first and session.durable_version == -1
+    assert first and session.durable_version == 0  # checkpointed when created
     for _ in range(3):
         r = session.step(grads(SHAPES))
-    assert r.server_incarnation == first and r.durable_version == -1 and not r.server_restarted
+    assert r.server_incarnation == first and r.durable_version == 0 and not r.server_restarted
     assert session.checkpoint().version == 3 and session.durable_version == 3
     at_checkpoint = session.pull()
     for _ in range(2):  # lost in the crash
@@ -298,8 +298,8 @@ def test_stream_steps_with_a_kill_while_steps_are_in_flight(server, client):
 # -- checkpoint files ------------------------------------------------------------------------------
 
 def _snippet() -> str:
-    """The numpy-only reader of README.durability-clients.md (or, once folded in, README.md)."""
-    for name in ("README.durability-clients.md", "README.md"):
+    """The numpy-only reader of README.md's Durability section."""
+    for name in ("README.md",):
         path = REPO_ROOT / name
         if not path.is_file():
             continue

@@ -246,7 +246,9 @@ class DurabilityTest : public ::testing::Test {
     EXPECT_EQ(applied, 60);
     EXPECT_EQ(worker.server_restarts(), 1);
     EXPECT_NE(worker.server_incarnation(), first_incarnation);
-    if (ws) EXPECT_TRUE(ws->Close().ok());
+    if (ws) {
+      EXPECT_TRUE(ws->Close().ok());
+    }
     absl::StatusOr<PullResult> after = client_->Pull(id);
     ASSERT_TRUE(after.ok()) << after.status();
     EXPECT_EQ(after->server_incarnation, worker.server_incarnation());

@@ -181,7 +181,7 @@ out_has '^e2e +adam +0 +3 +17 '
 out_has '^json +normalized_gd '
 run 0 describe e2e
 out_has '^session: +e2e$'
-out_has '^durable: +none '
+out_has '^durable: +0 '   # checkpointed when created
 run 1 describe no-such-session
 err_has '^optctl: NOT_FOUND: '
 

@@ -253,8 +253,9 @@ func TestWorkerStepReportsTheRestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Step: %v", err)
 	}
-	if r1.ServerIncarnation == "" || r1.DurableVersion != -1 || r1.ServerRestarted {
-		t.Fatalf("first step = %+v; want an incarnation, durable version -1, not restarted", r1)
+	// The session was checkpointed when it was created (version 0).
+	if r1.ServerIncarnation == "" || r1.DurableVersion != 0 || r1.ServerRestarted {
+		t.Fatalf("first step = %+v; want an incarnation, durable version 0, not restarted", r1)
 	}
 	if _, err := c.Checkpoint(ctx, "worker"); err != nil {
 		t.Fatalf("Checkpoint: %v", err)
@@ -342,12 +343,12 @@ func TestCheckpointForkAndOptimizerState(t *testing.T) {
 		len(st.GetTensors()[0].GetArrays()) != 2 {
 		t.Fatalf("optimizer state = %v; want one tensor at step 1 with exp_avg and exp_avg_sq", st)
 	}
-	// A fork is durable only once it is checkpointed itself.
-	if p.DurableVersion != -1 || p.ServerIncarnation == "" {
-		t.Errorf("Pull: durable %d, incarnation %q; want -1 and an id", p.DurableVersion,
-			p.ServerIncarnation)
+	// A fork is checkpointed when it is created: durable at the version it starts from.
+	if p.DurableVersion != p.Version || p.ServerIncarnation == "" {
+		t.Errorf("Pull: durable %d at version %d, incarnation %q; want durable = version and an id",
+			p.DurableVersion, p.Version, p.ServerIncarnation)
 	}
-	// Step errors carry the server's incarnation (the server sends it with Step errors only).
+	// Errors carry the server's incarnation.
 	_, err = c.Step(ctx, "nope", quadraticGradient(make([]float32, 4)), nil)
 	var e *optd.Error
 	if !errors.As(err, &e) || e.ServerIncarnation() != p.ServerIncarnation || e.ServerRestarted() {

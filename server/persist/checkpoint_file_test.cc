@@ -51,7 +51,10 @@ class CheckpointFileTest : public ::testing::Test {
 
   static std::vector<float> Values(const Session& s) {
     std::vector<float> all;
-    for (const WireTensor& t : s.Pull({}, WireDType::kF32)->tensors) {
+    absl::StatusOr<PullOutput> pulled = s.Pull({}, WireDType::kF32);
+    EXPECT_TRUE(pulled.ok()) << pulled.status();
+    if (!pulled.ok()) return all;
+    for (const WireTensor& t : pulled->tensors) {
       all.insert(all.end(), t.data.shared()->begin(), t.data.shared()->end());
     }
     return all;

@@ -68,6 +68,8 @@ absl::string_view CheckpointReasonName(CheckpointReason reason) {
       return "shutdown";
     case CheckpointReason::kIdle:
       return "idle";
+    case CheckpointReason::kCreate:
+      return "create";
   }
   return "unknown";
 }

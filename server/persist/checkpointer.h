@@ -50,7 +50,9 @@ struct CheckpointerOptions {
 };
 
 // Why a checkpoint was written, for logs and metrics.
-enum class CheckpointReason { kInterval, kRequest, kShutdown, kIdle };
+// Why a checkpoint is written: kCreate is a new session's first (CreateSession, forks included),
+// so that a crash never loses a session whose creation was answered.
+enum class CheckpointReason { kInterval, kRequest, kShutdown, kIdle, kCreate };
 absl::string_view CheckpointReasonName(CheckpointReason reason);
 
 // Hears of checkpoints (server/metrics implements it). Called outside every lock; thread-safe.

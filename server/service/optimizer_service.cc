@@ -18,6 +18,8 @@ namespace {
 
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
+// Trailing metadata of every unary reply: the server process that answered.
+constexpr char kServerIncarnationKey[] = "optd-server-incarnation";
 
 // Records one unary call in the gRPC server metrics: started and its one message received when
 // made, the reply (only when OK, as go-grpc-prometheus counts it) and the code when finished.
@@ -176,8 +178,17 @@ absl::Status OptimizerServiceImpl::DoCreateSession(const v1::CreateSessionReques
   absl::StatusOr<std::shared_ptr<Session>> session =
       store_->Create(request.session_id(), *std::move(config), *tensors);
   if (!session.ok()) return session.status();
+  CheckpointNew(**session);
   Describe(**session, response);
   return absl::OkStatus();
+}
+
+void OptimizerServiceImpl::CheckpointNew(const Session& session) {
+  // A failure (a full disk) is logged and counted by the checkpointer; the session is created all
+  // the same, and its reply's durable_version (-1) says it is not durable yet.
+  if (options_.checkpointer != nullptr) {
+    options_.checkpointer->Checkpoint(session, CheckpointReason::kCreate).IgnoreError();
+  }
 }
 
 absl::Status OptimizerServiceImpl::DoGetSession(const v1::GetSessionRequest& request,
@@ -333,6 +344,7 @@ absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& reques
   }
   absl::StatusOr<std::shared_ptr<Session>> session = store_->Restore(*std::move(state));
   if (!session.ok()) return session.status();
+  CheckpointNew(**session);
   Describe(**session, response);
   return absl::OkStatus();
 }
@@ -391,6 +403,8 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Unary(
     absl::Status (OptimizerServiceImpl::*handler)(const Request&, Response*)) {
   Request request;
   Response response;
+  // Every reply, an error too, says which server process answered (a client tells a restart).
+  context->AddTrailingMetadata(kServerIncarnationKey, options_.server_incarnation);
   // gRPC hands the request over and drops it after the call: parsing may consume it.
   absl::Status status = ParseMessage(const_cast<grpc::ByteBuffer*>(request_bytes), &request);
   if (status.ok()) status = Guarded(method, [&] { return (this->*handler)(request, &response); });
@@ -451,6 +465,7 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Pull(grpc::CallbackServerContext
                                                      const grpc::ByteBuffer* request_bytes,
                                                      grpc::ByteBuffer* response) {
   v1::PullRequest request;
+  context->AddTrailingMetadata(kServerIncarnationKey, options_.server_incarnation);
   absl::Status status = ParseMessage(const_cast<grpc::ByteBuffer*>(request_bytes), &request);
   if (status.ok()) {
     status = Guarded("Pull", [&]() -> absl::Status {
@@ -468,6 +483,7 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
                                                      const grpc::ByteBuffer* request,
                                                      grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  context->AddTrailingMetadata(kServerIncarnationKey, options_.server_incarnation);
   auto call = std::make_unique<StepCall>(step_series_);
   // The request's bytes count against the memory budget until the call is answered.
   absl::StatusOr<MemoryReservation> held =
@@ -484,7 +500,6 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
   StepCall* const started = call.get();
   StartStep(started->request, [this, context, reactor, response,
                                call = std::move(call)](absl::StatusOr<StepOutput> out) mutable {
-    context->AddTrailingMetadata("optd-server-incarnation", options_.server_incarnation);
     const int64_t current_version = CurrentVersionOf(out.status());
     if (current_version >= 0) {
       context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));

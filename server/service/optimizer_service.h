@@ -105,6 +105,8 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
   MemoryBudget* budget() const { return options_.budget; }
   const std::string& server_incarnation() const { return options_.server_incarnation; }
   // The session's newest checkpointed version, or -1.
+  // With --checkpoint_dir: writes a new session's first checkpoint before CreateSession answers.
+  void CheckpointNew(const Session& session);
   int64_t DurableVersion(absl::string_view session_id) const;
 
   // The work of one Step, shared by Step and StreamSteps: finds the session and steps it; `done` is

@@ -548,7 +548,6 @@ void OptimizerStateToProto(const OptimizerState& state, const std::vector<Tensor
                            v1::OptimizerState* out) {
   for (size_t t = 0; t < state.tensors.size() && t < tensors.size(); ++t) {
     const OptimizerState::Tensor& from = state.tensors[t];
-    if (from.arrays.empty() && from.scalars.empty() && from.step == 0) continue;
     v1::OptimizerState::TensorState* to = out->add_tensors();
     to->set_tensor(tensors[t].name);
     to->set_step(from.step);

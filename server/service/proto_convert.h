@@ -74,7 +74,8 @@ void ConfigToProto(const SessionConfig& config, v1::SessionConfig* out);
 void SessionInfoToProto(const SessionInfo& info, v1::Session* out);
 
 // An optimizer's state as the message Pull exports (arrays as F32 tensors of the tensor's shape;
-// `tensors` names the session's tensors, in order); tensors without state are left out.
+// `tensors` names state.tensors, in order): an entry for every tensor, with or without state, so
+// that the export imports back as it is (UpdateSession needs an entry for every tensor).
 void OptimizerStateToProto(const OptimizerState& state, const std::vector<TensorSpec>& tensors,
                            v1::OptimizerState* out);
 

@@ -750,14 +750,13 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
   absl::ReaderMutexLock lock(&mu_);
   out.version = version_;
   if (include_optimizer_state) {
-    OptimizerState state = optimizer_->ExportState();
-    std::vector<bool> wanted(specs_.size(), false);
-    for (int k : indices) wanted[k] = true;
-    for (int k = 0; k < specs_.size(); ++k) {
-      if (!wanted[k]) state.tensors[k] = OptimizerState::Tensor();
+    OptimizerState all = optimizer_->ExportState();
+    OptimizerState& pulled = out.optimizer_state.emplace();
+    pulled.scalars = std::move(all.scalars);
+    for (int k : indices) {
+      pulled.tensors.push_back(std::move(all.tensors[k]));
+      out.tensor_names.push_back(specs_[k]);
     }
-    out.optimizer_state = std::move(state);
-    out.tensor_names = specs_.all();
   }
   out.tensors.reserve(indices.size());
   for (int k : indices) {

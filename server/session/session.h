@@ -117,10 +117,10 @@ struct RowSelection {
 struct PullOutput {
   int64_t version = 0;
   std::vector<WireTensor> tensors;
-  // With include_optimizer_state: the state of the tensors pulled (the others' entries empty), at
-  // the same version.
+  // With include_optimizer_state: the state of the tensors pulled, in the order pulled (an entry
+  // for each, empty for a tensor without state), at the same version, and those tensors.
   std::optional<OptimizerState> optimizer_state;
-  std::vector<TensorSpec> tensor_names;  // the session's tensors, for the state's names
+  std::vector<TensorSpec> tensor_names;
   // Pays for the encoded bytes of the reply (see StepOutput::encoding). May be null.
   std::shared_ptr<MemoryReservation> encoding;
 };
