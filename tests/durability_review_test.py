@@ -894,3 +894,59 @@ def test_wrapped_step_counter_does_not_make_the_checkpoint_unrestorable(ckdir):
             optd.stderr_text()[-400:]
     finally:
         optd.stop()
+
+
+def test_import_error_quotes_at_most_64_bytes_of_a_scalar_name():
+    # BUG: Optimizer::ImportState's "optimizer state has scalar \"%s\"; adam keeps no model-wide
+    # scalars" quotes the client's scalar name whole (the per-tensor messages use substr(0, 64)).
+    # A 100 KB name makes a 100 KB grpc-message: the client gets RESOURCE_EXHAUSTED "received
+    # initial metadata size exceeds limit" instead of the INVALID_ARGUMENT, exactly what README
+    # "bad values in errors" promises cannot happen.
+    optd = start(None)
+    try:
+        pb2 = optd.pb2
+        create(optd, "sc")
+        step(optd, "sc")
+        pulled = pull(optd, "sc", include_optimizer_state=True)
+        req = import_request(pb2, "sc", pulled)
+        req.optimizer_state.scalars["X" * 100000] = 1.0
+        code, details = code_of(lambda: optd.stub.UpdateSession(req, timeout=RPC_TIMEOUT_S))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details[:200])
+        assert len(details) < 1000 and "X" * 65 not in details
+    finally:
+        optd.stop()
+
+
+def test_import_of_a_non_finite_nadam_mu_product_is_refused():
+    # BUG: same class as the NaN moments: NAdam's per-tensor scalar "mu_product" is checked by name
+    # only (the message even says "keeps a finite \"mu_product\""); NaN is accepted and the next
+    # finite step makes every parameter NaN.
+    optd = start(None)
+    try:
+        pb2 = optd.pb2
+        create(optd, "na", kind="nadam", lr=0.01)
+        step(optd, "na")
+        req = import_request(pb2, "na", pull(optd, "na", include_optimizer_state=True))
+        req.optimizer_state.tensors[0].scalars["mu_product"] = math.nan
+        code, _ = code_of(lambda: optd.stub.UpdateSession(req, timeout=RPC_TIMEOUT_S))
+        r = step(optd, "na")
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, \
+            f"NaN mu_product accepted; the next step left {r.non_finite_parameters} NaN parameters"
+    finally:
+        optd.stop()
+
+
+def test_fork_id_errors_quote_at_most_64_bytes(ckdir):
+    optd = start(ckdir)
+    try:
+        pb2 = optd.pb2
+        for kw in ({"session_id": "Y" * 100000, "from_session_checkpoint": "a"},
+                   {"session_id": "x", "from_session_checkpoint": "Y" * 100000},
+                   {"session_id": "x", "from_checkpoint": "Y" * 100000 + ".ckpt"}):
+            code, details = code_of(lambda: optd.stub.CreateSession(
+                pb2.CreateSessionRequest(**kw), timeout=RPC_TIMEOUT_S))
+            assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                            grpc.StatusCode.PERMISSION_DENIED), (code, details[:200])
+            assert len(details) < 1000 and "Y" * 65 not in details, details[:200]
+    finally:
+        optd.stop()
