@@ -950,3 +950,74 @@ def test_fork_id_errors_quote_at_most_64_bytes(ckdir):
             assert len(details) < 1000 and "Y" * 65 not in details, details[:200]
     finally:
         optd.stop()
+
+
+def test_checkpoints_under_concurrent_steps_are_consistent_cuts(ckdir):
+    optd = start(ckdir)
+    try:
+        pb2 = optd.pb2
+        create(optd, "cut", n=256)
+        seen = {}
+        stop = threading.Event()
+
+        def stepper():
+            rng = np.random.default_rng(3)
+            while not stop.is_set():
+                g = rng.standard_normal(256).astype(np.float32)
+                r = optd.stub.Step(pb2.StepRequest(session_id="cut", gradients=[to_tensor("w", g)]),
+                                   timeout=RPC_TIMEOUT_S)
+                seen[r.version] = r.parameters[0].data
+
+        t = threading.Thread(target=stepper, daemon=True)
+        t.start()
+        versions = []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            versions.append(checkpoint(optd, "cut").version)
+        stop.set()
+        t.join(10)
+        assert versions == sorted(versions)
+        kill(optd)
+        optd = start(ckdir)
+        r = pull(optd, "cut", include_optimizer_state=True)
+        assert r.version == versions[-1]
+        assert r.tensors[0].data == seen[r.version], "restored parameters are not those of its version"
+        assert r.optimizer_state.tensors[0].step == r.version
+    finally:
+        optd.stop()
+
+
+def test_sigterm_under_load_loses_no_acknowledged_step(ckdir):
+    optd = start(ckdir, "--shutdown_grace=2s")
+    try:
+        pb2 = optd.pb2
+        create(optd, "load", n=1024)
+        acked = []
+        done = threading.Event()
+
+        def stepper():
+            g = to_tensor("w", np.full(1024, 0.1, np.float32))
+            while not done.is_set():
+                try:
+                    acked.append(optd.stub.Step(pb2.StepRequest(
+                        session_id="load", gradients=[g],
+                        return_parameters=pb2.RETURN_PARAMETERS_NONE), timeout=5).version)
+                except grpc.RpcError:
+                    return
+
+        threads = [threading.Thread(target=stepper, daemon=True) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        optd.proc.send_signal(signal.SIGTERM)
+        assert optd.proc.wait(20) == 0
+        done.set()
+        for t in threads:
+            t.join(10)
+        optd.stop()
+        assert acked
+        optd = start(ckdir)
+        assert get(optd, "load").version >= max(acked)
+    finally:
+        done.set()
+        optd.stop()
