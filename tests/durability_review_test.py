@@ -514,7 +514,7 @@ def test_import_non_finite_or_invalid_state_is_refused_and_changes_nothing(repla
 
 
 def test_import_huge_step_does_not_break_the_next_step():
-    # BUG (if it fails): an imported step counter of 2^63-1 is accepted; the next step increments
+    # BUG: an imported step counter of 2^63-1 is accepted; the next step increments
     # it past int64 (undefined behaviour) and bias correction turns the parameters NaN. It should
     # be refused with the valid range, or work.
     optd = start(None)
@@ -797,7 +797,7 @@ def test_two_servers_on_one_checkpoint_dir_are_refused(ckdir):
 
 
 def test_restore_over_budget_then_recreate_does_not_bring_back_the_old_session(ckdir):
-    # BUG (suspected): a session skipped at start-up (its checkpoint needs more than
+    # BUG: a session skipped at start-up (its checkpoint needs more than
     # --max_memory_bytes) leaves its folder; CreateSession of the same id then succeeds and writes
     # lower-version checkpoints beside the old ones, and the next restart restores the OLD one.
     n = 2_000_000
@@ -828,7 +828,7 @@ def test_restore_over_budget_then_recreate_does_not_bring_back_the_old_session(c
 
 
 def test_fork_with_amsgrad_turned_on_names_the_field(ckdir):
-    # BUG (minor, error contract): a fork whose config turns Adam(W) amsgrad on (refused, as
+    # BUG: (minor, error contract) a fork whose config turns Adam(W) amsgrad on (refused, as
     # UpdateSession refuses it) is answered "optimizer state of tensor 0 has 2 arrays; adamw with
     # these options keeps 3 (exp_avg, exp_avg_sq, max_exp_avg_sq)": an internal message about the
     # checkpoint's arrays that names neither the field (config.optimizer.adamw.amsgrad) nor why.
