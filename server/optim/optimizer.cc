@@ -281,7 +281,7 @@ absl::Status Optimizer::ImportState(const OptimizerState& state) {
   if (!state.scalars.empty()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("optimizer state has scalar \"%s\"; %s keeps no model-wide scalars",
-                        state.scalars[0].first, kind));
+                        state.scalars[0].first.substr(0, 64), kind));
   }
   // Check everything first: nothing changes unless all of it fits.
   for (size_t t = 0; t < tensor_sizes_.size(); ++t) {

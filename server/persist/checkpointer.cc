@@ -1,5 +1,6 @@
 #include "server/persist/checkpointer.h"
 
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -29,6 +30,7 @@ namespace fs = std::filesystem;
 
 constexpr char kFolderPrefix[] = "session-";
 constexpr char kSuffix[] = ".ckpt";
+constexpr char kLockFile[] = ".optd.lock";
 
 // How much less CPU the writing thread asks for than the threads serving steps (a nice value: at
 // 10 it gets about a tenth of a core that steps also want, all of an idle one).
@@ -105,19 +107,46 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Open(
     return absl::FailedPreconditionError(
         absl::StrCat("cannot list --checkpoint_dir ", options.dir, ": ", error.message()));
   }
+  // One optd per folder: two would restore, step and delete the same sessions behind each
+  // other's backs.
+  const std::string lock_path = absl::StrCat(options.dir, "/", kLockFile);
+  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open ", lock_path, ": ", std::strerror(errno)));
+  }
+  // A POSIX record lock: held by the process (a second Checkpointer in the same process, as in
+  // tests, does not conflict), released by the kernel when the process ends, however it ends.
+  struct flock lock = {};
+  lock.l_type = F_WRLCK;
+  lock.l_whence = SEEK_SET;
+  if (::fcntl(lock_fd, F_SETLK, &lock) != 0) {
+    const int error = errno;
+    struct flock holder = {};
+    holder.l_type = F_WRLCK;
+    holder.l_whence = SEEK_SET;
+    const bool known = ::fcntl(lock_fd, F_GETLK, &holder) == 0 && holder.l_type != F_UNLCK;
+    ::close(lock_fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--checkpoint_dir ", options.dir, " is in use by another optd process",
+        known ? absl::StrCat(" (pid ", holder.l_pid, ")") : "",
+        error == EACCES || error == EAGAIN ? "" : absl::StrCat(": ", std::strerror(error)),
+        "; each optd needs a folder of its own"));
+  }
   return std::unique_ptr<Checkpointer>(new Checkpointer(
-      std::move(options), store, codec, std::move(server_incarnation), clock, observer));
+      std::move(options), store, codec, std::move(server_incarnation), clock, observer, lock_fd));
 }
 
 Checkpointer::Checkpointer(CheckpointerOptions options, SessionStore* store,
                            const ConfigCodec* codec, std::string server_incarnation, Clock* clock,
-                           CheckpointObserver* observer)
+                           CheckpointObserver* observer, int lock_fd)
     : options_(std::move(options)),
       store_(store),
       codec_(codec),
       server_incarnation_(std::move(server_incarnation)),
       clock_(clock),
-      observer_(observer) {}
+      observer_(observer),
+      lock_fd_(lock_fd) {}
 
 Checkpointer::~Checkpointer() {
   {
@@ -125,20 +154,22 @@ Checkpointer::~Checkpointer() {
     stopping_ = true;
   }
   if (thread_.joinable()) thread_.join();
+  ::close(lock_fd_);  // releases the folder's lock
 }
 
 std::string Checkpointer::FolderOf(absl::string_view id) const {
   return absl::StrCat(options_.dir, "/", kFolderPrefix, id);
 }
 
-std::vector<std::pair<int64_t, std::string>> Checkpointer::Files(const std::string& folder) const {
+std::vector<std::pair<int64_t, std::string>> Checkpointer::Files(const std::string& folder,
+                                                                 bool remove_partial) const {
   std::vector<std::pair<int64_t, std::string>> files;
   std::error_code error;
   for (const fs::directory_entry& entry : fs::directory_iterator(folder, error)) {
     const std::string name = entry.path().filename().string();
     absl::string_view stem = name;
-    if (absl::StrContains(name, ".tmp-")) {  // a write a crash interrupted
-      fs::remove(entry.path(), error);
+    if (absl::StrContains(name, ".tmp-")) {  // a write in progress, or one a crash interrupted
+      if (remove_partial) fs::remove(entry.path(), error);
       continue;
     }
     if (!absl::ConsumeSuffix(&stem, kSuffix)) continue;
@@ -162,7 +193,7 @@ absl::StatusOr<int> Checkpointer::Restore() {
     if (!folder.is_directory(error) || !absl::StartsWith(name, kFolderPrefix)) continue;
     const std::string id = name.substr(sizeof(kFolderPrefix) - 1);
     bool loaded = false;
-    for (const auto& [version, path] : Files(folder.path().string())) {
+    for (const auto& [version, path] : Files(folder.path().string(), /*remove_partial=*/true)) {
       absl::StatusOr<SessionState> state = ReadCheckpointFile(path, *codec_);
       if (!state.ok()) {
         Log(absl::StrCat("checkpoint ", path, " cannot be restored (", state.status().ToString(),
@@ -171,6 +202,13 @@ absl::StatusOr<int> Checkpointer::Restore() {
         continue;
       }
       absl::StatusOr<std::shared_ptr<Session>> session = store_->Restore(*std::move(state));
+      if (session.status().code() == absl::StatusCode::kResourceExhausted) {
+        // Over the memory budget (or --max_sessions): an older checkpoint would not fit either.
+        Log(absl::StrCat("session ", id, " cannot be loaded (", session.status().ToString(),
+                         "); it stays in ", options_.dir,
+                         ": a request naming it tries again, DeleteSession removes it"));
+        break;
+      }
       if (!session.ok()) {
         Log(absl::StrCat("checkpoint ", path, " cannot be restored (", session.status().ToString(),
                          "); trying an older one"));
@@ -179,7 +217,7 @@ absl::StatusOr<int> Checkpointer::Restore() {
       }
       {
         absl::MutexLock lock(&mu_);
-        durable_[id] = version;
+        durable_[id] = {version, 0};
       }
       Log(absl::StrCat("restored session ", id, " at version ", version, " from ", path));
       loaded = true;
@@ -194,6 +232,10 @@ absl::StatusOr<int> Checkpointer::Restore() {
 absl::StatusOr<CheckpointResult> Checkpointer::Checkpoint(const Session& session,
                                                           CheckpointReason reason) {
   absl::MutexLock write(&write_mu_);
+  // Deleted (and its folder removed) while this call waited: writing it would bring it back.
+  if (!store_->Holds(session)) {
+    return absl::NotFoundError(absl::StrCat("session ", session.id(), " was deleted"));
+  }
   const absl::Time start = clock_->Now();
   const SessionState state = session.Snapshot();  // the only part under the session's lock
   const std::string folder = FolderOf(state.id);
@@ -216,7 +258,7 @@ absl::StatusOr<CheckpointResult> Checkpointer::Checkpoint(const Session& session
   }
   {
     absl::MutexLock lock(&mu_);
-    durable_[state.id] = state.version;
+    durable_[state.id] = {state.version, state.revision};
   }
   Prune(folder);
   const absl::Time end = clock_->Now();
@@ -234,8 +276,11 @@ void Checkpointer::Prune(const std::string& folder) {
 
 void Checkpointer::CheckpointAll(CheckpointReason reason) {
   for (const std::shared_ptr<Session>& s : store_->List("", std::numeric_limits<int>::max())) {
-    const int64_t version = s->Info().version;
-    if (version == DurableVersion(s->id())) continue;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = durable_.find(s->id());
+      if (it != durable_.end() && it->second.revision == s->revision()) continue;  // unchanged
+    }
     (void)Checkpoint(*s, reason);
   }
 }
@@ -286,7 +331,7 @@ absl::StatusOr<std::string> Checkpointer::NewestFile(absl::string_view id) const
 int64_t Checkpointer::DurableVersion(absl::string_view id) const {
   absl::MutexLock lock(&mu_);
   auto it = durable_.find(id);
-  return it == durable_.end() ? -1 : it->second;
+  return it == durable_.end() ? -1 : it->second.version;
 }
 
 void Checkpointer::Start() {

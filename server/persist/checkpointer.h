@@ -12,6 +12,9 @@
 //   - Forget(id) removes a deleted session's folder, so a restart does not bring it back.
 //   - Read(path) reads one of its checkpoint files (CreateSession from a checkpoint: a fork).
 //
+// One optd per folder: Open takes a write lock on DIR/.optd.lock (a POSIX record lock, released
+// when the process ends, however it ends) and fails if another process holds it.
+//
 // A checkpoint is a consistent cut: Session::Snapshot copies the state at one version under the
 // session's lock (parameters are shared, not copied); the file is written outside every lock, so
 // steps wait only for that copy, by a thread at nice 10, so that a long write takes CPU from the
@@ -113,11 +116,15 @@ class Checkpointer {
 
  private:
   Checkpointer(CheckpointerOptions options, SessionStore* store, const ConfigCodec* codec,
-               std::string server_incarnation, Clock* clock, CheckpointObserver* observer);
+               std::string server_incarnation, Clock* clock, CheckpointObserver* observer,
+               int lock_fd);
 
   std::string FolderOf(absl::string_view id) const;
   // The checkpoint files of a session's folder, newest first.
-  std::vector<std::pair<int64_t, std::string>> Files(const std::string& folder) const;
+  // With `remove_partial` (start-up only, when nothing writes), also deletes the temporary files
+  // of writes a crash interrupted.
+  std::vector<std::pair<int64_t, std::string>> Files(const std::string& folder,
+                                                     bool remove_partial = false) const;
   void Prune(const std::string& folder);
   void Run();
 
@@ -130,9 +137,18 @@ class Checkpointer {
 
   absl::Mutex write_mu_;  // one checkpoint written at a time
   mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, int64_t> durable_ ABSL_GUARDED_BY(mu_);  // id -> version
+  // What each session's newest checkpoint holds: its version and Session::revision() (0 for a
+  // session restored from it).
+  struct Durable {
+    int64_t version = -1;
+    int64_t revision = 0;
+  };
+  absl::flat_hash_map<std::string, Durable> durable_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
+  // The folder's lock file (".optd.lock", locked for the checkpointer's life): a second optd on
+  // the same folder is refused at start-up.
+  const int lock_fd_;
 };
 
 }  // namespace optd

@@ -332,17 +332,46 @@ absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& reques
   state->exactly_once = ExactlyOnceTable::State();  // the fork's workers join it afresh
   state->sync_workers_seen.clear();
   state->create_time = absl::Now();
-  if (request.config().has_optimizer()) {
-    if (absl::Status s = MergeOptimizerFromProto(request.config().optimizer(),
-                                                 /*require_same_kind=*/true, "config.",
-                                                 &state->config.optimizer);
+  // A config given replaces the checkpoint's hyperparameters, schedule and clipping, as
+  // UpdateSession would; the tensors and the consistency mode are the checkpoint's.
+  const v1::SessionConfig& config = request.config();
+  if (config.has_consistency() && config.consistency().ByteSizeLong() > 0) {
+    return absl::InvalidArgumentError(
+        "config.consistency cannot be given with a checkpoint: a fork keeps the checkpoint's "
+        "(change it with a new session instead)");
+  }
+  if (config.has_optimizer()) {
+    if (absl::Status s = MergeOptimizerFromProto(config.optimizer(), /*require_same_kind=*/true,
+                                                 "config.", &state->config.optimizer);
         !s.ok()) {
       return s;
     }
+  }
+  if (config.has_clipping()) {
+    absl::StatusOr<ClipOptions> clipping = ClippingFromProto(config.clipping(), "config.");
+    if (!clipping.ok()) return clipping.status();
+    state->config.clipping = *clipping;
+  }
+  if (config.has_schedule()) {
+    absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(config.schedule(), "config.");
+    if (!schedule.ok()) return schedule.status();
+    state->config.schedule = *std::move(schedule);
+  }
+  if (config.has_schedule()) {
+    // A new schedule starts from its own initial state at the checkpoint's step count (as
+    // UpdateSession continues a new schedule at the current step).
+    absl::StatusOr<LrSchedule> fresh =
+        LrSchedule::Create(state->config.schedule, BaseLearningRate(state->config.optimizer));
+    if (!fresh.ok()) return fresh.status();
+    LrScheduleState restarted = fresh->state();
+    restarted.step = state->schedule.step;
+    state->schedule = restarted;
+  } else if (config.has_optimizer()) {
     state->schedule.base_lr = BaseLearningRate(state->config.optimizer);
     state->schedule.plateau_lr = state->schedule.base_lr;
   }
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Restore(*std::move(state));
+  absl::StatusOr<std::shared_ptr<Session>> session =
+      store_->Restore(*std::move(state), /*as_new=*/true);
   if (!session.ok()) return session.status();
   CheckpointNew(**session);
   Describe(**session, response);

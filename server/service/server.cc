@@ -77,6 +77,9 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
       if (!path.ok()) return path.status();
       return raw->checkpointer_->Read(*path);
     };
+    store_options.stored = [raw](absl::string_view id) {
+      return raw->checkpointer_->NewestFile(id).ok();
+    };
   }
   server->store_ =
       std::make_unique<SessionStore>(store_options, observer, Clock::Real(), server->budget_.get());

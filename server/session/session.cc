@@ -18,6 +18,16 @@
 namespace optd {
 namespace {
 
+// The largest step counter an imported state may carry: far beyond any run, and small enough that
+// counting on cannot overflow (and that a double holds it exactly).
+constexpr int64_t kMaxImportedStep = int64_t{1} << 53;
+
+// Optimizer state arrays that are sums or averages of squares: never negative.
+bool IsNonNegativeState(absl::string_view name) {
+  return name == "exp_avg_sq" || name == "max_exp_avg_sq" || name == "sum" ||
+         name == "square_avg" || name == "acc_delta";
+}
+
 // OptimizerName as an absl::string_view (Debian's abseil does not take std::string_view).
 absl::string_view NameOf(const OptimizerOptions& options) {
   const std::string_view name = OptimizerName(options);
@@ -295,6 +305,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
     event->parameter_norm = norms.parameter_norm();
   }
   out->version = ++version_;
+  ++revision_;
   out->parameters_version = version_;
   out->learning_rate = lr;
   event->session_id = id_;
@@ -393,6 +404,7 @@ absl::StatusOr<JoinOutput> Session::Join(absl::string_view worker_id) {
   if (absl::Status s = ValidateWorkerId("worker_id", std::string(worker_id)); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   if (!closed_.ok()) return closed_;
+  ++revision_;
   return JoinOutput{exactly_once_.Join(worker_id), version_};
 }
 
@@ -481,15 +493,36 @@ absl::Status Session::ImportStateLocked(const OptimizerState& given) {
                        " with these options keeps ", into.arrays.size(),
                        names.empty() ? "" : absl::StrCat(" (", absl::StrJoin(names, ", "), ")")));
     }
+    const std::string where = absl::StrCat("optimizer_state of tensor ", Quote(specs_[t].name));
+    if (from.step < 0 || from.step > kMaxImportedStep) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": step = ", from.step,
+                                                     " is out of range: must be in [0, 2^53]"));
+    }
     into.step = from.step;
     for (OptimizerState::Array& a : into.arrays) {
       auto match = std::find_if(from.arrays.begin(), from.arrays.end(),
                                 [&](const OptimizerState::Array& b) { return b.name == a.name; });
       if (match == from.arrays.end()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "optimizer_state of tensor ", Quote(specs_[t].name), " has no array ", Quote(a.name)));
+        return absl::InvalidArgumentError(absl::StrCat(where, " has no array ", Quote(a.name)));
+      }
+      // A value the optimizer could never have made poisons every later step: refused here
+      // (a checkpoint restores whatever the session held, non-finite values included).
+      const bool non_negative = IsNonNegativeState(a.name);
+      for (size_t i = 0; i < match->values.size(); ++i) {
+        const float v = match->values[i];
+        if (!std::isfinite(v) || (non_negative && v < 0)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, ": ", Quote(a.name), " element ", i, " is ", v, "; every value must be finite",
+              non_negative ? " and >= 0" : ""));
+        }
       }
       a.values = match->values;
+    }
+    for (const auto& [name, value] : from.scalars) {
+      if (!std::isfinite(value)) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": scalar ", Quote(name), " is ",
+                                                       value, "; it must be finite"));
+      }
     }
     into.scalars = from.scalars;
   }
@@ -508,6 +541,7 @@ absl::Status Session::Update(const SessionUpdate& update) {
     if (absl::Status s = update.clipping->Validate(); !s.ok()) return s;
   }
   absl::MutexLock lock(&mu_);
+  if (!closed_.ok()) return closed_;
   OptimizerOptions options = optimizer_->options();
   if (update.optimizer) {
     if (absl::Status s = update.optimizer(&options); !s.ok()) return s;
@@ -532,21 +566,33 @@ absl::Status Session::Update(const SessionUpdate& update) {
   }
   // The new options first (the imported state is laid out as they say), taken back if the state
   // does not fit them: nothing changes unless every part is valid.
-  const OptimizerOptions old_options = optimizer_->options();
-  MemoryReservation more;
-  int64_t needed = 0;
+  //
+  // Memory: the state may grow to what the new options keep (SGD's momentum turned on) and an
+  // imported state may hold more than the options need (a momentum buffer for SGD without
+  // momentum): whichever is more is reserved first. What neither needs any more (momentum turned
+  // off) is given back after.
+  int64_t needed = state_reservation_.bytes();
   if (update.optimizer) {
-    // New options may keep more state (SGD's momentum turned on): it is reserved first. Or less
-    // (momentum turned off): what neither they nor the state already allocated need is given back.
     absl::StatusOr<std::unique_ptr<Optimizer>> probe = CreateOptimizer(options, {1});
-    needed = probe.ok() ? specs_.num_elements() * (*probe)->StateBytesPerElement()
-                        : state_reservation_.bytes();
-    if (needed > state_reservation_.bytes()) {
-      absl::StatusOr<MemoryReservation> reserved = budget_->Reserve(
-          needed - state_reservation_.bytes(), absl::StrCat("the optimizer state of session ", id_));
-      if (!reserved.ok()) return reserved.status();
-      more = *std::move(reserved);
+    if (probe.ok()) needed = specs_.num_elements() * (*probe)->StateBytesPerElement();
+  }
+  int64_t imported = 0;
+  if (update.optimizer_state.has_value()) {
+    for (const OptimizerState::Tensor& t : update.optimizer_state->tensors) {
+      for (const OptimizerState::Array& a : t.arrays) {
+        imported += static_cast<int64_t>(a.values.size() * sizeof(float));
+      }
     }
+  }
+  MemoryReservation more;
+  if (const int64_t want = std::max(needed, imported); want > state_reservation_.bytes()) {
+    absl::StatusOr<MemoryReservation> reserved = budget_->Reserve(
+        want - state_reservation_.bytes(), absl::StrCat("the optimizer state of session ", id_));
+    if (!reserved.ok()) return reserved.status();
+    more = *std::move(reserved);
+  }
+  const OptimizerOptions old_options = optimizer_->options();
+  if (update.optimizer) {
     if (absl::Status s = optimizer_->UpdateOptions(options); !s.ok()) return s;
   }
   if (update.optimizer_state.has_value()) {
@@ -555,14 +601,30 @@ absl::Status Session::Update(const SessionUpdate& update) {
       return s;
     }
   }
-  if (update.optimizer) {
-    state_reservation_.Absorb(std::move(more));
-    const int64_t keep = std::max(needed, optimizer_->StateBytes());
-    state_reservation_.Split(state_reservation_.bytes() - keep);  // dropped: given back
-  }
+  state_reservation_.Absorb(std::move(more));
+  const int64_t keep = std::max(needed, optimizer_->StateBytes());
+  state_reservation_.Split(state_reservation_.bytes() - keep);  // dropped: given back
   schedule_ = std::move(schedule);
   if (update.clipping.has_value()) clipping_ = *update.clipping;
+  ++revision_;
   return absl::OkStatus();
+}
+
+bool Session::Freeze(const absl::Status& status) {
+  absl::MutexLock lock(&mu_);
+  if (barrier_.contributions() > 0 || !closed_.ok()) return false;
+  closed_ = status;
+  return true;
+}
+
+void Session::Thaw() {
+  absl::MutexLock lock(&mu_);
+  closed_ = absl::OkStatus();
+}
+
+int64_t Session::revision() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return revision_;
 }
 
 void Session::Close(const absl::Status& status) {
@@ -801,6 +863,7 @@ SessionState Session::Snapshot() const {
   state.optimizer = optimizer_->ExportState();
   state.schedule = schedule_.state();
   state.version = version_;
+  state.revision = revision_;
   state.exactly_once = exactly_once_.Export();
   state.sync_workers_seen = barrier_.known_workers();
   return state;

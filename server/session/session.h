@@ -186,6 +186,17 @@ class Session : public std::enable_shared_from_this<Session> {
   // Called when the session is deleted or the server stops.
   void Close(const absl::Status& status);
 
+  // For unloading an idle session: unless calls wait at its SYNC barrier (then false), refuses
+  // every later step, update and join with `status` (as Close does), so that a checkpoint taken
+  // now is its final state. Thaw() takes that back (the checkpoint failed: it stays loaded).
+  bool Freeze(const absl::Status& status);
+  void Thaw();
+
+  // Counts every change a checkpoint holds: applied steps, updates, joins. A checkpointer compares
+  // it to tell whether a session moved since its last checkpoint (its version alone does not
+  // move for an UpdateSession).
+  int64_t revision() const;
+
   // Returns the named tensors (all, in creation order, when `names` is empty) as `dtype`; for the
   // tensors in `rows`, only the rows chosen there (row-sparse, in the order given).
   // InvalidArgument for an unknown or repeated name, or a row out of range.
@@ -315,6 +326,7 @@ class Session : public std::enable_shared_from_this<Session> {
   LrSchedule schedule_ ABSL_GUARDED_BY(mu_);
   ClipOptions clipping_ ABSL_GUARDED_BY(mu_);
   int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t revision_ ABSL_GUARDED_BY(mu_) = 0;  // see revision()
   bool restored_ ABSL_GUARDED_BY(mu_) = false;  // rebuilt from a SessionState
   absl::Status closed_ ABSL_GUARDED_BY(mu_);    // not OK once Close was called
   ExactlyOnceTable exactly_once_ ABSL_GUARDED_BY(mu_);

@@ -39,6 +39,8 @@ struct SessionState {
   ExactlyOnceTable::State exactly_once;
   std::vector<std::string> sync_workers_seen;
   absl::Time create_time;
+  // Session::revision() at the cut (in memory only, not part of a checkpoint file).
+  int64_t revision = 0;
 };
 
 }  // namespace optd

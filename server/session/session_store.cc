@@ -23,10 +23,17 @@ std::string GenerateId() {
 
 absl::StatusOr<std::shared_ptr<Session>> SessionStore::Create(
     std::string id, SessionConfig config, absl::Span<const WireTensorView> tensors) {
-  const bool generated = id.empty();
-  if (generated) id = GenerateId();
+  if (id.empty()) id = GenerateId();
+  // Fail fast before decoding what may be a large request.
+  if (absl::Status s = CheckNewId(id); !s.ok()) return s;
+  absl::StatusOr<std::shared_ptr<Session>> session =
+      Session::Create(id, std::move(config), tensors, env_);
+  if (!session.ok()) return session.status();
+  return Insert(*std::move(session));
+}
+
+absl::Status SessionStore::CheckNewId(const std::string& id) const {
   {
-    // Fail fast before decoding what may be a large request.
     absl::MutexLock lock(&mu_);
     if (sessions_.count(id) > 0) {
       return absl::AlreadyExistsError(
@@ -37,13 +44,21 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Create(
                                                        " sessions, its maximum (--max_sessions)"));
     }
   }
-  absl::StatusOr<std::shared_ptr<Session>> session =
-      Session::Create(id, std::move(config), tensors, env_);
-  if (!session.ok()) return session.status();
-  return Insert(*std::move(session));
+  if (options_.stored && options_.stored(id)) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "session ", ShownSessionId(id),
+        " already exists: it has checkpoints in --checkpoint_dir (it was unloaded while idle, or "
+        "could not be restored at start-up; a request naming it loads it). Delete it first to "
+        "reuse its id"));
+  }
+  return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionStore::Restore(SessionState state) {
+absl::StatusOr<std::shared_ptr<Session>> SessionStore::Restore(SessionState state,
+                                                               bool as_new) {
+  if (as_new) {
+    if (absl::Status s = CheckNewId(state.id); !s.ok()) return s;
+  }
   absl::StatusOr<std::shared_ptr<Session>> session = Session::Restore(std::move(state), env_);
   if (!session.ok()) return session.status();
   return Insert(*std::move(session));
@@ -68,29 +83,23 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Insert(std::shared_ptr<Se
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionStore::Find(absl::string_view id) {
-  absl::Time unloaded_at;
   {
     absl::MutexLock lock(&mu_);
     auto it = sessions_.find(id);
     if (it != sessions_.end()) return it->second;
-    for (auto u = unloaded_.rbegin(); u != unloaded_.rend(); ++u) {
-      if (u->first == id) unloaded_at = u->second;
-    }
   }
-  if (unloaded_at != absl::Time() && options_.reload) {
+  if (options_.reload) {
     absl::StatusOr<SessionState> state = options_.reload(id);
     if (state.ok()) {
       absl::StatusOr<std::shared_ptr<Session>> session = Restore(*std::move(state));
       if (session.ok()) {
-        absl::MutexLock lock(&mu_);
-        for (auto u = unloaded_.begin(); u != unloaded_.end();) {
-          u = u->first == id ? unloaded_.erase(u) : u + 1;
-        }
+        ForgetUnload(id);
         return session;
       }
       if (session.status().code() == absl::StatusCode::kAlreadyExists) return Find(id);
       return session.status();
     }
+    if (state.status().code() != absl::StatusCode::kNotFound) return state.status();
   }
   absl::MutexLock lock(&mu_);
   for (auto u = unloaded_.rbegin(); u != unloaded_.rend(); ++u) {
@@ -104,8 +113,26 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Find(absl::string_view id
 }
 
 absl::Status SessionStore::Delete(absl::string_view id) {
-  return Remove(
+  absl::Status removed = Remove(
       id, absl::UnavailableError(absl::StrCat("session ", ShownSessionId(id), " was deleted")));
+  if (removed.code() == absl::StatusCode::kNotFound && options_.stored && options_.stored(id)) {
+    removed = absl::OkStatus();  // only on disk: the caller removes its checkpoints
+  }
+  if (removed.ok()) ForgetUnload(id);
+  return removed;
+}
+
+bool SessionStore::Holds(const Session& session) const {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(session.id());
+  return it != sessions_.end() && it->second.get() == &session;
+}
+
+void SessionStore::ForgetUnload(absl::string_view id) {
+  absl::MutexLock lock(&mu_);
+  for (auto u = unloaded_.begin(); u != unloaded_.end();) {
+    u = u->first == id ? unloaded_.erase(u) : u + 1;
+  }
 }
 
 absl::Status SessionStore::Remove(absl::string_view id, const absl::Status& status) {
@@ -142,13 +169,24 @@ void SessionStore::UnloadIdle() {
     if (now - s->last_used() >= options_.idle_timeout && !s->busy()) idle.push_back(s->id());
   }
   for (const std::string& id : idle) {
-    if (options_.before_unload) {
-      absl::StatusOr<std::shared_ptr<Session>> session = Find(id);
-      if (!session.ok() || !options_.before_unload(**session).ok()) continue;  // stays loaded
+    std::shared_ptr<Session> session;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = sessions_.find(id);
+      if (it == sessions_.end()) continue;
+      session = it->second;
     }
     const absl::Status gone = absl::UnavailableError(absl::StrCat(
-        "session ", id, " was unloaded after ", absl::FormatDuration(options_.idle_timeout),
-        " without use (--session_idle_timeout)"));
+        "session ", id, " is being unloaded after ", absl::FormatDuration(options_.idle_timeout),
+        " without use (--session_idle_timeout); retry: a request loads it again"));
+    if (options_.before_unload) {
+      // Frozen first: a step answered after the checkpoint would be lost with the session.
+      if (!session->Freeze(gone)) continue;
+      if (!options_.before_unload(*session).ok()) {  // stays loaded
+        session->Thaw();
+        continue;
+      }
+    }
     if (!Remove(id, gone).ok()) continue;
     {
       absl::MutexLock lock(&mu_);

@@ -4,6 +4,11 @@
 // sessions nothing has used for that long (a sweep on its scheduler), and remembers the most
 // recent unloads to say so when a worker asks for one.
 //
+// With durability (SessionStoreOptions::reload and stored), a session exists while it is loaded
+// or has a checkpoint: Find loads a session that is only on disk (unloaded while idle, or not
+// restored at start-up, whose error it then returns), Create refuses such an id, and Delete
+// accepts it (the caller removes its checkpoints).
+//
 // Who may call it: the service layer (and tests). Thread-safe: mu_ guards only the id -> session
 // map and is held just long enough to find, insert or erase an entry; a caller copies out the
 // std::shared_ptr<Session> and works on the session under the session's own lock. A session being
@@ -50,9 +55,11 @@ struct SessionStoreOptions {
   // (--session_idle_timeout). Zero: never.
   absl::Duration idle_timeout = absl::ZeroDuration();
   // With durability: called before a session is unloaded (it checkpoints it; an error keeps the
-  // session loaded), and to load an unloaded session again when a request names it.
+  // session loaded), to load a session that is not loaded when a request names it (NotFound when
+  // it has no checkpoint), and to tell whether an id has a checkpoint.
   std::function<absl::Status(const Session&)> before_unload;
   std::function<absl::StatusOr<SessionState>(absl::string_view id)> reload;
+  std::function<bool(absl::string_view id)> stored;
 };
 
 class SessionStore {
@@ -82,14 +89,19 @@ class SessionStore {
   absl::StatusOr<std::shared_ptr<Session>> Create(std::string id, SessionConfig config,
                                                   absl::Span<const WireTensorView> tensors);
 
-  // Adds the session `state` describes (Session::Restore), under its own id.
-  absl::StatusOr<std::shared_ptr<Session>> Restore(SessionState state);
+  // Adds the session `state` describes (Session::Restore), under its own id. `as_new` (a fork):
+  // the id must not be taken on disk either, as for Create.
+  absl::StatusOr<std::shared_ptr<Session>> Restore(SessionState state, bool as_new = false);
 
   // With SessionStoreOptions::reload, a session unloaded for being idle is loaded again here.
   absl::StatusOr<std::shared_ptr<Session>> Find(absl::string_view id);
 
   // Removes the session and closes it: calls waiting at its SYNC barrier fail with Unavailable.
+  // OK too for a session only on disk (SessionStoreOptions::stored).
   absl::Status Delete(absl::string_view id);
+
+  // Whether `session` is the one the store holds under its id (not deleted, not unloaded).
+  bool Holds(const Session& session) const;
 
   // Closes every SYNC session with `status`: calls waiting at their barriers fail with it, and so
   // do later steps (a barrier could not complete before the server stops). ASYNC and BOUNDED
@@ -102,12 +114,18 @@ class SessionStore {
   int size() const;
 
  private:
+  // OK unless `id` is taken (loaded, or on disk) or the store is full.
+  absl::Status CheckNewId(const std::string& id) const;
+
   // Adds `session` unless its id is taken or the store is full.
   absl::StatusOr<std::shared_ptr<Session>> Insert(std::shared_ptr<Session> session);
 
   // Unloads the sessions idle for options_.idle_timeout (if set), then schedules the next sweep.
   void ScheduleIdleSweep();
   void UnloadIdle();
+
+  // Drops `id` from the unloads remembered for messages.
+  void ForgetUnload(absl::string_view id);
 
   // Removes session `id` and closes it with `status`; NotFound if there is none.
   absl::Status Remove(absl::string_view id, const absl::Status& status);
