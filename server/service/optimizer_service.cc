@@ -341,10 +341,18 @@ absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& reques
         "(change it with a new session instead)");
   }
   if (config.has_optimizer()) {
+    const OptimizerOptions before = state->config.optimizer;
     if (absl::Status s = MergeOptimizerFromProto(config.optimizer(), /*require_same_kind=*/true,
                                                  "config.", &state->config.optimizer);
         !s.ok()) {
       return s;
+    }
+    // The rules of UpdateSession: options whose state would have no history (Adam's amsgrad,
+    // RMSprop's centered, momentum to or from 0) cannot change from the checkpoint's.
+    absl::StatusOr<std::unique_ptr<Optimizer>> probe = CreateOptimizer(before, {1});
+    if (!probe.ok()) return probe.status();
+    if (absl::Status s = (*probe)->UpdateOptions(state->config.optimizer); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("config.optimizer: ", s.message()));
     }
   }
   if (config.has_clipping()) {
