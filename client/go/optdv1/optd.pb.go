@@ -2602,13 +2602,19 @@ type CreateSessionRequest struct {
 	// The parameters and their initial values; at least one. Names are unique, 1-256 characters of
 	// [A-Za-z0-9._/:-]; shapes have at most 8 dimensions, each >= 1.
 	Tensors []*Tensor `protobuf:"bytes,3,rep,name=tensors,proto3" json:"tensors,omitempty"`
-	// Instead of config and tensors: start from a checkpoint (a fork, e.g. to try another learning
-	// rate from the same point). Either the path of a checkpoint file on the server (CheckpointResponse
-	// .path), or the id of a session whose newest checkpoint to use. The new session keeps its
-	// parameters, optimizer state, schedule state and version, under session_id, with a new
-	// exactly-once table; a config given here replaces the checkpoint's hyperparameters (same
-	// optimizer kind). Needs --checkpoint_dir; FAILED_PRECONDITION without it, NOT_FOUND for no such
-	// checkpoint.
+	// Instead of tensors: start from a checkpoint (a fork, e.g. to try another learning rate from
+	// the same point). Either a checkpoint file of the server's --checkpoint_dir (the path
+	// CheckpointResponse.path gives, or one relative to that folder; any other file is
+	// PERMISSION_DENIED), or the id of a session whose newest checkpoint to use. The new session
+	// keeps the parameters, optimizer state, schedule state and version, under session_id, with a
+	// new exactly-once table. In `config`, optimizer fields replace the checkpoint's (same kind; as
+	// UpdateSession, options whose state would have no history cannot change), a schedule or
+	// clipping replaces the checkpoint's, and a consistency is INVALID_ARGUMENT (the checkpoint's
+	// is kept). Needs --checkpoint_dir; FAILED_PRECONDITION without it, NOT_FOUND for no such
+	// checkpoint, DATA_LOSS for a damaged one.
+	//
+	// With --checkpoint_dir every new session (a fork too) is checkpointed before CreateSession
+	// answers (Session.durable_version; -1 if that write failed).
 	FromCheckpoint        string `protobuf:"bytes,4,opt,name=from_checkpoint,json=fromCheckpoint,proto3" json:"from_checkpoint,omitempty"`
 	FromSessionCheckpoint string `protobuf:"bytes,5,opt,name=from_session_checkpoint,json=fromSessionCheckpoint,proto3" json:"from_session_checkpoint,omitempty"`
 }
@@ -2859,7 +2865,9 @@ type UpdateSessionRequest struct {
 	// Replaces the optimizer state (e.g. a torch.optim state dict imported by the Python client):
 	// one entry per session tensor with the arrays the optimizer keeps, named as torch.optim names
 	// them, and the step counters. INVALID_ARGUMENT, and nothing changes, if it does not fit the
-	// session's optimizer exactly (names, lengths, steps).
+	// session's optimizer exactly (names, lengths, steps), or holds a value the optimizer could not
+	// have made (NaN or infinite values or scalars, negative sums of squares, a step beyond 2^53).
+	// Paid for from the memory budget (RESOURCE_EXHAUSTED) when it holds more than the options need.
 	OptimizerState *OptimizerState `protobuf:"bytes,5,opt,name=optimizer_state,json=optimizerState,proto3" json:"optimizer_state,omitempty"`
 }
 
@@ -2936,7 +2944,8 @@ type OptimizerState struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	Tensors []*OptimizerState_TensorState `protobuf:"bytes,1,rep,name=tensors,proto3" json:"tensors,omitempty"`                                                                                           // every session tensor, in creation order
+	// Every session tensor, in creation order (from a Pull with names: those, in that order).
+	Tensors []*OptimizerState_TensorState `protobuf:"bytes,1,rep,name=tensors,proto3" json:"tensors,omitempty"`
 	Scalars map[string]float64            `protobuf:"bytes,2,rep,name=scalars,proto3" json:"scalars,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"fixed64,2,opt,name=value,proto3"` // optimizer-wide scalars (none for torch's optimizers)
 }
 
@@ -3084,8 +3093,10 @@ type PullRequest struct {
 	// For the tensors named here, return only these rows (as row-sparse tensors, in the order
 	// given; indices in [0, shape[0])). Each must also be among `names` when `names` is not empty.
 	Rows []*TensorRows `protobuf:"bytes,4,rep,name=rows,proto3" json:"rows,omitempty"`
-	// Also return the whole optimizer state (PullResponse.optimizer_state, float32), consistent
-	// with the parameters (the same version). Not with `rows`.
+	// Also return the optimizer state of the tensors pulled (PullResponse.optimizer_state, float32;
+	// an entry for each, in the order pulled), consistent with the parameters (the same version).
+	// Without `names`, the whole state, which UpdateSession.optimizer_state imports back as it is.
+	// Not with `rows`.
 	IncludeOptimizerState bool `protobuf:"varint,5,opt,name=include_optimizer_state,json=includeOptimizerState,proto3" json:"include_optimizer_state,omitempty"`
 }
 

@@ -26,7 +26,9 @@ type OptimizerClient interface {
 	// Changes hyperparameters, schedule or clipping for the next step; returns the session.
 	// NOT_FOUND; INVALID_ARGUMENT (another optimizer kind, a value out of range).
 	UpdateSession(ctx context.Context, in *UpdateSessionRequest, opts ...grpc.CallOption) (*Session, error)
-	// NOT_FOUND if there is no such session. Steps already running on it finish first.
+	// NOT_FOUND if there is no such session. Steps already running on it finish first. With
+	// --checkpoint_dir its checkpoints are removed too (a session only on disk, unloaded while idle
+	// or not restored at start-up, is deleted as well).
 	DeleteSession(ctx context.Context, in *DeleteSessionRequest, opts ...grpc.CallOption) (*DeleteSessionResponse, error)
 	// Reads parameters without stepping.
 	Pull(ctx context.Context, in *PullRequest, opts ...grpc.CallOption) (*PullResponse, error)
@@ -175,7 +177,9 @@ type OptimizerServer interface {
 	// Changes hyperparameters, schedule or clipping for the next step; returns the session.
 	// NOT_FOUND; INVALID_ARGUMENT (another optimizer kind, a value out of range).
 	UpdateSession(context.Context, *UpdateSessionRequest) (*Session, error)
-	// NOT_FOUND if there is no such session. Steps already running on it finish first.
+	// NOT_FOUND if there is no such session. Steps already running on it finish first. With
+	// --checkpoint_dir its checkpoints are removed too (a session only on disk, unloaded while idle
+	// or not restored at start-up, is deleted as well).
 	DeleteSession(context.Context, *DeleteSessionRequest) (*DeleteSessionResponse, error)
 	// Reads parameters without stepping.
 	Pull(context.Context, *PullRequest) (*PullResponse, error)
