@@ -84,10 +84,10 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Open(
         absl::StrCat("checkpoint_keep = ", options.keep, " is out of range: must be >= 1"));
   }
   if (options.interval < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint_interval = ",
-                                                   absl::FormatDuration(options.interval),
-                                                   " is out of range: must be >= 0 (0: only on "
-                                                   "request)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint_interval = ", absl::FormatDuration(options.interval),
+                     " is out of range: must be >= 0 (0: only on "
+                     "request)"));
   }
   std::error_code error;
   fs::create_directories(options.dir, error);
@@ -247,8 +247,8 @@ absl::StatusOr<CheckpointResult> Checkpointer::Checkpoint(const Session& session
   absl::Status written =
       error ? absl::InternalError(absl::StrCat("cannot create ", folder, ": ", error.message()))
             : WriteAtLowPriority([&] {
-                return WriteCheckpointFile(path, state, *codec_, server_incarnation_,
-                                           clock_->Now(), &meta);
+                return WriteCheckpointFile(path, state, *codec_, server_incarnation_, clock_->Now(),
+                                           &meta);
               });
   if (!written.ok()) {
     Log(absl::StrCat("checkpoint of session ", state.id, " (", CheckpointReasonName(reason),
@@ -311,10 +311,12 @@ absl::StatusOr<SessionState> Checkpointer::Read(const std::string& path) const {
   const bool inside =
       std::mismatch(dir.begin(), dir.end(), file.begin(), file.end()).first == dir.end();
   if (!inside || file.extension() != kSuffix || !fs::is_regular_file(file, error)) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "from_checkpoint = ", Quote(path), " is not a checkpoint file in --checkpoint_dir ",
-        options_.dir, ": a session can start only from optd's own checkpoints (session-<id>/"
-        "<version>", kSuffix, ", as CheckpointResponse.path gives)"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("from_checkpoint = ", Quote(path),
+                     " is not a checkpoint file in --checkpoint_dir ", options_.dir,
+                     ": a session can start only from optd's own checkpoints (session-<id>/"
+                     "<version>",
+                     kSuffix, ", as CheckpointResponse.path gives)"));
   }
   return ReadCheckpointFile(file.string(), *codec_);
 }
@@ -322,8 +324,8 @@ absl::StatusOr<SessionState> Checkpointer::Read(const std::string& path) const {
 absl::StatusOr<std::string> Checkpointer::NewestFile(absl::string_view id) const {
   const auto files = Files(FolderOf(id));
   if (files.empty()) {
-    return absl::NotFoundError(absl::StrCat("session ", id, " has no checkpoint in ",
-                                            options_.dir));
+    return absl::NotFoundError(
+        absl::StrCat("session ", id, " has no checkpoint in ", options_.dir));
   }
   return files.front().second;
 }

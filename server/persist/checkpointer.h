@@ -18,8 +18,9 @@
 // A checkpoint is a consistent cut: Session::Snapshot copies the state at one version under the
 // session's lock (parameters are shared, not copied); the file is written outside every lock, so
 // steps wait only for that copy, by a thread at nice 10, so that a long write takes CPU from the
-// steps of other sessions only when a core is idle. Failures (full disk, unwritable folder, a file removed under
-// optd) leave older checkpoints intact, are logged and reported, and training goes on.
+// steps of other sessions only when a core is idle. Failures (full disk, unwritable folder, a file
+// removed under optd) leave older checkpoints intact, are logged and reported, and training goes
+// on.
 //
 // Who uses it: OptdServer and main.cc. Thread-safe: mu_ serialises writes (one checkpoint at a
 // time) and guards the versions written; the observer hears of every write and failure.

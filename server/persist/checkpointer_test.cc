@@ -165,10 +165,9 @@ TEST_F(CheckpointerTest, ReadsOnlyCheckpointsOfItsOwnFolder) {
   const fs::path outside = dir_.parent_path() / (dir_.filename().string() + "-outside.ckpt");
   fs::copy_file(written->path, outside, fs::copy_options::overwrite_existing);
   fs::create_symlink(outside, dir_ / "session-a" / "link.ckpt");
-  for (const std::string& path :
-       {outside.string(), "../" + outside.filename().string(),
-        (dir_ / "session-a" / "link.ckpt").string(), std::string("/etc/passwd"),
-        (dir_ / "session-a").string()}) {
+  for (const std::string& path : {outside.string(), "../" + outside.filename().string(),
+                                  (dir_ / "session-a" / "link.ckpt").string(),
+                                  std::string("/etc/passwd"), (dir_ / "session-a").string()}) {
     SCOPED_TRACE(path);
     EXPECT_THAT(checkpointer->Read(path),
                 StatusIs(absl::StatusCode::kPermissionDenied,

@@ -218,6 +218,10 @@ class Session : public std::enable_shared_from_this<Session> {
   bool busy() const;
 
  private:
+  // Bytes of a reply's fields besides its tensors and missing workers: room for every key and
+  // varint (Step and Pull replies).
+  static constexpr int64_t kReplyFieldsBound = 256;
+
   // What a step (or an expired barrier) leaves to do once mu_ is released: the calls to answer
   // and what to tell the observer.
   struct Reports;
@@ -326,7 +330,7 @@ class Session : public std::enable_shared_from_this<Session> {
   LrSchedule schedule_ ABSL_GUARDED_BY(mu_);
   ClipOptions clipping_ ABSL_GUARDED_BY(mu_);
   int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t revision_ ABSL_GUARDED_BY(mu_) = 0;  // see revision()
+  int64_t revision_ ABSL_GUARDED_BY(mu_) = 0;   // see revision()
   bool restored_ ABSL_GUARDED_BY(mu_) = false;  // rebuilt from a SessionState
   absl::Status closed_ ABSL_GUARDED_BY(mu_);    // not OK once Close was called
   ExactlyOnceTable exactly_once_ ABSL_GUARDED_BY(mu_);

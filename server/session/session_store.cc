@@ -54,8 +54,7 @@ absl::Status SessionStore::CheckNewId(const std::string& id) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionStore::Restore(SessionState state,
-                                                               bool as_new) {
+absl::StatusOr<std::shared_ptr<Session>> SessionStore::Restore(SessionState state, bool as_new) {
   if (as_new) {
     if (absl::Status s = CheckNewId(state.id); !s.ok()) return s;
   }
