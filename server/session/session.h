@@ -294,6 +294,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // What the session holds in memory now.
   SessionMemory MemoryLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
+  // The config in force.
+  SessionConfig ConfigLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
   // Replaces the optimizer state (SessionUpdate::optimizer_state), matching arrays by name.
   absl::Status ImportStateLocked(const OptimizerState& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -151,6 +151,15 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
   return out;
 }
 
+SessionConfig Session::ConfigLocked() const {
+  SessionConfig config;
+  config.optimizer = optimizer_->options();
+  config.schedule = schedule_.options();
+  config.clipping = clipping_;
+  config.consistency = consistency_;
+  return config;
+}
+
 SessionInfo Session::Info() const {
   SessionInfo info;
   info.id = id_;
@@ -158,11 +167,8 @@ SessionInfo Session::Info() const {
   info.create_time = create_time_;
   info.num_parameters = specs_.num_elements();
   info.parameter_bytes = info.num_parameters * static_cast<int64_t>(sizeof(float));
-  info.config.consistency = consistency_;
   absl::ReaderMutexLock lock(&mu_);
-  info.config.optimizer = optimizer_->options();
-  info.config.schedule = schedule_.options();
-  info.config.clipping = clipping_;
+  info.config = ConfigLocked();
   info.learning_rate = schedule_.Current();
   info.version = version_;
   info.optimizer_state_bytes = optimizer_->StateBytes();
@@ -176,11 +182,8 @@ SessionState Session::Snapshot() const {
   state.id = id_;
   state.tensors = specs_.all();
   state.create_time = create_time_;
-  state.config.consistency = consistency_;
   absl::ReaderMutexLock lock(&mu_);
-  state.config.optimizer = optimizer_->options();
-  state.config.schedule = schedule_.options();
-  state.config.clipping = clipping_;
+  state.config = ConfigLocked();
   state.parameters.reserve(specs_.size());
   for (int k = 0; k < specs_.size(); ++k) state.parameters.push_back(parameters_.Share(k));
   state.optimizer = optimizer_->ExportState();
