@@ -44,13 +44,15 @@ ABSL_FLAG(int64_t, max_memory_bytes, 0,
           "it fails with RESOURCE_EXHAUSTED. 0: 75% of the smallest of the machine's memory, the "
           "cgroup's limit and the address-space limit (ulimit -v) left at start-up.");
 ABSL_FLAG(absl::Duration, session_idle_timeout, absl::ZeroDuration(),
-          "Unload (delete) a session that no worker has stepped, pulled, joined or updated for "
-          "this long, e.g. 24h; its workers then get NOT_FOUND saying so. 0: never.");
+          "Unload a session that no worker has stepped, pulled, joined or updated for this long, "
+          "e.g. 24h. With --checkpoint_dir it is checkpointed first and loaded again by the next "
+          "request naming it; without, its workers then get NOT_FOUND saying so. 0: never.");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "Folder of session checkpoints (durability). Empty: sessions live in memory only. Set: "
           "every session found there is restored before optd serves, each session is "
-          "checkpointed every --checkpoint_interval (if it moved), on the Checkpoint RPC and at "
-          "shutdown. An unusable folder is an error at start-up.");
+          "checkpointed when created, every --checkpoint_interval (if it changed), on the "
+          "Checkpoint RPC and at shutdown. An unusable folder, or one another optd uses, is an "
+          "error at start-up.");
 ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Minutes(5),
           "How often sessions that moved are checkpointed; 0: only on request and at shutdown. "
           "What a SIGKILL loses: the steps after the last checkpoint.");
