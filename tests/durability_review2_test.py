@@ -342,6 +342,84 @@ def test_delete_racing_the_reload_of_an_unloaded_session_stays_deleted(ckdir):
     assert not (Path(ckdir) / "session-big").exists(), "the deleted session was written back"
 
 
+def vm_hwm_bytes(optd):
+    for line in Path(f"/proc/{optd.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_requests_naming_an_over_budget_session_do_not_allocate_it_outside_the_budget(ckdir):
+    # BUG: a session left on disk because it does not fit --max_memory_bytes is read WHOLE
+    # (ReadCheckpointFile: every array into memory) by each request naming it, and only then
+    # refused by Session::Restore's budget reservation. Concurrent requests each hold a full copy
+    # outside the budget: here a 40 MB budget, a 100 MB session, 12 concurrent GetSessions raise the
+    # peak RSS by hundreds of MB; with a session of many GB a few requests OOM-kill the server.
+    # README: "Every limit below is checked before anything is allocated". Expected: refused from
+    # the manifest (sizes, optimizer) before the arrays are read.
+    n = 25_000_000  # SGD without momentum: 100 MB of parameters
+    optd = start(ckdir)
+    try:
+        optd.stub.CreateSession(optd.pb2.CreateSessionRequest(
+            session_id="big", config=optd.pb2.SessionConfig(
+                optimizer=optd.pb2.OptimizerConfig(sgd=optd.pb2.Sgd(lr=0.1))),
+            tensors=[to_tensor("w", np.zeros(n, np.float32))]), timeout=RPC_TIMEOUT_S)
+    finally:
+        optd.stop()
+    budget = 40_000_000
+    optd = start(ckdir, f"--max_memory_bytes={budget}")
+    try:
+        before = vm_hwm_bytes(optd)  # start-up's own attempt included
+        codes = []
+        threads = [threading.Thread(target=lambda: codes.append(code_of(lambda: get(optd, "big"))))
+                   for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(codes) == 12
+        for code, details in codes:
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max_memory_bytes" in details
+        grown = vm_hwm_bytes(optd) - before
+        assert grown <= budget, (
+            f"peak RSS grew by {grown >> 20} MiB serving refusals under a {budget >> 20} MiB budget")
+    finally:
+        optd.stop()
+
+
+def test_fork_changing_only_weight_decay_keeps_the_plateau_reduced_lr(ckdir):
+    # BUG: DoFork, for any config.optimizer without config.schedule, sets the schedule state's
+    # plateau_lr back to the base lr, even when the lr did not change. UpdateSession with the same
+    # optimizer keeps ReduceOnPlateau's reductions (LrSchedule::SetBaseLr runs only when the base
+    # lr changes), and README says a fork's config follows "the rules of UpdateSession". Here a
+    # fork meant only to add weight decay jumps from lr 0.001 back to 0.1: 100x.
+    optd = start(ckdir)
+    try:
+        pb2 = optd.pb2
+        sched = pb2.LrSchedule(reduce_on_plateau=pb2.LrSchedule.ReduceOnPlateau(
+            factor=0.1, patience=0))
+        optd.stub.CreateSession(pb2.CreateSessionRequest(
+            session_id="p", config=pb2.SessionConfig(
+                optimizer=pb2.OptimizerConfig(adam=pb2.Adam(lr=0.1)), schedule=sched),
+            tensors=[to_tensor("w", np.zeros(4, np.float32))]), timeout=RPC_TIMEOUT_S)
+        for loss in (1.0, 2.0, 3.0):  # two bad epochs: 0.1 -> 0.01 -> 0.001
+            optd.stub.Step(pb2.StepRequest(session_id="p", loss=loss, gradients=[
+                to_tensor("w", np.ones(4, np.float32))]), timeout=RPC_TIMEOUT_S)
+        reduced = get(optd, "p").learning_rate
+        assert reduced == pytest.approx(0.001)
+        checkpoint(optd, "p")
+        wd = pb2.OptimizerConfig(adam=pb2.Adam(weight_decay=0.01))
+        fork = optd.stub.CreateSession(pb2.CreateSessionRequest(
+            session_id="f", from_session_checkpoint="p",
+            config=pb2.SessionConfig(optimizer=wd)), timeout=RPC_TIMEOUT_S)
+        updated = optd.stub.UpdateSession(pb2.UpdateSessionRequest(session_id="p", optimizer=wd),
+                                          timeout=RPC_TIMEOUT_S)
+        assert updated.learning_rate == pytest.approx(reduced)  # UpdateSession keeps it
+        assert fork.learning_rate == pytest.approx(reduced), fork.learning_rate
+    finally:
+        optd.stop()
+
+
 # ---------------------------------------------------------------------------------------------------
 # The folder lock.
 
