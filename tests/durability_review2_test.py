@@ -2,7 +2,7 @@
 
 Tests marked ``# BUG:`` are written as optd should behave and fail against the build they were
 written for (the comment says what is wrong); the others pin behaviour checked and found right.
-About 40 s. Only 127.0.0.1, port 0; only processes this file starts are killed, by PID.
+About 30 s. Only 127.0.0.1, port 0; only processes this file starts are killed, by PID.
 
 Run: /usr/bin/python3 -m pytest -q tests/durability_review2_test.py   (OPTD_BUILD_DIR picks the build)
 """
@@ -381,6 +381,14 @@ def test_requests_naming_an_over_budget_session_do_not_allocate_it_outside_the_b
         for code, details in codes:
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max_memory_bytes" in details
         grown = vm_hwm_bytes(optd) - before
+        # Found right: Create of its id is ALREADY_EXISTS, Delete removes it with its files.
+        assert code_of(lambda: optd.stub.CreateSession(optd.pb2.CreateSessionRequest(
+            session_id="big", tensors=[to_tensor("w", np.zeros(2, np.float32))],
+            config=optd.pb2.SessionConfig(optimizer=optd.pb2.OptimizerConfig(
+                sgd=optd.pb2.Sgd(lr=0.1)))), timeout=RPC_TIMEOUT_S))[0] == (
+                    grpc.StatusCode.ALREADY_EXISTS)
+        assert code_of(lambda: delete(optd, "big"))[0] == grpc.StatusCode.OK
+        assert not (Path(ckdir) / "session-big").exists()
         assert grown <= budget, (
             f"peak RSS grew by {grown >> 20} MiB serving refusals under a {budget >> 20} MiB budget")
     finally:
