@@ -1,7 +1,7 @@
 """Second hostile review of durability (issue #12): bugs the fixes introduced or left.
 
-Tests marked ``# BUG:`` are written as optd should behave and fail against the build they were
-written for (the comment says what is wrong); the others pin behaviour checked and found right.
+Tests marked ``# Found in review (fixed):`` pin a bug the review found (the comment says what was
+wrong); the others pin behaviour checked and found right.
 About 30 s. Only 127.0.0.1, port 0; only processes this file starts are killed, by PID.
 
 Run: /usr/bin/python3 -m pytest -q tests/durability_review2_test.py   (OPTD_BUILD_DIR picks the build)
@@ -115,7 +115,7 @@ def assert_alive(optd, sid):
 # Session ids are paths inside --checkpoint_dir: every RPC must treat them as ids.
 
 def test_a_session_id_holding_a_path_does_not_crash_the_server(ckdir):
-    # BUG: GetSession (and every RPC that calls SessionStore::Find: UpdateSession, Pull, Join,
+    # Found in review (fixed): GetSession (and every RPC that calls SessionStore::Find: UpdateSession, Pull, Join,
     # Checkpoint, Step) does not validate the id before SessionStore::Find builds a folder name from
     # it. "a/../session-a" names session a's folder; the reload reads a's checkpoint, Restore
     # inserts it under the id the FILE holds ("a"), which is loaded: ALREADY_EXISTS, and Find
@@ -134,7 +134,7 @@ def test_a_session_id_holding_a_path_does_not_crash_the_server(ckdir):
 
 
 def test_a_copied_session_folder_does_not_crash_the_server(ckdir):
-    # BUG: an operator's backup copy of a session's folder (cp -r session-a session-a-copy) holds
+    # Found in review (fixed): an operator's backup copy of a session's folder (cp -r session-a session-a-copy) holds
     # checkpoints whose session_id is "a". At start-up it is skipped ("ALREADY_EXISTS: session a
     # already exists"), so "a-copy" exists on disk only; a request naming it reloads the file, gets
     # ALREADY_EXISTS for "a" and SessionStore::Find recurses forever: SIGSEGV, and again after every
@@ -157,7 +157,7 @@ def test_a_copied_session_folder_does_not_crash_the_server(ckdir):
 
 
 def test_delete_with_a_path_id_removes_no_other_folder(ckdir):
-    # BUG: DoDeleteSession never validates session_id. SessionStore::Delete answers OK for any id
+    # Found in review (fixed): DoDeleteSession never validates session_id. SessionStore::Delete answers OK for any id
     # whose FolderOf(id) holds a "<digits>.ckpt" file, and Checkpointer::Forget then
     # remove_all(DIR/session-<id>): "a/../session-b" deletes session b's checkpoints (b, still
     # loaded, is lost at the next crash) and "a/../../victim" recursively deletes a folder OUTSIDE
@@ -190,7 +190,7 @@ def test_delete_with_a_path_id_removes_no_other_folder(ckdir):
 # The revision counter: "changed since its last checkpoint".
 
 def test_graceful_shutdown_after_an_idle_reload_checkpoints_every_step(ckdir):
-    # BUG: Checkpointer::durable_ keeps, after an idle unload, {version 3, revision 3} of the
+    # Found in review (fixed): Checkpointer::durable_ keeps, after an idle unload, {version 3, revision 3} of the
     # session that was unloaded; the reloaded session (Session::Restore) starts at revision 0 and
     # the reload (server.cc reload -> SessionStore::Find) never resets durable_. After exactly 3
     # more steps its revision is 3 again, CheckpointAll (shutdown, and every interval) compares
@@ -216,7 +216,7 @@ def test_graceful_shutdown_after_an_idle_reload_checkpoints_every_step(ckdir):
 
 
 def test_periodic_checkpoint_after_an_idle_reload_is_not_skipped(ckdir):
-    # BUG: the same stale revision, seen by the --checkpoint_interval thread: a reloaded session
+    # Found in review (fixed): the same stale revision, seen by the --checkpoint_interval thread: a reloaded session
     # stepped as many times as it had changes before its unload is never checkpointed by the
     # interval (kept loaded by Pulls), so a SIGKILL loses steps the interval should have made
     # durable. Expected: within a few intervals the newest checkpoint is at version 4.
@@ -243,7 +243,7 @@ def test_periodic_checkpoint_after_an_idle_reload_is_not_skipped(ckdir):
 
 
 def test_a_session_loaded_after_start_up_reports_its_durable_version(ckdir):
-    # BUG: a session that did not fit --max_memory_bytes at start-up and is loaded later by a
+    # Found in review (fixed): a session that did not fit --max_memory_bytes at start-up and is loaded later by a
     # request (SessionStore::Find -> reload) has no Checkpointer::durable_ entry: every reply says
     # durable_version -1 although it is durable at version 2 (its file), and CheckpointAll rewrites
     # it although unchanged. Expected: durable_version 2 once loaded.
@@ -275,7 +275,7 @@ def test_a_session_loaded_after_start_up_reports_its_durable_version(ckdir):
 # Reloading from disk.
 
 def test_reload_uses_the_newest_checkpoint_that_reads_back_whole(ckdir):
-    # BUG: the reload of an unloaded session (server.cc: reload = Read(NewestFile(id))) reads only
+    # Found in review (fixed): the reload of an unloaded session (server.cc: reload = Read(NewestFile(id))) reads only
     # the newest file: when it is damaged every request gets DATA_LOSS forever, while a restart
     # restores the previous checkpoint (Checkpointer::Restore skips damaged files). Expected: the
     # same as a restart: the session at its newest whole checkpoint (version 1).
@@ -318,7 +318,7 @@ def test_fork_from_a_session_whose_newest_checkpoint_is_damaged(ckdir):
 
 
 def test_delete_racing_the_reload_of_an_unloaded_session_stays_deleted(ckdir):
-    # BUG: SessionStore::Find reloads outside every lock: reload (read + CRC of the file), then
+    # Found in review (fixed): SessionStore::Find reloads outside every lock: reload (read + CRC of the file), then
     # Restore -> Insert. A DeleteSession arriving meanwhile finds nothing loaded, sees the file
     # (stored) and answers OK, Forget removes the folder; then Find inserts the session it read.
     # The deleted session is served again, and the shutdown checkpoint writes it back: it survives
@@ -350,7 +350,7 @@ def vm_hwm_bytes(optd):
 
 
 def test_requests_naming_an_over_budget_session_do_not_allocate_it_outside_the_budget(ckdir):
-    # BUG: a session left on disk because it does not fit --max_memory_bytes is read WHOLE
+    # Found in review (fixed): a session left on disk because it does not fit --max_memory_bytes is read WHOLE
     # (ReadCheckpointFile: every array into memory) by each request naming it, and only then
     # refused by Session::Restore's budget reservation. Concurrent requests each hold a full copy
     # outside the budget: here a 40 MB budget, a 100 MB session, 12 concurrent GetSessions raise the
@@ -396,7 +396,7 @@ def test_requests_naming_an_over_budget_session_do_not_allocate_it_outside_the_b
 
 
 def test_fork_changing_only_weight_decay_keeps_the_plateau_reduced_lr(ckdir):
-    # BUG: DoFork, for any config.optimizer without config.schedule, sets the schedule state's
+    # Found in review (fixed): DoFork, for any config.optimizer without config.schedule, sets the schedule state's
     # plateau_lr back to the base lr, even when the lr did not change. UpdateSession with the same
     # optimizer keeps ReduceOnPlateau's reductions (LrSchedule::SetBaseLr runs only when the base
     # lr changes), and README says a fork's config follows "the rules of UpdateSession". Here a
@@ -432,7 +432,7 @@ def test_fork_changing_only_weight_decay_keeps_the_plateau_reduced_lr(ckdir):
 # The folder lock.
 
 def test_a_removed_lock_file_does_not_let_a_second_optd_share_the_folder(ckdir):
-    # BUG: the lock is a POSIX record lock on the FILE DIR/.optd.lock, opened by path. Once that
+    # Found in review (fixed): the lock is a POSIX record lock on the FILE DIR/.optd.lock, opened by path. Once that
     # file is unlinked (a cleanup script, an operator), a second optd creates a new .optd.lock,
     # locks it and starts on the same folder: two processes restore, step, prune and delete the
     # same sessions. README: "a second optd on the same folder exits 1". Expected: refused (e.g.

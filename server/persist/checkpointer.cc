@@ -1,7 +1,9 @@
 #include "server/persist/checkpointer.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -10,8 +12,10 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <limits>
+#include <set>
 #include <system_error>
 #include <utility>
 
@@ -30,7 +34,17 @@ namespace fs = std::filesystem;
 
 constexpr char kFolderPrefix[] = "session-";
 constexpr char kSuffix[] = ".ckpt";
-constexpr char kLockFile[] = ".optd.lock";
+constexpr char kLockFile[] = ".optd.lock";  // holds the pid of the optd using the folder
+
+// The checkpoint folders this process has locked (flock), by device and inode.
+struct Locked {
+  absl::Mutex mu;
+  std::set<std::pair<dev_t, ino_t>> held ABSL_GUARDED_BY(mu);
+};
+Locked& LockedFolders() {
+  static Locked* const locked = new Locked;
+  return *locked;
+}
 
 // How much less CPU the writing thread asks for than the threads serving steps (a nice value: at
 // 10 it gets about a tenth of a core that steps also want, all of an idle one).
@@ -108,45 +122,57 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Open(
         absl::StrCat("cannot list --checkpoint_dir ", options.dir, ": ", error.message()));
   }
   // One optd per folder: two would restore, step and delete the same sessions behind each
-  // other's backs.
-  const std::string lock_path = absl::StrCat(options.dir, "/", kLockFile);
-  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock_fd < 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot open ", lock_path, ": ", std::strerror(errno)));
-  }
-  // A POSIX record lock: held by the process (a second Checkpointer in the same process, as in
-  // tests, does not conflict), released by the kernel when the process ends, however it ends.
-  struct flock lock = {};
-  lock.l_type = F_WRLCK;
-  lock.l_whence = SEEK_SET;
-  if (::fcntl(lock_fd, F_SETLK, &lock) != 0) {
+  // other's backs. The lock is on the folder itself (flock: released by the kernel when the
+  // process ends, however it ends; removing a file cannot undo it).
+  const int lock_fd = ::open(options.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  struct stat folder = {};
+  if (lock_fd < 0 || ::fstat(lock_fd, &folder) != 0) {
     const int error = errno;
-    struct flock holder = {};
-    holder.l_type = F_WRLCK;
-    holder.l_whence = SEEK_SET;
-    const bool known = ::fcntl(lock_fd, F_GETLK, &holder) == 0 && holder.l_type != F_UNLCK;
-    ::close(lock_fd);
-    return absl::FailedPreconditionError(absl::StrCat(
-        "--checkpoint_dir ", options.dir, " is in use by another optd process",
-        known ? absl::StrCat(" (pid ", holder.l_pid, ")") : "",
-        error == EACCES || error == EAGAIN ? "" : absl::StrCat(": ", std::strerror(error)),
-        "; each optd needs a folder of its own"));
+    if (lock_fd >= 0) ::close(lock_fd);
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open --checkpoint_dir ", options.dir, ": ", std::strerror(error)));
   }
-  return std::unique_ptr<Checkpointer>(new Checkpointer(
-      std::move(options), store, codec, std::move(server_incarnation), clock, observer, lock_fd));
+  const std::string pid_path = absl::StrCat(options.dir, "/", kLockFile);
+  bool owns_lock = false;
+  {
+    absl::MutexLock lock(&LockedFolders().mu);
+    auto& held = LockedFolders().held;
+    const std::pair<dev_t, ino_t> key{folder.st_dev, folder.st_ino};
+    // This process holds it already: a Checkpointer abandoned without being destroyed (tests
+    // simulate a crash so) gives way to the new one.
+    owns_lock = held.count(key) == 0;
+    if (owns_lock) {
+      if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        const int error = errno;
+        ::close(lock_fd);
+        std::string holder;
+        if (std::ifstream in(pid_path); in) std::getline(in, holder);
+        return absl::FailedPreconditionError(
+            absl::StrCat("--checkpoint_dir ", options.dir, " is in use by another optd process",
+                         holder.empty() ? "" : absl::StrCat(" (pid ", holder.substr(0, 16), ")"),
+                         error == EWOULDBLOCK ? "" : absl::StrCat(": ", std::strerror(error)),
+                         "; each optd needs a folder of its own"));
+      }
+      held.insert(key);
+    }
+  }
+  std::ofstream(pid_path, std::ios::trunc) << ::getpid() << "\n";  // for that message only
+  return std::unique_ptr<Checkpointer>(new Checkpointer(std::move(options), store, codec,
+                                                        std::move(server_incarnation), clock,
+                                                        observer, lock_fd, owns_lock));
 }
 
 Checkpointer::Checkpointer(CheckpointerOptions options, SessionStore* store,
                            const ConfigCodec* codec, std::string server_incarnation, Clock* clock,
-                           CheckpointObserver* observer, int lock_fd)
+                           CheckpointObserver* observer, int lock_fd, bool owns_lock)
     : options_(std::move(options)),
       store_(store),
       codec_(codec),
       server_incarnation_(std::move(server_incarnation)),
       clock_(clock),
       observer_(observer),
-      lock_fd_(lock_fd) {}
+      lock_fd_(lock_fd),
+      owns_lock_(owns_lock) {}
 
 Checkpointer::~Checkpointer() {
   {
@@ -154,7 +180,14 @@ Checkpointer::~Checkpointer() {
     stopping_ = true;
   }
   if (thread_.joinable()) thread_.join();
-  ::close(lock_fd_);  // releases the folder's lock
+  if (owns_lock_) {
+    struct stat folder = {};
+    if (::fstat(lock_fd_, &folder) == 0) {
+      absl::MutexLock lock(&LockedFolders().mu);
+      LockedFolders().held.erase({folder.st_dev, folder.st_ino});
+    }
+  }
+  ::close(lock_fd_);  // releases the folder's lock if this descriptor holds it
 }
 
 std::string Checkpointer::FolderOf(absl::string_view id) const {
@@ -201,6 +234,12 @@ absl::StatusOr<int> Checkpointer::Restore() {
         if (observer_ != nullptr) observer_->OnCheckpointSkipped(id);
         continue;
       }
+      if (state->id != id) {
+        Log(absl::StrCat("checkpoint ", path, " holds session ", ShownSessionId(state->id),
+                         ", not ", id, " (a copied folder?); trying an older one"));
+        if (observer_ != nullptr) observer_->OnCheckpointSkipped(id);
+        continue;
+      }
       absl::StatusOr<std::shared_ptr<Session>> session = store_->Restore(*std::move(state));
       if (session.status().code() == absl::StatusCode::kResourceExhausted) {
         // Over the memory budget (or --max_sessions): an older checkpoint would not fit either.
@@ -215,10 +254,7 @@ absl::StatusOr<int> Checkpointer::Restore() {
         if (observer_ != nullptr) observer_->OnCheckpointSkipped(id);
         continue;
       }
-      {
-        absl::MutexLock lock(&mu_);
-        durable_[id] = {version, 0};
-      }
+      Adopt(**session);
       Log(absl::StrCat("restored session ", id, " at version ", version, " from ", path));
       loaded = true;
       ++restored;
@@ -258,7 +294,7 @@ absl::StatusOr<CheckpointResult> Checkpointer::Checkpoint(const Session& session
   }
   {
     absl::MutexLock lock(&mu_);
-    durable_[state.id] = {state.version, state.revision};
+    durable_[state.id] = {state.version, state.revision, &session};
   }
   Prune(folder);
   const absl::Time end = clock_->Now();
@@ -279,13 +315,17 @@ void Checkpointer::CheckpointAll(CheckpointReason reason) {
     {
       absl::MutexLock lock(&mu_);
       auto it = durable_.find(s->id());
-      if (it != durable_.end() && it->second.revision == s->revision()) continue;  // unchanged
+      if (it != durable_.end() && it->second.session == s.get() &&
+          it->second.revision == s->revision()) {
+        continue;  // unchanged since its checkpoint
+      }
     }
     (void)Checkpoint(*s, reason);
   }
 }
 
 void Checkpointer::Forget(absl::string_view id) {
+  if (!ValidateSessionId(id).ok()) return;  // never a path: nothing outside the folder goes
   {
     absl::MutexLock write(&write_mu_);
     std::error_code error;
@@ -322,12 +362,43 @@ absl::StatusOr<SessionState> Checkpointer::Read(const std::string& path) const {
 }
 
 absl::StatusOr<std::string> Checkpointer::NewestFile(absl::string_view id) const {
+  if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
   const auto files = Files(FolderOf(id));
   if (files.empty()) {
     return absl::NotFoundError(
         absl::StrCat("session ", id, " has no checkpoint in ", options_.dir));
   }
   return files.front().second;
+}
+
+absl::StatusOr<SessionState> Checkpointer::ReadNewest(absl::string_view id) const {
+  if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
+  const auto files = Files(FolderOf(id));
+  if (files.empty()) {
+    return absl::NotFoundError(
+        absl::StrCat("session ", id, " has no checkpoint in ", options_.dir));
+  }
+  absl::Status newest_error;
+  for (const auto& [version, path] : files) {
+    absl::StatusOr<SessionState> state = ReadCheckpointFile(path, *codec_);
+    if (state.ok() && state->id != id) {
+      state = absl::DataLossError(absl::StrCat("checkpoint ", path, " holds session ",
+                                               ShownSessionId(state->id), ", not ", id));
+    }
+    if (state.ok()) return state;
+    Log(absl::StrCat("checkpoint ", path, " cannot be read (", state.status().ToString(),
+                     "); trying an older one"));
+    if (observer_ != nullptr) observer_->OnCheckpointSkipped(id);
+    if (newest_error.ok()) newest_error = state.status();
+  }
+  return newest_error;
+}
+
+void Checkpointer::Adopt(const Session& session) {
+  const int64_t version = session.Info().version;
+  const int64_t revision = session.revision();
+  absl::MutexLock lock(&mu_);
+  durable_[session.id()] = {version, revision, &session};
 }
 
 int64_t Checkpointer::DurableVersion(absl::string_view id) const {

@@ -12,8 +12,9 @@
 //   - Forget(id) removes a deleted session's folder, so a restart does not bring it back.
 //   - Read(path) reads one of its checkpoint files (CreateSession from a checkpoint: a fork).
 //
-// One optd per folder: Open takes a write lock on DIR/.optd.lock (a POSIX record lock, released
-// when the process ends, however it ends) and fails if another process holds it.
+// One optd per folder: Open locks the folder itself (flock, released when the process ends,
+// however it ends) and fails if another process holds it, naming that process's pid (which it
+// writes to DIR/.optd.lock).
 //
 // A checkpoint is a consistent cut: Session::Snapshot copies the state at one version under the
 // session's lock (parameters are shared, not copied); the file is written outside every lock, so
@@ -107,6 +108,15 @@ class Checkpointer {
   // The newest checkpoint file of session `id`; NotFound if it has none.
   absl::StatusOr<std::string> NewestFile(absl::string_view id) const;
 
+  // The state of session `id` from its newest checkpoint that reads back whole and holds that
+  // session (older ones when the newer are damaged, as at start-up). InvalidArgument for an id
+  // that is not a session id, NotFound when it has no checkpoint, else the newest file's error.
+  absl::StatusOr<SessionState> ReadNewest(absl::string_view id) const;
+
+  // Records that `session` was just loaded from its newest checkpoint (a reload of an unloaded
+  // session): it is durable as it is, until it changes.
+  void Adopt(const Session& session);
+
   // The newest checkpointed version of session `id`, or -1.
   int64_t DurableVersion(absl::string_view id) const;
 
@@ -118,7 +128,7 @@ class Checkpointer {
  private:
   Checkpointer(CheckpointerOptions options, SessionStore* store, const ConfigCodec* codec,
                std::string server_incarnation, Clock* clock, CheckpointObserver* observer,
-               int lock_fd);
+               int lock_fd, bool owns_lock);
 
   std::string FolderOf(absl::string_view id) const;
   // The checkpoint files of a session's folder, newest first.
@@ -143,13 +153,15 @@ class Checkpointer {
   struct Durable {
     int64_t version = -1;
     int64_t revision = 0;
+    const Session* session = nullptr;  // the object whose revision it is (only compared)
   };
   absl::flat_hash_map<std::string, Durable> durable_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
-  // The folder's lock file (".optd.lock", locked for the checkpointer's life): a second optd on
-  // the same folder is refused at start-up.
+  // The folder, opened and locked for the checkpointer's life (or for the process's, when it
+  // took over a lock the process already held): a second optd on it is refused at start-up.
   const int lock_fd_;
+  const bool owns_lock_;  // this descriptor holds the flock (not another Checkpointer's)
 };
 
 }  // namespace optd

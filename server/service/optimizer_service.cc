@@ -275,10 +275,8 @@ absl::StatusOr<PullOutput> OptimizerServiceImpl::DoPull(const v1::PullRequest& r
 
 absl::Status OptimizerServiceImpl::DoDeleteSession(const v1::DeleteSessionRequest& request,
                                                    v1::DeleteSessionResponse* response) {
-  if (absl::Status s = store_->Delete(request.session_id()); !s.ok()) return s;
-  // A deleted session must not come back at the next start.
-  if (options_.checkpointer != nullptr) options_.checkpointer->Forget(request.session_id());
-  return absl::OkStatus();
+  // With --checkpoint_dir the store also removes its checkpoints: it does not come back.
+  return store_->Delete(request.session_id());
 }
 
 absl::Status OptimizerServiceImpl::DoCheckpoint(const v1::CheckpointRequest& request,
@@ -316,17 +314,14 @@ absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& reques
     return absl::InvalidArgumentError("session_id is required with a checkpoint");
   }
   if (absl::Status s = ValidateSessionId(request.session_id()); !s.ok()) return s;
-  std::string path = request.from_checkpoint();
-  if (path.empty()) {
-    if (absl::Status s = ValidateSessionId(request.from_session_checkpoint()); !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("from_", s.message()));
-    }
-    absl::StatusOr<std::string> newest =
-        options_.checkpointer->NewestFile(request.from_session_checkpoint());
-    if (!newest.ok()) return newest.status();
-    path = *newest;
+  absl::StatusOr<SessionState> state =
+      !request.from_checkpoint().empty()
+          ? options_.checkpointer->Read(request.from_checkpoint())
+          : options_.checkpointer->ReadNewest(request.from_session_checkpoint());
+  if (!state.ok() && request.from_checkpoint().empty() &&
+      state.status().code() == absl::StatusCode::kInvalidArgument) {
+    return absl::InvalidArgumentError(absl::StrCat("from_", state.status().message()));
   }
-  absl::StatusOr<SessionState> state = options_.checkpointer->Read(path);
   if (!state.ok()) return state.status();
   state->id = request.session_id();
   state->exactly_once = ExactlyOnceTable::State();  // the fork's workers join it afresh
@@ -374,7 +369,10 @@ absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& reques
     LrScheduleState restarted = fresh->state();
     restarted.step = state->schedule.step;
     state->schedule = restarted;
-  } else if (config.has_optimizer()) {
+  } else if (config.has_optimizer() &&
+             BaseLearningRate(state->config.optimizer) != state->schedule.base_lr) {
+    // A new lr, as UpdateSession sets one (ReduceOnPlateau starts again from it); other options
+    // keep the schedule's state, a plateau-reduced lr included.
     state->schedule.base_lr = BaseLearningRate(state->config.optimizer);
     state->schedule.plateau_lr = state->schedule.base_lr;
   }

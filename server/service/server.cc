@@ -1,5 +1,7 @@
 #include "server/service/server.h"
 
+#include <filesystem>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -75,11 +77,21 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
     store_options.reload = [raw](absl::string_view id) -> absl::StatusOr<SessionState> {
       absl::StatusOr<std::string> path = raw->checkpointer_->NewestFile(id);
       if (!path.ok()) return path.status();
-      return raw->checkpointer_->Read(*path);
+      // Reading it takes about its file's size, before the session reserves its own memory: paid
+      // for from the budget meanwhile, so that requests naming a session too large to load are
+      // refused before anything is read.
+      std::error_code error;
+      const auto bytes = std::filesystem::file_size(*path, error);
+      absl::StatusOr<MemoryReservation> reading = raw->budget_->Reserve(
+          error ? 0 : static_cast<int64_t>(bytes), absl::StrCat("loading session ", id));
+      if (!reading.ok()) return reading.status();
+      return raw->checkpointer_->ReadNewest(id);
     };
     store_options.stored = [raw](absl::string_view id) {
       return raw->checkpointer_->NewestFile(id).ok();
     };
+    store_options.reloaded = [raw](const Session& session) { raw->checkpointer_->Adopt(session); };
+    store_options.forget = [raw](absl::string_view id) { raw->checkpointer_->Forget(id); };
   }
   server->store_ =
       std::make_unique<SessionStore>(store_options, observer, Clock::Real(), server->budget_.get());

@@ -190,7 +190,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // every later step, update and join with `status` (as Close does), so that a checkpoint taken
   // now is its final state. Thaw() takes that back (the checkpoint failed: it stays loaded).
   bool Freeze(const absl::Status& status);
-  void Thaw();
+  void Thaw(const absl::Status& status);  // only if `status` is still what refuses (not Close's)
 
   // Counts every change a checkpoint holds: applied steps, updates, joins. A checkpointer compares
   // it to tell whether a session moved since its last checkpoint (its version alone does not

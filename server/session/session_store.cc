@@ -81,22 +81,30 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Insert(std::shared_ptr<Se
   return session;
 }
 
+std::shared_ptr<Session> SessionStore::Loaded(absl::string_view id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  return it != sessions_.end() ? it->second : nullptr;
+}
+
 absl::StatusOr<std::shared_ptr<Session>> SessionStore::Find(absl::string_view id) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = sessions_.find(id);
-    if (it != sessions_.end()) return it->second;
-  }
+  if (std::shared_ptr<Session> loaded = Loaded(id)) return loaded;
   if (options_.reload) {
+    // Never a path: the id names a folder.
+    if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
+    absl::MutexLock reloading(&reload_mu_);
+    if (std::shared_ptr<Session> loaded = Loaded(id)) return loaded;  // another call loaded it
     absl::StatusOr<SessionState> state = options_.reload(id);
     if (state.ok()) {
-      absl::StatusOr<std::shared_ptr<Session>> session = Restore(*std::move(state));
-      if (session.ok()) {
-        ForgetUnload(id);
-        return session;
+      if (state->id != id) {
+        return absl::DataLossError(absl::StrCat("the checkpoint of session ", ShownSessionId(id),
+                                                " holds session ", ShownSessionId(state->id)));
       }
-      if (session.status().code() == absl::StatusCode::kAlreadyExists) return Find(id);
-      return session.status();
+      absl::StatusOr<std::shared_ptr<Session>> session = Restore(*std::move(state));
+      if (!session.ok()) return session.status();
+      if (options_.reloaded) options_.reloaded(**session);
+      ForgetUnload(id);
+      return session;
     }
     if (state.status().code() != absl::StatusCode::kNotFound) return state.status();
   }
@@ -112,12 +120,16 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Find(absl::string_view id
 }
 
 absl::Status SessionStore::Delete(absl::string_view id) {
+  if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
+  absl::MutexLock reloading(&reload_mu_);  // a reload in flight finishes first, then is deleted
   absl::Status removed = Remove(
       id, absl::UnavailableError(absl::StrCat("session ", ShownSessionId(id), " was deleted")));
   if (removed.code() == absl::StatusCode::kNotFound && options_.stored && options_.stored(id)) {
-    removed = absl::OkStatus();  // only on disk: the caller removes its checkpoints
+    removed = absl::OkStatus();  // only on disk
   }
-  if (removed.ok()) ForgetUnload(id);
+  if (!removed.ok()) return removed;
+  if (options_.forget) options_.forget(id);
+  ForgetUnload(id);
   return removed;
 }
 
@@ -182,7 +194,7 @@ void SessionStore::UnloadIdle() {
       // Frozen first: a step answered after the checkpoint would be lost with the session.
       if (!session->Freeze(gone)) continue;
       if (!options_.before_unload(*session).ok()) {  // stays loaded
-        session->Thaw();
+        session->Thaw(gone);
         continue;
       }
     }

@@ -60,6 +60,10 @@ struct SessionStoreOptions {
   std::function<absl::Status(const Session&)> before_unload;
   std::function<absl::StatusOr<SessionState>(absl::string_view id)> reload;
   std::function<bool(absl::string_view id)> stored;
+  // Told of every session reload loaded (it is as durable as the checkpoint it came from), and
+  // asked to remove a deleted session's checkpoints (before Delete returns).
+  std::function<void(const Session&)> reloaded;
+  std::function<void(absl::string_view id)> forget;
 };
 
 class SessionStore {
@@ -97,7 +101,9 @@ class SessionStore {
   absl::StatusOr<std::shared_ptr<Session>> Find(absl::string_view id);
 
   // Removes the session and closes it: calls waiting at its SYNC barrier fail with Unavailable.
-  // OK too for a session only on disk (SessionStoreOptions::stored).
+  // OK too for a session only on disk (SessionStoreOptions::stored); with durability its
+  // checkpoints are removed (SessionStoreOptions::forget) before it returns, and no reload running
+  // at the same time brings it back. InvalidArgument for an id that is not a session id.
   absl::Status Delete(absl::string_view id);
 
   // Whether `session` is the one the store holds under its id (not deleted, not unloaded).
@@ -124,6 +130,9 @@ class SessionStore {
   void ScheduleIdleSweep();
   void UnloadIdle();
 
+  // The loaded session `id`, or null.
+  std::shared_ptr<Session> Loaded(absl::string_view id) const;
+
   // Drops `id` from the unloads remembered for messages.
   void ForgetUnload(absl::string_view id);
 
@@ -134,6 +143,8 @@ class SessionStore {
   SessionObserver* const observer_;
   Clock* const clock_;
   mutable absl::Mutex mu_;
+  // Serialises reloads with each other and with deletions (held outside mu_, across file reads).
+  absl::Mutex reload_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   // Ordered, so that ListSessions pages are stable.
   std::map<std::string, std::shared_ptr<Session>, std::less<>> sessions_ ABSL_GUARDED_BY(mu_);
   // The most recently unloaded sessions (at most kRememberedUnloads), for NotFound messages.

@@ -168,9 +168,9 @@ bool Session::Freeze(const absl::Status& status) {
   return true;
 }
 
-void Session::Thaw() {
+void Session::Thaw(const absl::Status& status) {
   absl::MutexLock lock(&mu_);
-  closed_ = absl::OkStatus();
+  if (closed_ == status) closed_ = absl::OkStatus();  // deleted meanwhile: stays closed
 }
 
 int64_t Session::revision() const {
