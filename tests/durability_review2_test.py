@@ -19,80 +19,10 @@ import grpc
 import numpy as np
 import pytest
 
+from durability_testing import (RPC_TIMEOUT_S, checkpoint, ckdir, code_of, create, delete, get,
+                                kill, listed_ids, start, step, wait_unloaded)
 from optd_testing import OptdProcess, OptdSetupError, to_tensor
 
-RPC_TIMEOUT_S = 30.0
-
-
-# ---------------------------------------------------------------------------------------------------
-# Helpers.
-
-@pytest.fixture
-def ckdir():
-    with tempfile.TemporaryDirectory(prefix="optd-review2-") as d:
-        yield d
-
-
-def start(ckdir, *args, interval="0"):
-    extra = [f"--checkpoint_dir={ckdir}", f"--checkpoint_interval={interval}", *args]
-    return OptdProcess(extra_args=extra, metrics=False, wrapper=()).start()
-
-
-def kill(optd):
-    """SIGKILL, by PID, a server this test started."""
-    if optd.channel is not None:
-        optd.channel.close()
-        optd.channel = None
-    os.kill(optd.proc.pid, signal.SIGKILL)
-    optd.proc.wait(10)
-    optd.stop()
-
-
-def create(optd, sid, n=8, lr=0.01):
-    pb2 = optd.pb2
-    return optd.stub.CreateSession(pb2.CreateSessionRequest(
-        session_id=sid, config=pb2.SessionConfig(optimizer=pb2.OptimizerConfig(adam=pb2.Adam(lr=lr))),
-        tensors=[to_tensor("w", np.linspace(-1, 1, n, dtype=np.float32))]), timeout=RPC_TIMEOUT_S)
-
-
-def step(optd, sid, n=8):
-    pb2 = optd.pb2
-    return optd.stub.Step(pb2.StepRequest(
-        session_id=sid, gradients=[to_tensor("w", np.full(n, 0.5, np.float32))]),
-        timeout=RPC_TIMEOUT_S)
-
-
-def get(optd, sid):
-    return optd.stub.GetSession(optd.pb2.GetSessionRequest(session_id=sid), timeout=RPC_TIMEOUT_S)
-
-
-def delete(optd, sid):
-    return optd.stub.DeleteSession(optd.pb2.DeleteSessionRequest(session_id=sid),
-                                   timeout=RPC_TIMEOUT_S)
-
-
-def checkpoint(optd, sid):
-    return optd.stub.Checkpoint(optd.pb2.CheckpointRequest(session_id=sid), timeout=RPC_TIMEOUT_S)
-
-
-def code_of(fn):
-    try:
-        fn()
-    except grpc.RpcError as e:
-        return e.code(), e.details()
-    return grpc.StatusCode.OK, ""
-
-
-def listed_ids(optd):
-    r = optd.stub.ListSessions(optd.pb2.ListSessionsRequest(page_size=1000), timeout=RPC_TIMEOUT_S)
-    return [s.session_id for s in r.sessions]
-
-
-def wait_unloaded(optd, sid, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while sid in listed_ids(optd):
-        assert time.monotonic() < deadline, f"session {sid} was not unloaded within {timeout} s"
-        time.sleep(0.1)
 
 
 def files_of(ckdir, sid):
