@@ -162,14 +162,18 @@ absl::Status SessionStore::Remove(absl::string_view id, const absl::Status& stat
   return absl::OkStatus();
 }
 
-void SessionStore::ScheduleIdleSweep() {
+void SessionStore::ScheduleIdleSweep(absl::Time due) {
   if (options_.idle_timeout <= absl::ZeroDuration()) return;
-  // Often enough that a session is unloaded at most a quarter of the timeout late.
+  // Often enough that a session is unloaded at most a quarter of the timeout late. The next
+  // sweep is due one period after this one was (at once if that has passed): timed from the
+  // clock's reading after the sweep instead, a clock that jumped meanwhile (a suspended machine,
+  // a test's fake clock) could put it beyond every later deadline.
   const absl::Duration every =
       std::clamp(options_.idle_timeout / 4, absl::Seconds(1), absl::Minutes(1));
-  scheduler_.Schedule(clock_->Now() + every, [this] {
+  const absl::Time next = std::max(due + every, clock_->Now());
+  scheduler_.Schedule(next, [this, next] {
     UnloadIdle();
-    ScheduleIdleSweep();
+    ScheduleIdleSweep(next);
   });
 }
 

@@ -86,7 +86,7 @@ class SessionStore {
              options.max_reply_bytes,
              options.max_session_parameters,
              options.exactly_once} {
-    ScheduleIdleSweep();
+    ScheduleIdleSweep(clock->Now());
   }
 
   // Creates a session. An empty `id` gets a generated one ("s-" and 16 hex digits).
@@ -127,7 +127,7 @@ class SessionStore {
   absl::StatusOr<std::shared_ptr<Session>> Insert(std::shared_ptr<Session> session);
 
   // Unloads the sessions idle for options_.idle_timeout (if set), then schedules the next sweep.
-  void ScheduleIdleSweep();
+  void ScheduleIdleSweep(absl::Time due);  // `due`: when the previous sweep was due
   void UnloadIdle();
 
   // The loaded session `id`, or null.
