@@ -227,16 +227,10 @@ absl::StatusOr<int> Checkpointer::Restore() {
     const std::string id = name.substr(sizeof(kFolderPrefix) - 1);
     bool loaded = false;
     for (const auto& [version, path] : Files(folder.path().string(), /*remove_partial=*/true)) {
-      absl::StatusOr<SessionState> state = ReadCheckpointFile(path, *codec_);
+      absl::StatusOr<SessionState> state = ReadFileOf(id, path);
       if (!state.ok()) {
         Log(absl::StrCat("checkpoint ", path, " cannot be restored (", state.status().ToString(),
                          "); trying an older one"));
-        if (observer_ != nullptr) observer_->OnCheckpointSkipped(id);
-        continue;
-      }
-      if (state->id != id) {
-        Log(absl::StrCat("checkpoint ", path, " holds session ", ShownSessionId(state->id),
-                         ", not ", id, " (a copied folder?); trying an older one"));
         if (observer_ != nullptr) observer_->OnCheckpointSkipped(id);
         continue;
       }
@@ -361,30 +355,40 @@ absl::StatusOr<SessionState> Checkpointer::Read(const std::string& path) const {
   return ReadCheckpointFile(file.string(), *codec_);
 }
 
-absl::StatusOr<std::string> Checkpointer::NewestFile(absl::string_view id) const {
-  if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
-  const auto files = Files(FolderOf(id));
+absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> Checkpointer::FilesOf(
+    absl::string_view id) const {
+  if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;  // never a path
+  auto files = Files(FolderOf(id));
   if (files.empty()) {
     return absl::NotFoundError(
         absl::StrCat("session ", id, " has no checkpoint in ", options_.dir));
   }
-  return files.front().second;
+  return files;
+}
+
+absl::StatusOr<SessionState> Checkpointer::ReadFileOf(absl::string_view id,
+                                                      const std::string& path) const {
+  absl::StatusOr<SessionState> state = ReadCheckpointFile(path, *codec_);
+  if (state.ok() && state->id != id) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, " holds session ",
+                                            ShownSessionId(state->id), ", not ", id,
+                                            " (a copied folder?)"));
+  }
+  return state;
+}
+
+absl::StatusOr<std::string> Checkpointer::NewestFile(absl::string_view id) const {
+  absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> files = FilesOf(id);
+  if (!files.ok()) return files.status();
+  return files->front().second;
 }
 
 absl::StatusOr<SessionState> Checkpointer::ReadNewest(absl::string_view id) const {
-  if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
-  const auto files = Files(FolderOf(id));
-  if (files.empty()) {
-    return absl::NotFoundError(
-        absl::StrCat("session ", id, " has no checkpoint in ", options_.dir));
-  }
+  absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> files = FilesOf(id);
+  if (!files.ok()) return files.status();
   absl::Status newest_error;
-  for (const auto& [version, path] : files) {
-    absl::StatusOr<SessionState> state = ReadCheckpointFile(path, *codec_);
-    if (state.ok() && state->id != id) {
-      state = absl::DataLossError(absl::StrCat("checkpoint ", path, " holds session ",
-                                               ShownSessionId(state->id), ", not ", id));
-    }
+  for (const auto& [version, path] : *files) {
+    absl::StatusOr<SessionState> state = ReadFileOf(id, path);
     if (state.ok()) return state;
     Log(absl::StrCat("checkpoint ", path, " cannot be read (", state.status().ToString(),
                      "); trying an older one"));

@@ -132,6 +132,13 @@ class Checkpointer {
 
   std::string FolderOf(absl::string_view id) const;
   // The checkpoint files of a session's folder, newest first.
+  // Files() of session `id`'s folder: InvalidArgument for an id that is not a session id,
+  // NotFound when it has none.
+  absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> FilesOf(absl::string_view id) const;
+
+  // Reads the checkpoint at `path` of session `id`'s folder: DataLoss if it holds another session.
+  absl::StatusOr<SessionState> ReadFileOf(absl::string_view id, const std::string& path) const;
+
   // With `remove_partial` (start-up only, when nothing writes), also deletes the temporary files
   // of writes a crash interrupted.
   std::vector<std::pair<int64_t, std::string>> Files(const std::string& folder,

@@ -359,8 +359,6 @@ absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& reques
     absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(config.schedule(), "config.");
     if (!schedule.ok()) return schedule.status();
     state->config.schedule = *std::move(schedule);
-  }
-  if (config.has_schedule()) {
     // A new schedule starts from its own initial state at the checkpoint's step count (as
     // UpdateSession continues a new schedule at the current step).
     absl::StatusOr<LrSchedule> fresh =
