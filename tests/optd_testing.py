@@ -166,8 +166,12 @@ atexit.register(_kill_leftovers)
 class OptdProcess:
     """One optd server process started by this test run (never anything else)."""
 
-    def __init__(self, extra_args=(), metrics=False, wrapper=()):
+    def __init__(self, extra_args=(), metrics=False, wrapper=(), credentials=None,
+                 target_name=None):
         self.binary = binary_path()
+        # grpc.ChannelCredentials for .channel (TLS servers); None: an insecure channel.
+        self.credentials = credentials
+        self.target_name = target_name  # grpc.ssl_target_name_override, when set
         self.extra_args = list(extra_args)
         self.wrapper = list(wrapper)
         self.metrics = metrics
@@ -221,10 +225,15 @@ class OptdProcess:
             raise OptdSetupError(f"optd printed no 'optd metrics on HOST:PORT' line before its "
                                  f"listen line\n{self.output()}")
 
-        self.channel = grpc.insecure_channel(self.address, options=[
+        options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ])
+        ]
+        if self.target_name:
+            options.append(("grpc.ssl_target_name_override", self.target_name))
+        self.channel = (grpc.insecure_channel(self.address, options=options)
+                        if self.credentials is None else
+                        grpc.secure_channel(self.address, self.credentials, options=options))
         try:
             grpc.channel_ready_future(self.channel).result(timeout=CHANNEL_READY_TIMEOUT_S)
         except grpc.FutureTimeoutError:
