@@ -65,6 +65,7 @@ from google.protobuf import json_format
 from optd import _pb
 from optd import config as _config
 from optd.errors import InternalError, InvalidArgumentError, OptdError, error_from_rpc
+from optd.security import Pem, Security, retriable
 from optd.state import OptimizerState
 from optd.tensors import DTypeLike, RowSparse, dtype_value, from_tensor, to_tensor
 
@@ -267,8 +268,18 @@ class Client:
         timeout: default deadline of each call in seconds (``None``: none). Each method also takes
             ``timeout=``.
         retry: the RetryPolicy of retriable calls (reads and keyed Steps).
-        credentials: grpc.ChannelCredentials for a TLS channel (default: insecure).
-        metadata: (key, value) pairs sent with every call (e.g. an authorization token).
+        tls_ca: the CA certificate (PEM file path, or PEM bytes) the server's certificate must
+            chain to; turns TLS on. ``tls=True``: TLS with the system's root certificates.
+        tls_cert, tls_key: the client certificate and its key (PEM), for a server that requires
+            client certificates (mTLS, optd --tls_client_ca); they turn TLS on too.
+        tls_server_name: the name the server's certificate must hold, when not the host of
+            ``address``.
+        token: bearer token sent as ``authorization: Bearer <token>`` with every call (streams
+            included); None (default): the ``OPTD_TOKEN`` environment variable; "": none. Over a
+            plaintext channel (no TLS) only for loopback. See optd.security for the errors.
+        credentials: grpc.ChannelCredentials for a TLS channel built by the caller (not with
+            the tls_* arguments; default: insecure unless tls_* are given).
+        metadata: (key, value) pairs sent with every call.
         max_message_bytes: largest message sent or received; the default matches the server's.
         wait_for_ready: True: calls wait (until their deadline) for the server to come up instead
             of failing at once with UNAVAILABLE.
@@ -283,6 +294,9 @@ class Client:
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: Optional[float] = 30.0,
                  retry: RetryPolicy = RetryPolicy(),
+                 tls: bool = False, tls_ca: Optional[Pem] = None,
+                 tls_cert: Optional[Pem] = None, tls_key: Optional[Pem] = None,
+                 tls_server_name: Optional[str] = None, token: Optional[str] = None,
                  credentials: Optional[grpc.ChannelCredentials] = None,
                  metadata: Sequence[Tuple[str, str]] = (),
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -300,7 +314,14 @@ class Client:
         self.address = address
         self.timeout = timeout
         self.retry = retry
-        self.metadata: Tuple[Tuple[str, str], ...] = tuple(metadata)
+        #: TLS and token settings, and the explanations of refusals (optd.security).
+        self.security = Security(address if channel is None else "the server", tls=tls,
+                                 tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                                 tls_server_name=tls_server_name, token=token,
+                                 credentials=credentials)
+        given_keys = {key.lower() for key, _ in metadata}
+        self.metadata: Tuple[Tuple[str, str], ...] = tuple(metadata) + tuple(
+            kv for kv in self.security.metadata() if kv[0] not in given_keys)
         self.wait_for_ready = wait_for_ready
         self._owns_channel = channel is None
         if not max_reconnect_backoff > 0:
@@ -313,7 +334,9 @@ class Client:
                         ("grpc.max_receive_message_length", max_message_bytes),
                         ("grpc.max_reconnect_backoff_ms", backoff_ms),
                         ("grpc.initial_reconnect_backoff_ms", min(backoff_ms, 100))]
-            options = [(k, v) for k, v in defaults if k not in given] + list(channel_options)
+            options = [(k, v) for k, v in defaults if k not in given] + \
+                self.security.channel_options() + list(channel_options)
+            credentials = self.security.credentials
             channel = (grpc.secure_channel(address, credentials, options=options)
                        if credentials is not None else
                        grpc.insecure_channel(address, options=options))
@@ -362,11 +385,16 @@ class Client:
                            wait_for_ready=self.wait_for_ready)
                 return reply, attempt
             except grpc.RpcError as e:
-                error = error_from_rpc(e)
-            if attempt >= policy.max_attempts or error.code not in policy.retry_codes:
+                error = self.rpc_error(e, method)
+            if attempt >= policy.max_attempts or not retriable(error, policy.retry_codes):
                 error.attempts = attempt
                 raise error
             time.sleep(policy.backoff(attempt))
+
+    def rpc_error(self, error: grpc.RpcError, method: str) -> OptdError:
+        """The typed OptdError of a failed call of ``method``, refusals explained (see
+        optd.security: a refused token, a refused call, a failed TLS handshake)."""
+        return self.security.explain(error_from_rpc(error), method)
 
     def create_session(self, tensors: Gradients, optimizer: Any = "adam", *,
                        session_id: str = "", schedule: Any = None, clipping: Any = None,
@@ -669,7 +697,7 @@ class Client:
                                   metadata=self.metadata or None,
                                   wait_for_ready=self.wait_for_ready)
         except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
+            raise self.rpc_error(e, "Health") from None
         return status == 1  # SERVING
 
 

@@ -19,6 +19,7 @@ from optd.client import (DEFAULT, NPZ_FORMAT, CheckpointResult, Client, Gradient
                          RetryPolicy, StepResult, default_worker_id)
 from optd.errors import (AbortedError, FailedPreconditionError, InvalidArgumentError, OptdError,
                          StepOutcomeUnknownError)
+from optd.security import retriable
 from optd.state import OptimizerState
 from optd.stream import StepStream, _Slot
 from optd.tensors import DTypeLike
@@ -390,7 +391,8 @@ class Session:
                         if stream is not None and stream.closed:
                             stream.cancel()
                             stream = None
-                            if e.code in policy.retry_codes and attempt < policy.max_attempts:
+                            if retriable(e, policy.retry_codes) and \
+                                    attempt < policy.max_attempts:
                                 time.sleep(policy.backoff(attempt))
                                 # A resend is a retry only if the failed stream sent it.
                                 slot = _Slot(slot.request, True,
