@@ -45,7 +45,12 @@
 // are spent, also name the method, the server's address and the attempts made. InvalidArgument is
 // also returned, before any RPC, for a request the client can tell is invalid (a HostTensor whose
 // values do not match its shape, a bad worker id, a sequence without a worker id, a non-finite
-// loss, ...). A reply the client cannot decode is Internal.
+// loss, ...). A reply the client cannot decode is Internal. UNAUTHENTICATED, PERMISSION_DENIED
+// and a failed TLS handshake (UNAVAILABLE, not retried) come with messages that name the server,
+// the call and the option to check (credentials.h).
+//
+// Security (README "Security"): ClientOptions::tls_ca / tls_cert / tls_key turn on TLS and mTLS;
+// ClientOptions::token (default $OPTD_TOKEN) is sent as a bearer token with every call.
 
 #ifndef OPTD_CLIENT_CPP_CLIENT_H_
 #define OPTD_CLIENT_CPP_CLIENT_H_
@@ -61,6 +66,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "client/cpp/credentials.h"
 #include "client/cpp/host_tensor.h"
 #include "client/cpp/retry.h"
 #include "grpcpp/channel.h"
@@ -90,9 +96,23 @@ struct ClientOptions {
   // re-resolution interval is capped at the same value (at most 1 s), since the channel reconnects
   // only after it. In [100 ms, 120 s].
   absl::Duration max_reconnect_backoff = absl::Seconds(1);
-  // Metadata sent with every call, e.g. {"authorization", "Bearer <token>"}. Keys are lowercase.
+  // Metadata sent with every call. Keys are lowercase.
   std::vector<std::pair<std::string, std::string>> metadata;
-  // Connect only: the channel's credentials (e.g. grpc::SslCredentials); null means insecure.
+  // Connect only: TLS and mTLS (credentials.h). tls_ca: PEM file of the CA the server's
+  // certificate must chain to (turns TLS on); tls: TLS with the system's roots; tls_cert and
+  // tls_key: PEM files of the client certificate and its key, for a server with --tls_client_ca
+  // (both or neither; they turn TLS on too); tls_server_name: the name the server's certificate
+  // must hold when not the address's host. Read once, by Connect.
+  bool tls = false;
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_server_name;
+  // Bearer token sent as "authorization: Bearer <token>" with every call, streams included (over
+  // a plaintext channel only on loopback). Unset: the OPTD_TOKEN environment variable; "": none.
+  std::optional<std::string> token;
+  // Connect only: the channel's credentials, for callers that build their own (not with the tls
+  // fields); null means insecure unless the tls fields are given.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
 
   absl::Status Validate() const;
@@ -274,8 +294,9 @@ class Client {
                                                          ClientOptions options = {});
 
   // A client over an existing channel (e.g. OptdServer::InProcessChannel() in tests). `target`
-  // only names the server in error messages. REQUIRES: channel != nullptr and options.Validate()
-  // is OK.
+  // only names the server in error messages. The tls fields of `options` do not apply (the channel
+  // has its credentials); the token does (unset: $OPTD_TOKEN, ignored if unusable).
+  // REQUIRES: channel != nullptr and options.Validate() is OK.
   explicit Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options = {},
                   std::string target = "");
 
@@ -360,9 +381,14 @@ class Client {
   const ClientOptions& options() const { return options_; }
   // The address given to Connect (or the constructor's `target`).
   const std::string& target() const { return target_; }
+  // TLS and token in use, and the explanations of refusals (credentials.h).
+  const Security& security() const { return security_; }
 
  private:
   friend class StepStream;
+
+  Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options, std::string target,
+         Security security);
 
   // Sets the deadline, wait-for-ready and metadata of a call.
   void Prepare(grpc::ClientContext* context, absl::Duration timeout) const;
@@ -376,6 +402,7 @@ class Client {
 
   const ClientOptions options_;
   const std::string target_;
+  const Security security_;
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<v1::Optimizer::Stub> stub_;
   // grpc.health.v1.Health stub; a pointer to an opaque type keeps the generated health headers
@@ -417,6 +444,7 @@ class StepStream {
   // Ends the call (after a failed write or read) and records its status.
   absl::Status Finish();
 
+  const Security* security_;  // the client's, for error messages
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::StepRequest, v1::StreamStepsResponse>> stream_;
   bool writes_done_ = false;

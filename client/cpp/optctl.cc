@@ -40,6 +40,7 @@
 #include "client/cpp/npy.h"
 #include "client/cpp/optctl_flags.h"
 #include "client/cpp/optctl_values.h"
+#include "client/cpp/security_flags.h"
 #include "client/cpp/worker.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
@@ -101,7 +102,8 @@ namespace {
 
 constexpr char kUsage[] = R"(command-line client of an optd server.
 
-Usage: optctl [--server=HOST:PORT] [--timeout=30s] [--attempts=3] COMMAND [ARGS] [FLAGS]
+Usage: optctl [--server=HOST:PORT] [--timeout=30s] [--attempts=3] [--tls_ca=PEM]
+              [--tls_cert=PEM --tls_key=PEM] [--token=TOKEN] COMMAND [ARGS] [FLAGS]
 
 Commands:
   create    --optimizer=NAME [hyperparameter flags] --tensor=NAME:DIMS[:INIT] ... [--session=ID]
@@ -149,10 +151,13 @@ Examples:
   optctl update demo --lr=0.001 --beta2=0.99 --schedule=step:step_size=100,gamma=0.5
   optctl pull demo --out=/tmp/demo
   optctl checkpoint demo
+  OPTD_TOKEN=... optctl --server=optd.example:50051 --tls_ca=ca.pem list
   optctl create --session=demo-slow --from_session=demo --optimizer=adam --lr=0.001
 )";
 
-std::string Help() { return absl::StrCat(kUsage, ConfigHelp(), kUsageEnd); }
+std::string Help() {
+  return absl::StrCat(kUsage, ConfigHelp(), "\n", kSecurityFlagsHelp, kUsageEnd);
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Printing.
@@ -622,6 +627,7 @@ int Main(int argc, char** argv) {
     return Fail(UsageError(
         absl::StrCat("--attempts=", options.retry.max_attempts, ": must be >= 1 (1: no retry)")));
   }
+  ApplySecurityFlags(&options);
   if (absl::GetFlag(FLAGS_server).empty()) {
     return Fail(UsageError("--server is empty; want HOST:PORT, e.g. 127.0.0.1:50051"));
   }
