@@ -109,6 +109,10 @@ func (p RetryPolicy) check() error {
 // retriesErr is retries for a call's error, also true for a CANCELLED that did not come from ctx
 // (the server cancelled the call: it is shutting down).
 func (p RetryPolicy) retriesErr(ctx context.Context, err error) bool {
+	var e *Error
+	if errors.As(err, &e) && e.tlsFailure { // fails the same way again
+		return false
+	}
 	c := Code(err)
 	return p.retries(c) || (c == codes.Canceled && ctx.Err() == nil)
 }
@@ -230,7 +234,7 @@ func (c *Client) stepAttempts(ctx context.Context, req *optdv1.StepRequest) (*St
 			}
 			return r, attempt, err
 		}
-		werr := wrapError(cctx, "Step", err, trailer)
+		werr := c.sec.explain(wrapError(cctx, "Step", err, trailer))
 		c.server.observeErr(werr)
 		cancel()
 		if !idempotent || attempt >= policy.MaxAttempts || !policy.retriesErr(ctx, werr) ||
