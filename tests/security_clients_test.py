@@ -21,6 +21,7 @@ Every process is bounded in time and stopped by its PID. Run with Debian's inter
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -329,3 +330,63 @@ def test_go_worker_end_to_end(server, pki):
     with optd.Client(server.address, token=WRITER, timeout=10, **tls_args(pki)) as client:
         assert client.pull("go-worker-security").version == 100
         client.delete_session("go-worker-security")
+
+
+# ---------------------------------------------------------------------------------------------------
+# README "Security" / "Clients": the Python, optctl and Go snippets, word for word.
+
+def readme_snippets():
+    """{language: code} of the fenced blocks in README.md's "### Clients" of "## Security"."""
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index("\n## Security\n")
+    start = text.index("\n### Clients\n", start)
+    end = text.index("\n## ", start + 1)
+    section = text[start:end]
+    blocks = re.findall(r"^```(\w+)\n(.*?)^```$", section, re.S | re.M)
+    return {language: code for language, code in blocks}
+
+
+@pytest.fixture
+def snippet_dir(pki, tmp_path):
+    """A folder holding ca.pem, alice.pem, alice.key and optd.token, as the snippets expect."""
+    for name in ("ca.pem", "alice.pem", "alice.key"):
+        (tmp_path / name).write_bytes(pki.read(name))
+    (tmp_path / "optd.token").write_text(WRITER + "\n")
+    return tmp_path
+
+
+def test_readme_python_snippet(server, snippet_dir):
+    code = readme_snippets()["python"].replace("127.0.0.1:50051", server.address)
+    env = {k: v for k, v in os.environ.items() if k != "OPTD_TOKEN"}
+    env.update(OPTD_TOKEN=WRITER, PYTHONPATH=os.pathsep.join(
+        [str(REPO_ROOT / "client" / "python"), str(build_dir() / "python")]))
+    p = subprocess.run(["/usr/bin/python3", "-c", code], cwd=snippet_dir, env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=RUN_TIMEOUT_S, check=False)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[-0.5 -0.5 -0.5 -0.5]", p.stdout
+
+
+def test_readme_optctl_snippet(server, snippet_dir):
+    code = readme_snippets()["bash"].replace("127.0.0.1:50051", server.address)
+    env = {k: v for k, v in os.environ.items() if k != "OPTD_TOKEN"}
+    env["PATH"] = str(Path(binary("client", "cpp", "optctl")).parent) + os.pathsep + env["PATH"]
+    p = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=snippet_dir, env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=RUN_TIMEOUT_S, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    np.testing.assert_array_equal(np.load(snippet_dir / "w.npy"), np.full(4, -0.5, np.float32))
+
+
+def test_readme_go_snippet(server, snippet_dir):
+    out, env = go_env()
+    code = readme_snippets()["go"].replace("127.0.0.1:50051", server.address)
+    package = out / "gopath" / "src" / "optd_readme_security"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "main.go").write_text(code)
+    env["OPTD_TOKEN"] = WRITER
+    p = subprocess.run(["go", "run", str(package / "main.go")], cwd=snippet_dir, env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=GO_TIMEOUT_S, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.strip() == "1 [-0.5 -0.5 -0.5 -0.5]", p.stdout
