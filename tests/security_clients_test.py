@@ -57,8 +57,8 @@ def pki(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(pki, tmp_path_factory):
     tokens = tmp_path_factory.mktemp("auth") / "tokens"
-    tokens.write_text("# tokens of the security client tests\n" + token_line(WRITER, TENANT, "writer")
-                      + token_line(READER, TENANT, "reader"))
+    tokens.write_text("# tokens of the security client tests\n" +
+                      token_line(WRITER, TENANT, "writer") + token_line(READER, TENANT, "reader"))
     credentials = grpc.ssl_channel_credentials(pki.read("ca.pem"), pki.read("alice.key"),
                                                pki.read("alice.pem"))
     proc = OptdProcess([f"--tls_cert={pki.path('server.pem')}",
@@ -307,9 +307,9 @@ def test_go_client_end_to_end_and_refusals(server, pki):
     out, env = go_env()
     env.update(OPTD_SECURITY_ADDR=server.address, OPTD_SECURITY_PKI=str(pki.directory),
                OPTD_SECURITY_WRITER=WRITER, OPTD_SECURITY_READER=READER)
+    module = out / "gopath" / "src" / "github.com" / "optd" / "optd" / "client" / "go"
     p = subprocess.run(["go", "test", "-count=1", "-timeout", "120s", "-run",
-                        "^TestSecurityEndToEnd$", "-v", "."],
-                       cwd=out / "gopath" / "src" / "github.com" / "optd" / "optd" / "client" / "go",
+                        "^TestSecurityEndToEnd$", "-v", "."], cwd=module,
                        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        timeout=GO_TIMEOUT_S, check=False)
     assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]

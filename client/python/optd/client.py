@@ -314,6 +314,10 @@ class Client:
         self.address = address
         self.timeout = timeout
         self.retry = retry
+        if channel is not None and (tls or tls_ca is not None or tls_cert is not None or
+                                    tls_key is not None or tls_server_name is not None):
+            raise InvalidArgumentError("tls/tls_ca/tls_cert/tls_key/tls_server_name make the "
+                                       "channel: not with channel= (whose credentials are its own)")
         #: TLS and token settings, and the explanations of refusals (optd.security).
         self.security = Security(address if channel is None else "the server", tls=tls,
                                  tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
