@@ -7,7 +7,7 @@ tenant ``acme``). Then:
 
 * each client runs one session end to end with TLS, a client certificate and the writer token:
   the Python client (create, unary and stream steps, pull, delete; the token from ``token=`` and
-  from ``OPTD_TOKEN``), optctl (create, step, pull into .npy files, delete; ``--token`` and
+  from ``OPTD_TOKEN``) and ``optd.torch.RemoteOptimizer(address=..., tls_ca=..., token=...)``, optctl (create, step, pull into .npy files, delete; ``--token`` and
   ``OPTD_TOKEN``), the C++ example worker (quadratic_worker, unary and stream) and the Go client
   (client/go/security_test.go, run here with ``go test``) and its example worker;
 * the refusals, at each client, with the content of their messages: a wrong CA, an expired client
@@ -15,6 +15,7 @@ tenant ``acme``). Then:
   a reader writing. The messages name the address, say "TLS handshake failed" (with gRPC's detail
   and the option to check) or that the server refused the token (and whether one was sent), or
   name the refused call; they never show a token. Nothing the refused calls tried exists after.
+* README's "Security" / "Clients" snippets (Python, optctl, Go) run word for word.
 
 Every process is bounded in time and stopped by its PID. Run with Debian's interpreter:
     /usr/bin/python3 -m pytest -q tests/security_clients_test.py   (OPTD_BUILD_DIR picks the build)
@@ -390,3 +391,24 @@ def test_readme_go_snippet(server, snippet_dir):
                        timeout=GO_TIMEOUT_S, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.strip() == "1 [-0.5 -0.5 -0.5 -0.5]", p.stdout
+
+
+def test_remote_optimizer_with_tls_and_token(server, pki):
+    torch = pytest.importorskip("torch")
+    import optd.torch  # noqa: F401  pylint: disable=import-outside-toplevel,redefined-outer-name
+    model = torch.nn.Linear(3, 1)
+    opt = optd.torch.RemoteOptimizer(model.named_parameters(), address=server.address,
+                                     optimizer="sgd", lr=0.1, session_id="torch-security",
+                                     token=WRITER, **tls_args(pki))
+    try:
+        model(torch.ones(2, 3)).sum().backward()
+        before = model.weight.detach().clone()
+        opt.step()
+        assert opt.last_result.version == 1
+        torch.testing.assert_close(model.weight.detach(), before - 0.1 * 2.0)
+    finally:
+        opt.client.delete_session("torch-security")
+        opt.client.close()
+    with pytest.raises(optd.UnauthenticatedError, match="a token was sent"):
+        optd.torch.RemoteOptimizer(torch.nn.Linear(3, 1).parameters(), address=server.address,
+                                   optimizer="sgd", lr=0.1, token="not-a-token", **tls_args(pki))
