@@ -8,8 +8,9 @@ tenant ``acme``). Then:
 * each client runs one session end to end with TLS, a client certificate and the writer token:
   the Python client (create, unary and stream steps, pull, delete; the token from ``token=`` and
   from ``OPTD_TOKEN``) and ``optd.torch.RemoteOptimizer(address=..., tls_ca=..., token=...)``,
-  optctl (create, step, pull into .npy files, delete; ``--token`` and ``OPTD_TOKEN``), the C++ example worker (quadratic_worker, unary and stream) and the Go client
-  (client/go/security_test.go, run here with ``go test``) and its example worker;
+  optctl (create, step, pull into .npy files, delete; ``--token`` and ``OPTD_TOKEN``), the C++
+  example worker (quadratic_worker, unary and stream) and the Go client (client/go/
+  security_test.go, run here with ``go test``) and its example worker;
 * the refusals, at each client, with the content of their messages: a wrong CA, an expired client
   certificate, a client certificate of another CA, no client certificate, no token, a wrong token,
   a reader writing. The messages name the address, say "TLS handshake failed" (with gRPC's detail
