@@ -7,7 +7,10 @@
 #include <utility>
 #include <vector>
 
+#include "absl/random/random.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "server/service/message_bytes.h"
 #include "server/service/proto_convert.h"
@@ -15,6 +18,24 @@
 
 namespace optd {
 namespace {
+
+// Saturating (at 2^62) arithmetic for the size of a session not yet validated.
+constexpr int64_t kHuge = int64_t{1} << 62;
+int64_t SaturatedAdd(int64_t a, int64_t b) { return a > kHuge - b ? kHuge : a + b; }
+
+int64_t ElementsOf(absl::Span<const int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n = (d <= 0) ? 0 : (n > kHuge / d ? kHuge : n * d);
+  return n;
+}
+
+// What a session of `elements` parameters holds with `optimizer`: parameters and optimizer state.
+absl::StatusOr<int64_t> SessionBytes(const OptimizerOptions& optimizer, int64_t elements) {
+  absl::StatusOr<std::unique_ptr<Optimizer>> probe = CreateOptimizer(optimizer, {1});
+  if (!probe.ok()) return probe.status();
+  const int64_t per_element = 4 + (*probe)->StateBytesPerElement();
+  return elements > kHuge / per_element ? kHuge : elements * per_element;
+}
 
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
@@ -68,9 +89,14 @@ absl::Status Guarded(absl::string_view method, F&& fn) {
 // and serializes replies itself (message_bytes.h).
 class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  StepStreamReactor(OptimizerServiceImpl* service, const GrpcServerMetrics::MethodMetrics* series)
-      : service_(service), call_(series) {
+  StepStreamReactor(OptimizerServiceImpl* service, const GrpcServerMetrics::MethodMetrics* series,
+                    CallCredentials credentials)
+      : service_(service), call_(series), credentials_(std::move(credentials)) {
     call_.Start();
+    if (absl::Status admitted = Admit(); !admitted.ok()) {
+      FinishAndRecord(ToGrpcStatus(admitted));
+      return;
+    }
     StartRead(&read_);
   }
 
@@ -80,6 +106,13 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
       return;
     }
     call_.Received();
+    // A changed access file (a token removed) applies to open streams from their next step.
+    if (service_->access().enabled() && service_->access().generation() != generation_) {
+      if (absl::Status admitted = Admit(); !admitted.ok()) {
+        FinishAndRecord(ToGrpcStatus(admitted));
+        return;
+      }
+    }
     // The request's bytes count against the memory budget until its reply is written.
     absl::StatusOr<MemoryReservation> held =
         service_->budget()->Reserve(static_cast<int64_t>(read_.Length()), "a StreamSteps request");
@@ -94,7 +127,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
       return;
     }
     // Replies go out in request order: the next read starts only after this reply is written.
-    service_->StartStep(request_,
+    service_->StartStep(*caller_, request_,
                         [this](absl::StatusOr<StepOutput> out) { Reply(std::move(out)); });
   }
 
@@ -143,8 +176,21 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
     Finish(status);
   }
 
+  // Authenticates the stream's caller (again, after the access file changed).
+  absl::Status Admit() {
+    generation_ = service_->access().generation();
+    absl::StatusOr<Caller> caller =
+        optd::Admit(credentials_, Action::kStep, service_->access(), service_->audit());
+    if (!caller.ok()) return caller.status();
+    caller_ = *std::move(caller);
+    return absl::OkStatus();
+  }
+
   OptimizerServiceImpl* const service_;
   GrpcCallRecorder call_;
+  const CallCredentials credentials_;
+  std::optional<Caller> caller_;
+  int64_t generation_ = 0;  // of the access file caller_ was admitted by
   grpc::ByteBuffer read_;
   grpc::ByteBuffer write_;
   // Kept from request to request, so its buffers are reused.
@@ -163,23 +209,52 @@ struct StepCall {
 
 }  // namespace
 
-absl::Status OptimizerServiceImpl::DoCreateSession(const v1::CreateSessionRequest& request,
+absl::Status OptimizerServiceImpl::DoCreateSession(const Caller& caller,
+                                                   const v1::CreateSessionRequest& request,
                                                    v1::Session* response) {
+  const absl::Status status = Create(caller, request, response);
+  AuditCall(options_.audit, "session.create", caller, Action::kCreateSession,
+            status.ok() ? absl::string_view(response->session_id())
+                        : absl::string_view(request.session_id()),
+            status);
+  return status;
+}
+
+absl::Status OptimizerServiceImpl::Create(const Caller& caller,
+                                          const v1::CreateSessionRequest& request,
+                                          v1::Session* response) {
   if (!request.from_checkpoint().empty() || !request.from_session_checkpoint().empty()) {
-    return DoFork(request, response);
+    return DoFork(caller, request, response);
   }
+  std::string id;
   if (!request.session_id().empty()) {
-    if (absl::Status s = ValidateSessionId(request.session_id()); !s.ok()) return s;
+    absl::StatusOr<std::string> stored = StoredSessionId(caller.who, request.session_id());
+    if (!stored.ok()) return stored.status();
+    if (absl::Status s = ValidateSessionId(*stored); !s.ok()) return s;
+    id = *std::move(stored);
+  } else if (!caller.who.tenant.empty()) {
+    // The store generates ids without a tenant: a tenant's is generated here, in the same form.
+    id = QualifiedSessionId(caller.who.tenant,
+                            absl::StrFormat("s-%016x", absl::Uniform<uint64_t>(absl::BitGen())));
   }
   absl::StatusOr<SessionConfig> config = ConfigFromProto(request.config());
   if (!config.ok()) return config.status();
   absl::StatusOr<std::vector<WireTensorView>> tensors = ViewsOf("tensors", request.tensors());
   if (!tensors.ok()) return tensors.status();
+  std::optional<absl::MutexLock> quota_lock;
+  if (access_->enabled()) {
+    quota_lock.emplace(&create_mu_);
+    int64_t elements = 0;
+    for (const WireTensorView& t : *tensors) elements = SaturatedAdd(elements, ElementsOf(t.shape));
+    absl::StatusOr<int64_t> new_bytes = SessionBytes(config->optimizer, elements);
+    if (!new_bytes.ok()) return new_bytes.status();
+    if (absl::Status s = CheckQuota(caller, *new_bytes); !s.ok()) return s;
+  }
   absl::StatusOr<std::shared_ptr<Session>> session =
-      store_->Create(request.session_id(), *std::move(config), *tensors);
+      store_->Create(std::move(id), *std::move(config), *tensors);
   if (!session.ok()) return session.status();
   CheckpointNew(**session);
-  Describe(**session, response);
+  Describe(caller, **session, response);
   return absl::OkStatus();
 }
 
@@ -191,15 +266,17 @@ void OptimizerServiceImpl::CheckpointNew(const Session& session) {
   }
 }
 
-absl::Status OptimizerServiceImpl::DoGetSession(const v1::GetSessionRequest& request,
+absl::Status OptimizerServiceImpl::DoGetSession(const Caller& caller,
+                                                const v1::GetSessionRequest& request,
                                                 v1::Session* response) {
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
+  absl::StatusOr<std::shared_ptr<Session>> session = Find(caller, request.session_id());
   if (!session.ok()) return session.status();
-  Describe(**session, response);
+  Describe(caller, **session, response);
   return absl::OkStatus();
 }
 
-absl::Status OptimizerServiceImpl::DoListSessions(const v1::ListSessionsRequest& request,
+absl::Status OptimizerServiceImpl::DoListSessions(const Caller& caller,
+                                                  const v1::ListSessionsRequest& request,
                                                   v1::ListSessionsResponse* response) {
   if (request.page_size() < 0 || request.page_size() > kMaxPageSize) {
     return absl::InvalidArgumentError(
@@ -207,16 +284,31 @@ absl::Status OptimizerServiceImpl::DoListSessions(const v1::ListSessionsRequest&
                      kMaxPageSize, "] (0 means ", kDefaultPageSize, ")"));
   }
   const int page_size = request.page_size() == 0 ? kDefaultPageSize : request.page_size();
+  // A tenant lists its own sessions (their ids share the prefix "tenant:", so they are
+  // consecutive in id order); an admin and the anonymous caller list every session.
+  const bool own_only = !caller.who.tenant.empty() && caller.who.role != Role::kAdmin;
+  const std::string prefix = own_only ? QualifiedSessionId(caller.who.tenant, "") : "";
+  std::string start_after = request.page_token();
+  if (own_only) {
+    absl::StatusOr<std::string> stored = StoredSessionId(caller.who, request.page_token());
+    if (!stored.ok()) return stored.status();
+    start_after = *std::move(stored);
+  }
   // One extra tells whether another page follows.
-  std::vector<std::shared_ptr<Session>> sessions =
-      store_->List(request.page_token(), page_size + 1);
+  std::vector<std::shared_ptr<Session>> sessions = store_->List(start_after, page_size + 1);
+  if (own_only) {
+    auto other = std::find_if(sessions.begin(), sessions.end(), [&](const auto& session) {
+      return !absl::StartsWith(session->id(), prefix);
+    });
+    sessions.erase(other, sessions.end());
+  }
   bool more = static_cast<int>(sessions.size()) > page_size;
   if (more) sessions.pop_back();
   // A page ends early, with a page token, rather than outgrow the reply limit.
   size_t bytes = 0;
   for (size_t i = 0; i < sessions.size(); ++i) {
     v1::Session described;
-    Describe(*sessions[i], &described);
+    Describe(caller, *sessions[i], &described);
     bytes += described.ByteSizeLong() + 16;
     if (i > 0 && bytes + 1024 > static_cast<size_t>(options_.max_reply_bytes)) {
       sessions.resize(i);
@@ -225,13 +317,14 @@ absl::Status OptimizerServiceImpl::DoListSessions(const v1::ListSessionsRequest&
     }
     *response->add_sessions() = std::move(described);
   }
-  if (more) response->set_next_page_token(sessions.back()->id());
+  if (more) response->set_next_page_token(VisibleSessionId(caller.who, sessions.back()->id()));
   return absl::OkStatus();
 }
 
-absl::Status OptimizerServiceImpl::DoUpdateSession(const v1::UpdateSessionRequest& request,
+absl::Status OptimizerServiceImpl::DoUpdateSession(const Caller& caller,
+                                                   const v1::UpdateSessionRequest& request,
                                                    v1::Session* response) {
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
+  absl::StatusOr<std::shared_ptr<Session>> session = Find(caller, request.session_id());
   if (!session.ok()) return session.status();
   SessionUpdate update;
   if (request.has_optimizer()) {
@@ -256,14 +349,15 @@ absl::Status OptimizerServiceImpl::DoUpdateSession(const v1::UpdateSessionReques
     update.optimizer_state = *std::move(state);
   }
   if (absl::Status s = (*session)->Update(update); !s.ok()) return s;
-  Describe(**session, response);
+  Describe(caller, **session, response);
   return absl::OkStatus();
 }
 
-absl::StatusOr<PullOutput> OptimizerServiceImpl::DoPull(const v1::PullRequest& request) {
+absl::StatusOr<PullOutput> OptimizerServiceImpl::DoPull(const Caller& caller,
+                                                        const v1::PullRequest& request) {
   absl::StatusOr<WireDType> dtype = DTypeFromProto("dtype", request.dtype());
   if (!dtype.ok()) return dtype.status();
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
+  absl::StatusOr<std::shared_ptr<Session>> session = Find(caller, request.session_id());
   if (!session.ok()) return session.status();
   std::vector<absl::string_view> names(request.names().begin(), request.names().end());
   std::vector<RowSelection> rows;
@@ -273,22 +367,31 @@ absl::StatusOr<PullOutput> OptimizerServiceImpl::DoPull(const v1::PullRequest& r
   return (*session)->Pull(names, *dtype, rows, request.include_optimizer_state());
 }
 
-absl::Status OptimizerServiceImpl::DoDeleteSession(const v1::DeleteSessionRequest& request,
+absl::Status OptimizerServiceImpl::DoDeleteSession(const Caller& caller,
+                                                   const v1::DeleteSessionRequest& request,
                                                    v1::DeleteSessionResponse* response) {
+  absl::StatusOr<std::string> id = StoredSessionId(caller.who, request.session_id());
   // With --checkpoint_dir the store also removes its checkpoints: it does not come back.
-  return store_->Delete(request.session_id());
+  const absl::Status status = id.ok() ? store_->Delete(*id) : id.status();
+  AuditCall(options_.audit, "session.delete", caller, Action::kDeleteSession, request.session_id(),
+            status);
+  return status;
 }
 
-absl::Status OptimizerServiceImpl::DoCheckpoint(const v1::CheckpointRequest& request,
+absl::Status OptimizerServiceImpl::DoCheckpoint(const Caller& caller,
+                                                const v1::CheckpointRequest& request,
                                                 v1::CheckpointResponse* response) {
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
-  if (!session.ok()) return session.status();
-  if (options_.checkpointer == nullptr) {
-    return absl::FailedPreconditionError(
-        "this server keeps no checkpoints: start it with --checkpoint_dir");
-  }
-  absl::StatusOr<CheckpointResult> result =
-      options_.checkpointer->Checkpoint(**session, CheckpointReason::kRequest);
+  absl::StatusOr<CheckpointResult> result = [&]() -> absl::StatusOr<CheckpointResult> {
+    absl::StatusOr<std::shared_ptr<Session>> session = Find(caller, request.session_id());
+    if (!session.ok()) return session.status();
+    if (options_.checkpointer == nullptr) {
+      return absl::FailedPreconditionError(
+          "this server keeps no checkpoints: start it with --checkpoint_dir");
+    }
+    return options_.checkpointer->Checkpoint(**session, CheckpointReason::kRequest);
+  }();
+  AuditCall(options_.audit, "session.checkpoint", caller, Action::kCheckpoint, request.session_id(),
+            result.status());
   if (!result.ok()) return result.status();
   response->set_version(result->version);
   response->set_path(result->path);
@@ -296,7 +399,8 @@ absl::Status OptimizerServiceImpl::DoCheckpoint(const v1::CheckpointRequest& req
   return absl::OkStatus();
 }
 
-absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& request,
+absl::Status OptimizerServiceImpl::DoFork(const Caller& caller,
+                                          const v1::CreateSessionRequest& request,
                                           v1::Session* response) {
   if (options_.checkpointer == nullptr) {
     return absl::FailedPreconditionError(
@@ -313,17 +417,27 @@ absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& reques
   if (request.session_id().empty()) {
     return absl::InvalidArgumentError("session_id is required with a checkpoint");
   }
-  if (absl::Status s = ValidateSessionId(request.session_id()); !s.ok()) return s;
-  absl::StatusOr<SessionState> state =
-      !request.from_checkpoint().empty()
-          ? options_.checkpointer->Read(request.from_checkpoint())
-          : options_.checkpointer->ReadNewest(request.from_session_checkpoint());
+  absl::StatusOr<std::string> id = StoredSessionId(caller.who, request.session_id());
+  if (!id.ok()) return id.status();
+  if (absl::Status s = ValidateSessionId(*id); !s.ok()) return s;
+  absl::StatusOr<std::string> source =
+      StoredSessionId(caller.who, request.from_session_checkpoint());
+  if (!source.ok()) return source.status();
+  absl::StatusOr<SessionState> state = !request.from_checkpoint().empty()
+                                           ? options_.checkpointer->Read(request.from_checkpoint())
+                                           : options_.checkpointer->ReadNewest(*source);
   if (!state.ok() && request.from_checkpoint().empty() &&
       state.status().code() == absl::StatusCode::kInvalidArgument) {
     return absl::InvalidArgumentError(absl::StrCat("from_", state.status().message()));
   }
+  // Another tenant's checkpoint file is not revealed (nor read into a session).
+  if (state.ok() && !request.from_checkpoint().empty() && caller.who.role != Role::kAdmin &&
+      TenantOfSessionId(state->id) != caller.who.tenant) {
+    state = absl::NotFoundError(
+        absl::StrCat("from_checkpoint ", request.from_checkpoint(), ": no such checkpoint"));
+  }
   if (!state.ok()) return state.status();
-  state->id = request.session_id();
+  state->id = *std::move(id);
   state->exactly_once = ExactlyOnceTable::State();  // the fork's workers join it afresh
   state->sync_workers_seen.clear();
   state->create_time = absl::Now();
@@ -374,27 +488,71 @@ absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& reques
     state->schedule.base_lr = BaseLearningRate(state->config.optimizer);
     state->schedule.plateau_lr = state->schedule.base_lr;
   }
+  std::optional<absl::MutexLock> quota_lock;
+  if (access_->enabled()) {
+    quota_lock.emplace(&create_mu_);
+    int64_t elements = 0;
+    for (const TensorSpec& t : state->tensors) elements = SaturatedAdd(elements, t.num_elements);
+    absl::StatusOr<int64_t> new_bytes = SessionBytes(state->config.optimizer, elements);
+    if (!new_bytes.ok()) return new_bytes.status();
+    if (absl::Status s = CheckQuota(caller, *new_bytes); !s.ok()) return s;
+  }
   absl::StatusOr<std::shared_ptr<Session>> session =
       store_->Restore(*std::move(state), /*as_new=*/true);
   if (!session.ok()) return session.status();
   CheckpointNew(**session);
-  Describe(**session, response);
+  Describe(caller, **session, response);
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Session>> OptimizerServiceImpl::Find(const Caller& caller,
+                                                                    absl::string_view id) {
+  absl::StatusOr<std::string> stored = StoredSessionId(caller.who, id);
+  if (!stored.ok()) return stored.status();
+  return store_->Find(*stored);
+}
+
+absl::Status OptimizerServiceImpl::CheckQuota(const Caller& caller, int64_t new_bytes) const {
+  // The tenant's sessions are consecutive in id order, after "tenant:".
+  const std::string prefix = QualifiedSessionId(caller.who.tenant, "");
+  int64_t sessions = 0;
+  int64_t bytes = 0;
+  std::string after = prefix;
+  for (bool more = true; more;) {
+    std::vector<std::shared_ptr<Session>> page = store_->List(after, 1000);
+    more = page.size() == 1000;
+    for (const std::shared_ptr<Session>& session : page) {
+      if (!absl::StartsWith(session->id(), prefix)) {
+        more = false;
+        break;
+      }
+      const SessionInfo info = session->Info();
+      ++sessions;
+      bytes += info.memory.parameter_bytes + info.memory.optimizer_state_bytes +
+               info.memory.reserved_state_bytes;
+      after = session->id();
+    }
+  }
+  return access_->CheckSessionQuota(caller.who, sessions, bytes, new_bytes);
 }
 
 int64_t OptimizerServiceImpl::DurableVersion(absl::string_view session_id) const {
   return options_.checkpointer == nullptr ? -1 : options_.checkpointer->DurableVersion(session_id);
 }
 
-void OptimizerServiceImpl::Describe(const Session& session, v1::Session* out) const {
+void OptimizerServiceImpl::Describe(const Caller& caller, const Session& session,
+                                    v1::Session* out) const {
   SessionInfoToProto(session.Info(), out);
+  out->set_session_id(VisibleSessionId(caller.who, session.id()));
+  out->set_tenant(std::string(TenantOfSessionId(session.id())));
   out->set_server_incarnation(options_.server_incarnation);
   out->set_durable_version(DurableVersion(session.id()));
 }
 
-absl::Status OptimizerServiceImpl::DoJoinSession(const v1::JoinSessionRequest& request,
+absl::Status OptimizerServiceImpl::DoJoinSession(const Caller& caller,
+                                                 const v1::JoinSessionRequest& request,
                                                  v1::JoinSessionResponse* response) {
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
+  absl::StatusOr<std::shared_ptr<Session>> session = Find(caller, request.session_id());
   if (!session.ok()) return session.status();
   absl::StatusOr<JoinOutput> joined = (*session)->Join(request.worker_id());
   if (!joined.ok()) return joined.status();
@@ -405,10 +563,15 @@ absl::Status OptimizerServiceImpl::DoJoinSession(const v1::JoinSessionRequest& r
   return absl::OkStatus();
 }
 
-void OptimizerServiceImpl::StartStep(const StepRequestBytes& request, StepCallback done) {
+void OptimizerServiceImpl::StartStep(const Caller& caller, StepRequestBytes& request,
+                                     StepCallback done) {
   // Until the session has `done`, a memory shortfall here is answered here.
   bool handed = false;
   try {
+    absl::StatusOr<std::string> id = StoredSessionId(caller.who, request.message.session_id());
+    if (!id.ok()) return done(id.status());
+    *request.message.mutable_session_id() = *std::move(id);
+    if (absl::Status s = access_->AdmitStep(caller.who); !s.ok()) return done(s);
     absl::StatusOr<StepInput> input = StepInputFromProto(request.message);
     if (!input.ok()) return done(input.status());
     absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.message.session_id());
@@ -431,16 +594,22 @@ void OptimizerServiceImpl::StartStep(const StepRequestBytes& request, StepCallba
 template <typename Request, typename Response>
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Unary(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
-    grpc::ByteBuffer* response_bytes, const GrpcServerMetrics::MethodMetrics* series,
-    absl::string_view method,
-    absl::Status (OptimizerServiceImpl::*handler)(const Request&, Response*)) {
+    grpc::ByteBuffer* response_bytes, const GrpcServerMetrics::MethodMetrics* series, Action action,
+    absl::Status (OptimizerServiceImpl::*handler)(const Caller&, const Request&, Response*)) {
   Request request;
   Response response;
   // Every reply, an error too, says which server process answered (a client tells a restart).
   context->AddTrailingMetadata(kServerIncarnationKey, options_.server_incarnation);
+  // Who calls is known before the request is even parsed.
+  absl::StatusOr<Caller> caller =
+      Admit(CredentialsOf(*context, *access_), action, *access_, options_.audit);
+  if (!caller.ok()) return FinishWith(context, series, caller.status());
   // gRPC hands the request over and drops it after the call: parsing may consume it.
   absl::Status status = ParseMessage(const_cast<grpc::ByteBuffer*>(request_bytes), &request);
-  if (status.ok()) status = Guarded(method, [&] { return (this->*handler)(request, &response); });
+  if (status.ok()) {
+    status =
+        Guarded(ActionName(action), [&] { return (this->*handler)(*caller, request, &response); });
+  }
   if (status.ok()) SerializeMessage(response, response_bytes);
   return FinishWith(context, series, status);
 }
@@ -448,49 +617,49 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Unary(
 grpc::ServerUnaryReactor* OptimizerServiceImpl::CreateSession(grpc::CallbackServerContext* context,
                                                               const grpc::ByteBuffer* request,
                                                               grpc::ByteBuffer* response) {
-  return Unary(context, request, response, create_session_series_, "CreateSession",
+  return Unary(context, request, response, create_session_series_, Action::kCreateSession,
                &OptimizerServiceImpl::DoCreateSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::GetSession(grpc::CallbackServerContext* context,
                                                            const grpc::ByteBuffer* request,
                                                            grpc::ByteBuffer* response) {
-  return Unary(context, request, response, get_session_series_, "GetSession",
+  return Unary(context, request, response, get_session_series_, Action::kGetSession,
                &OptimizerServiceImpl::DoGetSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::ListSessions(grpc::CallbackServerContext* context,
                                                              const grpc::ByteBuffer* request,
                                                              grpc::ByteBuffer* response) {
-  return Unary(context, request, response, list_sessions_series_, "ListSessions",
+  return Unary(context, request, response, list_sessions_series_, Action::kListSessions,
                &OptimizerServiceImpl::DoListSessions);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::UpdateSession(grpc::CallbackServerContext* context,
                                                               const grpc::ByteBuffer* request,
                                                               grpc::ByteBuffer* response) {
-  return Unary(context, request, response, update_session_series_, "UpdateSession",
+  return Unary(context, request, response, update_session_series_, Action::kUpdateSession,
                &OptimizerServiceImpl::DoUpdateSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::DeleteSession(grpc::CallbackServerContext* context,
                                                               const grpc::ByteBuffer* request,
                                                               grpc::ByteBuffer* response) {
-  return Unary(context, request, response, delete_session_series_, "DeleteSession",
+  return Unary(context, request, response, delete_session_series_, Action::kDeleteSession,
                &OptimizerServiceImpl::DoDeleteSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::JoinSession(grpc::CallbackServerContext* context,
                                                             const grpc::ByteBuffer* request,
                                                             grpc::ByteBuffer* response) {
-  return Unary(context, request, response, join_session_series_, "JoinSession",
+  return Unary(context, request, response, join_session_series_, Action::kJoinSession,
                &OptimizerServiceImpl::DoJoinSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Checkpoint(grpc::CallbackServerContext* context,
                                                            const grpc::ByteBuffer* request,
                                                            grpc::ByteBuffer* response) {
-  return Unary(context, request, response, checkpoint_series_, "Checkpoint",
+  return Unary(context, request, response, checkpoint_series_, Action::kCheckpoint,
                &OptimizerServiceImpl::DoCheckpoint);
 }
 
@@ -499,13 +668,17 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Pull(grpc::CallbackServerContext
                                                      grpc::ByteBuffer* response) {
   v1::PullRequest request;
   context->AddTrailingMetadata(kServerIncarnationKey, options_.server_incarnation);
+  absl::StatusOr<Caller> caller =
+      Admit(CredentialsOf(*context, *access_), Action::kPull, *access_, options_.audit);
+  if (!caller.ok()) return FinishWith(context, pull_series_, caller.status());
   absl::Status status = ParseMessage(const_cast<grpc::ByteBuffer*>(request_bytes), &request);
   if (status.ok()) {
     status = Guarded("Pull", [&]() -> absl::Status {
-      absl::StatusOr<PullOutput> out = DoPull(request);
+      absl::StatusOr<PullOutput> out = DoPull(*caller, request);
       if (!out.ok()) return out.status();
+      absl::StatusOr<std::string> id = StoredSessionId(caller->who, request.session_id());
       SerializePullResponse(*std::move(out), options_.server_incarnation,
-                            DurableVersion(request.session_id()), response);
+                            DurableVersion(id.ok() ? *id : ""), response);
       return absl::OkStatus();
     });
   }
@@ -518,6 +691,12 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   context->AddTrailingMetadata(kServerIncarnationKey, options_.server_incarnation);
   auto call = std::make_unique<StepCall>(step_series_);
+  absl::StatusOr<Caller> caller =
+      Admit(CredentialsOf(*context, *access_), Action::kStep, *access_, options_.audit);
+  if (!caller.ok()) {
+    call->recorder.Finish(reactor, ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   // The request's bytes count against the memory budget until the call is answered.
   absl::StatusOr<MemoryReservation> held =
       options_.budget->Reserve(static_cast<int64_t>(request->Length()), "a Step request");
@@ -531,36 +710,39 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
   }
   call->held = *std::move(held);
   StepCall* const started = call.get();
-  StartStep(started->request, [this, context, reactor, response,
-                               call = std::move(call)](absl::StatusOr<StepOutput> out) mutable {
-    const int64_t current_version = CurrentVersionOf(out.status());
-    if (current_version >= 0) {
-      context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
-    }
-    if (NeedsRejoin(out.status())) context->AddTrailingMetadata("optd-rejoin", "1");
-    absl::Status status = out.status();
-    if (out.ok()) {
-      out->server_incarnation = options_.server_incarnation;
-      out->durable_version = DurableVersion(call->request.message.session_id());
-      status = Guarded("Step", [&] {
-        SerializeStepResponse(*std::move(out), response);
-        return absl::OkStatus();
-      });
-    }
-    call->recorder.Finish(reactor, ToGrpcStatus(status));
-  });
+  StartStep(*caller, started->request,
+            [this, context, reactor, response,
+             call = std::move(call)](absl::StatusOr<StepOutput> out) mutable {
+              const int64_t current_version = CurrentVersionOf(out.status());
+              if (current_version >= 0) {
+                context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
+              }
+              if (NeedsRejoin(out.status())) context->AddTrailingMetadata("optd-rejoin", "1");
+              absl::Status status = out.status();
+              if (out.ok()) {
+                out->server_incarnation = options_.server_incarnation;
+                out->durable_version = DurableVersion(call->request.message.session_id());
+                status = Guarded("Step", [&] {
+                  SerializeStepResponse(*std::move(out), response);
+                  return absl::OkStatus();
+                });
+              }
+              call->recorder.Finish(reactor, ToGrpcStatus(status));
+            });
   return reactor;
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OptimizerServiceImpl::StreamSteps(
     grpc::CallbackServerContext* context) {
-  return new StepStreamReactor(this, stream_steps_series_);
+  return new StepStreamReactor(this, stream_steps_series_, CredentialsOf(*context, *access_));
 }
 
 OptimizerServiceImpl::OptimizerServiceImpl(SessionStore* store,
                                            const GrpcServerMetrics* grpc_metrics,
                                            OptimizerServiceOptions options)
     : store_(store),
+      anonymous_(options.access == nullptr ? *AccessControl::Open({}) : nullptr),
+      access_(options.access != nullptr ? options.access : anonymous_.get()),
       grpc_metrics_(grpc_metrics),
       options_(std::move(options)),
       create_session_series_(MethodSeries("CreateSession")),
