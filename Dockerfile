@@ -19,4 +19,7 @@ USER optd
 EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD ["optctl", "--server=127.0.0.1:50051", "health"]
-ENTRYPOINT ["optd", "--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464"]
+# Plaintext inside the container's network (--insecure: optd refuses plaintext off loopback
+# without it). For TLS, mount the PEM files and append --tls_cert, --tls_key (--tls_client_ca) and
+# --auth_tokens_file to the command: README, Security.
+ENTRYPOINT ["optd", "--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464", "--insecure"]

@@ -22,7 +22,7 @@
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "host:port for the gRPC server; port 0 picks a free port, printed at start-up. Use "
-          "0.0.0.0:50051 to accept remote workers.");
+          "0.0.0.0:50051 to accept remote workers (with --tls_cert/--tls_key, or --insecure).");
 ABSL_FLAG(int64_t, max_message_bytes, 256 << 20,
           "Largest gRPC request or reply in bytes (default 256 MiB, room for a 64 MiB tensor and "
           "its reply). Larger requests fail with RESOURCE_EXHAUSTED.");
@@ -60,6 +60,29 @@ ABSL_FLAG(int, checkpoint_keep, 3, "Checkpoints kept per session (the newest), >
 ABSL_FLAG(int64_t, max_session_parameters, 0,
           "Most parameters (elements of all tensors) one session may hold; CreateSession beyond "
           "it fails with RESOURCE_EXHAUSTED. 0: no limit but the memory budget.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the server: with --tls_key, optd serves TLS only. Re-read when "
+          "the file changes (see --tls_reload_interval); open streams keep their connection.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert (without a passphrase).");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates for mutual TLS: a client must present a certificate they signed, "
+          "valid now, or its connection is refused before any call. Re-read when it changes.");
+ABSL_FLAG(absl::Duration, tls_reload_interval, absl::Seconds(10),
+          "How often the TLS files are checked for changes (>= 1s).");
+ABSL_FLAG(bool, insecure, false,
+          "Allow plaintext on a --listen address that is not loopback (without it optd refuses to "
+          "start there without TLS).");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "Access file: bearer tokens (their SHA-256), client-certificate identities, tenants, "
+          "roles and quotas (README, Security). Re-read when it changes and on SIGHUP. Empty: no "
+          "authentication, one anonymous tenant.");
+ABSL_FLAG(std::string, audit_log, "-",
+          "Where audit lines go (JSON, one per authentication failure, permission refusal, "
+          "session create, delete and checkpoint): '-' standard error, a file path (appended), "
+          "or empty for none.");
+ABSL_FLAG(std::string, metrics_auth_file, "",
+          "Users allowed to read /metrics (HTTP basic auth), one '<user> <sha256 hex of the "
+          "password>' per line. Empty: /metrics is open to whoever reaches --metrics_listen.");
 
 #ifndef OPTD_VERSION
 #define OPTD_VERSION "unknown"
@@ -84,6 +107,8 @@ int main(int argc, char** argv) {
       "            [--session_idle_timeout=0] [--checkpoint_dir=DIR]\n"
       "            [--checkpoint_interval=5m] [--checkpoint_keep=3]\n"
       "            [--shutdown_grace=10s]\n"
+      "            [--tls_cert=PEM --tls_key=PEM [--tls_client_ca=PEM]] [--insecure]\n"
+      "            [--auth_tokens_file=FILE] [--audit_log=-] [--metrics_auth_file=FILE]\n"
       "       optd --version");
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
@@ -105,6 +130,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);  // re-read the access file
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   optd::StartIdleTrimmer();  // after the mask: its thread must not take the signals
 
@@ -132,11 +158,27 @@ int main(int argc, char** argv) {
     options.checkpoints->interval = absl::GetFlag(FLAGS_checkpoint_interval);
     options.checkpoints->keep = absl::GetFlag(FLAGS_checkpoint_keep);
   }
+  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.tls.reload_interval = absl::GetFlag(FLAGS_tls_reload_interval);
+  options.insecure = absl::GetFlag(FLAGS_insecure);
+  options.access.tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  options.audit_log = absl::GetFlag(FLAGS_audit_log);
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   if (!metrics_listen.empty()) {
     options.metrics.emplace();
     options.metrics->listen = metrics_listen;
     options.metrics->max_sessions = absl::GetFlag(FLAGS_metrics_max_sessions);
+    if (const std::string file = absl::GetFlag(FLAGS_metrics_auth_file); !file.empty()) {
+      absl::StatusOr<optd::BasicAuthUsers> users = optd::BasicAuthUsers::Read(file);
+      if (!users.ok()) {
+        std::fprintf(stderr, "optd: --metrics_auth_file: %s\n",
+                     std::string(users.status().message()).c_str());
+        return 1;
+      }
+      options.metrics->users = *std::move(users);
+    }
   }
   absl::StatusOr<std::unique_ptr<optd::OptdServer>> server = optd::OptdServer::Start(options);
   if (!server.ok()) {
@@ -167,7 +209,14 @@ int main(int argc, char** argv) {
 
   std::thread waiter([&] {
     int signal = 0;
-    sigwait(&signals, &signal);
+    while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) {
+      const absl::Status reloaded = (*server)->ReloadAccess();
+      std::fprintf(stderr, "optd: SIGHUP: %s\n",
+                   reloaded.ok() ? "access file re-read"
+                                 : absl::StrCat(reloaded.message(),
+                                                "; the previous access file stays in force")
+                                       .c_str());
+    }
     std::fprintf(stderr, "optd: signal %d, shutting down\n", signal);
     const absl::Time deadline = absl::Now() + absl::GetFlag(FLAGS_shutdown_grace);
     // A last resort: whatever holds the shutdown up (a call that never ends), the process exits

@@ -76,7 +76,8 @@ EXTERNAL = {
     "pybind11": {"python_ext"},
     "benchmark": {"bench"},
     "eigen": {"optim", "bench"},
-    "json": {"persist", "fuzz"},
+    "json": {"persist", "auth", "fuzz"},
+    "openssl": {"auth", "service"},
 }
 
 # Tests may also include these, by the layer they test: a client test starts a real server
@@ -114,7 +115,7 @@ def family(header):
                          ("grpcpp/", "grpcpp"), ("grpc/", "grpcpp"), ("prometheus/", "prometheus"),
                          ("gtest/", "gtest"), ("gmock/", "gtest"), ("pybind11/", "pybind11"),
                          ("benchmark/", "benchmark"), ("Eigen/", "eigen"), ("Python.h", "python"),
-                         ("nlohmann/", "json"),
+                         ("nlohmann/", "json"), ("openssl/", "openssl"),
                          ("cblas", "eigen")):
         if header.startswith(prefix):
             return name, None

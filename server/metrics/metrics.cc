@@ -42,6 +42,13 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const MetricsOptions& o
           absl::StrCat("cannot serve metrics on ", options.listen,
                        " (is the port taken? port 0 picks a free one): ", e.what()));
     }
+    if (options.users.has_value()) {
+      metrics->exposer_->RegisterAuth(
+          [users = *options.users](const std::string& user, const std::string& password) {
+            return users.Check(user, password);
+          },
+          "optd metrics");
+    }
     metrics->exposer_->RegisterCollectable(metrics->registry_);
     metrics->exposer_->RegisterCollectable(metrics->process_);
     const std::vector<int> ports = metrics->exposer_->GetListeningPorts();

@@ -24,11 +24,13 @@
 #define OPTD_SERVER_METRICS_METRICS_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "server/auth/basic_auth.h"
 #include "server/metrics/grpc_metrics_interceptor.h"
 #include "server/metrics/process_metrics.h"
 #include "server/metrics/session_metrics.h"
@@ -42,6 +44,9 @@ struct MetricsOptions {
   // Sessions labelled with their own id; sessions beyond it are aggregated under session="_other"
   // so that the number of series stays bounded. >= 0.
   int max_sessions = 100;
+  // Set (--metrics_auth_file): /metrics answers 401 unless the request carries HTTP basic
+  // credentials of one of these users.
+  std::optional<BasicAuthUsers> users;
 };
 
 class Metrics {

@@ -7,10 +7,28 @@
 #include <variant>
 
 #include "absl/base/call_once.h"
+#include "absl/strings/str_cat.h"
 #include "server/optim/optimizer_options.h"
+#include "server/session/tensor_spec.h"
 
 namespace optd {
 namespace {
+
+// A session's labels: its id and optimizer, and its tenant when it has one (a server without
+// --auth_tokens_file has none, and its series keep the labels they always had).
+prometheus::Labels LabelsOf(absl::string_view session, absl::string_view optimizer) {
+  prometheus::Labels labels{{"session", std::string(LocalSessionId(session))},
+                            {"optimizer", std::string(optimizer)}};
+  if (absl::string_view tenant = TenantOfSessionId(session); !tenant.empty()) {
+    labels.emplace("tenant", std::string(tenant));
+  }
+  return labels;
+}
+
+// The key of a tenant's "_other" series of one optimizer.
+std::string OtherKey(absl::string_view session_id, absl::string_view optimizer) {
+  return absl::StrCat(TenantOfSessionId(session_id), "\n", optimizer);
+}
 
 using prometheus::Counter;
 using prometheus::Gauge;
@@ -88,7 +106,7 @@ class PrometheusSessionObserver::LazyGauge {
 struct PrometheusSessionObserver::Series {
   Series(PrometheusSessionObserver& o, absl::string_view session, absl::string_view optimizer_name)
       : optimizer(optimizer_name),
-        labels{{"session", std::string(session)}, {"optimizer", optimizer}},
+        labels(LabelsOf(session, optimizer)),
         steps(&o.steps_.Add(labels)),
         step_gradient_norm(&o.step_gradient_norm_.Add(labels, GradientNormBuckets())),
         staleness(&o.staleness_.Add(labels, StalenessBuckets())),
@@ -339,8 +357,11 @@ void PrometheusSessionObserver::OnSessionCreated(absl::string_view session_id,
     own = NewSeries(id, optimizer);
     series = own.get();
   } else {
-    std::unique_ptr<Series>& other = other_[optimizer];
-    if (other == nullptr) other = NewSeries(kOtherSession, optimizer);
+    // One "_other" series per tenant and optimizer: a tenant's totals stay its own.
+    std::unique_ptr<Series>& other = other_[OtherKey(id, optimizer)];
+    if (other == nullptr) {
+      other = NewSeries(QualifiedSessionId(TenantOfSessionId(id), kOtherSession), optimizer);
+    }
     series = other.get();
     other_sessions_.Increment();
   }
@@ -357,11 +378,12 @@ void PrometheusSessionObserver::OnSessionDeleted(absl::string_view session_id) {
   by_session_.erase(it);
   SessionsGauge(series->optimizer).Decrement();
   const bool other = series->labels.at("session") == kOtherSession;
+  const std::string other_key = OtherKey(id, series->optimizer);
   if (other) other_sessions_.Decrement();
   if (--series->sessions > 0) return;
   RemoveSeries(*series);
   if (other) {
-    other_.erase(series->optimizer);
+    other_.erase(other_key);
   } else {
     labelled_.erase(id);
   }

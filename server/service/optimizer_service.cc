@@ -16,8 +16,6 @@
 namespace optd {
 namespace {
 
-constexpr int kDefaultPageSize = 100;
-constexpr int kMaxPageSize = 1000;
 // Trailing metadata of every unary reply: the server process that answered.
 constexpr char kServerIncarnationKey[] = "optd-server-incarnation";
 
@@ -68,9 +66,14 @@ absl::Status Guarded(absl::string_view method, F&& fn) {
 // and serializes replies itself (message_bytes.h).
 class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  StepStreamReactor(OptimizerServiceImpl* service, const GrpcServerMetrics::MethodMetrics* series)
-      : service_(service), call_(series) {
+  StepStreamReactor(OptimizerServiceImpl* service, const GrpcServerMetrics::MethodMetrics* series,
+                    CallCredentials credentials)
+      : service_(service), call_(series), credentials_(std::move(credentials)) {
     call_.Start();
+    if (absl::Status admitted = Admit(); !admitted.ok()) {
+      FinishAndRecord(ToGrpcStatus(admitted));
+      return;
+    }
     StartRead(&read_);
   }
 
@@ -80,6 +83,13 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
       return;
     }
     call_.Received();
+    // A changed access file (a token removed) applies to open streams from their next step.
+    if (service_->access().enabled() && service_->access().generation() != generation_) {
+      if (absl::Status admitted = Admit(); !admitted.ok()) {
+        FinishAndRecord(ToGrpcStatus(admitted));
+        return;
+      }
+    }
     // The request's bytes count against the memory budget until its reply is written.
     absl::StatusOr<MemoryReservation> held =
         service_->budget()->Reserve(static_cast<int64_t>(read_.Length()), "a StreamSteps request");
@@ -94,7 +104,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
       return;
     }
     // Replies go out in request order: the next read starts only after this reply is written.
-    service_->StartStep(request_,
+    service_->StartStep(*caller_, request_,
                         [this](absl::StatusOr<StepOutput> out) { Reply(std::move(out)); });
   }
 
@@ -143,8 +153,21 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
     Finish(status);
   }
 
+  // Authenticates the stream's caller (again, after the access file changed).
+  absl::Status Admit() {
+    generation_ = service_->access().generation();
+    absl::StatusOr<Caller> caller =
+        optd::Admit(credentials_, Action::kStep, service_->access(), service_->audit());
+    if (!caller.ok()) return caller.status();
+    caller_ = *std::move(caller);
+    return absl::OkStatus();
+  }
+
   OptimizerServiceImpl* const service_;
   GrpcCallRecorder call_;
+  const CallCredentials credentials_;
+  std::optional<Caller> caller_;
+  int64_t generation_ = 0;  // of the access file caller_ was admitted by
   grpc::ByteBuffer read_;
   grpc::ByteBuffer write_;
   // Kept from request to request, so its buffers are reused.
@@ -163,252 +186,15 @@ struct StepCall {
 
 }  // namespace
 
-absl::Status OptimizerServiceImpl::DoCreateSession(const v1::CreateSessionRequest& request,
-                                                   v1::Session* response) {
-  if (!request.from_checkpoint().empty() || !request.from_session_checkpoint().empty()) {
-    return DoFork(request, response);
-  }
-  if (!request.session_id().empty()) {
-    if (absl::Status s = ValidateSessionId(request.session_id()); !s.ok()) return s;
-  }
-  absl::StatusOr<SessionConfig> config = ConfigFromProto(request.config());
-  if (!config.ok()) return config.status();
-  absl::StatusOr<std::vector<WireTensorView>> tensors = ViewsOf("tensors", request.tensors());
-  if (!tensors.ok()) return tensors.status();
-  absl::StatusOr<std::shared_ptr<Session>> session =
-      store_->Create(request.session_id(), *std::move(config), *tensors);
-  if (!session.ok()) return session.status();
-  CheckpointNew(**session);
-  Describe(**session, response);
-  return absl::OkStatus();
-}
-
-void OptimizerServiceImpl::CheckpointNew(const Session& session) {
-  // A failure (a full disk) is logged and counted by the checkpointer; the session is created all
-  // the same, and its reply's durable_version (-1) says it is not durable yet.
-  if (options_.checkpointer != nullptr) {
-    options_.checkpointer->Checkpoint(session, CheckpointReason::kCreate).IgnoreError();
-  }
-}
-
-absl::Status OptimizerServiceImpl::DoGetSession(const v1::GetSessionRequest& request,
-                                                v1::Session* response) {
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
-  if (!session.ok()) return session.status();
-  Describe(**session, response);
-  return absl::OkStatus();
-}
-
-absl::Status OptimizerServiceImpl::DoListSessions(const v1::ListSessionsRequest& request,
-                                                  v1::ListSessionsResponse* response) {
-  if (request.page_size() < 0 || request.page_size() > kMaxPageSize) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("page_size = ", request.page_size(), " is out of range: must be in [0, ",
-                     kMaxPageSize, "] (0 means ", kDefaultPageSize, ")"));
-  }
-  const int page_size = request.page_size() == 0 ? kDefaultPageSize : request.page_size();
-  // One extra tells whether another page follows.
-  std::vector<std::shared_ptr<Session>> sessions =
-      store_->List(request.page_token(), page_size + 1);
-  bool more = static_cast<int>(sessions.size()) > page_size;
-  if (more) sessions.pop_back();
-  // A page ends early, with a page token, rather than outgrow the reply limit.
-  size_t bytes = 0;
-  for (size_t i = 0; i < sessions.size(); ++i) {
-    v1::Session described;
-    Describe(*sessions[i], &described);
-    bytes += described.ByteSizeLong() + 16;
-    if (i > 0 && bytes + 1024 > static_cast<size_t>(options_.max_reply_bytes)) {
-      sessions.resize(i);
-      more = true;
-      break;
-    }
-    *response->add_sessions() = std::move(described);
-  }
-  if (more) response->set_next_page_token(sessions.back()->id());
-  return absl::OkStatus();
-}
-
-absl::Status OptimizerServiceImpl::DoUpdateSession(const v1::UpdateSessionRequest& request,
-                                                   v1::Session* response) {
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
-  if (!session.ok()) return session.status();
-  SessionUpdate update;
-  if (request.has_optimizer()) {
-    update.optimizer = [&request](OptimizerOptions* options) {
-      return MergeOptimizerFromProto(request.optimizer(), /*require_same_kind=*/true, "", options);
-    };
-  }
-  if (request.has_schedule()) {
-    absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(request.schedule(), "");
-    if (!schedule.ok()) return schedule.status();
-    update.schedule = *std::move(schedule);
-  }
-  if (request.has_clipping()) {
-    absl::StatusOr<ClipOptions> clipping = ClippingFromProto(request.clipping(), "");
-    if (!clipping.ok()) return clipping.status();
-    update.clipping = *clipping;
-  }
-  if (request.has_optimizer_state()) {
-    absl::StatusOr<OptimizerState> state =
-        OptimizerStateFromProto(request.optimizer_state(), (*session)->tensors());
-    if (!state.ok()) return state.status();
-    update.optimizer_state = *std::move(state);
-  }
-  if (absl::Status s = (*session)->Update(update); !s.ok()) return s;
-  Describe(**session, response);
-  return absl::OkStatus();
-}
-
-absl::StatusOr<PullOutput> OptimizerServiceImpl::DoPull(const v1::PullRequest& request) {
-  absl::StatusOr<WireDType> dtype = DTypeFromProto("dtype", request.dtype());
-  if (!dtype.ok()) return dtype.status();
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
-  if (!session.ok()) return session.status();
-  std::vector<absl::string_view> names(request.names().begin(), request.names().end());
-  std::vector<RowSelection> rows;
-  for (const v1::TensorRows& r : request.rows()) {
-    rows.push_back({r.name(), absl::MakeConstSpan(r.indices().data(), r.indices().size())});
-  }
-  return (*session)->Pull(names, *dtype, rows, request.include_optimizer_state());
-}
-
-absl::Status OptimizerServiceImpl::DoDeleteSession(const v1::DeleteSessionRequest& request,
-                                                   v1::DeleteSessionResponse* response) {
-  // With --checkpoint_dir the store also removes its checkpoints: it does not come back.
-  return store_->Delete(request.session_id());
-}
-
-absl::Status OptimizerServiceImpl::DoCheckpoint(const v1::CheckpointRequest& request,
-                                                v1::CheckpointResponse* response) {
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
-  if (!session.ok()) return session.status();
-  if (options_.checkpointer == nullptr) {
-    return absl::FailedPreconditionError(
-        "this server keeps no checkpoints: start it with --checkpoint_dir");
-  }
-  absl::StatusOr<CheckpointResult> result =
-      options_.checkpointer->Checkpoint(**session, CheckpointReason::kRequest);
-  if (!result.ok()) return result.status();
-  response->set_version(result->version);
-  response->set_path(result->path);
-  response->set_bytes(result->bytes);
-  return absl::OkStatus();
-}
-
-absl::Status OptimizerServiceImpl::DoFork(const v1::CreateSessionRequest& request,
-                                          v1::Session* response) {
-  if (options_.checkpointer == nullptr) {
-    return absl::FailedPreconditionError(
-        "this server keeps no checkpoints (--checkpoint_dir): it cannot create a session from one");
-  }
-  if (!request.from_checkpoint().empty() && !request.from_session_checkpoint().empty()) {
-    return absl::InvalidArgumentError(
-        "from_checkpoint and from_session_checkpoint are both set; give one");
-  }
-  if (request.tensors_size() > 0) {
-    return absl::InvalidArgumentError(
-        "tensors must be empty when the session starts from a checkpoint");
-  }
-  if (request.session_id().empty()) {
-    return absl::InvalidArgumentError("session_id is required with a checkpoint");
-  }
-  if (absl::Status s = ValidateSessionId(request.session_id()); !s.ok()) return s;
-  absl::StatusOr<SessionState> state =
-      !request.from_checkpoint().empty()
-          ? options_.checkpointer->Read(request.from_checkpoint())
-          : options_.checkpointer->ReadNewest(request.from_session_checkpoint());
-  if (!state.ok() && request.from_checkpoint().empty() &&
-      state.status().code() == absl::StatusCode::kInvalidArgument) {
-    return absl::InvalidArgumentError(absl::StrCat("from_", state.status().message()));
-  }
-  if (!state.ok()) return state.status();
-  state->id = request.session_id();
-  state->exactly_once = ExactlyOnceTable::State();  // the fork's workers join it afresh
-  state->sync_workers_seen.clear();
-  state->create_time = absl::Now();
-  // A config given replaces the checkpoint's hyperparameters, schedule and clipping, as
-  // UpdateSession would; the tensors and the consistency mode are the checkpoint's.
-  const v1::SessionConfig& config = request.config();
-  if (config.has_consistency() && config.consistency().ByteSizeLong() > 0) {
-    return absl::InvalidArgumentError(
-        "config.consistency cannot be given with a checkpoint: a fork keeps the checkpoint's "
-        "(change it with a new session instead)");
-  }
-  if (config.has_optimizer()) {
-    const OptimizerOptions before = state->config.optimizer;
-    if (absl::Status s = MergeOptimizerFromProto(config.optimizer(), /*require_same_kind=*/true,
-                                                 "config.", &state->config.optimizer);
-        !s.ok()) {
-      return s;
-    }
-    // The rules of UpdateSession: options whose state would have no history (Adam's amsgrad,
-    // RMSprop's centered, momentum to or from 0) cannot change from the checkpoint's.
-    absl::StatusOr<std::unique_ptr<Optimizer>> probe = CreateOptimizer(before, {1});
-    if (!probe.ok()) return probe.status();
-    if (absl::Status s = (*probe)->UpdateOptions(state->config.optimizer); !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("config.optimizer: ", s.message()));
-    }
-  }
-  if (config.has_clipping()) {
-    absl::StatusOr<ClipOptions> clipping = ClippingFromProto(config.clipping(), "config.");
-    if (!clipping.ok()) return clipping.status();
-    state->config.clipping = *clipping;
-  }
-  if (config.has_schedule()) {
-    absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(config.schedule(), "config.");
-    if (!schedule.ok()) return schedule.status();
-    state->config.schedule = *std::move(schedule);
-    // A new schedule starts from its own initial state at the checkpoint's step count (as
-    // UpdateSession continues a new schedule at the current step).
-    absl::StatusOr<LrSchedule> fresh =
-        LrSchedule::Create(state->config.schedule, BaseLearningRate(state->config.optimizer));
-    if (!fresh.ok()) return fresh.status();
-    LrScheduleState restarted = fresh->state();
-    restarted.step = state->schedule.step;
-    state->schedule = restarted;
-  } else if (config.has_optimizer() &&
-             BaseLearningRate(state->config.optimizer) != state->schedule.base_lr) {
-    // A new lr, as UpdateSession sets one (ReduceOnPlateau starts again from it); other options
-    // keep the schedule's state, a plateau-reduced lr included.
-    state->schedule.base_lr = BaseLearningRate(state->config.optimizer);
-    state->schedule.plateau_lr = state->schedule.base_lr;
-  }
-  absl::StatusOr<std::shared_ptr<Session>> session =
-      store_->Restore(*std::move(state), /*as_new=*/true);
-  if (!session.ok()) return session.status();
-  CheckpointNew(**session);
-  Describe(**session, response);
-  return absl::OkStatus();
-}
-
-int64_t OptimizerServiceImpl::DurableVersion(absl::string_view session_id) const {
-  return options_.checkpointer == nullptr ? -1 : options_.checkpointer->DurableVersion(session_id);
-}
-
-void OptimizerServiceImpl::Describe(const Session& session, v1::Session* out) const {
-  SessionInfoToProto(session.Info(), out);
-  out->set_server_incarnation(options_.server_incarnation);
-  out->set_durable_version(DurableVersion(session.id()));
-}
-
-absl::Status OptimizerServiceImpl::DoJoinSession(const v1::JoinSessionRequest& request,
-                                                 v1::JoinSessionResponse* response) {
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.session_id());
-  if (!session.ok()) return session.status();
-  absl::StatusOr<JoinOutput> joined = (*session)->Join(request.worker_id());
-  if (!joined.ok()) return joined.status();
-  response->set_worker_incarnation(joined->worker_incarnation);
-  response->set_next_sequence(1);
-  response->set_version(joined->version);
-  response->set_server_incarnation(options_.server_incarnation);
-  return absl::OkStatus();
-}
-
-void OptimizerServiceImpl::StartStep(const StepRequestBytes& request, StepCallback done) {
+void OptimizerServiceImpl::StartStep(const Caller& caller, StepRequestBytes& request,
+                                     StepCallback done) {
   // Until the session has `done`, a memory shortfall here is answered here.
   bool handed = false;
   try {
+    absl::StatusOr<std::string> id = StoredSessionId(caller.who, request.message.session_id());
+    if (!id.ok()) return done(id.status());
+    *request.message.mutable_session_id() = *std::move(id);
+    if (absl::Status s = access_->AdmitStep(caller.who); !s.ok()) return done(s);
     absl::StatusOr<StepInput> input = StepInputFromProto(request.message);
     if (!input.ok()) return done(input.status());
     absl::StatusOr<std::shared_ptr<Session>> session = store_->Find(request.message.session_id());
@@ -431,16 +217,22 @@ void OptimizerServiceImpl::StartStep(const StepRequestBytes& request, StepCallba
 template <typename Request, typename Response>
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Unary(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
-    grpc::ByteBuffer* response_bytes, const GrpcServerMetrics::MethodMetrics* series,
-    absl::string_view method,
-    absl::Status (OptimizerServiceImpl::*handler)(const Request&, Response*)) {
+    grpc::ByteBuffer* response_bytes, const GrpcServerMetrics::MethodMetrics* series, Action action,
+    absl::Status (OptimizerServiceImpl::*handler)(const Caller&, const Request&, Response*)) {
   Request request;
   Response response;
   // Every reply, an error too, says which server process answered (a client tells a restart).
   context->AddTrailingMetadata(kServerIncarnationKey, options_.server_incarnation);
+  // Who calls is known before the request is even parsed.
+  absl::StatusOr<Caller> caller =
+      Admit(CredentialsOf(*context, *access_), action, *access_, options_.audit);
+  if (!caller.ok()) return FinishWith(context, series, caller.status());
   // gRPC hands the request over and drops it after the call: parsing may consume it.
   absl::Status status = ParseMessage(const_cast<grpc::ByteBuffer*>(request_bytes), &request);
-  if (status.ok()) status = Guarded(method, [&] { return (this->*handler)(request, &response); });
+  if (status.ok()) {
+    status =
+        Guarded(ActionName(action), [&] { return (this->*handler)(*caller, request, &response); });
+  }
   if (status.ok()) SerializeMessage(response, response_bytes);
   return FinishWith(context, series, status);
 }
@@ -448,49 +240,49 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Unary(
 grpc::ServerUnaryReactor* OptimizerServiceImpl::CreateSession(grpc::CallbackServerContext* context,
                                                               const grpc::ByteBuffer* request,
                                                               grpc::ByteBuffer* response) {
-  return Unary(context, request, response, create_session_series_, "CreateSession",
+  return Unary(context, request, response, create_session_series_, Action::kCreateSession,
                &OptimizerServiceImpl::DoCreateSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::GetSession(grpc::CallbackServerContext* context,
                                                            const grpc::ByteBuffer* request,
                                                            grpc::ByteBuffer* response) {
-  return Unary(context, request, response, get_session_series_, "GetSession",
+  return Unary(context, request, response, get_session_series_, Action::kGetSession,
                &OptimizerServiceImpl::DoGetSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::ListSessions(grpc::CallbackServerContext* context,
                                                              const grpc::ByteBuffer* request,
                                                              grpc::ByteBuffer* response) {
-  return Unary(context, request, response, list_sessions_series_, "ListSessions",
+  return Unary(context, request, response, list_sessions_series_, Action::kListSessions,
                &OptimizerServiceImpl::DoListSessions);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::UpdateSession(grpc::CallbackServerContext* context,
                                                               const grpc::ByteBuffer* request,
                                                               grpc::ByteBuffer* response) {
-  return Unary(context, request, response, update_session_series_, "UpdateSession",
+  return Unary(context, request, response, update_session_series_, Action::kUpdateSession,
                &OptimizerServiceImpl::DoUpdateSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::DeleteSession(grpc::CallbackServerContext* context,
                                                               const grpc::ByteBuffer* request,
                                                               grpc::ByteBuffer* response) {
-  return Unary(context, request, response, delete_session_series_, "DeleteSession",
+  return Unary(context, request, response, delete_session_series_, Action::kDeleteSession,
                &OptimizerServiceImpl::DoDeleteSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::JoinSession(grpc::CallbackServerContext* context,
                                                             const grpc::ByteBuffer* request,
                                                             grpc::ByteBuffer* response) {
-  return Unary(context, request, response, join_session_series_, "JoinSession",
+  return Unary(context, request, response, join_session_series_, Action::kJoinSession,
                &OptimizerServiceImpl::DoJoinSession);
 }
 
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Checkpoint(grpc::CallbackServerContext* context,
                                                            const grpc::ByteBuffer* request,
                                                            grpc::ByteBuffer* response) {
-  return Unary(context, request, response, checkpoint_series_, "Checkpoint",
+  return Unary(context, request, response, checkpoint_series_, Action::kCheckpoint,
                &OptimizerServiceImpl::DoCheckpoint);
 }
 
@@ -499,13 +291,17 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Pull(grpc::CallbackServerContext
                                                      grpc::ByteBuffer* response) {
   v1::PullRequest request;
   context->AddTrailingMetadata(kServerIncarnationKey, options_.server_incarnation);
+  absl::StatusOr<Caller> caller =
+      Admit(CredentialsOf(*context, *access_), Action::kPull, *access_, options_.audit);
+  if (!caller.ok()) return FinishWith(context, pull_series_, caller.status());
   absl::Status status = ParseMessage(const_cast<grpc::ByteBuffer*>(request_bytes), &request);
   if (status.ok()) {
     status = Guarded("Pull", [&]() -> absl::Status {
-      absl::StatusOr<PullOutput> out = DoPull(request);
+      absl::StatusOr<PullOutput> out = DoPull(*caller, request);
       if (!out.ok()) return out.status();
+      absl::StatusOr<std::string> id = StoredSessionId(caller->who, request.session_id());
       SerializePullResponse(*std::move(out), options_.server_incarnation,
-                            DurableVersion(request.session_id()), response);
+                            DurableVersion(id.ok() ? *id : ""), response);
       return absl::OkStatus();
     });
   }
@@ -518,6 +314,12 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   context->AddTrailingMetadata(kServerIncarnationKey, options_.server_incarnation);
   auto call = std::make_unique<StepCall>(step_series_);
+  absl::StatusOr<Caller> caller =
+      Admit(CredentialsOf(*context, *access_), Action::kStep, *access_, options_.audit);
+  if (!caller.ok()) {
+    call->recorder.Finish(reactor, ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   // The request's bytes count against the memory budget until the call is answered.
   absl::StatusOr<MemoryReservation> held =
       options_.budget->Reserve(static_cast<int64_t>(request->Length()), "a Step request");
@@ -531,36 +333,39 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Step(grpc::CallbackServerContext
   }
   call->held = *std::move(held);
   StepCall* const started = call.get();
-  StartStep(started->request, [this, context, reactor, response,
-                               call = std::move(call)](absl::StatusOr<StepOutput> out) mutable {
-    const int64_t current_version = CurrentVersionOf(out.status());
-    if (current_version >= 0) {
-      context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
-    }
-    if (NeedsRejoin(out.status())) context->AddTrailingMetadata("optd-rejoin", "1");
-    absl::Status status = out.status();
-    if (out.ok()) {
-      out->server_incarnation = options_.server_incarnation;
-      out->durable_version = DurableVersion(call->request.message.session_id());
-      status = Guarded("Step", [&] {
-        SerializeStepResponse(*std::move(out), response);
-        return absl::OkStatus();
-      });
-    }
-    call->recorder.Finish(reactor, ToGrpcStatus(status));
-  });
+  StartStep(*caller, started->request,
+            [this, context, reactor, response,
+             call = std::move(call)](absl::StatusOr<StepOutput> out) mutable {
+              const int64_t current_version = CurrentVersionOf(out.status());
+              if (current_version >= 0) {
+                context->AddTrailingMetadata("optd-current-version", absl::StrCat(current_version));
+              }
+              if (NeedsRejoin(out.status())) context->AddTrailingMetadata("optd-rejoin", "1");
+              absl::Status status = out.status();
+              if (out.ok()) {
+                out->server_incarnation = options_.server_incarnation;
+                out->durable_version = DurableVersion(call->request.message.session_id());
+                status = Guarded("Step", [&] {
+                  SerializeStepResponse(*std::move(out), response);
+                  return absl::OkStatus();
+                });
+              }
+              call->recorder.Finish(reactor, ToGrpcStatus(status));
+            });
   return reactor;
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OptimizerServiceImpl::StreamSteps(
     grpc::CallbackServerContext* context) {
-  return new StepStreamReactor(this, stream_steps_series_);
+  return new StepStreamReactor(this, stream_steps_series_, CredentialsOf(*context, *access_));
 }
 
 OptimizerServiceImpl::OptimizerServiceImpl(SessionStore* store,
                                            const GrpcServerMetrics* grpc_metrics,
                                            OptimizerServiceOptions options)
     : store_(store),
+      anonymous_(options.access == nullptr ? *AccessControl::Open({}) : nullptr),
+      access_(options.access != nullptr ? options.access : anonymous_.get()),
       grpc_metrics_(grpc_metrics),
       options_(std::move(options)),
       create_session_series_(MethodSeries("CreateSession")),

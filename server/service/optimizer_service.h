@@ -43,8 +43,11 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "optd/v1/optd.grpc.pb.h"
+#include "server/auth/access_control.h"
+#include "server/auth/audit_log.h"
 #include "server/metrics/grpc_metrics_interceptor.h"
 #include "server/persist/checkpointer.h"
+#include "server/service/caller.h"
 #include "server/service/message_bytes.h"
 #include "server/session/session_store.h"
 
@@ -71,6 +74,9 @@ struct OptimizerServiceOptions {
   int64_t max_reply_bytes = int64_t{1} << 31;        // bounds ListSessions pages
   Checkpointer* checkpointer = nullptr;              // null: no --checkpoint_dir
   std::string server_incarnation;                    // in every reply
+  // Who may call and what (server/auth); null: every caller is the anonymous admin.
+  AccessControl* access = nullptr;
+  AuditLog* audit = nullptr;  // null: no audit lines
 };
 
 class OptimizerServiceImpl final : public OptimizerCallbackService {
@@ -113,36 +119,58 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
   // called exactly once, when the step is answered: at once, or (SYNC) when its barrier
   // completes, from the thread that completes it. `request` must stay valid until StartStep
   // returns. An Aborted status carries the session's current version (CurrentVersionOf).
-  void StartStep(const StepRequestBytes& request, StepCallback done);
+  // `caller` names the session as its tenant sees it; the step counts against its tenant's
+  // steps_per_second quota. `request`'s session id is replaced by the stored one.
+  void StartStep(const Caller& caller, StepRequestBytes& request, StepCallback done);
+
+  AccessControl& access() const { return *access_; }
+  AuditLog* audit() const { return options_.audit; }
 
  private:
   template <typename Request, typename Response>
   Reactor* Unary(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
                  grpc::ByteBuffer* response_bytes, const GrpcServerMetrics::MethodMetrics* series,
-                 absl::string_view method,
-                 absl::Status (OptimizerServiceImpl::*handler)(const Request&, Response*));
+                 Action action,
+                 absl::Status (OptimizerServiceImpl::*handler)(const Caller&, const Request&,
+                                                               Response*));
 
-  absl::Status DoCreateSession(const v1::CreateSessionRequest& request, v1::Session* response);
-  absl::Status DoGetSession(const v1::GetSessionRequest& request, v1::Session* response);
-  absl::Status DoListSessions(const v1::ListSessionsRequest& request,
+  absl::Status DoCreateSession(const Caller& caller, const v1::CreateSessionRequest& request,
+                               v1::Session* response);
+  absl::Status DoGetSession(const Caller& caller, const v1::GetSessionRequest& request,
+                            v1::Session* response);
+  absl::Status DoListSessions(const Caller& caller, const v1::ListSessionsRequest& request,
                               v1::ListSessionsResponse* response);
-  absl::Status DoUpdateSession(const v1::UpdateSessionRequest& request, v1::Session* response);
-  absl::Status DoDeleteSession(const v1::DeleteSessionRequest& request,
+  absl::Status DoUpdateSession(const Caller& caller, const v1::UpdateSessionRequest& request,
+                               v1::Session* response);
+  absl::Status DoDeleteSession(const Caller& caller, const v1::DeleteSessionRequest& request,
                                v1::DeleteSessionResponse* response);
-  absl::Status DoJoinSession(const v1::JoinSessionRequest& request,
+  absl::Status DoJoinSession(const Caller& caller, const v1::JoinSessionRequest& request,
                              v1::JoinSessionResponse* response);
-  absl::Status DoCheckpoint(const v1::CheckpointRequest& request, v1::CheckpointResponse* response);
+  absl::Status DoCheckpoint(const Caller& caller, const v1::CheckpointRequest& request,
+                            v1::CheckpointResponse* response);
   // CreateSession from a checkpoint (a fork).
-  absl::Status DoFork(const v1::CreateSessionRequest& request, v1::Session* response);
+  absl::Status DoFork(const Caller& caller, const v1::CreateSessionRequest& request,
+                      v1::Session* response);
   // The session's description, with the server's incarnation and its durable version.
-  void Describe(const Session& session, v1::Session* out) const;
-  absl::StatusOr<PullOutput> DoPull(const v1::PullRequest& request);
+  void Describe(const Caller& caller, const Session& session, v1::Session* out) const;
+  // CreateSession or a fork, before its audit line.
+  absl::Status Create(const Caller& caller, const v1::CreateSessionRequest& request,
+                      v1::Session* response);
+  // With quotas: OK if `caller`'s tenant may add a session of `new_bytes`.
+  absl::Status CheckQuota(const Caller& caller, int64_t new_bytes) const;
+  // The session `id` names for `caller` (a tenant's own, or NotFound).
+  absl::StatusOr<std::shared_ptr<Session>> Find(const Caller& caller, absl::string_view id);
+  absl::StatusOr<PullOutput> DoPull(const Caller& caller, const v1::PullRequest& request);
 
   // The series of one of this service's methods ("Step") if the service records it
   // (Recording::kByService), else null.
   const GrpcServerMetrics::MethodMetrics* MethodSeries(absl::string_view method) const;
 
   SessionStore* const store_;
+  std::unique_ptr<AccessControl> anonymous_;  // when options_.access is null
+  AccessControl* const access_;
+  // Serialises creations while quotas are checked, so that two cannot both fit the last room.
+  absl::Mutex create_mu_;
   const GrpcServerMetrics* const grpc_metrics_;
   const OptimizerServiceOptions options_;
   // Looked up once: the series of each method (null without metrics).

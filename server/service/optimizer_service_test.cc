@@ -779,7 +779,21 @@ TEST(OptdServerTest, RejectsBadOptionsAndUnbindableAddresses) {
   EXPECT_EQ(OptdServer::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
   options.max_message_bytes = 1 << 20;
   options.listen = "256.0.0.1:1";
+  // Plaintext off loopback needs `insecure`; with it, the address itself is refused.
+  EXPECT_EQ(OptdServer::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.insecure = true;
   EXPECT_EQ(OptdServer::Start(options).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(OptdServerTest, LoopbackAddressesAreTheOnesThatNeedNoTls) {
+  for (const char* local : {"127.0.0.1:50051", "127.3.2.1:1", "localhost:0", "[::1]:50051",
+                            "unix:/tmp/optd.sock"}) {
+    EXPECT_TRUE(IsLoopbackAddress(local)) << local;
+  }
+  for (const char* remote : {"0.0.0.0:50051", "[::]:50051", "10.0.0.7:1", "optd-0.optd:50051",
+                             ":50051"}) {
+    EXPECT_FALSE(IsLoopbackAddress(remote)) << remote;
+  }
 }
 
 TEST(OptdServerTest, ShutdownLetsAnInFlightStreamFinish) {

@@ -1,13 +1,16 @@
 #include "server/service/server.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <system_error>
 #include <utility>
 #include <vector>
 
 #include "absl/random/random.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "google/protobuf/descriptor.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -25,7 +28,36 @@ GrpcType GrpcTypeOf(const google::protobuf::MethodDescriptor& method) {
   return method.server_streaming() ? GrpcType::kServerStream : GrpcType::kUnary;
 }
 
+bool IsLoopbackAddress(absl::string_view listen) {
+  if (absl::StartsWith(listen, "unix:")) return true;
+  absl::string_view host = listen.substr(0, listen.rfind(':'));
+  if (absl::ConsumePrefix(&host, "[")) absl::ConsumeSuffix(&host, "]");
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
 absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOptions& options) {
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (options.tls.enabled()) {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
+        TlsServerCredentialsFor(options.tls);
+    if (!tls.ok()) return tls.status();
+    credentials = *std::move(tls);
+  } else if (options.tls.mutual()) {
+    return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+  } else if (!IsLoopbackAddress(options.listen)) {
+    if (!options.insecure) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "listening on ", options.listen,
+          " without TLS: give --tls_cert and --tls_key (and --tls_client_ca for client "
+          "certificates), or --insecure to serve plaintext to anyone who reaches that address"));
+    }
+    std::fprintf(stderr,
+                 "optd: WARNING: serving plaintext (--insecure) on %s: anyone who reaches it can "
+                 "read and change what the calls carry%s\n",
+                 options.listen.c_str(),
+                 options.access.tokens_file.empty() ? ", and call every method"
+                                                    : ", bearer tokens included");
+  }
   if (options.max_message_bytes < 1024 || options.max_message_bytes > (int64_t{1} << 31) - 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_message_bytes = ", options.max_message_bytes,
@@ -67,6 +99,17 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
   server->budget_ = std::make_unique<MemoryBudget>(options.max_memory_bytes);
   server->incarnation_ = absl::StrFormat("%016x", absl::Uniform<uint64_t>(absl::BitGen()));
   server->codec_ = std::make_unique<ProtoJsonConfigCodec>();
+  absl::StatusOr<std::unique_ptr<AccessControl>> access = AccessControl::Open(options.access);
+  if (!access.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--auth_tokens_file: ", access.status().message()));
+  }
+  server->access_ = *std::move(access);
+  if (!options.audit_log.empty()) {
+    absl::StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(options.audit_log);
+    if (!audit.ok()) return audit.status();
+    server->audit_ = *std::move(audit);
+  }
   SessionStoreOptions store_options = options.store;
   store_options.max_reply_bytes = options.max_message_bytes;
   OptdServer* const raw = server.get();
@@ -111,6 +154,8 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
   service_options.max_reply_bytes = options.max_message_bytes;
   service_options.checkpointer = server->checkpointer_.get();
   service_options.server_incarnation = server->incarnation_;
+  service_options.access = server->access_.get();
+  service_options.audit = server->audit_.get();
   server->service_ = std::make_unique<OptimizerServiceImpl>(
       server->store_.get(), server->metrics_ != nullptr ? &server->metrics_->grpc() : nullptr,
       std::move(service_options));
@@ -126,7 +171,7 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // A client may not open more streams on one connection than this at once (each holds buffers).
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams);
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(options.listen, credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->service_.get());

@@ -1,10 +1,11 @@
 // File: server.h
 //
 // OptdServer: the optd gRPC server assembled and started: the Optimizer service over a
-// SessionStore, the grpc.health.v1 service (overall "" and "optd.v1.Optimizer") and server
-// reflection, and, when ServerOptions::metrics is set, the Prometheus metrics (server/metrics: a
-// gRPC interceptor, the store's SessionObserver and the /metrics exporter). main.cc and the tests
-// use it; nothing else does.
+// SessionStore, behind TLS or mTLS when configured (tls_credentials.h) and the access control of
+// server/auth (tokens, tenants, quotas, an audit log), the grpc.health.v1 service (overall "" and
+// "optd.v1.Optimizer") and server reflection, and, when ServerOptions::metrics is set, the
+// Prometheus metrics (server/metrics: a gRPC interceptor, the store's SessionObserver and the
+// /metrics exporter). main.cc and the tests use it; nothing else does.
 //
 // Thread safety: Start, port, InProcessChannel and store are safe from any thread. Shutdown may be
 // called once, from any thread that is not a gRPC callback; Wait blocks until Shutdown completes.
@@ -23,8 +24,11 @@
 #include "google/protobuf/descriptor.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/server.h"
+#include "server/auth/access_control.h"
+#include "server/auth/audit_log.h"
 #include "server/metrics/metrics.h"
 #include "server/persist/checkpointer.h"
+#include "server/service/tls_credentials.h"
 #include "server/session/memory_budget.h"
 #include "server/session/session_store.h"
 
@@ -33,6 +37,10 @@ namespace optd {
 // The gRPC type of a method from its descriptor's client_streaming() and server_streaming(), for
 // the gRPC server metrics.
 GrpcType GrpcTypeOf(const google::protobuf::MethodDescriptor& method);
+
+// Whether a --listen address is reachable only from this machine (127.0.0.0/8, ::1, localhost,
+// a unix socket).
+bool IsLoopbackAddress(absl::string_view listen);
 
 class OptimizerServiceImpl;
 
@@ -58,6 +66,16 @@ struct ServerOptions {
   // before they are unloaded (and loaded again when asked for), and Shutdown checkpoints every
   // session that moved.
   std::optional<CheckpointerOptions> checkpoints;
+  // Transport security (--tls_cert, --tls_key, --tls_client_ca). Without TLS, `listen` must be a
+  // loopback address unless `insecure` (--insecure) says that plaintext elsewhere is meant.
+  TlsOptions tls;
+  bool insecure = false;
+  // Authentication, tenants and quotas (--auth_tokens_file); empty: every caller is the
+  // anonymous admin, as before tokens.
+  AccessControlOptions access;
+  // --audit_log: "-" standard error (main.cc's default), a path, or empty for none (the default
+  // here, for tests and embedders).
+  std::string audit_log;
   // Prometheus metrics. Unset (the default, for tests and embedders): none are kept and no port is
   // opened. Set: every RPC and session event is recorded, and served on `metrics->listen` when
   // that is not empty (main.cc's --metrics_listen).
@@ -69,7 +87,8 @@ class OptdServer {
   // Builds and starts the server (restoring checkpointed sessions first). Returns Unavailable if
   // the address cannot be bound (another process listens on it: optd never shares a port),
   // FailedPrecondition for a checkpoint folder it cannot use, and InvalidArgument for bad
-  // options.
+  // options (TLS files that do not read or match, an access file that does not parse, plaintext
+  // on a non-loopback address without `insecure`).
   static absl::StatusOr<std::unique_ptr<OptdServer>> Start(const ServerOptions& options);
 
   // The gRPC service name, as the health service reports it.
@@ -94,6 +113,11 @@ class OptdServer {
   // `deadline`, then cancels the rest; then checkpoints every session that moved (durability).
   void Shutdown(absl::Time deadline);
 
+  // Re-reads the access file now (main.cc calls it on SIGHUP); an error keeps the previous one.
+  absl::Status ReloadAccess() { return access_->Reload(); }
+
+  AuditLog* audit() { return audit_.get(); }
+
   // This process's incarnation: random, new at every start, in every reply.
   const std::string& incarnation() const { return incarnation_; }
 
@@ -114,6 +138,8 @@ class OptdServer {
   std::unique_ptr<Metrics> metrics_;  // outlives the store and the server that report to it
   std::unique_ptr<SessionStore> store_;
   std::unique_ptr<ConfigCodec> codec_;
+  std::unique_ptr<AccessControl> access_;
+  std::unique_ptr<AuditLog> audit_;
   std::unique_ptr<Checkpointer> checkpointer_;  // after the store: stops before it
   std::unique_ptr<OptimizerServiceImpl> service_;
   std::string incarnation_;

@@ -15,25 +15,57 @@ bool IsIdChar(char c, absl::string_view extra) {
          extra.find(c) != absl::string_view::npos;
 }
 
-}  // namespace
-
-absl::Status ValidateSessionId(absl::string_view id) {
-  if (id.empty() || id.size() > kMaxSessionIdLength) {
-    return absl::InvalidArgumentError(absl::StrCat("session_id ", Quote(id), " has length ",
-                                                   id.size(), "; must be 1 to ",
-                                                   kMaxSessionIdLength, " characters"));
+// OK if `part` is 1 to `max` characters of [A-Za-z0-9._-]; `what` names it in the message.
+absl::Status ValidateIdPart(absl::string_view what, absl::string_view shown, absl::string_view part,
+                            size_t max) {
+  if (part.empty() || part.size() > max) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " ", Quote(shown), " has length ",
+                                                   part.size(), "; must be 1 to ", max,
+                                                   " characters"));
   }
-  for (char c : id) {
+  for (char c : part) {
     if (!IsIdChar(c, "._-")) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "session_id ", Quote(id), " has an invalid character; allowed: [A-Za-z0-9._-]"));
+          what, " ", Quote(shown), " has an invalid character; allowed: [A-Za-z0-9._-]"));
     }
   }
   return absl::OkStatus();
 }
 
+}  // namespace
+
+absl::Status ValidateSessionId(absl::string_view id) {
+  const size_t colon = id.find(kTenantSeparator);
+  if (colon == absl::string_view::npos || id.size() > kMaxTenantLength + 1 + kMaxSessionIdLength) {
+    return ValidateIdPart("session_id", id, id, kMaxSessionIdLength);
+  }
+  if (absl::Status s = ValidateIdPart("session_id", id, id.substr(0, colon), kMaxTenantLength);
+      !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(s.message(), " (before ':', a tenant's name)"));
+  }
+  return ValidateIdPart("session_id", id, id.substr(colon + 1), kMaxSessionIdLength);
+}
+
+absl::Status ValidateTenant(absl::string_view field, absl::string_view tenant) {
+  return ValidateIdPart(field, tenant, tenant, kMaxTenantLength);
+}
+
+std::string QualifiedSessionId(absl::string_view tenant, absl::string_view id) {
+  return tenant.empty() ? std::string(id) : absl::StrCat(tenant, ":", id);
+}
+
+absl::string_view TenantOfSessionId(absl::string_view id) {
+  const size_t colon = id.find(kTenantSeparator);
+  return colon == absl::string_view::npos ? absl::string_view() : id.substr(0, colon);
+}
+
+absl::string_view LocalSessionId(absl::string_view id) {
+  const size_t colon = id.find(kTenantSeparator);
+  return colon == absl::string_view::npos ? id : id.substr(colon + 1);
+}
+
 std::string ShownSessionId(absl::string_view id) {
-  return ValidateSessionId(id).ok() ? std::string(id) : Quote(id);
+  return ValidateSessionId(id).ok() ? std::string(LocalSessionId(id)) : Quote(id);
 }
 
 absl::Status ValidateTensorName(absl::string_view field, absl::string_view name) {

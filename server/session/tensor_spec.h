@@ -39,11 +39,29 @@ inline constexpr int kMaxTensorsPerSession = 4096;
 // Largest tensor, in elements: 2^31 - 1 floats (8 GiB).
 inline constexpr int64_t kMaxTensorElements = (int64_t{1} << 31) - 1;
 
-// OK if `id` is 1 to kMaxSessionIdLength characters of [A-Za-z0-9._-].
+inline constexpr int kMaxTenantLength = 64;
+// Between a tenant's name and a session id: "acme:run-1" is tenant acme's session run-1.
+inline constexpr char kTenantSeparator = ':';
+
+// OK if `id` is a session id as the server keys its sessions: 1 to kMaxSessionIdLength characters
+// of [A-Za-z0-9._-], optionally after a tenant name and kTenantSeparator ("acme:run-1"). Sessions
+// without a tenant (a server without --auth_tokens_file) have no prefix. The service decides who
+// may name a prefix (server/security: only admins and servers without authentication).
 absl::Status ValidateSessionId(absl::string_view id);
 
-// `id` as error messages show it: as it is when it is a valid session id, else quoted (a short
-// prefix, escaped: base/quote.h).
+// OK if `tenant` is 1 to kMaxTenantLength characters of [A-Za-z0-9._-]. `field` names it.
+absl::Status ValidateTenant(absl::string_view field, absl::string_view tenant);
+
+// The session id of `tenant`'s session `id` ("acme:run-1"; `id` alone when `tenant` is empty).
+std::string QualifiedSessionId(absl::string_view tenant, absl::string_view id);
+
+// The tenant part of a session id ("" when it has none), and the rest.
+absl::string_view TenantOfSessionId(absl::string_view id);
+absl::string_view LocalSessionId(absl::string_view id);
+
+// `id` as error messages show it: without its tenant (LocalSessionId) when it is a valid session
+// id (a caller sees only its own tenant's sessions), else quoted (a short prefix, escaped:
+// base/quote.h).
 std::string ShownSessionId(absl::string_view id);
 
 // OK if `name` is 1 to kMaxTensorNameLength characters of [A-Za-z0-9._/:-]; `field` is where it
