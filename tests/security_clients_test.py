@@ -413,3 +413,24 @@ def test_remote_optimizer_with_tls_and_token(server, pki):
     with pytest.raises(optd.UnauthenticatedError, match="a token was sent"):
         optd.torch.RemoteOptimizer(torch.nn.Linear(3, 1).parameters(), address=server.address,
                                    optimizer="sgd", lr=0.1, token="not-a-token", **tls_args(pki))
+
+
+@pytest.mark.parametrize("token,cls,phrase", [
+    ("not-a-valid-token", optd.UnauthenticatedError,
+     "refused StreamSteps: the server refused the token (UNAUTHENTICATED)"),
+    (READER, optd.PermissionDeniedError, "refused StreamSteps (PERMISSION_DENIED)"),
+], ids=["wrong token", "reader"])
+def test_python_stream_refusals_say_why(server, pki, token, cls, phrase):
+    with optd.Client(server.address, token=WRITER, timeout=10, **tls_args(pki)) as writer:
+        writer.create_session({"w": np.zeros(2, np.float32)}, "sgd", lr=0.1,
+                              session_id="py-stream-refused")
+        try:
+            with optd.Client(server.address, token=token, timeout=10, **tls_args(pki)) as client:
+                with pytest.raises(cls) as e:
+                    with client.stream() as stream:
+                        stream.step({"w": np.ones(2, np.float32)}, session_id="py-stream-refused")
+            assert phrase in str(e.value), str(e.value)
+            assert_no_token(str(e.value))
+            assert writer.pull("py-stream-refused").version == 0
+        finally:
+            writer.delete_session("py-stream-refused")

@@ -83,6 +83,7 @@ echo "ok: optd --version -> optd $VERSION"
 
 # --- start optd --------------------------------------------------------------------------------
 mkdir -p "$WORK/checkpoints"
+: >"$WORK/optd.out"  # exists before the loop below reads it (the redirection is optd's, async)
 "$OPTD" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --checkpoint_dir="$WORK/checkpoints" \
   --checkpoint_interval=0 >"$WORK/optd.out" 2>"$WORK/optd.err" &
 OPTD_PID=$!

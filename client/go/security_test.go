@@ -87,6 +87,21 @@ func TestSecurityEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("reader's stream", func(t *testing.T) {
+		c := dialWith(t, good, optd.WithToken(reader))
+		stream, err := c.StreamSteps(ctx)
+		if err != nil {
+			t.Fatalf("StreamSteps: %v", err)
+		}
+		defer stream.Close()
+		_, err = stream.Step("go-never", []optd.Tensor{{Name: "w", Shape: []int64{1},
+			Values: []float32{1}}}, nil)
+		want := "optd at " + addr + " refused StreamSteps (PERMISSION_DENIED)"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("a reader's stream step: %v, want an error with %q", err, want)
+		}
+	})
+
 	// Each case: the options, whether a TLS handshake failure is certain, and what the message of a
 	// CreateSession (never retried) must say.
 	cases := []struct {
