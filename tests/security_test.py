@@ -587,3 +587,40 @@ def test_tenants_survive_a_restart_and_forks_stay_within_the_tenant(pki, workdir
         assert sorted(s.session_id for s in listed.sessions) == ["fork", "model"]
     finally:
         optd.stop()
+
+
+def readme_blocks():
+    """The two bash blocks after README's <!-- optd-security-setup --> marker."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    import re
+    m = re.search(r"<!-- optd-security-setup -->\s*```bash\n(.*?)```\s*```bash\n(.*?)```", text,
+                  re.S)
+    assert m, "no <!-- optd-security-setup --> bash blocks in README.md"
+    return m.group(1), m.group(2)
+
+
+def test_the_readme_setup_runs_as_written(workdir):
+    setup, start = readme_blocks()
+    pki = str(workdir / "optd-pki")
+    subprocess.run(["bash", "-euo", "pipefail", "-c", setup.replace("/tmp/optd-pki", pki)],
+                   check=True, timeout=60)
+    command = start.replace("/tmp/optd-pki", pki).replace("\\\n", " ").split()
+    assert command[0] == "optd" and "--listen=127.0.0.1:50051" in command
+    args = [a for a in command[1:] if not a.startswith("--listen=")]
+    root = (Path(pki) / "ca.pem").read_bytes()
+    worker = grpc.ssl_channel_credentials(root_certificates=root,
+                                          private_key=(Path(pki) / "worker.key").read_bytes(),
+                                          certificate_chain=(Path(pki) / "worker.pem").read_bytes())
+    optd = OptdProcess(extra_args=args, credentials=worker).start()
+    try:
+        token = (Path(pki) / "alice.token").read_text().strip()
+        created = create(optd.stub, token, "run-1")
+        assert created.tenant == "acme"
+        # The worker's certificate acts as acme's writer without a token.
+        assert optd.stub.Step(pb2.StepRequest(session_id="run-1", gradients=[
+            to_tensor("w", np.ones(8, np.float32))]), timeout=TIMEOUT).version == 1
+        assert step(optd.stub, token, "run-1").version == 2
+        audit = (Path(pki) / "audit.log").read_text()
+        assert '"principal":"alice"' in audit and token not in audit
+    finally:
+        optd.stop()
