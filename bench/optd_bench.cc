@@ -316,13 +316,20 @@ void PrintVerdicts(absl::string_view title, const Workload& w, const RunContext&
   }
 }
 
-absl::Status RunSuite(const Workload& base, RunContext& run) {
+// The workload of the issues' targets: one worker, Adam, ASYNC, F32, every parameter returned
+// (unary or --stream as given).
+Workload TargetWorkload(const Workload& base) {
   Workload w = base;
   w.workers = 1;
   w.optimizer = "adam";
   w.mode = optd::v1::Consistency::MODE_ASYNC;
   w.dtype = optd::v1::DTYPE_F32;
   w.return_all = true;
+  return w;
+}
+
+absl::Status RunSuite(const Workload& base, RunContext& run) {
+  Workload w = TargetWorkload(base);
   std::vector<Verdict> verdicts;
 
   w.params = 1000000;
@@ -375,12 +382,7 @@ absl::StatusOr<TargetComparison> CompareEchoTls(const Workload& w, const RunCont
 // optd in plaintext against optd with TLS (the certificate's own CA trusted), same workload, at
 // 1M and 1K parameters.
 absl::Status CompareTls(const Workload& base, RunContext& run) {
-  Workload w = base;
-  w.workers = 1;
-  w.optimizer = "adam";
-  w.mode = optd::v1::Consistency::MODE_ASYNC;
-  w.dtype = optd::v1::DTYPE_F32;
-  w.return_all = true;
+  Workload w = TargetWorkload(base);
   std::vector<Verdict> verdicts;
   for (int64_t params : {int64_t{1000000}, int64_t{1000}}) {
     w.params = params;
