@@ -624,3 +624,36 @@ def test_the_readme_setup_runs_as_written(workdir):
         assert '"principal":"alice"' in audit and token not in audit
     finally:
         optd.stop()
+
+
+def test_sessions_from_before_the_access_file_belong_to_no_tenant_and_an_admin_names_them(
+        pki, workdir):
+    ckdir = workdir / "ck"
+    ckdir.mkdir()
+    common = [*tls_args(pki), f"--checkpoint_dir={ckdir}", "--checkpoint_interval=0"]
+    optd = OptdProcess(extra_args=common, credentials=creds(pki)).start()
+    try:
+        optd.stub.CreateSession(pb2.CreateSessionRequest(
+            session_id="old", config=adam(), tensors=[to_tensor("w", np.zeros(4, np.float32))]),
+            timeout=TIMEOUT)
+    finally:
+        optd.stop()
+    tokens = access_file(workdir / "tokens")
+    optd = OptdProcess(extra_args=[*common, f"--auth_tokens_file={tokens}"],
+                       credentials=creds(pki)).start()
+    try:
+        stub = optd.stub
+        # No tenant sees it; the admin lists it as ":old" and reaches it by that name.
+        for token in (ALICE, BOB, READER):
+            code, _ = code_of(lambda: stub.GetSession(pb2.GetSessionRequest(session_id="old"),
+                                                      metadata=md(token), timeout=TIMEOUT))
+            assert code == grpc.StatusCode.NOT_FOUND
+        listed = stub.ListSessions(pb2.ListSessionsRequest(), metadata=md(ADMIN), timeout=TIMEOUT)
+        assert [(s.tenant, s.session_id) for s in listed.sessions] == [("", ":old")]
+        info = stub.GetSession(pb2.GetSessionRequest(session_id=":old"), metadata=md(ADMIN),
+                               timeout=TIMEOUT)
+        assert info.session_id == ":old" and info.num_parameters == 4
+        stub.DeleteSession(pb2.DeleteSessionRequest(session_id=":old"), metadata=md(ADMIN),
+                           timeout=TIMEOUT)
+    finally:
+        optd.stop()
