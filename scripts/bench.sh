@@ -14,6 +14,11 @@ echo "== optd-bench --suite"
 # shellcheck disable=SC2086
 "$BUILD_DIR/bench/optd-bench" --suite ${OPTD_BENCH_FLAGS:-} | tee "$BUILD_DIR/bench/optd_bench_suite.txt"
 
+# optd-bench --compare_tls: plaintext optd vs optd with TLS (and a raw gRPC echo, plaintext vs TLS,
+# of the same bytes), 1M and 1K parameters (README "Security", Cost of TLS).
+echo "== optd-bench --compare_tls"
+"$BUILD_DIR/bench/optd-bench" --compare_tls | tee "$BUILD_DIR/bench/optd_bench_tls.txt"
+
 # metrics_overhead: steps/s with the Prometheus metrics on vs off (gRPC interceptor, session
 # observer, exporter scraped every second), two in-process servers alternated in one run, for unary
 # Step and StreamSteps; target ratio >= 0.95 (README "Metrics").

@@ -350,10 +350,12 @@ def readme_snippets():
 
 @pytest.fixture
 def snippet_dir(pki, tmp_path):
-    """A folder holding ca.pem, alice.pem, alice.key and optd.token, as the snippets expect."""
-    for name in ("ca.pem", "alice.pem", "alice.key"):
-        (tmp_path / name).write_bytes(pki.read(name))
-    (tmp_path / "optd.token").write_text(WRITER + "\n")
+    """A folder holding what README's "Turning it on" makes and the snippets use: ca.pem,
+    worker.pem and worker.key (here alice's certificate) and alice.token (the writer token)."""
+    (tmp_path / "ca.pem").write_bytes(pki.read("ca.pem"))
+    (tmp_path / "worker.pem").write_bytes(pki.read("alice.pem"))
+    (tmp_path / "worker.key").write_bytes(pki.read("alice.key"))
+    (tmp_path / "alice.token").write_text(WRITER + "\n")
     return tmp_path
 
 
