@@ -48,26 +48,27 @@ go on. ``stream_steps`` reopens a failed stream and resends the unanswered step 
 sequence number, within the retry budget.
 """
 
-import dataclasses
 import json
 import os
-import random
 import re
 import secrets
 import socket
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from optd import _pb
+from optd import _health, _pb
 from optd import config as _config
-from optd.errors import InternalError, InvalidArgumentError, OptdError, error_from_rpc
+from optd.errors import InvalidArgumentError, OptdError, error_from_rpc
+# The results and the retry policy live in results.py; they stay importable from here.
+from optd.results import (NO_RETRY, CheckpointResult, PullResult, RetryPolicy, StepResult,
+                          _decode_all)
 from optd.security import Pem, Security, retriable
 from optd.state import OptimizerState
-from optd.tensors import DTypeLike, RowSparse, dtype_value, from_tensor, to_tensor
+from optd.tensors import DTypeLike, dtype_value, to_tensor
 
 __all__ = ["Client", "Session", "StepStream", "StepResult", "PullResult", "CheckpointResult",
            "RetryPolicy", "NO_RETRY", "Gradients", "DEFAULT_ADDRESS",
@@ -94,128 +95,6 @@ class _Default:
 
 #: "Use the client's (or session's) setting", for ``timeout`` and ``version`` arguments.
 DEFAULT: Any = _Default()
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """When and how often a retriable call is tried again.
-
-    ``max_attempts`` counts the first try (1 = no retry). The n-th retry waits
-    ``min(max_backoff, initial_backoff * multiplier**(n-1))``, scaled by a random factor in
-    ``[1 - jitter, 1 + jitter]``. Only the codes in ``retry_codes`` are retried. The default, 10
-    attempts waiting 0.1 s doubling to 2 s (about 11 s in all), outlasts a server restart.
-    """
-    max_attempts: int = 10
-    initial_backoff: float = 0.1
-    max_backoff: float = 2.0
-    multiplier: float = 2.0
-    jitter: float = 0.2
-    retry_codes: frozenset = frozenset({grpc.StatusCode.UNAVAILABLE,
-                                        grpc.StatusCode.DEADLINE_EXCEEDED})
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise InvalidArgumentError(f"RetryPolicy.max_attempts = {self.max_attempts}; must be "
-                                       f">= 1")
-        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1 or \
-                not 0 <= self.jitter <= 1:
-            raise InvalidArgumentError(f"RetryPolicy {self}: backoffs must be >= 0, multiplier "
-                                       f">= 1 and jitter in [0, 1]")
-
-    def backoff(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1 = the first retry)."""
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
-        return base * (1.0 + self.jitter * (2.0 * random.random() - 1.0))
-
-
-#: A policy that never retries.
-NO_RETRY = RetryPolicy(max_attempts=1)
-
-
-@dataclasses.dataclass
-class StepResult:
-    """The outcome of one step."""
-    #: The session's version after this step.
-    version: int
-    #: Parameters after the step by name, in the server's order: float32 ndarrays (read-only views
-    #: of the reply for F32), or RowSparse for touched rows. Empty with return_parameters="none".
-    parameters: Dict[str, Union[np.ndarray, RowSparse]]
-    #: The version of ``parameters``: ``version``, or later for a duplicate.
-    parameters_version: int
-    #: L2 norm of the gradient as received, before clipping (SYNC: of the combined gradient).
-    gradient_norm: float
-    #: The learning rate the step used.
-    learning_rate: float
-    #: True if this answers a retry: the step had been applied once, earlier.
-    duplicate: bool
-    #: SYNC: gradients combined into the step, and the expected workers that were missing.
-    workers: int
-    missing_workers: List[str]
-    #: Session version at arrival minus the version the gradient was computed at.
-    staleness: int
-    #: The idempotency key sent (0: none) and how many attempts the call took (of the last
-    #: request sent: a step resent after a join counts again from 1).
-    sequence: int = 0
-    attempts: int = 1
-    #: The worker incarnation the step was sent with (0: none), and how many times the worker
-    #: joined again during this step (the server had forgotten it; nothing was applied before).
-    worker_incarnation: int = 0
-    rejoins: int = 0
-    #: The server process that answered (new at each server start), and the session's newest
-    #: checkpointed version (-1: none, or no --checkpoint_dir): steps after it are lost if the
-    #: server is killed.
-    server_incarnation: str = ""
-    durable_version: int = -1
-    #: Set by a Session: the reply came from another server process than the session's previous
-    #: reply (the server restarted and restored the session from its checkpoint).
-    server_restarted: bool = False
-
-    @classmethod
-    def from_proto(cls, reply, sequence: int = 0, attempts: int = 1,
-                   worker_incarnation: int = 0) -> "StepResult":
-        return cls(version=reply.version, parameters=_decode_all(reply.parameters),
-                   parameters_version=reply.parameters_version,
-                   gradient_norm=reply.gradient_norm, learning_rate=reply.learning_rate,
-                   duplicate=reply.duplicate, workers=reply.workers,
-                   missing_workers=list(reply.missing_workers), staleness=reply.staleness,
-                   sequence=sequence, attempts=attempts, worker_incarnation=worker_incarnation,
-                   server_incarnation=reply.server_incarnation,
-                   durable_version=reply.durable_version)
-
-
-@dataclasses.dataclass
-class PullResult:
-    """Parameters read without stepping."""
-    version: int
-    #: By name, in the order asked (all: creation order); RowSparse for tensors pulled by rows.
-    tensors: Dict[str, Union[np.ndarray, RowSparse]]
-    #: See StepResult.
-    server_incarnation: str = ""
-    durable_version: int = -1
-    #: With ``pull(optimizer_state=True)``: the optimizer state at ``version``.
-    optimizer_state: Optional[OptimizerState] = None
-
-
-@dataclasses.dataclass
-class CheckpointResult:
-    """A checkpoint the server wrote (Checkpoint RPC)."""
-    #: The session version checkpointed.
-    version: int
-    #: The file, on the server's file system (``<checkpoint_dir>/session-<id>/<version>.ckpt``).
-    path: str
-    #: Its size.
-    bytes: int
-
-
-def _decode_all(tensors) -> Dict[str, Union[np.ndarray, RowSparse]]:
-    out = {}
-    for t in tensors:
-        try:
-            out[t.name] = from_tensor(t)
-        except InvalidArgumentError as e:
-            raise InternalError(f"cannot decode the server's tensor {t.name!r}: {e.message}") \
-                from None
-    return out
 
 
 def _items(values: Gradients) -> List[Tuple[str, Any]]:
@@ -348,8 +227,8 @@ class Client:
         self.pb2 = _pb.pb2()
         self.stub = _pb.pb2_grpc().OptimizerStub(channel)
         self._health = channel.unary_unary("/grpc.health.v1.Health/Check",
-                                           request_serializer=_health_request,
-                                           response_deserializer=_health_status)
+                                           request_serializer=_health.encode_request,
+                                           response_deserializer=_health.decode_status)
 
     # -- lifetime ----------------------------------------------------------------------------------
 
@@ -703,42 +582,6 @@ class Client:
         except grpc.RpcError as e:
             raise self.rpc_error(e, "Health") from None
         return status == 1  # SERVING
-
-
-def _health_request(service: str) -> bytes:
-    """grpc.health.v1.HealthCheckRequest{service} encoded by hand (no extra stubs needed)."""
-    data = service.encode("utf-8")
-    if not data:
-        return b""
-    n, length = len(data), bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        length.append(byte | (0x80 if n else 0))
-        if not n:
-            break
-    return b"\x0a" + bytes(length) + data
-
-
-def _health_status(data: bytes) -> int:
-    """HealthCheckResponse.status (field 1, varint) from its encoding; 0 (UNKNOWN) if absent."""
-    i, status = 0, 0
-    while i < len(data):
-        key = data[i]
-        i += 1
-        if key == 0x08:
-            shift, value = 0, 0
-            while True:
-                byte = data[i]
-                i += 1
-                value |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            status = value
-        else:  # not expected; stop rather than misparse
-            break
-    return status
 
 
 # Defined in modules of their own, which import the names above: bound here last, so that
