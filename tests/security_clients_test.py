@@ -436,3 +436,24 @@ def test_python_stream_refusals_say_why(server, pki, token, cls, phrase):
             assert writer.pull("py-stream-refused").version == 0
         finally:
             writer.delete_session("py-stream-refused")
+
+
+def test_server_name_is_checked_and_explained(server, pki):
+    # The server's certificate names 127.0.0.1, ::1 and localhost.
+    with optd.Client(server.address, token=WRITER, timeout=10, tls_server_name="localhost",
+                     **tls_args(pki)) as client:
+        client.list_sessions()
+    with optd.Client(server.address, token=WRITER, timeout=10, tls_server_name="wrong.example",
+                     **tls_args(pki)) as client:
+        with pytest.raises(optd.UnavailableError) as e:
+            client.list_sessions()
+    assert e.value.tls_failure and e.value.attempts == 1, repr(e.value)
+    for phrase in (f"TLS handshake failed with optd at {server.address}", "wrong.example",
+                   "does not name the host", "tls_server_name"):
+        assert phrase in str(e.value), (phrase, str(e.value))
+    p = run([binary("client", "cpp", "optctl"), f"--server={server.address}",
+             "--tls_server_name=wrong.example", *cpp_tls_flags(pki), "list"], token=WRITER)
+    assert p.returncode == 1, p.stderr
+    for phrase in ("UNAVAILABLE: TLS handshake failed", "does not name the host",
+                   "set tls_server_name to one (now wrong.example)"):
+        assert phrase in p.stderr, (phrase, p.stderr)

@@ -235,7 +235,8 @@ std::string Security::TransportMessage(absl::string_view detail) const {
   const std::string low = absl::AsciiStrToLower(detail);
   const bool handshake = absl::StrContains(low, "handshake") ||
                          absl::StrContains(low, "ssl_error") ||
-                         absl::StrContains(low, "certificate verify");
+                         absl::StrContains(low, "certificate verify") ||
+                         absl::StrContains(low, "not in peer certificate");
   // The server closing the connection while it was being set up (not a call cut later).
   const bool closed =
       (absl::StrContains(low, "socket closed") || absl::StrContains(low, "connection reset") ||
@@ -256,6 +257,13 @@ std::string Security::TransportMessage(absl::string_view detail) const {
     return absl::StrCat(head,
                         ". The server does not speak TLS on this port (a plaintext optd?): drop "
                         "the tls options, or start optd with --tls_cert/--tls_key");
+  }
+  if (absl::StrContains(low, "not in peer certificate")) {
+    return absl::StrCat(head,
+                        ". The server's certificate does not name the host asked for: connect by "
+                        "a name or address the certificate holds, or set tls_server_name to one "
+                        "(now ",
+                        server_name_.empty() ? "unset" : server_name_, ")");
   }
   if (absl::StrContains(low, "certificate verify failed") ||
       absl::StrContains(low, "certificate_verify_failed")) {

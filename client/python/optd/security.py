@@ -204,7 +204,8 @@ class Security:
     def _transport(self, detail: str) -> Optional[str]:
         """The message of an UNAVAILABLE that a TLS setting explains, or None."""
         low = detail.lower()
-        handshake = "handshake" in low or "ssl_error" in low or "certificate verify" in low
+        handshake = "handshake" in low or "ssl_error" in low or "certificate verify" in low or \
+            "not in peer certificate" in low
         # The server closing the connection while it was being set up (not a call cut later).
         closed = ("socket closed" in low or "connection reset" in low or "end of file" in low) \
             and "failed to connect" in low
@@ -220,6 +221,10 @@ class Security:
         if "wrong version number" in low or "packet length too long" in low:
             return (f"{head}. The server does not speak TLS on this port (a plaintext optd?): "
                     f"drop the tls_* options, or start optd with --tls_cert/--tls_key")
+        if "not in peer certificate" in low:
+            return (f"{head}. The server's certificate does not name the host asked for: connect "
+                    f"by a name or address the certificate holds, or set tls_server_name to one "
+                    f"(now {self.server_name or 'unset'})")
         if "certificate verify failed" in low or "certificate_verify_failed" in low:
             ca = self.ca_name or "the system's root certificates (tls=True)"
             return (f"{head}. The server's certificate was not accepted: check tls_ca (now "
