@@ -46,6 +46,7 @@ import optd  # noqa: E402  pylint: disable=wrong-import-position
 
 WRITER = "acme-writer-7f3c1e"
 READER = "acme-reader-2b9d4a"
+ADMIN = "ops-admin-5e81c0"
 TENANT = "acme"
 RUN_TIMEOUT_S = 60
 GO_TIMEOUT_S = 600  # a cold Go build of grpc takes ~20 s on 2 cores; allow for a loaded CI
@@ -60,7 +61,8 @@ def pki(tmp_path_factory):
 def server(pki, tmp_path_factory):
     tokens = tmp_path_factory.mktemp("auth") / "tokens"
     tokens.write_text("# tokens of the security client tests\n" +
-                      token_line(WRITER, TENANT, "writer") + token_line(READER, TENANT, "reader"))
+                      token_line(WRITER, TENANT, "writer") + token_line(READER, TENANT, "reader") +
+                      token_line(ADMIN, "ops", "admin"))
     credentials = grpc.ssl_channel_credentials(pki.read("ca.pem"), pki.read("alice.key"),
                                                pki.read("alice.pem"))
     proc = OptdProcess([f"--tls_cert={pki.path('server.pem')}",
@@ -80,7 +82,7 @@ def tls_args(pki, cert="alice", ca="ca"):
 
 
 def assert_no_token(text):
-    assert WRITER not in text and READER not in text, text
+    assert WRITER not in text and READER not in text and ADMIN not in text, text
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -457,3 +459,29 @@ def test_server_name_is_checked_and_explained(server, pki):
     for phrase in ("UNAVAILABLE: TLS handshake failed", "does not name the host",
                    "set tls_server_name to one (now wrong.example)"):
         assert phrase in p.stderr, (phrase, p.stderr)
+
+
+def test_admin_sees_tenants(server, pki):
+    with optd.Client(server.address, token=WRITER, timeout=10, **tls_args(pki)) as writer:
+        writer.create_session({"w": np.zeros(2, np.float32)}, "sgd", lr=0.1,
+                              session_id="cli-tenants")
+        try:
+            with optd.Client(server.address, token=ADMIN, timeout=10, **tls_args(pki)) as admin:
+                listed = {(s.tenant, s.session_id) for s in admin.list_sessions()}
+                assert ("acme", "acme:cli-tenants") in listed, listed
+            optctl = [binary("client", "cpp", "optctl"), f"--server={server.address}",
+                      *cpp_tls_flags(pki)]
+            p = run([*optctl, "list"], token=ADMIN)
+            assert p.returncode == 0, p.stderr
+            header, *rows = p.stdout.splitlines()
+            assert header.split()[:2] == ["TENANT", "ID"], p.stdout
+            assert any(r.split()[:2] == ["acme", "acme:cli-tenants"] for r in rows), p.stdout
+            p = run([*optctl, "describe", "acme:cli-tenants"], token=ADMIN)
+            assert p.returncode == 0 and "tenant:       acme" in p.stdout, p.stdout + p.stderr
+            p = run([*optctl, "list"], token=WRITER)  # a tenant's own: ids without the tenant
+            assert p.returncode == 0, p.stderr
+            header, *rows = p.stdout.splitlines()
+            assert header.split()[:2] == ["TENANT", "ID"], p.stdout
+            assert [r.split()[:2] for r in rows] == [["acme", "cli-tenants"]], p.stdout
+        finally:
+            writer.delete_session("cli-tenants")

@@ -51,7 +51,17 @@ absl::Status CheckId(absl::string_view field, absl::string_view id, absl::string
   return absl::OkStatus();
 }
 
-absl::Status CheckSessionId(absl::string_view id) { return CheckId("session_id", id, "._-"); }
+// A session id: 1-128 characters of [A-Za-z0-9._-], optionally after "tenant:" (how an admin names
+// another tenant's session, ":id" one of no tenant; the server refuses it from anyone else).
+absl::Status CheckSessionId(absl::string_view id) {
+  const size_t colon = id.find(':');
+  if (colon == absl::string_view::npos) return CheckId("session_id", id, "._-");
+  const absl::string_view tenant = id.substr(0, colon);
+  if (!tenant.empty()) {
+    if (absl::Status s = CheckId("the tenant of session_id", tenant, "._-"); !s.ok()) return s;
+  }
+  return CheckId("session_id", id.substr(colon + 1), "._-");
+}
 
 absl::Status CheckDType(absl::string_view field, v1::DType dtype) {
   if (v1::DType_IsValid(dtype)) return absl::OkStatus();
