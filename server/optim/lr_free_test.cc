@@ -35,6 +35,14 @@ void ExpectAllCases(const std::string& optimizer) {
 }
 
 TEST(LrFreeGoldenTest, Prodigy) { ExpectAllCases("Prodigy"); }
+TEST(LrFreeGoldenTest, DAdaptAdam) { ExpectAllCases("DAdaptAdam"); }
+TEST(LrFreeGoldenTest, DAdaptSgd) { ExpectAllCases("DAdaptSGD"); }
+TEST(LrFreeGoldenTest, Dog) { ExpectAllCases("DoG"); }
+TEST(LrFreeGoldenTest, Ldog) { ExpectAllCases("LDoG"); }
+TEST(LrFreeGoldenTest, ScheduleFreeAdamW) { ExpectAllCases("AdamWScheduleFree"); }
+TEST(LrFreeGoldenTest, ScheduleFreeSgd) { ExpectAllCases("SGDScheduleFree"); }
+TEST(LrFreeGoldenTest, Adafactor) { ExpectAllCases("Adafactor"); }
+TEST(LrFreeGoldenTest, MuonFloat32) { ExpectAllCases("Muon_fp32"); }
 
 }  // namespace
 }  // namespace optd

@@ -19,17 +19,23 @@
 #include "absl/strings/str_format.h"
 #include "base/thread_pool.h"
 #include "server/optim/adadelta.h"
+#include "server/optim/adafactor.h"
 #include "server/optim/adagrad.h"
 #include "server/optim/adam.h"
+#include "server/optim/dadapt_adam.h"
+#include "server/optim/dadapt_sgd.h"
+#include "server/optim/dog.h"
 #include "server/optim/kernel_internal.h"
 #include "server/optim/lamb.h"
 #include "server/optim/lars.h"
 #include "server/optim/lion.h"
+#include "server/optim/muon.h"
 #include "server/optim/nadam.h"
 #include "server/optim/normalized_gd.h"
 #include "server/optim/prodigy.h"
 #include "server/optim/radam.h"
 #include "server/optim/rmsprop.h"
+#include "server/optim/schedule_free.h"
 #include "server/optim/sgd.h"
 
 namespace optd {
@@ -37,13 +43,7 @@ namespace {
 
 // The Optimizer class built for each options type; a missing one does not compile.
 template <typename T>
-struct OptimizerFor {  // TEMPORARY while the classes are written
-  using type = void;
-};
-template <>
-struct OptimizerFor<ProdigyOptions> {
-  using type = Prodigy;
-};
+struct OptimizerFor;
 template <>
 struct OptimizerFor<SgdOptions> {
   using type = Sgd;
@@ -91,6 +91,42 @@ struct OptimizerFor<LambOptions> {
 template <>
 struct OptimizerFor<LarsOptions> {
   using type = Lars;
+};
+template <>
+struct OptimizerFor<ProdigyOptions> {
+  using type = Prodigy;
+};
+template <>
+struct OptimizerFor<DAdaptAdamOptions> {
+  using type = DAdaptAdam;
+};
+template <>
+struct OptimizerFor<DAdaptSgdOptions> {
+  using type = DAdaptSgd;
+};
+template <>
+struct OptimizerFor<DogOptions> {
+  using type = Dog;
+};
+template <>
+struct OptimizerFor<LdogOptions> {
+  using type = Dog;
+};
+template <>
+struct OptimizerFor<ScheduleFreeAdamWOptions> {
+  using type = ScheduleFree;
+};
+template <>
+struct OptimizerFor<ScheduleFreeSgdOptions> {
+  using type = ScheduleFree;
+};
+template <>
+struct OptimizerFor<AdafactorOptions> {
+  using type = Adafactor;
+};
+template <>
+struct OptimizerFor<MuonOptions> {
+  using type = Muon;
 };
 
 }  // namespace
@@ -444,9 +480,7 @@ absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(const OptimizerOption
   std::unique_ptr<Optimizer> optimizer = std::visit(
       [&tensor_sizes, &shapes](const auto& o) -> std::unique_ptr<Optimizer> {
         using Class = typename OptimizerFor<std::decay_t<decltype(o)>>::type;
-        if constexpr (std::is_void_v<Class>) {
-          return nullptr;
-        } else if constexpr (std::is_constructible_v<Class, decltype(o), const TensorShapes&>) {
+        if constexpr (std::is_constructible_v<Class, decltype(o), const TensorShapes&>) {
           return std::make_unique<Class>(o, shapes);
         } else {
           return std::make_unique<Class>(o, std::move(tensor_sizes));
