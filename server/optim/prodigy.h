@@ -33,6 +33,7 @@
 #define OPTD_SERVER_OPTIM_PRODIGY_H_
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -53,8 +54,10 @@ class Prodigy final : public Optimizer {
   int64_t StateBytesPerElement() const override;
   absl::StatusOr<RowSparseRule> RowSparse() const override;
 
-  // The estimate d the next step uses, and its effective learning rate d * lr (lr = the options').
-  double d() const { return d_; }
+  // {"d", d}, {"effective_lr", d * lr} with the options' lr: what the next step uses.
+  std::vector<std::pair<std::string, double>> Estimates() const override {
+    return {{"d", d_}, {"effective_lr", d_ * options_.lr}};
+  }
 
  private:
   struct TensorState {
