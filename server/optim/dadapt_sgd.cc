@@ -69,10 +69,8 @@ Optimizer::StateRefs DAdaptSgd::StateOf(size_t tensor) {
 }
 
 std::vector<std::pair<std::string_view, double*>> DAdaptSgd::GlobalScalars() {
-  return {{"d", &d_},
-          {"numerator_weighted", &numerator_weighted_},
-          {"g0_norm", &g0_norm_},
-          {"k", &k_}};
+  return {
+      {"d", &d_}, {"numerator_weighted", &numerator_weighted_}, {"g0_norm", &g0_norm_}, {"k", &k_}};
 }
 
 void DAdaptSgd::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {

@@ -162,7 +162,8 @@ Dog::Scalars Dog::Next(const Scalars& old, double grad_squares, double distance_
     next.g_sum = old.g_sum + static_cast<float>(grad_squares);
   }
   next.eta = static_cast<float>(lr) * next.rbar / std::sqrt(next.g_sum);
-  if (first_step && options_.init_eta.has_value()) next.eta = static_cast<float>(*options_.init_eta);
+  if (first_step && options_.init_eta.has_value())
+    next.eta = static_cast<float>(*options_.init_eta);
   return next;
 }
 
@@ -173,7 +174,8 @@ void Dog::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     TensorState& s = state_[t];
     if (!s.init_buffer.empty()) continue;
     s.init_buffer.resize(tensor_sizes()[t]);  // filled by the first pass
-    if (options_.averaging) s.averaged_params.assign(tensors[t].param.begin(), tensors[t].param.end());
+    if (options_.averaging)
+      s.averaged_params.assign(tensors[t].param.begin(), tensors[t].param.end());
   }
   const std::vector<std::array<double, 3>> sums = SumPerTensor<3>([&](const Segment& seg) {
     const int64_t b = seg.begin;

@@ -198,7 +198,8 @@ GoldenRun ExpectGoldenCase(const std::string& optimizer, const std::string& name
     params.push_back(Floats(c["init"][names.back()]));
   }
   GoldenRun run;
-  absl::StatusOr<std::unique_ptr<Optimizer>> created = CreateOptimizer(options, shapes, pool);
+  absl::StatusOr<std::unique_ptr<Optimizer>> created =
+      CreateOptimizerForShapes(options, shapes, pool);
   EXPECT_OK(created) << where;
   if (!created.ok()) return run;
   Optimizer& opt = **created;
@@ -209,7 +210,8 @@ GoldenRun ExpectGoldenCase(const std::string& optimizer, const std::string& name
 
   // The checkpoints in step order (the file's object keys sort as strings).
   std::vector<int> checkpoint_steps;
-  for (const auto& [key, value] : c["checkpoints"].items()) checkpoint_steps.push_back(std::stoi(key));
+  for (const auto& [key, value] : c["checkpoints"].items())
+    checkpoint_steps.push_back(std::stoi(key));
   std::sort(checkpoint_steps.begin(), checkpoint_steps.end());
   int step = 0;
   for (const int until : checkpoint_steps) {
@@ -239,8 +241,7 @@ GoldenRun ExpectGoldenCase(const std::string& optimizer, const std::string& name
         max_ref = std::max(max_ref, std::abs(static_cast<double>(want[i])));
       }
       EXPECT_LE(max_diff, params_rel * max_ref)
-          << at << ": " << view << " of " << names[t] << " (relative " << max_diff / max_ref
-          << ")";
+          << at << ": " << view << " of " << names[t] << " (relative " << max_diff / max_ref << ")";
     };
     for (size_t t = 0; t < names.size(); ++t) {
       expect_close("params", t, params[t]);

@@ -46,7 +46,6 @@ TEST(LrFreeGoldenTest, ScheduleFreeSgd) { ExpectAllCases("SGDScheduleFree"); }
 TEST(LrFreeGoldenTest, Adafactor) { ExpectAllCases("Adafactor"); }
 TEST(LrFreeGoldenTest, MuonFloat32) { ExpectAllCases("Muon_fp32"); }
 
-
 // ---------------------------------------------------------------------------------------------
 // Every new optimizer with options that switch on its branches, for the tests below.
 
@@ -87,12 +86,18 @@ std::vector<Named> AllOptimizers() {
   muon.weight_decay = 0.1;
   MuonOptions muon_plain;
   muon_plain.nesterov = false;
-  return {{"prodigy", prodigy},       {"prodigy_coupled_beta1_0", prodigy_coupled},
-          {"dadapt_adam", dadapt_adam}, {"dadapt_sgd", dadapt_sgd},
-          {"dog", dog},               {"ldog", ldog},
-          {"sf_adamw", sf_adamw},     {"sf_adamw_inner", sf_inner},
-          {"sf_sgd", sf_sgd},         {"adafactor", adafactor},
-          {"muon", muon},             {"muon_no_nesterov", muon_plain}};
+  return {{"prodigy", prodigy},
+          {"prodigy_coupled_beta1_0", prodigy_coupled},
+          {"dadapt_adam", dadapt_adam},
+          {"dadapt_sgd", dadapt_sgd},
+          {"dog", dog},
+          {"ldog", ldog},
+          {"sf_adamw", sf_adamw},
+          {"sf_adamw_inner", sf_inner},
+          {"sf_sgd", sf_sgd},
+          {"adafactor", adafactor},
+          {"muon", muon},
+          {"muon_no_nesterov", muon_plain}};
 }
 
 // A model with matrices and vectors; `large` is over Optimizer::kParallelMinElements elements, so
@@ -110,10 +115,12 @@ struct ModelRun {
 // Steps an optimizer `steps` times over `shapes` with seeded normal gradients (one step of all
 // zeros among them, and one with an outsized gradient), on `pool`.
 ModelRun RunModel(const OptimizerOptions& options, const TensorShapes& shapes, ThreadPool* pool,
-             int steps, const OptimizerState* start = nullptr,
-             const std::vector<std::vector<float>>* start_params = nullptr, int first_step = 0) {
+                  int steps, const OptimizerState* start = nullptr,
+                  const std::vector<std::vector<float>>* start_params = nullptr,
+                  int first_step = 0) {
   ModelRun run;
-  absl::StatusOr<std::unique_ptr<Optimizer>> created = CreateOptimizer(options, shapes, pool);
+  absl::StatusOr<std::unique_ptr<Optimizer>> created =
+      CreateOptimizerForShapes(options, shapes, pool);
   EXPECT_OK(created);
   if (!created.ok()) return run;
   std::mt19937 init_rng(1);
@@ -149,8 +156,8 @@ ModelRun RunModel(const OptimizerOptions& options, const TensorShapes& shapes, T
 void ExpectSameBits(const ModelRun& a, const ModelRun& b, const std::string& what) {
   ASSERT_EQ(a.params.size(), b.params.size()) << what;
   for (size_t t = 0; t < a.params.size(); ++t) {
-    EXPECT_EQ(0, std::memcmp(a.params[t].data(), b.params[t].data(),
-                             a.params[t].size() * sizeof(float)))
+    EXPECT_EQ(
+        0, std::memcmp(a.params[t].data(), b.params[t].data(), a.params[t].size() * sizeof(float)))
         << what << ": params of tensor " << t;
     ASSERT_EQ(a.state.tensors[t].arrays.size(), b.state.tensors[t].arrays.size()) << what;
     for (size_t k = 0; k < a.state.tensors[t].arrays.size(); ++k) {
@@ -185,27 +192,31 @@ TEST(LrFreeStateTest, ExportedStateContinuesExactly) {
   for (const Named& o : AllOptimizers()) {
     const ModelRun straight = RunModel(o.options, Model(false), nullptr, 8);
     const ModelRun first = RunModel(o.options, Model(false), nullptr, 5);
-    const ModelRun resumed = RunModel(o.options, Model(false), nullptr, 3, &first.state, &first.params,
-                                 /*first_step=*/5);
+    const ModelRun resumed =
+        RunModel(o.options, Model(false), nullptr, 3, &first.state, &first.params,
+                 /*first_step=*/5);
     ExpectSameBits(straight, resumed, o.name + " resumed after 5 steps");
   }
 }
 
 TEST(LrFreeStateTest, StateBytesMatchTheArrays) {
   for (const Named& o : AllOptimizers()) {
-    absl::StatusOr<std::unique_ptr<Optimizer>> opt = CreateOptimizer(o.options, Model(false));
+    absl::StatusOr<std::unique_ptr<Optimizer>> opt =
+        CreateOptimizerForShapes(o.options, Model(false));
     ASSERT_OK(opt);
     EXPECT_EQ((*opt)->StateBytes(), 0) << o.name;
     const ModelRun run = RunModel(o.options, Model(false), nullptr, 1);
     EXPECT_GT(run.state.ArrayBytes(), 0) << o.name;
-    EXPECT_LE(run.state.ArrayBytes(), ((*opt)->StateBytesPerElement() + 1) * (7 + 33 * 17 + 64 * 48))
+    EXPECT_LE(run.state.ArrayBytes(),
+              ((*opt)->StateBytesPerElement() + 1) * (7 + 33 * 17 + 64 * 48))
         << o.name;
   }
 }
 
 TEST(LrFreeStateTest, ImportRefusesMissingOrUnknownModelScalars) {
   const ModelRun run = RunModel(ProdigyOptions{}, Model(false), nullptr, 2);
-  absl::StatusOr<std::unique_ptr<Optimizer>> opt = CreateOptimizer(ProdigyOptions{}, Model(false));
+  absl::StatusOr<std::unique_ptr<Optimizer>> opt =
+      CreateOptimizerForShapes(ProdigyOptions{}, Model(false));
   ASSERT_OK(opt);
   OptimizerState missing = run.state;
   missing.scalars.pop_back();
@@ -221,7 +232,7 @@ TEST(LrFreeRowSparseTest, GlobalOptimizersRefuseRowSparseGradients) {
        {OptimizerOptions(ProdigyOptions{}), OptimizerOptions(DAdaptAdamOptions{}),
         OptimizerOptions(DAdaptSgdOptions{}), OptimizerOptions(DogOptions{}),
         OptimizerOptions(LdogOptions{})}) {
-    absl::StatusOr<std::unique_ptr<Optimizer>> opt = CreateOptimizer(options, TensorShapes{{4, 2}});
+    absl::StatusOr<std::unique_ptr<Optimizer>> opt = CreateOptimizerForShapes(options, {{4, 2}});
     ASSERT_OK(opt);
     std::vector<float> p(8, 1.0f), g(2, 1.0f);
     const int64_t rows[] = {1};
@@ -237,7 +248,7 @@ TEST(LrFreeRowSparseTest, GlobalOptimizersRefuseRowSparseGradients) {
 TEST(LrFreeEvaluationPointTest, ScheduleFreeEvaluatesAtXAndTrainsAtY) {
   ScheduleFreeSgdOptions o;
   o.lr = 0.1;
-  absl::StatusOr<std::unique_ptr<Optimizer>> opt = CreateOptimizer(o, TensorShapes{{2}});
+  absl::StatusOr<std::unique_ptr<Optimizer>> opt = CreateOptimizerForShapes(o, {{2}});
   ASSERT_OK(opt);
   std::vector<float> y = {1.0f, -1.0f}, x(2);
   ASSERT_OK((*opt)->EvaluationPoint(0, y, absl::MakeSpan(x)));
@@ -253,7 +264,8 @@ TEST(LrFreeEvaluationPointTest, ScheduleFreeEvaluatesAtXAndTrainsAtY) {
     EXPECT_NEAR(x[i], (y[i] - (1 - 0.9) * z[i]) / 0.9, 1e-6);
     EXPECT_NE(x[i], y[i]);
   }
-  absl::StatusOr<std::unique_ptr<Optimizer>> prodigy = CreateOptimizer(ProdigyOptions{}, TensorShapes{{2}});
+  absl::StatusOr<std::unique_ptr<Optimizer>> prodigy =
+      CreateOptimizerForShapes(ProdigyOptions{}, {{2}});
   ASSERT_OK(prodigy);
   EXPECT_EQ((*prodigy)->EvaluationPoint(0, y, absl::MakeSpan(x)).code(),
             absl::StatusCode::kFailedPrecondition);
@@ -310,8 +322,7 @@ TEST(LrFreeOptionsTest, ValidateNamesFieldValueAndRange) {
   EXPECT_EQ(da.Validate().message(), "dadapt_adam.lr = 0 is out of range: must be > 0");
   DAdaptSgdOptions ds;
   ds.d0 = std::numeric_limits<double>::quiet_NaN();
-  EXPECT_EQ(ds.Validate().message(),
-            "dadapt_sgd.d0 = nan is out of range: must be finite and > 0");
+  EXPECT_EQ(ds.Validate().message(), "dadapt_sgd.d0 = nan is out of range: must be finite and > 0");
 }
 
 TEST(LrFreeOptionsTest, UpdateOptionsRefusesChangesToWhichStateExists) {
@@ -327,18 +338,20 @@ TEST(LrFreeOptionsTest, UpdateOptionsRefusesChangesToWhichStateExists) {
   averaging.averaging = true;
   ScheduleFreeAdamWOptions inner;
   inner.inner_momentum = 0.5;
-  for (const Case& c : {Case{ProdigyOptions{}, beta1_0, "prodigy.beta1"},
-                        Case{ProdigyOptions{}, slice, "prodigy.slice_p"},
-                        Case{DogOptions{}, averaging, "dog.averaging"},
-                        Case{ScheduleFreeAdamWOptions{}, inner, "schedulefree_adamw.inner_momentum"}}) {
-    absl::StatusOr<std::unique_ptr<Optimizer>> opt = CreateOptimizer(c.from, TensorShapes{{3}});
+  for (const Case& c :
+       {Case{ProdigyOptions{}, beta1_0, "prodigy.beta1"},
+        Case{ProdigyOptions{}, slice, "prodigy.slice_p"},
+        Case{DogOptions{}, averaging, "dog.averaging"},
+        Case{ScheduleFreeAdamWOptions{}, inner, "schedulefree_adamw.inner_momentum"}}) {
+    absl::StatusOr<std::unique_ptr<Optimizer>> opt = CreateOptimizerForShapes(c.from, {{3}});
     ASSERT_OK(opt);
     EXPECT_THAT((*opt)->UpdateOptions(c.to).message(),
                 HasSubstr(c.field + " cannot change on a running session"));
   }
   // Other fields change freely, and the estimate is kept.
   const ModelRun run = RunModel(ProdigyOptions{}, Model(false), nullptr, 3);
-  absl::StatusOr<std::unique_ptr<Optimizer>> opt = CreateOptimizer(ProdigyOptions{}, Model(false));
+  absl::StatusOr<std::unique_ptr<Optimizer>> opt =
+      CreateOptimizerForShapes(ProdigyOptions{}, Model(false));
   ASSERT_OK(opt);
   ASSERT_OK((*opt)->ImportState(run.state));
   ProdigyOptions changed;
@@ -350,7 +363,8 @@ TEST(LrFreeOptionsTest, UpdateOptionsRefusesChangesToWhichStateExists) {
 
 TEST(LrFreeEstimatesTest, EstimatesNameTheDistanceAndTheStep) {
   const ModelRun run = RunModel(ProdigyOptions{}, Model(false), nullptr, 12);
-  absl::StatusOr<std::unique_ptr<Optimizer>> opt = CreateOptimizer(ProdigyOptions{}, Model(false));
+  absl::StatusOr<std::unique_ptr<Optimizer>> opt =
+      CreateOptimizerForShapes(ProdigyOptions{}, Model(false));
   ASSERT_OK(opt);
   ASSERT_OK((*opt)->ImportState(run.state));
   const auto estimates = (*opt)->Estimates();
@@ -358,7 +372,8 @@ TEST(LrFreeEstimatesTest, EstimatesNameTheDistanceAndTheStep) {
   EXPECT_EQ(estimates[0].first, "d");
   EXPECT_GT(estimates[0].second, ProdigyOptions{}.d0);  // it grew
   EXPECT_EQ(estimates[1].first, "effective_lr");
-  absl::StatusOr<std::unique_ptr<Optimizer>> dog = CreateOptimizer(DogOptions{}, Model(false));
+  absl::StatusOr<std::unique_ptr<Optimizer>> dog =
+      CreateOptimizerForShapes(DogOptions{}, Model(false));
   ASSERT_OK(dog);
   EXPECT_EQ((*dog)->Estimates()[0].first, "eta");
 }

@@ -299,9 +299,9 @@ absl::Status Optimizer::EvaluationPoint(size_t tensor, absl::Span<const float> p
   }
   const int64_t n = tensor_sizes_[tensor];
   if (static_cast<int64_t>(param.size()) != n || static_cast<int64_t>(out.size()) != n) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "tensor %d has %d elements; got %d parameters and room for %d", tensor, n, param.size(),
-        out.size()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("tensor %d has %d elements; got %d parameters and room for %d", tensor, n,
+                        param.size(), out.size()));
   }
   EvaluationPointImpl(tensor, param, out);
   return absl::OkStatus();
@@ -360,9 +360,9 @@ absl::Status Optimizer::ImportState(const OptimizerState& state) {
       global_values[k] = value;
     }
     if (found != 1) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "optimizer state has model-wide scalar \"%s\" %d times; %s keeps it once", globals[k].first,
-          found, kind));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("optimizer state has model-wide scalar \"%s\" %d times; %s keeps it once",
+                          globals[k].first, found, kind));
     }
   }
   if (state.scalars.size() != globals.size()) {
@@ -448,12 +448,12 @@ absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(const OptimizerOption
   TensorShapes shapes;
   shapes.reserve(tensor_sizes.size());
   for (int64_t size : tensor_sizes) shapes.push_back({size});
-  return CreateOptimizer(options, shapes, pool);
+  return CreateOptimizerForShapes(options, shapes, pool);
 }
 
-absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(const OptimizerOptions& options,
-                                                           const TensorShapes& shapes,
-                                                           ThreadPool* pool) {
+absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizerForShapes(const OptimizerOptions& options,
+                                                                    const TensorShapes& shapes,
+                                                                    ThreadPool* pool) {
   if (absl::Status status = Validate(options); !status.ok()) return status;
   std::vector<int64_t> tensor_sizes;
   for (size_t i = 0; i < shapes.size(); ++i) {

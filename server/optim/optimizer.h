@@ -311,7 +311,7 @@ using TensorShapes = std::vector<std::vector<int64_t>>;
 // As above, for tensors of the given shapes: the optimizers that treat matrices apart (Muon's
 // orthogonalized update, Adafactor's factored moments) use them; the others see only the element
 // counts. Also InvalidArgument if a dim is < 1.
-absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(
+absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizerForShapes(
     const OptimizerOptions& options, const TensorShapes& shapes,
     ThreadPool* pool = ThreadPool::Default());
 

@@ -184,19 +184,19 @@ struct LarsOptions {
 // d, an estimate of the distance to the solution, from a global reduction over every tensor.
 struct ProdigyOptions {
   static constexpr std::string_view kName = "prodigy";
-  double lr = 1.0;                      // > 0, multiplies d
-  double beta1 = 0.9;                   // [0, 1); 0 keeps no exp_avg
-  double beta2 = 0.999;                 // [0, 1)
-  std::optional<double> beta3;          // [0, 1); unset: sqrt(beta2)
-  double eps = 1e-8;                    // > 0, scaled by d
-  double weight_decay = 0.0;            // >= 0
-  bool decouple = true;                 // AdamW-style decay (else added to the gradient)
-  bool use_bias_correction = false;     // only through the step size
-  bool safeguard_warmup = false;        // leave lr out of the s accumulator
-  double d0 = 1e-6;                     // > 0, the initial estimate
-  double d_coef = 1.0;                  // > 0, multiplies the estimate
+  double lr = 1.0;                   // > 0, multiplies d
+  double beta1 = 0.9;                // [0, 1); 0 keeps no exp_avg
+  double beta2 = 0.999;              // [0, 1)
+  std::optional<double> beta3;       // [0, 1); unset: sqrt(beta2)
+  double eps = 1e-8;                 // > 0, scaled by d
+  double weight_decay = 0.0;         // >= 0
+  bool decouple = true;              // AdamW-style decay (else added to the gradient)
+  bool use_bias_correction = false;  // only through the step size
+  bool safeguard_warmup = false;     // leave lr out of the s accumulator
+  double d0 = 1e-6;                  // > 0, the initial estimate
+  double d_coef = 1.0;               // > 0, multiplies the estimate
   double growth_rate = std::numeric_limits<double>::infinity();  // >= 1, or +inf
-  int64_t slice_p = 1;                  // >= 1: the estimate uses every slice_p-th element
+  int64_t slice_p = 1;  // >= 1: the estimate uses every slice_p-th element
   absl::Status Validate() const;
 };
 
@@ -212,17 +212,17 @@ struct DAdaptAdamOptions {
   bool use_bias_correction = false;  // only through the step size
   double d0 = 1e-6;                  // > 0
   double growth_rate = std::numeric_limits<double>::infinity();  // >= 1, or +inf
-  double layer_scale = 1.0;          // > 0 (upstream's per-group layer_scale; one group here)
+  double layer_scale = 1.0;  // > 0 (upstream's per-group layer_scale; one group here)
   absl::Status Validate() const;
 };
 
 // D-Adaptation SGD, facebookresearch/dadaptation's DAdaptSGD (dual averaging from x0).
 struct DAdaptSgdOptions {
   static constexpr std::string_view kName = "dadapt_sgd";
-  double lr = 1.0;            // > 0
-  double momentum = 0.0;      // [0, 1)
-  double weight_decay = 0.0;  // >= 0, coupled
-  double d0 = 1e-6;           // > 0
+  double lr = 1.0;                                               // > 0
+  double momentum = 0.0;                                         // [0, 1)
+  double weight_decay = 0.0;                                     // >= 0, coupled
+  double d0 = 1e-6;                                              // > 0
   double growth_rate = std::numeric_limits<double>::infinity();  // >= 1, or +inf
   absl::Status Validate() const;
 };
@@ -231,13 +231,13 @@ struct DAdaptSgdOptions {
 // over the whole model, with the optional polynomial-decay iterate averager.
 struct DogOptions {
   static constexpr std::string_view kName = "dog";
-  double lr = 1.0;                  // > 0
-  double reps_rel = 1e-6;           // > 0 (forced to 0 when init_eta is set)
-  double weight_decay = 0.0;        // >= 0, coupled
-  double eps = 1e-8;                // > 0, added to the first sum of squares
-  std::optional<double> init_eta;   // > 0: the first step's eta
-  bool averaging = false;           // keep the polynomial-decay average of the iterates
-  double averager_gamma = 8.0;      // >= 0
+  double lr = 1.0;                 // > 0
+  double reps_rel = 1e-6;          // > 0 (forced to 0 when init_eta is set)
+  double weight_decay = 0.0;       // >= 0, coupled
+  double eps = 1e-8;               // > 0, added to the first sum of squares
+  std::optional<double> init_eta;  // > 0: the first step's eta
+  bool averaging = false;          // keep the polynomial-decay average of the iterates
+  double averager_gamma = 8.0;     // >= 0
   absl::Status Validate() const;
 };
 
@@ -301,16 +301,16 @@ struct AdafactorOptions {
 // the AdamW update of MuonWithAuxAdam with the adam_* options; a schedule scales both lrs alike.
 struct MuonOptions {
   static constexpr std::string_view kName = "muon";
-  double lr = 0.02;                 // >= 0
-  double momentum = 0.95;           // [0, 1)
-  double weight_decay = 0.0;        // >= 0, decoupled; lr * weight_decay <= 1
+  double lr = 0.02;           // >= 0
+  double momentum = 0.95;     // [0, 1)
+  double weight_decay = 0.0;  // >= 0, decoupled; lr * weight_decay <= 1
   bool nesterov = true;
-  int64_t ns_steps = 5;             // >= 1
-  double adam_lr = 3e-4;            // >= 0
-  double adam_beta1 = 0.9;          // [0, 1)
-  double adam_beta2 = 0.95;         // [0, 1)
-  double adam_eps = 1e-10;          // > 0
-  double adam_weight_decay = 0.0;   // >= 0; adam_lr * adam_weight_decay <= 1
+  int64_t ns_steps = 5;            // >= 1
+  double adam_lr = 3e-4;           // >= 0
+  double adam_beta1 = 0.9;         // [0, 1)
+  double adam_beta2 = 0.95;        // [0, 1)
+  double adam_eps = 1e-10;         // > 0
+  double adam_weight_decay = 0.0;  // >= 0; adam_lr * adam_weight_decay <= 1
   absl::Status Validate() const;
 };
 

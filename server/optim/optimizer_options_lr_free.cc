@@ -25,7 +25,7 @@ using optim_internal::kUnitHalfOpen;
 using optim_internal::OutOfRange;
 using optim_internal::Range;
 
-constexpr Range kUnitOpen{0.0, true, 1.0, true};        // (0, 1)
+constexpr Range kUnitOpen{0.0, true, 1.0, true};  // (0, 1)
 
 struct Field {
   const char* name;
@@ -35,8 +35,8 @@ struct Field {
 
 absl::Status CheckFields(std::string_view optimizer, std::initializer_list<Field> fields) {
   for (const Field& f : fields) {
-    absl::Status s =
-        CheckDouble(absl::string_view(optimizer.data(), optimizer.size()), f.name, f.value, f.range);
+    absl::Status s = CheckDouble(absl::string_view(optimizer.data(), optimizer.size()), f.name,
+                                 f.value, f.range);
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
@@ -182,8 +182,8 @@ absl::Status MuonOptions::Validate() const {
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckAtLeast(absl::string_view(kName.data(), kName.size()), "ns_steps",
-                                    ns_steps, 1);
+  if (absl::Status s =
+          CheckAtLeast(absl::string_view(kName.data(), kName.size()), "ns_steps", ns_steps, 1);
       !s.ok()) {
     return s;
   }

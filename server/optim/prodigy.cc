@@ -24,16 +24,16 @@ using optim_internal::NonFiniteCount;
 
 // The float32 coefficients of one step, computed in double and rounded once.
 struct Coefficients {
-  float coupled_wd;   // g += coupled_wd * p (0: decoupled or none)
+  float coupled_wd;  // g += coupled_wd * p (0: decoupled or none)
   float beta1;
-  float m_scale;      // d (1 - beta1)
+  float m_scale;  // d (1 - beta1)
   float beta2;
-  float v_scale;      // d^2 (1 - beta2)
+  float v_scale;  // d^2 (1 - beta2)
   float beta3;
-  float s_scale;      // (d / d0) * (dlr or d)
-  float decay;        // -wd * dlr (decoupled)
-  float eps;          // d_new * eps
-  float neg_dlr;      // -dlr, or -dlr * d_new with beta1 = 0
+  float s_scale;  // (d / d0) * (dlr or d)
+  float decay;    // -wd * dlr (decoupled)
+  float eps;      // d_new * eps
+  float neg_dlr;  // -dlr, or -dlr * d_new with beta1 = 0
 };
 
 // Phase 1 on elements [begin, end) of one tensor: m, v and s; returns the sums
@@ -59,8 +59,8 @@ std::array<double, 2> Accumulate(const float* p, const float* g, float* m, float
 }
 
 // Phase 2 on elements [begin, end): moves p. Returns how many p it left non-finite.
-OPTD_SIMD_CLONES int64_t Finish(float* p, const float* g, const float* m, const float* v,
-                                int64_t n, const Coefficients& c) {
+OPTD_SIMD_CLONES int64_t Finish(float* p, const float* g, const float* m, const float* v, int64_t n,
+                                const Coefficients& c) {
   NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float pi = p[i];

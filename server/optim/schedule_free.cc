@@ -78,8 +78,7 @@ ScheduleFree::ScheduleFree(const ScheduleFreeAdamWOptions& options,
                            std::vector<int64_t> tensor_sizes)
     : ScheduleFree(OptimizerOptions(options), std::move(tensor_sizes)) {}
 
-ScheduleFree::ScheduleFree(const ScheduleFreeSgdOptions& options,
-                           std::vector<int64_t> tensor_sizes)
+ScheduleFree::ScheduleFree(const ScheduleFreeSgdOptions& options, std::vector<int64_t> tensor_sizes)
     : ScheduleFree(OptimizerOptions(options), std::move(tensor_sizes)) {}
 
 bool ScheduleFree::inner_momentum() const {
@@ -93,8 +92,7 @@ double ScheduleFree::beta1() const {
 }
 
 int64_t ScheduleFree::StateBytesPerElement() const {
-  return static_cast<int64_t>(sizeof(float)) *
-         (1 + (adamw() ? 1 : 0) + (inner_momentum() ? 1 : 0));
+  return static_cast<int64_t>(sizeof(float)) * (1 + (adamw() ? 1 : 0) + (inner_momentum() ? 1 : 0));
 }
 
 std::string_view ScheduleFree::StructuralChange(const OptimizerOptions& options) const {
