@@ -494,7 +494,20 @@ absl::StatusOr<StepInput> StepInputFromProto(const v1::StepRequest& request) {
                      " is out of range: must be >= 0 (0: not joined)"));
   }
   input.worker_incarnation = request.worker_incarnation();
+  absl::StatusOr<ParameterPoint> point = PointFromProto("return_point", request.return_point());
+  if (!point.ok()) return point.status();
+  input.return_point = *point;
   return input;
+}
+
+absl::StatusOr<ParameterPoint> PointFromProto(const std::string& field, int point) {
+  if (!v1::ParameterPoint_IsValid(point)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " = ", point,
+                     " is not a known value; must be PARAMETER_POINT_TRAINING (0) or "
+                     "PARAMETER_POINT_EVALUATION (1)"));
+  }
+  return static_cast<ParameterPoint>(point);
 }
 
 void StepOutputToProto(const StepOutput& output, v1::StepResponse* out) {
@@ -510,6 +523,9 @@ void StepOutputToProto(const StepOutput& output, v1::StepResponse* out) {
   out->set_server_incarnation(output.server_incarnation);
   out->set_durable_version(output.durable_version);
   for (const std::string& t : output.non_finite_tensors) out->add_non_finite_tensors(t);
+  out->set_point(static_cast<v1::ParameterPoint>(output.point));
+  for (const auto& [name, value] : output.estimates)
+    (*out->mutable_optimizer_estimates())[name] = value;
 }
 
 absl::Status MergeOptimizerFromProto(const v1::OptimizerConfig& config, bool require_same_kind,
@@ -614,6 +630,8 @@ void SessionInfoToProto(const SessionInfo& info, v1::Session* out) {
   memory->set_barrier_bytes(info.memory.barrier_bytes);
   memory->set_exactly_once_bytes(info.memory.exactly_once_bytes);
   memory->set_total_bytes(info.memory.total());
+  for (const auto& [name, value] : info.estimates)
+    (*out->mutable_optimizer_estimates())[name] = value;
 }
 
 }  // namespace optd

@@ -48,6 +48,9 @@ void TensorToProto(WireTensor&& tensor, v1::Tensor* out);
 // and return_parameters must be known values.
 absl::StatusOr<StepInput> StepInputFromProto(const v1::StepRequest& request);
 
+// A ParameterPoint enum value of `field` (e.g. "point"); InvalidArgument for an unknown one.
+absl::StatusOr<ParameterPoint> PointFromProto(const std::string& field, int point);
+
 // `output`'s fields but its parameters (which the caller writes: message_bytes.h).
 void StepOutputToProto(const StepOutput& output, v1::StepResponse* out);
 
