@@ -15,7 +15,7 @@
 #include "base/thread_pool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/optim/lr_free_golden.h"
+#include "server/optim/lr_free_testing.h"
 #include "server/optim/muon.h"
 #include "server/optim/optimizer.h"
 

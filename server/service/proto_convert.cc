@@ -649,7 +649,13 @@ void OptimizerStateToProto(const OptimizerState& state, const std::vector<Tensor
       v1::Tensor* array = to->add_arrays();
       array->set_name(a.name);
       if (!a.values.empty()) {
-        array->mutable_shape()->Add(tensors[t].shape.begin(), tensors[t].shape.end());
+        // The tensor's shape; an array of another length (Prodigy's slices, Adafactor's factored
+        // moments) is a vector.
+        if (static_cast<int64_t>(a.values.size()) == tensors[t].num_elements) {
+          array->mutable_shape()->Add(tensors[t].shape.begin(), tensors[t].shape.end());
+        } else {
+          array->add_shape(static_cast<int64_t>(a.values.size()));
+        }
         EncodeFloats(WireDType::kF32, a.values, array->mutable_data());
       }
     }
@@ -687,13 +693,26 @@ absl::StatusOr<OptimizerState> OptimizerStateFromProto(const v1::OptimizerState&
         return absl::InvalidArgumentError(absl::StrCat(array_field, ".dtype must be DTYPE_F32"));
       }
       std::vector<float> values;
-      const int64_t count = static_cast<int64_t>(array.data().size() / sizeof(float));
+      // As many values as the array's shape says (the tensor's elements when it has none); the
+      // optimizer checks the length each array must have (Optimizer::ImportState).
+      int64_t count = it->num_elements;
+      if (array.shape_size() > 0) {
+        count = 1;
+        for (const int64_t d : array.shape()) {
+          if (d < 0 || d > it->num_elements) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(array_field, ".shape has dimension ", d, "; must be in [0, ",
+                             it->num_elements, "] (no array is longer than its tensor)"));
+          }
+          count *= d;
+          if (count > it->num_elements) count = it->num_elements + 1;  // refused below
+        }
+      }
       if (absl::Status s = DecodeFloats(array_field, WireDType::kF32, array.data(),
-                                        array.data().empty() ? 0 : it->num_elements, &values);
+                                        array.data().empty() ? 0 : count, &values);
           !s.ok()) {
         return s;
       }
-      (void)count;
       into.arrays.push_back({array.name(), std::move(values)});
     }
     for (const auto& [name, value] : t.scalars()) {

@@ -1,4 +1,4 @@
-#include "server/optim/lr_free_golden.h"
+#include "server/optim/lr_free_testing.h"
 
 #include <algorithm>
 #include <cmath>

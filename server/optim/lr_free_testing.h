@@ -1,4 +1,4 @@
-// File: lr_free_golden.h
+// File: lr_free_testing.h
 //
 // Test-only: the golden vectors of reference/optimizers-lr-free.md (tests/golden/lr_free.json,
 // whose path the build passes as OPTD_LR_FREE_GOLDEN), and the runner that replays a case through
@@ -11,8 +11,8 @@
 // The options of a case are read from its resolved_hyperparameters by the *FromJson functions,
 // so every case in the file (public or not) runs. Included only by *_test.cc files in this folder.
 
-#ifndef OPTD_SERVER_OPTIM_LR_FREE_GOLDEN_H_
-#define OPTD_SERVER_OPTIM_LR_FREE_GOLDEN_H_
+#ifndef OPTD_SERVER_OPTIM_LR_FREE_TESTING_H_
+#define OPTD_SERVER_OPTIM_LR_FREE_TESTING_H_
 
 #include <string>
 #include <vector>
@@ -63,4 +63,4 @@ GoldenRun ExpectGoldenCase(const std::string& optimizer, const std::string& name
 
 }  // namespace optd
 
-#endif  // OPTD_SERVER_OPTIM_LR_FREE_GOLDEN_H_
+#endif  // OPTD_SERVER_OPTIM_LR_FREE_TESTING_H_
