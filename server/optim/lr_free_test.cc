@@ -307,7 +307,10 @@ TEST(LrFreeOptionsTest, ValidateNamesFieldValueAndRange) {
   AdafactorOptions adafactor;
   adafactor.beta2_decay = 0.1;
   EXPECT_EQ(adafactor.Validate().message(),
-            "adafactor.beta2_decay = 0.1 is out of range: must be finite and <= 0");
+            "adafactor.beta2_decay = 0.1 is out of range: must be <= 0");
+  adafactor.beta2_decay = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(adafactor.Validate().message(),
+            "adafactor.beta2_decay = inf is out of range: must be finite and <= 0");
   adafactor = {};
   adafactor.d = 0.5;
   EXPECT_EQ(adafactor.Validate().message(), "adafactor.d = 0.5 is out of range: must be >= 1");

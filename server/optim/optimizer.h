@@ -17,6 +17,15 @@
 // created lazily on a tensor's first step, step counters are int64 and per tensor, and scalar
 // coefficients are computed in double and rounded to float once per step.
 //
+// A step is one or two phases. Element-wise optimizers make one pass (UpdateSegments). Those whose
+// update needs a quantity over the whole model (normalized GD's global norm, LAMB's and LARS's
+// per-tensor norms, Prodigy's and D-Adaptation's sums, DoG's distance) first fold partial sums per
+// segment in double (SumPerTensor, SumOverModel: one partial per segment, added in segment order,
+// then in tensor order), compute their scalars from the reduced sums, then finish each segment
+// with them. The result has the same bits whatever the pool size or block split. The
+// learning-rate-free optimizers keep their model-wide scalars (d, eta, step counts) in the
+// exported state (OptimizerState::scalars), so checkpoints carry them.
+//
 // A step reports what it found out about its own result (StepResult): how many parameters it left
 // NaN or inf, counted in the loop that writes them, so the caller learns it without a second pass
 // over the parameters.

@@ -164,7 +164,8 @@ absl::Status AdafactorOptions::Validate() const {
   }
   if (!(beta2_decay <= 0.0) || !std::isfinite(beta2_decay)) {
     return absl::InvalidArgumentError(
-        OutOfRange("adafactor", "beta2_decay", FormatValue(beta2_decay), "finite and <= 0"));
+        OutOfRange("adafactor", "beta2_decay", FormatValue(beta2_decay),
+                   std::isfinite(beta2_decay) ? "<= 0" : "finite and <= 0"));
   }
   if (absl::Status s = CheckOptional(kName, "eps1", eps1, kNonNegative); !s.ok()) return s;
   return CheckDecay(kName, "lr", lr, "weight_decay", weight_decay);

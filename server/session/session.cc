@@ -313,6 +313,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
   event->optimizer_state_bytes = optimizer_->StateBytes();
   event->memory_bytes = MemoryLocked().total();
   event->parameter_bytes_copied = copied_bytes;
+  event->estimates = out->estimates;
   return absl::OkStatus();
 }
 
