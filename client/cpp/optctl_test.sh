@@ -157,6 +157,7 @@ out_has '^optimizer: +prodigy$'
 out_has '^  d_coef +0\.5$'
 out_has '^  slice_p +3$'
 out_has '^  decouple +false$'
+out_has '^estimates: +d=1e-06 effective_lr=1e-06$'   # Prodigy's d0 before the first step
 run 0 create --session=muon --optimizer=muon --ns_steps=3 --adam_lr=0.001 --tensor=w:4x3:normal=0.1
 out_has '^  ns_steps +3$'
 run 2 create --session=x --optimizer=dog --slice_p=2 --tensor=w:1
