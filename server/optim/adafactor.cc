@@ -40,18 +40,81 @@ struct TensorStep {
   int64_t rows = 0, cols = 0;
 };
 
-// U at flat element i of a tensor whose V is already updated.
-inline float Direction(const TensorStep& s, int64_t i, float g, float eps1_squared) {
-  float v;
-  if (s.rows > 0) {
-    const int64_t matrix = i / (s.rows * s.cols);
-    const int64_t row = (i / s.cols) % s.rows;
-    const int64_t col = i % s.cols;
-    v = (s.row_var[matrix * s.rows + row] * s.col_var[matrix * s.cols + col]) / s.row_mean[matrix];
-  } else {
-    v = s.variance[i];
+// The elements [begin, end) of one tensor in runs that share a V row: calls
+// run(first, last, row_var, col_var, row_mean) with the run's row factor, its columns' factors
+// (col_var + its first column) and max(mean(R), eps1) of its matrix; for a vector, one run with
+// row_var null.
+template <typename Run>
+inline void ForEachRun(const TensorStep& s, int64_t begin, int64_t end, Run run) {
+  if (s.rows == 0) return run(begin, end, nullptr, nullptr, 0.0f);
+  for (int64_t i = begin; i < end;) {
+    const int64_t row = i / s.cols;  // over all matrices of the batch
+    const int64_t matrix = row / s.rows;
+    const int64_t last = std::min(end, (row + 1) * s.cols);
+    run(i, last, s.row_var + row, s.col_var + matrix * s.cols + (i - row * s.cols),
+        s.row_mean[matrix]);
+    i = last;
   }
-  return g * (1.0f / std::sqrt(std::max(v, eps1_squared)));
+}
+
+// U = g / sqrt(max(V, eps1^2)) with V = (R C) / mean(R), or the vector's V.
+OPTD_FMA_CLONES void Directions(const float* __restrict g, const float* __restrict row_var,
+                                const float* __restrict col_var, float row_mean,
+                                const float* __restrict variance, float sign, float eps1_squared,
+                                float* __restrict u, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    const float v = row_var != nullptr ? (row_var[0] * col_var[k]) / row_mean : variance[k];
+    u[k] = (sign * g[k]) * (1.0f / std::sqrt(std::max(v, eps1_squared)));
+  }
+}
+
+// Pass 1 on a run: the vector's V, then {sum p^2, sum U^2}.
+OPTD_FMA_CLONES std::array<double, 2> RunSums(const float* __restrict p, const float* __restrict g,
+                                              const float* __restrict row_var,
+                                              const float* __restrict col_var, float row_mean,
+                                              float* __restrict variance, float rho_hat, float sign,
+                                              float eps1_squared, int64_t n) {
+  constexpr int64_t kTile = 256;
+  float u[kTile];
+  std::array<double, 2> sums = {0.0, 0.0};
+  for (int64_t begin = 0; begin < n; begin += kTile) {
+    const int64_t len = std::min(kTile, n - begin);
+    if (variance != nullptr) {
+      for (int64_t k = begin; k < begin + len; ++k) {
+        const float gk = sign * g[k];
+        variance[k] = Lerp(variance[k], gk * gk, rho_hat);
+      }
+    }
+    Directions(g + begin, row_var, col_var == nullptr ? nullptr : col_var + begin, row_mean,
+               variance == nullptr ? nullptr : variance + begin, sign, eps1_squared, u, len);
+    sums[0] += optim_internal::SumOfSquares(p + begin, len);
+    sums[1] += optim_internal::SumOfSquares(u, len);
+  }
+  return sums;
+}
+
+// Pass 2 on a run: p = p * decay + step * U. Returns how many p it left non-finite.
+OPTD_FMA_CLONES int64_t RunUpdate(float* __restrict p, const float* __restrict g,
+                                  const float* __restrict row_var, const float* __restrict col_var,
+                                  float row_mean, const float* __restrict variance, float sign,
+                                  float eps1_squared, bool has_decay, float decay, float step,
+                                  int64_t n) {
+  constexpr int64_t kTile = 256;
+  float u[kTile];
+  NonFiniteCount non_finite = 0;
+  for (int64_t begin = 0; begin < n; begin += kTile) {
+    const int64_t len = std::min(kTile, n - begin);
+    Directions(g + begin, row_var, col_var == nullptr ? nullptr : col_var + begin, row_mean,
+               variance == nullptr ? nullptr : variance + begin, sign, eps1_squared, u, len);
+    for (int64_t k = 0; k < len; ++k) {
+      float pk = p[begin + k];
+      if (has_decay) pk *= decay;
+      pk = AddScaled(pk, u[k], step);
+      p[begin + k] = pk;
+      non_finite += IsNonFinite(pk);
+    }
+  }
+  return non_finite;
 }
 
 }  // namespace
@@ -157,15 +220,18 @@ void Adafactor::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     const TensorStep& st = steps[seg.tensor];
     const float* p = tensors[seg.tensor].param.data();
     const float* g = tensors[seg.tensor].grad.data();
-    double params = 0.0, updates = 0.0;
-    for (int64_t i = seg.begin; i < seg.end; ++i) {
-      const float gi = sign * g[i];
-      if (st.variance != nullptr) st.variance[i] = Lerp(st.variance[i], gi * gi, st.rho_hat);
-      const float u = Direction(st, i, gi, eps1_squared);
-      params += static_cast<double>(p[i]) * p[i];
-      updates += static_cast<double>(u) * u;
-    }
-    return std::array<double, 2>{params, updates};
+    std::array<double, 2> total = {0.0, 0.0};
+    ForEachRun(st, seg.begin, seg.end,
+               [&](int64_t first, int64_t last, const float* row_var, const float* col_var,
+                   float row_mean) {
+                 const std::array<double, 2> run =
+                     RunSums(p + first, g + first, row_var, col_var, row_mean,
+                             st.variance == nullptr ? nullptr : st.variance + first, st.rho_hat,
+                             sign, eps1_squared, last - first);
+                 total[0] += run[0];
+                 total[1] += run[1];
+               });
+    return total;
   });
 
   const float decay = static_cast<float>(1.0 - lr * o.weight_decay);
@@ -183,15 +249,15 @@ void Adafactor::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     const TensorStep& st = steps[seg.tensor];
     float* p = tensors[seg.tensor].param.data();
     const float* g = tensors[seg.tensor].grad.data();
-    const float step = neg_step[seg.tensor];
-    NonFiniteCount non_finite = 0;
-    for (int64_t i = seg.begin; i < seg.end; ++i) {
-      float pi = p[i];
-      if (has_decay) pi *= decay;
-      pi = AddScaled(pi, Direction(st, i, sign * g[i], eps1_squared), step);
-      p[i] = pi;
-      non_finite += IsNonFinite(pi);
-    }
+    int64_t non_finite = 0;
+    ForEachRun(st, seg.begin, seg.end,
+               [&](int64_t first, int64_t last, const float* row_var, const float* col_var,
+                   float row_mean) {
+                 non_finite +=
+                     RunUpdate(p + first, g + first, row_var, col_var, row_mean,
+                               st.variance == nullptr ? nullptr : st.variance + first, sign,
+                               eps1_squared, has_decay, decay, neg_step[seg.tensor], last - first);
+               });
     return non_finite;
   });
 }

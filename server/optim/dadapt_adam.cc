@@ -34,23 +34,24 @@ struct Coefficients {
 };
 
 // Phase 1 on n elements: returns {<g, s / (sqrt(v) + eps)> with the old s and v, ||s_new||_1}.
-std::array<double, 2> Accumulate(const float* p, const float* g, float* m, float* v, float* s,
-                                 int64_t n, const Coefficients& c) {
-  double dot = 0.0, l1 = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
+OPTD_FMA_CLONES std::array<double, 2> Accumulate(const float* __restrict p,
+                                                 const float* __restrict g, float* __restrict m,
+                                                 float* __restrict v, float* __restrict s,
+                                                 int64_t n, const Coefficients c) {
+  return optim_internal::LaneSums<2>(n, [&](int64_t i) {
     const float gi = c.coupled_wd != 0.0f ? AddScaled(g[i], p[i], c.coupled_wd) : g[i];
     const float denom = std::sqrt(v[i]) + c.eps;
-    dot += static_cast<double>(gi) * static_cast<double>(s[i] / denom);
+    const double term = static_cast<double>(gi) * static_cast<double>(s[i] / denom);
     m[i] = MulAdd(m[i], c.beta1, gi, c.m_scale);
     v[i] = AddCmul(c.beta2 * v[i], gi, gi, c.one_minus_beta2);
-    s[i] = MulAdd(s[i], c.sqrt_beta2, gi, c.s_scale);
-    l1 += std::abs(static_cast<double>(s[i]));
-  }
-  return {dot, l1};
+    const float si = MulAdd(s[i], c.sqrt_beta2, gi, c.s_scale);
+    s[i] = si;
+    return std::array<double, 2>{term, std::abs(static_cast<double>(si))};
+  });
 }
 
-OPTD_SIMD_CLONES int64_t Finish(float* p, const float* m, const float* v, int64_t n,
-                                const Coefficients& c) {
+OPTD_FMA_CLONES int64_t Finish(float* __restrict p, const float* __restrict m,
+                               const float* __restrict v, int64_t n, const Coefficients c) {
   NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float pi = p[i];

@@ -21,21 +21,21 @@ using optim_internal::NonFiniteCount;
 using optim_internal::SumOfSquares;
 
 // Phase 1 on n elements: returns {<g, s_old>, ||s_new||^2}.
-std::array<double, 2> Accumulate(const float* p, const float* g, float* s, int64_t n, float wd,
-                                 float dlr) {
-  double dot = 0.0, squares = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
+OPTD_FMA_CLONES std::array<double, 2> Accumulate(const float* __restrict p,
+                                                 const float* __restrict g, float* __restrict s,
+                                                 int64_t n, float wd, float dlr) {
+  return optim_internal::LaneSums<2>(n, [&](int64_t i) {
     const float gi = wd != 0.0f ? AddScaled(g[i], p[i], wd) : g[i];
-    dot += static_cast<double>(gi) * static_cast<double>(s[i]);
+    const double term = static_cast<double>(gi) * static_cast<double>(s[i]);
     const float si = AddScaled(s[i], gi, dlr);
     s[i] = si;
-    squares += static_cast<double>(si) * static_cast<double>(si);
-  }
-  return {dot, squares};
+    return std::array<double, 2>{term, static_cast<double>(si) * static_cast<double>(si)};
+  });
 }
 
-OPTD_SIMD_CLONES int64_t Finish(float* p, float* z, const float* x0, const float* s, int64_t n,
-                                float momentum, float one_minus_momentum) {
+OPTD_FMA_CLONES int64_t Finish(float* __restrict p, float* __restrict z, const float* __restrict x0,
+                               const float* __restrict s, int64_t n, float momentum,
+                               float one_minus_momentum) {
   NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float zi = x0[i] - s[i];

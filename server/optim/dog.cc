@@ -46,23 +46,23 @@ LdogOptions AsLdog(const DogOptions& o) {
 
 // Phase 1 on n elements: {sum g^2 (g with weight decay), sum (p - x0)^2, sum p^2}. On the first
 // step it also fills x0.
-std::array<double, 3> Sums(const float* p, const float* g, float* x0, int64_t n, float wd,
-                           bool first_step) {
-  double grad = 0.0, distance = 0.0, param = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (first_step) x0[i] = p[i];
+OPTD_FMA_CLONES std::array<double, 3> Sums(const float* __restrict p, const float* __restrict g,
+                                           float* __restrict x0, int64_t n, float wd,
+                                           bool first_step) {
+  if (first_step) std::copy(p, p + n, x0);
+  return optim_internal::LaneSums<3>(n, [&](int64_t i) {
     const float gi = wd != 0.0f ? AddScaled(g[i], p[i], wd) : g[i];
-    grad += static_cast<double>(gi) * gi;
     const float diff = p[i] - x0[i];
-    distance += static_cast<double>(diff) * diff;
-    param += static_cast<double>(p[i]) * p[i];
-  }
-  return {grad, distance, param};
+    const double pi = p[i];
+    return std::array<double, 3>{static_cast<double>(gi) * gi, static_cast<double>(diff) * diff,
+                                 pi * pi};
+  });
 }
 
 // Phase 2: p -= eta * g, then the average. Returns how many p it left non-finite.
-OPTD_SIMD_CLONES int64_t Update(float* p, const float* g, float* avg, int64_t n, float wd,
-                                float neg_eta, float keep, float weight) {
+OPTD_FMA_CLONES int64_t Update(float* __restrict p, const float* __restrict g,
+                               float* __restrict avg, int64_t n, float wd, float neg_eta,
+                               float keep, float weight) {
   NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float gi = wd != 0.0f ? AddScaled(g[i], p[i], wd) : g[i];

@@ -30,6 +30,45 @@ std::vector<int64_t> Sizes(const TensorShapes& shapes) {
   return sizes;
 }
 
+// p = p * decay - lr * u over a matrix's elements. Returns how many p it left non-finite.
+OPTD_FMA_CLONES int64_t MatrixUpdate(float* __restrict p, const float* __restrict u, int64_t n,
+                                     float decay, float neg_lr) {
+  NonFiniteCount non_finite = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float pi = AddScaled(p[i] * decay, u[i], neg_lr);
+    p[i] = pi;
+    non_finite += IsNonFinite(pi);
+  }
+  return non_finite;
+}
+
+// MuonWithAuxAdam's AdamW over n elements. Returns how many p it left non-finite.
+OPTD_FMA_CLONES int64_t AdamUpdate(float* __restrict p, const float* __restrict g,
+                                   float* __restrict m, float* __restrict v, int64_t n, float keep1,
+                                   float keep2, float bias1, float bias2, float eps, float decay,
+                                   float neg_lr) {
+  NonFiniteCount non_finite = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    m[i] = Lerp(m[i], g[i], keep1);
+    v[i] = Lerp(v[i], g[i] * g[i], keep2);
+    const float u = (m[i] / bias1) / (std::sqrt(v[i] / bias2) + eps);
+    const float pi = AddScaled(p[i] * decay, u, neg_lr);
+    p[i] = pi;
+    non_finite += IsNonFinite(pi);
+  }
+  return non_finite;
+}
+
+// The momentum and the direction of a matrix: buf = lerp(buf, g, 1 - momentum), u = Nesterov's
+// lerp(g, buf, momentum) or buf.
+OPTD_FMA_CLONES void Momentum(const float* __restrict g, float* __restrict buf, float* __restrict u,
+                              int64_t n, float keep, float momentum, bool nesterov) {
+  for (int64_t i = 0; i < n; ++i) {
+    buf[i] = Lerp(buf[i], g[i], keep);
+    u[i] = nesterov ? Lerp(g[i], buf[i], momentum) : buf[i];
+  }
+}
+
 }  // namespace
 
 Muon::Muon(const MuonOptions& options, const TensorShapes& shapes)
@@ -120,12 +159,8 @@ void Muon::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     if (s.momentum_buffer.empty()) s.momentum_buffer.assign(n, 0.0f);
     std::vector<float>& u = updates[t];
     u.resize(n);
-    const float* g = tensors[t].grad.data();
-    float* buf = s.momentum_buffer.data();
-    for (int64_t i = 0; i < n; ++i) {
-      buf[i] = Lerp(buf[i], g[i], keep);
-      u[i] = o.nesterov ? Lerp(g[i], buf[i], momentum) : buf[i];
-    }
+    Momentum(tensors[t].grad.data(), s.momentum_buffer.data(), u.data(), n, keep, momentum,
+             o.nesterov);
     NewtonSchulz(u.data(), layout.rows, layout.cols, o.ns_steps);
     const float scale = static_cast<float>(layout.scale);
     if (scale != 1.0f) {
@@ -135,30 +170,15 @@ void Muon::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
 
   UpdateSegments([&](const Segment& seg) -> int64_t {
     TensorState& s = state_[seg.tensor];
-    float* p = tensors[seg.tensor].param.data();
-    const float* g = tensors[seg.tensor].grad.data();
-    NonFiniteCount non_finite = 0;
+    const int64_t b = seg.begin;
+    const int64_t n = seg.end - b;
+    float* p = tensors[seg.tensor].param.data() + b;
     if (layouts_[seg.tensor].matrix) {
-      const float* u = updates[seg.tensor].data();
-      for (int64_t i = seg.begin; i < seg.end; ++i) {
-        const float pi = AddScaled(p[i] * decay, u[i], neg_lr);
-        p[i] = pi;
-        non_finite += IsNonFinite(pi);
-      }
-      return non_finite;
+      return MatrixUpdate(p, updates[seg.tensor].data() + b, n, decay, neg_lr);
     }
-    float* m = s.exp_avg.data();
-    float* v = s.exp_avg_sq.data();
-    const float b1 = bias1[seg.tensor], b2 = bias2[seg.tensor];
-    for (int64_t i = seg.begin; i < seg.end; ++i) {
-      m[i] = Lerp(m[i], g[i], adam_keep1);
-      v[i] = Lerp(v[i], g[i] * g[i], adam_keep2);
-      const float u = (m[i] / b1) / (std::sqrt(v[i] / b2) + adam_eps);
-      const float pi = AddScaled(p[i] * adam_decay, u, adam_neg_lr);
-      p[i] = pi;
-      non_finite += IsNonFinite(pi);
-    }
-    return non_finite;
+    return AdamUpdate(p, tensors[seg.tensor].grad.data() + b, s.exp_avg.data() + b,
+                      s.exp_avg_sq.data() + b, n, adam_keep1, adam_keep2, bias1[seg.tensor],
+                      bias2[seg.tensor], adam_eps, adam_decay, adam_neg_lr);
   });
 }
 

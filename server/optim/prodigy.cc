@@ -38,29 +38,34 @@ struct Coefficients {
 
 // Phase 1 on elements [begin, end) of one tensor: m, v and s; returns the sums
 // {<g[::sp], p0 - p[::sp]>, ||s||_1} over the slices in the range.
-std::array<double, 2> Accumulate(const float* p, const float* g, float* m, float* v, float* p0,
-                                 float* s, int64_t begin, int64_t end, int64_t slice,
-                                 const Coefficients& c) {
+OPTD_FMA_CLONES std::array<double, 2> Accumulate(const float* __restrict p,
+                                                 const float* __restrict g, float* __restrict m,
+                                                 float* __restrict v, float* __restrict p0,
+                                                 float* __restrict s, int64_t begin, int64_t end,
+                                                 int64_t slice, const Coefficients c) {
   for (int64_t i = begin; i < end; ++i) {
     const float gi = c.coupled_wd != 0.0f ? AddScaled(g[i], p[i], c.coupled_wd) : g[i];
     if (m != nullptr) m[i] = MulAdd(m[i], c.beta1, gi, c.m_scale);
     v[i] = AddCmul(c.beta2 * v[i], gi, gi, c.v_scale);
   }
-  double dot = 0.0;
-  double l1 = 0.0;
-  for (int64_t j = (begin + slice - 1) / slice; j * slice < end; ++j) {
+  // The slices j with j * slice in [begin, end).
+  const int64_t first = (begin + slice - 1) / slice;
+  const int64_t count = std::max<int64_t>(0, (end + slice - 1) / slice - first);
+  return optim_internal::LaneSums<2>(count, [&](int64_t k) {
+    const int64_t j = first + k;
     const int64_t i = j * slice;
     const float gi = c.coupled_wd != 0.0f ? AddScaled(g[i], p[i], c.coupled_wd) : g[i];
-    dot += static_cast<double>(gi) * static_cast<double>(p0[j] - p[i]);
-    s[j] = MulAdd(s[j], c.beta3, gi, c.s_scale);
-    l1 += std::abs(static_cast<double>(s[j]));
-  }
-  return {dot, l1};
+    const double term = static_cast<double>(gi) * static_cast<double>(p0[j] - p[i]);
+    const float sj = MulAdd(s[j], c.beta3, gi, c.s_scale);
+    s[j] = sj;
+    return std::array<double, 2>{term, std::abs(static_cast<double>(sj))};
+  });
 }
 
 // Phase 2 on elements [begin, end): moves p. Returns how many p it left non-finite.
-OPTD_SIMD_CLONES int64_t Finish(float* p, const float* g, const float* m, const float* v, int64_t n,
-                                const Coefficients& c) {
+OPTD_FMA_CLONES int64_t Finish(float* __restrict p, const float* __restrict g,
+                               const float* __restrict m, const float* __restrict v, int64_t n,
+                               const Coefficients c) {
   NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float pi = p[i];
