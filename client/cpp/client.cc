@@ -153,6 +153,7 @@ absl::StatusOr<v1::StepRequest> MakeStepRequest(absl::string_view session_id,
   if (options.loss.has_value()) request.set_loss(*options.loss);
   request.set_return_parameters(options.return_parameters);
   request.set_return_dtype(options.return_dtype);
+  request.set_return_point(options.return_point);
   return request;
 }
 
@@ -397,6 +398,7 @@ absl::StatusOr<PullResult> Client::Pull(absl::string_view session_id, const Pull
   }
   request.set_dtype(options.dtype);
   request.set_include_optimizer_state(options.optimizer_state);
+  request.set_point(options.point);
   for (size_t i = 0; i < options.rows.size(); ++i) {
     const TensorRows& rows = options.rows[i];
     if (!options.names.empty() &&
@@ -425,6 +427,7 @@ absl::StatusOr<PullResult> Client::Pull(absl::string_view session_id, const Pull
   result.version = response.version();
   result.server_incarnation = response.server_incarnation();
   result.durable_version = response.durable_version();
+  result.point = response.point();
   if (response.has_optimizer_state()) {
     result.optimizer_state = std::move(*response.mutable_optimizer_state());
   }

@@ -56,6 +56,7 @@
 #define OPTD_CLIENT_CPP_CLIENT_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -142,6 +143,9 @@ struct StepOptions {
   v1::DType return_dtype = v1::DTYPE_F32;
   // Wire encoding of the gradients sent. BF16 and F16 halve the bytes and round the gradient.
   v1::DType gradient_dtype = v1::DTYPE_F32;
+  // Which point the returned parameters are: the training point, or the evaluation point of an
+  // optimizer that keeps one (Schedule-Free's x, DoG's average; with ALL or NONE).
+  v1::ParameterPoint return_point = v1::PARAMETER_POINT_TRAINING;
   // Overrides ClientOptions::retry for this step (a keyed step only; unkeyed ones never retry).
   std::optional<RetryPolicy> retry;
 };
@@ -185,6 +189,10 @@ struct StepResult {
   // than the worker's previous reply, so the server restarted in between and this step applied to
   // the session as restored from its checkpoint.
   bool server_restarted = false;
+  // The point `parameters` are (StepOptions::return_point).
+  v1::ParameterPoint point = v1::PARAMETER_POINT_TRAINING;
+  // The optimizer's estimates after the step (Prodigy's and D-Adaptation's "d", DoG's "eta", ...).
+  std::map<std::string, double> estimates;
 };
 
 // What JoinSession returns.
@@ -216,6 +224,9 @@ struct PullOptions {
   // Also return the whole optimizer state (PullResult::optimizer_state), at the same version as
   // the parameters. Not with `rows`.
   bool optimizer_state = false;
+  // The training point, or the evaluation point of an optimizer that keeps one (Schedule-Free's
+  // x, DoG's average; FAILED_PRECONDITION for the others). Not with `rows`.
+  v1::ParameterPoint point = v1::PARAMETER_POINT_TRAINING;
 };
 
 struct PullResult {
@@ -228,6 +239,8 @@ struct PullResult {
   // its step count and F32 arrays such as "exp_avg"; HostTensorFromProto decodes them). It can be
   // given back with UpdateSession (UpdateSessionRequest.optimizer_state).
   std::optional<v1::OptimizerState> optimizer_state;
+  // The point `tensors` are (PullOptions::point).
+  v1::ParameterPoint point = v1::PARAMETER_POINT_TRAINING;
 };
 
 // What Checkpoint returns.

@@ -77,6 +77,9 @@ absl::StatusOr<StepResult> DecodeStepResponse(const v1::StepResponse& response,
   result.attempts = attempts;
   result.server_incarnation = response.server_incarnation();
   result.durable_version = response.durable_version();
+  result.point = response.point();
+  result.estimates.insert(response.optimizer_estimates().begin(),
+                          response.optimizer_estimates().end());
   absl::StatusOr<std::vector<HostTensor>> parameters = DecodeReplyTensors(response.parameters());
   if (!parameters.ok()) return parameters.status();
   result.parameters = *std::move(parameters);

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -489,6 +490,13 @@ absl::Status StepOnce(Client& client, const CommandLine& command_line,
   std::cout << " sequence " << result->sequence << "\n";
   std::cout << "gradient norm:  " << absl::StrFormat("%.9g", result->gradient_norm) << "\n";
   std::cout << "learning rate:  " << absl::StrFormat("%.9g", result->learning_rate) << "\n";
+  if (!result->estimates.empty()) {
+    std::vector<std::string> pairs;
+    for (const auto& [name, value] : result->estimates) {
+      pairs.push_back(absl::StrFormat("%s=%.9g", name, value));
+    }
+    std::cout << "estimates:      " << absl::StrJoin(pairs, " ") << "\n";
+  }
   return absl::OkStatus();
 }
 

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <iostream>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -42,6 +45,8 @@ void PrintSession(const v1::Session& session) {
         value = "(unset)";
       } else if (field->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_DOUBLE) {
         value = absl::StrFormat("%.10g", reflection->GetDouble(*optimizer, field));
+      } else if (field->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_INT64) {
+        value = absl::StrCat(reflection->GetInt64(*optimizer, field));
       } else if (field->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_BOOL) {
         value = reflection->GetBool(*optimizer, field) ? "true" : "false";
       } else if (field->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_ENUM) {
@@ -63,6 +68,16 @@ void PrintSession(const v1::Session& session) {
   std::cout << "consistency:  " << FormatConsistency(config.consistency()) << "\n";
   std::cout << "learning rate: " << absl::StrFormat("%.10g", session.learning_rate())
             << " (next step)\n";
+  if (!session.optimizer_estimates().empty()) {
+    // Sorted by name: a protobuf map has no order of its own.
+    std::map<std::string, double> estimates(session.optimizer_estimates().begin(),
+                                            session.optimizer_estimates().end());
+    std::vector<std::string> pairs;
+    for (const auto& [name, value] : estimates) {
+      pairs.push_back(absl::StrFormat("%s=%.10g", name, value));
+    }
+    std::cout << "estimates:    " << absl::StrJoin(pairs, " ") << "\n";
+  }
   std::cout << "tensors:      " << session.tensors_size() << " (" << session.num_parameters()
             << " parameters)\n";
   size_t width = 0;

@@ -344,6 +344,9 @@ type PullOptions struct {
 	// Also return the whole optimizer state (PullResult.OptimizerState), at the same version as
 	// the parameters. Not with Rows.
 	OptimizerState bool
+	// The training point (zero value), or the evaluation point of an optimizer that keeps one
+	// (Schedule-Free's x, DoG's average; FAILED_PRECONDITION for the others). Not with Rows.
+	Point optdv1.ParameterPoint
 }
 
 // PullResult is what Pull returns.
@@ -358,6 +361,8 @@ type PullResult struct {
 	// its step count and F32 arrays such as "exp_avg"; decode them with FromProto). It can be
 	// given back with UpdateSession (UpdateSessionRequest.OptimizerState).
 	OptimizerState *optdv1.OptimizerState
+	// The point Tensors are (PullOptions.Point).
+	Point optdv1.ParameterPoint
 }
 
 // Pull reads parameters without stepping.
@@ -366,7 +371,7 @@ func (c *Client) Pull(ctx context.Context, sessionID string, opts *PullOptions) 
 		opts = &PullOptions{}
 	}
 	req := &optdv1.PullRequest{SessionId: sessionID, Names: opts.Names, Dtype: opts.DType,
-		Rows: opts.Rows, IncludeOptimizerState: opts.OptimizerState}
+		Rows: opts.Rows, IncludeOptimizerState: opts.OptimizerState, Point: opts.Point}
 	resp, err := unary(ctx, c, "Pull", req, c.stub.Pull)
 	if err != nil {
 		return nil, err
@@ -378,7 +383,7 @@ func (c *Client) Pull(ctx context.Context, sessionID string, opts *PullOptions) 
 	}
 	return &PullResult{Version: resp.GetVersion(), Tensors: tensors,
 		ServerIncarnation: resp.GetServerIncarnation(), DurableVersion: resp.GetDurableVersion(),
-		OptimizerState: resp.GetOptimizerState()}, nil
+		OptimizerState: resp.GetOptimizerState(), Point: resp.GetPoint()}, nil
 }
 
 // CheckpointResult is what Checkpoint returns.

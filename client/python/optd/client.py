@@ -65,7 +65,7 @@ from optd import config as _config
 from optd.errors import InvalidArgumentError, OptdError, error_from_rpc
 # The results and the retry policy live in results.py; they stay importable from here.
 from optd.results import (NO_RETRY, CheckpointResult, PullResult, RetryPolicy, StepResult,
-                          _decode_all)
+                          _decode_all, _point_name, _point_value)
 from optd.security import Pem, Security, retriable
 from optd.state import OptimizerState
 from optd.tensors import DTypeLike, dtype_value, to_tensor
@@ -489,16 +489,19 @@ class Client:
 
     def pull(self, session_id: str, names: Optional[Sequence[str]] = None, *,
              dtype: DTypeLike = "f32", rows: Optional[Mapping[str, Sequence[int]]] = None,
-             optimizer_state: bool = False, timeout: Any = DEFAULT) -> PullResult:
+             optimizer_state: bool = False, point: Union[str, int] = "training",
+             timeout: Any = DEFAULT) -> PullResult:
         """Reads parameters without stepping: ``names`` (all, in creation order, when None) as
         ``dtype`` on the wire, decoded to float32; ``rows`` {name: indices} reads only those rows
         (as RowSparse). ``optimizer_state=True`` also returns the whole optimizer state
         (PullResult.optimizer_state, an optd.OptimizerState at the same version; not with
-        ``rows``)."""
+        ``rows``). ``point="evaluation"`` reads the evaluation point of an optimizer that keeps
+        one (Schedule-Free's x, DoG's iterate average; FailedPreconditionError for others)."""
         pb2 = self.pb2
         request = pb2.PullRequest(session_id=session_id, names=list(names or ()),
                                   dtype=dtype_value(dtype),
-                                  include_optimizer_state=bool(optimizer_state))
+                                  include_optimizer_state=bool(optimizer_state),
+                                  point=_point_value(point))
         for name, indices in (rows or {}).items():
             request.rows.add(name=name, indices=[int(i) for i in np.asarray(indices).ravel()])
         reply, _ = self._call("Pull", request, timeout, self.retry)
@@ -509,20 +512,22 @@ class Client:
                                               None if names else list(tensors))
         return PullResult(version=reply.version, tensors=tensors,
                           server_incarnation=reply.server_incarnation,
-                          durable_version=reply.durable_version, optimizer_state=state)
+                          durable_version=reply.durable_version, optimizer_state=state,
+                          point=_point_name(reply.point))
 
     def step_request(self, session_id: str, gradients: Gradients, *, worker_id: str = "",
                      sequence: int = 0, version: Optional[int] = None,
                      loss: Optional[float] = None, return_parameters: Union[str, bool] = "all",
                      return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32",
-                     worker_incarnation: int = 0):
+                     worker_incarnation: int = 0, return_point: Union[str, int] = "training"):
         """The optd_pb2.StepRequest that step() would send."""
         request = self.pb2.StepRequest(session_id=session_id, worker_id=worker_id or "",
                                        gradients=_tensors(gradients, gradient_dtype),
                                        return_parameters=_return_mode(return_parameters),
                                        return_dtype=dtype_value(return_dtype),
                                        sequence=int(sequence),
-                                       worker_incarnation=int(worker_incarnation))
+                                       worker_incarnation=int(worker_incarnation),
+                                       return_point=_point_value(return_point))
         if loss is not None:
             request.loss = float(loss)
         if version is not None:
@@ -533,7 +538,8 @@ class Client:
              sequence: int = 0, version: Optional[int] = None, loss: Optional[float] = None,
              return_parameters: Union[str, bool] = "all", return_dtype: DTypeLike = "f32",
              gradient_dtype: DTypeLike = "f32", timeout: Any = DEFAULT,
-             retry: Optional[RetryPolicy] = None, worker_incarnation: int = 0) -> StepResult:
+             retry: Optional[RetryPolicy] = None, worker_incarnation: int = 0,
+             return_point: Union[str, int] = "training") -> StepResult:
         """Applies one gradient per session tensor (dense arrays or RowSparse): all or nothing.
 
         A raw step: Session.step is the worker loop's call (it joins, numbers and rejoins).
@@ -544,7 +550,8 @@ class Client:
         not join, and its sequences follow the unjoined rules). ``version`` is the session
         version the gradient was computed at (required in SYNC and BOUNDED sessions).
         ``return_parameters``: "all", "none" or "touched"; ``return_dtype``/``gradient_dtype``:
-        "f32", "bf16" or "f16" on the wire.
+        "f32", "bf16" or "f16" on the wire. ``return_point="evaluation"``: the returned parameters
+        are the evaluation point (Schedule-Free's x; with "all" or "none").
 
         Raises NotFoundError, InvalidArgumentError, AbortedError (``.current_version``),
         FailedPreconditionError (a reused sequence; ``.rejoin`` when the worker must join
@@ -554,7 +561,8 @@ class Client:
                                     version=version, loss=loss,
                                     return_parameters=return_parameters,
                                     return_dtype=return_dtype, gradient_dtype=gradient_dtype,
-                                    worker_incarnation=worker_incarnation)
+                                    worker_incarnation=worker_incarnation,
+                                    return_point=return_point)
         return self.send_step(request, timeout=timeout, retry=retry)
 
     def send_step(self, request, *, timeout: Any = DEFAULT,

@@ -89,6 +89,12 @@ class StepResult:
     #: Set by a Session: the reply came from another server process than the session's previous
     #: reply (the server restarted and restored the session from its checkpoint).
     server_restarted: bool = False
+    #: Which point ``parameters`` are: "training" (the parameters the optimizer steps) or
+    #: "evaluation" (Schedule-Free's x, DoG's iterate average; step(return_point=...)).
+    point: str = "training"
+    #: The optimizer's estimates after the step (Prodigy's and D-Adaptation's "d" and
+    #: "effective_lr", DoG's "eta", ...); empty for optimizers that keep none.
+    estimates: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_proto(cls, reply, sequence: int = 0, attempts: int = 1,
@@ -100,7 +106,8 @@ class StepResult:
                    missing_workers=list(reply.missing_workers), staleness=reply.staleness,
                    sequence=sequence, attempts=attempts, worker_incarnation=worker_incarnation,
                    server_incarnation=reply.server_incarnation,
-                   durable_version=reply.durable_version)
+                   durable_version=reply.durable_version, point=_point_name(reply.point),
+                   estimates=dict(reply.optimizer_estimates))
 
 
 @dataclasses.dataclass
@@ -114,6 +121,25 @@ class PullResult:
     durable_version: int = -1
     #: With ``pull(optimizer_state=True)``: the optimizer state at ``version``.
     optimizer_state: Optional[OptimizerState] = None
+    #: "training" or "evaluation": see StepResult.point.
+    point: str = "training"
+
+
+_POINTS = {"training": 0, "train": 0, "y": 0, "evaluation": 1, "eval": 1, "x": 1}
+
+
+def _point_value(point: Union[str, int]) -> int:
+    if isinstance(point, int) and not isinstance(point, bool) and point in (0, 1):
+        return point
+    if isinstance(point, str):
+        value = _POINTS.get(point.strip().lower().replace("parameter_point_", ""))
+        if value is not None:
+            return value
+    raise InvalidArgumentError(f"point = {point!r}; must be 'training' or 'evaluation'")
+
+
+def _point_name(value: int) -> str:
+    return "evaluation" if value == 1 else "training"
 
 
 @dataclasses.dataclass

@@ -219,10 +219,10 @@ class Session:
 
     def pull(self, names: Optional[Sequence[str]] = None, *, dtype: DTypeLike = "f32",
              rows: Optional[Mapping[str, Sequence[int]]] = None, optimizer_state: bool = False,
-             timeout: Any = DEFAULT) -> PullResult:
+             point: Union[str, int] = "training", timeout: Any = DEFAULT) -> PullResult:
         """Client.pull on this session; the worker's version becomes the pulled one."""
         result = self.client.pull(self.session_id, names, dtype=dtype, rows=rows,
-                                  optimizer_state=optimizer_state, timeout=timeout)
+                                  optimizer_state=optimizer_state, point=point, timeout=timeout)
         self._observe_server(result.server_incarnation, result.durable_version)
         with self._lock:
             self.version = result.version
@@ -271,7 +271,8 @@ class Session:
 
     def request(self, gradients: Gradients, *, loss: Optional[float] = None,
                 version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",
-                return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32"):
+                return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32",
+                return_point: Union[str, int] = "training"):
         """The next StepRequest of this worker (joins first if it has not; reserves a sequence
         number)."""
         self._ensure_joined()
@@ -281,12 +282,14 @@ class Session:
                                         sequence=self.next_sequence(), version=version, loss=loss,
                                         return_parameters=return_parameters,
                                         return_dtype=return_dtype, gradient_dtype=gradient_dtype,
-                                        worker_incarnation=self.incarnation or 0)
+                                        worker_incarnation=self.incarnation or 0,
+                                        return_point=return_point)
 
     def step(self, gradients: Gradients, *, loss: Optional[float] = None,
              version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",
              return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32",
-             timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None) -> StepResult:
+             timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None,
+             return_point: Union[str, int] = "training") -> StepResult:
         """One step with this worker's incarnation and next sequence number (retried safely, see
         Client.step; the worker joins first if it has not).
 
@@ -308,7 +311,7 @@ class Session:
         self._ensure_joined(timeout)
         request = self.request(gradients, loss=loss, version=version,
                                return_parameters=return_parameters, return_dtype=return_dtype,
-                               gradient_dtype=gradient_dtype)
+                               gradient_dtype=gradient_dtype, return_point=return_point)
         server_before = self.server_incarnation
         resends = 0
         while True:
