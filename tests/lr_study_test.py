@@ -49,11 +49,12 @@ def test_tiny_study_runs_end_to_end_through_optd(tmp_path):
     assert "stopped, exit status 0" in proc.stdout, proc.stdout
     runs = report["runs"]
     optimizers = {"sgd", "normalized_gd", "adagrad", "adadelta", "adam", "schedulefree_adamw",
-                  "prodigy", "dadapt_adam", "dog"}
+                  "prodigy", "prodigy_d0", "dadapt_adam", "dog"}
     assert {r["optimizer"] for r in runs} == optimizers
     assert {r["problem"] for r in runs} == {"digits", "breast_cancer"}
-    # 2 problems x 9 optimizers x 3 knob values x 2 seeds, each a session of its own.
-    assert len(runs) == 2 * 9 * 3 * 2
+    # 2 problems x 10 sweeps (Prodigy twice: d_coef and d0) x 3 knob values x 2 seeds, each a
+    # session of its own.
+    assert len(runs) == 2 * 10 * 3 * 2
     assert len({r["session_id"] for r in runs}) == len(runs)
     for r in runs:
         # Runs either finish or diverge (the sweep's ends may); never an RPC failure.
