@@ -90,6 +90,8 @@ def test_decades_within_the_margin():
     assert lr_study.band(knobs, [False, True, True, True, False]) == (2.0, 1e-2, 1.0, False)
     assert lr_study.band(knobs, [True, True, False, True, False]) == (1.0, 1e-3, 1e-2, True)
     assert lr_study.band(knobs, [False] * 5) == (0.0, None, None, False)
+    assert lr_study.fmt_band((0.0, None, None, False)) == "none"
+    assert lr_study.fmt_band((0.0, 0.1, 0.1, False)) == "0.0 (0.1–0.1)"
     assert lr_study.band(knobs, [False, False, True, False, False]) == (0.0, 0.1, 0.1, False)
 
     def run(opt, knob, seed, acc):

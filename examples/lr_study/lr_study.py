@@ -458,7 +458,7 @@ def fmt_knob(v):
 def fmt_band(b):
     width, lo, hi, censored = b
     if lo is None:
-        return "0"
+        return "none"
     return f"{'≥ ' if censored else ''}{width:.1f} ({lo:g}–{hi:g})"
 
 
@@ -590,7 +590,7 @@ def plot_decades(path: Path, summaries, problems) -> None:
     axis of decades from the optimizer's best knob (mean over seeds; thin: every seed)."""
     plt = _plt()
     names = [n for n in OPTIMIZERS if any(n in summaries[p]["table"] for p in problems)]
-    fig, axes = plt.subplots(1, len(problems), figsize=(6.2 * len(problems), 0.45 * len(names)
+    fig, axes = plt.subplots(1, len(problems), figsize=(6.8 * len(problems), 0.45 * len(names)
                                                                           + 1.6), squeeze=False)
     for ax, problem in zip(axes[0], problems):
         table = summaries[problem]["table"]
@@ -600,14 +600,15 @@ def plot_decades(path: Path, summaries, problems) -> None:
             if name not in table:
                 continue
             t = table[name]
-            for key, height, alpha in (("band_mean", 0.55, 0.85), ("band_all", 0.2, 1.0)):
+            for key, height, color, alpha in (("band_loose", 0.75, spec["color"], 0.3),
+                                              ("band_mean", 0.5, spec["color"], 0.9),
+                                              ("band_all", 0.16, "black", 1.0)):
                 width, lo, hi, censored = t[key]
                 if lo is None:
                     continue
                 x0, x1 = math.log10(lo), math.log10(hi)
-                ax.barh(y, max(x1 - x0, 0.04), left=x0 if x1 > x0 else x0 - 0.02,
-                        height=height, color=spec["color"] if key == "band_mean" else "black",
-                        alpha=alpha)
+                ax.barh(y, max(x1 - x0, 0.06), left=x0 if x1 > x0 else x0 - 0.03,
+                        height=height, color=color, alpha=alpha, linewidth=0)
             width, lo, hi, censored = t["band_mean"]
             kn = t["knobs"]
             if t["best_knob"] is not None:
@@ -615,19 +616,25 @@ def plot_decades(path: Path, summaries, problems) -> None:
                         markeredgecolor="black", markersize=5)
             ax.plot([math.log10(kn[0]), math.log10(kn[-1])], [y, y], color="gray",
                     linewidth=0.6, linestyle=":")
-            text = (f"{'≥' if censored else ''}{width:.1f}" if lo is not None else "0")
-            ax.text(math.log10(kn[-1]) + 0.15, y, text, va="center", fontsize=9)
+            def decades(b):
+                return f"{'≥' if b[3] else ''}{b[0]:.1f}" if b[1] is not None else "none"
+            ax.text(math.log10(kn[-1]) + 0.15, y,
+                    f"{decades(t['band_mean'])} ({decades(t['band_loose'])})", va="center",
+                    fontsize=9)
         ax.set_yticks(range(len(names)))
-        ax.set_yticklabels([f"{OPTIMIZERS[n]['label']} ({OPTIMIZERS[n]['knob']})"
+        ax.set_yticklabels([OPTIMIZERS[n]["label"] if "(" in OPTIMIZERS[n]["label"] else
+                            f"{OPTIMIZERS[n]['label']} ({OPTIMIZERS[n]['knob']})"
                             for n in reversed(names)], fontsize=9)
-        ax.set_xlabel("log10 of the knob (dotted: the swept range; circle: the best point)")
+        ax.set_xlabel("log10 of the knob (dotted: swept range; circle: best point)")
         lo_x = min(OPTIMIZERS[n]["range"][0] for n in names)
         hi_x = max(OPTIMIZERS[n]["range"][1] for n in names)
-        ax.set_xlim(lo_x - 0.5, hi_x + 1.2)
+        ax.set_xlim(lo_x - 0.5, hi_x + 2.2)
         ax.grid(True, axis="x", alpha=0.3)
-        ax.set_title(f"{PROBLEMS[problem]['title']}:\nknobs within "
-                     f"{PROBLEMS[problem]['margin']}\n(bar: mean of seeds; black: every seed; "
-                     f"number: decades)", fontsize=9)
+        tight, loose = MARGINS[problem]
+        loose_text = (f"{loose:g} points" if problem == "digits" else f"f ≤ {1 + loose:g} f*")
+        ax.set_title(f"{PROBLEMS[problem]['title']}:\nknobs within {PROBLEMS[problem]['margin']}"
+                     f"\n(dark bar: mean of seeds; black: every seed; light: within {loose_text};"
+                     f"\nnumbers: decades within the margin (within the loose one))", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -661,6 +668,9 @@ def plot_edge(path: Path, edge) -> None:
     axes[1].set_title("what the server moved the weights in each step\n"
                       "(normalized GD: lr, however small ‖g‖ is, unless guarded or scheduled)",
                       fontsize=10)
+    floor = min(min(r["distance"]) for r in edge["runs"])
+    axes[0].text(len(edge["runs"][0]["distance"]) * 0.7, floor * 0.4,
+                 f"float32 floor (≈ {floor:.0e})", fontsize=8, ha="center")
     axes[0].set_ylim(bottom=1e-7)
     axes[1].set_ylim(bottom=1e-7)
     fig.legend(loc="lower center", ncol=4, fontsize=9, frameon=False)
