@@ -23,7 +23,7 @@ Every run is a session on a real optd that the script starts (``$OPTD_BUILD_DIR/
 ``--parallel`` at a time (separate processes). The answer -- how many decades of the knob stay
 within the margin of the best result -- is printed as Markdown and written with the figures:
 
-    /usr/bin/python3 examples/lr_study/lr_study.py            # the README study (~10 min, 2 cores)
+    /usr/bin/python3 examples/lr_study/lr_study.py            # the README study (~5 min, 2 cores)
     /usr/bin/python3 examples/lr_study/lr_study.py --tiny --out-dir=/tmp/s   # a 1-minute smoke run
 
 Outputs in ``--out-dir`` (default examples/lr_study): sweep_digits.png, sweep_breast_cancer.png,
@@ -586,8 +586,9 @@ def plot_sweep(path: Path, problem: str, summary, args) -> None:
 
 
 def plot_decades(path: Path, summaries, problems) -> None:
-    """Per optimizer and problem: the knob interval within the margin, as a bar on a shared
-    axis of decades from the optimizer's best knob (mean over seeds; thin: every seed)."""
+    """Per optimizer and problem: the knob intervals within the margins, as bars on the log10
+    axis of the knob (dark: the seeds' mean within the tight margin; black: every seed; light:
+    the mean within the loose margin), the best knob as a circle."""
     plt = _plt()
     names = [n for n in OPTIMIZERS if any(n in summaries[p]["table"] for p in problems)]
     fig, axes = plt.subplots(1, len(problems), figsize=(6.8 * len(problems), 0.45 * len(names)
