@@ -4,6 +4,7 @@
 #include <cmath>
 #include <memory>
 #include <new>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -260,19 +261,28 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
       gradients[k] = Gradient::Dense(std::move(gradients[k]).Densify(specs_[k]));
     }
   }
-  // The norm of the gradient the optimizer uses (SYNC: the combined one), before clipping. Only
-  // clipping writes the gradients; without it they stay where they are (borrowed ones too).
+  // The norm of the gradient the optimizer uses (SYNC: the combined one), before clipping, from
+  // the sums measured while decoding where they still hold: the same bits as GlobalNorm, since
+  // both cut and reduce as ModelSegments does. Only clipping writes the gradients; without it they
+  // stay where they are (borrowed ones too).
+  double squares = 0;
+  for (const Gradient& g : gradients) {
+    squares += g.squares().has_value() ? *g.squares() : SquaredNorm(g.values());
+  }
+  out->gradient_norm = std::sqrt(squares);
   if (clipping_.enabled()) {
     std::vector<absl::Span<float>> grad_spans;
-    for (Gradient& g : gradients) grad_spans.push_back(absl::MakeSpan(g.Own()));
-    out->gradient_norm = Clip(clipping_, grad_spans);
-  } else {
-    // GlobalNorm, from the sums measured while decoding where they still hold.
-    double squares = 0;
-    for (const Gradient& g : gradients) {
-      squares += g.squares().has_value() ? *g.squares() : SquaredNorm(g.values());
+    std::vector<int64_t> sizes;
+    for (Gradient& g : gradients) {
+      grad_spans.push_back(absl::MakeSpan(g.Own()));
+      sizes.push_back(static_cast<int64_t>(grad_spans.back().size()));
     }
-    out->gradient_norm = std::sqrt(squares);
+    // One pass over the optimizer's own segments, on its pool (lazy row-sparse gradients, which
+    // hold only the rows sent, have a layout of their own).
+    std::optional<ModelSegments> own;
+    if (sizes != optimizer_->tensor_sizes()) own.emplace(std::move(sizes));
+    ClipToNorm(clipping_, out->gradient_norm, own ? *own : optimizer_->layout(), grad_spans,
+               optimizer_->pool());
   }
   std::vector<TensorGrad> step(gradients.size());
   for (int k = 0; k < specs_.size(); ++k) {
