@@ -213,20 +213,17 @@ void Session::ApplyNowLocked(const StepInput& input, std::vector<Gradient> gradi
 void Session::JoinBarrierLocked(const StepInput& input, std::vector<Gradient> gradients,
                                 bool measure, std::shared_ptr<MemoryReservation> encoding,
                                 StepCallback done, Reports* reports) {
-  MemoryReservation sums;
-  if (barrier_.contributions() == 0) {
-    absl::StatusOr<MemoryReservation> reserved =
-        budget_->Reserve(barrier_.SumBytes(), absl::StrCat("the SYNC barrier of session ", id_));
-    if (!reserved.ok()) {
-      return reports->Add(std::move(done), reserved.status(), input.bytes(), -1,
-                          RefusalReason::kInvalid);
-    }
-    sums = *std::move(reserved);
+  // The barrier keeps the gradients until it completes (values read in place from the request
+  // are copied): their bytes come from the memory budget first.
+  absl::StatusOr<MemoryReservation> kept = budget_->Reserve(
+      SyncBarrier::ContributionBytes(gradients), absl::StrCat("the SYNC barrier of session ", id_));
+  if (!kept.ok()) {
+    return reports->Add(std::move(done), kept.status(), input.bytes(), -1, RefusalReason::kInvalid);
   }
   SyncBarrier::Waiter waiter = WaiterFor(input, std::move(done));
   waiter.encoding = std::move(encoding);
   if (barrier_.Add(std::move(gradients), input.loss, std::move(waiter), clock_->Now(),
-                   std::move(sums))) {
+                   *std::move(kept))) {
     scheduler_->Schedule(barrier_.opened() + consistency_.barrier_timeout,
                          [weak = weak_from_this(), id = barrier_.id()] {
                            if (std::shared_ptr<Session> s = weak.lock()) s->ExpireBarrier(id);
@@ -328,7 +325,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
 }
 
 void Session::CompleteBarrierLocked(bool measure, Reports* reports) {
-  SyncBarrier::Reduced reduced = barrier_.Take(clock_->Now());
+  SyncBarrier::Reduced reduced = barrier_.Take(clock_->Now(), optimizer_->pool());
   reports->barrier = {absl::ToDoubleSeconds(reduced.waited),
                       consistency_.workers - reduced.workers};
   StepOutput out;
@@ -481,7 +478,7 @@ SessionMemory Session::MemoryLocked() const {
   m.reserved_state_bytes =
       std::max<int64_t>(0, state_reservation_.bytes() - m.optimizer_state_bytes);
   m.reply_bytes = std::max<int64_t>(0, parameters_.live_bytes() - m.parameter_bytes);
-  m.barrier_bytes = barrier_.contributions() > 0 ? barrier_.SumBytes() : 0;
+  m.barrier_bytes = barrier_.bytes();
   m.exactly_once_bytes = exactly_once_.MemoryBytes();
   return m;
 }
