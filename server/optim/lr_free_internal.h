@@ -72,28 +72,20 @@ OPTD_LR_FREE_INLINE float Lerp(float a, float b, float w) {
 // sums (term i goes to lane i % 8), combined pairwise, then the tail (the last n % 8 terms, in
 // order). The same bits for the same n and terms, whoever calls it.
 //
-// The elements run in tiles: one plain loop does a tile's elements and stores their terms (it
-// vectorises as any element loop), a second adds the stored terms to the lanes (as SumOfSquares).
-// A tile's terms stay in L1. Written as one loop nest (element, then lanes, 8 elements at a time),
-// GCC fully unrolled the lanes and vectorised little of it when the element was small (DoG's and
-// D-Adaptation SGD's sums once their weight-decay test became a template parameter).
+// The eight lanes are one vector loop (8 floats, 2 x 4 doubles). "unroll 1" keeps GCC from
+// unrolling it into eight scalar elements before it vectorises, which it did when the element was
+// small (DoG's and D-Adaptation SGD's sums, once their weight-decay test became a template
+// parameter), and then vectorised little of it.
 template <int kWidth, typename Element>
 OPTD_LR_FREE_INLINE std::array<double, kWidth> LaneSums(int64_t n, Element&& element) {
   constexpr int kLanes = 8;
-  constexpr int64_t kTile = 256;  // a multiple of kLanes; kWidth * 2 KB of terms
   double acc[kWidth][kLanes] = {};
-  double terms[kWidth][kTile];
-  const int64_t laned = n - n % kLanes;
-  for (int64_t begin = 0; begin < laned; begin += kTile) {
-    const int64_t len = std::min(kTile, laned - begin);
-    for (int64_t i = 0; i < len; ++i) {
-      const std::array<double, kWidth> t = element(begin + i);
-      for (int k = 0; k < kWidth; ++k) terms[k][i] = t[k];
-    }
-    for (int k = 0; k < kWidth; ++k) {
-      for (int64_t i = 0; i < len; i += kLanes) {
-        for (int j = 0; j < kLanes; ++j) acc[k][j] += terms[k][i + j];
-      }
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma GCC unroll 1
+    for (int j = 0; j < kLanes; ++j) {
+      const std::array<double, kWidth> t = element(i + j);
+      for (int k = 0; k < kWidth; ++k) acc[k][j] += t[k];
     }
   }
   std::array<double, kWidth> sums;
@@ -101,7 +93,7 @@ OPTD_LR_FREE_INLINE std::array<double, kWidth> LaneSums(int64_t n, Element&& ele
     sums[k] = ((acc[k][0] + acc[k][1]) + (acc[k][2] + acc[k][3])) +
               ((acc[k][4] + acc[k][5]) + (acc[k][6] + acc[k][7]));
   }
-  for (int64_t i = laned; i < n; ++i) {
+  for (; i < n; ++i) {
     const std::array<double, kWidth> t = element(i);
     for (int k = 0; k < kWidth; ++k) sums[k] += t[k];
   }
