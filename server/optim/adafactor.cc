@@ -16,6 +16,7 @@ namespace optd {
 namespace {
 
 using optim_internal::AddScaled;
+using optim_internal::DispatchBool;
 using optim_internal::IsNonFinite;
 using optim_internal::Lerp;
 using optim_internal::NonFiniteCount;
@@ -57,18 +58,20 @@ inline void ForEachRun(const TensorStep& s, int64_t begin, int64_t end, Run run)
   }
 }
 
-// U = g / sqrt(max(V, eps1^2)) with V = (R C) / mean(R), or the vector's V.
-OPTD_FMA_CLONES void Directions(const float* __restrict g, const float* __restrict row_var,
-                                const float* __restrict col_var, float row_mean,
-                                const float* __restrict variance, float sign, float eps1_squared,
-                                float* __restrict u, int64_t n) {
+// U = g / sqrt(max(V, eps1^2)) with V = (R C) / mean(R) (kFactored), or the vector's V.
+template <bool kFactored>
+OPTD_LR_FREE_INLINE void Directions(const float* __restrict g, const float* __restrict row_var,
+                                    const float* __restrict col_var, float row_mean,
+                                    const float* __restrict variance, float sign,
+                                    float eps1_squared, float* __restrict u, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
-    const float v = row_var != nullptr ? (row_var[0] * col_var[k]) / row_mean : variance[k];
+    const float v = kFactored ? (row_var[0] * col_var[k]) / row_mean : variance[k];
     u[k] = (sign * g[k]) * (1.0f / std::sqrt(std::max(v, eps1_squared)));
   }
 }
 
 // Pass 1 on a run: the vector's V, then {sum p^2, sum U^2}.
+template <bool kFactored>
 OPTD_FMA_CLONES std::array<double, 2> RunSums(const float* __restrict p, const float* __restrict g,
                                               const float* __restrict row_var,
                                               const float* __restrict col_var, float row_mean,
@@ -79,36 +82,36 @@ OPTD_FMA_CLONES std::array<double, 2> RunSums(const float* __restrict p, const f
   std::array<double, 2> sums = {0.0, 0.0};
   for (int64_t begin = 0; begin < n; begin += kTile) {
     const int64_t len = std::min(kTile, n - begin);
-    if (variance != nullptr) {
+    if constexpr (!kFactored) {
       for (int64_t k = begin; k < begin + len; ++k) {
         const float gk = sign * g[k];
         variance[k] = Lerp(variance[k], gk * gk, rho_hat);
       }
     }
-    Directions(g + begin, row_var, col_var == nullptr ? nullptr : col_var + begin, row_mean,
-               variance == nullptr ? nullptr : variance + begin, sign, eps1_squared, u, len);
+    Directions<kFactored>(g + begin, row_var, kFactored ? col_var + begin : nullptr, row_mean,
+                          kFactored ? nullptr : variance + begin, sign, eps1_squared, u, len);
     sums[0] += optim_internal::SumOfSquares(p + begin, len);
     sums[1] += optim_internal::SumOfSquares(u, len);
   }
   return sums;
 }
 
-// Pass 2 on a run: p = p * decay + step * U. Returns how many p it left non-finite.
+// Pass 2 on a run: p = p * decay (kDecay) + step * U. Returns how many p it left non-finite.
+template <bool kFactored, bool kDecay>
 OPTD_FMA_CLONES int64_t RunUpdate(float* __restrict p, const float* __restrict g,
                                   const float* __restrict row_var, const float* __restrict col_var,
                                   float row_mean, const float* __restrict variance, float sign,
-                                  float eps1_squared, bool has_decay, float decay, float step,
-                                  int64_t n) {
+                                  float eps1_squared, float decay, float step, int64_t n) {
   constexpr int64_t kTile = 256;
   float u[kTile];
   NonFiniteCount non_finite = 0;
   for (int64_t begin = 0; begin < n; begin += kTile) {
     const int64_t len = std::min(kTile, n - begin);
-    Directions(g + begin, row_var, col_var == nullptr ? nullptr : col_var + begin, row_mean,
-               variance == nullptr ? nullptr : variance + begin, sign, eps1_squared, u, len);
+    Directions<kFactored>(g + begin, row_var, kFactored ? col_var + begin : nullptr, row_mean,
+                          kFactored ? nullptr : variance + begin, sign, eps1_squared, u, len);
     for (int64_t k = 0; k < len; ++k) {
       float pk = p[begin + k];
-      if (has_decay) pk *= decay;
+      if constexpr (kDecay) pk *= decay;
       pk = AddScaled(pk, u[k], step);
       p[begin + k] = pk;
       non_finite += IsNonFinite(pk);
@@ -225,9 +228,12 @@ void Adafactor::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
                [&](int64_t first, int64_t last, const float* row_var, const float* col_var,
                    float row_mean) {
                  const std::array<double, 2> run =
-                     RunSums(p + first, g + first, row_var, col_var, row_mean,
-                             st.variance == nullptr ? nullptr : st.variance + first, st.rho_hat,
-                             sign, eps1_squared, last - first);
+                     DispatchBool(row_var != nullptr, [&](auto kFactored) {
+                       return RunSums<decltype(kFactored)::value>(
+                           p + first, g + first, row_var, col_var, row_mean,
+                           kFactored ? nullptr : st.variance + first, st.rho_hat, sign,
+                           eps1_squared, last - first);
+                     });
                  total[0] += run[0];
                  total[1] += run[1];
                });
@@ -253,10 +259,14 @@ void Adafactor::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     ForEachRun(st, seg.begin, seg.end,
                [&](int64_t first, int64_t last, const float* row_var, const float* col_var,
                    float row_mean) {
-                 non_finite +=
-                     RunUpdate(p + first, g + first, row_var, col_var, row_mean,
-                               st.variance == nullptr ? nullptr : st.variance + first, sign,
-                               eps1_squared, has_decay, decay, neg_step[seg.tensor], last - first);
+                 non_finite += DispatchBool(row_var != nullptr, [&](auto kFactored) {
+                   return DispatchBool(has_decay, [&](auto kDecay) {
+                     return RunUpdate<decltype(kFactored)::value, decltype(kDecay)::value>(
+                         p + first, g + first, row_var, col_var, row_mean,
+                         kFactored ? nullptr : st.variance + first, sign, eps1_squared, decay,
+                         neg_step[seg.tensor], last - first);
+                   });
+                 });
                });
     return non_finite;
   });

@@ -17,6 +17,7 @@ namespace {
 using optim_internal::AddCdiv;
 using optim_internal::AddCmul;
 using optim_internal::AddScaled;
+using optim_internal::DispatchBool;
 using optim_internal::IsNonFinite;
 using optim_internal::MulAdd;
 using optim_internal::NonFiniteCount;
@@ -34,12 +35,14 @@ struct Coefficients {
 };
 
 // Phase 1 on n elements: returns {<g, s / (sqrt(v) + eps)> with the old s and v, ||s_new||_1}.
+// kCoupled: coupled_wd != 0 (else p is not read).
+template <bool kCoupled>
 OPTD_FMA_CLONES std::array<double, 2> Accumulate(const float* __restrict p,
                                                  const float* __restrict g, float* __restrict m,
                                                  float* __restrict v, float* __restrict s,
                                                  int64_t n, const Coefficients c) {
   return optim_internal::LaneSums<2>(n, [&](int64_t i) {
-    const float gi = c.coupled_wd != 0.0f ? AddScaled(g[i], p[i], c.coupled_wd) : g[i];
+    const float gi = kCoupled ? AddScaled(g[i], p[i], c.coupled_wd) : g[i];
     const float denom = std::sqrt(v[i]) + c.eps;
     const double term = static_cast<double>(gi) * static_cast<double>(s[i] / denom);
     m[i] = MulAdd(m[i], c.beta1, gi, c.m_scale);
@@ -50,13 +53,15 @@ OPTD_FMA_CLONES std::array<double, 2> Accumulate(const float* __restrict p,
   });
 }
 
+// Phase 2: moves p. kDecay: decay != 0. Returns how many p it left non-finite.
+template <bool kDecay>
 OPTD_FMA_CLONES int64_t Finish(float* __restrict p, const float* __restrict m,
                                const float* __restrict v, int64_t n, const Coefficients c) {
   NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float pi = p[i];
     const float denom = std::sqrt(v[i]) + c.eps;
-    if (c.decay != 0.0f) pi = AddScaled(pi, pi, c.decay);
+    if constexpr (kDecay) pi = AddScaled(pi, pi, c.decay);
     pi = AddCdiv(pi, m[i], denom, -1.0f);
     p[i] = pi;
     non_finite += IsNonFinite(pi);
@@ -124,9 +129,11 @@ void DAdaptAdam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   const std::array<double, 2> sums = SumOverModel<2>([&](const Segment& seg) {
     TensorState& s = state_[seg.tensor];
     const int64_t b = seg.begin;
-    return Accumulate(tensors[seg.tensor].param.data() + b, tensors[seg.tensor].grad.data() + b,
-                      s.exp_avg.data() + b, s.exp_avg_sq.data() + b, s.s.data() + b, seg.end - b,
-                      c);
+    return DispatchBool(c.coupled_wd != 0.0f, [&](auto kCoupled) {
+      return Accumulate<decltype(kCoupled)::value>(
+          tensors[seg.tensor].param.data() + b, tensors[seg.tensor].grad.data() + b,
+          s.exp_avg.data() + b, s.exp_avg_sq.data() + b, s.s.data() + b, seg.end - b, c);
+    });
   });
   const double numerator_acc = r * dlr * sums[0];
   const double l1 = r * sums[1];
@@ -139,8 +146,11 @@ void DAdaptAdam::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   UpdateSegments([&](const Segment& seg) -> int64_t {
     TensorState& s = state_[seg.tensor];
     const int64_t b = seg.begin;
-    return Finish(tensors[seg.tensor].param.data() + b, s.exp_avg.data() + b,
-                  s.exp_avg_sq.data() + b, seg.end - b, c);
+    return DispatchBool(c.decay != 0.0f, [&](auto kDecay) {
+      return Finish<decltype(kDecay)::value>(tensors[seg.tensor].param.data() + b,
+                                             s.exp_avg.data() + b, s.exp_avg_sq.data() + b,
+                                             seg.end - b, c);
+    });
   });
   k_ += 1.0;
 }

@@ -15,17 +15,19 @@ namespace optd {
 namespace {
 
 using optim_internal::AddScaled;
+using optim_internal::DispatchBool;
 using optim_internal::IsNonFinite;
 using optim_internal::MulAdd;
 using optim_internal::NonFiniteCount;
 using optim_internal::SumOfSquares;
 
-// Phase 1 on n elements: returns {<g, s_old>, ||s_new||^2}.
+// Phase 1 on n elements: returns {<g, s_old>, ||s_new||^2}. kDecay: wd != 0 (else p is not read).
+template <bool kDecay>
 OPTD_FMA_CLONES std::array<double, 2> Accumulate(const float* __restrict p,
                                                  const float* __restrict g, float* __restrict s,
                                                  int64_t n, float wd, float dlr) {
   return optim_internal::LaneSums<2>(n, [&](int64_t i) {
-    const float gi = wd != 0.0f ? AddScaled(g[i], p[i], wd) : g[i];
+    const float gi = kDecay ? AddScaled(g[i], p[i], wd) : g[i];
     const double term = static_cast<double>(gi) * static_cast<double>(s[i]);
     const float si = AddScaled(s[i], gi, dlr);
     s[i] = si;
@@ -98,8 +100,11 @@ void DAdaptSgd::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   const float dlr_f = static_cast<float>(dlr);
   const std::array<double, 2> sums = SumOverModel<2>([&](const Segment& seg) {
     const int64_t b = seg.begin;
-    return Accumulate(tensors[seg.tensor].param.data() + b, tensors[seg.tensor].grad.data() + b,
-                      state_[seg.tensor].s.data() + b, seg.end - b, wd, dlr_f);
+    return DispatchBool(wd != 0.0f, [&](auto kDecay) {
+      return Accumulate<decltype(kDecay)::value>(
+          tensors[seg.tensor].param.data() + b, tensors[seg.tensor].grad.data() + b,
+          state_[seg.tensor].s.data() + b, seg.end - b, wd, dlr_f);
+    });
   });
   numerator_weighted_ += dlr * sums[0];
   const double sk_sq = sums[1];

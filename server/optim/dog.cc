@@ -16,6 +16,7 @@ namespace optd {
 namespace {
 
 using optim_internal::AddScaled;
+using optim_internal::DispatchBool;
 using optim_internal::IsNonFinite;
 using optim_internal::MulAdd;
 using optim_internal::NonFiniteCount;
@@ -45,13 +46,14 @@ LdogOptions AsLdog(const DogOptions& o) {
 }
 
 // Phase 1 on n elements: {sum g^2 (g with weight decay), sum (p - x0)^2, sum p^2}. On the first
-// step it also fills x0.
+// step it also fills x0. kDecay: wd != 0.
+template <bool kDecay>
 OPTD_FMA_CLONES std::array<double, 3> Sums(const float* __restrict p, const float* __restrict g,
                                            float* __restrict x0, int64_t n, float wd,
                                            bool first_step) {
   if (first_step) std::copy(p, p + n, x0);
   return optim_internal::LaneSums<3>(n, [&](int64_t i) {
-    const float gi = wd != 0.0f ? AddScaled(g[i], p[i], wd) : g[i];
+    const float gi = kDecay ? AddScaled(g[i], p[i], wd) : g[i];
     const float diff = p[i] - x0[i];
     const double pi = p[i];
     return std::array<double, 3>{static_cast<double>(gi) * gi, static_cast<double>(diff) * diff,
@@ -59,16 +61,17 @@ OPTD_FMA_CLONES std::array<double, 3> Sums(const float* __restrict p, const floa
   });
 }
 
-// Phase 2: p -= eta * g, then the average. Returns how many p it left non-finite.
+// Phase 2: p -= eta * g, then the average (kAveraging). Returns how many p it left non-finite.
+template <bool kDecay, bool kAveraging>
 OPTD_FMA_CLONES int64_t Update(float* __restrict p, const float* __restrict g,
                                float* __restrict avg, int64_t n, float wd, float neg_eta,
                                float keep, float weight) {
   NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float gi = wd != 0.0f ? AddScaled(g[i], p[i], wd) : g[i];
+    const float gi = kDecay ? AddScaled(g[i], p[i], wd) : g[i];
     const float pi = AddScaled(p[i], gi, neg_eta);
     p[i] = pi;
-    if (avg != nullptr) avg[i] = MulAdd(avg[i], keep, pi, weight);
+    if constexpr (kAveraging) avg[i] = MulAdd(avg[i], keep, pi, weight);
     non_finite += IsNonFinite(pi);
   }
   return non_finite;
@@ -179,8 +182,11 @@ void Dog::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   }
   const std::vector<std::array<double, 3>> sums = SumPerTensor<3>([&](const Segment& seg) {
     const int64_t b = seg.begin;
-    return Sums(tensors[seg.tensor].param.data() + b, tensors[seg.tensor].grad.data() + b,
-                state_[seg.tensor].init_buffer.data() + b, seg.end - b, wd, first_step);
+    return DispatchBool(wd != 0.0f, [&](auto kDecay) {
+      return Sums<decltype(kDecay)::value>(
+          tensors[seg.tensor].param.data() + b, tensors[seg.tensor].grad.data() + b,
+          state_[seg.tensor].init_buffer.data() + b, seg.end - b, wd, first_step);
+    });
   });
 
   std::vector<float> eta(tensors.size());
@@ -212,9 +218,14 @@ void Dog::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   UpdateSegments([&](const Segment& seg) -> int64_t {
     TensorState& s = state_[seg.tensor];
     const int64_t b = seg.begin;
-    return Update(tensors[seg.tensor].param.data() + b, tensors[seg.tensor].grad.data() + b,
-                  options_.averaging ? s.averaged_params.data() + b : nullptr, seg.end - b, wd,
-                  -eta[seg.tensor], keep_f, weight_f);
+    return DispatchBool(wd != 0.0f, [&](auto kDecay) {
+      return DispatchBool(options_.averaging, [&](auto kAveraging) {
+        return Update<decltype(kDecay)::value, decltype(kAveraging)::value>(
+            tensors[seg.tensor].param.data() + b, tensors[seg.tensor].grad.data() + b,
+            kAveraging ? s.averaged_params.data() + b : nullptr, seg.end - b, wd, -eta[seg.tensor],
+            keep_f, weight_f);
+      });
+    });
   });
 }
 

@@ -8,6 +8,7 @@
 #ifndef OPTD_SERVER_OPTIM_LR_FREE_INTERNAL_H_
 #define OPTD_SERVER_OPTIM_LR_FREE_INTERNAL_H_
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -16,14 +17,17 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 
-// The kernels of these optimizers are compiled twice, like OPTD_SIMD_CLONES, but for FMA (which
-// brings AVX) rather than AVX2: their element operations are torch's fused multiply-adds
-// (std::fma), one instruction there and a library call without it. The clone is chosen by the
-// CPU's feature bits at load time (an "arch=" clone would be chosen by CPU model, and never on
-// AMD); the baseline clone runs where the CPU has no FMA. One CPU always runs the same clone, so
-// results are the same bits whatever the thread count.
+// The kernels of these optimizers are compiled twice, like OPTD_SIMD_CLONES, but for x86-64-v3
+// (AVX2 with FMA) rather than AVX2 alone: their element operations are torch's fused multiply-adds
+// (std::fma), one instruction there and a library call without it, and their non-finite counts
+// are 8 int32 lanes, which need AVX2 (an "fma" clone has AVX's 8 float lanes but only 4 integer
+// ones, and the compiler then ran whole loops 4 wide). GCC 12 picks the clone by the CPU's
+// x86-64-v3 feature bit at load time (not by CPU model: it is chosen on AMD too); the baseline
+// clone runs where the CPU lacks it. std::fma rounds once in both (a library call in the
+// baseline), so both clones give the same bits, and one CPU always runs the same clone: results
+// are the same whatever the thread count.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define OPTD_FMA_CLONES __attribute__((target_clones("fma", "default")))
+#define OPTD_FMA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define OPTD_FMA_CLONES
 #endif
@@ -52,22 +56,33 @@ OPTD_LR_FREE_INLINE float AddCdiv(float a, float t1, float t2, float value) {
   return a + (value * t1) / t2;
 }
 
-// torch.lerp(a, b, w): two branches, each one rounding after b - a.
+// torch.lerp(a, b, w): two branches, each one rounding after b - a: fma(w, diff, a) for |w| <
+// 0.5, else fma(-diff, 1 - w, b). Written as one FMA whose operands are selected, so that a loop
+// with a lerp has no branch and vectorises: diff * -(1 - w) is the same product as -diff * (1 - w)
+// (sign and zero's sign included), so the bits are the branches'.
 OPTD_LR_FREE_INLINE float Lerp(float a, float b, float w) {
   const float diff = b - a;
-  return std::abs(w) < 0.5f ? std::fma(w, diff, a) : std::fma(-diff, 1.0f - w, b);
+  const bool near_a = std::abs(w) < 0.5f;
+  const float far_w = -(1.0f - w);  // computed whatever the branch: GCC will not speculate it
+  return std::fma(diff, near_a ? w : far_w, near_a ? a : b);
 }
 
 // Runs element(i) for i in [0, n), which does the element's work and returns its kWidth terms,
 // and returns the kWidth sums of the terms in double, in a fixed order: eight interleaved partial
-// sums (which vectorise, as SumOfSquares's), combined pairwise, then the tail. The same bits for
-// the same n and terms, whoever calls it.
+// sums (term i goes to lane i % 8), combined pairwise, then the tail (the last n % 8 terms, in
+// order). The same bits for the same n and terms, whoever calls it.
+//
+// The eight lanes are one vector loop (8 floats, 2 x 4 doubles). "unroll 1" keeps GCC from
+// unrolling it into eight scalar elements before it vectorises, which it did when the element was
+// small (DoG's and D-Adaptation SGD's sums, once their weight-decay test became a template
+// parameter), and then vectorised little of it.
 template <int kWidth, typename Element>
 OPTD_LR_FREE_INLINE std::array<double, kWidth> LaneSums(int64_t n, Element&& element) {
   constexpr int kLanes = 8;
   double acc[kWidth][kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
+#pragma GCC unroll 1
     for (int j = 0; j < kLanes; ++j) {
       const std::array<double, kWidth> t = element(i + j);
       for (int k = 0; k < kWidth; ++k) acc[k][j] += t[k];

@@ -18,6 +18,7 @@ namespace {
 using optim_internal::AddCdiv;
 using optim_internal::AddCmul;
 using optim_internal::AddScaled;
+using optim_internal::DispatchBool;
 using optim_internal::IsNonFinite;
 using optim_internal::MulAdd;
 using optim_internal::NonFiniteCount;
@@ -37,15 +38,17 @@ struct Coefficients {
 };
 
 // Phase 1 on elements [begin, end) of one tensor: m, v and s; returns the sums
-// {<g[::sp], p0 - p[::sp]>, ||s||_1} over the slices in the range.
+// {<g[::sp], p0 - p[::sp]>, ||s||_1} over the slices in the range. kCoupled: coupled_wd != 0;
+// kMomentum: m is kept (beta1 > 0).
+template <bool kCoupled, bool kMomentum>
 OPTD_FMA_CLONES std::array<double, 2> Accumulate(const float* __restrict p,
                                                  const float* __restrict g, float* __restrict m,
                                                  float* __restrict v, float* __restrict p0,
                                                  float* __restrict s, int64_t begin, int64_t end,
                                                  int64_t slice, const Coefficients c) {
   for (int64_t i = begin; i < end; ++i) {
-    const float gi = c.coupled_wd != 0.0f ? AddScaled(g[i], p[i], c.coupled_wd) : g[i];
-    if (m != nullptr) m[i] = MulAdd(m[i], c.beta1, gi, c.m_scale);
+    const float gi = kCoupled ? AddScaled(g[i], p[i], c.coupled_wd) : g[i];
+    if constexpr (kMomentum) m[i] = MulAdd(m[i], c.beta1, gi, c.m_scale);
     v[i] = AddCmul(c.beta2 * v[i], gi, gi, c.v_scale);
   }
   // The slices j with j * slice in [begin, end).
@@ -54,7 +57,7 @@ OPTD_FMA_CLONES std::array<double, 2> Accumulate(const float* __restrict p,
   return optim_internal::LaneSums<2>(count, [&](int64_t k) {
     const int64_t j = first + k;
     const int64_t i = j * slice;
-    const float gi = c.coupled_wd != 0.0f ? AddScaled(g[i], p[i], c.coupled_wd) : g[i];
+    const float gi = kCoupled ? AddScaled(g[i], p[i], c.coupled_wd) : g[i];
     const double term = static_cast<double>(gi) * static_cast<double>(p0[j] - p[i]);
     const float sj = MulAdd(s[j], c.beta3, gi, c.s_scale);
     s[j] = sj;
@@ -62,19 +65,21 @@ OPTD_FMA_CLONES std::array<double, 2> Accumulate(const float* __restrict p,
   });
 }
 
-// Phase 2 on elements [begin, end): moves p. Returns how many p it left non-finite.
+// Phase 2 on elements [begin, end): moves p. Returns how many p it left non-finite. kDecay: decay
+// != 0; kCoupled and kMomentum as in Accumulate.
+template <bool kDecay, bool kCoupled, bool kMomentum>
 OPTD_FMA_CLONES int64_t Finish(float* __restrict p, const float* __restrict g,
                                const float* __restrict m, const float* __restrict v, int64_t n,
                                const Coefficients c) {
   NonFiniteCount non_finite = 0;
   for (int64_t i = 0; i < n; ++i) {
     float pi = p[i];
-    if (c.decay != 0.0f) pi = AddScaled(pi, pi, c.decay);
+    if constexpr (kDecay) pi = AddScaled(pi, pi, c.decay);
     const float denom = std::sqrt(v[i]) + c.eps;
-    if (m != nullptr) {
+    if constexpr (kMomentum) {
       pi = AddCdiv(pi, m[i], denom, c.neg_dlr);
     } else {
-      const float gi = c.coupled_wd != 0.0f ? AddScaled(g[i], p[i], c.coupled_wd) : g[i];
+      const float gi = kCoupled ? AddScaled(g[i], p[i], c.coupled_wd) : g[i];
       pi = AddCdiv(pi, gi, denom, c.neg_dlr);
     }
     p[i] = pi;
@@ -167,9 +172,13 @@ void Prodigy::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   // Phase 1: the moments and the two global sums.
   const std::array<double, 2> sums = SumOverModel<2>([&](const Segment& seg) {
     TensorState& s = state_[seg.tensor];
-    return Accumulate(tensors[seg.tensor].param.data(), tensors[seg.tensor].grad.data(),
-                      s.exp_avg.empty() ? nullptr : s.exp_avg.data(), s.exp_avg_sq.data(),
-                      s.p0.data(), s.s.data(), seg.begin, seg.end, slice, c);
+    return DispatchBool(c.coupled_wd != 0.0f, [&](auto kCoupled) {
+      return DispatchBool(!s.exp_avg.empty(), [&](auto kMomentum) {
+        return Accumulate<decltype(kCoupled)::value, decltype(kMomentum)::value>(
+            tensors[seg.tensor].param.data(), tensors[seg.tensor].grad.data(), s.exp_avg.data(),
+            s.exp_avg_sq.data(), s.p0.data(), s.s.data(), seg.begin, seg.end, slice, c);
+      });
+    });
   });
   const double delta_numerator = (d / o.d0) * dlr * sums[0];
   const double d_denom = sums[1];
@@ -194,9 +203,18 @@ void Prodigy::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
   UpdateSegments([&](const Segment& seg) -> int64_t {
     TensorState& s = state_[seg.tensor];
     const int64_t b = seg.begin;
-    return Finish(tensors[seg.tensor].param.data() + b, tensors[seg.tensor].grad.data() + b,
-                  s.exp_avg.empty() ? nullptr : s.exp_avg.data() + b, s.exp_avg_sq.data() + b,
-                  seg.end - b, c);
+    float* p = tensors[seg.tensor].param.data() + b;
+    const float* g = tensors[seg.tensor].grad.data() + b;
+    const float* m = s.exp_avg.empty() ? nullptr : s.exp_avg.data() + b;
+    const float* v = s.exp_avg_sq.data() + b;
+    return DispatchBool(c.decay != 0.0f, [&](auto kDecay) {
+      return DispatchBool(c.coupled_wd != 0.0f, [&](auto kCoupled) {
+        return DispatchBool(m != nullptr, [&](auto kMomentum) {
+          return Finish<decltype(kDecay)::value, decltype(kCoupled)::value,
+                        decltype(kMomentum)::value>(p, g, m, v, seg.end - b, c);
+        });
+      });
+    });
   });
   k_ += 1.0;
 }

@@ -16,6 +16,7 @@ namespace {
 
 using optim_internal::AddCmul;
 using optim_internal::AddScaled;
+using optim_internal::DispatchBool;
 using optim_internal::IsNonFinite;
 using optim_internal::Lerp;
 using optim_internal::MulAdd;
@@ -36,9 +37,9 @@ struct Coefficients {
 };
 
 // One pass over n elements of one tensor. kAdamW: the normalized direction; kInner: with inner
-// momentum. Returns how many y it left non-finite. The coefficients come by value and the arrays
-// do not overlap: nothing a store writes is reloaded, and the loop vectorises.
-template <bool kAdamW, bool kInner>
+// momentum; kDecay: wd != 0. Returns how many y it left non-finite. The coefficients come by value
+// and the arrays do not overlap: nothing a store writes is reloaded, and the loop vectorises.
+template <bool kAdamW, bool kInner, bool kDecay>
 OPTD_FMA_CLONES int64_t Update(float* __restrict y, const float* __restrict g, float* __restrict z,
                                float* __restrict v, float* __restrict m, int64_t n,
                                const Coefficients c) {
@@ -58,7 +59,7 @@ OPTD_FMA_CLONES int64_t Update(float* __restrict y, const float* __restrict g, f
         u = u / denom;
       }
     }
-    if (c.wd != 0.0f) u = AddScaled(u, yi, c.wd);
+    if constexpr (kDecay) u = AddScaled(u, yi, c.wd);
     const float zi = z[i];
     yi = Lerp(yi, zi, c.c);
     yi = AddScaled(yi, u, c.y_step);
@@ -192,9 +193,12 @@ void ScheduleFree::StepImpl(absl::Span<const TensorGrad> tensors, double lr) {
     float* v = adam ? s.exp_avg_sq.data() + b : nullptr;
     float* m = inner ? s.exp_avg.data() + b : nullptr;
     const int64_t n = seg.end - b;
-    if (!adam) return Update<false, false>(y, g, z, v, m, n, co);
-    if (inner) return Update<true, true>(y, g, z, v, m, n, co);
-    return Update<true, false>(y, g, z, v, m, n, co);
+    return DispatchBool(co.wd != 0.0f, [&](auto kDecay) {
+      constexpr bool kD = decltype(kDecay)::value;
+      if (!adam) return Update<false, false, kD>(y, g, z, v, m, n, co);
+      if (inner) return Update<true, true, kD>(y, g, z, v, m, n, co);
+      return Update<true, false, kD>(y, g, z, v, m, n, co);
+    });
   });
   k_ += 1.0;
 }
