@@ -15,7 +15,7 @@ FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 # The package layer first, so that source changes do not invalidate it.
 COPY scripts/install_deps.sh scripts/install_deps.sh
-RUN bash scripts/install_deps.sh --build-only && rm -rf /var/lib/apt/lists/*
+RUN bash scripts/install_deps.sh --build-only && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release \
           -DOPTD_BUILD_TESTS=OFF -DOPTD_BUILD_BENCH=OFF > /dev/null \
@@ -27,7 +27,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
- && rm -rf /var/lib/apt/lists/* \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/optd --create-home optd \
  && mkdir -p /var/lib/optd/checkpoints && chown optd /var/lib/optd/checkpoints
 COPY --from=build /build/server/optd /build/client/cpp/optctl /usr/local/bin/
