@@ -7,11 +7,16 @@
   prometheus URL SESSION DASHBOARD   Prometheus's HTTP API: optd's target is up, optd_steps_total
                                      counts the session's steps, and the dashboard's own queries
                                      (panels "Loss" and "Sessions") return data
-Exit 0 on success, 1 with a message on failure. Runs on /usr/bin/python3 with PYTHONPATH holding
-client/python and <build>/python (the generated stubs).
+  pod FILE WHAT                      prints, one per line, from deploy/k8s/statefulset.yaml's optd
+                                     container: WHAT = args | env | memory (limit, bytes) |
+                                     readiness | liveness | startup (the probe's exec command)
+A TLS server: OPTD_TLS_CA (and OPTD_TLS_SERVER_NAME) in the environment; the client reads the
+token from OPTD_TOKEN. Exit 0 on success, 1 with a message on failure. Runs on /usr/bin/python3
+with PYTHONPATH holding client/python and <build>/python (the generated stubs).
 """
 
 import json
+import os
 import sys
 import time
 import urllib.parse
@@ -22,6 +27,15 @@ import numpy as np
 import optd
 
 TIMEOUT_S = 60
+
+
+def client(address, timeout):
+    """An optd.Client, with TLS when OPTD_TLS_CA names the CA (token: OPTD_TOKEN)."""
+    tls = {}
+    if os.environ.get("OPTD_TLS_CA"):
+        tls = {"tls_ca": os.environ["OPTD_TLS_CA"],
+               "tls_server_name": os.environ.get("OPTD_TLS_SERVER_NAME") or None}
+    return optd.Client(address, timeout=timeout, **tls)
 
 
 def fail(message):
@@ -45,8 +59,8 @@ def wait_for(what, predicate, timeout=TIMEOUT_S, interval=0.5):
 
 
 def health(address):
-    with optd.Client(address, timeout=2.0) as client:
-        wait_for(f"{address} SERVING", client.health)
+    with client(address, 2.0) as c:
+        wait_for(f"{address} SERVING", c.health)
     print(f"health: {address} SERVING")
 
 
@@ -55,8 +69,8 @@ def train(address, session_id, steps):
     x = rng.normal(size=(256, 16)).astype(np.float32)
     w_true = rng.normal(size=16).astype(np.float32)
     y = x @ w_true
-    with optd.Client(address, timeout=10.0) as client:
-        session = client.create_session({"w": np.zeros(16, np.float32)}, "adam", lr=0.05,
+    with client(address, 10.0) as c:
+        session = c.create_session({"w": np.zeros(16, np.float32)}, "adam", lr=0.05,
                                         session_id=session_id)
         w = np.zeros(16, np.float32)
         losses = []
@@ -76,8 +90,8 @@ def train(address, session_id, steps):
 
 
 def restored(address, session_id, version):
-    with optd.Client(address, timeout=10.0) as client:
-        sessions = {s.session_id: s for s in client.list_sessions()}
+    with client(address, 10.0) as c:
+        sessions = {s.session_id: s for s in c.list_sessions()}
     if session_id not in sessions:
         fail(f"session {session_id} not restored; sessions: {sorted(sessions)}")
     if sessions[session_id].version != version:
@@ -121,6 +135,23 @@ def prometheus(url, session_id, dashboard_path):
         print(f"prometheus: dashboard panel {title!r}: {expr} -> {result[0]['value'][1]}")
 
 
+def pod(path, what):
+    import yaml  # pylint: disable=import-outside-toplevel
+    sts = yaml.safe_load(open(path, encoding="utf-8"))
+    container = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "optd"][0]
+    if what == "args":
+        lines = container["args"]
+    elif what == "env":
+        lines = [f"{e['name']}={e['value']}" for e in container.get("env", [])]
+    elif what == "memory":
+        units = {"Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30}
+        limit = container["resources"]["limits"]["memory"]
+        lines = [str(int(limit[:-2]) * units[limit[-2:]])]
+    else:
+        lines = container[f"{what}Probe"]["exec"]["command"]
+    print("\n".join(lines))
+
+
 def main(argv):
     if len(argv) < 3:
         fail(__doc__)
@@ -133,6 +164,8 @@ def main(argv):
         restored(args[0], args[1], int(args[2]))
     elif command == "prometheus":
         prometheus(args[0], args[1], args[2])
+    elif command == "pod":
+        pod(args[0], args[1])
     else:
         fail(f"unknown command {command}")
 

@@ -9,7 +9,9 @@
 #      no compiler, HEALTHCHECK), reports its size;
 #   4. runs optd in it on free loopback ports, waits for the HEALTHCHECK to say healthy, trains a
 #      Python worker (client/python) through it (the loss must drop), replaces the container and
-#      finds the session restored from the checkpoint volume;
+#      finds the session restored from the checkpoint volume; then runs it as deploy/k8s's
+#      StatefulSet describes its container (args, env, memory limit, Secrets from make-secrets.sh,
+#      read-only root) and runs the manifest's readiness probe command in it;
 #   5. docker-compose (Debian's 1.29): `config`, then `up --build` of optd and Prometheus (an image
 #      from Debian's prometheus package), a worker trains, Prometheus scrapes optd and the
 #      dashboard's queries return data; `down -v`;
@@ -48,7 +50,7 @@ cleanup() {
   if [ -n "$DOCKERD_PID" ]; then
     docker-compose -f "$ROOT/deploy/docker-compose.yml" down -v --rmi all > /dev/null 2>&1
     for c in "${CONTAINERS[@]}"; do docker rm -f "$c" > /dev/null 2>&1; done
-    docker volume rm -f "optd-test-checkpoints-$$" > /dev/null 2>&1
+    docker volume rm -f "optd-test-checkpoints-$$" "optd-test-k8s-$$" > /dev/null 2>&1
     docker image rm -f optd:test local/debian:bookworm > /dev/null 2>&1
     docker image prune -f > /dev/null 2>&1
     kill -TERM "$DOCKERD_PID" 2> /dev/null
@@ -144,7 +146,9 @@ run_optd "optd-test-$$-a"
 wait_healthy "optd-test-$$-a"
 log "container optd-test-$$-a healthy (HEALTHCHECK: optctl health)"
 "$PY" "$ROOT/tests/container_check.py" train "127.0.0.1:$GRPC" docker-demo 300
-curl -sf "http://127.0.0.1:$METRICS/metrics" | grep -q '^optd_steps_total{.*session="docker-demo"' \
+# (Read whole first: `curl | grep -q` under pipefail fails when grep stops reading early.)
+METRICS_TEXT="$(curl -sf "http://127.0.0.1:$METRICS/metrics")" || fail "GET /metrics"
+grep -q '^optd_steps_total{.*session="docker-demo"' <<< "$METRICS_TEXT" \
   || fail "optd_steps_total of docker-demo not on /metrics"
 docker stop -t 20 "optd-test-$$-a" > /dev/null
 [ "$(docker inspect -f '{{.State.ExitCode}}' "optd-test-$$-a")" = 0 ] || fail "optd did not exit 0 on SIGTERM"
@@ -154,6 +158,45 @@ run_optd "optd-test-$$-b"
 "$PY" "$ROOT/tests/container_check.py" restored "127.0.0.1:$GRPC" docker-demo 300
 docker rm -f "optd-test-$$-b" > /dev/null
 log "image checks passed"
+
+# 4b. A Kubernetes shard's container as deploy/k8s/statefulset.yaml describes it: the manifest's
+#     args (TLS, access file, checkpoints), env and memory limit; the Secrets' files from
+#     make-secrets.sh mounted read-only with a Secret volume's mode (0644); a read-only root file
+#     system; uid 10001. Then the manifest's readiness probe command, run in the container, says
+#     SERVING; Docker's HEALTHCHECK, with the manifest's OPTD_HEALTH_FLAGS, says healthy; the memory
+#     budget is 75% of the limit; a worker trains over TLS with the access file's token.
+POD="$ROOT/deploy/k8s/statefulset.yaml"
+pod() { "$PY" "$ROOT/tests/container_check.py" pod "$POD" "$1"; }
+SECRETS="$WORK/secrets"
+bash "$ROOT/deploy/k8s/make-secrets.sh" "$SECRETS" > /dev/null
+chmod 755 "$SECRETS" && chmod 644 "$SECRETS"/*
+mapfile -t POD_ARGS < <(pod args)
+mapfile -t POD_ENV < <(pod env)
+mapfile -t PROBE < <(pod readiness)
+PROBE=("${PROBE[@]/127.0.0.1:50051/127.0.0.1:$GRPC}")
+MEMORY=$(pod memory)
+ENV_FLAGS=()
+for e in "${POD_ENV[@]}"; do ENV_FLAGS+=(-e "$e"); done
+docker run -d --name "optd-test-$$-k8s" --network=host --read-only --user 10001:10001 \
+  --memory="$MEMORY" -v "$SECRETS:/etc/optd/tls:ro" -v "$SECRETS:/etc/optd/access:ro" \
+  -v "optd-test-k8s-$$:/var/lib/optd/checkpoints" "${ENV_FLAGS[@]}" \
+  -e "OPTD_HEALTH_ADDR=127.0.0.1:$GRPC" optd:test \
+  "${POD_ARGS[@]}" --listen="127.0.0.1:$GRPC" --metrics_listen="127.0.0.1:$METRICS" > /dev/null
+CONTAINERS+=("optd-test-$$-k8s")
+export OPTD_TLS_CA="$SECRETS/ca.crt" OPTD_TLS_SERVER_NAME=localhost
+"$PY" "$ROOT/tests/container_check.py" health "127.0.0.1:$GRPC"
+PROBE_OUT="$(docker exec "optd-test-$$-k8s" "${PROBE[@]}")" && [ "$PROBE_OUT" = SERVING ] \
+  || fail "readiness probe: ${PROBE[*]}: $PROBE_OUT"
+echo "docker_test: readiness probe in the container: ${PROBE[*]} -> SERVING"
+wait_healthy "optd-test-$$-k8s"
+BUDGET=$(( MEMORY / 4 * 3 ))
+docker logs "optd-test-$$-k8s" 2>&1 | grep "memory budget $BUDGET bytes" \
+  || { docker logs "optd-test-$$-k8s" 2>&1 | tail -n 5; fail "memory budget is not 75% of $MEMORY"; }
+OPTD_TOKEN="$(cat "$SECRETS/writer.token")" \
+  "$PY" "$ROOT/tests/container_check.py" train "127.0.0.1:$GRPC" k8s-demo 100
+unset OPTD_TLS_CA OPTD_TLS_SERVER_NAME
+docker rm -f "optd-test-$$-k8s" > /dev/null
+log "the StatefulSet's container (TLS, token, read-only root, memory limit) passed"
 
 # 5. Compose (Debian's docker-compose 1.29): optd and Prometheus.
 COMPOSE=(docker-compose -f "$ROOT/deploy/docker-compose.yml")
