@@ -44,7 +44,9 @@ kubectl version --client 2> /dev/null | tr "\n" " " && echo
 cp -r "$ROOT/deploy/k8s" "$WORK/k8s"
 rm -rf "$WORK/k8s/secrets"
 bash "$WORK/k8s/make-secrets.sh" "$WORK/k8s/secrets" > /dev/null
-expect_pass "kubectl kustomize deploy/k8s" kubectl kustomize "$WORK/k8s" -o "$WORK/all.yaml"
+# (stdout, not -o: Debian's kubectl 1.20 has no -o for kustomize)
+render() { kubectl kustomize "$WORK/k8s" > "$WORK/all.yaml"; }
+expect_pass "kubectl kustomize deploy/k8s" render
 expect_pass "rendered objects valid" node "$V/k8s.mjs" "$WORK/all.yaml"
 sed 's/^  replicas: 3$/  replicas: three/' "$WORK/all.yaml" > "$WORK/bad1.yaml"
 expect_fail "StatefulSet replicas: three" "replicas must be integer" node "$V/k8s.mjs" "$WORK/bad1.yaml"
