@@ -7,9 +7,11 @@
   uses the provisioned datasource through ``$datasource``, every ``$variable`` it uses is defined,
   panels do not overlap; the provisioning points at the mounted dashboard directory and at the
   compose Prometheus.
-* docker-compose.yml (Docker cannot run here) is consistent with those files: optd is built from
-  the repository's Dockerfile and exports metrics on 0.0.0.0:9464, which Prometheus scrapes as
-  optd:9464; every mounted host path exists.
+* docker-compose.yml is consistent with those files: optd is built from the repository's
+  Dockerfile and exports metrics on the host network's ${OPTD_METRICS_PORT:-9464}, which Prometheus
+  (also on the host network) scrapes as localhost:9464 through prometheus/targets/*.yml; every
+  mounted host path exists. (tests/docker_test.sh runs the file for real, and
+  tests/deploy_validate_test.sh checks it against the Compose Specification schema.)
 
 The PromQL itself is evaluated against a real Prometheus by tests/metrics_prometheus_test.py.
 Run: /usr/bin/python3 -m pytest -q tests/metrics_deploy_test.py
@@ -127,7 +129,9 @@ def test_grafana_provisioning_matches_compose():
         (DEPLOY / "grafana/provisioning/datasources/datasource.yml").read_text())["datasources"]
     assert datasources[0]["type"] == "prometheus"
     assert datasources[0]["uid"] == "prometheus"
-    assert datasources[0]["url"] == "http://prometheus:9090"
+    # Grafana substitutes the environment variable the compose file sets.
+    assert datasources[0]["url"] == "${PROMETHEUS_URL}"
+    assert grafana["environment"]["PROMETHEUS_URL"] == "http://localhost:${PROMETHEUS_PORT:-9090}"
     dashboard = json.loads(DASHBOARD.read_text())
     ds_var = [v for v in dashboard["templating"]["list"] if v["name"] == "datasource"][0]
     assert ds_var["current"]["value"] == datasources[0]["uid"]
@@ -139,15 +143,21 @@ def test_compose_wires_optd_prometheus_and_grafana():
     assert set(services) >= {"optd", "prometheus", "grafana"}
     optd = services["optd"]
     assert (DEPLOY / optd["build"]["context"] / optd["build"]["dockerfile"]).is_file()
-    assert "--metrics_listen=0.0.0.0:9464" in optd["command"]
-    assert "9464:9464" in optd["ports"]
+    assert "--metrics_listen=${OPTD_BIND:-0.0.0.0}:${OPTD_METRICS_PORT:-9464}" in optd["command"]
+    assert all(s.get("network_mode") == "host" for s in services.values())
+    assert "name" not in compose, "docker-compose 1.29 refuses a top-level name"
     prometheus = services["prometheus"]
+    assert (DEPLOY / prometheus["build"]["context"] / "Dockerfile").is_file()
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
     assert "./prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert ("${OPTD_PROMETHEUS_TARGETS:-./prometheus/targets}:/etc/prometheus/targets:ro"
+            in prometheus["volumes"])
     config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
-    targets = [t for job in config["scrape_configs"] if job["job_name"] == "optd"
-               for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == ["optd:9464"]
+    jobs = [job for job in config["scrape_configs"] if job["job_name"] == "optd"]
+    assert jobs[0]["file_sd_configs"] == [{"files": ["targets/*.yml"]}]
+    targets = [t for group in yaml.safe_load((PROM_DIR / "targets" / "optd.yml").read_text())
+               for t in group["targets"]]
+    assert targets == ["localhost:9464"]
     for service in services.values():
         for volume in service.get("volumes", []):
             if volume.startswith("./"):

@@ -124,6 +124,7 @@ class Prometheus:
         config["rule_files"] = [str(ALERTS_YML)]
         jobs = [j for j in config["scrape_configs"] if j["job_name"] == "optd"]
         assert len(jobs) == 1, "deploy/prometheus/prometheus.yml must have one job named optd"
+        jobs[0].pop("file_sd_configs", None)  # the compose targets (deploy/prometheus/targets)
         jobs[0]["static_configs"] = [{"targets": [optd_metrics_address]}]
         self.config.write_text(yaml.safe_dump(config))
         self.log = open(workdir / "prometheus.log", "w+b")  # pylint: disable=consider-using-with
