@@ -243,6 +243,7 @@ absl::Status CheckShard(const Placement& placement, const OptimizerOptions& opti
                                                    " is out of range: must be 0 to ",
                                                    placement.shards - 1));
   }
+  if (absl::Status s = CheckShardable(placement, optimizer, clipping); !s.ok()) return s;
   // The model, from the slices: each tensor once, in order.
   std::vector<ModelTensor> model;
   for (const PlacedSlice& s : placement.slices) {
