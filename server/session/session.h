@@ -33,7 +33,7 @@
 //   FailedPrecondition  a keyed step the session cannot tell apart from a retry of an applied one
 //                       (exactly_once.h); NeedsRejoin (step.h) when the worker must join again
 //   ResourceExhausted   the reply would exceed SessionEnv::max_reply_bytes, or the memory budget
-//                       cannot pay for the step (a barrier's sums, a decoded gradient, a copy)
+//                       cannot pay for the step (a barrier's gradients, a decoded gradient, a copy)
 //   Unavailable         the session was closed (deleted, or the server is stopping) mid-barrier
 
 #ifndef OPTD_SERVER_SESSION_SESSION_H_
