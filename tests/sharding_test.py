@@ -364,3 +364,26 @@ def test_the_placement_survives_a_restart_from_the_checkpoints():
     finally:
         for s in servers:
             s.stop()
+
+
+def test_the_readme_snippet_runs_as_written():
+    import os  # pylint: disable=import-outside-toplevel
+    import re  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r"<!-- optd-sharding-snippet -->\n```python\n(.*?)\n```", text, re.S)
+    assert snippet, "README: the Sharding snippet is missing"
+    servers = [start_optd() for _ in range(3)]
+    try:
+        env = dict(os.environ, OPTD_SHARDS=",".join(s.address for s in servers),
+                   PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "client" / "python"),
+                                               str(load_stubs()[0].__file__).rsplit("/optd/", 1)[0]]))
+        for _ in range(2):  # it leaves nothing behind
+            run = subprocess.run(["/usr/bin/python3", "-c", snippet.group(1)], env=env,
+                                 capture_output=True, text=True, timeout=300, check=False)
+            assert run.returncode == 0, run.stderr
+            assert "emb rows [0, 33333) on shard 0" in run.stdout
+            assert "version 1 emb (100000, 64)" in run.stdout
+    finally:
+        for s in servers:
+            s.stop()
