@@ -44,6 +44,8 @@ absl::string_view ActionName(Action action) {
       return "Step";
     case Action::kCheckpoint:
       return "Checkpoint";
+    case Action::kPlanPlacement:
+      return "PlanPlacement";
   }
   return "?";
 }
@@ -153,11 +155,12 @@ absl::Status AccessControl::Authorize(const Principal& who, Action action) {
     case Action::kGetSession:
     case Action::kListSessions:
     case Action::kPull:
+    case Action::kPlanPlacement:  // holds nothing, reads nothing
       return absl::OkStatus();
     default:
-      return absl::PermissionDeniedError(absl::StrCat(
-          "role reader of tenant ", who.tenant, " may not call ", ActionName(action),
-          ": a reader may call GetSession, ListSessions and Pull"));
+      return absl::PermissionDeniedError(
+          absl::StrCat("role reader of tenant ", who.tenant, " may not call ", ActionName(action),
+                       ": a reader may call GetSession, ListSessions, Pull and PlanPlacement"));
   }
 }
 

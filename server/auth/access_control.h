@@ -64,6 +64,7 @@ enum class Action {
   kJoinSession,
   kStep,
   kCheckpoint,
+  kPlanPlacement,
 };
 
 absl::string_view ActionName(Action action);  // the RPC's name

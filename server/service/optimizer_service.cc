@@ -286,6 +286,13 @@ grpc::ServerUnaryReactor* OptimizerServiceImpl::Checkpoint(grpc::CallbackServerC
                &OptimizerServiceImpl::DoCheckpoint);
 }
 
+grpc::ServerUnaryReactor* OptimizerServiceImpl::PlanPlacement(grpc::CallbackServerContext* context,
+                                                              const grpc::ByteBuffer* request,
+                                                              grpc::ByteBuffer* response) {
+  return Unary(context, request, response, plan_placement_series_, Action::kPlanPlacement,
+               &OptimizerServiceImpl::DoPlanPlacement);
+}
+
 grpc::ServerUnaryReactor* OptimizerServiceImpl::Pull(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request_bytes,
                                                      grpc::ByteBuffer* response) {
@@ -376,6 +383,7 @@ OptimizerServiceImpl::OptimizerServiceImpl(SessionStore* store,
       pull_series_(MethodSeries("Pull")),
       join_session_series_(MethodSeries("JoinSession")),
       checkpoint_series_(MethodSeries("Checkpoint")),
+      plan_placement_series_(MethodSeries("PlanPlacement")),
       step_series_(MethodSeries("Step")),
       stream_steps_series_(MethodSeries("StreamSteps")) {}
 

@@ -66,7 +66,8 @@ using OptimizerCallbackService = v1::Optimizer::WithRawCallbackMethod_CreateSess
                             v1::Optimizer::WithRawCallbackMethod_StreamSteps<
                                 v1::Optimizer::WithRawCallbackMethod_JoinSession<
                                     v1::Optimizer::WithRawCallbackMethod_Checkpoint<
-                                        v1::Optimizer::Service>>>>>>>>>>;
+                                        v1::Optimizer::WithRawCallbackMethod_PlanPlacement<
+                                            v1::Optimizer::Service>>>>>>>>>>>;
 
 // What the service needs besides the store and the metrics.
 struct OptimizerServiceOptions {
@@ -101,6 +102,8 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
                        grpc::ByteBuffer* response) override;
   Reactor* Checkpoint(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                       grpc::ByteBuffer* response) override;
+  Reactor* PlanPlacement(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                         grpc::ByteBuffer* response) override;
   Reactor* Pull(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                 grpc::ByteBuffer* response) override;
   Reactor* Step(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
@@ -146,6 +149,8 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
                                v1::DeleteSessionResponse* response);
   absl::Status DoJoinSession(const Caller& caller, const v1::JoinSessionRequest& request,
                              v1::JoinSessionResponse* response);
+  absl::Status DoPlanPlacement(const Caller& caller, const v1::PlanPlacementRequest& request,
+                               v1::Placement* response);
   absl::Status DoCheckpoint(const Caller& caller, const v1::CheckpointRequest& request,
                             v1::CheckpointResponse* response);
   // CreateSession from a checkpoint (a fork).
@@ -182,6 +187,7 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
   const GrpcServerMetrics::MethodMetrics* const pull_series_;
   const GrpcServerMetrics::MethodMetrics* const join_session_series_;
   const GrpcServerMetrics::MethodMetrics* const checkpoint_series_;
+  const GrpcServerMetrics::MethodMetrics* const plan_placement_series_;
   const GrpcServerMetrics::MethodMetrics* const step_series_;
   const GrpcServerMetrics::MethodMetrics* const stream_steps_series_;
 };

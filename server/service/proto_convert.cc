@@ -539,6 +539,11 @@ absl::StatusOr<SessionConfig> ConfigFromProto(const v1::SessionConfig& config) {
   absl::StatusOr<ConsistencyOptions> consistency = ConsistencyFromProto(config.consistency());
   if (!consistency.ok()) return consistency.status();
   out.consistency = *std::move(consistency);
+  if (config.has_placement()) {
+    absl::StatusOr<Placement> placement = PlacementFromProto(config.placement(), "config.");
+    if (!placement.ok()) return placement.status();
+    out.placement = *std::move(placement);
+  }
   return out;
 }
 
@@ -548,6 +553,7 @@ void ConfigToProto(const SessionConfig& config, v1::SessionConfig* out) {
   out->mutable_clipping()->set_max_norm(config.clipping.max_norm);
   out->mutable_clipping()->set_clip_value(config.clipping.clip_value);
   ConsistencyToProto(config.consistency, out->mutable_consistency());
+  if (config.placement.has_value()) PlacementToProto(*config.placement, out->mutable_placement());
 }
 
 void SessionInfoToProto(const SessionInfo& info, v1::Session* out) {

@@ -213,6 +213,30 @@ absl::Status OptimizerServiceImpl::DoDeleteSession(const Caller& caller,
   return status;
 }
 
+absl::Status OptimizerServiceImpl::DoPlanPlacement(const Caller& /*caller*/,
+                                                   const v1::PlanPlacementRequest& request,
+                                                   v1::Placement* response) {
+  OptimizerOptions optimizer;
+  const v1::OptimizerConfig& opt = request.optimizer();
+  if (opt.kind_case() == v1::OptimizerConfig::kSgd && !opt.sgd().has_lr()) {
+    return absl::InvalidArgumentError(
+        "optimizer.sgd.lr is required (torch.optim.SGD has no default); must be >= 0");
+  }
+  if (absl::Status s = MergeOptimizerFromProto(opt, false, "", &optimizer); !s.ok()) return s;
+  absl::StatusOr<ClipOptions> clipping = ClippingFromProto(request.clipping(), "");
+  if (!clipping.ok()) return clipping.status();
+  if (request.shards() > static_cast<uint32_t>(Placement::kMaxShards)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shards = ", request.shards(), " is out of range: must be 2 to ", Placement::kMaxShards));
+  }
+  absl::StatusOr<Placement> placement =
+      optd::PlanPlacement(ModelFromProto(request), optimizer, *clipping,
+                          static_cast<int>(request.shards()), request.split_min_elements());
+  if (!placement.ok()) return placement.status();
+  PlacementToProto(*placement, response);
+  return absl::OkStatus();
+}
+
 absl::Status OptimizerServiceImpl::DoCheckpoint(const Caller& caller,
                                                 const v1::CheckpointRequest& request,
                                                 v1::CheckpointResponse* response) {

@@ -29,6 +29,7 @@ absl::StatusOr<StepInput> StepInputFromProto(const v1::StepRequest& request) {
                      " is out of range: must be >= 0 (0: not joined)"));
   }
   input.worker_incarnation = request.worker_incarnation();
+  input.placement_fingerprint = request.placement_fingerprint();
   absl::StatusOr<ParameterPoint> point = PointFromProto("return_point", request.return_point());
   if (!point.ok()) return point.status();
   input.return_point = *point;

@@ -74,6 +74,7 @@ Session::Session(std::string id, TensorSpecs specs, ParameterBuffers parameters,
     : id_(std::move(id)),
       specs_(std::move(specs)),
       consistency_(std::move(config.consistency)),
+      placement_(std::move(config.placement)),
       create_time_(create_time),
       clock_(env.clock),
       observer_(env.observer),
@@ -89,11 +90,31 @@ Session::Session(std::string id, TensorSpecs specs, ParameterBuffers parameters,
       exactly_once_(env.exactly_once),
       barrier_(consistency_, &specs_) {}
 
+absl::Status Session::CheckPlacement(uint64_t fingerprint) const {
+  const uint64_t mine = placement_.has_value() ? placement_->fingerprint : 0;
+  if (fingerprint == mine) return absl::OkStatus();
+  if (!placement_.has_value()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", id_, " is not sharded, but the step names placement fingerprint ",
+                     fingerprint, ": the client holds a map of another session; read it again"));
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "session ", id_, " is shard ", placement_->shard, " of ", placement_->shards,
+      " (placement fingerprint ", mine, "); the step names ",
+      fingerprint == 0 ? std::string("none") : absl::StrCat("fingerprint ", fingerprint),
+      ": step through a client given every shard's address, which reads the placement from "
+      "GetSession; nothing was applied"));
+}
+
 void Session::Step(const StepInput& input, StepCallback done) {
   Touch();
   Reports reports;
   RefusalReason reason;
   absl::Status checked = CheckStepRequest(consistency_, input, &reason);
+  if (checked.ok()) {
+    checked = CheckPlacement(input.placement_fingerprint);
+    if (!checked.ok()) reason = RefusalReason::kInvalid;
+  }
   // What decoding allocates is paid for first, and held until the step is answered.
   absl::StatusOr<MemoryReservation> decoding =
       checked.ok() ? budget_->Reserve(DecodeBytes(specs_, input.gradients),

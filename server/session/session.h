@@ -322,6 +322,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // Records a use now (last_used).
   void Touch() const { last_used_ns_.store(absl::ToUnixNanos(clock_->Now())); }
 
+  // FailedPrecondition unless a step's placement fingerprint is the session's (0 for a session
+  // that is not sharded).
+  absl::Status CheckPlacement(uint64_t fingerprint) const;
+
   // Answers the calls in `reports` and tells the observer; no lock may be held.
   void Report(Reports reports);
 
@@ -329,6 +333,7 @@ class Session : public std::enable_shared_from_this<Session> {
   const std::string id_;
   const TensorSpecs specs_;
   const ConsistencyOptions consistency_;
+  const std::optional<Placement> placement_;  // set on a shard of a sharded session
   const absl::Time create_time_;
   Clock* const clock_;
   SessionObserver* const observer_;     // may be null; thread-safe itself

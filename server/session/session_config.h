@@ -3,7 +3,7 @@
 // SessionConfig: how a session optimizes (optimizer options, learning-rate schedule, gradient
 // clipping, consistency mode), and SessionUpdate: what UpdateSession may change at run time.
 // Plain data with defaults in place; each part validates itself (optimizer_options.h, schedule.h,
-// clip.h, consistency.h). Thread-compatible.
+// clip.h, consistency.h, placement.h). Thread-compatible.
 
 #ifndef OPTD_SERVER_SESSION_SESSION_CONFIG_H_
 #define OPTD_SERVER_SESSION_SESSION_CONFIG_H_
@@ -17,6 +17,7 @@
 #include "server/optim/optimizer_state.h"
 #include "server/optim/schedule.h"
 #include "server/session/consistency.h"
+#include "server/session/placement.h"
 
 namespace optd {
 
@@ -25,6 +26,8 @@ struct SessionConfig {
   ScheduleOptions schedule;  // constant by default
   ClipOptions clipping;      // off by default
   ConsistencyOptions consistency;
+  // Set on each shard of a sharded session (placement.h); fixed at creation.
+  std::optional<Placement> placement;
 };
 
 // What UpdateSession may change; an unset member changes nothing.

@@ -59,6 +59,12 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, Session
   if (!schedule.ok()) return schedule.status();
   if (absl::Status s = config.clipping.Validate(); !s.ok()) return s;
   TensorSpecs table(std::move(specs));
+  if (config.placement.has_value()) {
+    if (absl::Status s = CheckShard(*config.placement, config.optimizer, config.clipping, table);
+        !s.ok()) {
+      return s;
+    }
+  }
   int64_t parameter_bytes = 0;
   absl::StatusOr<MemoryReservation> memory =
       ReserveMemory(id, table, **optimizer, env, &parameter_bytes);
@@ -155,6 +161,12 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Restore(SessionState state,
   if (!schedule.ok()) return schedule.status();
   if (absl::Status s = schedule->RestoreState(state.schedule); !s.ok()) return s;
   TensorSpecs table(std::move(state.tensors));
+  if (config.placement.has_value()) {
+    if (absl::Status s = CheckShard(*config.placement, config.optimizer, config.clipping, table);
+        !s.ok()) {
+      return s;
+    }
+  }
   int64_t parameter_bytes = 0;
   absl::StatusOr<MemoryReservation> memory =
       ReserveMemory(state.id, table, **optimizer, env, &parameter_bytes);

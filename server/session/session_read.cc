@@ -179,6 +179,7 @@ SessionConfig Session::ConfigLocked() const {
   config.schedule = schedule_.options();
   config.clipping = clipping_;
   config.consistency = consistency_;
+  config.placement = placement_;
   return config;
 }
 

@@ -102,6 +102,12 @@ absl::Status Session::Update(const SessionUpdate& update) {
           std::string(OptimizerName(optimizer_->options())), "; the optimizer kind cannot change"));
     }
   }
+  if (placement_.has_value()) {  // a shard keeps running what its placement allows
+    if (absl::Status s = CheckShardable(*placement_, options, update.clipping.value_or(clipping_));
+        !s.ok()) {
+      return s;
+    }
+  }
   const double base_lr = update.optimizer ? BaseLearningRate(options) : schedule_.base_lr();
   // Build the new schedule first: nothing changes unless every part is valid.
   LrSchedule schedule = schedule_;

@@ -57,6 +57,9 @@ struct StepInput {
   std::optional<int64_t> version;
   // The worker's incarnation from Session::Join; 0 if it did not join.
   int64_t worker_incarnation = 0;
+  // The fingerprint of the placement the worker's client holds (placement.h); 0: none (a session
+  // that is not sharded).
+  uint64_t placement_fingerprint = 0;
 
   // Tensor payload bytes in the request.
   int64_t bytes() const {

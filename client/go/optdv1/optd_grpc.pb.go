@@ -42,6 +42,9 @@ type OptimizerClient interface {
 	// FAILED_PRECONDITION without --checkpoint_dir; RESOURCE_EXHAUSTED (disk full),
 	// PERMISSION_DENIED or INTERNAL when the write fails (older checkpoints stay intact).
 	Checkpoint(ctx context.Context, in *CheckpointRequest, opts ...grpc.CallOption) (*CheckpointResponse, error)
+	// Plans a sharded session's placement (see PlanPlacementRequest); holds nothing. INVALID_ARGUMENT;
+	// FAILED_PRECONDITION for an optimizer or clipping a sharded session cannot run.
+	PlanPlacement(ctx context.Context, in *PlanPlacementRequest, opts ...grpc.CallOption) (*Placement, error)
 }
 
 type optimizerClient struct {
@@ -164,6 +167,15 @@ func (c *optimizerClient) Checkpoint(ctx context.Context, in *CheckpointRequest,
 	return out, nil
 }
 
+func (c *optimizerClient) PlanPlacement(ctx context.Context, in *PlanPlacementRequest, opts ...grpc.CallOption) (*Placement, error) {
+	out := new(Placement)
+	err := c.cc.Invoke(ctx, "/optd.v1.Optimizer/PlanPlacement", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OptimizerServer is the server API for Optimizer service.
 // All implementations must embed UnimplementedOptimizerServer
 // for forward compatibility
@@ -193,6 +205,9 @@ type OptimizerServer interface {
 	// FAILED_PRECONDITION without --checkpoint_dir; RESOURCE_EXHAUSTED (disk full),
 	// PERMISSION_DENIED or INTERNAL when the write fails (older checkpoints stay intact).
 	Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error)
+	// Plans a sharded session's placement (see PlanPlacementRequest); holds nothing. INVALID_ARGUMENT;
+	// FAILED_PRECONDITION for an optimizer or clipping a sharded session cannot run.
+	PlanPlacement(context.Context, *PlanPlacementRequest) (*Placement, error)
 	mustEmbedUnimplementedOptimizerServer()
 }
 
@@ -229,6 +244,9 @@ func (UnimplementedOptimizerServer) JoinSession(context.Context, *JoinSessionReq
 }
 func (UnimplementedOptimizerServer) Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Checkpoint not implemented")
+}
+func (UnimplementedOptimizerServer) PlanPlacement(context.Context, *PlanPlacementRequest) (*Placement, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PlanPlacement not implemented")
 }
 func (UnimplementedOptimizerServer) mustEmbedUnimplementedOptimizerServer() {}
 
@@ -431,6 +449,24 @@ func _Optimizer_Checkpoint_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Optimizer_PlanPlacement_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PlanPlacementRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OptimizerServer).PlanPlacement(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/optd.v1.Optimizer/PlanPlacement",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OptimizerServer).PlanPlacement(ctx, req.(*PlanPlacementRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _Optimizer_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "optd.v1.Optimizer",
 	HandlerType: (*OptimizerServer)(nil),
@@ -470,6 +506,10 @@ var _Optimizer_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Checkpoint",
 			Handler:    _Optimizer_Checkpoint_Handler,
+		},
+		{
+			MethodName: "PlanPlacement",
+			Handler:    _Optimizer_PlanPlacement_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

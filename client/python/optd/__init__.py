@@ -51,9 +51,10 @@ from optd.client import (  # noqa: E402
     DEFAULT, DEFAULT_ADDRESS, NO_RETRY, CheckpointResult, Client, PullResult, RetryPolicy, Session,
     StepResult, StepStream)
 from optd import checkpoint  # noqa: E402
+from optd.sharded import ShardedClient, ShardedSession  # noqa: E402
 
 __all__ = [
-    "Client", "Session", "StepStream", "StepResult", "PullResult", "CheckpointResult",
+    "Client", "Session", "ShardedClient", "ShardedSession", "StepStream", "StepResult", "PullResult", "CheckpointResult",
     "RetryPolicy", "NO_RETRY", "OptimizerState", "TensorState", "CheckpointError", "checkpoint",
     "DEFAULT", "DEFAULT_ADDRESS",
     "OptdError", "CancelledError", "UnknownError", "InvalidArgumentError", "DeadlineExceededError",

@@ -143,7 +143,9 @@ class Client:
     """A connection to one optd server (the optd.v1.Optimizer service and grpc.health.v1).
 
     Args:
-        address: "host:port" or any gRPC target ("dns:///host:port", "unix:/path").
+        address: "host:port" or any gRPC target ("dns:///host:port", "unix:/path"). A list of
+            addresses, one per shard of a sharded deployment, makes an optd.ShardedClient instead
+            (same options; see optd.sharded).
         timeout: default deadline of each call in seconds (``None``: none). Each method also takes
             ``timeout=``.
         retry: the RetryPolicy of retriable calls (reads and keyed Steps).
@@ -170,6 +172,13 @@ class Client:
     Connecting is lazy: an unreachable server shows up as UnavailableError on the first call.
     Use as a context manager, or call close().
     """
+
+    def __new__(cls, address: Any = DEFAULT_ADDRESS, **options: Any):
+        # A list of addresses is a sharded deployment (optd.sharded).
+        if isinstance(address, (list, tuple)):
+            from optd.sharded import ShardedClient  # pylint: disable=import-outside-toplevel
+            return ShardedClient(address, **options)
+        return super().__new__(cls)
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: Optional[float] = 30.0,
                  retry: RetryPolicy = RetryPolicy(),

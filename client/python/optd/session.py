@@ -74,6 +74,9 @@ class Session:
         self.server_incarnation: Optional[str] = None
         self.durable_version: int = -1
         self.server_restarts: int = 0
+        #: Set by a ShardedSession (optd.sharded): the fingerprint of the placement its steps name
+        #: (0: the session is not sharded).
+        self.placement_fingerprint: int = 0
         self._info = info
         self._lock = threading.Lock()
         if info is not None:
@@ -278,12 +281,13 @@ class Session:
         self._ensure_joined()
         if version is DEFAULT:
             version = self.version
-        return self.client.step_request(self.session_id, gradients, worker_id=self.worker_id,
-                                        sequence=self.next_sequence(), version=version, loss=loss,
-                                        return_parameters=return_parameters,
-                                        return_dtype=return_dtype, gradient_dtype=gradient_dtype,
-                                        worker_incarnation=self.incarnation or 0,
-                                        return_point=return_point)
+        request = self.client.step_request(
+            self.session_id, gradients, worker_id=self.worker_id, sequence=self.next_sequence(),
+            version=version, loss=loss, return_parameters=return_parameters,
+            return_dtype=return_dtype, gradient_dtype=gradient_dtype,
+            worker_incarnation=self.incarnation or 0, return_point=return_point)
+        request.placement_fingerprint = self.placement_fingerprint
+        return request
 
     def step(self, gradients: Gradients, *, loss: Optional[float] = None,
              version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",

@@ -1,0 +1,343 @@
+"""Sessions sharded over several optd servers (README, Sharding).
+
+A sharded session spans N optd servers ("shards"). Its placement -- which shard holds which whole
+tensor, or which row range of a large tensor -- is planned once by the server (PlanPlacement),
+given to every shard at creation and stored there; every client reads it back from the shards, and
+every step names its fingerprint, so a client holding another map is refused. A worker's step is
+cut along the placement and sent to every shard at once (one thread per shard); the replies are
+put back together, so the worker sees whole tensors, as from one server.
+
+``optd.Client([a, b, c])`` (a list of addresses) returns a ShardedClient; ``ShardedClient.resolve``
+turns one DNS name (e.g. a Kubernetes headless service) into the addresses behind it.
+
+What holds across shards (each shard is a whole optd session over its slices, with its own
+version, exactly-once table and SYNC barrier):
+- SYNC: every shard's barrier takes the same K workers' gradients for the same version, so every
+  shard steps once per barrier and the versions stay equal; the result is bit for bit what one
+  server gives (element-wise updates, sums in worker-id order).
+- ASYNC: each shard applies each step when it arrives; two workers' steps may reach two shards in
+  different orders, so a shard's parameters are those of one server that applied the same steps
+  in that shard's order. Versions advance by one per step on every shard.
+- Exactly once: each shard keeps the worker's sequence numbers; a step retried after a failure is
+  applied at most once on each shard (a shard that had applied it answers ``duplicate``).
+- Optimizers and clipping that need the whole model in every step (normalized GD's global norm,
+  Prodigy, D-Adaptation, DoG; clipping.max_norm) are refused at planning (FailedPreconditionError).
+"""
+
+import concurrent.futures
+import socket
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from optd import config as _config
+from optd.client import DEFAULT, Client, Gradients, _items
+from optd.errors import FailedPreconditionError, InvalidArgumentError, OptdError
+from optd.results import PullResult, StepResult
+from optd.session import Session
+from optd.tensors import RowSparse
+
+__all__ = ["ShardedClient", "ShardedSession"]
+
+
+class ShardedClient:
+    """Clients of every shard of a sharded deployment.
+
+    Args:
+        addresses: "host:port" of every shard (at least two; their order does not matter to
+            sessions that exist: each shard says which part it holds).
+        **client_options: passed to every optd.Client (timeout, tls_*, token, retry, ...).
+    """
+
+    def __init__(self, addresses: Sequence[str], **client_options: Any) -> None:
+        addresses = list(addresses)
+        if len(addresses) < 2:
+            raise InvalidArgumentError(f"addresses = {addresses!r}: a sharded client needs at least "
+                                       f"two shard addresses (use optd.Client for one server)")
+        if len(set(addresses)) != len(addresses):
+            raise InvalidArgumentError(f"addresses = {addresses!r}: an address is repeated")
+        self.addresses = addresses
+        self.clients = [Client(a, **client_options) for a in addresses]
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(addresses),
+                                                           thread_name_prefix="optd-shard")
+
+    @staticmethod
+    def resolve(name: str, port: int) -> List[str]:
+        """The "ip:port" of every address ``name`` resolves to (a Kubernetes headless service
+        resolves to its pods), sorted: ``ShardedClient(ShardedClient.resolve("optd", 50051))``.
+        InvalidArgumentError if it does not resolve."""
+        try:
+            infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise InvalidArgumentError(f"cannot resolve {name!r}: {e}") from None
+        hosts = sorted({info[4][0] for info in infos})
+        return [f"[{h}]:{port}" if ":" in h else f"{h}:{port}" for h in hosts]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for c in self.clients:
+            c.close()
+
+    def __enter__(self) -> "ShardedClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"optd.ShardedClient({self.addresses!r})"
+
+    def map(self, fn, items):
+        """fn(item) for every item, at once on the client's shard threads; their results in
+        order. The first exception is raised after every call has finished."""
+        return _map(self._pool, fn, items)
+
+    # -- sessions ----------------------------------------------------------------------------------
+
+    def plan(self, shapes: Dict[str, Sequence[int]], optimizer: Any = "adam", *,
+             clipping: Any = None, split_min_elements: int = 0, timeout: Any = DEFAULT,
+             **hyperparameters: Any):
+        """The placement (optd_pb2.Placement) of a model of these tensor shapes over the shards
+        (PlanPlacement on the first shard: the server plans, so every client plans alike).
+        ``optimizer`` as in create_session (a kind with hyperparameters, an OptimizerConfig or a
+        SessionConfig)."""
+        pb2 = self.clients[0].pb2
+        if isinstance(optimizer, pb2.SessionConfig):
+            config = optimizer
+        else:
+            config = _config.session_config(optimizer, clipping=clipping, **hyperparameters)
+        return self._plan(config, shapes, split_min_elements, timeout)
+
+    def _plan(self, config, shapes: Dict[str, Sequence[int]], split_min_elements: int,
+              timeout: Any):
+        client = self.clients[0]
+        request = client.pb2.PlanPlacementRequest(
+            optimizer=config.optimizer, clipping=config.clipping, shards=len(self.clients),
+            split_min_elements=int(split_min_elements))
+        for name, shape in shapes.items():
+            request.tensors.add(name=name, shape=[int(d) for d in shape])
+        return client._call("PlanPlacement", request, timeout, client.retry)[0]
+
+    def create_session(self, tensors: Gradients, optimizer: Any = "adam", *, session_id: str,
+                       schedule: Any = None, clipping: Any = None, consistency: Any = None,
+                       split_min_elements: int = 0, worker_id: Optional[str] = None,
+                       timeout: Any = DEFAULT, **hyperparameters: Any) -> "ShardedSession":
+        """Creates the session on every shard (shard i on addresses[i]) and returns it.
+
+        ``session_id`` is required (every shard holds the session under it). The placement is
+        planned first; each shard then gets its slices' initial values and the whole map. If a
+        shard refuses, the shards that had accepted are deleted again and the error is raised.
+        ``split_min_elements``: tensors of at least this many elements (and two rows) are split
+        into row ranges (0: the server's default, 4Mi)."""
+        if not session_id:
+            raise InvalidArgumentError("session_id is required for a sharded session (every "
+                                       "shard holds it under the same id)")
+        values = [(name, np.asarray(v, dtype=np.float32)) for name, v in _items(tensors)]
+        config = _config.session_config(optimizer, schedule=schedule, clipping=clipping,
+                                        consistency=consistency, **hyperparameters)
+        placement = self._plan(config, {n: v.shape for n, v in values}, split_min_elements,
+                               timeout)
+        by_name = dict(values)
+
+        def create(shard: int):
+            client = self.clients[shard]
+            shard_config = client.pb2.SessionConfig()
+            shard_config.CopyFrom(config)
+            shard_config.placement.CopyFrom(placement)
+            shard_config.placement.shard = shard
+            mine = {s.name: _rows(by_name[s.tensor], s) for s in placement.slices
+                    if s.shard == shard}
+            return client.create_session(mine, shard_config, session_id=session_id,
+                                         worker_id=worker_id, timeout=timeout)
+
+        outcomes = self.map(_guarded(create), range(len(self.clients)))
+        failed = [o for o in outcomes if isinstance(o, Exception)]
+        if failed:
+            for shard, o in enumerate(outcomes):
+                if not isinstance(o, Exception):
+                    try:
+                        o.delete(timeout=timeout)
+                    except OptdError:
+                        pass
+            raise failed[0]
+        return ShardedSession(self, session_id, outcomes, placement)
+
+    def session(self, session_id: str, *, worker_id: Optional[str] = None,
+                timeout: Any = DEFAULT) -> "ShardedSession":
+        """Attaches to an existing sharded session: reads its placement from every shard
+        (FailedPreconditionError if they disagree, or a shard holds no shard of it)."""
+        infos = self.map(lambda c: c.get_session(session_id, timeout=timeout), self.clients)
+        by_shard: Dict[int, Session] = {}
+        placement = None
+        for client, info in zip(self.clients, infos):
+            p = info.config.placement
+            if p.shards == 0:
+                raise FailedPreconditionError(f"session {session_id} on {client.address} is not "
+                                              f"sharded: use optd.Client({client.address!r})")
+            if placement is None:
+                placement = p
+            if p.fingerprint != placement.fingerprint or p.shards != len(self.clients):
+                raise FailedPreconditionError(
+                    f"the shards disagree on session {session_id}'s placement: {client.address} "
+                    f"holds shard {p.shard} of {p.shards} (fingerprint {p.fingerprint:#x}), "
+                    f"another shard of {placement.shards} (fingerprint "
+                    f"{placement.fingerprint:#x}); give every shard's address, once")
+            if p.shard in by_shard:
+                raise FailedPreconditionError(f"two addresses hold shard {p.shard} of session "
+                                              f"{session_id}")
+            by_shard[p.shard] = Session(client, session_id, worker_id=worker_id,
+                                        version=info.version, info=info)
+        sessions = [by_shard[i] for i in range(len(self.clients))]
+        return ShardedSession(self, session_id, sessions, placement)
+
+
+def _map(pool, fn, items):
+    futures = [pool.submit(fn, item) for item in items]
+    concurrent.futures.wait(futures)
+    return [f.result() for f in futures]
+
+
+def _guarded(fn):
+    def run(item):
+        try:
+            return fn(item)
+        except Exception as e:  # pylint: disable=broad-except
+            return e
+    return run
+
+
+def _rows(array: np.ndarray, s) -> np.ndarray:
+    """The rows [row_begin, row_end) of `array` (a scalar: itself)."""
+    if array.ndim == 0:
+        return array
+    return array[s.row_begin:s.row_end]
+
+
+class ShardedSession:
+    """A worker on a sharded session: one optd.Session per shard (``sessions[i]`` on shard i),
+    all with the same worker id. Steps and pulls take and give whole tensors."""
+
+    def __init__(self, client: ShardedClient, session_id: str, sessions: List[Session],
+                 placement) -> None:
+        self.client = client
+        self.session_id = session_id
+        self.sessions = sessions
+        # Threads of this worker's own: its step on every shard at once. Not the client's (a
+        # SYNC step waits at each shard's barrier for the other workers, whose own steps must not
+        # queue behind it).
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(sessions),
+                                                           thread_name_prefix="optd-worker")
+        #: The placement (optd_pb2.Placement, shard 0's copy).
+        self.placement = placement
+        for s in sessions:
+            s.placement_fingerprint = placement.fingerprint
+        self._slices = list(placement.slices)
+        self._names: List[str] = []
+        for s in self._slices:
+            if not self._names or self._names[-1] != s.tensor:
+                self._names.append(s.tensor)
+
+    @property
+    def worker_id(self) -> str:
+        return self.sessions[0].worker_id
+
+    @property
+    def version(self) -> Optional[int]:
+        """The lowest version of the shards' sessions (equal in SYNC)."""
+        versions = [s.version for s in self.sessions]
+        return None if any(v is None for v in versions) else min(versions)
+
+    def __repr__(self) -> str:
+        return (f"optd.ShardedSession({self.session_id!r}, shards={len(self.sessions)}, "
+                f"worker_id={self.worker_id!r})")
+
+    def _split(self, gradients: Gradients) -> List[Dict[str, Any]]:
+        given = dict(_items(gradients))
+        unknown = sorted(set(given) - set(self._names))
+        missing = [n for n in self._names if n not in given]
+        if unknown or missing:
+            raise InvalidArgumentError(
+                f"gradients name {unknown or 'no unknown tensor'} and lack "
+                f"{missing or 'none'}; session {self.session_id} has tensors {self._names}")
+        parts: List[Dict[str, Any]] = [{} for _ in self.sessions]
+        for s in self._slices:
+            g = given[s.tensor]
+            if isinstance(g, RowSparse):
+                rows = np.asarray(g.rows, dtype=np.int64)
+                keep = (rows >= s.row_begin) & (rows < s.row_end)
+                parts[s.shard][s.name] = RowSparse(rows[keep] - s.row_begin,
+                                                   np.asarray(g.values)[keep])
+            else:
+                parts[s.shard][s.name] = _rows(np.asarray(g, dtype=np.float32), s)
+        return parts
+
+    def _join(self, per_shard: List[Dict[str, Any]]) -> Dict[str, np.ndarray]:
+        """Whole tensors from the shards' slices (in model order)."""
+        pieces: Dict[str, List[np.ndarray]] = {n: [] for n in self._names}
+        for s in self._slices:
+            value = per_shard[s.shard].get(s.name)
+            if value is None:
+                return {}
+            pieces[s.tensor].append(np.asarray(value))
+        return {n: (p[0] if len(p) == 1 else np.concatenate(p)) for n, p in pieces.items()}
+
+    def step(self, gradients: Gradients, *, loss: Optional[float] = None,
+             timeout: Any = DEFAULT, **options: Any) -> StepResult:
+        """One step: the gradients (whole tensors, dense or RowSparse) cut along the placement
+        and sent to every shard at once, each through its Session.step (joins, sequence
+        numbers, retries). Returns the shards' results put together: whole parameters, the
+        lowest version, the norm over the whole gradient. If a shard's step fails, the error is
+        raised after every shard has answered; the shards that applied it keep it (each shard's
+        exactly-once table makes a resend of that step with the same sequence safe)."""
+        parts = self._split(gradients)
+        results = _map(self._pool, _guarded(
+            lambda i: self.sessions[i].step(parts[i], loss=loss, timeout=timeout, **options)),
+            range(len(self.sessions)))
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        first = results[0]
+        return StepResult(
+            version=min(r.version for r in results),
+            parameters=self._join([r.parameters for r in results]),
+            parameters_version=min(r.parameters_version for r in results),
+            gradient_norm=float(np.sqrt(sum(r.gradient_norm ** 2 for r in results))),
+            learning_rate=first.learning_rate, duplicate=all(r.duplicate for r in results),
+            workers=min(r.workers for r in results),
+            missing_workers=sorted({w for r in results for w in r.missing_workers}),
+            staleness=max(r.staleness for r in results), sequence=first.sequence,
+            attempts=max(r.attempts for r in results),
+            worker_incarnation=first.worker_incarnation,
+            rejoins=max(r.rejoins for r in results), server_incarnation=first.server_incarnation,
+            durable_version=min(r.durable_version for r in results),
+            server_restarted=any(r.server_restarted for r in results), point=first.point,
+            estimates=dict(first.estimates))
+
+    def pull(self, *, timeout: Any = DEFAULT, **options: Any) -> PullResult:
+        """Every tensor, whole, from every shard at once (the lowest of their versions)."""
+        results = _map(self._pool, lambda s: s.pull(timeout=timeout, **options), self.sessions)
+        return PullResult(version=min(r.version for r in results),
+                          tensors=self._join([r.tensors for r in results]),
+                          server_incarnation=results[0].server_incarnation,
+                          durable_version=min(r.durable_version for r in results),
+                          point=results[0].point)
+
+    def info(self, *, timeout: Any = DEFAULT) -> List[Any]:
+        """Every shard's optd_pb2.Session, in shard order."""
+        return _map(self._pool, lambda s: s.info(timeout=timeout), self.sessions)
+
+    def close(self) -> None:
+        """Stops this worker's threads (the shards' sessions stay)."""
+        self._pool.shutdown(wait=True)
+
+    def delete(self, *, timeout: Any = DEFAULT) -> None:
+        """Deletes the session on every shard (every shard is tried; the first error raised)."""
+        outcomes = _map(self._pool, _guarded(lambda s: s.delete(timeout=timeout)), self.sessions)
+        for o in outcomes:
+            if isinstance(o, Exception):
+                raise o
+
+
+def placement_table(placement) -> List[Tuple[str, int, int, int]]:
+    """(tensor, row_begin, row_end, shard) of every slice: for printing a placement."""
+    return [(s.tensor, s.row_begin, s.row_end, s.shard) for s in placement.slices]
