@@ -254,8 +254,9 @@ def test_sigkill_at_random_moments_loses_nothing_durable_and_restores_exactly():
         time.sleep(0.5)
         workers.running.clear()
         time.sleep(0.3)  # calls in flight finish (a barrier waiting for a paused worker stays)
-        _, killed = optd.stop(timeout=60)
+        returncode, killed = optd.stop(timeout=60)
         assert not killed, f"optd did not stop within 60 s of SIGTERM\n{optd.output()}"
+        assert returncode == 0, f"optd exited with {returncode} after SIGTERM\n{optd.output()}"
         assert not workers.errors, workers.errors
         optd = start_optd(port, folder.name)
         pulled = check_restored(optd, reference, restored_version, workers.max_durable, CYCLES)

@@ -486,7 +486,13 @@ def test_non_finite_alert_fires_and_the_rest_stay_silent(stack):
 
     _wait_for("OptdNonFiniteGradients to fire",
               lambda: ("OptdNonFiniteGradients", SESSION, "firing") in active(), timeout=15)
-    assert active() == {("OptdNonFiniteGradients", SESSION, "firing")}
+    firing = {a for a in active() if a[2] == "firing"}
+    assert firing == {("OptdNonFiniteGradients", SESSION, "firing")}
+    # Pending (not firing) is allowed for one rule only: OptdSessionIdle (for: 15m) is pending
+    # whenever a session's steps all came before Prometheus's first scrape of it, as this test's
+    # sessions' may on a loaded machine; any other pending alert is a rule misfiring.
+    pending = {a for a in active() if a[2] != "firing"}
+    assert {a[0] for a in pending} <= {"OptdSessionIdle"}, pending
 
 
 def test_deleting_a_session_removes_its_series(stack):

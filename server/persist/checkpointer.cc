@@ -274,12 +274,17 @@ absl::StatusOr<CheckpointResult> Checkpointer::Checkpoint(const Session& session
   std::error_code error;
   fs::create_directories(folder, error);
   CheckpointMeta meta;
+  const auto write_file = [&] {
+    return WriteCheckpointFile(path, state, *codec_, server_incarnation_, clock_->Now(), &meta);
+  };
+  // Background checkpoints (interval, idle) yield the CPU to steps; one a caller waits for (a
+  // request, a new session, the shutdown's last one) does not: starved by busy steps at nice 10,
+  // the shutdown checkpoint could outlast the process's exit deadline and be lost.
+  const bool background =
+      reason == CheckpointReason::kInterval || reason == CheckpointReason::kIdle;
   absl::Status written =
       error ? absl::InternalError(absl::StrCat("cannot create ", folder, ": ", error.message()))
-            : WriteAtLowPriority([&] {
-                return WriteCheckpointFile(path, state, *codec_, server_incarnation_, clock_->Now(),
-                                           &meta);
-              });
+            : (background ? WriteAtLowPriority(write_file) : write_file());
   if (!written.ok()) {
     Log(absl::StrCat("checkpoint of session ", state.id, " (", CheckpointReasonName(reason),
                      ") failed: ", written.ToString(), "; older checkpoints are intact"));

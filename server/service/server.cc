@@ -202,13 +202,14 @@ std::shared_ptr<grpc::Channel> OptdServer::InProcessChannel() {
   return server_->InProcessChannel(args);
 }
 
-void OptdServer::Shutdown(absl::Time deadline) {
+void OptdServer::Shutdown(absl::Time deadline, const std::function<void()>& calls_ended) {
   shut_down_ = true;
   // Health checkers see NOT_SERVING first, so load balancers drain us.
   server_->GetHealthCheckService()->Shutdown();
   // Calls waiting at SYNC barriers would otherwise hold shutdown until the deadline.
   store_->CloseSyncSessions(absl::UnavailableError("the server is shutting down"));
   server_->Shutdown(absl::ToChronoTime(deadline));
+  if (calls_ended) calls_ended();
   // No call runs any more: the last steps are made durable.
   if (checkpointer_ != nullptr) checkpointer_->CheckpointAll(CheckpointReason::kShutdown);
 }

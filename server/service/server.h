@@ -14,6 +14,7 @@
 #define OPTD_SERVER_SERVICE_SERVER_H_
 
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -110,8 +111,9 @@ class OptdServer {
   Metrics* metrics() { return metrics_.get(); }
 
   // Marks the services NOT_SERVING, stops accepting calls, lets in-flight calls finish until
-  // `deadline`, then cancels the rest; then checkpoints every session that moved (durability).
-  void Shutdown(absl::Time deadline);
+  // `deadline`, then cancels the rest; calls `calls_ended` (if set) once no call runs any more;
+  // then checkpoints every session that moved (durability).
+  void Shutdown(absl::Time deadline, const std::function<void()>& calls_ended = {});
 
   // Re-reads the access file now (main.cc calls it on SIGHUP); an error keeps the previous one.
   absl::Status ReloadAccess() { return access_->Reload(); }
