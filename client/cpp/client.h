@@ -339,6 +339,13 @@ class Client {
     return SendStep(request, options_.retry);
   }
 
+  // SendStep leaving the reply undecoded in `*response` (the Python extension decodes it straight
+  // into the caller's arrays), each attempt with deadline `timeout` (InfiniteDuration: none).
+  // Same retries and errors as SendStep.
+  absl::Status SendStepRaw(const v1::StepRequest& request, const RetryPolicy& retry,
+                           absl::Duration timeout, v1::StepResponse* response,
+                           int* attempts = nullptr);
+
   // Starts a new incarnation of `worker_id` on the session (JoinSession): its keyed steps then
   // carry JoinResult::worker_incarnation and sequences from next_sequence, and steps of its earlier
   // incarnations (a previous process with the same id) are refused. A Worker joins by itself; this
@@ -370,9 +377,10 @@ class Client {
   // Runs `call` (one attempt, given a fresh prepared context) until it succeeds, fails with a code
   // `retry` does not retry, or attempts run out; names `method` and target_ in a final transport
   // error. *attempts (if not null) receives the attempts made.
+  // Each attempt's deadline is `timeout` when given, else ClientOptions::timeout.
   template <typename Call>
   absl::Status Retry(absl::string_view method, const RetryPolicy& retry, Call call,
-                     int* attempts = nullptr);
+                     int* attempts = nullptr, std::optional<absl::Duration> timeout = std::nullopt);
 
   const ClientOptions options_;
   const std::string target_;

@@ -1,0 +1,336 @@
+// File: module.cc
+//
+// optd._native: the Python client's native data path, a pybind11 module over the C++ client
+// (client/cpp). optd/native.py is its only caller and owns the Python-facing API; this file only
+// moves bytes:
+//   - gradients are read in place from the caller's C-contiguous float32 buffers (the buffer
+//     protocol: numpy arrays, or torch CPU tensors through Tensor.numpy()) and encoded once into
+//     the request (F32 copied, BF16/F16 converted natively);
+//   - reply tensors are decoded straight into caller-given writable buffers (`out`), or returned
+//     as numpy arrays: an F32 tensor as a read-only view of the reply's bytes (no copy), BF16/F16
+//     decoded natively;
+//   - the GIL is released while encoding, calling (with the C++ client's retries) and decoding,
+//     so threads of one process overlap.
+//
+// A failed step raises optd._native.StatusError whose args are (code, message, current_version or
+// None, rejoin, server_incarnation, attempts); optd/native.py turns it into the typed OptdError.
+//
+// Thread safety: a Client may be used from several Python threads at once (the C++ Client is
+// thread-safe); a StepReply is immutable.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "client/cpp/client.h"
+#include "client/cpp/retry.h"
+#include "client/python/native/step_codec.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "optd/v1/optd.pb.h"
+
+namespace py = pybind11;
+
+namespace optd {
+namespace python {
+namespace {
+
+// Set in PYBIND11_MODULE.
+PyObject* status_error = nullptr;
+
+// Decoding above this many elements releases the GIL (below it, the switch costs more).
+constexpr int64_t kReleaseGilElements = 64 * 1024;
+
+[[noreturn]] void Raise(const absl::Status& status, int attempts) {
+  py::object current = py::none();
+  if (std::optional<int64_t> v = client::CurrentVersion(status); v.has_value()) {
+    current = py::int_(*v);
+  }
+  py::tuple args = py::make_tuple(static_cast<int>(status.code()), std::string(status.message()),
+                                  current, client::NeedsRejoin(status),
+                                  client::ServerIncarnation(status), attempts);
+  PyErr_SetObject(status_error, args.ptr());
+  throw py::error_already_set();
+}
+
+// `buffer`'s memory as row-major float32 elements; TypeError (ValueError) otherwise.
+const float* FloatData(const py::buffer_info& b, const std::string& name) {
+  if (b.itemsize != 4 || b.format.empty() || b.format.back() != 'f') {
+    throw py::type_error(absl::StrCat("tensor '", name, "': the native path needs float32, not ",
+                                      b.format));
+  }
+  py::ssize_t stride = 4;
+  for (int i = static_cast<int>(b.ndim) - 1; i >= 0; --i) {
+    if (b.shape[i] > 1 && b.strides[i] != stride) {
+      throw py::value_error(absl::StrCat("tensor '", name, "' is not C-contiguous"));
+    }
+    stride *= b.shape[i];
+  }
+  return static_cast<const float*>(b.ptr);
+}
+
+absl::Duration Seconds(const py::object& seconds) {
+  if (seconds.is_none()) return absl::InfiniteDuration();
+  return absl::Seconds(seconds.cast<double>());
+}
+
+// (max_attempts, initial_backoff, max_backoff, multiplier, jitter, [codes]) as optd.RetryPolicy
+// holds them (seconds; codes as canonical ints).
+client::RetryPolicy ToRetry(const py::tuple& t) {
+  client::RetryPolicy r;
+  r.max_attempts = t[0].cast<int>();
+  const double initial = t[1].cast<double>(), longest = t[2].cast<double>();
+  // optd.RetryPolicy waits min(max, initial * m^n): an initial above the max is the max.
+  r.initial_backoff = absl::Seconds(std::min(initial, longest));
+  r.max_backoff = absl::Seconds(longest);
+  r.multiplier = t[3].cast<double>();
+  r.jitter = t[4].cast<double>();
+  r.retry_codes.clear();
+  for (int code : t[5].cast<std::vector<int>>()) {
+    r.retry_codes.push_back(static_cast<absl::StatusCode>(code));
+  }
+  if (r.retry_codes.empty()) {  // nothing is retried
+    r.retry_codes = {absl::StatusCode::kUnavailable};
+    r.max_attempts = 1;
+  }
+  return r;
+}
+
+// A step's reply, kept whole so that F32 tensors can be returned as views of its bytes.
+class StepReply {
+ public:
+  v1::StepResponse response;
+  int attempts = 0;
+  // Indices of the reply tensors written into the caller's `out` buffers.
+  std::vector<bool> written;
+};
+
+// [(name, shape, values or None if written into `out`, row indices or None)] of a reply.
+py::list Parameters(const std::shared_ptr<StepReply>& reply) {
+  py::object owner = py::cast(reply);
+  py::list out;
+  const auto& tensors = reply->response.parameters();
+  for (int i = 0; i < tensors.size(); ++i) {
+    const v1::Tensor& t = tensors[i];
+    std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
+    py::object indices = py::none();
+    std::vector<int64_t> value_shape = shape;
+    if (t.has_rows()) {
+      const auto& rows = t.rows().indices();
+      py::array_t<int64_t> idx(rows.size());
+      std::copy(rows.begin(), rows.end(), idx.mutable_data());
+      indices = idx;
+      value_shape[0] = rows.size();
+    }
+    if (reply->written[i]) {
+      out.append(py::make_tuple(t.name(), shape, py::none(), indices));
+      continue;
+    }
+    absl::StatusOr<int64_t> count = DecodedElements(t);
+    if (!count.ok()) Raise(absl::InternalError(count.status().message()), reply->attempts);
+    py::array values;
+    if (t.dtype() == v1::DTYPE_F32 &&
+        static_cast<int64_t>(t.data().size()) == *count * 4) {  // a view of the reply: no copy
+      values = py::array(py::dtype::of<float>(), value_shape, {},
+                         reinterpret_cast<const float*>(t.data().data()), owner);
+      values.attr("flags").attr("writeable") = false;
+    } else {
+      py::array_t<float> decoded(value_shape);
+      absl::Span<float> span(decoded.mutable_data(), static_cast<size_t>(*count));
+      absl::Status s;
+      if (*count >= kReleaseGilElements) {
+        py::gil_scoped_release release;
+        s = DecodeInto(t, span);
+      } else {
+        s = DecodeInto(t, span);
+      }
+      if (!s.ok()) {
+        Raise(absl::InternalError(absl::StrCat("cannot decode the server's tensor '", t.name(),
+                                               "': ", s.message())),
+              reply->attempts);
+      }
+      values = decoded;
+    }
+    out.append(py::make_tuple(t.name(), shape, values, indices));
+  }
+  return out;
+}
+
+class NativeClient {
+ public:
+  // `channel_args`: (key, int or str) gRPC channel arguments, applied after the defaults.
+  NativeClient(const std::string& address, const py::object& timeout, int64_t max_message_bytes,
+               bool wait_for_ready, double max_reconnect_backoff,
+               const std::vector<std::pair<std::string, std::string>>& metadata,
+               const py::list& channel_args) {
+    client::ClientOptions options;
+    options.timeout = Seconds(timeout);
+    options.max_message_bytes = max_message_bytes;
+    options.wait_for_ready = wait_for_ready;
+    options.max_reconnect_backoff = absl::Seconds(max_reconnect_backoff);
+    options.metadata = metadata;
+    // The same arguments as optd.Client's grpcio channel (and the C++ Client::Connect's).
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
+    args.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
+    const int reconnect_ms = std::max(1, static_cast<int>(max_reconnect_backoff * 1000));
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, reconnect_ms);
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(reconnect_ms, 100));
+    args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, std::min(reconnect_ms, 1000));
+    for (const py::handle item : channel_args) {
+      py::tuple kv = item.cast<py::tuple>();
+      const std::string key = kv[0].cast<std::string>();
+      if (py::isinstance<py::int_>(kv[1])) {
+        args.SetInt(key, kv[1].cast<int>());
+      } else {
+        args.SetString(key, kv[1].cast<std::string>());
+      }
+    }
+    std::shared_ptr<grpc::Channel> channel =
+        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    client_ = std::make_unique<client::Client>(std::move(channel), std::move(options), address);
+  }
+
+  std::shared_ptr<StepReply> Step(const std::string& session_id, const py::list& names,
+                                  const py::list& arrays, const std::string& worker_id,
+                                  int64_t sequence, int64_t worker_incarnation,
+                                  const py::object& version, const py::object& loss,
+                                  int return_parameters, int return_dtype, int gradient_dtype,
+                                  const py::object& timeout, const py::tuple& retry,
+                                  const py::object& out) {
+    v1::StepRequest request;
+    request.set_session_id(session_id);
+    request.set_worker_id(worker_id);
+    request.set_sequence(sequence);
+    request.set_worker_incarnation(worker_incarnation);
+    if (!version.is_none()) request.set_version(version.cast<int64_t>());
+    if (!loss.is_none()) request.set_loss(loss.cast<double>());
+    request.set_return_parameters(static_cast<v1::ReturnParameters>(return_parameters));
+    request.set_return_dtype(static_cast<v1::DType>(return_dtype));
+    const client::RetryPolicy policy = ToRetry(retry);
+    const absl::Duration deadline = Seconds(timeout);
+
+    // Buffers are held (and released) with the GIL; only their memory is used without it.
+    std::vector<py::buffer_info> held;
+    std::vector<GradientView> views;
+    held.reserve(arrays.size());
+    for (size_t i = 0; i < arrays.size(); ++i) {
+      held.push_back(arrays[i].cast<py::buffer>().request());
+      const py::buffer_info& b = held.back();
+      std::string name = names[i].cast<std::string>();
+      const float* data = FloatData(b, name);
+      views.push_back({std::move(name), std::vector<int64_t>(b.shape.begin(), b.shape.end()),
+                       absl::MakeConstSpan(data, static_cast<size_t>(b.size))});
+    }
+    std::vector<std::pair<std::string, py::buffer_info>> targets;
+    if (!out.is_none()) {
+      for (const auto& item : out.cast<py::dict>()) {
+        std::string name = item.first.cast<std::string>();
+        py::buffer_info b = item.second.cast<py::buffer>().request(/*writable=*/true);
+        FloatData(b, name);
+        targets.emplace_back(std::move(name), std::move(b));
+      }
+    }
+
+    auto reply = std::make_shared<StepReply>();
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = AddGradients(views, static_cast<v1::DType>(gradient_dtype), &request);
+      if (s.ok()) {
+        s = client_->SendStepRaw(request, policy, deadline, &reply->response, &reply->attempts);
+      }
+      if (s.ok()) s = WriteTargets(targets, reply.get());
+    }
+    if (!s.ok()) Raise(s, reply->attempts);
+    return reply;
+  }
+
+ private:
+  // Decodes each dense reply tensor named in `targets` into its buffer when the sizes match.
+  static absl::Status WriteTargets(
+      const std::vector<std::pair<std::string, py::buffer_info>>& targets, StepReply* reply) {
+    const auto& tensors = reply->response.parameters();
+    reply->written.assign(tensors.size(), false);
+    if (targets.empty()) return absl::OkStatus();
+    for (int i = 0; i < tensors.size(); ++i) {
+      const v1::Tensor& t = tensors[i];
+      if (t.has_rows()) continue;
+      for (const auto& [name, buffer] : targets) {
+        if (name != t.name()) continue;
+        absl::StatusOr<int64_t> count = DecodedElements(t);
+        if (!count.ok() || *count != buffer.size) break;
+        absl::Status s = DecodeInto(
+            t, absl::MakeSpan(static_cast<float*>(buffer.ptr), static_cast<size_t>(buffer.size)));
+        if (!s.ok()) {
+          return absl::InternalError(
+              absl::StrCat("cannot decode the server's tensor '", t.name(), "': ", s.message()));
+        }
+        reply->written[i] = true;
+        break;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  std::unique_ptr<client::Client> client_;
+};
+
+}  // namespace
+}  // namespace python
+}  // namespace optd
+
+PYBIND11_MODULE(_native, m) {
+  using optd::python::NativeClient;
+  using optd::python::StepReply;
+  m.doc() = "optd's native data path (see optd/native.py); not a public API.";
+  static py::exception<std::runtime_error> error(m, "StatusError");
+  optd::python::status_error = error.ptr();
+
+  py::class_<StepReply, std::shared_ptr<StepReply>>(m, "StepReply")
+      .def_property_readonly("version", [](const StepReply& r) { return r.response.version(); })
+      .def_property_readonly("parameters_version",
+                             [](const StepReply& r) { return r.response.parameters_version(); })
+      .def_property_readonly("gradient_norm",
+                             [](const StepReply& r) { return r.response.gradient_norm(); })
+      .def_property_readonly("learning_rate",
+                             [](const StepReply& r) { return r.response.learning_rate(); })
+      .def_property_readonly("duplicate", [](const StepReply& r) { return r.response.duplicate(); })
+      .def_property_readonly("workers", [](const StepReply& r) { return r.response.workers(); })
+      .def_property_readonly("missing_workers",
+                             [](const StepReply& r) {
+                               return std::vector<std::string>(r.response.missing_workers().begin(),
+                                                               r.response.missing_workers().end());
+                             })
+      .def_property_readonly("staleness", [](const StepReply& r) { return r.response.staleness(); })
+      .def_property_readonly("server_incarnation",
+                             [](const StepReply& r) { return r.response.server_incarnation(); })
+      .def_property_readonly("durable_version",
+                             [](const StepReply& r) { return r.response.durable_version(); })
+      .def_property_readonly("attempts", [](const StepReply& r) { return r.attempts; })
+      .def("parameters", &optd::python::Parameters);
+
+  py::class_<NativeClient>(m, "Client")
+      .def(py::init<const std::string&, const py::object&, int64_t, bool, double,
+                    const std::vector<std::pair<std::string, std::string>>&, const py::list&>(),
+           py::arg("address"), py::arg("timeout"), py::arg("max_message_bytes"),
+           py::arg("wait_for_ready"), py::arg("max_reconnect_backoff"), py::arg("metadata"),
+           py::arg("channel_args"))
+      .def("step", &NativeClient::Step, py::arg("session_id"), py::arg("names"),
+           py::arg("arrays"), py::arg("worker_id"), py::arg("sequence"),
+           py::arg("worker_incarnation"), py::arg("version"), py::arg("loss"),
+           py::arg("return_parameters"), py::arg("return_dtype"), py::arg("gradient_dtype"),
+           py::arg("timeout"), py::arg("retry"), py::arg("out"));
+}
