@@ -43,6 +43,25 @@ def client(optd_server):
         yield c
 
 
+@pytest.fixture(scope="module")
+def pure_client(optd_server):
+    """A client whose steps go through grpcio whatever the path under test: the tests that inject
+    faults by replacing ``client.stub.Step`` (the native path's retries are the C++ client's,
+    tested in client/cpp/retry_test.cc)."""
+    with optd.Client(optd_server.address, timeout=20.0, native=False) as c:
+        yield c
+
+
+def test_the_path_under_test_is_the_one_asked_for(client):
+    # ctest runs this file twice: python_client_test (OPTD_EXPECT_NATIVE=1: the extension must be
+    # there and used) and python_client_pure_test (OPTD_PURE_PYTHON=1).
+    if os.environ.get("OPTD_EXPECT_NATIVE") == "1":
+        assert optd.native.available(), optd.native.reason()
+        assert client.native
+    if os.environ.get("OPTD_PURE_PYTHON") == "1":
+        assert not optd.native.available() and not client.native
+
+
 def _unique(prefix):
     _unique.n = getattr(_unique, "n", 0) + 1
     return f"{prefix}-{os.getpid()}-{_unique.n}"
@@ -368,7 +387,9 @@ def test_deadline_exceeded_is_per_call(client):
 # ---------------------------------------------------------------------------------------------------
 # Retries: same idempotency key, applied once.
 
-def test_retry_after_a_lost_reply_is_answered_as_duplicate_and_applied_once(client, monkeypatch):
+def test_retry_after_a_lost_reply_is_answered_as_duplicate_and_applied_once(pure_client,
+                                                                            monkeypatch):
+    client = pure_client
     w0 = np.ones(3, np.float32)
     session = client.create_session({"w": w0}, "sgd", lr=0.5)
     real_step = client.stub.Step
@@ -608,6 +629,10 @@ def test_a_forgotten_worker_joins_again_and_its_step_is_applied_once(client):
 
     # A retry after a lost reply, across a forced forget: the first attempt was applied, the
     # server forgot the worker, the retry is refused and the client cannot know the outcome.
+    # Injected into grpcio's stub: on the pure path only.
+    if client.native:
+        session.delete()
+        return
     real_step = client.stub.Step
     calls = []
 

@@ -10,6 +10,7 @@ incarnation and its steps are applied), closures, param-group rules, None and sp
 Run: /usr/bin/python3 -m pytest -q tests/torch_adapter_test.py   (OPTD_BUILD_DIR picks the build)
 """
 
+import os
 import sys
 
 import numpy as np
@@ -406,3 +407,12 @@ def test_a_state_dict_of_another_optimizer_is_refused_with_nothing_changed(clien
     assert [dict(g, params=None) for g in remote.param_groups] == groups_before
     assert remote.session.info().config.optimizer.adam.lr == pytest.approx(1e-2)
     remote.session.delete()
+
+
+def test_the_path_under_test_is_the_one_asked_for():
+    # ctest runs this file twice: torch_adapter_test (OPTD_EXPECT_NATIVE=1: RemoteOptimizer steps
+    # through the extension) and torch_adapter_pure_test (OPTD_PURE_PYTHON=1).
+    if os.environ.get("OPTD_EXPECT_NATIVE") == "1":
+        assert optd.native.available(), optd.native.reason()
+    if os.environ.get("OPTD_PURE_PYTHON") == "1":
+        assert not optd.native.available()

@@ -51,6 +51,7 @@ from optd.client import (  # noqa: E402
     DEFAULT, DEFAULT_ADDRESS, NO_RETRY, CheckpointResult, Client, PullResult, RetryPolicy, Session,
     StepResult, StepStream)
 from optd import checkpoint  # noqa: E402
+from optd import native  # noqa: E402
 
 __all__ = [
     "Client", "Session", "StepStream", "StepResult", "PullResult", "CheckpointResult",

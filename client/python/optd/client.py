@@ -64,7 +64,9 @@ from google.protobuf import json_format
 
 from optd import _pb
 from optd import config as _config
-from optd.errors import InternalError, InvalidArgumentError, OptdError, error_from_rpc
+from optd import native as _native
+from optd.errors import (InternalError, InvalidArgumentError, OptdError, UnimplementedError,
+                         error_from_rpc)
 from optd.state import OptimizerState
 from optd.tensors import DTypeLike, RowSparse, dtype_value, from_tensor, to_tensor
 
@@ -233,6 +235,9 @@ def _tensors(values: Gradients, dtype: DTypeLike = "f32") -> list:
 
 
 _RETURN = {"all": 0, "none": 1, "touched": 2}
+#: Codes of a server that could not be reached or answer in time: their errors name the address
+#: and the attempts made.
+_TRANSPORT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def _return_mode(value: Union[str, bool, int]) -> int:
@@ -276,6 +281,9 @@ class Client:
             option ``grpc.max_reconnect_backoff_ms``) so a restarted server is found quickly.
         channel_options: extra gRPC channel arguments (they win over the ones above).
         channel: use this channel instead of making one (address and channel options are ignored).
+        native: steps through the native extension (optd.native): None (default) when available
+            and possible (no ``credentials``, no ``channel``), False never, True always (else
+            UnimplementedError saying why not).
 
     Connecting is lazy: an unreachable server shows up as UnavailableError on the first call.
     Use as a context manager, or call close().
@@ -289,7 +297,8 @@ class Client:
                  wait_for_ready: bool = False,
                  max_reconnect_backoff: float = DEFAULT_MAX_RECONNECT_BACKOFF,
                  channel_options: Sequence[Tuple[str, Any]] = (),
-                 channel: Optional[grpc.Channel] = None) -> None:
+                 channel: Optional[grpc.Channel] = None,
+                 native: Optional[bool] = None) -> None:
         if channel is None and not address:
             raise InvalidArgumentError("address is empty; expected host:port")
         if not 1 <= max_message_bytes <= 2**31 - 1:
@@ -318,6 +327,18 @@ class Client:
                        if credentials is not None else
                        grpc.insecure_channel(address, options=options))
         self.channel: grpc.Channel = channel
+        # Steps take the native path (optd/native.py) when the extension can make the same channel.
+        self._native: Optional[_native.LazyTransport] = None
+        possible = _native.available() and self._owns_channel and credentials is None
+        if native and not possible:
+            raise UnimplementedError(
+                "native=True: " + (_native.reason() or "the native path makes its own insecure "
+                                   "channel; not with credentials= or channel="))
+        if possible and native is not False:
+            self._native = _native.LazyTransport(
+                address, timeout=timeout, max_message_bytes=max_message_bytes,
+                wait_for_ready=wait_for_ready, max_reconnect_backoff=max_reconnect_backoff,
+                metadata=self.metadata, channel_options=list(channel_options))
         self.pb2 = _pb.pb2()
         self.stub = _pb.pb2_grpc().OptimizerStub(channel)
         self._health = channel.unary_unary("/grpc.health.v1.Health/Check",
@@ -330,6 +351,8 @@ class Client:
         """Closes the channel (if the client made it). Idempotent."""
         if self._owns_channel and self.channel is not None:
             self.channel.close()
+        if self._native is not None:
+            self._native.close()
         self._owns_channel = False
 
     def __enter__(self) -> "Client":
@@ -340,6 +363,11 @@ class Client:
 
     def __repr__(self) -> str:
         return f"optd.Client({self.address!r})"
+
+    @property
+    def native(self) -> bool:
+        """Whether this client's steps take the native path (optd.native)."""
+        return self._native is not None
 
     # -- calls -------------------------------------------------------------------------------------
 
@@ -354,7 +382,7 @@ class Client:
         policy = retry or NO_RETRY
         fn = getattr(self.stub, method)
         deadline = self._deadline(timeout)
-        attempt = 0
+        attempt, start = 0, time.monotonic()
         while True:
             attempt += 1
             try:
@@ -365,6 +393,12 @@ class Client:
                 error = error_from_rpc(e)
             if attempt >= policy.max_attempts or error.code not in policy.retry_codes:
                 error.attempts = attempt
+                if error.code in _TRANSPORT_CODES:  # name what was tried, as the C++ client does
+                    error.message = (f"{error.message} [{method} to {self.address}: {attempt} "
+                                     f"attempt{'' if attempt == 1 else 's'} in "
+                                     f"{time.monotonic() - start:.2f} s"
+                                     f"{', not retried' if policy.max_attempts == 1 else ''}]")
+                    error.args = (error.message,)
                 raise error
             time.sleep(policy.backoff(attempt))
 
@@ -622,7 +656,8 @@ class Client:
              sequence: int = 0, version: Optional[int] = None, loss: Optional[float] = None,
              return_parameters: Union[str, bool] = "all", return_dtype: DTypeLike = "f32",
              gradient_dtype: DTypeLike = "f32", timeout: Any = DEFAULT,
-             retry: Optional[RetryPolicy] = None, worker_incarnation: int = 0) -> StepResult:
+             retry: Optional[RetryPolicy] = None, worker_incarnation: int = 0,
+             out: Optional[Mapping[str, np.ndarray]] = None) -> StepResult:
         """Applies one gradient per session tensor (dense arrays or RowSparse): all or nothing.
 
         A raw step: Session.step is the worker loop's call (it joins, numbers and rejoins).
@@ -635,26 +670,59 @@ class Client:
         ``return_parameters``: "all", "none" or "touched"; ``return_dtype``/``gradient_dtype``:
         "f32", "bf16" or "f16" on the wire.
 
+        ``out`` {name: writable float32 C-contiguous array}: each dense returned parameter of that
+        name and size is written into its array (in place; StepResult.parameters holds the array).
+
         Raises NotFoundError, InvalidArgumentError, AbortedError (``.current_version``),
         FailedPreconditionError (a reused sequence; ``.rejoin`` when the worker must join
         again), DeadlineExceededError, UnavailableError.
         """
-        request = self.step_request(session_id, gradients, worker_id=worker_id, sequence=sequence,
-                                    version=version, loss=loss,
-                                    return_parameters=return_parameters,
-                                    return_dtype=return_dtype, gradient_dtype=gradient_dtype,
-                                    worker_incarnation=worker_incarnation)
-        return self.send_step(request, timeout=timeout, retry=retry)
+        request = self._new_step(session_id, gradients, worker_id=worker_id, sequence=sequence,
+                                 version=version, loss=loss, return_parameters=return_parameters,
+                                 return_dtype=return_dtype, gradient_dtype=gradient_dtype,
+                                 worker_incarnation=worker_incarnation)
+        return self.send_step(request, timeout=timeout, retry=retry, out=out)
 
-    def send_step(self, request, *, timeout: Any = DEFAULT,
-                  retry: Optional[RetryPolicy] = None) -> StepResult:
-        """Sends a built StepRequest (see step_request); retried only if it has a key. A failure
-        raises its OptdError with ``attempts`` set to the calls made."""
+    def _new_step(self, session_id: str, gradients: Gradients, **fields: Any):
+        """The request step() sends: an optd.native.NativeStep when the native path takes it
+        (dense gradients), else the optd_pb2.StepRequest of step_request."""
+        if self._native is None:
+            return self.step_request(session_id, gradients, **fields)
+        items = _items(gradients)
+        arrays = [_native.float32_view(value) for _, value in items]
+        if any(a is None for a in arrays):
+            return self.step_request(session_id, items, **fields)
+        version, loss = fields.get("version"), fields.get("loss")
+        return _native.NativeStep(
+            session_id, [name for name, _ in items], arrays,
+            worker_id=fields.get("worker_id") or "", sequence=fields.get("sequence", 0),
+            worker_incarnation=fields.get("worker_incarnation", 0), version=version, loss=loss,
+            return_parameters=_return_mode(fields.get("return_parameters", "all")),
+            return_dtype=dtype_value(fields.get("return_dtype", "f32")),
+            gradient_dtype=dtype_value(fields.get("gradient_dtype", "f32")))
+
+    def send_step(self, request, *, timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None,
+                  out: Optional[Mapping[str, np.ndarray]] = None) -> StepResult:
+        """Sends a built StepRequest (see step_request; or a NativeStep); retried only if it has
+        a key. ``out``: see step. A failure raises its OptdError with ``attempts`` set to the
+        calls made."""
         keyed = bool(request.worker_id) and request.sequence > 0
         policy = (retry or self.retry) if keyed else NO_RETRY
+        if isinstance(request, _native.NativeStep):
+            reply, parameters = self._native.get().step(
+                request, self._deadline(timeout), policy, dict(out) if out else None)
+            return StepResult(sequence=request.sequence,
+                              worker_incarnation=request.worker_incarnation,
+                              **_native.result_fields(reply, parameters, out))
         reply, attempts = self._call("Step", request, timeout, policy)
-        return StepResult.from_proto(reply, sequence=request.sequence, attempts=attempts,
-                                     worker_incarnation=request.worker_incarnation)
+        result = StepResult.from_proto(reply, sequence=request.sequence, attempts=attempts,
+                                       worker_incarnation=request.worker_incarnation)
+        for name, target in (out or {}).items():
+            value = result.parameters.get(name)
+            if isinstance(value, np.ndarray) and value.size == target.size:
+                np.copyto(target, value.reshape(target.shape))
+                result.parameters[name] = target
+        return result
 
     def stream(self, *, timeout: Any = None) -> "StepStream":
         """Opens a StreamSteps stream for steps of any session (see StepStream). ``timeout`` is

@@ -273,19 +273,25 @@ class Session:
                 return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32"):
         """The next StepRequest of this worker (joins first if it has not; reserves a sequence
         number)."""
+        return self._next_request(self.client.step_request, gradients, loss=loss,
+                                  version=version, return_parameters=return_parameters,
+                                  return_dtype=return_dtype, gradient_dtype=gradient_dtype)
+
+    def _next_request(self, build, gradients: Gradients, *, version: Any, **fields: Any):
+        """The next request of this worker, made by ``build`` (Client.step_request, or
+        Client._new_step for the native path)."""
         self._ensure_joined()
         if version is DEFAULT:
             version = self.version
-        return self.client.step_request(self.session_id, gradients, worker_id=self.worker_id,
-                                        sequence=self.next_sequence(), version=version, loss=loss,
-                                        return_parameters=return_parameters,
-                                        return_dtype=return_dtype, gradient_dtype=gradient_dtype,
-                                        worker_incarnation=self.incarnation or 0)
+        return build(self.session_id, gradients, worker_id=self.worker_id,
+                     sequence=self.next_sequence(), version=version,
+                     worker_incarnation=self.incarnation or 0, **fields)
 
     def step(self, gradients: Gradients, *, loss: Optional[float] = None,
              version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",
              return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32",
-             timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None) -> StepResult:
+             timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None,
+             out: Optional[Mapping[str, np.ndarray]] = None) -> StepResult:
         """One step with this worker's incarnation and next sequence number (retried safely, see
         Client.step; the worker joins first if it has not).
 
@@ -303,16 +309,19 @@ class Session:
         worker joins again and the step is resent under the new incarnation when the refused
         call was its first attempt (``StepResult.rejoins`` counts this); after a retry it raises
         StepOutcomeUnknownError (see there).
+
+        ``out`` {name: writable float32 array}: returned parameters written in place (see
+        Client.step).
         """
         self._ensure_joined(timeout)
-        request = self.request(gradients, loss=loss, version=version,
-                               return_parameters=return_parameters, return_dtype=return_dtype,
-                               gradient_dtype=gradient_dtype)
+        request = self._next_request(self.client._new_step, gradients, loss=loss,  # pylint: disable=protected-access
+                                     version=version, return_parameters=return_parameters,
+                                     return_dtype=return_dtype, gradient_dtype=gradient_dtype)
         server_before = self.server_incarnation
         resends = 0
         while True:
             try:
-                result = self.client.send_step(request, timeout=timeout, retry=retry)
+                result = self.client.send_step(request, timeout=timeout, retry=retry, out=out)
                 break
             except FailedPreconditionError as e:
                 if not e.rejoin:
