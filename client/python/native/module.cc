@@ -12,7 +12,7 @@
 //   - the GIL is released while encoding, calling (with the C++ client's retries) and decoding,
 //     so threads of one process overlap.
 //
-// A failed step raises optd._native.StatusError whose args are (code, message, current_version or
+// Client.step returns StepResult's fields as a tuple (see Fields). A failed step raises optd._native.StatusError whose args are (code, message, current_version or
 // None, rejoin, server_incarnation, attempts); optd/native.py turns it into the typed OptdError.
 //
 // Thread safety: a Client may be used from several Python threads at once (the C++ Client is
@@ -47,8 +47,9 @@ namespace optd {
 namespace python {
 namespace {
 
-// Set in PYBIND11_MODULE.
+// Set in PYBIND11_MODULE, and by set_row_sparse (never freed: they live as long as the module).
 PyObject* status_error = nullptr;
+py::object* row_sparse = new py::object(py::none());
 
 // Decoding above this many elements releases the GIL (below it, the switch costs more).
 constexpr int64_t kReleaseGilElements = 64 * 1024;
@@ -117,27 +118,22 @@ class StepReply {
   std::vector<bool> written;
 };
 
-// [(name, shape, values or None if written into `out`, row indices or None)] of a reply.
-py::list Parameters(const std::shared_ptr<StepReply>& reply) {
+// The parameters of a reply by name: the caller's `out` array for those written into it, a
+// RowSparse (row_sparse(indices, values, shape)) for row-sparse tensors, else a float32 array.
+py::dict Parameters(const std::shared_ptr<StepReply>& reply, const py::object& out) {
   py::object owner = py::cast(reply);
-  py::list out;
+  py::dict parameters;
   const auto& tensors = reply->response.parameters();
   for (int i = 0; i < tensors.size(); ++i) {
     const v1::Tensor& t = tensors[i];
-    std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
-    py::object indices = py::none();
-    std::vector<int64_t> value_shape = shape;
-    if (t.has_rows()) {
-      const auto& rows = t.rows().indices();
-      py::array_t<int64_t> idx(rows.size());
-      std::copy(rows.begin(), rows.end(), idx.mutable_data());
-      indices = idx;
-      value_shape[0] = rows.size();
-    }
+    py::str name(t.name());
     if (reply->written[i]) {
-      out.append(py::make_tuple(t.name(), shape, py::none(), indices));
+      parameters[name] = out[name];
       continue;
     }
+    std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
+    std::vector<int64_t> value_shape = shape;
+    if (t.has_rows()) value_shape[0] = t.rows().indices_size();
     absl::StatusOr<int64_t> count = DecodedElements(t);
     if (!count.ok()) Raise(absl::InternalError(count.status().message()), reply->attempts);
     py::array values;
@@ -145,7 +141,7 @@ py::list Parameters(const std::shared_ptr<StepReply>& reply) {
         static_cast<int64_t>(t.data().size()) == *count * 4) {  // a view of the reply: no copy
       values = py::array(py::dtype::of<float>(), value_shape, {},
                          reinterpret_cast<const float*>(t.data().data()), owner);
-      values.attr("flags").attr("writeable") = false;
+      py::detail::array_proxy(values.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
     } else {
       py::array_t<float> decoded(value_shape);
       absl::Span<float> span(decoded.mutable_data(), static_cast<size_t>(*count));
@@ -163,9 +159,29 @@ py::list Parameters(const std::shared_ptr<StepReply>& reply) {
       }
       values = decoded;
     }
-    out.append(py::make_tuple(t.name(), shape, values, indices));
+    if (t.has_rows()) {
+      const auto& rows = t.rows().indices();
+      py::array_t<int64_t> indices(rows.size());
+      std::copy(rows.begin(), rows.end(), indices.mutable_data());
+      parameters[name] = (*row_sparse)(indices, values, py::tuple(py::cast(shape)));
+    } else {
+      parameters[name] = values;
+    }
   }
-  return out;
+  return parameters;
+}
+
+// StepResult's fields, in its order: (version, parameters, parameters_version, gradient_norm,
+// learning_rate, duplicate, workers, missing_workers, staleness), then (attempts,
+// server_incarnation, durable_version).
+py::tuple Fields(const std::shared_ptr<StepReply>& reply, const py::object& out) {
+  const v1::StepResponse& r = reply->response;
+  py::list missing;
+  for (const std::string& w : r.missing_workers()) missing.append(py::str(w));
+  return py::make_tuple(r.version(), Parameters(reply, out), r.parameters_version(),
+                        r.gradient_norm(), r.learning_rate(), r.duplicate(), r.workers(),
+                        missing, r.staleness(), reply->attempts, r.server_incarnation(),
+                        r.durable_version());
 }
 
 class NativeClient {
@@ -203,7 +219,7 @@ class NativeClient {
     client_ = std::make_unique<client::Client>(std::move(channel), std::move(options), address);
   }
 
-  std::shared_ptr<StepReply> Step(const std::string& session_id, const py::list& names,
+  py::tuple Step(const std::string& session_id, const py::list& names,
                                   const py::list& arrays, const std::string& worker_id,
                                   int64_t sequence, int64_t worker_incarnation,
                                   const py::object& version, const py::object& loss,
@@ -255,7 +271,7 @@ class NativeClient {
       if (s.ok()) s = WriteTargets(targets, reply.get());
     }
     if (!s.ok()) Raise(s, reply->attempts);
-    return reply;
+    return Fields(reply, out);
   }
 
  private:
@@ -299,28 +315,11 @@ PYBIND11_MODULE(_native, m) {
   static py::exception<std::runtime_error> error(m, "StatusError");
   optd::python::status_error = error.ptr();
 
-  py::class_<StepReply, std::shared_ptr<StepReply>>(m, "StepReply")
-      .def_property_readonly("version", [](const StepReply& r) { return r.response.version(); })
-      .def_property_readonly("parameters_version",
-                             [](const StepReply& r) { return r.response.parameters_version(); })
-      .def_property_readonly("gradient_norm",
-                             [](const StepReply& r) { return r.response.gradient_norm(); })
-      .def_property_readonly("learning_rate",
-                             [](const StepReply& r) { return r.response.learning_rate(); })
-      .def_property_readonly("duplicate", [](const StepReply& r) { return r.response.duplicate(); })
-      .def_property_readonly("workers", [](const StepReply& r) { return r.response.workers(); })
-      .def_property_readonly("missing_workers",
-                             [](const StepReply& r) {
-                               return std::vector<std::string>(r.response.missing_workers().begin(),
-                                                               r.response.missing_workers().end());
-                             })
-      .def_property_readonly("staleness", [](const StepReply& r) { return r.response.staleness(); })
-      .def_property_readonly("server_incarnation",
-                             [](const StepReply& r) { return r.response.server_incarnation(); })
-      .def_property_readonly("durable_version",
-                             [](const StepReply& r) { return r.response.durable_version(); })
-      .def_property_readonly("attempts", [](const StepReply& r) { return r.attempts; })
-      .def("parameters", &optd::python::Parameters);
+  // Owns the reply bytes that F32 parameters view.
+  py::class_<StepReply, std::shared_ptr<StepReply>>(m, "StepReply");
+  m.def(
+      "set_row_sparse", [](py::object factory) { *optd::python::row_sparse = std::move(factory); },
+      "The class row-sparse parameters are returned as: factory(indices, values, shape).");
 
   py::class_<NativeClient>(m, "Client")
       .def(py::init<const std::string&, const py::object&, int64_t, bool, double,

@@ -235,6 +235,7 @@ def _tensors(values: Gradients, dtype: DTypeLike = "f32") -> list:
 
 
 _RETURN = {"all": 0, "none": 1, "touched": 2}
+_RETURN_MODES = dict(_RETURN)  # the exact names, for the step path's fast lookup
 #: Codes of a server that could not be reached or answer in time: their errors name the address
 #: and the attempts made.
 _TRANSPORT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -683,23 +684,30 @@ class Client:
                                  worker_incarnation=worker_incarnation)
         return self.send_step(request, timeout=timeout, retry=retry, out=out)
 
-    def _new_step(self, session_id: str, gradients: Gradients, **fields: Any):
+    def _new_step(self, session_id: str, gradients: Gradients, *, worker_id: str = "",
+                  sequence: int = 0, version: Optional[int] = None, loss: Optional[float] = None,
+                  return_parameters: Union[str, bool] = "all", return_dtype: DTypeLike = "f32",
+                  gradient_dtype: DTypeLike = "f32", worker_incarnation: int = 0):
         """The request step() sends: an optd.native.NativeStep when the native path takes it
         (dense gradients), else the optd_pb2.StepRequest of step_request."""
-        if self._native is None:
-            return self.step_request(session_id, gradients, **fields)
-        items = _items(gradients)
-        arrays = [_native.float32_view(value) for _, value in items]
-        if any(a is None for a in arrays):
-            return self.step_request(session_id, items, **fields)
-        version, loss = fields.get("version"), fields.get("loss")
-        return _native.NativeStep(
-            session_id, [name for name, _ in items], arrays,
-            worker_id=fields.get("worker_id") or "", sequence=fields.get("sequence", 0),
-            worker_incarnation=fields.get("worker_incarnation", 0), version=version, loss=loss,
-            return_parameters=_return_mode(fields.get("return_parameters", "all")),
-            return_dtype=dtype_value(fields.get("return_dtype", "f32")),
-            gradient_dtype=dtype_value(fields.get("gradient_dtype", "f32")))
+        if self._native is not None:
+            if isinstance(gradients, dict):
+                names, values = list(gradients), list(gradients.values())
+            else:
+                items = _items(gradients)
+                names, values = [n for n, _ in items], [v for _, v in items]
+            arrays = [_native.float32_view(v) for v in values]
+            if not any(a is None for a in arrays):
+                return _native.NativeStep(
+                    session_id, names, arrays, worker_id or "", sequence, worker_incarnation,
+                    version, loss, _RETURN_MODES.get(return_parameters) if
+                    isinstance(return_parameters, str) and return_parameters in _RETURN_MODES
+                    else _return_mode(return_parameters),
+                    dtype_value(return_dtype), dtype_value(gradient_dtype))
+        return self.step_request(session_id, gradients, worker_id=worker_id, sequence=sequence,
+                                 version=version, loss=loss, return_parameters=return_parameters,
+                                 return_dtype=return_dtype, gradient_dtype=gradient_dtype,
+                                 worker_incarnation=worker_incarnation)
 
     def send_step(self, request, *, timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None,
                   out: Optional[Mapping[str, np.ndarray]] = None) -> StepResult:
@@ -709,11 +717,11 @@ class Client:
         keyed = bool(request.worker_id) and request.sequence > 0
         policy = (retry or self.retry) if keyed else NO_RETRY
         if isinstance(request, _native.NativeStep):
-            reply, parameters = self._native.get().step(
-                request, self._deadline(timeout), policy, dict(out) if out else None)
-            return StepResult(sequence=request.sequence,
+            f = self._native.get().step(request, self._deadline(timeout), policy,
+                                        dict(out) if out else None)
+            return StepResult(*f[:9], sequence=request.sequence, attempts=f[9],
                               worker_incarnation=request.worker_incarnation,
-                              **_native.result_fields(reply, parameters, out))
+                              server_incarnation=f[10], durable_version=f[11])
         reply, attempts = self._call("Step", request, timeout, policy)
         result = StepResult.from_proto(reply, sequence=request.sequence, attempts=attempts,
                                        worker_incarnation=request.worker_incarnation)

@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 
 from optd.errors import OptdError, error_from_status
+from optd.tensors import RowSparse, to_tensor
 
 __all__ = ["available", "reason", "NativeStep", "ENV_PURE_PYTHON"]
 
@@ -34,6 +35,7 @@ __all__ = ["available", "reason", "NativeStep", "ENV_PURE_PYTHON"]
 ENV_PURE_PYTHON = "OPTD_PURE_PYTHON"
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_F32 = np.dtype("<f4")
 _ext: Any = None
 _why = ""
 
@@ -45,6 +47,7 @@ def _load() -> None:
         return
     try:
         from optd import _native  # pylint: disable=import-outside-toplevel
+        _native.set_row_sparse(RowSparse)
         _ext = _native
     except ImportError as e:
         _why = (f"the optd._native extension is not importable ({e}); build it with the "
@@ -73,18 +76,18 @@ class NativeStep:
                  "return_parameters", "return_dtype", "gradient_dtype", "names", "arrays")
 
     def __init__(self, session_id: str = "", names: Optional[List[str]] = None,
-                 arrays: Optional[List[np.ndarray]] = None, *, worker_id: str = "",
+                 arrays: Optional[List[np.ndarray]] = None, worker_id: str = "",
                  sequence: int = 0, worker_incarnation: int = 0, version: Optional[int] = None,
                  loss: Optional[float] = None, return_parameters: int = 0,
                  return_dtype: int = 0, gradient_dtype: int = 0) -> None:
         self.session_id = session_id
-        self.names = names or []
-        self.arrays = arrays or []
+        self.names = names if names is not None else []
+        self.arrays = arrays if arrays is not None else []
         self.worker_id = worker_id
-        self.sequence = int(sequence)
-        self.worker_incarnation = int(worker_incarnation)
-        self.version = None if version is None else int(version)
-        self.loss = None if loss is None else float(loss)
+        self.sequence = sequence
+        self.worker_incarnation = worker_incarnation
+        self.version = version
+        self.loss = loss
         self.return_parameters = return_parameters
         self.return_dtype = return_dtype
         self.gradient_dtype = gradient_dtype
@@ -98,7 +101,6 @@ class NativeStep:
 
     def to_proto(self, pb2):
         """The optd_pb2.StepRequest with the same fields and bytes."""
-        from optd.tensors import to_tensor  # pylint: disable=import-outside-toplevel
         request = pb2.StepRequest(
             session_id=self.session_id, worker_id=self.worker_id,
             gradients=[to_tensor(n, a, self.gradient_dtype)
@@ -116,6 +118,8 @@ def float32_view(value: Any) -> Optional[np.ndarray]:
     """A float32 C-contiguous ndarray of a dense gradient (a view when it already is one: numpy
     arrays and torch CPU tensors are not copied); None for what the native path does not take
     (RowSparse, sparse or non-CPU torch tensors: the caller uses the pure path)."""
+    if type(value) is np.ndarray and value.dtype == _F32 and value.flags.c_contiguous:
+        return value  # the common case, first
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
         if getattr(value, "is_sparse", False) or value.device.type != "cpu":
             return None
@@ -124,12 +128,29 @@ def float32_view(value: Any) -> Optional[np.ndarray]:
             value = value.float()
         value = value.contiguous().numpy()
     elif not isinstance(value, np.ndarray):
-        if type(value).__name__ == "RowSparse":
+        if isinstance(value, RowSparse):
             return None
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiub":
         return None  # the pure path raises the error naming the tensor
     return np.asarray(arr, dtype="<f4", order="C")  # (ascontiguousarray makes scalars 1-d)
+
+
+_retry_tuples: Dict[int, Tuple[Any, Tuple[Any, ...]]] = {}
+
+
+def _retry_tuple(policy) -> Tuple[Any, ...]:
+    """An optd.RetryPolicy as the extension takes it (policies are frozen: cached by identity,
+    the policy kept with its tuple so that the id stays its own)."""
+    cached = _retry_tuples.get(id(policy))
+    if cached is None or cached[0] is not policy:
+        if len(_retry_tuples) > 256:
+            _retry_tuples.clear()
+        cached = (policy, (policy.max_attempts, policy.initial_backoff, policy.max_backoff,
+                           policy.multiplier, policy.jitter,
+                           sorted(code.value[0] for code in policy.retry_codes)))
+        _retry_tuples[id(policy)] = cached
+    return cached[1]
 
 
 class Transport:
@@ -146,42 +167,19 @@ class Transport:
                                    [(k, v) for k, v in channel_options])
 
     def step(self, request: NativeStep, timeout: Optional[float], policy,
-             out: Optional[Dict[str, np.ndarray]] = None):
-        """Sends ``request``; returns (reply, parameters) where parameters is
-        [(name, shape, values or None when written into ``out``, indices or None)]. Raises the
-        typed OptdError with ``attempts`` set."""
-        retry = (policy.max_attempts, policy.initial_backoff, policy.max_backoff,
-                 policy.multiplier, policy.jitter,
-                 sorted(code.value[0] for code in policy.retry_codes))
+             out: Optional[Dict[str, np.ndarray]] = None) -> Tuple[Any, ...]:
+        """Sends ``request``; returns StepResult's fields (version, parameters,
+        parameters_version, gradient_norm, learning_rate, duplicate, workers, missing_workers,
+        staleness, attempts, server_incarnation, durable_version); parameters written into
+        ``out`` are its arrays. Raises the typed OptdError with ``attempts`` set."""
         try:
-            reply = self._client.step(
+            return self._client.step(
                 request.session_id, request.names, request.arrays, request.worker_id,
                 request.sequence, request.worker_incarnation, request.version, request.loss,
                 request.return_parameters, request.return_dtype, request.gradient_dtype,
-                timeout, retry, out)
-            return reply, reply.parameters()
+                timeout, _retry_tuple(policy), out)
         except _ext.StatusError as e:
             raise to_error(e.args) from None
-
-
-def result_fields(reply, parameters, out: Optional[Dict[str, np.ndarray]]) -> Dict[str, Any]:
-    """The StepResult fields of a native reply (``parameters`` from Transport.step)."""
-    from optd.tensors import RowSparse  # pylint: disable=import-outside-toplevel
-    decoded: Dict[str, Any] = {}
-    for name, shape, values, indices in parameters:
-        if values is None:
-            decoded[name] = out[name]
-        elif indices is not None:
-            decoded[name] = RowSparse(indices, values, tuple(shape))
-        else:
-            decoded[name] = values
-    return dict(version=reply.version, parameters=decoded,
-                parameters_version=reply.parameters_version, gradient_norm=reply.gradient_norm,
-                learning_rate=reply.learning_rate, duplicate=reply.duplicate,
-                workers=reply.workers, missing_workers=list(reply.missing_workers),
-                staleness=reply.staleness, attempts=reply.attempts,
-                server_incarnation=reply.server_incarnation,
-                durable_version=reply.durable_version)
 
 
 class LazyTransport:
