@@ -416,3 +416,79 @@ def test_the_path_under_test_is_the_one_asked_for():
         assert optd.native.available(), optd.native.reason()
     if os.environ.get("OPTD_PURE_PYTHON") == "1":
         assert not optd.native.available()
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch fidelity (issue #14): the class as optimizer=, get-or-create, groups with repeated names.
+
+def test_a_torch_optim_class_is_accepted_as_the_optimizer(client):
+    remote, local = make_mlp(4), make_mlp(4)
+    opt = optd.torch.RemoteOptimizer(remote.named_parameters(), client=client,
+                                     optimizer=torch.optim.AdamW, lr=5e-3, weight_decay=0.05)
+    ref = torch.optim.AdamW(local.parameters(), lr=5e-3, weight_decay=0.05)
+    assert opt.kind == "adamw" and opt.created
+    for i, (x, y) in enumerate(batches(5)):
+        train_step(remote, opt, x, y)
+        train_step(local, ref, x, y)
+        assert_same(remote, local, i)
+    opt.session.delete()
+    with pytest.raises(optd.InvalidArgumentError, match="no optd counterpart"):
+        optd.torch.RemoteOptimizer(remote.parameters(), client=client,
+                                   optimizer=torch.optim.LBFGS)
+
+
+def _get_or_create(address, session_id, rank, lr, paths, queue):
+    sys.path[:0] = paths
+    import optd.torch as ot  # pylint: disable=import-outside-toplevel,redefined-outer-name
+    model = make_mlp(seed=100 + rank)  # every rank starts from other values
+    try:
+        opt = ot.RemoteOptimizer(model.named_parameters(), address=address,
+                                 session_id=session_id, optimizer=torch.optim.Adam, lr=lr)
+        queue.put((rank, opt.created, [p.detach().numpy().copy() for p in model.parameters()]))
+    except Exception as e:  # pylint: disable=broad-except
+        queue.put((rank, type(e).__name__, str(e)))
+
+
+def test_every_rank_runs_the_same_script_one_creates_the_others_attach(client, optd_server):
+    import multiprocessing  # pylint: disable=import-outside-toplevel
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    sid = f"get-or-create-{os.getpid()}"
+    paths = [p for p in sys.path if p]
+    procs = [ctx.Process(target=_get_or_create,
+                         args=(optd_server.address, sid, r, 1e-3, paths, queue))
+             for r in range(4)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert all(isinstance(r[1], bool) for r in results), results
+    assert sum(r[1] for r in results) == 1, "exactly one rank creates the session"
+    creator = next(r for r in results if r[1])
+    for _, _, params in results:  # the others pulled the creator's parameters
+        for a, b in zip(params, creator[2]):
+            np.testing.assert_array_equal(a, b)
+    # Another configuration under the same id: a clear error naming the difference.
+    with pytest.raises(optd.AlreadyExistsError, match=r"optimizer\.adam\.lr = 0\.001 on the "
+                                                      r"server, 0\.01 here"):
+        optd.torch.RemoteOptimizer(make_mlp().named_parameters(), client=client, session_id=sid,
+                                   optimizer="adam", lr=1e-2)
+    with pytest.raises(optd.AlreadyExistsError, match="optimizer"):
+        optd.torch.RemoteOptimizer(make_mlp().named_parameters(), client=client, session_id=sid,
+                                   optimizer=torch.optim.SGD, lr=1e-3)
+    client.delete_session(sid)
+
+
+def test_groups_from_submodules_with_repeated_short_names(client):
+    remote, local = make_mlp(6), make_mlp(6)
+    groups = [{"params": remote[0].named_parameters()}, {"params": remote[2].named_parameters()},
+              {"params": remote[4].named_parameters()}]
+    opt = optd.torch.RemoteOptimizer(groups, client=client, optimizer="adam", lr=1e-2)
+    assert [n for n, _ in opt.named_parameters()][:3] == ["0.weight", "0.bias", "1.weight"]
+    ref = torch.optim.Adam([{"params": local[i].parameters()} for i in (0, 2, 4)], lr=1e-2)
+    for i, (x, y) in enumerate(batches(5)):
+        train_step(remote, opt, x, y)
+        train_step(local, ref, x, y)
+        assert_same(remote, local, i)
+    opt.session.delete()

@@ -13,11 +13,18 @@
         opt.step(loss=loss.item())   # sends every .grad, writes the new parameters in place
         sched.step()
 
-Creating: from parameters and a torch-style optimizer spec (a new session holding the current
-parameter values), or attached to an existing session (``session=`` a Session or a session id;
+Creating: from parameters and a torch-style optimizer spec (a kind name such as "adam", or the
+torch.optim class, ``optimizer=torch.optim.Adam``; a new session holding the current parameter
+values), or attached to an existing session (``session=`` a Session or a session id;
 the local parameters are then overwritten with the server's unless ``pull=False``). Several
 processes attached to one SYNC session train data-parallel: each sends its shard's gradient and
 all receive the same new parameters.
+
+One script for every worker: with a ``session_id``, the first RemoteOptimizer to reach the server
+creates the session and the others attach to it (CreateSession is atomic; ALREADY_EXISTS means
+attach) after checking that its configuration is the one they asked for (AlreadyExistsError
+naming each difference otherwise) and its tensors match; they then pull its parameters.
+``created`` tells which one created it.
 
 Hyperparameters live in ``param_groups`` under torch's names (``lr``, ``betas``, ``eps``,
 ``weight_decay``, ``momentum``, ...). Changing one (by hand or through a torch lr_scheduler) is
@@ -50,7 +57,7 @@ import torch
 
 from optd import config as _config
 from optd.client import DEFAULT, Client, Session, StepResult
-from optd.errors import AbortedError, InvalidArgumentError
+from optd.errors import AbortedError, AlreadyExistsError, InvalidArgumentError
 from optd.state import OptimizerState, TensorState
 from optd.tensors import RowSparse
 
@@ -66,6 +73,35 @@ _TORCH_CLASSES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "adagrad": "Ad
 _STEP_TENSOR = {"adam", "adamw", "adagrad", "nadam", "radam", "adamax"}
 _STEP_INT = {"rmsprop", "adadelta", "lamb"}
 _NO_STEP = {"sgd", "lion", "lars", "normalized_gd"}
+
+
+def _kind(optimizer: Any) -> Any:
+    """``optimizer`` with a torch.optim class (``torch.optim.Adam``) replaced by its optd kind."""
+    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        kind = optimizer.__name__.lower()
+        if kind not in _config.OPTIMIZERS:
+            raise InvalidArgumentError(f"optimizer={optimizer.__module__}.{optimizer.__name__} "
+                                       f"has no optd counterpart; optd has "
+                                       f"{', '.join(_config.OPTIMIZERS)}")
+        return kind
+    return optimizer
+
+
+def _mismatches(wanted, held, path: str) -> List[str]:
+    """The fields set in message ``wanted`` whose values differ in ``held`` ("path = held, not
+    wanted"), recursively; fields ``wanted`` leaves unset are the server's defaults, not checked."""
+    out = []
+    for field, value in wanted.ListFields():
+        other = getattr(held, field.name)
+        where = f"{path}.{field.name}"
+        if field.message_type is not None and field.label != field.LABEL_REPEATED:
+            if held.HasField(field.name):
+                out += _mismatches(value, other, where)
+            else:
+                out.append(f"{where} is not set on the server (asked: {value})".replace("\n", " "))
+        elif list(value) != list(other) if field.label == field.LABEL_REPEATED else value != other:
+            out.append(f"{where} = {other!r} on the server, {value!r} here")
+    return out
 
 
 def _torch_hyperparameters(optimizer_config) -> Dict[str, Any]:
@@ -133,7 +169,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             hyperparameters.pop(key, None)
         groups, names = self._split_names(params)
         if len(set(names)) != len(names):
-            raise InvalidArgumentError(f"parameter names must be unique: {names}")
+            raise InvalidArgumentError(f"parameter names must be unique: {names} (names repeated "
+                                       f"in one param group)")
         self._names: List[str] = names
         self._return_dtype = return_dtype
         self._gradient_dtype = gradient_dtype
@@ -154,12 +191,36 @@ class RemoteOptimizer(torch.optim.Optimizer):
             raise InvalidArgumentError("RemoteOptimizer needs session=Session, or client= / "
                                        "address= to create or attach a session")
         flat = [p for g in groups for p in g["params"]]
+        optimizer = _kind(optimizer)
+        #: True if this RemoteOptimizer created its session, False if it attached to one.
+        self.created = session is None
         if session is None:
             values = {n: p.detach().to(torch.float32).cpu().numpy() for n, p in zip(names, flat)}
-            self.session = self.client.create_session(
-                values, optimizer, session_id=session_id, schedule=schedule, clipping=clipping,
-                consistency=consistency, worker_id=worker_id, timeout=timeout, **hyperparameters)
-            info = self.session.cached_info
+            try:
+                self.session = self.client.create_session(
+                    values, optimizer, session_id=session_id, schedule=schedule,
+                    clipping=clipping, consistency=consistency, worker_id=worker_id,
+                    timeout=timeout, **hyperparameters)
+                info = self.session.cached_info
+            except AlreadyExistsError:
+                if not session_id:
+                    raise
+                # Get-or-create: every worker runs the same script; CreateSession is atomic on
+                # the server, so exactly one creates and the others attach here, after checking
+                # that the session is the one they would have created.
+                self.created = False
+                self.session = self.client.session(session_id, worker_id=worker_id)
+                info = self.session.info(timeout=timeout)
+                wanted = _config.session_config(optimizer, schedule=schedule, clipping=clipping,
+                                                consistency=consistency, **hyperparameters)
+                differences = _mismatches(wanted, info.config, "config")
+                if differences:
+                    raise AlreadyExistsError(
+                        f"session {session_id!r} exists with another configuration: "
+                        f"{'; '.join(differences)} (delete it, or use another session_id)")
+                self._check_tensors(info, dict(zip(names, flat)))
+                if pull:
+                    session = self.session  # pulled below, once param_groups exist
         else:
             if hyperparameters or schedule is not None or clipping is not None or \
                     consistency is not None or session_id:
@@ -190,6 +251,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             raise InvalidArgumentError("RemoteOptimizer got an empty parameter list")
         raw_groups = items if isinstance(items[0], dict) else [{"params": items}]
         groups, names, counter = [], [], 0
+        group_names: List[List[str]] = []
         for raw in raw_groups:
             group = dict(raw)
             ps = raw["params"]
@@ -205,6 +267,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 counter += 1
             group["params"] = tensors
             groups.append(group)
+            group_names.append(names[len(names) - len(tensors):])
+        if len(raw_groups) > 1 and len(set(names)) != len(names):
+            # Groups from submodules' named_parameters() repeat short names ("weight", "bias"):
+            # the session's names are then qualified by the group's index ("0.weight").
+            names = [f"{i}.{n}" for i, group_names_i in enumerate(group_names)
+                     for n in group_names_i]
         return groups, names
 
     def _check_tensors(self, info, local: Dict[str, torch.Tensor]) -> None:
