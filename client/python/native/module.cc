@@ -29,8 +29,10 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/cpp/client.h"
@@ -116,6 +118,44 @@ class StepReply {
   int attempts = 0;
   // Indices of the reply tensors written into the caller's `out` buffers.
   std::vector<bool> written;
+};
+
+// Replies no longer referenced, kept for the next steps: parsing into a used message reuses its
+// tensors' byte buffers, so a large step does not allocate (and page-fault) a fresh one each time
+// (the same for requests: StepRequests are kept per thread). Thread-safe.
+class ReplyPool : public std::enable_shared_from_this<ReplyPool> {
+ public:
+  // A cleared reply; back in the pool when the last reference (a numpy view's) goes.
+  std::shared_ptr<StepReply> Get() {
+    std::unique_ptr<StepReply> reply;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!free_.empty()) {
+        reply = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    if (reply == nullptr) reply = std::make_unique<StepReply>();
+    reply->attempts = 0;
+    reply->written.clear();
+    std::weak_ptr<ReplyPool> pool = weak_from_this();
+    return std::shared_ptr<StepReply>(reply.release(), [pool](StepReply* r) {
+      std::unique_ptr<StepReply> owned(r);
+      if (std::shared_ptr<ReplyPool> p = pool.lock()) p->Put(std::move(owned));
+    });
+  }
+
+ private:
+  static constexpr size_t kMaxFree = 4;
+
+  void Put(std::unique_ptr<StepReply> reply) {
+    reply->response.Clear();  // keeps the tensors and their buffers' capacity
+    absl::MutexLock lock(&mu_);
+    if (free_.size() < kMaxFree) free_.push_back(std::move(reply));
+  }
+
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<StepReply>> free_ ABSL_GUARDED_BY(mu_);
 };
 
 // The parameters of a reply by name: the caller's `out` array for those written into it, a
@@ -226,7 +266,9 @@ class NativeClient {
                                   int return_parameters, int return_dtype, int gradient_dtype,
                                   const py::object& timeout, const py::tuple& retry,
                                   const py::object& out) {
-    v1::StepRequest request;
+    // Kept per thread and cleared: its tensors' byte buffers are reused by the next step.
+    thread_local v1::StepRequest request;
+    request.Clear();
     request.set_session_id(session_id);
     request.set_worker_id(worker_id);
     request.set_sequence(sequence);
@@ -260,7 +302,7 @@ class NativeClient {
       }
     }
 
-    auto reply = std::make_shared<StepReply>();
+    std::shared_ptr<StepReply> reply = replies_->Get();
     absl::Status s;
     {
       py::gil_scoped_release release;
@@ -302,6 +344,7 @@ class NativeClient {
   }
 
   std::unique_ptr<client::Client> client_;
+  std::shared_ptr<ReplyPool> replies_ = std::make_shared<ReplyPool>();
 };
 
 }  // namespace

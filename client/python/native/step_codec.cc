@@ -23,6 +23,8 @@ absl::StatusOr<WireDType> ToWire(int dtype) {
 
 }  // namespace
 
+static_assert(sizeof(float) == 4, "float32");
+
 absl::Status AddGradients(const std::vector<GradientView>& gradients, v1::DType dtype,
                           v1::StepRequest* request) {
   absl::StatusOr<WireDType> wire = ToWire(dtype);
@@ -42,8 +44,12 @@ absl::Status AddGradients(const std::vector<GradientView>& gradients, v1::DType 
     for (int64_t d : g.shape) t->add_shape(d);
     t->set_dtype(dtype);
     std::string* data = t->mutable_data();
-    data->resize(g.values.size() * BytesPerElement(*wire));
-    EncodeFloats(*wire, g.values, data->data());
+    if (*wire == WireDType::kF32) {  // little-endian host: the bytes as they are, one copy
+      data->assign(reinterpret_cast<const char*>(g.values.data()), g.values.size() * 4);
+    } else {
+      data->resize(g.values.size() * BytesPerElement(*wire));
+      EncodeFloats(*wire, g.values, data->data());
+    }
   }
   return absl::OkStatus();
 }
