@@ -492,3 +492,48 @@ def test_groups_from_submodules_with_repeated_short_names(client):
         train_step(local, ref, x, y)
         assert_same(remote, local, i)
     opt.session.delete()
+
+
+NONE_GRAD_CASES = [
+    (torch.optim.Adam, dict(lr=1e-2)),
+    (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    (torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
+    (torch.optim.RMSprop, dict(lr=3e-3, momentum=0.5, weight_decay=0.01)),
+    (torch.optim.Adagrad, dict(lr=0.05, weight_decay=0.01)),
+]
+
+
+@pytest.mark.parametrize("cls,hp", NONE_GRAD_CASES, ids=[c.__name__ for c, _ in NONE_GRAD_CASES])
+def test_parameters_whose_grad_is_none_are_skipped_as_torch_skips_them(client, cls, hp):
+    # A frozen first layer (its .grad stays None) and a last layer whose .grad becomes None after
+    # two steps: both must stay exactly where torch leaves them (no weight decay, no momentum),
+    # and the rest must follow torch.optim step by step.
+    remote, local = make_mlp(8), make_mlp(8)
+    for m in (remote, local):
+        m[0].weight.requires_grad_(False)
+    frozen = remote[0].weight.detach().clone()
+    opt = optd.torch.RemoteOptimizer(remote.named_parameters(), client=client, optimizer=cls, **hp)
+    ref = cls(local.parameters(), **hp)
+    for i, (x, y) in enumerate(batches(6, seed=3)):
+        for model, o in ((remote, opt), (local, ref)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            if i >= 2:
+                model[4].weight.grad = None
+            o.step()
+        assert remote[0].weight.grad is None
+        assert torch.equal(remote[0].weight, frozen), f"the frozen layer moved at step {i}"
+        if i >= 2:
+            assert torch.equal(remote[4].weight, last_weight), f"a None .grad moved at step {i}"
+        last_weight = remote[4].weight.detach().clone()
+        assert_same(remote, local, i)
+    opt.session.delete()
+
+
+def test_a_step_where_every_grad_is_none_changes_nothing(client):
+    model = make_mlp(9)
+    opt = optd.torch.RemoteOptimizer(model.named_parameters(), client=client, optimizer="adam")
+    opt.zero_grad(set_to_none=True)
+    opt.step()
+    assert opt.session.info().version == 0
+    opt.session.delete()

@@ -50,11 +50,20 @@ namespace optd {
 // Row-sparse (row_size > 0): the tensor is a matrix of rows of `row_size` elements and `grad`
 // holds only the rows listed in `rows` (sorted, unique, in range), rows.size() * row_size values.
 // Only optimizers whose RowSparse() is kLazy take them; the caller densifies for the others.
+//
+// Absent (a partial step; torch: the parameter's .grad is None): the tensor is skipped exactly as
+// torch.optim skips it: its parameters, its state and its step counter are left as they were (no
+// weight decay, no moment decay). `grad` must be empty. Every optimizer here keeps its state per
+// tensor (StateOf), so Step applies the others with a zero gradient for the absent ones and
+// restores the absent ones' parameters and state afterwards; a quantity over the whole model
+// (normalized GD's global norm, clipping's) is then the one over the tensors sent, as in torch.
+// An optimizer with state that is not per tensor must not accept absent tensors.
 struct TensorGrad {
   absl::Span<float> param;
   absl::Span<const float> grad;
   absl::Span<const int64_t> rows;
   int64_t row_size = 0;
+  bool absent = false;
   bool sparse() const { return row_size > 0; }
 };
 
@@ -83,8 +92,11 @@ class Optimizer {
   // lr is the base) to every tensor. `tensors` lists the tensors in the order and with the sizes
   // given at creation.
   //
+  // Absent tensors (TensorGrad::absent) are left exactly as they were; at least one must be
+  // present. The step's probe also sees the absent tensors' discarded zero-gradient update.
+  //
   // Returns InvalidArgument, and changes nothing, if the number of tensors or any size differs
-  // from creation, a param and grad size differ, a row-sparse gradient is malformed or not taken
+  // from creation, every tensor is absent, a param and grad size differ, a row-sparse gradient is malformed or not taken
   // by this optimizer (RowSparse() is not kLazy), or `lr` is not finite and >= 0. Does not check
   // that gradients are finite: the caller does, before calling.
   //
@@ -230,6 +242,21 @@ class Optimizer {
   }
 
  private:
+  // An absent tensor of a partial step: the zero gradient the update pass reads, and what it had
+  // before the step (parameters, step counter, arrays and scalars in StateOf's order).
+  struct AbsentTensor {
+    size_t tensor = 0;
+    std::vector<float> zeros;
+    std::vector<float> param;
+    int64_t step = 0;
+    std::vector<std::vector<float>> arrays;
+    std::vector<float> scalars;
+  };
+  // Copies tensor `tensor`'s parameters and state aside (may throw std::bad_alloc).
+  AbsentTensor Keep(size_t tensor, absl::Span<const float> param);
+  // Puts them back after the update pass.
+  void PutBack(AbsentTensor kept, absl::Span<float> param);
+
   // UpdateSegments without measuring or counting (reductions).
   void RunSegments(const std::function<void(const Segment&)>& fn) const;
 

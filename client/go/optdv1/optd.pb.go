@@ -3324,8 +3324,11 @@ type StepRequest struct {
 	// Who sends the gradient: 1-128 characters of [A-Za-z0-9._:-]. Required for SYNC sessions and
 	// with a sequence number.
 	WorkerId string `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	// One gradient per session tensor, each with the tensor's name and shape, dense or row-sparse,
-	// in any order. A missing, unknown or repeated name is INVALID_ARGUMENT. Any NaN or Inf element
+	// At most one gradient per session tensor, each with the tensor's name and shape, dense or
+	// row-sparse, in any order. A tensor without one is skipped (a partial step; torch: its .grad is
+	// None): its parameters, optimizer state and step counter stay as they are, for every optimizer;
+	// a global norm (clipping, normalized GD) is over the tensors sent. SYNC sessions need every
+	// tensor. None at all, an unknown or a repeated name is INVALID_ARGUMENT. Any NaN or Inf element
 	// is INVALID_ARGUMENT and nothing is applied.
 	Gradients []*Tensor `protobuf:"bytes,3,rep,name=gradients,proto3" json:"gradients,omitempty"`
 	// The loss the worker observed for this gradient, if any: reported in metrics, and the signal of

@@ -42,9 +42,13 @@ keyed by parameter index, ``step`` as torch stores it), so ``torch.optim.Adam(..
 continues from it; ``load_state_dict`` of a torch optimizer's state dict sends its state and
 hyperparameters to the session.
 
+Parameters whose ``.grad`` is None (frozen layers, parameters a loss did not reach) are skipped as
+torch skips them: the step carries the other gradients only, and the server leaves those tensors,
+their state and their step counters exactly as they were (a partial step; every optimizer). In a
+SYNC session, which combines every worker's gradient of every tensor, they are sent as zeros.
+
 Differences from a local torch optimizer: the server's state is float32 (parameters of other dtypes
-are sent and written back through float32); a parameter whose ``.grad`` is None is stepped with a
-zero gradient (torch would skip it; identical for zero_grad(set_to_none=False)); sparse ``.grad``
+are sent and written back through float32); sparse ``.grad``
 (nn.Embedding(sparse=True)) is sent row-sparse. Torch-only options (foreach, capturable,
 differentiable, fused) are accepted and ignored.
 """
@@ -232,6 +236,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             info = self.session.info(timeout=timeout)
             self._check_tensors(info, dict(zip(names, flat)))
         self.kind: str = _config.optimizer_kind(info.config.optimizer)
+        self._sync = info.config.consistency.mode == 1  # MODE_SYNC
         defaults = _torch_hyperparameters(info.config.optimizer)
         # What the server holds, in torch names: a param_groups change is a difference from this.
         self._sent: Dict[str, Any] = dict(defaults)
@@ -353,7 +358,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
         for name, p in zip(self._names, self._params()):
             g = p.grad
             if g is None:
-                grads.append((name, np.zeros(tuple(p.shape), dtype=np.float32)))
+                if self._sync:  # a SYNC step needs every tensor: a zero gradient stands in
+                    grads.append((name, np.zeros(tuple(p.shape), dtype=np.float32)))
+                continue  # skipped as torch skips it: the server leaves it and its state alone
             elif g.is_sparse:
                 g = g.coalesce()
                 grads.append((name, RowSparse(g.indices()[0].cpu().numpy(),
@@ -385,9 +392,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if loss is None and result_loss is not None:
             loss = float(result_loss)
         self.sync_hyperparameters()
+        grads = self._gradients()
+        if not grads:  # every .grad is None: torch's step changes nothing either
+            return result_loss
         out = self._storage()
         try:
-            result = self.session.step(self._gradients(), loss=loss,
+            result = self.session.step(grads, loss=loss,
                                        return_dtype=self._return_dtype,
                                        gradient_dtype=self._gradient_dtype,
                                        timeout=self._timeout, out=out)
