@@ -441,3 +441,35 @@ def test_a_fork_with_another_learning_rate(client):
         client.create_session_from_checkpoint("fork-d", from_session="no-such-session")
     with pytest.raises(optd.InvalidArgumentError):
         client.create_session_from_checkpoint("fork-e")
+
+
+# -- a server that is down for a while (issue #14) -------------------------------------------------
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "pure"])
+def test_a_keyed_step_sent_while_the_server_is_down_outlasts_the_restart(server, native):
+    # The server is killed and comes back 4 s later on the same port: a step sent meanwhile is
+    # retried (same key) past gRPC's reconnect backoff and applied once by the restarted server.
+    # Once the retries are spent, the error names the address and what was tried.
+    if native and not optd.native.available():
+        pytest.skip(optd.native.reason())  # the pure suite (OPTD_PURE_PYTHON) has no native path
+    with optd.Client(server.address, timeout=20.0, native=native) as c:
+        session = c.create_session(initial(), "sgd", lr=0.1, session_id="down")
+        session.step(grads(SHAPES))
+        c.checkpoint("down")
+        server.kill()
+        restarter = threading.Timer(4.0, server.restart)
+        restarter.start()
+        try:
+            start = time.monotonic()
+            r = session.step(grads(SHAPES))
+            elapsed = time.monotonic() - start
+        finally:
+            restarter.join()
+        assert r.version == 2 and r.attempts > 1 and r.server_restarted, r
+        assert 3.5 < elapsed < 15, elapsed
+        server.kill()
+        with pytest.raises(optd.UnavailableError) as e:
+            session.step(grads(SHAPES), retry=optd.RetryPolicy(max_attempts=3,
+                                                               initial_backoff=0.05))
+        assert f"[Step to {server.address}: 3 attempts in " in e.value.message, e.value.message
+        server.restart()
