@@ -96,9 +96,9 @@ class Optimizer {
   // present. The step's probe also sees the absent tensors' discarded zero-gradient update.
   //
   // Returns InvalidArgument, and changes nothing, if the number of tensors or any size differs
-  // from creation, every tensor is absent, a param and grad size differ, a row-sparse gradient is malformed or not taken
-  // by this optimizer (RowSparse() is not kLazy), or `lr` is not finite and >= 0. Does not check
-  // that gradients are finite: the caller does, before calling.
+  // from creation, every tensor is absent, a param and grad size differ, a row-sparse gradient is
+  // malformed or not taken by this optimizer (RowSparse() is not kLazy), or `lr` is not finite and
+  // >= 0. Does not check that gradients are finite: the caller does, before calling.
   //
   // With a `probe`, calls it around the update of every segment and with the squares of changes
   // made outside that pass (step_probe.h); the optimizer keeps nothing of it after Step returns.
