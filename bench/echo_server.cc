@@ -9,7 +9,9 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -28,12 +30,22 @@
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:0",
           "host:port to listen on; port 0 picks a free port, printed at start-up.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate: serve TLS (with --tls_key), as optd --tls_cert does.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(int64_t, max_message_bytes, 256 << 20,
           "Largest request or reply in bytes; the same default as optd's.");
 
 namespace optd {
 namespace bench {
 namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 using v1::EchoReply;
 using v1::EchoRequest;
@@ -135,7 +147,14 @@ int main(int argc, char** argv) {
   optd::bench::EchoServiceImpl service;
   int port = 0;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (const std::string cert = absl::GetFlag(FLAGS_tls_cert); !cert.empty()) {
+    grpc::SslServerCredentialsOptions tls;
+    tls.pem_key_cert_pairs.push_back(
+        {optd::bench::ReadFile(absl::GetFlag(FLAGS_tls_key)), optd::bench::ReadFile(cert)});
+    credentials = grpc::SslServerCredentials(tls);
+  }
+  builder.AddListeningPort(listen, credentials, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_bytes));
   builder.RegisterService(&service);

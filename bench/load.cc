@@ -268,14 +268,20 @@ double PhaseStats::ServerCpuUsPerStep() const {
   return server_cpu_seconds * 1e6 / steps;
 }
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, int worker) {
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, int worker,
+                                           const std::string& tls_ca_pem) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   // Channels with a private subchannel pool never share a connection.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetInt("optd.bench.worker", worker);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  if (tls_ca_pem.empty()) {
+    return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  }
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = tls_ca_pem;
+  return grpc::CreateCustomChannel(address, grpc::SslCredentials(tls), args);
 }
 
 absl::StatusOr<optd::v1::Consistency::Mode> ParseMode(absl::string_view text) {
@@ -496,7 +502,7 @@ class OptdTarget::StreamLoop final : public OptdTarget::Loop {
 OptdTarget::OptdTarget(const std::string& address, Workload workload, std::string session_id)
     : workload_(std::move(workload)),
       session_id_(std::move(session_id)),
-      control_channel_(MakeChannel(address, -1)),
+      control_channel_(MakeChannel(address, -1, workload_.tls_ca_pem)),
       control_(optd::v1::Optimizer::NewStub(control_channel_)) {}
 
 OptdTarget::~OptdTarget() {
@@ -566,7 +572,7 @@ absl::StatusOr<std::unique_ptr<OptdTarget>> OptdTarget::Create(const std::string
   for (int i = 0; i < workload.workers; ++i) {
     auto w = std::make_unique<Worker>();
     w->index = i;
-    w->channel = MakeChannel(address, i);
+    w->channel = MakeChannel(address, i, workload.tls_ca_pem);
     w->stub = optd::v1::Optimizer::NewStub(w->channel);
     optd::v1::StepRequest& r = w->request;
     r.set_session_id(session_id);
@@ -676,14 +682,15 @@ EchoTarget::EchoTarget(bool stream) : stream_(stream) {}
 EchoTarget::~EchoTarget() = default;
 
 absl::StatusOr<std::unique_ptr<EchoTarget>> EchoTarget::Create(const std::string& address,
-                                                               int workers, bool stream) {
+                                                               int workers, bool stream,
+                                                               const std::string& tls_ca_pem) {
   if (workers < 1) {
     return absl::InvalidArgumentError(absl::StrCat("workers = ", workers, "; must be >= 1"));
   }
   std::unique_ptr<EchoTarget> target(new EchoTarget(stream));
   for (int i = 0; i < workers; ++i) {
     auto w = std::make_unique<Worker>();
-    w->channel = MakeChannel(address, i);
+    w->channel = MakeChannel(address, i, tls_ca_pem);
     w->stub = bench::v1::Echo::NewStub(w->channel);
     if (!w->channel->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Seconds(10)))) {
       return absl::UnavailableError(

@@ -53,6 +53,9 @@ struct Workload {
   bool return_all = true;
   // true: StreamSteps / EchoStream, one stream per worker per phase; false: unary calls.
   bool stream = false;
+  // PEM of the CA that signed the server's certificate: the optd channels use TLS. Empty:
+  // plaintext.
+  std::string tls_ca_pem;
 };
 
 // Where a phase stops: each worker makes `warmup` unmeasured calls, then up to `steps` measured
@@ -88,7 +91,8 @@ using CpuProbe = double (*)(const void* arg);
 
 // A channel to `address` with optd's message size limits and a connection of its own (a local
 // subchannel pool), so N workers make N TCP connections.
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, int worker);
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, int worker,
+                                           const std::string& tls_ca_pem = "");
 
 // Parses "async", "sync", "bounded" / "f32", "bf16", "f16"; InvalidArgument otherwise.
 absl::StatusOr<optd::v1::Consistency::Mode> ParseMode(absl::string_view text);
@@ -139,8 +143,10 @@ class EchoTarget {
  public:
   // One channel per worker to the echo server at `address`; `stream` picks EchoStream. Call
   // MatchSizes before the first phase.
+  // `tls_ca_pem`: TLS, trusting that CA (empty: plaintext).
   static absl::StatusOr<std::unique_ptr<EchoTarget>> Create(const std::string& address, int workers,
-                                                            bool stream);
+                                                            bool stream,
+                                                            const std::string& tls_ca_pem = "");
   ~EchoTarget();
 
   // Builds each worker's request so that it serializes to `request_bytes` and its reply to

@@ -14,6 +14,10 @@
 //                       2. 1K-parameter step, one worker: p50 <= 1.25 x echo p50;
 //                       3. BF16 on the wire moves >= 1.6 x the parameters/s of F32 (1M, Adam).
 //                     Exit status 0 whatever the verdicts: benchmarks report, tests assert.
+//   --compare_tls     optd plaintext vs optd with TLS (a second optd, --tls_cert/--tls_key, its
+//                     certificate made by `openssl req` at start-up), 1 worker, Adam, F32, at 1M
+//                     and 1K parameters; goals: 1M parameters/s >= 0.8 x plaintext, 1K p50 <= 1.3
+//                     x.
 //
 // Servers: without --server, optd-bench starts optd itself (--optd_binary) on 127.0.0.1:0, with its
 // metrics exporter on 127.0.0.1:0 too (parallel runs never collide); it always starts its own
@@ -24,13 +28,16 @@
 //   optd-bench --workers=2 --params=1000 --steps=200
 //   optd-bench --compare_dtypes --params=1000000
 //   optd-bench --suite
+//   optd-bench --compare_tls
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -47,6 +54,8 @@
 #include "absl/time/time.h"
 #include "bench/child_process.h"
 #include "bench/load.h"
+#include "bench/round_summary.h"
+#include "bench/self_signed.h"
 
 #ifndef OPTD_BENCH_OPTD_BINARY
 #define OPTD_BENCH_OPTD_BINARY "optd"
@@ -97,6 +106,8 @@ ABSL_FLAG(bool, suite, false,
           "Run the three issue targets (1M Adam F32 vs echo; 1K p50 vs echo p50; BF16 vs F32 "
           "parameters/s at 1M), one worker each, and print PASS/FAIL per target. Honours "
           "--stream, --steps, --warmup, --seconds, --rounds; fixes the rest.");
+ABSL_FLAG(bool, compare_tls, false,
+          "optd plaintext vs optd with TLS, 1M and 1K parameters (starts both servers itself).");
 ABSL_FLAG(bool, verbose, false, "Also print every round's numbers.");
 
 namespace optd {
@@ -106,8 +117,13 @@ namespace {
 struct Servers {
   std::unique_ptr<ChildProcess> optd;  // null with --server
   std::unique_ptr<ChildProcess> echo;
+  std::unique_ptr<ChildProcess> tls_optd;  // --compare_tls only: optd and optd-echo with TLS
+  std::unique_ptr<ChildProcess> tls_echo;
   std::string optd_address;
   std::string echo_address;
+  std::string tls_address;
+  std::string tls_echo_address;
+  std::string tls_ca_pem;  // the TLS optd's (self-signed) certificate
 };
 
 // Settings shared by every comparison of a run.
@@ -119,103 +135,9 @@ struct RunContext {
   int sessions = 0;  // sessions created so far, for unique ids
 };
 
-// Medians over rounds, column by column.
-struct Summary {
-  double steps_per_s = 0;
-  double params_per_s = 0;
-  double mb_per_s = 0;
-  double p50_us = 0;
-  double p99_us = 0;
-  double cpu_us_per_step = -1;
-  int64_t refused = 0;  // summed over rounds
-};
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-Summary Summarize(const std::vector<PhaseStats>& rounds, int64_t params) {
-  std::vector<double> steps, mb, p50, p99, cpu;
-  Summary s;
-  for (const PhaseStats& r : rounds) {
-    steps.push_back(r.StepsPerSecond());
-    mb.push_back(r.MegabytesPerSecond());
-    p50.push_back(r.LatencyPercentileUs(0.50));
-    p99.push_back(r.LatencyPercentileUs(0.99));
-    if (r.ServerCpuUsPerStep() >= 0) cpu.push_back(r.ServerCpuUsPerStep());
-    s.refused += r.refused;
-  }
-  s.steps_per_s = Median(steps);
-  s.params_per_s = s.steps_per_s * static_cast<double>(params);
-  s.mb_per_s = Median(mb);
-  s.p50_us = Median(p50);
-  s.p99_us = Median(p99);
-  if (cpu.size() == rounds.size() && !cpu.empty()) s.cpu_us_per_step = Median(cpu);
-  return s;
-}
-
-double Ratio(double a, double b) { return b > 0 ? a / b : 0; }
-
 double ChildCpuSeconds(const void* arg) {
   absl::StatusOr<CpuTime> t = static_cast<const ChildProcess*>(arg)->Cpu();
   return t.ok() ? absl::ToDoubleSeconds(t->total) : -1;
-}
-
-void PrintColumns() {
-  std::printf("%-10s %10s %12s %10s %10s %10s %14s\n", "", "steps/s", "params/s", "MB/s", "p50_us",
-              "p99_us", "srv_cpu_us/st");
-}
-
-void PrintRow(absl::string_view name, const Summary& s) {
-  const std::string cpu =
-      s.cpu_us_per_step < 0 ? std::string("-") : absl::StrFormat("%.0f", s.cpu_us_per_step);
-  std::printf("%-10s %10.1f %12.4g %10.1f %10.0f %10.0f %14s\n", std::string(name).c_str(),
-              s.steps_per_s, s.params_per_s, s.mb_per_s, s.p50_us, s.p99_us, cpu.c_str());
-}
-
-// Round r of `a` over round r of `b`, column by column, median over rounds: each ratio compares
-// two phases run back to back, so load from other processes that drifts during the run cancels
-// out (the medians of each row, divided, would not).
-Summary RoundRatios(const std::vector<PhaseStats>& a, const std::vector<PhaseStats>& b) {
-  std::vector<double> steps, mb, p50, p99, cpu;
-  for (size_t r = 0; r < a.size() && r < b.size(); ++r) {
-    steps.push_back(Ratio(a[r].StepsPerSecond(), b[r].StepsPerSecond()));
-    mb.push_back(Ratio(a[r].MegabytesPerSecond(), b[r].MegabytesPerSecond()));
-    p50.push_back(Ratio(a[r].LatencyPercentileUs(0.5), b[r].LatencyPercentileUs(0.5)));
-    p99.push_back(Ratio(a[r].LatencyPercentileUs(0.99), b[r].LatencyPercentileUs(0.99)));
-    if (a[r].ServerCpuUsPerStep() >= 0 && b[r].ServerCpuUsPerStep() > 0) {
-      cpu.push_back(a[r].ServerCpuUsPerStep() / b[r].ServerCpuUsPerStep());
-    }
-  }
-  Summary s;
-  s.steps_per_s = Median(steps);
-  s.params_per_s = s.steps_per_s;  // both sides step the same number of parameters
-  s.mb_per_s = Median(mb);
-  s.p50_us = Median(p50);
-  s.p99_us = Median(p99);
-  if (!cpu.empty() && cpu.size() == steps.size()) s.cpu_us_per_step = Median(cpu);
-  return s;
-}
-
-void PrintRatio(absl::string_view name, const Summary& ratios) {
-  const std::string cpu = ratios.cpu_us_per_step < 0
-                              ? std::string("-")
-                              : absl::StrFormat("%.3f", ratios.cpu_us_per_step);
-  std::printf("%-10s %10.3f %12.3f %10.3f %10.3f %10.3f %14s\n", std::string(name).c_str(),
-              ratios.steps_per_s, ratios.params_per_s, ratios.mb_per_s, ratios.p50_us,
-              ratios.p99_us, cpu.c_str());
-}
-
-void PrintRound(absl::string_view name, int round, const PhaseStats& s, int64_t params) {
-  std::printf(
-      "  round %d %-5s %8lld steps in %6.3f s: %9.1f steps/s %11.4g params/s %8.1f MB/s "
-      "p50 %7.0f us p99 %7.0f us\n",
-      round + 1, std::string(name).c_str(), static_cast<long long>(s.steps), s.seconds,
-      s.StepsPerSecond(), s.StepsPerSecond() * static_cast<double>(params), s.MegabytesPerSecond(),
-      s.LatencyPercentileUs(0.5), s.LatencyPercentileUs(0.99));
 }
 
 // `dtype`: false when the rows are the dtypes.
@@ -301,54 +223,76 @@ absl::StatusOr<Comparison> CompareWithEcho(const Workload& w, RunContext& run) {
   return c;
 }
 
-struct DtypeComparison {
-  std::vector<Summary> rows;    // one per dtype
-  std::vector<Summary> ratios;  // dtype i / dtype 0, for i >= 1: RoundRatios
+struct TargetComparison {
+  std::vector<Summary> rows;    // one per target
+  std::vector<Summary> ratios;  // target i / target 0, for i >= 1: RoundRatios
 };
 
-// optd alone with each of `dtypes`, rotating the order every round; one session per dtype.
-absl::StatusOr<DtypeComparison> CompareDtypes(Workload w,
-                                              const std::vector<optd::v1::DType>& dtypes,
-                                              RunContext& run) {
+// One side of a comparison: a name, a phase to run, and the parameters a step moves.
+struct Contestant {
+  std::string name;
+  std::function<absl::StatusOr<PhaseStats>(const PhaseBounds&)> run_phase;
+  int64_t params = 0;
+};
+
+Contestant OptdContestant(std::string name, OptdTarget* target, const ChildProcess* process) {
+  return {std::move(name),
+          [target, process](const PhaseBounds& bounds) {
+            return target->RunPhase(bounds, process ? &ChildCpuSeconds : nullptr, process);
+          },
+          target->workload().params};
+}
+
+// The contestants, rotating the order every round; ratios are to the first.
+absl::StatusOr<TargetComparison> CompareTargets(const std::vector<Contestant>& contestants,
+                                                const RunContext& run) {
+  const size_t n = contestants.size();
+  std::vector<std::vector<PhaseStats>> rounds(n);
+  for (int r = 0; r < run.rounds; ++r) {
+    for (size_t k = 0; k < n; ++k) {
+      const size_t i = (k + r) % n;
+      const Contestant& who = contestants[i];
+      absl::StatusOr<PhaseStats> s = who.run_phase(run.bounds);
+      if (!s.ok()) {
+        return absl::Status(s.status().code(), absl::StrCat(who.name, ": ", s.status().message()));
+      }
+      if (absl::Status c = CheckMeasured(*s, who.name, run); !c.ok()) return c;
+      if (run.verbose) PrintRound(who.name, r, *s, who.params);
+      rounds[i].push_back(*std::move(s));
+    }
+  }
+  TargetComparison c;
+  PrintColumns();
+  for (size_t i = 0; i < n; ++i) {
+    c.rows.push_back(Summarize(rounds[i], contestants[i].params));
+    PrintRow(contestants[i].name, c.rows.back());
+  }
+  for (size_t i = 1; i < n; ++i) {
+    c.ratios.push_back(RoundRatios(rounds[i], rounds[0]));
+    PrintRatio(absl::StrCat(contestants[i].name, "/", contestants[0].name), c.ratios.back());
+  }
+  return c;
+}
+
+// optd alone with each of `dtypes`; one session per dtype.
+absl::StatusOr<TargetComparison> CompareDtypes(Workload w,
+                                               const std::vector<optd::v1::DType>& dtypes,
+                                               RunContext& run) {
   std::vector<std::unique_ptr<OptdTarget>> targets;
+  std::vector<std::string> names;
+  std::vector<Contestant> contestants;
   for (optd::v1::DType d : dtypes) {
     w.dtype = d;
     absl::StatusOr<std::unique_ptr<OptdTarget>> t = NewOptdTarget(w, run);
     if (!t.ok()) return t.status();
     targets.push_back(*std::move(t));
+    names.push_back(std::string(DTypeName(d)));
+    contestants.push_back(
+        OptdContestant(names.back(), targets.back().get(), run.servers->optd.get()));
   }
-  std::vector<std::string> names;
-  for (optd::v1::DType d : dtypes) names.push_back(std::string(DTypeName(d)));
   std::printf("\ndtypes %s: %s\n", absl::StrJoin(names, " vs ").c_str(),
               Describe(w, run, /*dtype=*/false).c_str());
-  const ChildProcess* optd_process = run.servers->optd.get();
-  const size_t n = dtypes.size();
-  std::vector<std::vector<PhaseStats>> rounds(n);
-  for (int r = 0; r < run.rounds; ++r) {
-    for (size_t k = 0; k < n; ++k) {
-      const size_t i = (k + r) % n;
-      absl::StatusOr<PhaseStats> s =
-          targets[i]->RunPhase(run.bounds, optd_process ? &ChildCpuSeconds : nullptr, optd_process);
-      if (!s.ok()) {
-        return absl::Status(s.status().code(),
-                            absl::StrCat("optd ", names[i], ": ", s.status().message()));
-      }
-      if (absl::Status c = CheckMeasured(*s, names[i], run); !c.ok()) return c;
-      if (run.verbose) PrintRound(names[i], r, *s, w.params);
-      rounds[i].push_back(*std::move(s));
-    }
-  }
-  DtypeComparison c;
-  PrintColumns();
-  for (size_t i = 0; i < n; ++i) {
-    c.rows.push_back(Summarize(rounds[i], w.params));
-    PrintRow(names[i], c.rows.back());
-  }
-  for (size_t i = 1; i < n; ++i) {
-    c.ratios.push_back(RoundRatios(rounds[i], rounds[0]));
-    PrintRatio(absl::StrCat(names[i], "/", names[0]), c.ratios.back());
-  }
-  return c;
+  return CompareTargets(contestants, run);
 }
 
 struct Verdict {
@@ -358,13 +302,34 @@ struct Verdict {
   double goal;
 };
 
-absl::Status RunSuite(const Workload& base, RunContext& run) {
+void PrintVerdicts(absl::string_view title, const Workload& w, const RunContext& run,
+                   const std::vector<Verdict>& verdicts) {
+  std::printf(
+      "\n%s (%s, %d rounds; each ratio is the median of per-round ratios of phases "
+      "run back to back)\n",
+      std::string(title).c_str(), w.stream ? "stream" : "unary", run.rounds);
+  std::printf("%-50s %9s %9s  %s\n", "target", "measured", "goal", "result");
+  for (const Verdict& v : verdicts) {
+    const bool pass = v.at_least ? v.measured >= v.goal : v.measured <= v.goal;
+    std::printf("%-50s %9.3f %3s %5.2f  %s\n", v.target.c_str(), v.measured,
+                v.at_least ? ">=" : "<=", v.goal, pass ? "PASS" : "FAIL");
+  }
+}
+
+// The workload of the issues' targets: one worker, Adam, ASYNC, F32, every parameter returned
+// (unary or --stream as given).
+Workload TargetWorkload(const Workload& base) {
   Workload w = base;
   w.workers = 1;
   w.optimizer = "adam";
   w.mode = optd::v1::Consistency::MODE_ASYNC;
   w.dtype = optd::v1::DTYPE_F32;
   w.return_all = true;
+  return w;
+}
+
+absl::Status RunSuite(const Workload& base, RunContext& run) {
+  Workload w = TargetWorkload(base);
   std::vector<Verdict> verdicts;
 
   w.params = 1000000;
@@ -380,22 +345,104 @@ absl::Status RunSuite(const Workload& base, RunContext& run) {
       {"1K Adam F32 step, 1 worker: p50, optd/echo", small->ratio.p50_us, false, 1.25});
 
   w.params = 1000000;
-  absl::StatusOr<DtypeComparison> dtypes =
+  absl::StatusOr<TargetComparison> dtypes =
       CompareDtypes(w, {optd::v1::DTYPE_F32, optd::v1::DTYPE_BF16}, run);
   if (!dtypes.ok()) return dtypes.status();
   verdicts.push_back(
       {"1M Adam, 1 worker: params/s, BF16/F32", dtypes->ratios[0].params_per_s, true, 1.6});
 
-  std::printf(
-      "\nsuite (%s, %d rounds; each ratio is the median of per-round ratios of phases "
-      "run back to back)\n",
-      w.stream ? "stream" : "unary", run.rounds);
-  std::printf("%-50s %9s %9s  %s\n", "target", "measured", "goal", "result");
-  for (const Verdict& v : verdicts) {
-    const bool pass = v.at_least ? v.measured >= v.goal : v.measured <= v.goal;
-    std::printf("%-50s %9.3f %3s %5.2f  %s\n", v.target.c_str(), v.measured,
-                v.at_least ? ">=" : "<=", v.goal, pass ? "PASS" : "FAIL");
+  PrintVerdicts("suite", w, run, verdicts);
+  return absl::OkStatus();
+}
+
+// optd-echo in plaintext against optd-echo with TLS, with requests and replies of the given sizes.
+absl::StatusOr<TargetComparison> CompareEchoTls(const Workload& w, const RunContext& run,
+                                                int64_t request_bytes, int64_t reply_bytes) {
+  absl::StatusOr<std::unique_ptr<EchoTarget>> plain =
+      EchoTarget::Create(run.servers->echo_address, w.workers, w.stream);
+  if (!plain.ok()) return plain.status();
+  absl::StatusOr<std::unique_ptr<EchoTarget>> tls = EchoTarget::Create(
+      run.servers->tls_echo_address, w.workers, w.stream, run.servers->tls_ca_pem);
+  if (!tls.ok()) return tls.status();
+  std::vector<Contestant> contestants;
+  for (auto [name, target, process] :
+       {std::make_tuple("echo", plain->get(), run.servers->echo.get()),
+        std::make_tuple("echo-tls", tls->get(), run.servers->tls_echo.get())}) {
+    target->MatchSizes(request_bytes, reply_bytes);
+    contestants.push_back({name,
+                           [target = target, process = process](const PhaseBounds& bounds) {
+                             return target->RunPhase(bounds, &ChildCpuSeconds, process);
+                           },
+                           w.params});
   }
+  std::printf("\ngRPC echo of the same bytes, plaintext vs TLS\n");
+  return CompareTargets(contestants, run);
+}
+
+// optd in plaintext against optd with TLS (the certificate's own CA trusted), same workload, at
+// 1M and 1K parameters.
+absl::Status CompareTls(const Workload& base, RunContext& run) {
+  Workload w = TargetWorkload(base);
+  std::vector<Verdict> verdicts;
+  for (int64_t params : {int64_t{1000000}, int64_t{1000}}) {
+    w.params = params;
+    w.tls_ca_pem.clear();
+    absl::StatusOr<std::unique_ptr<OptdTarget>> plain = NewOptdTarget(w, run);
+    if (!plain.ok()) return plain.status();
+    Workload tls_workload = w;
+    tls_workload.tls_ca_pem = run.servers->tls_ca_pem;
+    absl::StatusOr<std::unique_ptr<OptdTarget>> tls = OptdTarget::Create(
+        run.servers->tls_address, tls_workload, absl::StrCat("optd-bench-tls-", ++run.sessions));
+    if (!tls.ok()) return tls.status();
+    std::printf("\noptd, plaintext vs TLS: %s\n", Describe(w, run).c_str());
+    absl::StatusOr<TargetComparison> c =
+        CompareTargets({OptdContestant("plain", plain->get(), run.servers->optd.get()),
+                        OptdContestant("tls", tls->get(), run.servers->tls_optd.get())},
+                       run);
+    if (!c.ok()) return c.status();
+    // The same bytes through a raw gRPC echo, plaintext and TLS: what TLS costs gRPC itself.
+    absl::StatusOr<TargetComparison> e =
+        CompareEchoTls(w, run, (*plain)->request_bytes(), (*plain)->reply_bytes());
+    if (!e.ok()) return e.status();
+    if (params == 1000000) {
+      verdicts.push_back({"1M Adam F32 step, 1 worker: params/s, TLS/plain",
+                          c->ratios[0].params_per_s, true, 0.8});
+      verdicts.push_back({"  the same bytes, gRPC echo: params/s, TLS/plain",
+                          e->ratios[0].params_per_s, true, 0.8});
+    } else {
+      verdicts.push_back(
+          {"1K Adam F32 step, 1 worker: p50, TLS/plain", c->ratios[0].p50_us, false, 1.3});
+      verdicts.push_back(
+          {"  the same bytes, gRPC echo: p50, TLS/plain", e->ratios[0].p50_us, false, 1.3});
+    }
+  }
+  PrintVerdicts("TLS", w, run, verdicts);
+  return absl::OkStatus();
+}
+
+// A second optd, serving TLS with a self-signed certificate.
+absl::Status StartTlsOptd(Servers* servers, absl::Duration timeout) {
+  absl::StatusOr<SelfSigned> certificate = MakeSelfSignedCertificate();
+  if (!certificate.ok()) return certificate.status();
+  servers->tls_ca_pem = certificate->cert_pem;
+  const std::string& cert = certificate->cert_file;
+  const std::string& key = certificate->key_file;
+  absl::StatusOr<std::unique_ptr<ChildProcess>> optd = ChildProcess::Start(
+      {absl::GetFlag(FLAGS_optd_binary), "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+       "--shutdown_grace=0s", absl::StrCat("--tls_cert=", cert), absl::StrCat("--tls_key=", key)},
+      timeout);
+  if (!optd.ok()) return optd.status();
+  servers->tls_optd = *std::move(optd);
+  servers->tls_address = servers->tls_optd->address();
+  absl::StatusOr<std::unique_ptr<ChildProcess>> echo =
+      ChildProcess::Start({absl::GetFlag(FLAGS_echo_binary), "--listen=127.0.0.1:0",
+                           absl::StrCat("--tls_cert=", cert), absl::StrCat("--tls_key=", key)},
+                          timeout);
+  if (!echo.ok()) return echo.status();
+  servers->tls_echo = *std::move(echo);
+  servers->tls_echo_address = servers->tls_echo->address();
+  std::printf("TLS optd at %s (pid %d), certificate %s\n", servers->tls_address.c_str(),
+              static_cast<int>(servers->tls_optd->pid()), cert.c_str());
   return absl::OkStatus();
 }
 
@@ -410,6 +457,9 @@ absl::Status StartServers(Servers* servers) {
     if (!optd.ok()) return optd.status();
     servers->optd = *std::move(optd);
     servers->optd_address = servers->optd->address();
+  }
+  if (absl::GetFlag(FLAGS_compare_tls)) {
+    if (absl::Status s = StartTlsOptd(servers, timeout); !s.ok()) return s;
   }
   absl::StatusOr<std::unique_ptr<ChildProcess>> echo =
       ChildProcess::Start({absl::GetFlag(FLAGS_echo_binary), "--listen=127.0.0.1:0"}, timeout);
@@ -445,8 +495,10 @@ absl::Status Main() {
 
   const bool suite = absl::GetFlag(FLAGS_suite);
   const bool dtypes = absl::GetFlag(FLAGS_compare_dtypes);
-  if (suite && dtypes) {
-    return absl::InvalidArgumentError("--suite and --compare_dtypes are separate runs; pick one");
+  const bool tls = absl::GetFlag(FLAGS_compare_tls);
+  if (suite + dtypes + tls > 1) {
+    return absl::InvalidArgumentError(
+        "--suite, --compare_dtypes and --compare_tls are separate runs; pick one");
   }
   RunContext run;
   run.rounds = absl::GetFlag(FLAGS_rounds);
@@ -458,7 +510,7 @@ absl::Status Main() {
   if (run.bounds.steps < 1) return absl::InvalidArgumentError("--steps must be >= 1");
   if (run.bounds.warmup < 0) return absl::InvalidArgumentError("--warmup must be >= 0");
   if (!(seconds > 0)) return absl::InvalidArgumentError("--seconds must be > 0");
-  const int phases = run.rounds * (suite ? 6 : dtypes ? 3 : 2);
+  const int phases = run.rounds * (suite ? 6 : dtypes ? 3 : tls ? 8 : 2);
   run.bounds.time = absl::Seconds(seconds / phases);
 
   // Children first: fork before gRPC starts any thread.
@@ -469,6 +521,8 @@ absl::Status Main() {
   absl::Status status;
   if (suite) {
     status = RunSuite(w, run);
+  } else if (tls) {
+    status = CompareTls(w, run);
   } else if (dtypes) {
     status = CompareDtypes(w, {optd::v1::DTYPE_F32, optd::v1::DTYPE_BF16, optd::v1::DTYPE_F16}, run)
                  .status();
@@ -478,10 +532,12 @@ absl::Status Main() {
   std::fflush(stdout);
   // Stop both servers (in parallel) even after a failure; a server that does not stop cleanly is
   // an error too.
-  for (std::unique_ptr<ChildProcess>* child : {&servers.optd, &servers.echo}) {
+  for (std::unique_ptr<ChildProcess>* child :
+       {&servers.optd, &servers.echo, &servers.tls_optd, &servers.tls_echo}) {
     if (*child != nullptr) (*child)->Terminate();
   }
-  for (std::unique_ptr<ChildProcess>* child : {&servers.optd, &servers.echo}) {
+  for (std::unique_ptr<ChildProcess>* child :
+       {&servers.optd, &servers.echo, &servers.tls_optd, &servers.tls_echo}) {
     if (*child == nullptr) continue;
     if (absl::Status s = (*child)->Stop(); !s.ok() && status.ok()) status = s;
   }
@@ -498,7 +554,7 @@ int main(int argc, char** argv) {
       "Usage: optd-bench [--server=HOST:PORT] [--workers=N] [--params=N] [--optimizer=adam]\n"
       "                  [--mode=async|sync|bounded] [--dtype=f32|bf16|f16] [--return=all|none]\n"
       "                  [--stream] [--steps=N] [--seconds=S] [--warmup=N] [--rounds=N]\n"
-      "                  [--compare_dtypes | --suite] [--verbose]\n"
+      "                  [--compare_dtypes | --suite | --compare_tls] [--verbose]\n"
       "Prints one table per comparison: rows optd, echo and optd/echo (the ratios the targets\n"
       "talk about), columns steps/s, params/s, MB/s, p50 and p99 latency in microseconds and\n"
       "server CPU per step. --suite checks the three issue targets; exit status is 0 whatever\n"

@@ -14,6 +14,11 @@ echo "== optd-bench --suite"
 # shellcheck disable=SC2086
 "$BUILD_DIR/bench/optd-bench" --suite ${OPTD_BENCH_FLAGS:-} | tee "$BUILD_DIR/bench/optd_bench_suite.txt"
 
+# optd-bench --compare_tls: plaintext optd vs optd with TLS (and a raw gRPC echo, plaintext vs TLS,
+# of the same bytes), 1M and 1K parameters (README "Security", Cost of TLS).
+echo "== optd-bench --compare_tls"
+"$BUILD_DIR/bench/optd-bench" --compare_tls | tee "$BUILD_DIR/bench/optd_bench_tls.txt"
+
 # Python workers (issue #14): the native data path vs the pure-Python one vs the C++ client
 # (optd-bench) vs a torch.distributed.rpc parameter server (bench/torch_rpc_ps.py), at 1K and 1M
 # parameters, 1 and 4 workers, F32 and BF16 on the wire, side by side in one run; prints the README

@@ -587,3 +587,73 @@ def test_tenants_survive_a_restart_and_forks_stay_within_the_tenant(pki, workdir
         assert sorted(s.session_id for s in listed.sessions) == ["fork", "model"]
     finally:
         optd.stop()
+
+
+def readme_blocks():
+    """The two bash blocks after README's <!-- optd-security-setup --> marker."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    import re
+    m = re.search(r"<!-- optd-security-setup -->\s*```bash\n(.*?)```\s*```bash\n(.*?)```", text,
+                  re.S)
+    assert m, "no <!-- optd-security-setup --> bash blocks in README.md"
+    return m.group(1), m.group(2)
+
+
+def test_the_readme_setup_runs_as_written(workdir):
+    setup, start = readme_blocks()
+    pki = str(workdir / "optd-pki")
+    subprocess.run(["bash", "-euo", "pipefail", "-c", setup.replace("/tmp/optd-pki", pki)],
+                   check=True, timeout=60)
+    command = start.replace("/tmp/optd-pki", pki).replace("\\\n", " ").split()
+    assert command[0] == "optd" and "--listen=127.0.0.1:50051" in command
+    args = [a for a in command[1:] if not a.startswith("--listen=")]
+    root = (Path(pki) / "ca.pem").read_bytes()
+    worker = grpc.ssl_channel_credentials(root_certificates=root,
+                                          private_key=(Path(pki) / "worker.key").read_bytes(),
+                                          certificate_chain=(Path(pki) / "worker.pem").read_bytes())
+    optd = OptdProcess(extra_args=args, credentials=worker).start()
+    try:
+        token = (Path(pki) / "alice.token").read_text().strip()
+        created = create(optd.stub, token, "run-1")
+        assert created.tenant == "acme"
+        # The worker's certificate acts as acme's writer without a token.
+        assert optd.stub.Step(pb2.StepRequest(session_id="run-1", gradients=[
+            to_tensor("w", np.ones(8, np.float32))]), timeout=TIMEOUT).version == 1
+        assert step(optd.stub, token, "run-1").version == 2
+        audit = (Path(pki) / "audit.log").read_text()
+        assert '"principal":"alice"' in audit and token not in audit
+    finally:
+        optd.stop()
+
+
+def test_sessions_from_before_the_access_file_belong_to_no_tenant_and_an_admin_names_them(
+        pki, workdir):
+    ckdir = workdir / "ck"
+    ckdir.mkdir()
+    common = [*tls_args(pki), f"--checkpoint_dir={ckdir}", "--checkpoint_interval=0"]
+    optd = OptdProcess(extra_args=common, credentials=creds(pki)).start()
+    try:
+        optd.stub.CreateSession(pb2.CreateSessionRequest(
+            session_id="old", config=adam(), tensors=[to_tensor("w", np.zeros(4, np.float32))]),
+            timeout=TIMEOUT)
+    finally:
+        optd.stop()
+    tokens = access_file(workdir / "tokens")
+    optd = OptdProcess(extra_args=[*common, f"--auth_tokens_file={tokens}"],
+                       credentials=creds(pki)).start()
+    try:
+        stub = optd.stub
+        # No tenant sees it; the admin lists it as ":old" and reaches it by that name.
+        for token in (ALICE, BOB, READER):
+            code, _ = code_of(lambda: stub.GetSession(pb2.GetSessionRequest(session_id="old"),
+                                                      metadata=md(token), timeout=TIMEOUT))
+            assert code == grpc.StatusCode.NOT_FOUND
+        listed = stub.ListSessions(pb2.ListSessionsRequest(), metadata=md(ADMIN), timeout=TIMEOUT)
+        assert [(s.tenant, s.session_id) for s in listed.sessions] == [("", ":old")]
+        info = stub.GetSession(pb2.GetSessionRequest(session_id=":old"), metadata=md(ADMIN),
+                               timeout=TIMEOUT)
+        assert info.session_id == ":old" and info.num_parameters == 4
+        stub.DeleteSession(pb2.DeleteSessionRequest(session_id=":old"), metadata=md(ADMIN),
+                           timeout=TIMEOUT)
+    finally:
+        optd.stop()

@@ -195,14 +195,20 @@ absl::StatusOr<AccessFile> ParseAccessFile(absl::string_view text) {
   return file;
 }
 
-absl::StatusOr<AccessFile> ReadAccessFile(const std::string& path) {
+absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::NotFoundError(absl::StrCat("cannot read ", path, " (missing or not readable)"));
   }
   std::ostringstream text;
   text << in.rdbuf();
-  absl::StatusOr<AccessFile> file = ParseAccessFile(text.str());
+  return text.str();
+}
+
+absl::StatusOr<AccessFile> ReadAccessFile(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadTextFile(path);
+  if (!text.ok()) return text.status();
+  absl::StatusOr<AccessFile> file = ParseAccessFile(*text);
   if (!file.ok())
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", file.status().message()));
   return file;

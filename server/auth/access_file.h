@@ -59,6 +59,9 @@ struct AccessFile {
   absl::flat_hash_map<std::string, TenantQuota> quotas;  // by tenant
 };
 
+// The whole text of the file at `path` (NotFound naming it when it cannot be read).
+absl::StatusOr<std::string> ReadTextFile(const std::string& path);
+
 // A SHA-256 written as 64 hex digits (either case).
 absl::StatusOr<TokenHash> ParseTokenHash(absl::string_view hex);
 

@@ -3,9 +3,6 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/quote.h"
@@ -54,13 +51,9 @@ absl::StatusOr<BasicAuthUsers> BasicAuthUsers::Parse(absl::string_view text) {
 }
 
 absl::StatusOr<BasicAuthUsers> BasicAuthUsers::Read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot read ", path, " (missing or not readable)"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  absl::StatusOr<BasicAuthUsers> users = Parse(text.str());
+  absl::StatusOr<std::string> text = ReadTextFile(path);
+  if (!text.ok()) return text.status();
+  absl::StatusOr<BasicAuthUsers> users = Parse(*text);
   if (!users.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", users.status().message()));
   }

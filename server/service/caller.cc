@@ -1,5 +1,6 @@
 #include "server/service/caller.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/quote.h"
 #include "server/service/tls_credentials.h"
@@ -45,7 +46,11 @@ absl::StatusOr<Caller> Admit(const CallCredentials& credentials, Action action,
 absl::StatusOr<std::string> StoredSessionId(const Principal& who, absl::string_view id) {
   const bool names_tenant = id.find(kTenantSeparator) != absl::string_view::npos;
   if (!names_tenant || who.tenant.empty()) return QualifiedSessionId(who.tenant, id);
-  if (who.role == Role::kAdmin || TenantOfSessionId(id) == who.tenant) return std::string(id);
+  if (who.role == Role::kAdmin) {
+    // ":id" is a session of no tenant (created before the server had an access file).
+    return std::string(absl::StartsWith(id, ":") ? id.substr(1) : id);
+  }
+  if (TenantOfSessionId(id) == who.tenant) return std::string(id);
   return absl::InvalidArgumentError(
       absl::StrCat("session_id ", Quote(id),
                    " names a tenant (tenant:id): only an admin may name another tenant's "
@@ -53,8 +58,9 @@ absl::StatusOr<std::string> StoredSessionId(const Principal& who, absl::string_v
 }
 
 std::string VisibleSessionId(const Principal& who, absl::string_view stored) {
-  if (TenantOfSessionId(stored) == who.tenant) return std::string(LocalSessionId(stored));
-  return std::string(stored);
+  const absl::string_view tenant = TenantOfSessionId(stored);
+  if (tenant == who.tenant) return std::string(LocalSessionId(stored));
+  return tenant.empty() ? absl::StrCat(":", stored) : std::string(stored);
 }
 
 void AuditCall(AuditLog* audit, absl::string_view event, const Caller& caller, Action action,

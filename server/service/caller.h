@@ -9,7 +9,8 @@
 //     found that its role allows `action`; a refusal is written to the audit log.
 //   - StoredSessionId(who, id): the id the store keys the session by. A tenant's session "run-1"
 //     is "acme:run-1" (tensor_spec.h); a caller names only its own tenant's sessions, and only an
-//     admin (or anyone, on a server without authentication) may name "tenant:id".
+//     admin (or anyone, on a server without authentication) may name "tenant:id", and an admin
+//     names a session of no tenant (created before the server had an access file) ":id".
 //   - VisibleSessionId(who, stored): the id as that caller names it in replies.
 //
 // Who uses it: OptimizerServiceImpl. Stateless functions.
