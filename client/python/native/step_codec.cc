@@ -1,6 +1,8 @@
 #include "client/python/native/step_codec.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "base/thread_pool.h"
 #include "wire/wire_dtype.h"
 
 namespace optd {
@@ -48,7 +50,8 @@ absl::Status AddGradients(const std::vector<GradientView>& gradients, v1::DType 
       data->assign(reinterpret_cast<const char*>(g.values.data()), g.values.size() * 4);
     } else {
       data->resize(g.values.size() * BytesPerElement(*wire));
-      EncodeFloats(*wire, g.values, data->data());
+      // Large tensors on the pool (the same bytes as on one thread).
+      EncodeFloats(*wire, g.values, data->data(), ThreadPool::Default());
     }
   }
   return absl::OkStatus();
@@ -79,7 +82,22 @@ absl::StatusOr<int64_t> DecodedElements(const v1::Tensor& tensor) {
 absl::Status DecodeInto(const v1::Tensor& tensor, absl::Span<float> out) {
   absl::StatusOr<WireDType> wire = ToWire(tensor.dtype());
   if (!wire.ok()) return wire.status();
-  return DecodeFloats(absl::StrCat("tensor '", tensor.name(), "'"), *wire, tensor.data(), out);
+  const std::string what = absl::StrCat("tensor '", tensor.name(), "'");
+  const int64_t n = static_cast<int64_t>(out.size());
+  if (absl::Status s = CheckEncodedSize(what, *wire, static_cast<int64_t>(tensor.data().size()), n);
+      !s.ok()) {
+    return s;
+  }
+  if (n < kParallelEncodeElements) return DecodeFloats(what, *wire, tensor.data(), out);
+  // Large tensors in blocks on the pool; each block is decoded exactly as the whole would be.
+  const int64_t width = BytesPerElement(*wire);
+  const absl::string_view data = tensor.data();
+  ThreadPool::Default()->ParallelFor(n, kEncodeBlockElements, [&](int64_t begin, int64_t end) {
+    DecodeFloats(what, *wire, data.substr(begin * width, (end - begin) * width),
+                 out.subspan(begin, end - begin))
+        .IgnoreError();  // sizes checked above
+  });
+  return absl::OkStatus();
 }
 
 }  // namespace python
