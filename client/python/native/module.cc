@@ -12,8 +12,9 @@
 //   - the GIL is released while encoding, calling (with the C++ client's retries) and decoding,
 //     so threads of one process overlap.
 //
-// Client.step returns StepResult's fields as a tuple (see Fields). A failed step raises optd._native.StatusError whose args are (code, message, current_version or
-// None, rejoin, server_incarnation, attempts); optd/native.py turns it into the typed OptdError.
+// Client.step returns StepResult's fields as a tuple (see Fields). A failed step raises
+// optd._native.StatusError whose args are (code, message, current_version or None, rejoin,
+// server_incarnation, attempts); optd/native.py turns it into the typed OptdError.
 //
 // Thread safety: a Client may be used from several Python threads at once (the C++ Client is
 // thread-safe); a StepReply is immutable.
@@ -61,9 +62,9 @@ constexpr int64_t kReleaseGilElements = 64 * 1024;
   if (std::optional<int64_t> v = client::CurrentVersion(status); v.has_value()) {
     current = py::int_(*v);
   }
-  py::tuple args = py::make_tuple(static_cast<int>(status.code()), std::string(status.message()),
-                                  current, client::NeedsRejoin(status),
-                                  client::ServerIncarnation(status), attempts);
+  py::tuple args =
+      py::make_tuple(static_cast<int>(status.code()), std::string(status.message()), current,
+                     client::NeedsRejoin(status), client::ServerIncarnation(status), attempts);
   PyErr_SetObject(status_error, args.ptr());
   throw py::error_already_set();
 }
@@ -71,8 +72,8 @@ constexpr int64_t kReleaseGilElements = 64 * 1024;
 // `buffer`'s memory as row-major float32 elements; TypeError (ValueError) otherwise.
 const float* FloatData(const py::buffer_info& b, const std::string& name) {
   if (b.itemsize != 4 || b.format.empty() || b.format.back() != 'f') {
-    throw py::type_error(absl::StrCat("tensor '", name, "': the native path needs float32, not ",
-                                      b.format));
+    throw py::type_error(
+        absl::StrCat("tensor '", name, "': the native path needs float32, not ", b.format));
   }
   py::ssize_t stride = 4;
   for (int i = static_cast<int>(b.ndim) - 1; i >= 0; --i) {
@@ -219,8 +220,8 @@ py::tuple Fields(const std::shared_ptr<StepReply>& reply, const py::object& out)
   py::list missing;
   for (const std::string& w : r.missing_workers()) missing.append(py::str(w));
   return py::make_tuple(r.version(), Parameters(reply, out), r.parameters_version(),
-                        r.gradient_norm(), r.learning_rate(), r.duplicate(), r.workers(),
-                        missing, r.staleness(), reply->attempts, r.server_incarnation(),
+                        r.gradient_norm(), r.learning_rate(), r.duplicate(), r.workers(), missing,
+                        r.staleness(), reply->attempts, r.server_incarnation(),
                         r.durable_version());
 }
 
@@ -259,13 +260,11 @@ class NativeClient {
     client_ = std::make_unique<client::Client>(std::move(channel), std::move(options), address);
   }
 
-  py::tuple Step(const std::string& session_id, const py::list& names,
-                                  const py::list& arrays, const std::string& worker_id,
-                                  int64_t sequence, int64_t worker_incarnation,
-                                  const py::object& version, const py::object& loss,
-                                  int return_parameters, int return_dtype, int gradient_dtype,
-                                  const py::object& timeout, const py::tuple& retry,
-                                  const py::object& out) {
+  py::tuple Step(const std::string& session_id, const py::list& names, const py::list& arrays,
+                 const std::string& worker_id, int64_t sequence, int64_t worker_incarnation,
+                 const py::object& version, const py::object& loss, int return_parameters,
+                 int return_dtype, int gradient_dtype, const py::object& timeout,
+                 const py::tuple& retry, const py::object& out) {
     // Kept per thread and cleared: its tensors' byte buffers are reused by the next step.
     thread_local v1::StepRequest request;
     request.Clear();
@@ -370,9 +369,9 @@ PYBIND11_MODULE(_native, m) {
            py::arg("address"), py::arg("timeout"), py::arg("max_message_bytes"),
            py::arg("wait_for_ready"), py::arg("max_reconnect_backoff"), py::arg("metadata"),
            py::arg("channel_args"))
-      .def("step", &NativeClient::Step, py::arg("session_id"), py::arg("names"),
-           py::arg("arrays"), py::arg("worker_id"), py::arg("sequence"),
-           py::arg("worker_incarnation"), py::arg("version"), py::arg("loss"),
-           py::arg("return_parameters"), py::arg("return_dtype"), py::arg("gradient_dtype"),
-           py::arg("timeout"), py::arg("retry"), py::arg("out"));
+      .def("step", &NativeClient::Step, py::arg("session_id"), py::arg("names"), py::arg("arrays"),
+           py::arg("worker_id"), py::arg("sequence"), py::arg("worker_incarnation"),
+           py::arg("version"), py::arg("loss"), py::arg("return_parameters"),
+           py::arg("return_dtype"), py::arg("gradient_dtype"), py::arg("timeout"), py::arg("retry"),
+           py::arg("out"));
 }
