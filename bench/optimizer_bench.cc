@@ -20,7 +20,12 @@
 // passes): sgd (lr 0.01; 3), sgd_momentum (momentum 0.9; 5), adam (7), adam_amsgrad (9), adamw
 // (7), adagrad (5), normalized_gd (norm pass + update; 4), adadelta (7), rmsprop (5), nadam (7),
 // radam (7), lion (5), lamb (moments and norms pass + update pass; 10), lars (norms pass + update;
-// 7).
+// 7); the learning-rate-free ones, whose first pass also folds the global sums: prodigy (13),
+// dadapt_adam (11), dadapt_sgd (9), dog (sums pass + update; 6), schedulefree_adamw (7),
+// schedulefree_sgd (5), adafactor (vector: 8), muon (a vector takes its AdamW: 7).
+//
+//   ns/muon/RxC      Muon's float32 Newton-Schulz (5 steps) of one R x C matrix, one thread, beside
+//   gemm/eigen/RxC   the same 15 matrix products done by Eigen alone (its GEMM floor).
 //
 // Rows are registered, so run, in the order optd 1t, floor 1t, optd pool, floor pool for each
 // optimizer and size: a ratio optd / floor compares neighbours. bench/run_optimizer_bench.py runs
@@ -40,12 +45,14 @@
 #include <utility>
 #include <vector>
 
+#include "Eigen/Core"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "base/thread_pool.h"
 #include "benchmark/benchmark.h"
 #include "server/optim/kernel_internal.h"
+#include "server/optim/muon.h"
 #include "server/optim/optimizer.h"
 #include "server/optim/optimizer_options.h"
 
@@ -76,6 +83,16 @@ struct Variant {
 };
 
 std::vector<Variant> Variants() {
+  // The benchmark's gradient is constant (up to the sign flips): a linear objective, on which the
+  // learning-rate-free estimates grow without bound and reach inf within the steps a row takes.
+  // D-Adaptation keeps d at d0 (growth_rate 1) and DoG takes small steps (lr 1e-3): the same
+  // arithmetic on finite values.
+  DAdaptAdamOptions dadapt_adam;
+  dadapt_adam.growth_rate = 1.0;
+  DAdaptSgdOptions dadapt_sgd;
+  dadapt_sgd.growth_rate = 1.0;
+  DogOptions dog;
+  dog.lr = 1e-3;
   SgdOptions sgd;
   sgd.lr = 0.01;
   SgdOptions sgd_momentum = sgd;
@@ -97,6 +114,15 @@ std::vector<Variant> Variants() {
       {"lion", LionOptions(), 1e-4, {{2, 1}}},          // p, m; g
       {"lamb", LambOptions(), 1e-3, {{2, 2}, {1, 2}}},  // m, v; p, g (+norms); then p; m, v
       {"lars", LarsOptions(), 1.0, {{0, 2}, {2, 1}}},   // |p|, |g|; then p, buf; g
+      // m, v, s; p, g, p0 (and the sums); then p; m, v
+      {"prodigy", ProdigyOptions(), 1.0, {{3, 3}, {1, 2}}},
+      {"dadapt_adam", dadapt_adam, 1.0, {{3, 1}, {1, 2}}},  // m, v, s; g; then p; m, v
+      {"dadapt_sgd", dadapt_sgd, 1.0, {{1, 1}, {2, 2}}},    // s; g; then p, z; x0, s
+      {"dog", dog, 1e-3, {{0, 3}, {1, 1}}},                 // |g|, |p - x0|; then p; g
+      {"schedulefree_adamw", ScheduleFreeAdamWOptions(), 2.5e-3, {{3, 1}}},  // y, z, v; g
+      {"schedulefree_sgd", ScheduleFreeSgdOptions(), 1.0, {{2, 1}}},         // y, z; g
+      {"adafactor", AdafactorOptions(), 1e-2, {{1, 2}, {1, 2}}},  // V; p, g; then p; g, V
+      {"muon", MuonOptions(), 0.02, {{3, 1}}},                    // a vector: AdamW's p, m, v; g
   };
 }
 
@@ -126,7 +152,7 @@ OPTD_SIMD_CLONES  // as the kernels: both sides run at the same SIMD width
     void
     StreamKernel(float* __restrict a0, float* __restrict a1, float* __restrict a2,
                  float* __restrict a3, const float* __restrict b0, const float* __restrict b1,
-                 int64_t n) {
+                 const float* __restrict b2, int64_t n) {
   constexpr float kScale = 1.0f / (kReadWrite + kReadOnly);
   for (int64_t i = 0; i < n; ++i) {
     float s = 0.0f;
@@ -136,6 +162,7 @@ OPTD_SIMD_CLONES  // as the kernels: both sides run at the same SIMD width
     if constexpr (kReadWrite > 3) s += a3[i];
     if constexpr (kReadOnly > 0) s += b0[i];
     if constexpr (kReadOnly > 1) s += b1[i];
+    if constexpr (kReadOnly > 2) s += b2[i];
     s *= kScale;
     if constexpr (kReadWrite > 0) a0[i] = s;
     if constexpr (kReadWrite > 1) a1[i] = s;
@@ -148,7 +175,7 @@ OPTD_SIMD_CLONES  // as the kernels: both sides run at the same SIMD width
 // four 128-bit ones: vectorises without reassociating).
 template <int kReadOnly>
 OPTD_SIMD_CLONES float SumKernel(const float* __restrict b0, const float* __restrict b1,
-                                 int64_t n) {
+                                 const float* __restrict b2, int64_t n) {
   constexpr int kLanes = 16;
   float acc[kLanes] = {};
   int64_t i = 0;
@@ -156,6 +183,7 @@ OPTD_SIMD_CLONES float SumKernel(const float* __restrict b0, const float* __rest
     for (int j = 0; j < kLanes; ++j) {
       acc[j] += b0[i + j];
       if constexpr (kReadOnly > 1) acc[j] += b1[i + j];
+      if constexpr (kReadOnly > 2) acc[j] += b2[i + j];
     }
   }
   float sum = 0.0f;
@@ -163,6 +191,7 @@ OPTD_SIMD_CLONES float SumKernel(const float* __restrict b0, const float* __rest
   for (; i < n; ++i) {
     sum += b0[i];
     if constexpr (kReadOnly > 1) sum += b1[i];
+    if constexpr (kReadOnly > 2) sum += b2[i];
   }
   return sum;
 }
@@ -171,33 +200,38 @@ OPTD_SIMD_CLONES float SumKernel(const float* __restrict b0, const float* __rest
 float RunPass(const Pass& pass, std::vector<std::vector<float>>& arrays, int64_t begin,
               int64_t end) {
   float* a[4] = {};
-  const float* b[2] = {};
+  const float* b[3] = {};
   for (int k = 0; k < pass.read_write; ++k) a[k] = arrays[k].data() + begin;
   for (int k = 0; k < pass.read_only; ++k) b[k] = arrays[pass.read_write + k].data() + begin;
   const int64_t n = end - begin;
   const int key = 10 * pass.read_write + pass.read_only;
   switch (key) {
     case 1:
-      return SumKernel<1>(b[0], b[1], n);
+      return SumKernel<1>(b[0], b[1], b[2], n);
     case 2:
-      return SumKernel<2>(b[0], b[1], n);
+      return SumKernel<2>(b[0], b[1], b[2], n);
+    case 3:
+      return SumKernel<3>(b[0], b[1], b[2], n);
     case 11:
-      StreamKernel<1, 1>(a[0], a[1], a[2], a[3], b[0], b[1], n);
+      StreamKernel<1, 1>(a[0], a[1], a[2], a[3], b[0], b[1], b[2], n);
       return 0;
     case 12:
-      StreamKernel<1, 2>(a[0], a[1], a[2], a[3], b[0], b[1], n);
+      StreamKernel<1, 2>(a[0], a[1], a[2], a[3], b[0], b[1], b[2], n);
       return 0;
     case 21:
-      StreamKernel<2, 1>(a[0], a[1], a[2], a[3], b[0], b[1], n);
+      StreamKernel<2, 1>(a[0], a[1], a[2], a[3], b[0], b[1], b[2], n);
       return 0;
     case 22:
-      StreamKernel<2, 2>(a[0], a[1], a[2], a[3], b[0], b[1], n);
+      StreamKernel<2, 2>(a[0], a[1], a[2], a[3], b[0], b[1], b[2], n);
       return 0;
     case 31:
-      StreamKernel<3, 1>(a[0], a[1], a[2], a[3], b[0], b[1], n);
+      StreamKernel<3, 1>(a[0], a[1], a[2], a[3], b[0], b[1], b[2], n);
+      return 0;
+    case 33:
+      StreamKernel<3, 3>(a[0], a[1], a[2], a[3], b[0], b[1], b[2], n);
       return 0;
     case 41:
-      StreamKernel<4, 1>(a[0], a[1], a[2], a[3], b[0], b[1], n);
+      StreamKernel<4, 1>(a[0], a[1], a[2], a[3], b[0], b[1], b[2], n);
       return 0;
   }
   std::fprintf(stderr, "optimizer_bench: no floor kernel for pass %d\n", key);
@@ -356,6 +390,45 @@ void BM_Floor(benchmark::State& state, const Variant& variant, bool use_pool) {
   SetCounters(state, n, Streams(variant.floor), ThreadsUsed(pool, n));
 }
 
+// Muon's Newton-Schulz of one rows x cols matrix (5 steps), one thread.
+void BM_NewtonSchulz(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = state.range(1);
+  const std::vector<float> u = Fill(rows * cols, 3, -1.0f, 1.0f);
+  std::vector<float> x(u.size());
+  for (auto _ : state) {
+    std::copy(u.begin(), u.end(), x.begin());
+    Muon::NewtonSchulz(x.data(), rows, cols, 5);
+    benchmark::DoNotOptimize(x.data());
+  }
+  state.counters["flops"] = benchmark::Counter(
+      5.0 * 2.0 *
+          (2.0 * std::min(rows, cols) * std::min(rows, cols) * std::max(rows, cols) +
+           std::pow(static_cast<double>(std::min(rows, cols)), 3)),
+      benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// The 15 matrix products of 5 Newton-Schulz steps, done by Eigen alone: X X^T, A A, B X with
+// X of min x max (the floor of BM_NewtonSchulz: no scaling, no transposes, no allocation).
+void BM_EigenProducts(benchmark::State& state) {
+  using M = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const int64_t small = std::min(state.range(0), state.range(1));
+  const int64_t large = std::max(state.range(0), state.range(1));
+  const std::vector<float> u = Fill(small * large, 3, -0.01f, 0.01f);
+  M x = Eigen::Map<const M>(u.data(), small, large);
+  M a(small, small), b(small, small), bx(small, large);
+  for (auto _ : state) {
+    for (int s = 0; s < 5; ++s) {
+      a.noalias() = x * x.transpose();
+      b.noalias() = a * a;
+      bx.noalias() = b * x;
+    }
+    benchmark::DoNotOptimize(bx.data());
+  }
+  state.counters["flops"] = benchmark::Counter(
+      5.0 * 2.0 * (2.0 * small * small * large + std::pow(static_cast<double>(small), 3)),
+      benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void RegisterAll() {
   static const std::vector<Variant>* const variants = new std::vector<Variant>(Variants());
   for (const Variant& v : *variants) {
@@ -376,6 +449,16 @@ void RegisterAll() {
         }
       }
     }
+  }
+  for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
+           {256, 256}, {1024, 1024}, {4096, 1024}, {1024, 4096}}) {
+    const std::string shape = std::to_string(rows) + "x" + std::to_string(cols);
+    benchmark::RegisterBenchmark(("ns/muon/" + shape).c_str(), BM_NewtonSchulz)
+        ->Args({rows, cols})
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("gemm/eigen/" + shape).c_str(), BM_EigenProducts)
+        ->Args({rows, cols})
+        ->Unit(benchmark::kMillisecond);
   }
   benchmark::AddCustomContext("optd_pool_threads",
                               std::to_string(ThreadPool::Default()->num_threads()));

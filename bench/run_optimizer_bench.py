@@ -57,7 +57,8 @@ def x(a, b):
 
 
 def run_optd(binary, args):
-    """{(kind, optimizer, mode, size): ns/param}, and the benchmark's context."""
+    """{(kind, optimizer, mode, size): ns/param} and {(kind, shape): ms} (Muon's Newton-Schulz,
+    ns/muon/RxC, and Eigen's products for it, gemm/eigen/RxC), and the benchmark's context."""
     cmd = [binary, "--benchmark_format=json", f"--benchmark_min_time={args.min_time}"]
     if args.repetitions > 1:
         cmd += [f"--benchmark_repetitions={args.repetitions}",
@@ -68,16 +69,22 @@ def run_optd(binary, args):
     out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
     data = json.loads(out)
     rows = {}
+    matrices = {}
     for b in data["benchmarks"]:
         if b.get("error_occurred"):
             print(f"{b['name']}: {b.get('error_message')}", file=sys.stderr)
             continue
         if args.repetitions > 1 and b.get("aggregate_name") != "median":
             continue
+        parts = b["run_name"].split("/")
+        if parts[0] in ("ns", "gemm"):  # <kind>/<what>/<RxC>/<R>/<C>
+            matrices[(parts[0], parts[2])] = b["real_time"] * {"ms": 1, "us": 1e-3,
+                                                               "ns": 1e-6}[b["time_unit"]]
+            continue
         # run_name: <kind>/<optimizer>/<1t|pool>/<size>[/real_time]
-        kind, optimizer, mode, size = b["run_name"].split("/")[:4]
+        kind, optimizer, mode, size = parts[:4]
         rows[(kind, optimizer, mode, int(size))] = b["per_param"] * 1e9
-    return rows, data, out
+    return rows, matrices, data, out
 
 
 def run_torch(names, sizes):
@@ -116,7 +123,7 @@ def main():
         return 2
     load = os.getloadavg()[0]
     started = time.time()
-    optd, optd_json, optd_raw = run_optd(binary, args)
+    optd, matrices, optd_json, optd_raw = run_optd(binary, args)
     optimizers = []  # in the benchmark's order
     for (kind, optimizer, mode, size) in optd:
         if optimizer not in optimizers:
@@ -157,6 +164,16 @@ def main():
           "in as many passes; pool columns are wall time (steps below 256K elements run inline: "
           "-), 1-thread columns the thread's CPU time.")
     print()
+    shapes = [shape for (kind, shape) in matrices if kind == "ns"]
+    if shapes:
+        print("| Muon Newton-Schulz (5 steps, float32, 1 thread) | ms | Eigen's 15 products alone "
+              "| ms | NS / products |")
+        print("|---|---:|---|---:|---:|")
+        for shape in shapes:
+            ns, gemm = matrices.get(("ns", shape)), matrices.get(("gemm", shape))
+            print(f"| {shape} | {fmt(ns)} | {shape} | {fmt(gemm)} | "
+                  f"{fmt(ratio(ns, gemm))}{x(ns, gemm)} |")
+        print()
 
     def check(label, value, limit, at_most):
         if value is None:

@@ -173,12 +173,14 @@ void FuzzRequest(const uint8_t* data, size_t size) {
   const absl::StatusOr<StepInput> input = StepInputFromProto(parsed.message);
   FUZZ_CHECK(input.ok() == (v1::DType_IsValid(want.return_dtype()) &&
                             v1::ReturnParameters_IsValid(want.return_parameters()) &&
-                            want.worker_incarnation() >= 0),
+                            want.worker_incarnation() >= 0 &&
+                            v1::ParameterPoint_IsValid(want.return_point())),
              input.status().ToString());
   if (input.ok()) {
     FUZZ_CHECK(input->worker_id == want.worker_id());
     FUZZ_CHECK(input->sequence == want.sequence());
     FUZZ_CHECK(input->worker_incarnation == want.worker_incarnation());
+    FUZZ_CHECK(static_cast<int>(input->return_point) == want.return_point());
     FUZZ_CHECK(input->version.has_value() == want.has_version());
     FUZZ_CHECK(input->loss.has_value() == want.has_loss());
     FUZZ_CHECK(static_cast<int>(input->return_dtype) == want.return_dtype());

@@ -11,6 +11,8 @@ PACKAGES=(
   libclang-rt-14-dev llvm-14
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev
+  # Muon's Newton-Schulz matrix products (server/optim/muon.cc); header-only
+  libeigen3-dev
   # Python: clients, torch-parity tests (always /usr/bin/python3)
   python3 python3-grpcio python3-protobuf python3-numpy python3-torch python3-pytest
   # the Python client's native data path (client/python/native, a pybind11 module) and the venv

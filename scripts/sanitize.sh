@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/asan_build.sh
 
 TESTS=(base_test wire_test optim_test session_test auth_test metrics_test service_test message_bytes_test
-       client_test host_tensor_test optctl_flags_test)
+       client_test credentials_test host_tensor_test optctl_flags_test)
 start=$(date +%s)
 cmake --build "$ASAN_BUILD_DIR" -j 2 --target "${TESTS[@]}"
 built=$(date +%s)

@@ -185,11 +185,18 @@ class Workers:
 
 
 def start_optd(port, folder):
+    # A short grace: the workers' idle connections would otherwise hold a SIGTERM for the whole
+    # default 10 s, and the graceful stop below must end in optd's own shutdown checkpoint.
     return OptdProcess(extra_args=[f"--listen=127.0.0.1:{port}", f"--checkpoint_dir={folder}",
-                                   "--checkpoint_interval=150ms", "--checkpoint_keep=2"]).start()
+                                   "--checkpoint_interval=150ms", "--checkpoint_keep=2",
+                                   "--shutdown_grace=2s"]).start()
 
 
 def check_restored(optd, reference, previous_version, max_durable, cycle):
+    # optd logs the restore count just after its listen line: wait for it (bounded).
+    deadline = time.monotonic() + 10
+    while "sessions restored" not in optd.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     stderr = optd.stderr_text()
     assert "1 sessions restored" in stderr, f"cycle {cycle}: {optd.output()}"
     assert "cannot be restored" not in stderr and "could not" not in stderr, optd.output()
@@ -247,7 +254,8 @@ def test_sigkill_at_random_moments_loses_nothing_durable_and_restores_exactly():
         time.sleep(0.5)
         workers.running.clear()
         time.sleep(0.3)  # calls in flight finish (a barrier waiting for a paused worker stays)
-        optd.stop()
+        _, killed = optd.stop(timeout=60)
+        assert not killed, f"optd did not stop within 60 s of SIGTERM\n{optd.output()}"
         assert not workers.errors, workers.errors
         optd = start_optd(port, folder.name)
         pulled = check_restored(optd, reference, restored_version, workers.max_durable, CYCLES)

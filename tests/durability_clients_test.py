@@ -380,6 +380,10 @@ NPZ_CASES = {
     "adagrad": dict(lr=0.05), "normalized_gd": dict(lr=0.05), "adadelta": dict(lr=0.5),
     "rmsprop": dict(lr=0.01, centered=True), "nadam": dict(lr=0.01), "radam": dict(lr=0.01),
     "lion": dict(lr=1e-3), "lamb": dict(lr=0.01), "lars": dict(lr=0.1),
+    # The learning-rate-free and recent ones: model-wide scalars (d, eta, ...) travel too.
+    "prodigy": dict(slice_p=2), "dadapt_adam": dict(decouple=True), "dadapt_sgd": dict(),
+    "dog": dict(averaging=True), "ldog": dict(), "schedulefree_adamw": dict(lr=0.01),
+    "schedulefree_sgd": dict(lr=0.1), "adafactor": dict(), "muon": dict(),
 }
 
 

@@ -61,6 +61,7 @@ DASHBOARD_JSON = DEPLOY / "grafana" / "dashboards" / "optd.json"
 
 SESSION = "metrics-it"
 DOOMED = "metrics-doomed"
+PRODIGY = "metrics-prodigy"
 LEARNING_RATE = 0.01
 UNARY_STEPS_BEFORE = 30
 STREAM_STEPS = 20
@@ -197,10 +198,10 @@ def _train(optd, observed: Observed, prometheus: Prometheus):
     rng = np.random.default_rng(7)
     shapes = {"w": (64, 4), "b": (16,)}
 
-    def create(session_id):
+    def create(session_id, optimizer=None):
         stub.CreateSession(pb2.CreateSessionRequest(
             session_id=session_id,
-            config=pb2.SessionConfig(optimizer=pb2.OptimizerConfig(
+            config=pb2.SessionConfig(optimizer=optimizer or pb2.OptimizerConfig(
                 adam=pb2.Adam(lr=LEARNING_RATE))),
             tensors=[to_tensor(n, rng.standard_normal(s)) for n, s in shapes.items()]),
             timeout=RPC_TIMEOUT_S)
@@ -239,6 +240,11 @@ def _train(optd, observed: Observed, prometheus: Prometheus):
         unary_step(SESSION, loss=2.0 / (i + 1))
     for _ in range(3):
         unary_step(DOOMED, loss=1.0)
+    # A learning-rate-free session, so optd_optimizer_estimate (d, effective_lr) has values.
+    create(PRODIGY, pb2.OptimizerConfig(prodigy=pb2.Prodigy()))
+    for _ in range(3):
+        reply = unary_step(PRODIGY, loss=1.0)
+    assert reply.optimizer_estimates["d"] > 0
 
     nan = request(SESSION, 1.0)
     nan.gradients[0].data = np.full(shapes["w"], np.nan, dtype="<f4").tobytes()
@@ -428,6 +434,15 @@ def test_every_dashboard_expression_returns_data(stack):
         if not result:
             empty.append(f"{where}: {expr}")
     assert not empty, "dashboard expressions without data:\n" + "\n".join(empty)
+
+
+def test_estimates_of_a_learning_rate_free_session(stack):
+    optd, prom, _ = stack
+    d = prom.value(f'optd_optimizer_estimate{{session="{PRODIGY}",estimate="d"}}')
+    info = optd.stub.GetSession(optd.pb2.GetSessionRequest(session_id=PRODIGY),
+                                timeout=RPC_TIMEOUT_S)
+    assert d == pytest.approx(info.optimizer_estimates["d"], rel=1e-12)
+    assert not prom.query(f'optd_optimizer_estimate{{session="{SESSION}"}}')  # adam: none
 
 
 def test_session_variable_lists_the_session(stack):

@@ -738,3 +738,31 @@ def test_stubs_come_from_the_build_tree_in_a_checkout():
     from optd.v1 import optd_pb2  # pylint: disable=import-outside-toplevel
     assert optd_pb2.__file__.startswith(str(build_dir() / "python")), optd_pb2.__file__
     assert optd.__file__.startswith(str(REPO_ROOT / "client" / "python"))
+
+
+def test_learning_rate_free_estimates_and_the_evaluation_point(client):
+    """Session.step returns the optimizer's estimates; Schedule-Free answers with x on request, and
+    an optimizer without an evaluation point refuses it (FailedPreconditionError)."""
+    w = {"w": RNG.standard_normal((4, 3)).astype(np.float32)}
+    prodigy = client.create_session(w, "prodigy", session_id=_unique("prodigy"))
+    result = prodigy.step({"w": np.ones((4, 3), np.float32)})
+    assert result.point == "training"
+    assert set(result.estimates) == {"d", "effective_lr"}
+    assert result.estimates["d"] == pytest.approx(1e-6)  # d0: the first step cannot move it
+    assert dict(prodigy.info().optimizer_estimates) == result.estimates
+    with pytest.raises(optd.FailedPreconditionError, match="keeps no evaluation point"):
+        prodigy.pull(point="evaluation")
+    prodigy.delete()
+
+    sf = client.create_session(w, "schedulefree_sgd", lr=0.1, session_id=_unique("sf"))
+    y = sf.step({"w": np.ones((4, 3), np.float32)})
+    x = sf.step({"w": np.ones((4, 3), np.float32)}, return_point="evaluation")
+    assert (y.point, x.point) == ("training", "evaluation")
+    pulled_x = sf.pull(point="evaluation")
+    pulled_y = sf.pull()
+    assert pulled_x.point == "evaluation" and pulled_y.point == "training"
+    np.testing.assert_array_equal(pulled_x.tensors["w"], x.parameters["w"])
+    assert not np.array_equal(pulled_x.tensors["w"], pulled_y.tensors["w"])
+    with pytest.raises(optd.InvalidArgumentError):
+        sf.pull(point="sideways")
+    sf.delete()

@@ -45,6 +45,26 @@ OPTIMIZER_FIELDS = {
     "lamb": dict(lr=">= 0", beta1="[0, 1)", beta2="[0, 1)", eps="> 0", weight_decay=">= 0"),
     "lars": dict(lr=">= 0", momentum="[0, 1)", weight_decay=">= 0", trust_coefficient="> 0",
                  eps=">= 0"),
+    "prodigy": dict(lr="> 0", beta1="[0, 1)", beta2="[0, 1)", beta3="[0, 1)", eps="> 0",
+                    weight_decay=">= 0", d0="> 0", d_coef="> 0", growth_rate="growth"),
+    "dadapt_adam": dict(lr="> 0", beta1="[0, 1)", beta2="[0, 1)", eps="> 0", weight_decay=">= 0",
+                        d0="> 0", growth_rate="growth", layer_scale="> 0"),
+    "dadapt_sgd": dict(lr="> 0", momentum="[0, 1)", weight_decay=">= 0", d0="> 0",
+                       growth_rate="growth"),
+    "dog": dict(lr="> 0", reps_rel="> 0", weight_decay=">= 0", eps="> 0", init_eta="> 0",
+                averager_gamma=">= 0"),
+    "ldog": dict(lr="> 0", reps_rel="> 0", weight_decay=">= 0", eps="> 0", init_eta="> 0",
+                 averager_gamma=">= 0"),
+    "schedulefree_adamw": dict(lr=">= 0", beta1="(0, 1)", beta2="[0, 1)", eps="> 0",
+                               weight_decay=">= 0", r=">= 0", weight_lr_power=">= 0",
+                               inner_momentum="[0, 1)"),
+    "schedulefree_sgd": dict(lr=">= 0", momentum="(0, 1)", weight_decay=">= 0", r=">= 0",
+                             weight_lr_power=">= 0"),
+    "adafactor": dict(lr=">= 0", beta2_decay="<= 0", eps1=">= 0", eps2=">= 0", d=">= 1",
+                      weight_decay=">= 0"),
+    "muon": dict(lr=">= 0", momentum="[0, 1)", weight_decay=">= 0", adam_lr=">= 0",
+                 adam_beta1="[0, 1)", adam_beta2="[0, 1)", adam_eps="> 0",
+                 adam_weight_decay=">= 0"),
 }
 # What every optimizer needs besides the field under test (SGD's lr is required).
 OPTIMIZER_BASE = {"sgd": dict(lr=0.1)}
@@ -84,18 +104,29 @@ OUTSIDE = {  # values just outside each range
     "[0, 1)": [-0.1, 1.0],
     "[0, 1]": [-0.1, 1.5],
     "(0, 1]": [0.0, 1.5],
+    "(0, 1)": [0.0, 1.0],
+    ">= 1": [0.5],
+    "<= 0": [0.1],
+    "growth": [0.5, -1.0],  # growth_rate: >= 1, or inf (unbounded)
 }
+# Ranges whose upper end is +inf itself: inf is valid there, only NaN and -inf are not.
+INF_VALID = {"growth"}
 BOUNDARY = {  # the edges of each range, accepted
     ">= 0": [0.0],
     "> 0": [1e-12],
     "[0, 1)": [0.0, 0.999999],
     "[0, 1]": [0.0, 1.0],
     "(0, 1]": [1e-9, 1.0],
+    "(0, 1)": [1e-9, 0.999999],
+    ">= 1": [1.0],
+    "<= 0": [0.0, -1.5],
+    "growth": [1.0, INF],
     ">= 1": [1],
 }
 RANGE_TEXT = {  # how the message spells the range
     ">= 0": ">= 0", "> 0": "> 0", ">= 1": ">= 1",
     "[0, 1)": "in [0, 1)", "[0, 1]": "in [0, 1]", "(0, 1]": "in (0, 1]",
+    "(0, 1)": "in (0, 1)", "<= 0": "<= 0", "growth": ">= 1 (or inf)",
 }
 
 
@@ -122,9 +153,10 @@ def _invalid_cases():
     for kind, fields in OPTIMIZER_FIELDS.items():
         for name, rng in fields.items():
             path = f"config.optimizer.{kind}.{name}"
-            values = OUTSIDE[rng] + [NAN, INF] + ([-INF] if name == "lr" else [])
+            values = OUTSIDE[rng] + ([NAN, -INF] if rng in INF_VALID else
+                                     [NAN, INF] + ([-INF] if name == "lr" else []))
             for v in values:
-                finite = math.isfinite(v)
+                finite = math.isfinite(v) or rng in INF_VALID
                 cases.append((f"{kind}.{name}={fmt(v)}",
                               spec(opt=(kind, {**OPTIMIZER_BASE.get(kind, {}), name: v})),
                               [f"{path} = {fmt(v)}",

@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/types/optional.h"
+#include "client/cpp/client_status.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -25,90 +26,8 @@ namespace optd {
 namespace client {
 namespace {
 
-// Where an ABORTED status carries the session's current version (decimal).
-constexpr char kCurrentVersionPayload[] = "optd.dev/current_version";
-// The unary reply's trailing metadata key the server puts it in.
-constexpr char kCurrentVersionTrailer[] = "optd-current-version";
-// Where a FAILED_PRECONDITION status says that the worker must join again ("1"), and the unary
-// reply's trailing metadata key that carries it.
-constexpr char kRejoinPayload[] = "optd.dev/rejoin";
-constexpr char kRejoinTrailer[] = "optd-rejoin";
-// Where a status carries the answering server's incarnation, and the unary trailer it comes in.
-constexpr char kServerIncarnationPayload[] = "optd.dev/server_incarnation";
-constexpr char kServerIncarnationTrailer[] = "optd-server-incarnation";
-// Set by a Worker on a status from another server process than its previous reply.
-constexpr char kServerRestartedPayload[] = "optd.dev/server_restarted";
 constexpr size_t kMaxIdLength = 128;
 constexpr int32_t kMaxPageSize = 1000;
-
-absl::Status WithCurrentVersion(absl::Status status, int64_t current_version) {
-  if (current_version >= 0) {
-    status.SetPayload(kCurrentVersionPayload, absl::Cord(absl::StrCat(current_version)));
-  }
-  return status;
-}
-
-// `status` marked as needing a rejoin (see NeedsRejoin) when `rejoin` and it is
-// FAILED_PRECONDITION.
-absl::Status WithRejoin(absl::Status status, bool rejoin) {
-  if (rejoin && status.code() == absl::StatusCode::kFailedPrecondition) {
-    status.SetPayload(kRejoinPayload, absl::Cord("1"));
-  }
-  return status;
-}
-
-// The one conversion from gRPC to absl: the codes are the same canonical set, so the number and
-// the message carry over unchanged. The current version of an ABORTED reply and the rejoin flag of
-// a FAILED_PRECONDITION one come along.
-absl::Status FromGrpcStatus(const grpc::Status& status, const grpc::ClientContext* context) {
-  if (status.ok()) return absl::OkStatus();
-  absl::Status out(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
-  if (context != nullptr) {
-    const auto& trailers = context->GetServerTrailingMetadata();
-    const auto it = trailers.find(kCurrentVersionTrailer);
-    int64_t version;
-    if (it != trailers.end() &&
-        absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &version)) {
-      out = WithCurrentVersion(std::move(out), version);
-    }
-    const auto incarnation = trailers.find(kServerIncarnationTrailer);
-    if (incarnation != trailers.end() && !incarnation->second.empty()) {
-      out.SetPayload(
-          kServerIncarnationPayload,
-          absl::Cord(absl::string_view(incarnation->second.data(), incarnation->second.size())));
-    }
-    const auto rejoin = trailers.find(kRejoinTrailer);
-    if (rejoin != trailers.end()) {
-      out = WithRejoin(std::move(out),
-                       absl::string_view(rejoin->second.data(), rejoin->second.size()) == "1");
-    }
-  }
-  return out;
-}
-
-// The status of a StepError embedded in a stream reply; an out-of-range code becomes Unknown.
-absl::Status FromStepError(const v1::StepError& error) {
-  const int code = error.code();
-  if (code <= 0 || code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
-    return absl::UnknownError(absl::StrCat("StepError with code ", code, ": ", error.message()));
-  }
-  absl::Status out = WithRejoin(
-      WithCurrentVersion(absl::Status(static_cast<absl::StatusCode>(code), error.message()),
-                         error.current_version()),
-      error.rejoin());
-  if (!error.server_incarnation().empty()) {
-    out.SetPayload(kServerIncarnationPayload, absl::Cord(error.server_incarnation()));
-  }
-  return out;
-}
-
-// `status` with `note` appended to its message; code and payloads kept.
-absl::Status Annotate(const absl::Status& status, absl::string_view note) {
-  absl::Status out(status.code(), absl::StrCat(status.message(), " [", note, "]"));
-  status.ForEachPayload(
-      [&out](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
-  return out;
-}
 
 void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
   if (timeout > absl::ZeroDuration() && timeout != absl::InfiniteDuration()) {
@@ -132,7 +51,17 @@ absl::Status CheckId(absl::string_view field, absl::string_view id, absl::string
   return absl::OkStatus();
 }
 
-absl::Status CheckSessionId(absl::string_view id) { return CheckId("session_id", id, "._-"); }
+// A session id: 1-128 characters of [A-Za-z0-9._-], optionally after "tenant:" (how an admin names
+// another tenant's session, ":id" one of no tenant; the server refuses it from anyone else).
+absl::Status CheckSessionId(absl::string_view id) {
+  const size_t colon = id.find(':');
+  if (colon == absl::string_view::npos) return CheckId("session_id", id, "._-");
+  const absl::string_view tenant = id.substr(0, colon);
+  if (!tenant.empty()) {
+    if (absl::Status s = CheckId("the tenant of session_id", tenant, "._-"); !s.ok()) return s;
+  }
+  return CheckId("session_id", id.substr(colon + 1), "._-");
+}
 
 absl::Status CheckDType(absl::string_view field, v1::DType dtype) {
   if (v1::DType_IsValid(dtype)) return absl::OkStatus();
@@ -140,84 +69,11 @@ absl::Status CheckDType(absl::string_view field, v1::DType dtype) {
                                                  "; must be DTYPE_F32, DTYPE_BF16 or DTYPE_F16"));
 }
 
-absl::StatusOr<std::vector<HostTensor>> DecodeReplyTensors(
-    const google::protobuf::RepeatedPtrField<v1::Tensor>& tensors) {
-  std::vector<HostTensor> out;
-  out.reserve(tensors.size());
-  for (const v1::Tensor& t : tensors) {
-    absl::StatusOr<HostTensor> decoded = HostTensorFromProto(t);
-    if (!decoded.ok()) {
-      return absl::InternalError(
-          absl::StrCat("malformed reply from the server: ", decoded.status().message()));
-    }
-    out.push_back(*std::move(decoded));
-  }
-  return out;
-}
-
-absl::StatusOr<StepResult> DecodeStepResponse(const v1::StepResponse& response,
-                                              const v1::StepRequest& request, int attempts) {
-  StepResult result;
-  result.version = response.version();
-  result.parameters_version = response.parameters_version();
-  result.gradient_norm = response.gradient_norm();
-  result.learning_rate = response.learning_rate();
-  result.duplicate = response.duplicate();
-  result.workers = response.workers();
-  result.missing_workers.assign(response.missing_workers().begin(),
-                                response.missing_workers().end());
-  result.staleness = response.staleness();
-  result.sequence = request.sequence();
-  result.worker_incarnation = request.worker_incarnation();
-  result.attempts = attempts;
-  result.server_incarnation = response.server_incarnation();
-  result.durable_version = response.durable_version();
-  absl::StatusOr<std::vector<HostTensor>> parameters = DecodeReplyTensors(response.parameters());
-  if (!parameters.ok()) return parameters.status();
-  result.parameters = *std::move(parameters);
-  return result;
-}
-
 bool Keyed(const v1::StepRequest& request) {
   return !request.worker_id().empty() && request.sequence() > 0;
 }
 
 }  // namespace
-
-std::optional<int64_t> CurrentVersion(const absl::Status& status) {
-  if (status.code() != absl::StatusCode::kAborted) return std::nullopt;
-  // absl::optional: Debian's abseil does not alias it to std::optional.
-  const absl::optional<absl::Cord> payload = status.GetPayload(kCurrentVersionPayload);
-  int64_t version;
-  if (!payload.has_value() || !absl::SimpleAtoi(std::string(*payload), &version)) {
-    return std::nullopt;
-  }
-  return version;
-}
-
-std::string ServerIncarnation(const absl::Status& status) {
-  const absl::optional<absl::Cord> payload = status.GetPayload(kServerIncarnationPayload);
-  return payload.has_value() ? std::string(*payload) : std::string();
-}
-
-bool ServerRestarted(const absl::Status& status) {
-  return !status.ok() && status.GetPayload(kServerRestartedPayload).has_value();
-}
-
-absl::Status WithServerRestarted(absl::Status status, bool restarted) {
-  if (status.ok()) return status;
-  if (restarted) {
-    status.SetPayload(kServerRestartedPayload, absl::Cord("1"));
-  } else {
-    status.ErasePayload(kServerRestartedPayload);
-  }
-  return status;
-}
-
-bool NeedsRejoin(const absl::Status& status) {
-  return status.code() == absl::StatusCode::kFailedPrecondition &&
-         status.GetPayload(kRejoinPayload).has_value();
-}
 
 absl::Status ClientOptions::Validate() const {
   if (timeout <= absl::ZeroDuration()) {
@@ -297,6 +153,7 @@ absl::StatusOr<v1::StepRequest> MakeStepRequest(absl::string_view session_id,
   if (options.loss.has_value()) request.set_loss(*options.loss);
   request.set_return_parameters(options.return_parameters);
   request.set_return_dtype(options.return_dtype);
+  request.set_return_point(options.return_point);
   return request;
 }
 
@@ -321,18 +178,47 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(std::string address,
   // address again, which gRPC rate-limits to once per 30 s by default: capped too, or a restarted
   // server is found ~5 s late (measured with gRPC 1.51).
   args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, std::min(reconnect_ms, 1000));
+  SecurityOptions wanted{options.tls,     options.tls_ca,          options.tls_cert,
+                         options.tls_key, options.tls_server_name, options.token};
+  absl::StatusOr<Security> security =
+      Security::Make(address, wanted, options.credentials != nullptr);
+  if (!security.ok()) return security.status();
+  if (!security->server_name().empty()) {
+    args.SetSslTargetNameOverride(security->server_name());
+  }
   std::shared_ptr<grpc::ChannelCredentials> credentials =
-      options.credentials != nullptr ? options.credentials : grpc::InsecureChannelCredentials();
+      options.credentials != nullptr ? options.credentials
+      : security->tls()              ? security->credentials()
+                                     : grpc::InsecureChannelCredentials();
   std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(address, credentials, args);
   if (channel == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("cannot make a channel to '", address, "'"));
   }
-  return std::make_unique<Client>(std::move(channel), std::move(options), std::move(address));
+  return std::unique_ptr<Client>(
+      new Client(std::move(channel), std::move(options), address, *std::move(security)));
 }
 
+namespace {
+
+// The Security of a client over a given channel: only the token (unusable: none).
+Security ChannelSecurity(const std::string& target, const std::optional<std::string>& token) {
+  SecurityOptions wanted;
+  wanted.token = token;
+  absl::StatusOr<Security> security = Security::Make(target, wanted, /*custom_credentials=*/true);
+  return security.ok() ? *std::move(security) : Security(target);
+}
+
+}  // namespace
+
 Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options, std::string target)
+    : Client(channel, options, target,
+             ChannelSecurity(target.empty() ? "the server" : target, options.token)) {}
+
+Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options, std::string target,
+               Security security)
     : options_(std::move(options)),
       target_(target.empty() ? "the server" : std::move(target)),
+      security_(std::move(security)),
       channel_(std::move(channel)),
       stub_(v1::Optimizer::NewStub(channel_)),
       health_(std::make_unique<HealthStub>(channel_)) {}
@@ -342,7 +228,14 @@ Client::~Client() = default;
 void Client::Prepare(grpc::ClientContext* context, absl::Duration timeout) const {
   SetDeadline(context, timeout);
   context->set_wait_for_ready(options_.wait_for_ready);
-  for (const auto& [key, value] : options_.metadata) context->AddMetadata(key, value);
+  bool authorization = false;
+  for (const auto& [key, value] : options_.metadata) {
+    context->AddMetadata(key, value);
+    authorization = authorization || key == "authorization";
+  }
+  if (!authorization && !security_.token().empty()) {
+    context->AddMetadata("authorization", absl::StrCat("Bearer ", security_.token()));
+  }
 }
 
 template <typename Call>
@@ -356,10 +249,14 @@ absl::Status Client::Retry(absl::string_view method, const RetryPolicy& retry, C
     absl::Status s = call(&context);
     if (attempts != nullptr) *attempts = attempt;
     if (s.ok()) return s;
+    absl::Status explained = security_.Explain(s, method);
+    const bool tls_failure = IsTlsFailure(explained);
+    if (options_.explain_refusals) s = std::move(explained);
     const bool transport = s.code() == absl::StatusCode::kUnavailable ||
                            s.code() == absl::StatusCode::kDeadlineExceeded;
-    if (!retry.Retries(s.code()) || attempt >= retry.max_attempts) {
-      if (!transport) return s;
+    // A failed TLS handshake fails the same way again: not retried, already explained.
+    if (!retry.Retries(s.code()) || attempt >= retry.max_attempts || tls_failure) {
+      if (!transport || tls_failure) return s;
       return Annotate(
           s, absl::StrFormat("%s to %s: %d attempt%s in %.2f s%s", method, target_, attempt,
                              attempt == 1 ? "" : "s", absl::ToDoubleSeconds(absl::Now() - start),
@@ -503,6 +400,7 @@ absl::StatusOr<PullResult> Client::Pull(absl::string_view session_id, const Pull
   }
   request.set_dtype(options.dtype);
   request.set_include_optimizer_state(options.optimizer_state);
+  request.set_point(options.point);
   for (size_t i = 0; i < options.rows.size(); ++i) {
     const TensorRows& rows = options.rows[i];
     if (!options.names.empty() &&
@@ -531,6 +429,7 @@ absl::StatusOr<PullResult> Client::Pull(absl::string_view session_id, const Pull
   result.version = response.version();
   result.server_incarnation = response.server_incarnation();
   result.durable_version = response.durable_version();
+  result.point = response.point();
   if (response.has_optimizer_state()) {
     result.optimizer_state = std::move(*response.mutable_optimizer_state());
   }
@@ -645,80 +544,6 @@ absl::StatusOr<bool> Client::Health(const std::string& service) {
   });
   if (!s.ok()) return s;
   return response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// StepStream
-
-StepStream::StepStream(const Client* client, absl::Duration lifetime) {
-  client->Prepare(&context_, lifetime);
-  stream_ = client->stub_->StreamSteps(&context_);
-}
-
-StepStream::~StepStream() {
-  if (!final_status_.has_value()) {
-    context_.TryCancel();
-    Finish().IgnoreError();
-  }
-}
-
-absl::Status StepStream::Finish() {
-  if (!final_status_.has_value()) final_status_ = FromGrpcStatus(stream_->Finish(), nullptr);
-  return *final_status_;
-}
-
-absl::StatusOr<StepResult> StepStream::Step(absl::string_view session_id,
-                                            const std::vector<HostTensor>& gradients,
-                                            const StepOptions& options) {
-  absl::StatusOr<v1::StepRequest> request = MakeStepRequest(session_id, gradients, options);
-  if (!request.ok()) return request.status();
-  return Send(*request);
-}
-
-absl::StatusOr<StepResult> StepStream::Send(const v1::StepRequest& request) {
-  if (finished()) {
-    absl::Status s = final_status_.value_or(absl::OkStatus());
-    if (s.ok()) s = absl::FailedPreconditionError("the StepStream is closed");
-    return s;
-  }
-  v1::StreamStepsResponse response;
-  if (!stream_->Write(request) || !stream_->Read(&response)) {
-    // The call is over; its status says why (a stream that ended cleanly without answering is a
-    // server fault).
-    absl::Status s = Finish();
-    if (s.ok()) {
-      final_status_ = absl::InternalError("the server ended the StreamSteps call without a reply");
-      return *final_status_;
-    }
-    return s;
-  }
-  switch (response.result_case()) {
-    case v1::StreamStepsResponse::kReply:
-      return DecodeStepResponse(response.reply(), request, 1);
-    case v1::StreamStepsResponse::kError:
-      return FromStepError(response.error());
-    default:
-      return absl::InternalError("malformed reply from the server: empty StreamStepsResponse");
-  }
-}
-
-absl::Status StepStream::Close() {
-  if (final_status_.has_value()) return *final_status_;
-  if (!writes_done_) {
-    writes_done_ = true;
-    stream_->WritesDone();
-  }
-  // The server owes no replies (every Step read its own), so anything left is a protocol error;
-  // read to the end so that Finish can return.
-  v1::StreamStepsResponse extra;
-  bool unexpected = false;
-  while (stream_->Read(&extra)) unexpected = true;
-  absl::Status s = Finish();
-  if (s.ok() && unexpected) {
-    final_status_ = absl::InternalError("the server sent a StreamSteps reply nobody asked for");
-    return *final_status_;
-  }
-  return s;
 }
 
 }  // namespace client

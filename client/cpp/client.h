@@ -45,12 +45,18 @@
 // are spent, also name the method, the server's address and the attempts made. InvalidArgument is
 // also returned, before any RPC, for a request the client can tell is invalid (a HostTensor whose
 // values do not match its shape, a bad worker id, a sequence without a worker id, a non-finite
-// loss, ...). A reply the client cannot decode is Internal.
+// loss, ...). A reply the client cannot decode is Internal. UNAUTHENTICATED, PERMISSION_DENIED
+// and a failed TLS handshake (UNAVAILABLE, not retried) come with messages that name the server,
+// the call and the option to check (credentials.h).
+//
+// Security (README "Security"): ClientOptions::tls_ca / tls_cert / tls_key turn on TLS and mTLS;
+// ClientOptions::token (default $OPTD_TOKEN) is sent as a bearer token with every call.
 
 #ifndef OPTD_CLIENT_CPP_CLIENT_H_
 #define OPTD_CLIENT_CPP_CLIENT_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -61,6 +67,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "client/cpp/credentials.h"
 #include "client/cpp/host_tensor.h"
 #include "client/cpp/retry.h"
 #include "grpcpp/channel.h"
@@ -90,10 +97,29 @@ struct ClientOptions {
   // re-resolution interval is capped at the same value (at most 1 s), since the channel reconnects
   // only after it. In [100 ms, 120 s].
   absl::Duration max_reconnect_backoff = absl::Seconds(1);
-  // Metadata sent with every call, e.g. {"authorization", "Bearer <token>"}. Keys are lowercase.
+  // Metadata sent with every call. Keys are lowercase.
   std::vector<std::pair<std::string, std::string>> metadata;
-  // Connect only: the channel's credentials (e.g. grpc::SslCredentials); null means insecure.
+  // Connect only: TLS and mTLS (credentials.h). tls_ca: PEM file of the CA the server's
+  // certificate must chain to (turns TLS on); tls: TLS with the system's roots; tls_cert and
+  // tls_key: PEM files of the client certificate and its key, for a server with --tls_client_ca
+  // (both or neither; they turn TLS on too); tls_server_name: the name the server's certificate
+  // must hold when not the address's host. Read once, by Connect.
+  bool tls = false;
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_server_name;
+  // Bearer token sent as "authorization: Bearer <token>" with every call, streams included (over
+  // a plaintext channel only on loopback). Unset: the OPTD_TOKEN environment variable; "": none.
+  std::optional<std::string> token;
+  // Connect only: the channel's credentials, for callers that build their own (not with the tls
+  // fields); null means insecure unless the tls fields are given.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // false: refusals (UNAUTHENTICATED, PERMISSION_DENIED, a failed TLS handshake) come back with
+  // gRPC's own message, for a caller that explains them itself (the Python native path: its
+  // optd.Client explains them in Python, as its pure path does). A failed handshake is still
+  // recognised, and not retried.
+  bool explain_refusals = true;
 
   absl::Status Validate() const;
 };
@@ -122,6 +148,9 @@ struct StepOptions {
   v1::DType return_dtype = v1::DTYPE_F32;
   // Wire encoding of the gradients sent. BF16 and F16 halve the bytes and round the gradient.
   v1::DType gradient_dtype = v1::DTYPE_F32;
+  // Which point the returned parameters are: the training point, or the evaluation point of an
+  // optimizer that keeps one (Schedule-Free's x, DoG's average; with ALL or NONE).
+  v1::ParameterPoint return_point = v1::PARAMETER_POINT_TRAINING;
   // Overrides ClientOptions::retry for this step (a keyed step only; unkeyed ones never retry).
   std::optional<RetryPolicy> retry;
 };
@@ -165,6 +194,10 @@ struct StepResult {
   // than the worker's previous reply, so the server restarted in between and this step applied to
   // the session as restored from its checkpoint.
   bool server_restarted = false;
+  // The point `parameters` are (StepOptions::return_point).
+  v1::ParameterPoint point = v1::PARAMETER_POINT_TRAINING;
+  // The optimizer's estimates after the step (Prodigy's and D-Adaptation's "d", DoG's "eta", ...).
+  std::map<std::string, double> estimates;
 };
 
 // What JoinSession returns.
@@ -196,6 +229,9 @@ struct PullOptions {
   // Also return the whole optimizer state (PullResult::optimizer_state), at the same version as
   // the parameters. Not with `rows`.
   bool optimizer_state = false;
+  // The training point, or the evaluation point of an optimizer that keeps one (Schedule-Free's
+  // x, DoG's average; FAILED_PRECONDITION for the others). Not with `rows`.
+  v1::ParameterPoint point = v1::PARAMETER_POINT_TRAINING;
 };
 
 struct PullResult {
@@ -208,6 +244,8 @@ struct PullResult {
   // its step count and F32 arrays such as "exp_avg"; HostTensorFromProto decodes them). It can be
   // given back with UpdateSession (UpdateSessionRequest.optimizer_state).
   std::optional<v1::OptimizerState> optimizer_state;
+  // The point `tensors` are (PullOptions::point).
+  v1::ParameterPoint point = v1::PARAMETER_POINT_TRAINING;
 };
 
 // What Checkpoint returns.
@@ -274,10 +312,16 @@ class Client {
                                                          ClientOptions options = {});
 
   // A client over an existing channel (e.g. OptdServer::InProcessChannel() in tests). `target`
-  // only names the server in error messages. REQUIRES: channel != nullptr and options.Validate()
-  // is OK.
+  // only names the server in error messages. The tls fields of `options` do not apply (the channel
+  // has its credentials); the token does (unset: $OPTD_TOKEN, ignored if unusable).
+  // REQUIRES: channel != nullptr and options.Validate() is OK.
   explicit Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options = {},
                   std::string target = "");
+
+  // As above, with the Security that explains refusals and recognises failed TLS handshakes
+  // (Security::ForChannel for a channel made with known credentials).
+  Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options, std::string target,
+         Security security);
 
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
@@ -367,6 +411,8 @@ class Client {
   const ClientOptions& options() const { return options_; }
   // The address given to Connect (or the constructor's `target`).
   const std::string& target() const { return target_; }
+  // TLS and token in use, and the explanations of refusals (credentials.h).
+  const Security& security() const { return security_; }
 
  private:
   friend class StepStream;
@@ -384,6 +430,7 @@ class Client {
 
   const ClientOptions options_;
   const std::string target_;
+  const Security security_;
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<v1::Optimizer::Stub> stub_;
   // grpc.health.v1.Health stub; a pointer to an opaque type keeps the generated health headers
@@ -425,6 +472,7 @@ class StepStream {
   // Ends the call (after a failed write or read) and records its status.
   absl::Status Finish();
 
+  const Security* security_;  // the client's, for error messages
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::StepRequest, v1::StreamStepsResponse>> stream_;
   bool writes_done_ = false;

@@ -567,6 +567,12 @@ TEST_F(ClientTest, RequestsTheClientCanTellAreBadFailBeforeSending) {
   EXPECT_THAT(step_error(options), HasSubstr("return_dtype = 9"));
   EXPECT_THAT(client_->Step("", g).status().message(), HasSubstr("session_id '' has 0 characters"));
   EXPECT_THAT(client_->GetSession("a/b").status().message(), HasSubstr("contains '/'"));
+  // "tenant:id" (an admin's name for another tenant's session) passes the client's check; the
+  // parts are checked each, and a second ':' is refused.
+  EXPECT_EQ(client_->GetSession("acme:run-1").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(client_->GetSession("acme:run:1").status().message(), HasSubstr("contains ':'"));
+  EXPECT_THAT(client_->GetSession("ac/me:run").status().message(),
+              HasSubstr("the tenant of session_id 'ac/me' contains '/'"));
   EXPECT_EQ(client_->ListSessions(1001).status().code(), absl::StatusCode::kInvalidArgument);
 
   absl::StatusOr<PullResult> pulled = client_->Pull("local-checks");

@@ -150,6 +150,9 @@ class DurabilityTest : public ::testing::Test {
   // Kills optd with `sig`, then starts it again on the same address after `pause`, in the
   // background (the caller's worker keeps stepping meanwhile).
   void RestartInBackground(int sig, absl::Duration pause) {
+    // A SIGKILL lands before this returns, whatever the load: the next step cannot reach the old
+    // process. A SIGTERM is sent from the thread, so that steps overlap the graceful shutdown.
+    if (sig == SIGKILL) optd_->Kill(SIGKILL);
     restarter_ = std::thread([this, sig, pause] {
       optd_->Kill(sig);
       absl::SleepFor(pause);
@@ -173,7 +176,6 @@ class DurabilityTest : public ::testing::Test {
   // Kills optd with `sig` and restarts it in the background after 300 ms.
   void Restart(int sig) {
     RestartInBackground(sig, absl::Milliseconds(300));
-    if (sig == SIGKILL) absl::SleepFor(absl::Milliseconds(50));  // the kill lands first
   }
 
   void CreateQuadratic(const std::string& id) {
@@ -218,7 +220,6 @@ class DurabilityTest : public ::testing::Test {
       if (applied == 20 && restart_at == absl::Time()) {
         restart_at = absl::Now();
         RestartInBackground(sig, absl::Milliseconds(300));
-        if (sig == SIGKILL) absl::SleepFor(absl::Milliseconds(50));  // the kill lands first
       }
       if (sig == SIGTERM && applied >= 20) absl::SleepFor(absl::Milliseconds(20));
       StepOptions step;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -39,7 +40,9 @@
 #include "client/cpp/host_tensor.h"
 #include "client/cpp/npy.h"
 #include "client/cpp/optctl_flags.h"
+#include "client/cpp/optctl_print.h"
 #include "client/cpp/optctl_values.h"
+#include "client/cpp/security_flags.h"
 #include "client/cpp/worker.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
@@ -101,7 +104,8 @@ namespace {
 
 constexpr char kUsage[] = R"(command-line client of an optd server.
 
-Usage: optctl [--server=HOST:PORT] [--timeout=30s] [--attempts=3] COMMAND [ARGS] [FLAGS]
+Usage: optctl [--server=HOST:PORT] [--timeout=30s] [--attempts=3] [--tls_ca=PEM]
+              [--tls_cert=PEM --tls_key=PEM] [--token=TOKEN] COMMAND [ARGS] [FLAGS]
 
 Commands:
   create    --optimizer=NAME [hyperparameter flags] --tensor=NAME:DIMS[:INIT] ... [--session=ID]
@@ -149,80 +153,12 @@ Examples:
   optctl update demo --lr=0.001 --beta2=0.99 --schedule=step:step_size=100,gamma=0.5
   optctl pull demo --out=/tmp/demo
   optctl checkpoint demo
+  OPTD_TOKEN=... optctl --server=optd.example:50051 --tls_ca=ca.pem list
   optctl create --session=demo-slow --from_session=demo --optimizer=adam --lr=0.001
 )";
 
-std::string Help() { return absl::StrCat(kUsage, ConfigHelp(), kUsageEnd); }
-
-// ---------------------------------------------------------------------------------------------------
-// Printing.
-
-std::string Shape(const google::protobuf::RepeatedField<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
-std::string FormatTime(double unix_seconds) {
-  if (unix_seconds <= 0) return "-";
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(std::llround(unix_seconds)),
-                          absl::UTCTimeZone());
-}
-
-void PrintSession(const v1::Session& session) {
-  std::cout << "session:      " << session.session_id() << "\n";
-  std::cout << "optimizer:    " << OptimizerKind(session.config().optimizer()) << "\n";
-  v1::OptimizerConfig optimizer_config = session.config().optimizer();
-  if (const google::protobuf::Message* optimizer = MutableOptimizer(&optimizer_config)) {
-    const google::protobuf::Descriptor* descriptor = optimizer->GetDescriptor();
-    const google::protobuf::Reflection* reflection = optimizer->GetReflection();
-    for (int i = 0; i < descriptor->field_count(); ++i) {
-      const google::protobuf::FieldDescriptor* field = descriptor->field(i);
-      std::string value;
-      if (field->has_presence() && !reflection->HasField(*optimizer, field)) {
-        value = "(unset)";
-      } else if (field->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_DOUBLE) {
-        value = absl::StrFormat("%.10g", reflection->GetDouble(*optimizer, field));
-      } else if (field->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_BOOL) {
-        value = reflection->GetBool(*optimizer, field) ? "true" : "false";
-      } else if (field->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_ENUM) {
-        // NORM_PER_TENSOR -> per_tensor, the spelling of the flag.
-        std::string name = reflection->GetEnum(*optimizer, field)->name();
-        const size_t underscore = name.find('_');
-        value = absl::AsciiStrToLower(
-            underscore == std::string::npos ? name : name.substr(underscore + 1));
-      } else {
-        value = "?";
-      }
-      std::cout << absl::StrFormat("  %-26s %s\n", field->name(), value);
-    }
-  }
-  const v1::SessionConfig& config = session.config();
-  std::cout << "schedule:     " << FormatSchedule(config.schedule()) << "\n";
-  const std::string clipping = FormatFields(config.clipping());
-  std::cout << "clipping:     " << (clipping.empty() ? "off" : clipping) << "\n";
-  std::cout << "consistency:  " << FormatConsistency(config.consistency()) << "\n";
-  std::cout << "learning rate: " << absl::StrFormat("%.10g", session.learning_rate())
-            << " (next step)\n";
-  std::cout << "tensors:      " << session.tensors_size() << " (" << session.num_parameters()
-            << " parameters)\n";
-  size_t width = 0;
-  for (const v1::TensorInfo& t : session.tensors()) width = std::max(width, t.name().size());
-  for (const v1::TensorInfo& t : session.tensors()) {
-    std::cout << absl::StrFormat("  %-*s  %-16s %d\n", static_cast<int>(width), t.name(),
-                                 Shape(t.shape()), t.num_elements());
-  }
-  std::cout << "version:      " << session.version() << "\n";
-  if (session.durable_version() >= 0) {
-    std::cout << "durable:      " << session.durable_version()
-              << " (newest checkpointed version; later steps are lost if the server is killed)\n";
-  } else {
-    std::cout << "durable:      none (no checkpoint yet, or the server runs without "
-                 "--checkpoint_dir)\n";
-  }
-  std::cout << "parameter bytes:        " << session.parameter_bytes() << "\n";
-  std::cout << "optimizer state bytes:  " << session.optimizer_state_bytes() << " ("
-            << session.state_bytes_per_parameter()
-            << " per parameter once every tensor has stepped)\n";
-  std::cout << "created:      " << FormatTime(session.create_time_seconds()) << "\n";
+std::string Help() {
+  return absl::StrCat(kUsage, ConfigHelp(), "\n", kSecurityFlagsHelp, kUsageEnd);
 }
 
 // A tensor name as a file name: [A-Za-z0-9_.-] kept, anything else (and a leading '.') as %XX, so
@@ -369,18 +305,7 @@ absl::Status List(Client& client, const std::vector<std::string>& args) {
   if (!s.ok()) return s;
   absl::StatusOr<std::vector<v1::Session>> sessions = client.ListSessions(1000);
   if (!sessions.ok()) return sessions.status();
-  size_t width = 2;
-  for (const v1::Session& session : *sessions) {
-    width = std::max(width, session.session_id().size());
-  }
-  std::cout << absl::StrFormat("%-*s  %-13s %8s %8s %12s  %s\n", static_cast<int>(width), "ID",
-                               "OPTIMIZER", "VERSION", "TENSORS", "PARAMETERS", "CREATED");
-  for (const v1::Session& session : *sessions) {
-    std::cout << absl::StrFormat(
-        "%-*s  %-13s %8d %8d %12d  %s\n", static_cast<int>(width), session.session_id(),
-        OptimizerKind(session.config().optimizer()), session.version(), session.tensors_size(),
-        session.num_parameters(), FormatTime(session.create_time_seconds()));
-  }
+  PrintSessionList(*sessions);
   return absl::OkStatus();
 }
 
@@ -565,6 +490,13 @@ absl::Status StepOnce(Client& client, const CommandLine& command_line,
   std::cout << " sequence " << result->sequence << "\n";
   std::cout << "gradient norm:  " << absl::StrFormat("%.9g", result->gradient_norm) << "\n";
   std::cout << "learning rate:  " << absl::StrFormat("%.9g", result->learning_rate) << "\n";
+  if (!result->estimates.empty()) {
+    std::vector<std::string> pairs;
+    for (const auto& [name, value] : result->estimates) {
+      pairs.push_back(absl::StrFormat("%s=%.9g", name, value));
+    }
+    std::cout << "estimates:      " << absl::StrJoin(pairs, " ") << "\n";
+  }
   return absl::OkStatus();
 }
 
@@ -622,6 +554,7 @@ int Main(int argc, char** argv) {
     return Fail(UsageError(
         absl::StrCat("--attempts=", options.retry.max_attempts, ": must be >= 1 (1: no retry)")));
   }
+  ApplySecurityFlags(&options);
   if (absl::GetFlag(FLAGS_server).empty()) {
     return Fail(UsageError("--server is empty; want HOST:PORT, e.g. 127.0.0.1:50051"));
   }

@@ -44,6 +44,37 @@ ABSL_FLAG(bool, maximize, false, "sgd, adam, adamw, adagrad, adadelta, rmsprop")
 ABSL_FLAG(bool, centered, false, "rmsprop");
 ABSL_FLAG(std::optional<std::string>, norm, std::nullopt, "normalized_gd: global | per_tensor");
 ABSL_FLAG(std::optional<std::string>, guard, std::nullopt, "normalized_gd: add_eps | max_eps");
+// The learning-rate-free and recent optimizers' fields.
+ABSL_FLAG(std::optional<double>, beta3, std::nullopt, "prodigy");
+ABSL_FLAG(std::optional<double>, d0, std::nullopt, "prodigy, dadapt_adam, dadapt_sgd");
+ABSL_FLAG(std::optional<double>, d_coef, std::nullopt, "prodigy");
+ABSL_FLAG(std::optional<double>, growth_rate, std::nullopt,
+          "prodigy, dadapt_adam, dadapt_sgd (inf: unbounded)");
+ABSL_FLAG(std::optional<double>, layer_scale, std::nullopt, "dadapt_adam");
+ABSL_FLAG(std::optional<double>, reps_rel, std::nullopt, "dog, ldog");
+ABSL_FLAG(std::optional<double>, init_eta, std::nullopt, "dog, ldog");
+ABSL_FLAG(std::optional<double>, averager_gamma, std::nullopt, "dog, ldog");
+ABSL_FLAG(std::optional<double>, r, std::nullopt, "schedulefree_adamw, schedulefree_sgd");
+ABSL_FLAG(std::optional<double>, weight_lr_power, std::nullopt,
+          "schedulefree_adamw, schedulefree_sgd");
+ABSL_FLAG(std::optional<double>, inner_momentum, std::nullopt, "schedulefree_adamw");
+ABSL_FLAG(std::optional<double>, beta2_decay, std::nullopt, "adafactor");
+ABSL_FLAG(std::optional<double>, eps1, std::nullopt, "adafactor");
+ABSL_FLAG(std::optional<double>, eps2, std::nullopt, "adafactor");
+ABSL_FLAG(std::optional<double>, d, std::nullopt, "adafactor: update clipping threshold");
+ABSL_FLAG(std::optional<double>, adam_lr, std::nullopt, "muon: AdamW lr of the non-matrix tensors");
+ABSL_FLAG(std::optional<double>, adam_beta1, std::nullopt, "muon");
+ABSL_FLAG(std::optional<double>, adam_beta2, std::nullopt, "muon");
+ABSL_FLAG(std::optional<double>, adam_eps, std::nullopt, "muon");
+ABSL_FLAG(std::optional<double>, adam_weight_decay, std::nullopt, "muon");
+ABSL_FLAG(bool, decouple, false, "prodigy, dadapt_adam: decoupled weight decay");
+ABSL_FLAG(bool, use_bias_correction, false, "prodigy, dadapt_adam");
+ABSL_FLAG(bool, safeguard_warmup, false, "prodigy");
+ABSL_FLAG(bool, averaging, false, "dog, ldog: keep the iterate average");
+ABSL_FLAG(std::optional<int64_t>, slice_p, std::nullopt, "prodigy");
+ABSL_FLAG(std::optional<int64_t>, warmup_steps, std::nullopt,
+          "schedulefree_adamw, schedulefree_sgd");
+ABSL_FLAG(std::optional<int64_t>, ns_steps, std::nullopt, "muon");
 
 ABSL_FLAG(std::string, schedule, "", "learning-rate schedule NAME[:KEY=VALUE,...] (see --help)");
 ABSL_FLAG(std::optional<double>, max_norm, std::nullopt, "clip the gradient's global L2 norm");
@@ -72,6 +103,10 @@ struct EnumFlag {
   const char* name;
   absl::Flag<std::optional<std::string>>* flag;
 };
+struct Int64Flag {
+  const char* name;
+  absl::Flag<std::optional<int64_t>>* flag;
+};
 
 const DoubleFlag kDoubleFlags[] = {
     {"lr", &FLAGS_lr},
@@ -87,12 +122,41 @@ const DoubleFlag kDoubleFlags[] = {
     {"alpha", &FLAGS_alpha},
     {"momentum_decay", &FLAGS_momentum_decay},
     {"trust_coefficient", &FLAGS_trust_coefficient},
+    {"beta3", &FLAGS_beta3},
+    {"d0", &FLAGS_d0},
+    {"d_coef", &FLAGS_d_coef},
+    {"growth_rate", &FLAGS_growth_rate},
+    {"layer_scale", &FLAGS_layer_scale},
+    {"reps_rel", &FLAGS_reps_rel},
+    {"init_eta", &FLAGS_init_eta},
+    {"averager_gamma", &FLAGS_averager_gamma},
+    {"r", &FLAGS_r},
+    {"weight_lr_power", &FLAGS_weight_lr_power},
+    {"inner_momentum", &FLAGS_inner_momentum},
+    {"beta2_decay", &FLAGS_beta2_decay},
+    {"eps1", &FLAGS_eps1},
+    {"eps2", &FLAGS_eps2},
+    {"d", &FLAGS_d},
+    {"adam_lr", &FLAGS_adam_lr},
+    {"adam_beta1", &FLAGS_adam_beta1},
+    {"adam_beta2", &FLAGS_adam_beta2},
+    {"adam_eps", &FLAGS_adam_eps},
+    {"adam_weight_decay", &FLAGS_adam_weight_decay},
 };
 const BoolFlag kBoolFlags[] = {
     {"nesterov", &FLAGS_nesterov},
     {"amsgrad", &FLAGS_amsgrad},
     {"maximize", &FLAGS_maximize},
     {"centered", &FLAGS_centered},
+    {"decouple", &FLAGS_decouple},
+    {"use_bias_correction", &FLAGS_use_bias_correction},
+    {"safeguard_warmup", &FLAGS_safeguard_warmup},
+    {"averaging", &FLAGS_averaging},
+};
+const Int64Flag kInt64Flags[] = {
+    {"slice_p", &FLAGS_slice_p},
+    {"warmup_steps", &FLAGS_warmup_steps},
+    {"ns_steps", &FLAGS_ns_steps},
 };
 const EnumFlag kEnumFlags[] = {
     {"norm", &FLAGS_norm},
@@ -380,6 +444,14 @@ absl::StatusOr<int> ApplyHyperparameterFlags(const CommandLine& command_line,
     reflection->SetBool(optimizer, *field, absl::GetFlag(*f.flag));
     ++given;
   }
+  for (const Int64Flag& f : kInt64Flags) {
+    const std::optional<int64_t> value = absl::GetFlag(*f.flag);
+    if (!value.has_value()) continue;
+    absl::StatusOr<const pb::FieldDescriptor*> field = field_for(f.name);
+    if (!field.ok()) return field.status();
+    reflection->SetInt64(optimizer, *field, *value);
+    ++given;
+  }
   for (const EnumFlag& f : kEnumFlags) {
     const std::optional<std::string> value = absl::GetFlag(*f.flag);
     if (!value.has_value()) continue;
@@ -511,6 +583,11 @@ bool HasFlagFor(const pb::FieldDescriptor& field) {
       return false;
     case pb::FieldDescriptor::CPPTYPE_BOOL:
       for (const BoolFlag& f : kBoolFlags) {
+        if (name == f.name) return true;
+      }
+      return false;
+    case pb::FieldDescriptor::CPPTYPE_INT64:
+      for (const Int64Flag& f : kInt64Flags) {
         if (name == f.name) return true;
       }
       return false;

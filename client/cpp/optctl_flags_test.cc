@@ -40,7 +40,7 @@ std::vector<const pb::Descriptor*> OneofTypes(const pb::Descriptor& type) {
 TEST(OptctlFlagsTest, EveryOptimizerFieldHasAFlagAndEveryNumberADefaultInTheHelp) {
   const std::vector<const pb::Descriptor*> optimizers =
       OneofTypes(*v1::OptimizerConfig::descriptor());
-  ASSERT_EQ(optimizers.size(), 12u);
+  ASSERT_EQ(optimizers.size(), 21u);
   for (const pb::Descriptor* type : optimizers) {
     for (int i = 0; i < type->field_count(); ++i) {
       const pb::FieldDescriptor& field = *type->field(i);
@@ -67,9 +67,11 @@ TEST(OptctlFlagsTest, EveryScheduleAndConsistencyOptionHasHelp) {
 
 TEST(OptctlFlagsTest, HelpListsEveryOptimizerWithItsFlagsAndEverySchedule) {
   const std::string help = ConfigHelp();
-  EXPECT_THAT(OptimizerKinds(),
-              ElementsAre("sgd", "adam", "adamw", "adagrad", "normalized_gd", "adadelta", "rmsprop",
-                          "nadam", "radam", "lion", "lamb", "lars"));
+  EXPECT_THAT(
+      OptimizerKinds(),
+      ElementsAre("sgd", "adam", "adamw", "adagrad", "normalized_gd", "adadelta", "rmsprop",
+                  "nadam", "radam", "lion", "lamb", "lars", "prodigy", "dadapt_adam", "dadapt_sgd",
+                  "dog", "ldog", "schedulefree_adamw", "schedulefree_sgd", "adafactor", "muon"));
   EXPECT_THAT(help,
               HasSubstr("\n  adam              --lr=1e-3 --beta1=0.9 --beta2=0.999 --eps=1e-8"));
   EXPECT_THAT(help, HasSubstr("--norm=global|per_tensor --guard=add_eps|max_eps"));
@@ -211,9 +213,12 @@ TEST_F(HyperparameterFlagsTest, AFlagTheOptimizerHasNoFieldForIsAUsageErrorListi
   absl::SetFlag(&FLAGS_norm, std::nullopt);
   absl::SetFlag(&FLAGS_optimizer, "adamax");
   v1::OptimizerConfig config;
-  EXPECT_THAT(ApplyOptimizerFlags(CommandLine{}, &config).message(),
-              HasSubstr("--optimizer=adamax: must be one of sgd, adam, adamw, adagrad, "
-                        "normalized_gd, adadelta, rmsprop, nadam, radam, lion, lamb, lars"));
+  EXPECT_THAT(
+      ApplyOptimizerFlags(CommandLine{}, &config).message(),
+      HasSubstr("--optimizer=adamax: must be one of sgd, adam, adamw, adagrad, "
+                "normalized_gd, adadelta, rmsprop, nadam, radam, lion, lamb, lars, prodigy, "
+                "dadapt_adam, dadapt_sgd, dog, ldog, schedulefree_adamw, schedulefree_sgd, "
+                "adafactor, muon"));
   EXPECT_EQ(HyperparameterFlags("lion"), "--lr, --beta1, --beta2, --weight_decay");
 }
 

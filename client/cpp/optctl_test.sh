@@ -83,6 +83,7 @@ echo "ok: optd --version -> optd $VERSION"
 
 # --- start optd --------------------------------------------------------------------------------
 mkdir -p "$WORK/checkpoints"
+: >"$WORK/optd.out"  # exists before the loop below reads it (the redirection is optd's, async)
 "$OPTD" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --checkpoint_dir="$WORK/checkpoints" \
   --checkpoint_interval=0 >"$WORK/optd.out" 2>"$WORK/optd.err" &
 OPTD_PID=$!
@@ -136,7 +137,7 @@ err_has '^optctl: INVALID_ARGUMENT: .*beta1'
 run 2 create --session=x --optimizer=adam --momentum=0.9 --tensor=w:1
 err_has '^optctl: INVALID_ARGUMENT: --momentum does not apply to adam \(it takes: --lr, --beta1, --beta2, --eps, --weight_decay, --amsgrad, --maximize\)$'
 run 2 create --session=x --optimizer=adamax --tensor=w:1
-err_has 'optimizer=adamax: must be one of sgd, adam, adamw, adagrad, normalized_gd, adadelta, rmsprop, nadam, radam, lion, lamb, lars$'
+err_has 'optimizer=adamax: must be one of sgd, adam, adamw, adagrad, normalized_gd, adadelta, rmsprop, nadam, radam, lion, lamb, lars, prodigy, dadapt_adam, dadapt_sgd, dog, ldog, schedulefree_adamw, schedulefree_sgd, adafactor, muon$'
 run 2 create --session=x --optimizer=adam
 err_has 'no tensors'
 run 2 create --session=x --optimizer=adam --tensor=w:3xq
@@ -150,6 +151,18 @@ out_has '^  maximize +false$'
 run 0 create --session=amsgrad --optimizer=adamw --amsgrad --tensor=w:2
 out_has '^  amsgrad +true$'
 out_has '^  weight_decay +0\.01$'   # AdamW's own default
+# The learning-rate-free optimizers' flags: doubles, int64 and booleans.
+run 0 create --session=prodigy --optimizer=prodigy --d_coef=0.5 --slice_p=3 --nodecouple \
+  --tensor=w:4x3:normal=0.1
+out_has '^optimizer: +prodigy$'
+out_has '^  d_coef +0\.5$'
+out_has '^  slice_p +3$'
+out_has '^  decouple +false$'
+out_has '^estimates: +d=1e-06 effective_lr=1e-06$'   # Prodigy's d0 before the first step
+run 0 create --session=muon --optimizer=muon --ns_steps=3 --adam_lr=0.001 --tensor=w:4x3:normal=0.1
+out_has '^  ns_steps +3$'
+run 2 create --session=x --optimizer=dog --slice_p=2 --tensor=w:1
+err_has '^optctl: INVALID_ARGUMENT: --slice_p does not apply to dog'
 
 cat >"$WORK/sgd.textproto" <<'EOF'
 config { optimizer { sgd { lr: 0.1 momentum: 0.9 } } }

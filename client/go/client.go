@@ -41,6 +41,11 @@ type options struct {
 	retry           RetryPolicy
 	reconnect       time.Duration
 	dialOptions     []grpc.DialOption
+	// WithTLS, WithTLSServerName, WithToken (security.go)
+	tls                                   bool
+	tlsCA, tlsCert, tlsKey, tlsServerName string
+	token                                 string
+	tokenSet                              bool
 }
 
 func defaultOptions() options {
@@ -88,6 +93,7 @@ type Client struct {
 	health healthpb.HealthClient
 	opts   options
 	server incarnations // the server processes this client's replies came from
+	sec    *security    // token, and the context of refusals' messages
 }
 
 // incarnations remembers the server incarnation of the last reply seen, to tell when the server
@@ -129,9 +135,10 @@ func (t *incarnations) observeErr(err error) {
 }
 
 // Dial makes a client for the server at addr ("host:port", or any gRPC target such as
-// "dns:///host:port" or "unix:/path"), over an insecure channel unless WithDialOptions supplies
-// credentials. ctx bounds the dial only with WithBlock. InvalidArgument for an empty address or an
-// option out of range. Close the client when done.
+// "dns:///host:port" or "unix:/path"), over an insecure channel unless WithTLS is given. The
+// token (WithToken, else $OPTD_TOKEN) goes with every call. ctx bounds the dial only with
+// WithBlock. InvalidArgument for an empty address, an option out of range, or a TLS file that
+// cannot be read (or a key that does not go with its certificate). Close the client when done.
 func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -143,8 +150,16 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	if err := o.check(); err != nil {
 		return nil, err
 	}
+	sec, creds, err := newSecurity(addr, &o)
+	if err != nil {
+		return nil, err
+	}
+	transport := grpc.WithInsecure() // grpc-go 1.33 has no credentials/insecure package
+	if creds != nil {
+		transport = grpc.WithTransportCredentials(creds)
+	}
 	dialOpts := []grpc.DialOption{
-		grpc.WithInsecure(), // grpc-go 1.33 has no credentials/insecure package
+		transport,
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(o.maxMessageBytes),
 			grpc.MaxCallSendMsgSize(o.maxMessageBytes)),
 	}
@@ -160,29 +175,41 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	}
 	dialOpts = append(dialOpts, o.dialOptions...)
 	conn, err := grpc.DialContext(ctx, addr, dialOpts...)
+	if err != nil && ctx.Err() == nil {
+		return nil, sec.explain(wrapError(ctx, "Dial", err, nil))
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, wrapError(ctx, "Dial", ctx.Err(), nil)
 		}
 		return nil, wrapError(ctx, "Dial", err, nil)
 	}
-	c := newClient(conn, o)
+	c := newClient(conn, o, sec)
 	c.conn = conn
 	return c, nil
 }
 
 // NewClient makes a client over an existing connection (which the caller keeps and closes). The
-// options that concern dialing are ignored.
+// options that concern dialing (WithTLS included) are ignored; the token (WithToken, else
+// $OPTD_TOKEN; none if unusable) is sent.
 func NewClient(conn grpc.ClientConnInterface, opts ...Option) *Client {
 	o := defaultOptions()
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return newClient(conn, o)
+	o.tls = false
+	o.tlsServerName = ""
+	sec, _, err := newSecurity("the server", &o)
+	if err != nil {
+		sec = &security{address: "the server"}
+	}
+	sec.custom = true
+	return newClient(conn, o, sec)
 }
 
-func newClient(conn grpc.ClientConnInterface, o options) *Client {
-	return &Client{stub: optdv1.NewOptimizerClient(conn), health: healthpb.NewHealthClient(conn), opts: o}
+func newClient(conn grpc.ClientConnInterface, o options, sec *security) *Client {
+	return &Client{stub: optdv1.NewOptimizerClient(conn), health: healthpb.NewHealthClient(conn),
+		opts: o, sec: sec}
 }
 
 func (o *options) check() error {
@@ -225,7 +252,8 @@ func (c *Client) callContext(ctx context.Context) (context.Context, context.Canc
 }
 
 func (c *Client) callOptions(trailer *metadata.MD) []grpc.CallOption {
-	opts := []grpc.CallOption{grpc.WaitForReady(c.opts.waitForReady)}
+	opts := append([]grpc.CallOption{grpc.WaitForReady(c.opts.waitForReady)},
+		c.sec.callOption()...)
 	if trailer != nil {
 		opts = append(opts, grpc.Trailer(trailer))
 	}
@@ -241,7 +269,7 @@ func unary[Req, Resp any](ctx context.Context, c *Client, op string, req Req,
 	resp, err := call(cctx, req, c.callOptions(&trailer)...)
 	if err != nil {
 		var zero Resp
-		werr := wrapError(cctx, op, err, trailer)
+		werr := c.sec.explain(wrapError(cctx, op, err, trailer))
 		c.server.observeErr(werr)
 		return zero, werr
 	}
@@ -316,6 +344,9 @@ type PullOptions struct {
 	// Also return the whole optimizer state (PullResult.OptimizerState), at the same version as
 	// the parameters. Not with Rows.
 	OptimizerState bool
+	// The training point (zero value), or the evaluation point of an optimizer that keeps one
+	// (Schedule-Free's x, DoG's average; FAILED_PRECONDITION for the others). Not with Rows.
+	Point optdv1.ParameterPoint
 }
 
 // PullResult is what Pull returns.
@@ -330,6 +361,8 @@ type PullResult struct {
 	// its step count and F32 arrays such as "exp_avg"; decode them with FromProto). It can be
 	// given back with UpdateSession (UpdateSessionRequest.OptimizerState).
 	OptimizerState *optdv1.OptimizerState
+	// The point Tensors are (PullOptions.Point).
+	Point optdv1.ParameterPoint
 }
 
 // Pull reads parameters without stepping.
@@ -338,7 +371,7 @@ func (c *Client) Pull(ctx context.Context, sessionID string, opts *PullOptions) 
 		opts = &PullOptions{}
 	}
 	req := &optdv1.PullRequest{SessionId: sessionID, Names: opts.Names, Dtype: opts.DType,
-		Rows: opts.Rows, IncludeOptimizerState: opts.OptimizerState}
+		Rows: opts.Rows, IncludeOptimizerState: opts.OptimizerState, Point: opts.Point}
 	resp, err := unary(ctx, c, "Pull", req, c.stub.Pull)
 	if err != nil {
 		return nil, err
@@ -350,7 +383,7 @@ func (c *Client) Pull(ctx context.Context, sessionID string, opts *PullOptions) 
 	}
 	return &PullResult{Version: resp.GetVersion(), Tensors: tensors,
 		ServerIncarnation: resp.GetServerIncarnation(), DurableVersion: resp.GetDurableVersion(),
-		OptimizerState: resp.GetOptimizerState()}, nil
+		OptimizerState: resp.GetOptimizerState(), Point: resp.GetPoint()}, nil
 }
 
 // CheckpointResult is what Checkpoint returns.

@@ -37,6 +37,7 @@ type Error struct {
 	rejoin         bool   // FAILED_PRECONDITION: the worker must join the session again
 	incarnation    string // the answering server process ("": unknown, e.g. unreachable)
 	restarted      bool   // incarnation differs from the previous reply's (see ServerRestarted)
+	tlsFailure     bool   // UNAVAILABLE from a failed TLS handshake (see TLSFailure)
 	cause          error  // context.Canceled / context.DeadlineExceeded when the caller's ctx ended
 }
 
@@ -73,6 +74,11 @@ func (e *Error) ServerIncarnation() string { return e.incarnation }
 // DurableVersion were lost). An ABORTED step with ServerRestarted is a gradient computed at a lost
 // version: pull the restored parameters and recompute.
 func (e *Error) ServerRestarted() bool { return e.restarted }
+
+// TLSFailure reports whether the call failed in the TLS handshake (an UNAVAILABLE whose message
+// names the address, "TLS handshake failed", gRPC's detail and the option to check). Such calls
+// are not retried: they would fail the same way.
+func (e *Error) TLSFailure() bool { return e.tlsFailure }
 
 // Error formats as "optd: Op: CODE: message".
 func (e *Error) Error() string {

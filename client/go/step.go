@@ -37,6 +37,9 @@ type StepOptions struct {
 	ReturnDType optdv1.DType
 	// Wire encoding of the gradients sent. BF16 and F16 halve the bytes and round the gradient.
 	GradientDType optdv1.DType
+	// Which point the returned parameters are: the training point (zero value) or the evaluation
+	// point of an optimizer that keeps one (Schedule-Free's x, DoG's average; with all or none).
+	ReturnPoint optdv1.ParameterPoint
 }
 
 // StepResult is the outcome of one step.
@@ -76,6 +79,10 @@ type StepResult struct {
 	// Client.Step: this client) saw: the server restarted and restored the session from its
 	// checkpoint, so this step applied to the restored parameters.
 	ServerRestarted bool
+	// The point Parameters are (StepOptions.ReturnPoint).
+	Point optdv1.ParameterPoint
+	// The optimizer's estimates after the step (Prodigy's and D-Adaptation's "d", DoG's "eta").
+	Estimates map[string]float64
 }
 
 // RetryPolicy says how steps with a WorkerID and Sequence > 0 are retried. Attempt k (k >= 2)
@@ -109,6 +116,10 @@ func (p RetryPolicy) check() error {
 // retriesErr is retries for a call's error, also true for a CANCELLED that did not come from ctx
 // (the server cancelled the call: it is shutting down).
 func (p RetryPolicy) retriesErr(ctx context.Context, err error) bool {
+	var e *Error
+	if errors.As(err, &e) && e.tlsFailure { // fails the same way again
+		return false
+	}
 	c := Code(err)
 	return p.retries(c) || (c == codes.Canceled && ctx.Err() == nil)
 }
@@ -168,7 +179,7 @@ func (o *StepOptions) request(op, sessionID string, grads []Tensor) (*optdv1.Ste
 	return &optdv1.StepRequest{
 		SessionId: sessionID, WorkerId: o.WorkerID, Gradients: tensors, Loss: o.Loss,
 		ReturnParameters: o.Return, ReturnDtype: o.ReturnDType, Sequence: o.Sequence,
-		Version: o.Version, WorkerIncarnation: o.WorkerIncarnation,
+		Version: o.Version, WorkerIncarnation: o.WorkerIncarnation, ReturnPoint: o.ReturnPoint,
 	}, nil
 }
 
@@ -183,7 +194,8 @@ func stepResult(op string, req *optdv1.StepRequest, r *optdv1.StepResponse, atte
 		Duplicate: r.GetDuplicate(), Workers: r.GetWorkers(), MissingWorkers: r.GetMissingWorkers(),
 		Staleness: r.GetStaleness(), Attempts: attempts, Sequence: req.GetSequence(),
 		WorkerIncarnation: req.GetWorkerIncarnation(), ServerIncarnation: r.GetServerIncarnation(),
-		DurableVersion: r.GetDurableVersion(),
+		DurableVersion: r.GetDurableVersion(), Point: r.GetPoint(),
+		Estimates: r.GetOptimizerEstimates(),
 	}, nil
 }
 
@@ -230,7 +242,7 @@ func (c *Client) stepAttempts(ctx context.Context, req *optdv1.StepRequest) (*St
 			}
 			return r, attempt, err
 		}
-		werr := wrapError(cctx, "Step", err, trailer)
+		werr := c.sec.explain(wrapError(cctx, "Step", err, trailer))
 		c.server.observeErr(werr)
 		cancel()
 		if !idempotent || attempt >= policy.MaxAttempts || !policy.retriesErr(ctx, werr) ||

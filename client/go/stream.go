@@ -20,6 +20,7 @@ type StepStream struct {
 	cancel context.CancelFunc
 	err    error // the stream-level failure, once there is one
 	closed bool
+	sec    *security // the client's, to explain refusals
 }
 
 // StreamSteps opens a StreamSteps stream. Its lifetime is bounded by ctx only (not by the client's
@@ -29,9 +30,9 @@ func (c *Client) StreamSteps(ctx context.Context) (*StepStream, error) {
 	stream, err := c.stub.StreamSteps(sctx, c.callOptions(nil)...)
 	if err != nil {
 		cancel()
-		return nil, wrapError(sctx, "StreamSteps", err, nil)
+		return nil, c.sec.explain(wrapError(sctx, "StreamSteps", err, nil))
 	}
-	return &StepStream{stream: stream, ctx: sctx, cancel: cancel}, nil
+	return &StepStream{stream: stream, ctx: sctx, cancel: cancel, sec: c.sec}, nil
 }
 
 // Step sends one step on the stream and waits for its reply; see Client.Step for the options and
@@ -66,9 +67,9 @@ func (s *StepStream) StepRequest(req *optdv1.StepRequest) (*StepResult, error) {
 	}
 	if e := resp.GetError(); e != nil {
 		code := codes.Code(e.GetCode())
-		return nil, &Error{Op: "StreamSteps", code: code, message: e.GetMessage(),
+		return nil, s.sec.explain(&Error{Op: "StreamSteps", code: code, message: e.GetMessage(),
 			currentVersion: e.GetCurrentVersion(), rejoin: e.GetRejoin() && code == codes.FailedPrecondition,
-			incarnation: e.GetServerIncarnation()}
+			incarnation: e.GetServerIncarnation()})
 	}
 	if resp.GetReply() == nil {
 		return nil, s.fail(newError("StreamSteps", codes.Internal, "reply with neither result nor error"))
@@ -81,7 +82,7 @@ func (s *StepStream) fail(err error) error {
 	if errors.Is(err, io.EOF) {
 		err = newError("StreamSteps", codes.Internal, "the server ended the stream before replying")
 	}
-	s.err = wrapError(s.ctx, "StreamSteps", err, s.stream.Trailer())
+	s.err = s.sec.explain(wrapError(s.ctx, "StreamSteps", err, s.stream.Trailer()))
 	s.cancel()
 	return s.err
 }
@@ -108,7 +109,7 @@ func (s *StepStream) Close() error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			s.err = wrapError(s.ctx, "StreamSteps", err, s.stream.Trailer())
+			s.err = s.sec.explain(wrapError(s.ctx, "StreamSteps", err, s.stream.Trailer()))
 			return s.err
 		}
 	}

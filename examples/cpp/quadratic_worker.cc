@@ -5,6 +5,9 @@
 //
 //   quadratic_worker --server=127.0.0.1:50051 --session=demo --steps=200
 //
+// Against a server with TLS and tokens: --tls_ca=ca.pem (--tls_cert=PEM --tls_key=PEM for mTLS),
+// and the token in OPTD_TOKEN (or --token).
+//
 // It creates the session (Adam, lr 0.1) when it does not exist yet (unless --nocreate), and
 // otherwise steps the existing one, so several workers, in any language, can share a session. It
 // steps as an optd::client::Worker: it joins the session (a new incarnation of its worker id, so a
@@ -36,6 +39,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "client/cpp/client.h"
+#include "client/cpp/security_flags.h"
 #include "client/cpp/worker.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "optd address");
@@ -70,8 +74,10 @@ int main(int argc, char** argv) {
   const int steps = absl::GetFlag(FLAGS_steps);
   if (dim < 1 || steps < 0)
     return Fail(absl::InvalidArgumentError("--dim must be >= 1, --steps >= 0"));
+  oc::ClientOptions client_options;
+  oc::ApplySecurityFlags(&client_options);
   absl::StatusOr<std::unique_ptr<oc::Client>> client =
-      oc::Client::Connect(absl::GetFlag(FLAGS_server));
+      oc::Client::Connect(absl::GetFlag(FLAGS_server), client_options);
   if (!client.ok()) return Fail(client.status());
 
   std::vector<float> target(dim);

@@ -97,7 +97,8 @@ def evaluate(model, x, y):
 # ---------------------------------------------------------------------------------------------------
 # Workers.
 
-def worker_main(rank: int, workers: int, address: str, data, hidden: int, jobs, results) -> None:
+def worker_main(rank: int, workers: int, address: str, data, hidden: int, jobs, results,
+                security=None) -> None:
     """One worker process: its own channel; runs every job it is given on its shard."""
     import torch  # pylint: disable=import-outside-toplevel
     import optd.torch  # noqa: F401  pylint: disable=import-outside-toplevel,redefined-outer-name
@@ -106,7 +107,7 @@ def worker_main(rank: int, workers: int, address: str, data, hidden: int, jobs, 
     shard = len(x_train) // workers  # equal shards: the SYNC mean is the global-batch gradient
     xs = torch.from_numpy(x_train[rank * shard:(rank + 1) * shard])
     ys = torch.from_numpy(y_train[rank * shard:(rank + 1) * shard])
-    with optd.Client(address, timeout=120.0) as client:
+    with optd.Client(address, timeout=120.0, **(security or {})) as client:
         while True:
             job = jobs.get()
             if job is None:
@@ -144,14 +145,14 @@ def worker_main(rank: int, workers: int, address: str, data, hidden: int, jobs, 
 class WorkerPool:
     """``workers`` processes (spawned: no gRPC state crosses a fork) that run one job at a time."""
 
-    def __init__(self, workers: int, address: str, data, hidden: int) -> None:
+    def __init__(self, workers: int, address: str, data, hidden: int, security=None) -> None:
         ctx = mp.get_context("spawn")
         self.workers = workers
         self.results = ctx.Queue()
         self.jobs = [ctx.Queue() for _ in range(workers)]
         self.procs = [ctx.Process(target=worker_main, name=f"digits-worker-{r}", daemon=True,
                                   args=(r, workers, address, data, hidden, self.jobs[r],
-                                        self.results))
+                                        self.results, security))
                       for r in range(workers)]
         for p in self.procs:
             p.start()
@@ -356,6 +357,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", help="HOST:PORT of a running optd (default: start one)")
+    p.add_argument("--tls-ca", dest="tls_ca", help="--server's CA certificate (PEM): TLS; the "
+                   "token, if the server wants one, is read from OPTD_TOKEN")
+    p.add_argument("--tls-cert", dest="tls_cert", help="client certificate (PEM), for mTLS")
+    p.add_argument("--tls-key", dest="tls_key", help="the client certificate's key (PEM)")
     p.add_argument("--optimizers", default="adam",
                    help="comma-separated: adam, normalized_gd, adagrad, sgd (or any optd kind)")
     p.add_argument("--lr", default="",
@@ -397,8 +402,10 @@ def main(argv=None) -> int:
     pool, client = None, None
     sweep, rows = {}, []
     try:
-        client = optd.Client(address)
-        pool = WorkerPool(args.workers, address, data, args.hidden)
+        # TLS to a --server with --tls_cert (and mTLS); the token, if any, from OPTD_TOKEN.
+        security = {"tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
+        client = optd.Client(address, **security)
+        pool = WorkerPool(args.workers, address, data, args.hidden, security)
         run_id = 0
         for name in optimizers:
             if args.sweep:

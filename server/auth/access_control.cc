@@ -156,7 +156,7 @@ absl::Status AccessControl::Authorize(const Principal& who, Action action) {
       return absl::OkStatus();
     default:
       return absl::PermissionDeniedError(absl::StrCat(
-          who.name, " (role reader of tenant ", who.tenant, ") may not call ", ActionName(action),
+          "role reader of tenant ", who.tenant, " may not call ", ActionName(action),
           ": a reader may call GetSession, ListSessions and Pull"));
   }
 }

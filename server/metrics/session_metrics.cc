@@ -2,6 +2,8 @@
 
 #include <array>
 #include <atomic>
+#include <memory>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <variant>
@@ -35,6 +37,11 @@ using prometheus::Gauge;
 using prometheus::Histogram;
 
 // The refusal reasons with a series of their own, in RefusalReason order.
+// The estimates exported (optd_optimizer_estimate's label values): a fixed set, so a session has
+// at most this many series.
+constexpr std::array<std::string_view, 7> kEstimates = {"d", "effective_lr", "eta", "rbar",
+                                                        "G", "scheduled_lr", "c"};
+
 constexpr std::array<RefusalReason, 5> kReasons = {
     RefusalReason::kInvalid, RefusalReason::kNonFinite, RefusalReason::kStale,
     RefusalReason::kDuplicate, RefusalReason::kBarrierTimeout};
@@ -125,7 +132,9 @@ struct PrometheusSessionObserver::Series {
         memory_bytes(o.memory_bytes_, labels),
         checkpoint_time(o.checkpoint_time_, labels),
         non_finite_steps(&o.non_finite_steps_.Add(labels)),
-        non_finite(&o.non_finite_.Add(labels)) {
+        non_finite(&o.non_finite_.Add(labels)),
+        estimate_labels(EstimateLabels(labels)),
+        estimates(MakeEstimates(o.estimates_, estimate_labels)) {
     for (size_t i = 0; i < kReasons.size(); ++i) {
       prometheus::Labels with_reason = labels;
       with_reason.emplace("reason", std::string(RefusalReasonName(kReasons[i])));
@@ -158,6 +167,29 @@ struct PrometheusSessionObserver::Series {
   LazyGauge checkpoint_time;
   Counter* const non_finite_steps;
   Gauge* const non_finite;
+  // One label set and lazy gauge per kEstimates entry (the labels outlive the gauges).
+  const std::array<prometheus::Labels, kEstimates.size()> estimate_labels;
+  std::array<std::unique_ptr<LazyGauge>, kEstimates.size()> estimates;
+
+ private:
+  static std::array<prometheus::Labels, kEstimates.size()> EstimateLabels(
+      const prometheus::Labels& labels) {
+    std::array<prometheus::Labels, kEstimates.size()> out;
+    for (size_t i = 0; i < kEstimates.size(); ++i) {
+      out[i] = labels;
+      out[i].emplace("estimate", std::string(kEstimates[i]));
+    }
+    return out;
+  }
+  static std::array<std::unique_ptr<LazyGauge>, kEstimates.size()> MakeEstimates(
+      prometheus::Family<Gauge>& family,
+      const std::array<prometheus::Labels, kEstimates.size()>& labels) {
+    std::array<std::unique_ptr<LazyGauge>, kEstimates.size()> out;
+    for (size_t i = 0; i < kEstimates.size(); ++i) {
+      out[i] = std::make_unique<LazyGauge>(family, labels[i]);
+    }
+    return out;
+  }
 };
 
 PrometheusSessionObserver::PrometheusSessionObserver(prometheus::Registry& registry,
@@ -263,6 +295,12 @@ PrometheusSessionObserver::PrometheusSessionObserver(prometheus::Registry& regis
                            .Help("Unix time at which the session's newest checkpoint became "
                                  "durable.")
                            .Register(registry)),
+      estimates_(prometheus::BuildGauge()
+                     .Name("optd_optimizer_estimate")
+                     .Help("A learning-rate-free optimizer's estimate after the last step, by "
+                           "name: d and effective_lr (Prodigy, D-Adaptation), eta, rbar and G "
+                           "(DoG), scheduled_lr and c (Schedule-Free).")
+                     .Register(registry)),
       checkpoint_seconds_(
           prometheus::BuildHistogram()
               .Name("optd_checkpoint_duration_seconds")
@@ -343,6 +381,7 @@ void PrometheusSessionObserver::RemoveSeries(Series& s) {
         &s.loss, &s.state_bytes, &s.memory_bytes, &s.checkpoint_time}) {
     g->Remove();
   }
+  for (const std::unique_ptr<LazyGauge>& g : s.estimates) g->Remove();
 }
 
 void PrometheusSessionObserver::OnSessionCreated(absl::string_view session_id,
@@ -440,6 +479,11 @@ void PrometheusSessionObserver::OnStep(const StepEvent& event) {
     s->update_ratio.Set(event.update_norm / event.parameter_norm);
   }
   if (event.loss.has_value()) s->loss.Set(*event.loss);
+  for (const auto& [name, value] : event.estimates) {
+    for (size_t i = 0; i < kEstimates.size(); ++i) {
+      if (name == kEstimates[i]) s->estimates[i]->Set(value);
+    }
+  }
 }
 
 void PrometheusSessionObserver::OnRequest(const RequestEvent& event) {

@@ -28,6 +28,11 @@
 //   optd_non_finite_parameter_steps_total  counter  steps that left some
 //   optd_session_memory_bytes        gauge      everything the session holds (GetSession's
 //                                               MemoryUse.total_bytes), as of its last step
+//   optd_optimizer_estimate{estimate}  gauge    a learning-rate-free optimizer's estimate after
+//                                               the last step: d, effective_lr (Prodigy,
+//                                               D-Adaptation), eta, rbar, G (DoG), scheduled_lr,
+//                                               c (Schedule-Free); L-DoG's per-tensor ones are
+//                                               not exported (one series per tensor)
 // Server-wide:
 //   optd_sessions{optimizer}         gauge      live sessions (every known optimizer, from 0)
 //   optd_metrics_other_sessions      gauge      live sessions aggregated under session="_other"
@@ -150,6 +155,7 @@ class PrometheusSessionObserver final : public SessionObserver, public Checkpoin
   prometheus::Family<prometheus::Counter>& non_finite_steps_;
   prometheus::Family<prometheus::Gauge>& non_finite_;
   prometheus::Family<prometheus::Gauge>& checkpoint_time_;
+  prometheus::Family<prometheus::Gauge>& estimates_;
   prometheus::Histogram& checkpoint_seconds_;
   prometheus::Counter& checkpoint_bytes_;
   prometheus::Family<prometheus::Counter>& checkpoint_failures_;

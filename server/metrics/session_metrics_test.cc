@@ -111,6 +111,27 @@ TEST_F(SessionMetricsTest, StepRecordsItsValues) {
   EXPECT_THAT(SampleValue(text, "optd_optimizer_state_bytes", kA), Optional(64.0));
 }
 
+TEST_F(SessionMetricsTest, EstimatesAreGaugesByNameAndGoWithTheSession) {
+  observer_.OnSessionCreated("p", "prodigy");
+  StepEvent e = Step("p", 1.0);
+  e.optimizer = "prodigy";
+  EXPECT_EQ(CountSamples(Scrape(), "optd_optimizer_estimate"), 0);  // none before a step
+  e.estimates = {{"d", 2e-5}, {"effective_lr", 4e-5}, {"eta[0]", 1.0}};
+  observer_.OnStep(e);
+  const LabelMap p = {{"session", "p"}, {"optimizer", "prodigy"}};
+  LabelMap d = p;
+  d["estimate"] = "d";
+  LabelMap lr = p;
+  lr["estimate"] = "effective_lr";
+  std::string text = Scrape();
+  EXPECT_THAT(SampleValue(text, "optd_optimizer_estimate", d), Optional(2e-5));
+  EXPECT_THAT(SampleValue(text, "optd_optimizer_estimate", lr), Optional(4e-5));
+  // Per-tensor estimates (L-DoG's "eta[i]") are not exported: unbounded series.
+  EXPECT_EQ(CountSamples(text, "optd_optimizer_estimate"), 2);
+  observer_.OnSessionDeleted("p");
+  EXPECT_EQ(CountSamples(Scrape(), "optd_optimizer_estimate"), 0);
+}
+
 TEST_F(SessionMetricsTest, LossAppearsOnlyOnceReported) {
   observer_.OnSessionCreated("a", "adam");
   observer_.OnStep(Step("a", 1.0));

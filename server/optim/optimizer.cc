@@ -19,16 +19,23 @@
 #include "absl/strings/str_format.h"
 #include "base/thread_pool.h"
 #include "server/optim/adadelta.h"
+#include "server/optim/adafactor.h"
 #include "server/optim/adagrad.h"
 #include "server/optim/adam.h"
+#include "server/optim/dadapt_adam.h"
+#include "server/optim/dadapt_sgd.h"
+#include "server/optim/dog.h"
 #include "server/optim/kernel_internal.h"
 #include "server/optim/lamb.h"
 #include "server/optim/lars.h"
 #include "server/optim/lion.h"
+#include "server/optim/muon.h"
 #include "server/optim/nadam.h"
 #include "server/optim/normalized_gd.h"
+#include "server/optim/prodigy.h"
 #include "server/optim/radam.h"
 #include "server/optim/rmsprop.h"
+#include "server/optim/schedule_free.h"
 #include "server/optim/sgd.h"
 
 namespace optd {
@@ -84,6 +91,42 @@ struct OptimizerFor<LambOptions> {
 template <>
 struct OptimizerFor<LarsOptions> {
   using type = Lars;
+};
+template <>
+struct OptimizerFor<ProdigyOptions> {
+  using type = Prodigy;
+};
+template <>
+struct OptimizerFor<DAdaptAdamOptions> {
+  using type = DAdaptAdam;
+};
+template <>
+struct OptimizerFor<DAdaptSgdOptions> {
+  using type = DAdaptSgd;
+};
+template <>
+struct OptimizerFor<DogOptions> {
+  using type = Dog;
+};
+template <>
+struct OptimizerFor<LdogOptions> {
+  using type = Dog;
+};
+template <>
+struct OptimizerFor<ScheduleFreeAdamWOptions> {
+  using type = ScheduleFree;
+};
+template <>
+struct OptimizerFor<ScheduleFreeSgdOptions> {
+  using type = ScheduleFree;
+};
+template <>
+struct OptimizerFor<AdafactorOptions> {
+  using type = Adafactor;
+};
+template <>
+struct OptimizerFor<MuonOptions> {
+  using type = Muon;
 };
 
 }  // namespace
@@ -213,7 +256,7 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
     if (StateBytesPerElement() > 0) {
       for (size_t t = 0; t < tensor_sizes_.size(); ++t) {
         for (const auto& [name, values] : StateOf(t).arrays) {
-          if (values->empty()) values->reserve(static_cast<size_t>(tensor_sizes_[t]));
+          if (values->empty()) values->reserve(static_cast<size_t>(ArraySize(t, name)));
         }
       }
     }
@@ -306,6 +349,26 @@ void Optimizer::PutBack(AbsentTensor kept, absl::Span<float> param) {
   for (size_t i = 0; i < refs.scalars.size(); ++i) *refs.scalars[i].second = kept.scalars[i];
 }
 
+absl::Status Optimizer::EvaluationPoint(size_t tensor, absl::Span<const float> param,
+                                        absl::Span<float> out) const {
+  if (!HasEvaluationPoint()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s keeps no evaluation point apart from its parameters", OptimizerName(options())));
+  }
+  if (tensor >= tensor_sizes_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("tensor %d does not exist (%d tensors)", tensor, tensor_sizes_.size()));
+  }
+  const int64_t n = tensor_sizes_[tensor];
+  if (static_cast<int64_t>(param.size()) != n || static_cast<int64_t>(out.size()) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("tensor %d has %d elements; got %d parameters and room for %d", tensor, n,
+                        param.size(), out.size()));
+  }
+  EvaluationPointImpl(tensor, param, out);
+  return absl::OkStatus();
+}
+
 int64_t Optimizer::StateBytes() const {
   int64_t bytes = 0;
   for (size_t t = 0; t < tensor_sizes_.size(); ++t) {
@@ -330,6 +393,9 @@ OptimizerState Optimizer::ExportState() const {
     for (const auto& [name, value] : refs.scalars)
       out.scalars.emplace_back(std::string(name), *value);
   }
+  for (const auto& [name, value] : const_cast<Optimizer*>(this)->GlobalScalars()) {
+    state.scalars.emplace_back(std::string(name), *value);
+  }
   return state;
 }
 
@@ -340,10 +406,35 @@ absl::Status Optimizer::ImportState(const OptimizerState& state) {
         absl::StrFormat("optimizer state has %d tensors; the session has %d", state.tensors.size(),
                         tensor_sizes_.size()));
   }
-  if (!state.scalars.empty()) {
+  // Model-wide scalars are matched by name (a checkpoint may hold them in any order).
+  const std::vector<std::pair<std::string_view, double*>> globals = GlobalScalars();
+  if (globals.empty() && !state.scalars.empty()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("optimizer state has scalar \"%s\"; %s keeps no model-wide scalars",
                         state.scalars[0].first.substr(0, 64), kind));
+  }
+  std::vector<double> global_values(globals.size());
+  for (size_t k = 0; k < globals.size(); ++k) {
+    int found = 0;
+    for (const auto& [name, value] : state.scalars) {
+      if (name != globals[k].first) continue;
+      ++found;
+      global_values[k] = value;
+    }
+    if (found != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("optimizer state has model-wide scalar \"%s\" %d times; %s keeps it once",
+                          globals[k].first, found, kind));
+    }
+  }
+  if (state.scalars.size() != globals.size()) {
+    std::string expected;
+    for (const auto& [name, value] : globals) {
+      absl::StrAppend(&expected, expected.empty() ? "" : ", ", std::string(name));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrFormat("optimizer state has %d model-wide scalars; %s keeps %d (%s)",
+                        state.scalars.size(), kind, globals.size(), expected));
   }
   // Check everything first: nothing changes unless all of it fits.
   for (size_t t = 0; t < tensor_sizes_.size(); ++t) {
@@ -379,10 +470,13 @@ absl::Status Optimizer::ImportState(const OptimizerState& state) {
       const bool empty_ok = refs.step == nullptr || in.step == 0;
       const bool full_ok = refs.step == nullptr || in.step > 0;
       const int64_t size = static_cast<int64_t>(array.values.size());
-      if (!(size == 0 && empty_ok) && !(size == tensor_sizes_[t] && full_ok)) {
+      const int64_t want = ArraySize(t, array.name);
+      if (!(size == 0 && empty_ok) && !(size == want && full_ok)) {
         return absl::InvalidArgumentError(absl::StrFormat(
             "%s: \"%s\" has %d values at step %d; must be %s", where, array.name, size, in.step,
-            full_ok ? absl::StrFormat("%d (the tensor's elements)%s", tensor_sizes_[t],
+            full_ok ? absl::StrFormat("%d (%s)%s", want,
+                                      want == tensor_sizes_[t] ? "the tensor's elements"
+                                                               : "this array's length",
                                       empty_ok ? ", or 0 before its first use" : "")
                     : std::string("0 (a tensor that has not stepped has no state)")));
       }
@@ -406,13 +500,35 @@ absl::Status Optimizer::ImportState(const OptimizerState& state) {
     for (size_t a = 0; a < refs.arrays.size(); ++a) *refs.arrays[a].second = in.arrays[a].values;
     for (size_t k = 0; k < refs.scalars.size(); ++k) *refs.scalars[k].second = in.scalars[k].second;
   }
+  for (size_t k = 0; k < globals.size(); ++k) *globals[k].second = global_values[k];
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(const OptimizerOptions& options,
                                                            std::vector<int64_t> tensor_sizes,
                                                            ThreadPool* pool) {
+  TensorShapes shapes;
+  shapes.reserve(tensor_sizes.size());
+  for (int64_t size : tensor_sizes) shapes.push_back({size});
+  return CreateOptimizerForShapes(options, shapes, pool);
+}
+
+absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizerForShapes(const OptimizerOptions& options,
+                                                                    const TensorShapes& shapes,
+                                                                    ThreadPool* pool) {
   if (absl::Status status = Validate(options); !status.ok()) return status;
+  std::vector<int64_t> tensor_sizes;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    int64_t size = 1;
+    for (size_t d = 0; d < shapes[i].size(); ++d) {
+      if (shapes[i][d] < 1 && shapes[i].size() > 1) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "tensor %d: dim %d = %d is out of range: must be >= 1", i, d, shapes[i][d]));
+      }
+      size *= shapes[i][d];
+    }
+    tensor_sizes.push_back(size);
+  }
   if (tensor_sizes.empty()) {
     return absl::InvalidArgumentError(
         "tensor_sizes is empty: an optimizer needs at least one tensor");
@@ -424,9 +540,13 @@ absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(const OptimizerOption
     }
   }
   std::unique_ptr<Optimizer> optimizer = std::visit(
-      [&tensor_sizes](const auto& o) -> std::unique_ptr<Optimizer> {
+      [&tensor_sizes, &shapes](const auto& o) -> std::unique_ptr<Optimizer> {
         using Class = typename OptimizerFor<std::decay_t<decltype(o)>>::type;
-        return std::make_unique<Class>(o, std::move(tensor_sizes));
+        if constexpr (std::is_constructible_v<Class, decltype(o), const TensorShapes&>) {
+          return std::make_unique<Class>(o, shapes);
+        } else {
+          return std::make_unique<Class>(o, std::move(tensor_sizes));
+        }
       },
       options);
   optimizer->set_pool(pool);

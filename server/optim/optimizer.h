@@ -17,6 +17,15 @@
 // created lazily on a tensor's first step, step counters are int64 and per tensor, and scalar
 // coefficients are computed in double and rounded to float once per step.
 //
+// A step is one or two phases. Element-wise optimizers make one pass (UpdateSegments). Those whose
+// update needs a quantity over the whole model (normalized GD's global norm, LAMB's and LARS's
+// per-tensor norms, Prodigy's and D-Adaptation's sums, DoG's distance) first fold partial sums per
+// segment in double (SumPerTensor, SumOverModel: one partial per segment, added in segment order,
+// then in tensor order), compute their scalars from the reduced sums, then finish each segment
+// with them. The result has the same bits whatever the pool size or block split. The
+// learning-rate-free optimizers keep their model-wide scalars (d, eta, step counts) in the
+// exported state (OptimizerState::scalars), so checkpoints carry them.
+//
 // A step reports what it found out about its own result (StepResult): how many parameters it left
 // NaN or inf, counted in the loop that writes them, so the caller learns it without a second pass
 // over the parameters.
@@ -144,6 +153,21 @@ class Optimizer {
 
   const std::vector<int64_t>& tensor_sizes() const { return tensor_sizes_; }
 
+  // Whether the optimizer keeps an evaluation point apart from the parameters it trains
+  // (Schedule-Free's x, whose parameters are the training point y; DoG's iterate average).
+  virtual bool HasEvaluationPoint() const { return false; }
+
+  // Writes tensor `tensor`'s evaluation point into `out`, given its current parameters `param`
+  // (the training point the caller holds). Before the tensor's first step the evaluation point is
+  // the parameters. Returns FailedPrecondition when HasEvaluationPoint() is false, and
+  // InvalidArgument if `tensor` or a size is wrong.
+  absl::Status EvaluationPoint(size_t tensor, absl::Span<const float> param,
+                               absl::Span<float> out) const;
+
+  // The model-wide estimates of a learning-rate-free optimizer, by name, for GetSession, the Step
+  // reply and metrics: e.g. Prodigy's {"d", "effective_lr"}, DoG's {"eta"}. Empty for the others.
+  virtual std::vector<std::pair<std::string, double>> Estimates() const { return {}; }
+
   // The pool large steps run on: not owned, and must outlive the optimizer or be replaced before
   // it is destroyed. nullptr runs every step on the calling thread. ThreadPool::Default() unless
   // set. Not thread-safe: set it under the same exclusion as Step.
@@ -163,6 +187,10 @@ class Optimizer {
   // (once), and writes outside it go through AddUpdateSquares and AddNonFinite.
   virtual void StepImpl(absl::Span<const TensorGrad> tensors, double lr) = 0;
 
+  // EvaluationPoint once its arguments are checked (HasEvaluationPoint() is true).
+  virtual void EvaluationPointImpl(size_t tensor, absl::Span<const float> param,
+                                   absl::Span<float> out) const {}
+
   // Replaces the options; `options` holds this optimizer's kind and is valid.
   virtual void SetOptions(const OptimizerOptions& options) = 0;
 
@@ -180,6 +208,18 @@ class Optimizer {
     std::vector<std::pair<std::string_view, float*>> scalars;
   };
   virtual StateRefs StateOf(size_t tensor) { return {}; }
+
+  // The model-wide scalars the optimizer keeps (Prodigy's d, D-Adaptation's sums, DoG's eta, step
+  // counters shared by all tensors), by upstream's names, as references into its own fields, for
+  // ExportState and ImportState (OptimizerState::scalars). Counters are held as double. Empty for
+  // the optimizers whose state is all per tensor.
+  virtual std::vector<std::pair<std::string_view, double*>> GlobalScalars() { return {}; }
+
+  // The length array `array` of tensor `tensor` has once the tensor has stepped: the tensor's
+  // elements unless overridden (Adafactor's factored moments, Prodigy's slices are shorter).
+  virtual int64_t ArraySize(size_t tensor, std::string_view array) const {
+    return tensor_sizes_[tensor];
+  }
 
   // Elements [begin, end) of tensor `tensor`; segments()[index] is this segment.
   struct Segment {
@@ -229,6 +269,9 @@ class Optimizer {
   // Returns, for each tensor, the kWidth sums over its segments of value(segment), which runs
   // over the segments as UpdateSegments does. Partials are kept per segment and added in segment
   // order, so the result is the same bits whatever the pool size.
+  //
+  // This is the reduction phase of a two-phase step: optimizers that need a quantity over the
+  // whole model fold their partial sums here, then finish the step with UpdateSegments.
   template <size_t kWidth>
   std::vector<std::array<double, kWidth>> SumPerTensor(
       const std::function<std::array<double, kWidth>(const Segment&)>& value) const {
@@ -239,6 +282,18 @@ class Optimizer {
       for (size_t k = 0; k < kWidth; ++k) sums[s.tensor][k] += partials[s.index][k];
     }
     return sums;
+  }
+
+  // The kWidth sums over the whole model: SumPerTensor's per-tensor sums added in tensor order,
+  // in double. The same bits whatever the pool size and however the blocks fall.
+  template <size_t kWidth>
+  std::array<double, kWidth> SumOverModel(
+      const std::function<std::array<double, kWidth>(const Segment&)>& value) const {
+    std::array<double, kWidth> total = {};
+    for (const std::array<double, kWidth>& t : SumPerTensor<kWidth>(value)) {
+      for (size_t k = 0; k < kWidth; ++k) total[k] += t[k];
+    }
+    return total;
   }
 
  private:
@@ -284,6 +339,16 @@ class Optimizer {
 // `tensor_sizes` is empty or has a size < 1.
 absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizer(
     const OptimizerOptions& options, std::vector<int64_t> tensor_sizes,
+    ThreadPool* pool = ThreadPool::Default());
+
+// The dims of every tensor, in order (row-major; {} or {n} for a vector).
+using TensorShapes = std::vector<std::vector<int64_t>>;
+
+// As above, for tensors of the given shapes: the optimizers that treat matrices apart (Muon's
+// orthogonalized update, Adafactor's factored moments) use them; the others see only the element
+// counts. Also InvalidArgument if a dim is < 1.
+absl::StatusOr<std::unique_ptr<Optimizer>> CreateOptimizerForShapes(
+    const OptimizerOptions& options, const TensorShapes& shapes,
     ThreadPool* pool = ThreadPool::Default());
 
 }  // namespace optd

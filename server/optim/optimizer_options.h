@@ -12,6 +12,9 @@
 #ifndef OPTD_SERVER_OPTIM_OPTIMIZER_OPTIONS_H_
 #define OPTD_SERVER_OPTIM_OPTIMIZER_OPTIONS_H_
 
+#include <cstdint>
+#include <limits>
+#include <optional>
 #include <string_view>
 #include <variant>
 
@@ -173,11 +176,151 @@ struct LarsOptions {
   absl::Status Validate() const;
 };
 
+// ---- Learning-rate-free and recent optimizers (reference/optimizers-lr-free.md). Their lr is a
+// multiplier of the step each estimates (1.0 = as published), except Schedule-Free, Adafactor
+// and Muon, whose lr is a learning rate. growth_rate may be +inf (unbounded, the default).
+
+// Prodigy (Mishchenko & Defazio 2024), konstmish/prodigy's Prodigy: Adam whose step is scaled by
+// d, an estimate of the distance to the solution, from a global reduction over every tensor.
+struct ProdigyOptions {
+  static constexpr std::string_view kName = "prodigy";
+  double lr = 1.0;                   // > 0, multiplies d
+  double beta1 = 0.9;                // [0, 1); 0 keeps no exp_avg
+  double beta2 = 0.999;              // [0, 1)
+  std::optional<double> beta3;       // [0, 1); unset: sqrt(beta2)
+  double eps = 1e-8;                 // > 0, scaled by d
+  double weight_decay = 0.0;         // >= 0
+  bool decouple = true;              // AdamW-style decay (else added to the gradient)
+  bool use_bias_correction = false;  // only through the step size
+  bool safeguard_warmup = false;     // leave lr out of the s accumulator
+  double d0 = 1e-6;                  // > 0, the initial estimate
+  double d_coef = 1.0;               // > 0, multiplies the estimate
+  double growth_rate = std::numeric_limits<double>::infinity();  // >= 1, or +inf
+  int64_t slice_p = 1;  // >= 1: the estimate uses every slice_p-th element
+  absl::Status Validate() const;
+};
+
+// D-Adaptation Adam (Defazio & Mishchenko 2023), facebookresearch/dadaptation's DAdaptAdam.
+struct DAdaptAdamOptions {
+  static constexpr std::string_view kName = "dadapt_adam";
+  double lr = 1.0;                   // > 0, multiplies d
+  double beta1 = 0.9;                // [0, 1)
+  double beta2 = 0.999;              // [0, 1)
+  double eps = 1e-8;                 // > 0
+  double weight_decay = 0.0;         // >= 0
+  bool decouple = false;             // coupled L2 by default, as upstream
+  bool use_bias_correction = false;  // only through the step size
+  double d0 = 1e-6;                  // > 0
+  double growth_rate = std::numeric_limits<double>::infinity();  // >= 1, or +inf
+  double layer_scale = 1.0;  // > 0 (upstream's per-group layer_scale; one group here)
+  absl::Status Validate() const;
+};
+
+// D-Adaptation SGD, facebookresearch/dadaptation's DAdaptSGD (dual averaging from x0).
+struct DAdaptSgdOptions {
+  static constexpr std::string_view kName = "dadapt_sgd";
+  double lr = 1.0;                                               // > 0
+  double momentum = 0.0;                                         // [0, 1)
+  double weight_decay = 0.0;                                     // >= 0, coupled
+  double d0 = 1e-6;                                              // > 0
+  double growth_rate = std::numeric_limits<double>::infinity();  // >= 1, or +inf
+  absl::Status Validate() const;
+};
+
+// DoG (Ivgi, Hinder & Carmon 2023), formll/dog's DoG: eta = lr * max ||x - x0|| / sqrt(sum ||g||^2)
+// over the whole model, with the optional polynomial-decay iterate averager.
+struct DogOptions {
+  static constexpr std::string_view kName = "dog";
+  double lr = 1.0;                 // > 0
+  double reps_rel = 1e-6;          // > 0 (forced to 0 when init_eta is set)
+  double weight_decay = 0.0;       // >= 0, coupled
+  double eps = 1e-8;               // > 0, added to the first sum of squares
+  std::optional<double> init_eta;  // > 0: the first step's eta
+  bool averaging = false;          // keep the polynomial-decay average of the iterates
+  double averager_gamma = 8.0;     // >= 0
+  absl::Status Validate() const;
+};
+
+// L-DoG: DoG with a distance and a sum per tensor (formll/dog's LDoG).
+struct LdogOptions {
+  static constexpr std::string_view kName = "ldog";
+  double lr = 1.0;
+  double reps_rel = 1e-6;
+  double weight_decay = 0.0;
+  double eps = 1e-8;
+  std::optional<double> init_eta;
+  bool averaging = false;
+  double averager_gamma = 8.0;
+  absl::Status Validate() const;
+};
+
+// Schedule-Free AdamW (Defazio et al. 2024), facebookresearch/schedule_free's AdamWScheduleFree.
+// The parameters a session holds are the training point y; the evaluation point x is a view.
+struct ScheduleFreeAdamWOptions {
+  static constexpr std::string_view kName = "schedulefree_adamw";
+  double lr = 0.0025;            // >= 0
+  double beta1 = 0.9;            // (0, 1): x = (y - (1 - beta1) z) / beta1
+  double beta2 = 0.999;          // [0, 1)
+  double eps = 1e-8;             // > 0
+  double weight_decay = 0.0;     // >= 0, taken at y
+  int64_t warmup_steps = 0;      // >= 0
+  double r = 0.0;                // >= 0
+  double weight_lr_power = 2.0;  // >= 0
+  double inner_momentum = 0.0;   // [0, 1); > 0 keeps exp_avg
+  absl::Status Validate() const;
+};
+
+// Schedule-Free SGD, facebookresearch/schedule_free's SGDScheduleFree.
+struct ScheduleFreeSgdOptions {
+  static constexpr std::string_view kName = "schedulefree_sgd";
+  double lr = 1.0;               // >= 0
+  double momentum = 0.9;         // (0, 1)
+  double weight_decay = 0.0;     // >= 0, coupled at y
+  int64_t warmup_steps = 0;      // >= 0
+  double r = 0.0;                // >= 0
+  double weight_lr_power = 2.0;  // >= 0
+  absl::Status Validate() const;
+};
+
+// torch.optim.Adafactor (Shazeer & Stern 2018 as torch implements it): factored second moments for
+// matrices (the last two dims), a full one for vectors; the step is relative to RMS(p).
+struct AdafactorOptions {
+  static constexpr std::string_view kName = "adafactor";
+  double lr = 1e-2;            // >= 0
+  double beta2_decay = -0.8;   // <= 0
+  std::optional<double> eps1;  // >= 0; unset: float32 epsilon (1.1920929e-07)
+  double eps2 = 1e-3;          // >= 0, the floor of RMS(p)
+  double d = 1.0;              // >= 1, the update clipping threshold
+  double weight_decay = 0.0;   // >= 0, decoupled: p *= 1 - lr * weight_decay
+  bool maximize = false;
+  absl::Status Validate() const;
+};
+
+// Muon (Jordan et al. 2024), KellerJordan/Muon's SingleDeviceMuon: momentum, then a float32
+// Newton-Schulz orthogonalization of each 2-D (or 4-D, viewed as 2-D) tensor. Other tensors take
+// the AdamW update of MuonWithAuxAdam with the adam_* options; a schedule scales both lrs alike.
+struct MuonOptions {
+  static constexpr std::string_view kName = "muon";
+  double lr = 0.02;           // >= 0
+  double momentum = 0.95;     // [0, 1)
+  double weight_decay = 0.0;  // >= 0, decoupled; lr * weight_decay <= 1
+  bool nesterov = true;
+  int64_t ns_steps = 5;            // >= 1
+  double adam_lr = 3e-4;           // >= 0
+  double adam_beta1 = 0.9;         // [0, 1)
+  double adam_beta2 = 0.95;        // [0, 1)
+  double adam_eps = 1e-10;         // > 0
+  double adam_weight_decay = 0.0;  // >= 0; adam_lr * adam_weight_decay <= 1
+  absl::Status Validate() const;
+};
+
 // Alternatives are only ever appended, so an index stays the same optimizer.
 using OptimizerOptions =
     std::variant<SgdOptions, AdamOptions, AdamWOptions, AdagradOptions, NormalizedGdOptions,
                  AdadeltaOptions, RmspropOptions, NadamOptions, RadamOptions, LionOptions,
-                 LambOptions, LarsOptions>;
+                 LambOptions, LarsOptions, ProdigyOptions, DAdaptAdamOptions, DAdaptSgdOptions,
+                 DogOptions, LdogOptions, ScheduleFreeAdamWOptions, ScheduleFreeSgdOptions,
+                 AdafactorOptions, MuonOptions>;
 
 // Validates whichever options `options` holds.
 absl::Status Validate(const OptimizerOptions& options);

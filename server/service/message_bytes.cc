@@ -412,6 +412,7 @@ void SerializePullResponse(PullOutput out, const std::string& server_incarnation
   header.set_version(out.version);
   header.set_server_incarnation(server_incarnation);
   header.set_durable_version(durable_version);
+  header.set_point(static_cast<v1::ParameterPoint>(out.point));
   if (out.optimizer_state.has_value()) {
     OptimizerStateToProto(*out.optimizer_state, out.tensor_names, header.mutable_optimizer_state());
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -65,6 +66,20 @@ Binding<Options> Int64(const char* name, int64_t Options::*member) {
           },
           [member](const Options& o, Message* m, const FieldDescriptor* f) {
             m->GetReflection()->SetInt64(m, f, o.*member);
+          }};
+}
+
+// An optional double: unset in the message leaves the field as it is; unset in the options
+// writes nothing.
+template <typename Options>
+Binding<Options> OptionalDouble(const char* name, std::optional<double> Options::*member) {
+  return {name,
+          [member](const std::string&, const Message& m, const FieldDescriptor* f, Options* o) {
+            o->*member = m.GetReflection()->GetDouble(m, f);
+            return absl::OkStatus();
+          },
+          [member](const Options& o, Message* m, const FieldDescriptor* f) {
+            if ((o.*member).has_value()) m->GetReflection()->SetDouble(m, f, *(o.*member));
           }};
 }
 
@@ -177,6 +192,64 @@ OPTD_BINDINGS(LarsOptions, {Double("lr", &O12::lr), Double("momentum", &O12::mom
                             Double("weight_decay", &O12::weight_decay),
                             Double("trust_coefficient", &O12::trust_coefficient),
                             Double("eps", &O12::eps), Bool("nesterov", &O12::nesterov)})
+using O13 = ProdigyOptions;
+OPTD_BINDINGS(ProdigyOptions,
+              {Double("lr", &O13::lr), Double("beta1", &O13::beta1), Double("beta2", &O13::beta2),
+               OptionalDouble("beta3", &O13::beta3), Double("eps", &O13::eps),
+               Double("weight_decay", &O13::weight_decay), Bool("decouple", &O13::decouple),
+               Bool("use_bias_correction", &O13::use_bias_correction),
+               Bool("safeguard_warmup", &O13::safeguard_warmup), Double("d0", &O13::d0),
+               Double("d_coef", &O13::d_coef), Double("growth_rate", &O13::growth_rate),
+               Int64("slice_p", &O13::slice_p)})
+using O14 = DAdaptAdamOptions;
+OPTD_BINDINGS(DAdaptAdamOptions,
+              {Double("lr", &O14::lr), Double("beta1", &O14::beta1), Double("beta2", &O14::beta2),
+               Double("eps", &O14::eps), Double("weight_decay", &O14::weight_decay),
+               Bool("decouple", &O14::decouple),
+               Bool("use_bias_correction", &O14::use_bias_correction), Double("d0", &O14::d0),
+               Double("growth_rate", &O14::growth_rate), Double("layer_scale", &O14::layer_scale)})
+using O15 = DAdaptSgdOptions;
+OPTD_BINDINGS(DAdaptSgdOptions, {Double("lr", &O15::lr), Double("momentum", &O15::momentum),
+                                 Double("weight_decay", &O15::weight_decay), Double("d0", &O15::d0),
+                                 Double("growth_rate", &O15::growth_rate)})
+template <typename O>
+std::vector<Binding<O>> DogLike() {
+  return {Double("lr", &O::lr),
+          Double("reps_rel", &O::reps_rel),
+          Double("weight_decay", &O::weight_decay),
+          Double("eps", &O::eps),
+          OptionalDouble("init_eta", &O::init_eta),
+          Bool("averaging", &O::averaging),
+          Double("averager_gamma", &O::averager_gamma)};
+}
+OPTD_BINDINGS(DogOptions, DogLike<DogOptions>())
+OPTD_BINDINGS(LdogOptions, DogLike<LdogOptions>())
+using O18 = ScheduleFreeAdamWOptions;
+OPTD_BINDINGS(ScheduleFreeAdamWOptions,
+              {Double("lr", &O18::lr), Double("beta1", &O18::beta1), Double("beta2", &O18::beta2),
+               Double("eps", &O18::eps), Double("weight_decay", &O18::weight_decay),
+               Int64("warmup_steps", &O18::warmup_steps), Double("r", &O18::r),
+               Double("weight_lr_power", &O18::weight_lr_power),
+               Double("inner_momentum", &O18::inner_momentum)})
+using O19 = ScheduleFreeSgdOptions;
+OPTD_BINDINGS(ScheduleFreeSgdOptions,
+              {Double("lr", &O19::lr), Double("momentum", &O19::momentum),
+               Double("weight_decay", &O19::weight_decay),
+               Int64("warmup_steps", &O19::warmup_steps), Double("r", &O19::r),
+               Double("weight_lr_power", &O19::weight_lr_power)})
+using O20 = AdafactorOptions;
+OPTD_BINDINGS(AdafactorOptions,
+              {Double("lr", &O20::lr), Double("beta2_decay", &O20::beta2_decay),
+               OptionalDouble("eps1", &O20::eps1), Double("eps2", &O20::eps2), Double("d", &O20::d),
+               Double("weight_decay", &O20::weight_decay), Bool("maximize", &O20::maximize)})
+using O21 = MuonOptions;
+OPTD_BINDINGS(MuonOptions,
+              {Double("lr", &O21::lr), Double("momentum", &O21::momentum),
+               Double("weight_decay", &O21::weight_decay), Bool("nesterov", &O21::nesterov),
+               Int64("ns_steps", &O21::ns_steps), Double("adam_lr", &O21::adam_lr),
+               Double("adam_beta1", &O21::adam_beta1), Double("adam_beta2", &O21::adam_beta2),
+               Double("adam_eps", &O21::adam_eps),
+               Double("adam_weight_decay", &O21::adam_weight_decay)})
 
 OPTD_BINDINGS(ConstantScheduleOptions, {})
 using S2 = StepScheduleOptions;
@@ -399,53 +472,16 @@ void TensorToProto(WireTensor&& tensor, v1::Tensor* out) {
   }
 }
 
-absl::StatusOr<StepInput> StepInputFromProto(const v1::StepRequest& request) {
-  absl::StatusOr<WireDType> return_dtype = DTypeFromProto("return_dtype", request.return_dtype());
-  if (!return_dtype.ok()) return return_dtype.status();
-  if (!v1::ReturnParameters_IsValid(request.return_parameters())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("return_parameters = ", request.return_parameters(),
-                     " is not a known value; must be RETURN_PARAMETERS_ALL (0), "
-                     "RETURN_PARAMETERS_NONE (1) or RETURN_PARAMETERS_TOUCHED (2)"));
-  }
-  StepInput input;
-  input.worker_id = request.worker_id();
-  if (request.has_loss()) input.loss = request.loss();
-  input.return_mode = static_cast<ReturnMode>(request.return_parameters());
-  input.return_dtype = *return_dtype;
-  input.sequence = request.sequence();
-  if (request.has_version()) input.version = request.version();
-  if (request.worker_incarnation() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("worker_incarnation = ", request.worker_incarnation(),
-                     " is out of range: must be >= 0 (0: not joined)"));
-  }
-  input.worker_incarnation = request.worker_incarnation();
-  return input;
-}
-
-void StepOutputToProto(const StepOutput& output, v1::StepResponse* out) {
-  out->set_version(output.version);
-  out->set_gradient_norm(output.gradient_norm);
-  out->set_learning_rate(output.learning_rate);
-  out->set_duplicate(output.duplicate);
-  out->set_parameters_version(output.parameters_version);
-  out->set_workers(output.workers);
-  for (const std::string& w : output.missing_workers) out->add_missing_workers(w);
-  out->set_staleness(output.staleness);
-  out->set_non_finite_parameters(output.non_finite_parameters);
-  out->set_server_incarnation(output.server_incarnation);
-  out->set_durable_version(output.durable_version);
-  for (const std::string& t : output.non_finite_tensors) out->add_non_finite_tensors(t);
-}
-
 absl::Status MergeOptimizerFromProto(const v1::OptimizerConfig& config, bool require_same_kind,
                                      const std::string& prefix, OptimizerOptions* options) {
   if (config.kind_case() == v1::OptimizerConfig::KIND_NOT_SET) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        prefix,
-        "optimizer is not set; must be one of sgd, adam, adamw, adagrad, normalized_gd, "
-        "adadelta, rmsprop, nadam, radam, lion, lamb, lars"));
+    // Every optimizer the contract knows, in field order, from the oneof itself.
+    const google::protobuf::OneofDescriptor* kinds =
+        v1::OptimizerConfig::descriptor()->FindOneofByName("kind");
+    std::vector<std::string> names;
+    for (int i = 0; i < kinds->field_count(); ++i) names.push_back(kinds->field(i)->name());
+    return absl::InvalidArgumentError(
+        absl::StrCat(prefix, "optimizer is not set; must be one of ", absl::StrJoin(names, ", ")));
   }
   const std::string before(OptimizerName(*options));
   bool kind_changed = false;
@@ -538,84 +574,8 @@ void SessionInfoToProto(const SessionInfo& info, v1::Session* out) {
   memory->set_barrier_bytes(info.memory.barrier_bytes);
   memory->set_exactly_once_bytes(info.memory.exactly_once_bytes);
   memory->set_total_bytes(info.memory.total());
-}
-
-}  // namespace optd
-
-namespace optd {
-
-void OptimizerStateToProto(const OptimizerState& state, const std::vector<TensorSpec>& tensors,
-                           v1::OptimizerState* out) {
-  for (size_t t = 0; t < state.tensors.size() && t < tensors.size(); ++t) {
-    const OptimizerState::Tensor& from = state.tensors[t];
-    v1::OptimizerState::TensorState* to = out->add_tensors();
-    to->set_tensor(tensors[t].name);
-    to->set_step(from.step);
-    for (const OptimizerState::Array& a : from.arrays) {
-      v1::Tensor* array = to->add_arrays();
-      array->set_name(a.name);
-      if (!a.values.empty()) {
-        array->mutable_shape()->Add(tensors[t].shape.begin(), tensors[t].shape.end());
-        EncodeFloats(WireDType::kF32, a.values, array->mutable_data());
-      }
-    }
-    for (const auto& [name, value] : from.scalars) (*to->mutable_scalars())[name] = value;
-  }
-  for (const auto& [name, value] : state.scalars) (*out->mutable_scalars())[name] = value;
-}
-
-absl::StatusOr<OptimizerState> OptimizerStateFromProto(const v1::OptimizerState& message,
-                                                       const std::vector<TensorSpec>& tensors) {
-  OptimizerState state;
-  state.tensors.resize(tensors.size());
-  std::vector<bool> seen(tensors.size(), false);
-  for (int i = 0; i < message.tensors_size(); ++i) {
-    const v1::OptimizerState::TensorState& t = message.tensors(i);
-    const std::string field = absl::StrCat("optimizer_state.tensors[", i, "]");
-    auto it = std::find_if(tensors.begin(), tensors.end(),
-                           [&](const TensorSpec& s) { return s.name == t.tensor(); });
-    if (it == tensors.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".tensor ", Quote(t.tensor()), " is not a tensor of the session"));
-    }
-    const size_t k = static_cast<size_t>(it - tensors.begin());
-    if (seen[k]) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".tensor ", Quote(t.tensor()), " is repeated"));
-    }
-    seen[k] = true;
-    OptimizerState::Tensor& into = state.tensors[k];
-    into.step = t.step();
-    for (int a = 0; a < t.arrays_size(); ++a) {
-      const v1::Tensor& array = t.arrays(a);
-      const std::string array_field = absl::StrCat(field, ".arrays[", a, "]");
-      if (array.dtype() != v1::DTYPE_F32) {
-        return absl::InvalidArgumentError(absl::StrCat(array_field, ".dtype must be DTYPE_F32"));
-      }
-      std::vector<float> values;
-      const int64_t count = static_cast<int64_t>(array.data().size() / sizeof(float));
-      if (absl::Status s = DecodeFloats(array_field, WireDType::kF32, array.data(),
-                                        array.data().empty() ? 0 : it->num_elements, &values);
-          !s.ok()) {
-        return s;
-      }
-      (void)count;
-      into.arrays.push_back({array.name(), std::move(values)});
-    }
-    for (const auto& [name, value] : t.scalars()) {
-      into.scalars.emplace_back(name, static_cast<float>(value));
-    }
-    std::sort(into.scalars.begin(), into.scalars.end());
-  }
-  for (size_t k = 0; k < tensors.size(); ++k) {
-    if (!seen[k]) {
-      return absl::InvalidArgumentError(absl::StrCat("optimizer_state has no entry for tensor ",
-                                                     Quote(tensors[k].name),
-                                                     "; every tensor needs one"));
-    }
-  }
-  for (const auto& [name, value] : message.scalars()) state.scalars.emplace_back(name, value);
-  return state;
+  for (const auto& [name, value] : info.estimates)
+    (*out->mutable_optimizer_estimates())[name] = value;
 }
 
 }  // namespace optd

@@ -5,7 +5,9 @@
 // missing oneof) and returns InvalidArgument naming the field with its full path, e.g.
 // "config.optimizer.sgd.lr is required". Range checks are the optimizers' own Validate().
 //
-// Only server/service uses this file. Pure functions, thread-safe.
+// Only server/service uses this file. Pure functions, thread-safe. The conversions of steps
+// (step_convert.h) and of optimizer state (state_convert.h) are in files of their own, included
+// here.
 
 #ifndef OPTD_SERVER_SERVICE_PROTO_CONVERT_H_
 #define OPTD_SERVER_SERVICE_PROTO_CONVERT_H_
@@ -15,6 +17,8 @@
 
 #include "absl/status/statusor.h"
 #include "optd/v1/optd.pb.h"
+#include "server/service/state_convert.h"
+#include "server/service/step_convert.h"
 #include "server/session/session.h"
 #include "server/session/step.h"
 #include "wire/tensor_bytes.h"
@@ -44,13 +48,6 @@ void TensorFieldsToProto(const WireTensor& tensor, v1::Tensor* out);
 // `tensor` whole: its bytes are moved into `*out` (encoded, so copied, if the session shares them).
 void TensorToProto(WireTensor&& tensor, v1::Tensor* out);
 
-// The StepRequest's fields but the gradients (attached by the caller), validated: return_dtype
-// and return_parameters must be known values.
-absl::StatusOr<StepInput> StepInputFromProto(const v1::StepRequest& request);
-
-// `output`'s fields but its parameters (which the caller writes: message_bytes.h).
-void StepOutputToProto(const StepOutput& output, v1::StepResponse* out);
-
 // Fails if no optimizer is set, a required field is missing, an enum value is unknown, or a value
 // is out of range.
 absl::StatusOr<SessionConfig> ConfigFromProto(const v1::SessionConfig& config);
@@ -72,18 +69,6 @@ absl::StatusOr<ClipOptions> ClippingFromProto(const v1::Clipping& clipping,
 void ConfigToProto(const SessionConfig& config, v1::SessionConfig* out);
 
 void SessionInfoToProto(const SessionInfo& info, v1::Session* out);
-
-// An optimizer's state as the message Pull exports (arrays as F32 tensors of the tensor's shape;
-// `tensors` names state.tensors, in order): an entry for every tensor, with or without state, so
-// that the export imports back as it is (UpdateSession needs an entry for every tensor).
-void OptimizerStateToProto(const OptimizerState& state, const std::vector<TensorSpec>& tensors,
-                           v1::OptimizerState* out);
-
-// The message UpdateSession imports, in the session's tensor order. InvalidArgument naming the
-// field for an unknown, repeated or missing tensor, an array that is not F32 or has the wrong
-// length.
-absl::StatusOr<OptimizerState> OptimizerStateFromProto(const v1::OptimizerState& message,
-                                                       const std::vector<TensorSpec>& tensors);
 
 }  // namespace optd
 

@@ -4,6 +4,7 @@
 
 #include "server/service/proto_convert.h"
 
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,6 +46,14 @@ TEST(ConfigFromProtoTest, NamesTheFieldAndItsRange) {
   };
   const std::vector<Case> cases = {
       {"", "optimizer is not set; must be one of sgd, adam"},
+      {"",
+       "lars, prodigy, dadapt_adam, dadapt_sgd, dog, ldog, schedulefree_adamw, "
+       "schedulefree_sgd, adafactor, muon"},
+      {"optimizer { prodigy { d_coef: -1 } }",
+       "config.optimizer.prodigy.d_coef = -1 is out of range: must be > 0"},
+      {"optimizer { dog { init_eta: 0 } }", "dog.init_eta = 0 is out of range: must be > 0"},
+      {"optimizer { schedulefree_sgd { momentum: 1 } }",
+       "schedulefree_sgd.momentum = 1 is out of range: must be in (0, 1)"},
       {"optimizer { sgd {} }", "config.optimizer.sgd.lr is required"},
       {"optimizer { adam { beta1: 1.5 } }", "beta1 = 1.5 is out of range: must be in [0, 1)"},
       {"optimizer { adam {} } schedule { step {} }", "step_size"},
@@ -71,7 +80,16 @@ TEST(ConfigFromProtoTest, RoundTripsEveryOptimizerAndSchedule) {
                                                "radam {}",
                                                "lion {}",
                                                "lamb {}",
-                                               "lars {}"};
+                                               "lars {}",
+                                               "prodigy { beta3: 0.99 slice_p: 3 }",
+                                               "dadapt_adam { decouple: true growth_rate: 1.05 }",
+                                               "dadapt_sgd { momentum: 0.9 }",
+                                               "dog { init_eta: 0.001 averaging: true }",
+                                               "ldog { reps_rel: 1e-4 }",
+                                               "schedulefree_adamw { warmup_steps: 10 }",
+                                               "schedulefree_sgd { momentum: 0.8 }",
+                                               "adafactor { eps1: 0.001 }",
+                                               "muon { nesterov: false adam_lr: 0.001 }"};
   const std::vector<std::string> schedules = {"constant {}",
                                               "step { step_size: 3 }",
                                               "multi_step { milestones: [2, 5] }",
@@ -96,6 +114,23 @@ TEST(ConfigFromProtoTest, RoundTripsEveryOptimizerAndSchedule) {
     ConfigToProto(*again, &rewritten);
     EXPECT_TRUE(MessageDifferencer::Equals(written, rewritten));
   }
+}
+
+TEST(ConfigFromProtoTest, LearningRateFreeDefaultsAreUpstreams) {
+  absl::StatusOr<SessionConfig> config = ConfigFromProto(Parse("optimizer { prodigy {} }"));
+  ASSERT_OK(config);
+  const ProdigyOptions& prodigy = std::get<ProdigyOptions>(config->optimizer);
+  EXPECT_EQ(prodigy.lr, 1.0);
+  EXPECT_EQ(prodigy.d0, 1e-6);
+  EXPECT_TRUE(std::isinf(prodigy.growth_rate));
+  EXPECT_FALSE(prodigy.beta3.has_value());
+  config = ConfigFromProto(Parse("optimizer { dog { init_eta: 0.01 } }"));
+  ASSERT_OK(config);
+  EXPECT_EQ(std::get<DogOptions>(config->optimizer).init_eta, 0.01);
+  v1::SessionConfig written;
+  ConfigToProto(*config, &written);
+  EXPECT_TRUE(written.optimizer().dog().has_init_eta());
+  EXPECT_FALSE(written.optimizer().dog().averaging());
 }
 
 TEST(MergeOptimizerFromProtoTest, ChangesOnlyTheFieldsSetAndKeepsTheKind) {

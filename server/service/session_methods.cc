@@ -197,7 +197,9 @@ absl::StatusOr<PullOutput> OptimizerServiceImpl::DoPull(const Caller& caller,
   for (const v1::TensorRows& r : request.rows()) {
     rows.push_back({r.name(), absl::MakeConstSpan(r.indices().data(), r.indices().size())});
   }
-  return (*session)->Pull(names, *dtype, rows, request.include_optimizer_state());
+  absl::StatusOr<ParameterPoint> point = PointFromProto("point", request.point());
+  if (!point.ok()) return point.status();
+  return (*session)->Pull(names, *dtype, rows, request.include_optimizer_state(), *point);
 }
 
 absl::Status OptimizerServiceImpl::DoDeleteSession(const Caller& caller,

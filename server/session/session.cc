@@ -5,6 +5,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -34,9 +35,11 @@ std::vector<std::optional<std::vector<int64_t>>> TouchedRows(const std::vector<G
 }
 
 SyncBarrier::Waiter WaiterFor(const StepInput& input, StepCallback done) {
-  return {input.worker_id,   input.worker_incarnation, input.sequence,
-          input.return_mode, input.return_dtype,       false,
-          input.bytes(),     std::move(done)};
+  SyncBarrier::Waiter waiter{input.worker_id,   input.worker_incarnation, input.sequence,
+                             input.return_mode, input.return_dtype,       false,
+                             input.bytes(),     std::move(done)};
+  waiter.return_point = input.return_point;
+  return waiter;
 }
 
 // Bytes of a missing SYNC worker's name in a reply, with its key and length.
@@ -135,8 +138,11 @@ void Session::StepLocked(const StepInput& input, std::vector<Gradient> gradients
   if (absl::Status s = CheckReplySize(input.return_mode, input.return_dtype, touched); !s.ok()) {
     return reports->Add(std::move(done), s, bytes, -1, RefusalReason::kInvalid);
   }
+  if (absl::Status s = CheckPoint(input.return_mode, input.return_point); !s.ok()) {
+    return reports->Add(std::move(done), s, bytes, -1, RefusalReason::kInvalid);
+  }
   absl::StatusOr<std::shared_ptr<MemoryReservation>> encoding =
-      ReserveEncoding(input.return_mode, input.return_dtype, touched);
+      ReserveEncoding(input.return_mode, input.return_dtype, touched, input.return_point);
   if (!encoding.ok()) {
     return reports->Add(std::move(done), encoding.status(), bytes, -1, RefusalReason::kInvalid);
   }
@@ -151,7 +157,8 @@ void Session::StepLocked(const StepInput& input, std::vector<Gradient> gradients
       StepOutput out = (*seen)->output;
       out.duplicate = true;
       out.encoding = *encoding;
-      ShareParameters(input.return_mode, input.return_dtype, TouchedRows(gradients), &out);
+      ShareParameters(input.return_mode, input.return_dtype, TouchedRows(gradients), &out,
+                      input.return_point);
       return reports->Add(std::move(done), std::move(out), bytes, input.version ? 0 : -1);
     }
   }
@@ -207,7 +214,7 @@ void Session::ApplyNowLocked(const StepInput& input, std::vector<Gradient> gradi
   }
   reports->step = event;
   exactly_once_.Record(input.worker_id, input.worker_incarnation, input.sequence, out);
-  ShareParameters(input.return_mode, input.return_dtype, touched, &out);
+  ShareParameters(input.return_mode, input.return_dtype, touched, &out, input.return_point);
   out.encoding = std::move(encoding);
   reports->Add(std::move(done), std::move(out), input.bytes(), known_staleness);
 }
@@ -306,6 +313,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
   ++revision_;
   out->parameters_version = version_;
   out->learning_rate = lr;
+  out->estimates = optimizer_->Estimates();
   event->session_id = id_;
   event->optimizer = NameOf(optimizer_->options());
   event->version = version_;
@@ -315,6 +323,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
   event->optimizer_state_bytes = optimizer_->StateBytes();
   event->memory_bytes = MemoryLocked().total();
   event->parameter_bytes_copied = copied_bytes;
+  event->estimates = out->estimates;
   return absl::OkStatus();
 }
 
@@ -334,8 +343,9 @@ void Session::CompleteBarrierLocked(bool measure, Reports* reports) {
                              " add up to values beyond float32 (REDUCE_SUM); nothing was applied"))
           : ApplyLocked(reduced.gradients, reduced.loss, measure, &out, &event);
   if (applied.ok()) reports->step = event;
-  // One encoding per requested (mode, dtype), shared by every waiter that asked for it.
-  std::vector<std::pair<std::pair<ReturnMode, WireDType>, std::vector<WireTensor>>> encoded;
+  // One encoding per requested (mode, dtype, point), shared by every waiter that asked for it.
+  std::vector<std::pair<std::tuple<ReturnMode, WireDType, ParameterPoint>, std::vector<WireTensor>>>
+      encoded;
   for (SyncBarrier::Waiter& w : reduced.waiters) {
     if (!applied.ok()) {
       reports->Add(std::move(w.done), applied, w.bytes_received, 0,
@@ -348,16 +358,17 @@ void Session::CompleteBarrierLocked(bool measure, Reports* reports) {
     reply.duplicate = w.duplicate;
     if (!w.duplicate) exactly_once_.Record(w.worker_id, w.incarnation, w.sequence, reply);
     if (w.return_mode != ReturnMode::kNone) {
-      const auto key = std::make_pair(w.return_mode, w.return_dtype);
+      const auto key = std::make_tuple(w.return_mode, w.return_dtype, w.return_point);
       auto it = std::find_if(encoded.begin(), encoded.end(),
                              [&](const auto& e) { return e.first == key; });
       if (it == encoded.end()) {
         StepOutput shared;
-        ShareParameters(w.return_mode, w.return_dtype, reduced.touched, &shared);
+        ShareParameters(w.return_mode, w.return_dtype, reduced.touched, &shared, w.return_point);
         encoded.emplace_back(key, std::move(shared.parameters));
         it = encoded.end() - 1;
       }
       reply.parameters = it->second;
+      reply.point = w.return_point;
     }
     reply.parameters_version = version_;
     reply.encoding = std::move(w.encoding);
@@ -407,8 +418,8 @@ absl::StatusOr<JoinOutput> Session::Join(absl::string_view worker_id) {
 }
 
 absl::StatusOr<std::shared_ptr<MemoryReservation>> Session::ReserveEncoding(
-    ReturnMode mode, WireDType dtype,
-    absl::Span<const std::optional<std::vector<int64_t>>> touched) const {
+    ReturnMode mode, WireDType dtype, absl::Span<const std::optional<std::vector<int64_t>>> touched,
+    ParameterPoint point) const {
   if (mode == ReturnMode::kNone) return nullptr;
   const int64_t width = BytesPerElement(dtype);
   int64_t bytes = 0;
@@ -419,6 +430,10 @@ absl::StatusOr<std::shared_ptr<MemoryReservation>> Session::ReserveEncoding(
       bytes += static_cast<int64_t>(touched[k]->size()) * specs_[k].row_size() * width;
     } else if (dtype != WireDType::kF32) {
       bytes += specs_[k].num_elements * width;
+    }
+    // The evaluation point is a float32 copy, computed when the reply is built.
+    if (point == ParameterPoint::kEvaluation) {
+      bytes += specs_[k].num_elements * static_cast<int64_t>(sizeof(float));
     }
   }
   if (bytes == 0) return nullptr;
@@ -525,14 +540,47 @@ absl::StatusOr<StepOutput> Session::StepAndWait(const StepInput& input) {
   return result;
 }
 
+absl::Status Session::CheckPoint(ReturnMode mode, ParameterPoint point) const {
+  if (point == ParameterPoint::kTraining) return absl::OkStatus();
+  if (!optimizer_->HasEvaluationPoint()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "return_point = EVALUATION: ", NameOf(optimizer_->options()),
+        " keeps no evaluation point apart from its parameters (Schedule-Free and DoG with "
+        "averaging do); nothing was applied"));
+  }
+  if (mode == ReturnMode::kTouched) {
+    return absl::InvalidArgumentError(
+        "return_point = EVALUATION returns whole tensors: use RETURN_PARAMETERS_ALL (or NONE)");
+  }
+  return absl::OkStatus();
+}
+
+WireTensor Session::EvaluationTensorOf(int index, WireDType dtype) const {
+  const SharedFloats params = parameters_.Share(index);
+  auto x = std::make_shared<std::vector<float>>(params->size());
+  // Sizes match by construction: the optimizer was made for these tensors.
+  (void)optimizer_->EvaluationPoint(static_cast<size_t>(index), *params, absl::MakeSpan(*x));
+  return {specs_[index].name,
+          specs_[index].shape,
+          dtype,
+          TensorBytes::Shared(SharedFloats(std::move(x))),
+          false,
+          {}};
+}
+
 void Session::ShareParameters(ReturnMode mode, WireDType dtype,
                               absl::Span<const std::optional<std::vector<int64_t>>> touched,
-                              StepOutput* out) const {
+                              StepOutput* out, ParameterPoint point) const {
   out->parameters.clear();
   out->parameters_version = version_;
+  out->point = point;
   if (mode == ReturnMode::kNone) return;
   out->parameters.reserve(specs_.size());
   for (int k = 0; k < specs_.size(); ++k) {
+    if (point == ParameterPoint::kEvaluation) {
+      out->parameters.push_back(EvaluationTensorOf(k, dtype));
+      continue;
+    }
     const bool rows_only = mode == ReturnMode::kTouched && k < static_cast<int>(touched.size()) &&
                            touched[k].has_value();
     out->parameters.push_back(rows_only ? RowsOf(k, *touched[k], dtype) : TensorOf(k, dtype));

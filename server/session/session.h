@@ -100,6 +100,8 @@ struct SessionInfo {
   int64_t state_bytes_per_parameter = 0;
   absl::Time create_time;
   SessionMemory memory;
+  // The optimizer's estimates (Optimizer::Estimates), as the next step will use them.
+  std::vector<std::pair<std::string, double>> estimates;
 };
 
 // A worker's join (Session::Join).
@@ -117,6 +119,7 @@ struct RowSelection {
 struct PullOutput {
   int64_t version = 0;
   std::vector<WireTensor> tensors;
+  ParameterPoint point = ParameterPoint::kTraining;
   // With include_optimizer_state: the state of the tensors pulled, in the order pulled (an entry
   // for each, empty for a tensor without state), at the same version, and those tensors.
   std::optional<OptimizerState> optimizer_state;
@@ -201,9 +204,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // tensors in `rows`, only the rows chosen there (row-sparse, in the order given).
   // InvalidArgument for an unknown or repeated name, or a row out of range.
   // With `include_optimizer_state`, also the optimizer state of those tensors (not with rows).
+  // With `point` kEvaluation, the optimizer's evaluation point (whole tensors: not with rows;
+  // FailedPrecondition for an optimizer that keeps none).
   absl::StatusOr<PullOutput> Pull(absl::Span<const absl::string_view> names, WireDType dtype,
                                   absl::Span<const RowSelection> rows = {},
-                                  bool include_optimizer_state = false) const;
+                                  bool include_optimizer_state = false,
+                                  ParameterPoint point = ParameterPoint::kTraining) const;
 
   SessionInfo Info() const;
 
@@ -250,7 +256,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // there are none. touched as for CheckReplySize.
   absl::StatusOr<std::shared_ptr<MemoryReservation>> ReserveEncoding(
       ReturnMode mode, WireDType dtype,
-      absl::Span<const std::optional<std::vector<int64_t>>> touched) const;
+      absl::Span<const std::optional<std::vector<int64_t>>> touched,
+      ParameterPoint point = ParameterPoint::kTraining) const;
+  // InvalidArgument or FailedPrecondition unless a reply at `point` can be built (see StepInput).
+  absl::Status CheckPoint(ReturnMode mode, ParameterPoint point) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   // The part of Step under mu_: exactly-once, admission, then apply or join the barrier.
   void StepLocked(const StepInput& input, std::vector<Gradient> gradients, bool measure,
@@ -282,7 +292,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // or past the end: the whole tensor).
   void ShareParameters(ReturnMode mode, WireDType dtype,
                        absl::Span<const std::optional<std::vector<int64_t>>> touched,
-                       StepOutput* out) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+                       StepOutput* out, ParameterPoint point = ParameterPoint::kTraining) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // A whole tensor's evaluation point (computed now, encoded as `dtype` when written).
+  WireTensor EvaluationTensorOf(int index, WireDType dtype) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // A whole tensor (shared, encoded as `dtype` when written) or some of its rows (encoded now).
   WireTensor TensorOf(int index, WireDType dtype) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   WireTensor RowsOf(int index, absl::Span<const int64_t> rows, WireDType dtype) const

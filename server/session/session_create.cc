@@ -28,7 +28,7 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, Session
   }
   // First the names and shapes (nothing is decoded before the memory is reserved).
   std::vector<TensorSpec> specs;
-  std::vector<int64_t> sizes;
+  TensorShapes shapes;  // Muon and Adafactor treat matrices apart
   absl::flat_hash_set<absl::string_view> names;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const WireTensorView& t = tensors[i];
@@ -49,10 +49,10 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, Session
     }
     specs.push_back(
         {std::string(t.name), std::vector<int64_t>(t.shape.begin(), t.shape.end()), *n});
-    sizes.push_back(*n);
+    shapes.emplace_back(t.shape.begin(), t.shape.end());
   }
   absl::StatusOr<std::unique_ptr<Optimizer>> optimizer =
-      CreateOptimizer(config.optimizer, std::move(sizes));
+      CreateOptimizerForShapes(config.optimizer, shapes);
   if (!optimizer.ok()) return optimizer.status();
   absl::StatusOr<LrSchedule> schedule =
       LrSchedule::Create(config.schedule, BaseLearningRate(config.optimizer));
@@ -122,7 +122,7 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Restore(SessionState state,
                                                    " tensors; the session has ",
                                                    state.tensors.size()));
   }
-  std::vector<int64_t> sizes;
+  TensorShapes shapes;  // Muon and Adafactor treat matrices apart
   absl::flat_hash_set<absl::string_view> names;
   for (size_t i = 0; i < state.tensors.size(); ++i) {
     const TensorSpec& t = state.tensors[i];
@@ -141,14 +141,14 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Restore(SessionState state,
                        state.parameters[i] == nullptr ? 0 : state.parameters[i]->size(),
                        " values; its shape ", ShapeString(t.shape), " has ", *n));
     }
-    sizes.push_back(*n);
+    shapes.emplace_back(t.shape.begin(), t.shape.end());
   }
   if (state.version < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("version = ", state.version, " is out of range: must be >= 0"));
   }
   absl::StatusOr<std::unique_ptr<Optimizer>> optimizer =
-      CreateOptimizer(config.optimizer, std::move(sizes));
+      CreateOptimizerForShapes(config.optimizer, shapes);
   if (!optimizer.ok()) return optimizer.status();
   absl::StatusOr<LrSchedule> schedule =
       LrSchedule::Create(config.schedule, BaseLearningRate(config.optimizer));

@@ -12,6 +12,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 
@@ -47,6 +50,9 @@ struct StepEvent {
   // Parameter bytes copied before the step because replies still held the buffers (copy on
   // write, see wire_tensor.h); 0 in a worker loop, where a reply is sent before the next step.
   int64_t parameter_bytes_copied = 0;
+  // The optimizer's estimates after the step (Optimizer::Estimates: Prodigy's "d", DoG's "eta",
+  // ...); empty for the optimizers that keep none.
+  std::vector<std::pair<std::string, double>> estimates;
 };
 
 // One request handled by a session, applied or not.

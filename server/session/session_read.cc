@@ -34,11 +34,24 @@ WireTensor Session::RowsOf(int index, absl::Span<const int64_t> rows, WireDType 
 
 absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> names, WireDType dtype,
                                          absl::Span<const RowSelection> rows,
-                                         bool include_optimizer_state) const {
+                                         bool include_optimizer_state, ParameterPoint point) const {
   Touch();
   if (include_optimizer_state && !rows.empty()) {
     return absl::InvalidArgumentError(
         "include_optimizer_state returns whole tensors' state: it cannot be combined with rows");
+  }
+  if (point == ParameterPoint::kEvaluation) {
+    if (!rows.empty()) {
+      return absl::InvalidArgumentError(
+          "point = EVALUATION returns whole tensors: it cannot be combined with rows");
+    }
+    absl::ReaderMutexLock lock(&mu_);
+    if (!optimizer_->HasEvaluationPoint()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("point = EVALUATION: ", std::string(OptimizerName(optimizer_->options())),
+                       " keeps no evaluation point apart from its parameters (Schedule-Free and "
+                       "DoG with averaging do)"));
+    }
   }
   std::vector<int> indices;
   if (names.empty()) {
@@ -124,6 +137,10 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
       bytes += selection[k] != nullptr
                    ? static_cast<int64_t>(selection[k]->rows.size()) * specs_[k].row_size() * width
                    : (dtype != WireDType::kF32 ? specs_[k].num_elements * width : 0);
+      // The evaluation point is a float32 copy.
+      if (point == ParameterPoint::kEvaluation) {
+        bytes += specs_[k].num_elements * static_cast<int64_t>(sizeof(float));
+      }
     }
     if (bytes > 0) {
       absl::StatusOr<MemoryReservation> reserved =
@@ -144,7 +161,12 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
     }
   }
   out.tensors.reserve(indices.size());
+  out.point = point;
   for (int k : indices) {
+    if (point == ParameterPoint::kEvaluation) {
+      out.tensors.push_back(EvaluationTensorOf(k, dtype));
+      continue;
+    }
     out.tensors.push_back(selection[k] != nullptr ? RowsOf(k, selection[k]->rows, dtype)
                                                   : TensorOf(k, dtype));
   }
@@ -174,6 +196,7 @@ SessionInfo Session::Info() const {
   info.optimizer_state_bytes = optimizer_->StateBytes();
   info.state_bytes_per_parameter = optimizer_->StateBytesPerElement();
   info.memory = MemoryLocked();
+  info.estimates = optimizer_->Estimates();
   return info;
 }
 

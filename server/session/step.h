@@ -32,6 +32,14 @@ enum class ReturnMode {
   kTouched,  // tensors with a dense gradient whole; with a row-sparse one, the touched rows
 };
 
+// Which point of the model a reply carries: the parameters the optimizer steps, or the
+// evaluation point of an optimizer that keeps one apart (Optimizer::EvaluationPoint:
+// Schedule-Free's x, DoG's iterate average), computed when the reply is built.
+enum class ParameterPoint {
+  kTraining,
+  kEvaluation,
+};
+
 // One worker's request. Borrows the gradients' bytes: they must stay valid until Session::Step
 // returns (a SYNC barrier copies what it keeps).
 struct StepInput {
@@ -41,6 +49,8 @@ struct StepInput {
   std::optional<double> loss;
   ReturnMode return_mode = ReturnMode::kAll;
   WireDType return_dtype = WireDType::kF32;
+  // kEvaluation: only with kAll or kNone, and an optimizer that keeps an evaluation point.
+  ParameterPoint return_point = ParameterPoint::kTraining;
   // Idempotency key with worker_id; 0 means none.
   int64_t sequence = 0;
   // The version the gradient was computed at.
@@ -69,8 +79,11 @@ struct StepOutput {
   // Parameters the step left NaN or infinite, and the tensors holding them (creation order).
   int64_t non_finite_parameters = 0;
   std::vector<std::string> non_finite_tensors;
-  // In creation order, as StepInput::return_mode asked.
+  // In creation order, as StepInput::return_mode asked, at `point`.
   std::vector<WireTensor> parameters;
+  ParameterPoint point = ParameterPoint::kTraining;
+  // The optimizer's estimates after the step (Optimizer::Estimates), e.g. {"d", ...}.
+  std::vector<std::pair<std::string, double>> estimates;
   // Filled in by the service: the server process that answered, and the session's newest durable
   // (checkpointed) version, -1 if none.
   std::string server_incarnation;

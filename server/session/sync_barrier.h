@@ -47,6 +47,7 @@ class SyncBarrier {
     int64_t bytes_received = 0;
     StepCallback done;
     std::shared_ptr<MemoryReservation> encoding;  // pays for the reply's encoded bytes
+    ParameterPoint return_point = ParameterPoint::kTraining;
   };
 
   // What a completed barrier hands over.

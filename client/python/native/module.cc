@@ -12,6 +12,10 @@
 //   - the GIL is released while encoding, calling (with the C++ client's retries) and decoding,
 //     so threads of one process overlap.
 //
+// The channel is plaintext or TLS made of the PEM bytes optd.Client read (optd/security.py); the
+// token travels in the metadata optd.Client passes, and refusals come back with gRPC's message
+// for optd/native.py to explain as the pure path does (ClientOptions::explain_refusals = false).
+//
 // Client.step returns StepResult's fields as a tuple (see Fields). A failed step raises
 // optd._native.StatusError whose args are (code, message, current_version or None, rejoin,
 // server_incarnation, attempts); optd/native.py turns it into the typed OptdError.
@@ -37,6 +41,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/cpp/client.h"
+#include "client/cpp/credentials.h"
 #include "client/cpp/retry.h"
 #include "client/python/native/step_codec.h"
 #include "grpcpp/create_channel.h"
@@ -214,30 +219,38 @@ py::dict Parameters(const std::shared_ptr<StepReply>& reply, const py::object& o
 
 // StepResult's fields, in its order: (version, parameters, parameters_version, gradient_norm,
 // learning_rate, duplicate, workers, missing_workers, staleness), then (attempts,
-// server_incarnation, durable_version).
+// server_incarnation, durable_version, point, estimates): point as the ParameterPoint value,
+// estimates a dict name -> float.
 py::tuple Fields(const std::shared_ptr<StepReply>& reply, const py::object& out) {
   const v1::StepResponse& r = reply->response;
   py::list missing;
   for (const std::string& w : r.missing_workers()) missing.append(py::str(w));
+  py::dict estimates;
+  for (const auto& [name, value] : r.optimizer_estimates()) estimates[py::str(name)] = value;
   return py::make_tuple(r.version(), Parameters(reply, out), r.parameters_version(),
                         r.gradient_norm(), r.learning_rate(), r.duplicate(), r.workers(), missing,
-                        r.staleness(), reply->attempts, r.server_incarnation(),
-                        r.durable_version());
+                        r.staleness(), reply->attempts, r.server_incarnation(), r.durable_version(),
+                        static_cast<int>(r.point()), estimates);
 }
 
 class NativeClient {
  public:
-  // `channel_args`: (key, int or str) gRPC channel arguments, applied after the defaults.
+  // `channel_args`: (key, int or str) gRPC channel arguments, applied after the defaults (the
+  // TLS server name among them). `tls`: a TLS channel of the PEM bytes `ca` (empty: gRPC's
+  // roots), `cert` and `key` (empty: no client certificate); else plaintext.
   NativeClient(const std::string& address, const py::object& timeout, int64_t max_message_bytes,
                bool wait_for_ready, double max_reconnect_backoff,
                const std::vector<std::pair<std::string, std::string>>& metadata,
-               const py::list& channel_args) {
+               const py::list& channel_args, bool tls, const py::bytes& ca, const py::bytes& cert,
+               const py::bytes& key) {
     client::ClientOptions options;
     options.timeout = Seconds(timeout);
     options.max_message_bytes = max_message_bytes;
     options.wait_for_ready = wait_for_ready;
     options.max_reconnect_backoff = absl::Seconds(max_reconnect_backoff);
     options.metadata = metadata;
+    options.token = "";  // optd.Client's token is in `metadata` (never $OPTD_TOKEN again here)
+    options.explain_refusals = false;
     // The same arguments as optd.Client's grpcio channel (and the C++ Client::Connect's).
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
@@ -255,15 +268,23 @@ class NativeClient {
         args.SetString(key, kv[1].cast<std::string>());
       }
     }
-    std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
-    client_ = std::make_unique<client::Client>(std::move(channel), std::move(options), address);
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (tls) {
+      grpc::SslCredentialsOptions ssl;
+      ssl.pem_root_certs = std::string(ca);
+      ssl.pem_cert_chain = std::string(cert);
+      ssl.pem_private_key = std::string(key);
+      credentials = grpc::SslCredentials(ssl);
+    }
+    std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(address, credentials, args);
+    client_ = std::make_unique<client::Client>(std::move(channel), std::move(options), address,
+                                               client::Security::ForChannel(address, tls));
   }
 
   py::tuple Step(const std::string& session_id, const py::list& names, const py::list& arrays,
                  const std::string& worker_id, int64_t sequence, int64_t worker_incarnation,
                  const py::object& version, const py::object& loss, int return_parameters,
-                 int return_dtype, int gradient_dtype, const py::object& timeout,
+                 int return_dtype, int gradient_dtype, int return_point, const py::object& timeout,
                  const py::tuple& retry, const py::object& out) {
     // Kept per thread and cleared: its tensors' byte buffers are reused by the next step.
     thread_local v1::StepRequest request;
@@ -276,6 +297,7 @@ class NativeClient {
     if (!loss.is_none()) request.set_loss(loss.cast<double>());
     request.set_return_parameters(static_cast<v1::ReturnParameters>(return_parameters));
     request.set_return_dtype(static_cast<v1::DType>(return_dtype));
+    request.set_return_point(static_cast<v1::ParameterPoint>(return_point));
     const client::RetryPolicy policy = ToRetry(retry);
     const absl::Duration deadline = Seconds(timeout);
 
@@ -365,13 +387,14 @@ PYBIND11_MODULE(_native, m) {
 
   py::class_<NativeClient>(m, "Client")
       .def(py::init<const std::string&, const py::object&, int64_t, bool, double,
-                    const std::vector<std::pair<std::string, std::string>>&, const py::list&>(),
+                    const std::vector<std::pair<std::string, std::string>>&, const py::list&, bool,
+                    const py::bytes&, const py::bytes&, const py::bytes&>(),
            py::arg("address"), py::arg("timeout"), py::arg("max_message_bytes"),
            py::arg("wait_for_ready"), py::arg("max_reconnect_backoff"), py::arg("metadata"),
-           py::arg("channel_args"))
+           py::arg("channel_args"), py::arg("tls"), py::arg("ca"), py::arg("cert"), py::arg("key"))
       .def("step", &NativeClient::Step, py::arg("session_id"), py::arg("names"), py::arg("arrays"),
            py::arg("worker_id"), py::arg("sequence"), py::arg("worker_incarnation"),
            py::arg("version"), py::arg("loss"), py::arg("return_parameters"),
-           py::arg("return_dtype"), py::arg("gradient_dtype"), py::arg("timeout"), py::arg("retry"),
-           py::arg("out"));
+           py::arg("return_dtype"), py::arg("gradient_dtype"), py::arg("return_point"),
+           py::arg("timeout"), py::arg("retry"), py::arg("out"));
 }

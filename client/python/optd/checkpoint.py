@@ -156,7 +156,12 @@ def read(path: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray], OptimizerSta
                                   f"{tensor} of {len(tensors)}", path)
         tensor_name, shape = tensors[tensor]
         elements = int(np.prod(shape, dtype=np.int64))
-        if count != elements or offset < 0 or offset % _ALIGN:
+        # Optimizer arrays may be shorter than their tensor (Prodigy's slices, Adafactor's
+        # factored moments): those are vectors.
+        short = kind == "optimizer" and 0 <= count < elements
+        if short:
+            shape = (count,)
+        if (count != elements and not short) or offset < 0 or offset % _ALIGN:
             raise CheckpointError(f"checkpoint {path} is corrupt: array {name} of tensor "
                                   f"{tensor_name} has {count} values at offset {offset} (the "
                                   f"tensor has {elements}; offsets are multiples of {_ALIGN})",

@@ -48,27 +48,28 @@ go on. ``stream_steps`` reopens a failed stream and resends the unanswered step 
 sequence number, within the retry budget.
 """
 
-import dataclasses
-import json
 import os
-import random
 import re
 import secrets
 import socket
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
-from google.protobuf import json_format
 
-from optd import _pb
+from optd import _health, _pb
 from optd import config as _config
 from optd import native as _native
-from optd.errors import (InternalError, InvalidArgumentError, OptdError, UnimplementedError,
-                         error_from_rpc)
+# DEFAULT: "use the client's (or session's) setting", for ``timeout`` and ``version``.
+from optd.forks import DEFAULT, NPZ_FORMAT, _SessionsFromFiles  # noqa: F401 (NPZ_FORMAT)
+from optd.errors import InvalidArgumentError, OptdError, UnimplementedError, error_from_rpc
+# The results and the retry policy live in results.py; they stay importable from here.
+from optd.results import (NO_RETRY, CheckpointResult, PullResult, RetryPolicy, StepResult,
+                          _decode_all, _point_name, _point_value)
+from optd.security import Pem, Security, retriable
 from optd.state import OptimizerState
-from optd.tensors import DTypeLike, RowSparse, dtype_value, from_tensor, to_tensor
+from optd.tensors import DTypeLike, dtype_value, to_tensor
 
 __all__ = ["Client", "Session", "StepStream", "StepResult", "PullResult", "CheckpointResult",
            "RetryPolicy", "NO_RETRY", "Gradients", "DEFAULT_ADDRESS",
@@ -80,143 +81,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 #: (gRPC's own default is 120 s), so a restarted server is found within about a second.
 DEFAULT_MAX_RECONNECT_BACKOFF = 1.0
 
-#: The "format" of the config.json inside a Session.to_npz file.
-NPZ_FORMAT = "optd-session-npz-1"
-
 #: Gradients (or initial values): a mapping name -> array-like / RowSparse / torch tensor, or a
 #: sequence of (name, value) pairs.
 Gradients = Union[Mapping[str, Any], Sequence[Tuple[str, Any]]]
-
-
-class _Default:
-    def __repr__(self) -> str:
-        return "DEFAULT"
-
-
-#: "Use the client's (or session's) setting", for ``timeout`` and ``version`` arguments.
-DEFAULT: Any = _Default()
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """When and how often a retriable call is tried again.
-
-    ``max_attempts`` counts the first try (1 = no retry). The n-th retry waits
-    ``min(max_backoff, initial_backoff * multiplier**(n-1))``, scaled by a random factor in
-    ``[1 - jitter, 1 + jitter]``. Only the codes in ``retry_codes`` are retried. The default, 10
-    attempts waiting 0.1 s doubling to 2 s (about 11 s in all), outlasts a server restart.
-    """
-    max_attempts: int = 10
-    initial_backoff: float = 0.1
-    max_backoff: float = 2.0
-    multiplier: float = 2.0
-    jitter: float = 0.2
-    retry_codes: frozenset = frozenset({grpc.StatusCode.UNAVAILABLE,
-                                        grpc.StatusCode.DEADLINE_EXCEEDED})
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise InvalidArgumentError(f"RetryPolicy.max_attempts = {self.max_attempts}; must be "
-                                       f">= 1")
-        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1 or \
-                not 0 <= self.jitter <= 1:
-            raise InvalidArgumentError(f"RetryPolicy {self}: backoffs must be >= 0, multiplier "
-                                       f">= 1 and jitter in [0, 1]")
-
-    def backoff(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1 = the first retry)."""
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
-        return base * (1.0 + self.jitter * (2.0 * random.random() - 1.0))
-
-
-#: A policy that never retries.
-NO_RETRY = RetryPolicy(max_attempts=1)
-
-
-@dataclasses.dataclass
-class StepResult:
-    """The outcome of one step."""
-    #: The session's version after this step.
-    version: int
-    #: Parameters after the step by name, in the server's order: float32 ndarrays (read-only views
-    #: of the reply for F32), or RowSparse for touched rows. Empty with return_parameters="none".
-    parameters: Dict[str, Union[np.ndarray, RowSparse]]
-    #: The version of ``parameters``: ``version``, or later for a duplicate.
-    parameters_version: int
-    #: L2 norm of the gradient as received, before clipping (SYNC: of the combined gradient).
-    gradient_norm: float
-    #: The learning rate the step used.
-    learning_rate: float
-    #: True if this answers a retry: the step had been applied once, earlier.
-    duplicate: bool
-    #: SYNC: gradients combined into the step, and the expected workers that were missing.
-    workers: int
-    missing_workers: List[str]
-    #: Session version at arrival minus the version the gradient was computed at.
-    staleness: int
-    #: The idempotency key sent (0: none) and how many attempts the call took (of the last
-    #: request sent: a step resent after a join counts again from 1).
-    sequence: int = 0
-    attempts: int = 1
-    #: The worker incarnation the step was sent with (0: none), and how many times the worker
-    #: joined again during this step (the server had forgotten it; nothing was applied before).
-    worker_incarnation: int = 0
-    rejoins: int = 0
-    #: The server process that answered (new at each server start), and the session's newest
-    #: checkpointed version (-1: none, or no --checkpoint_dir): steps after it are lost if the
-    #: server is killed.
-    server_incarnation: str = ""
-    durable_version: int = -1
-    #: Set by a Session: the reply came from another server process than the session's previous
-    #: reply (the server restarted and restored the session from its checkpoint).
-    server_restarted: bool = False
-
-    @classmethod
-    def from_proto(cls, reply, sequence: int = 0, attempts: int = 1,
-                   worker_incarnation: int = 0) -> "StepResult":
-        return cls(version=reply.version, parameters=_decode_all(reply.parameters),
-                   parameters_version=reply.parameters_version,
-                   gradient_norm=reply.gradient_norm, learning_rate=reply.learning_rate,
-                   duplicate=reply.duplicate, workers=reply.workers,
-                   missing_workers=list(reply.missing_workers), staleness=reply.staleness,
-                   sequence=sequence, attempts=attempts, worker_incarnation=worker_incarnation,
-                   server_incarnation=reply.server_incarnation,
-                   durable_version=reply.durable_version)
-
-
-@dataclasses.dataclass
-class PullResult:
-    """Parameters read without stepping."""
-    version: int
-    #: By name, in the order asked (all: creation order); RowSparse for tensors pulled by rows.
-    tensors: Dict[str, Union[np.ndarray, RowSparse]]
-    #: See StepResult.
-    server_incarnation: str = ""
-    durable_version: int = -1
-    #: With ``pull(optimizer_state=True)``: the optimizer state at ``version``.
-    optimizer_state: Optional[OptimizerState] = None
-
-
-@dataclasses.dataclass
-class CheckpointResult:
-    """A checkpoint the server wrote (Checkpoint RPC)."""
-    #: The session version checkpointed.
-    version: int
-    #: The file, on the server's file system (``<checkpoint_dir>/session-<id>/<version>.ckpt``).
-    path: str
-    #: Its size.
-    bytes: int
-
-
-def _decode_all(tensors) -> Dict[str, Union[np.ndarray, RowSparse]]:
-    out = {}
-    for t in tensors:
-        try:
-            out[t.name] = from_tensor(t)
-        except InvalidArgumentError as e:
-            raise InternalError(f"cannot decode the server's tensor {t.name!r}: {e.message}") \
-                from None
-    return out
 
 
 def _items(values: Gradients) -> List[Tuple[str, Any]]:
@@ -265,7 +132,7 @@ def default_worker_id() -> str:
     return f"py-{host}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-class Client:
+class Client(_SessionsFromFiles):
     """A connection to one optd server (the optd.v1.Optimizer service and grpc.health.v1).
 
     Args:
@@ -273,8 +140,18 @@ class Client:
         timeout: default deadline of each call in seconds (``None``: none). Each method also takes
             ``timeout=``.
         retry: the RetryPolicy of retriable calls (reads and keyed Steps).
-        credentials: grpc.ChannelCredentials for a TLS channel (default: insecure).
-        metadata: (key, value) pairs sent with every call (e.g. an authorization token).
+        tls_ca: the CA certificate (PEM file path, or PEM bytes) the server's certificate must
+            chain to; turns TLS on. ``tls=True``: TLS with the system's root certificates.
+        tls_cert, tls_key: the client certificate and its key (PEM), for a server that requires
+            client certificates (mTLS, optd --tls_client_ca); they turn TLS on too.
+        tls_server_name: the name the server's certificate must hold, when not the host of
+            ``address``.
+        token: bearer token sent as ``authorization: Bearer <token>`` with every call (streams
+            included); None (default): the ``OPTD_TOKEN`` environment variable; "": none. Over a
+            plaintext channel (no TLS) only for loopback. See optd.security for the errors.
+        credentials: grpc.ChannelCredentials for a TLS channel built by the caller (not with
+            the tls_* arguments; default: insecure unless tls_* are given).
+        metadata: (key, value) pairs sent with every call.
         max_message_bytes: largest message sent or received; the default matches the server's.
         wait_for_ready: True: calls wait (until their deadline) for the server to come up instead
             of failing at once with UNAVAILABLE.
@@ -283,8 +160,8 @@ class Client:
         channel_options: extra gRPC channel arguments (they win over the ones above).
         channel: use this channel instead of making one (address and channel options are ignored).
         native: steps through the native extension (optd.native): None (default) when available
-            and possible (no ``credentials``, no ``channel``), False never, True always (else
-            UnimplementedError saying why not).
+            and possible (no ``credentials``, no ``channel``; TLS and the token as above are
+            carried over), False never, True always (else UnimplementedError saying why not).
 
     Connecting is lazy: an unreachable server shows up as UnavailableError on the first call.
     Use as a context manager, or call close().
@@ -292,6 +169,9 @@ class Client:
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: Optional[float] = 30.0,
                  retry: RetryPolicy = RetryPolicy(),
+                 tls: bool = False, tls_ca: Optional[Pem] = None,
+                 tls_cert: Optional[Pem] = None, tls_key: Optional[Pem] = None,
+                 tls_server_name: Optional[str] = None, token: Optional[str] = None,
                  credentials: Optional[grpc.ChannelCredentials] = None,
                  metadata: Sequence[Tuple[str, str]] = (),
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -310,7 +190,18 @@ class Client:
         self.address = address
         self.timeout = timeout
         self.retry = retry
-        self.metadata: Tuple[Tuple[str, str], ...] = tuple(metadata)
+        if channel is not None and (tls or tls_ca is not None or tls_cert is not None or
+                                    tls_key is not None or tls_server_name is not None):
+            raise InvalidArgumentError("tls/tls_ca/tls_cert/tls_key/tls_server_name make the "
+                                       "channel: not with channel= (whose credentials are its own)")
+        #: TLS and token settings, and the explanations of refusals (optd.security).
+        self.security = Security(address if channel is None else "the server", tls=tls,
+                                 tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                                 tls_server_name=tls_server_name, token=token,
+                                 credentials=credentials)
+        given_keys = {key.lower() for key, _ in metadata}
+        self.metadata: Tuple[Tuple[str, str], ...] = tuple(metadata) + tuple(
+            kv for kv in self.security.metadata() if kv[0] not in given_keys)
         self.wait_for_ready = wait_for_ready
         self._owns_channel = channel is None
         if not max_reconnect_backoff > 0:
@@ -323,28 +214,33 @@ class Client:
                         ("grpc.max_receive_message_length", max_message_bytes),
                         ("grpc.max_reconnect_backoff_ms", backoff_ms),
                         ("grpc.initial_reconnect_backoff_ms", min(backoff_ms, 100))]
-            options = [(k, v) for k, v in defaults if k not in given] + list(channel_options)
+            options = [(k, v) for k, v in defaults if k not in given] + \
+                self.security.channel_options() + list(channel_options)
+            credentials = self.security.credentials
             channel = (grpc.secure_channel(address, credentials, options=options)
                        if credentials is not None else
                        grpc.insecure_channel(address, options=options))
         self.channel: grpc.Channel = channel
-        # Steps take the native path (optd/native.py) when the extension can make the same channel.
+        # Steps take the native path (optd/native.py) when the extension can make the same channel
+        # (plaintext or this client's TLS settings; not the caller's credentials= or channel=).
         self._native: Optional[_native.LazyTransport] = None
-        possible = _native.available() and self._owns_channel and credentials is None
+        possible = (_native.available() and self._owns_channel and
+                    not self.security.custom_credentials)
         if native and not possible:
             raise UnimplementedError(
-                "native=True: " + (_native.reason() or "the native path makes its own insecure "
-                                   "channel; not with credentials= or channel="))
+                "native=True: " + (_native.reason() or "the native path makes its own channel; "
+                                   "not with credentials= or channel="))
         if possible and native is not False:
             self._native = _native.LazyTransport(
                 address, timeout=timeout, max_message_bytes=max_message_bytes,
                 wait_for_ready=wait_for_ready, max_reconnect_backoff=max_reconnect_backoff,
-                metadata=self.metadata, channel_options=list(channel_options))
+                metadata=self.metadata, security=self.security,
+                channel_options=self.security.channel_options() + list(channel_options))
         self.pb2 = _pb.pb2()
         self.stub = _pb.pb2_grpc().OptimizerStub(channel)
         self._health = channel.unary_unary("/grpc.health.v1.Health/Check",
-                                           request_serializer=_health_request,
-                                           response_deserializer=_health_status)
+                                           request_serializer=_health.encode_request,
+                                           response_deserializer=_health.decode_status)
 
     # -- lifetime ----------------------------------------------------------------------------------
 
@@ -391,10 +287,11 @@ class Client:
                            wait_for_ready=self.wait_for_ready)
                 return reply, attempt
             except grpc.RpcError as e:
-                error = error_from_rpc(e)
-            if attempt >= policy.max_attempts or error.code not in policy.retry_codes:
+                error = self.rpc_error(e, method)
+            if attempt >= policy.max_attempts or not retriable(error, policy.retry_codes):
                 error.attempts = attempt
-                if error.code in _TRANSPORT_CODES:  # name what was tried, as the C++ client does
+                # Name what was tried, as the C++ client does (not for an explained TLS failure).
+                if error.code in _TRANSPORT_CODES and not getattr(error, "tls_failure", False):
                     error.message = (f"{error.message} [{method} to {self.address}: {attempt} "
                                      f"attempt{'' if attempt == 1 else 's'} in "
                                      f"{time.monotonic() - start:.2f} s"
@@ -402,6 +299,11 @@ class Client:
                     error.args = (error.message,)
                 raise error
             time.sleep(policy.backoff(attempt))
+
+    def rpc_error(self, error: grpc.RpcError, method: str) -> OptdError:
+        """The typed OptdError of a failed call of ``method``, refusals explained (see
+        optd.security: a refused token, a refused call, a failed TLS handshake)."""
+        return self.security.explain(error_from_rpc(error), method)
 
     def create_session(self, tensors: Gradients, optimizer: Any = "adam", *,
                        session_id: str = "", schedule: Any = None, clipping: Any = None,
@@ -437,99 +339,6 @@ class Client:
         info, _ = self._call("CreateSession", request, timeout)
         return Session(self, info.session_id, worker_id=worker_id, version=info.version,
                        info=info)
-
-    def create_session_from_checkpoint(self, session_id: str, path: Optional[str] = None, *,
-                                       from_session: Optional[str] = None, optimizer: Any = None,
-                                       worker_id: Optional[str] = None, timeout: Any = DEFAULT,
-                                       **hyperparameters: Any) -> "Session":
-        """Creates session ``session_id`` from a checkpoint (a fork): its parameters, optimizer
-        state, schedule state and version, with a new exactly-once table.
-
-        Args:
-            session_id: the new session's id.
-            path: a checkpoint file on the server (CheckpointResult.path), or
-            from_session: a session id whose newest checkpoint to use (exactly one of the two).
-            optimizer, hyperparameters: new hyperparameters replacing the checkpoint's (same
-                optimizer kind), e.g. ``lr=0.01``. With only keywords the kind is read from
-                ``from_session`` (GetSession) or, for ``path``, from the file when this machine
-                can read it; otherwise give ``optimizer=``.
-            worker_id: the returned Session's worker id.
-
-        Needs a server with --checkpoint_dir (FailedPreconditionError without); NotFoundError for
-        no such checkpoint.
-        """
-        if (path is None) == (from_session is None):
-            raise InvalidArgumentError("create_session_from_checkpoint: give exactly one of path= "
-                                       "and from_session=")
-        pb2 = self.pb2
-        request = pb2.CreateSessionRequest(session_id=session_id, from_checkpoint=path or "",
-                                           from_session_checkpoint=from_session or "")
-        if optimizer is not None or hyperparameters:
-            if optimizer is None:
-                optimizer = self._checkpoint_kind(path, from_session, timeout)
-            request.config.optimizer.CopyFrom(_config.optimizer_config(optimizer,
-                                                                       **hyperparameters))
-        info, _ = self._call("CreateSession", request, timeout)
-        return Session(self, info.session_id, worker_id=worker_id, version=info.version,
-                       info=info)
-
-    def _checkpoint_kind(self, path: Optional[str], from_session: Optional[str],
-                         timeout: Any) -> str:
-        """The optimizer kind of a checkpoint, to build a config from bare hyperparameters."""
-        if from_session is not None:
-            return _config.optimizer_kind(self.get_session(from_session,
-                                                           timeout=timeout).config.optimizer)
-        try:
-            from optd import checkpoint as _checkpoint  # pylint: disable=import-outside-toplevel
-            manifest = _checkpoint.read_manifest(path)
-        except (OSError, OptdError) as e:
-            raise InvalidArgumentError(f"create_session_from_checkpoint: cannot tell the optimizer "
-                                       f"kind of {path} from here ({e}); give optimizer=") from None
-        kinds = list(manifest.get("config", {}).get("optimizer", {}))
-        if len(kinds) != 1:
-            raise InvalidArgumentError(f"checkpoint {path} names optimizer {kinds}; give "
-                                       f"optimizer=")
-        return _config._canonical_kind(kinds[0])
-
-    def create_session_from_npz(self, path: str, *, session_id: str = "",
-                                worker_id: Optional[str] = None, timeout: Any = DEFAULT,
-                                **hyperparameters: Any) -> "Session":
-        """Creates a session from a file written by Session.to_npz: CreateSession with its
-        parameters and configuration (``hyperparameters`` replace the saved ones, same kind),
-        then UpdateSession with its optimizer state. The new session starts at version 0 (its
-        step counters and state are the saved ones). If the state is refused the new session is
-        deleted and the error raised."""
-        data = np.load(path, allow_pickle=False)
-        try:
-            meta = json.loads(bytes(data["config.json"]).decode("utf-8"))
-            if meta.get("format") != NPZ_FORMAT:
-                raise InvalidArgumentError(f"{path} is not an optd session npz (format "
-                                           f"{meta.get('format')!r})")
-            config = json_format.Parse(json.dumps(meta["config"]), self.pb2.SessionConfig())
-            if hyperparameters:
-                kind = _config.optimizer_kind(config.optimizer)
-                sub = getattr(config.optimizer, kind)
-                _config._fill(sub, hyperparameters, f"optimizer.{kind}")
-            names = list(meta["tensors"])
-            tensors = [(name, np.asarray(data["parameters/" + name], dtype=np.float32))
-                       for name in names]
-            state = OptimizerState.from_flat(data, names, meta["optimizer_arrays"])
-        except KeyError as e:
-            raise InvalidArgumentError(f"{path} lacks {e} (not written by Session.to_npz?)") \
-                from None
-        finally:
-            data.close()
-        session = self.create_session(tensors, config, session_id=session_id,
-                                      worker_id=worker_id, timeout=timeout)
-        try:
-            session.import_optimizer_state(state, timeout=timeout)
-        except OptdError:
-            try:
-                session.delete(timeout=timeout)
-            except OptdError:
-                pass
-            raise
-        return session
 
     def checkpoint(self, session_id: str, *, timeout: Any = DEFAULT) -> CheckpointResult:
         """Checkpoint RPC: writes a checkpoint of the session now and returns when it is durable
@@ -613,16 +422,19 @@ class Client:
 
     def pull(self, session_id: str, names: Optional[Sequence[str]] = None, *,
              dtype: DTypeLike = "f32", rows: Optional[Mapping[str, Sequence[int]]] = None,
-             optimizer_state: bool = False, timeout: Any = DEFAULT) -> PullResult:
+             optimizer_state: bool = False, point: Union[str, int] = "training",
+             timeout: Any = DEFAULT) -> PullResult:
         """Reads parameters without stepping: ``names`` (all, in creation order, when None) as
         ``dtype`` on the wire, decoded to float32; ``rows`` {name: indices} reads only those rows
         (as RowSparse). ``optimizer_state=True`` also returns the whole optimizer state
         (PullResult.optimizer_state, an optd.OptimizerState at the same version; not with
-        ``rows``)."""
+        ``rows``). ``point="evaluation"`` reads the evaluation point of an optimizer that keeps
+        one (Schedule-Free's x, DoG's iterate average; FailedPreconditionError for others)."""
         pb2 = self.pb2
         request = pb2.PullRequest(session_id=session_id, names=list(names or ()),
                                   dtype=dtype_value(dtype),
-                                  include_optimizer_state=bool(optimizer_state))
+                                  include_optimizer_state=bool(optimizer_state),
+                                  point=_point_value(point))
         for name, indices in (rows or {}).items():
             request.rows.add(name=name, indices=[int(i) for i in np.asarray(indices).ravel()])
         reply, _ = self._call("Pull", request, timeout, self.retry)
@@ -633,20 +445,22 @@ class Client:
                                               None if names else list(tensors))
         return PullResult(version=reply.version, tensors=tensors,
                           server_incarnation=reply.server_incarnation,
-                          durable_version=reply.durable_version, optimizer_state=state)
+                          durable_version=reply.durable_version, optimizer_state=state,
+                          point=_point_name(reply.point))
 
     def step_request(self, session_id: str, gradients: Gradients, *, worker_id: str = "",
                      sequence: int = 0, version: Optional[int] = None,
                      loss: Optional[float] = None, return_parameters: Union[str, bool] = "all",
                      return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32",
-                     worker_incarnation: int = 0):
+                     worker_incarnation: int = 0, return_point: Union[str, int] = "training"):
         """The optd_pb2.StepRequest that step() would send."""
         request = self.pb2.StepRequest(session_id=session_id, worker_id=worker_id or "",
                                        gradients=_tensors(gradients, gradient_dtype),
                                        return_parameters=_return_mode(return_parameters),
                                        return_dtype=dtype_value(return_dtype),
                                        sequence=int(sequence),
-                                       worker_incarnation=int(worker_incarnation))
+                                       worker_incarnation=int(worker_incarnation),
+                                       return_point=_point_value(return_point))
         if loss is not None:
             request.loss = float(loss)
         if version is not None:
@@ -658,7 +472,8 @@ class Client:
              return_parameters: Union[str, bool] = "all", return_dtype: DTypeLike = "f32",
              gradient_dtype: DTypeLike = "f32", timeout: Any = DEFAULT,
              retry: Optional[RetryPolicy] = None, worker_incarnation: int = 0,
-             out: Optional[Mapping[str, np.ndarray]] = None) -> StepResult:
+             out: Optional[Mapping[str, np.ndarray]] = None,
+             return_point: Union[str, int] = "training") -> StepResult:
         """Applies one gradient per session tensor (dense arrays or RowSparse): all or nothing.
 
         A raw step: Session.step is the worker loop's call (it joins, numbers and rejoins).
@@ -669,7 +484,8 @@ class Client:
         not join, and its sequences follow the unjoined rules). ``version`` is the session
         version the gradient was computed at (required in SYNC and BOUNDED sessions).
         ``return_parameters``: "all", "none" or "touched"; ``return_dtype``/``gradient_dtype``:
-        "f32", "bf16" or "f16" on the wire.
+        "f32", "bf16" or "f16" on the wire. ``return_point="evaluation"``: the returned parameters
+        are the evaluation point (Schedule-Free's x; with "all" or "none").
 
         ``out`` {name: writable float32 C-contiguous array}: each dense returned parameter of that
         name and size is written into its array (in place; StepResult.parameters holds the array).
@@ -681,13 +497,14 @@ class Client:
         request = self._new_step(session_id, gradients, worker_id=worker_id, sequence=sequence,
                                  version=version, loss=loss, return_parameters=return_parameters,
                                  return_dtype=return_dtype, gradient_dtype=gradient_dtype,
-                                 worker_incarnation=worker_incarnation)
+                                 worker_incarnation=worker_incarnation, return_point=return_point)
         return self.send_step(request, timeout=timeout, retry=retry, out=out)
 
     def _new_step(self, session_id: str, gradients: Gradients, *, worker_id: str = "",
                   sequence: int = 0, version: Optional[int] = None, loss: Optional[float] = None,
                   return_parameters: Union[str, bool] = "all", return_dtype: DTypeLike = "f32",
-                  gradient_dtype: DTypeLike = "f32", worker_incarnation: int = 0):
+                  gradient_dtype: DTypeLike = "f32", worker_incarnation: int = 0,
+                  return_point: Union[str, int] = "training"):
         """The request step() sends: an optd.native.NativeStep when the native path takes it
         (dense gradients), else the optd_pb2.StepRequest of step_request."""
         if self._native is not None:
@@ -703,11 +520,12 @@ class Client:
                     version, loss, _RETURN_MODES.get(return_parameters) if
                     isinstance(return_parameters, str) and return_parameters in _RETURN_MODES
                     else _return_mode(return_parameters),
-                    dtype_value(return_dtype), dtype_value(gradient_dtype))
+                    dtype_value(return_dtype), dtype_value(gradient_dtype),
+                    _point_value(return_point))
         return self.step_request(session_id, gradients, worker_id=worker_id, sequence=sequence,
                                  version=version, loss=loss, return_parameters=return_parameters,
                                  return_dtype=return_dtype, gradient_dtype=gradient_dtype,
-                                 worker_incarnation=worker_incarnation)
+                                 worker_incarnation=worker_incarnation, return_point=return_point)
 
     def send_step(self, request, *, timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None,
                   out: Optional[Mapping[str, np.ndarray]] = None) -> StepResult:
@@ -721,7 +539,8 @@ class Client:
                                         dict(out) if out else None)
             return StepResult(*f[:9], sequence=request.sequence, attempts=f[9],
                               worker_incarnation=request.worker_incarnation,
-                              server_incarnation=f[10], durable_version=f[11])
+                              server_incarnation=f[10], durable_version=f[11],
+                              point=_point_name(f[12]), estimates=f[13])
         reply, attempts = self._call("Step", request, timeout, policy)
         result = StepResult.from_proto(reply, sequence=request.sequence, attempts=attempts,
                                        worker_incarnation=request.worker_incarnation)
@@ -745,44 +564,8 @@ class Client:
                                   metadata=self.metadata or None,
                                   wait_for_ready=self.wait_for_ready)
         except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
+            raise self.rpc_error(e, "Health") from None
         return status == 1  # SERVING
-
-
-def _health_request(service: str) -> bytes:
-    """grpc.health.v1.HealthCheckRequest{service} encoded by hand (no extra stubs needed)."""
-    data = service.encode("utf-8")
-    if not data:
-        return b""
-    n, length = len(data), bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        length.append(byte | (0x80 if n else 0))
-        if not n:
-            break
-    return b"\x0a" + bytes(length) + data
-
-
-def _health_status(data: bytes) -> int:
-    """HealthCheckResponse.status (field 1, varint) from its encoding; 0 (UNKNOWN) if absent."""
-    i, status = 0, 0
-    while i < len(data):
-        key = data[i]
-        i += 1
-        if key == 0x08:
-            shift, value = 0, 0
-            while True:
-                byte = data[i]
-                i += 1
-                value |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            status = value
-        else:  # not expected; stop rather than misparse
-            break
-    return status
 
 
 # Defined in modules of their own, which import the names above: bound here last, so that

@@ -22,8 +22,12 @@ __all__ = ["OPTIMIZERS", "optimizer_config", "optimizer_kind", "optimizer_hyperp
 
 #: The optimizer kinds (the OptimizerConfig oneof), as accepted by optimizer_config.
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "normalized_gd", "adadelta", "rmsprop", "nadam",
-              "radam", "lion", "lamb", "lars")
-_ALIASES = {"ngd": "normalized_gd", "normalizedgd": "normalized_gd", "normgd": "normalized_gd"}
+              "radam", "lion", "lamb", "lars", "prodigy", "dadapt_adam", "dadapt_sgd", "dog",
+              "ldog", "schedulefree_adamw", "schedulefree_sgd", "adafactor", "muon")
+_ALIASES = {"ngd": "normalized_gd", "normalizedgd": "normalized_gd", "normgd": "normalized_gd",
+            "dadaptadam": "dadapt_adam", "dadaptsgd": "dadapt_sgd", "l_dog": "ldog",
+            "adamwschedulefree": "schedulefree_adamw", "adamw_schedulefree": "schedulefree_adamw",
+            "sgdschedulefree": "schedulefree_sgd", "sgd_schedulefree": "schedulefree_sgd"}
 
 
 def _canonical_kind(kind: str) -> str:

@@ -61,6 +61,9 @@ class OptdError(Exception):
         #: The server process that answered (from the trailing metadata / StepError); "" if the
         #: server sent none (e.g. it could not be reached).
         self.server_incarnation: str = ""
+        #: True for an UnavailableError of a failed TLS handshake (optd.security): the message
+        #: names the option to check, and the call is not retried.
+        self.tls_failure: bool = False
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"

@@ -2,11 +2,13 @@
 C++ client (client/python/native), instead of grpcio.
 
 Chosen automatically: ``optd.Client`` steps through the extension when it can be imported and the
-client's channel is one the extension can make itself (an address, no ``credentials`` and no
-``channel`` object); otherwise, and always when the environment variable ``OPTD_PURE_PYTHON`` is
+client's channel is one the extension can make itself (an address, plaintext or the client's
+``tls_*`` settings; no ``credentials`` and no ``channel`` object); otherwise, and always when the environment variable ``OPTD_PURE_PYTHON`` is
 set to anything but "" or "0", steps go through grpcio. Both paths have the same API and give the
 same results, bit for bit: the same request bytes, the same retries (``RetryPolicy``), the same
-typed errors and messages. Everything other than Step (sessions, Pull, streams, health) always
+typed errors and messages. TLS, mTLS and the token (``tls_*``, ``token``) are the client's own:
+the extension's channel is made of the same PEM bytes and sends the same metadata, and refusals
+are explained by the same ``optd.security`` code on both paths. Everything other than Step (sessions, Pull, streams, health) always
 goes through grpcio.
 
 What the native path saves: gradients (numpy arrays, or torch CPU tensors through
@@ -73,13 +75,14 @@ class NativeStep:
     Client.send_step. ``to_proto()`` gives the equivalent StepRequest."""
 
     __slots__ = ("session_id", "worker_id", "sequence", "worker_incarnation", "version", "loss",
-                 "return_parameters", "return_dtype", "gradient_dtype", "names", "arrays")
+                 "return_parameters", "return_dtype", "gradient_dtype", "names", "arrays",
+                 "return_point")
 
     def __init__(self, session_id: str = "", names: Optional[List[str]] = None,
                  arrays: Optional[List[np.ndarray]] = None, worker_id: str = "",
                  sequence: int = 0, worker_incarnation: int = 0, version: Optional[int] = None,
                  loss: Optional[float] = None, return_parameters: int = 0,
-                 return_dtype: int = 0, gradient_dtype: int = 0) -> None:
+                 return_dtype: int = 0, gradient_dtype: int = 0, return_point: int = 0) -> None:
         self.session_id = session_id
         self.names = names if names is not None else []
         self.arrays = arrays if arrays is not None else []
@@ -91,6 +94,7 @@ class NativeStep:
         self.return_parameters = return_parameters
         self.return_dtype = return_dtype
         self.gradient_dtype = gradient_dtype
+        self.return_point = return_point
 
     def CopyFrom(self, other: "NativeStep") -> None:  # noqa: N802 (protobuf's name)
         for slot in self.__slots__:
@@ -106,7 +110,8 @@ class NativeStep:
             gradients=[to_tensor(n, a, self.gradient_dtype)
                        for n, a in zip(self.names, self.arrays)],
             return_parameters=self.return_parameters, return_dtype=self.return_dtype,
-            sequence=self.sequence, worker_incarnation=self.worker_incarnation)
+            sequence=self.sequence, worker_incarnation=self.worker_incarnation,
+            return_point=self.return_point)
         if self.loss is not None:
             request.loss = self.loss
         if self.version is not None:
@@ -159,27 +164,34 @@ class Transport:
 
     def __init__(self, address: str, *, timeout: Optional[float], max_message_bytes: int,
                  wait_for_ready: bool, max_reconnect_backoff: float,
-                 metadata: Tuple[Tuple[str, str], ...],
+                 metadata: Tuple[Tuple[str, str], ...], security,
                  channel_options: List[Tuple[str, Any]]) -> None:
         self.address = address
+        self._security = security  # optd.security.Security: TLS settings, explanations
+        ca, cert, key = security.pems
         self._client = _ext.Client(address, timeout, max_message_bytes, wait_for_ready,
                                    max_reconnect_backoff, list(metadata),
-                                   [(k, v) for k, v in channel_options])
+                                   [(k, v) for k, v in channel_options], security.tls,
+                                   ca or b"", cert or b"", key or b"")
 
     def step(self, request: NativeStep, timeout: Optional[float], policy,
              out: Optional[Dict[str, np.ndarray]] = None) -> Tuple[Any, ...]:
         """Sends ``request``; returns StepResult's fields (version, parameters,
         parameters_version, gradient_norm, learning_rate, duplicate, workers, missing_workers,
-        staleness, attempts, server_incarnation, durable_version); parameters written into
-        ``out`` are its arrays. Raises the typed OptdError with ``attempts`` set."""
+        staleness, attempts, server_incarnation, durable_version, point, estimates); parameters
+        written into ``out`` are its arrays. Raises the typed OptdError with ``attempts`` set,
+        refusals explained as on the pure path (optd.security)."""
         try:
             return self._client.step(
                 request.session_id, request.names, request.arrays, request.worker_id,
                 request.sequence, request.worker_incarnation, request.version, request.loss,
                 request.return_parameters, request.return_dtype, request.gradient_dtype,
-                timeout, _retry_tuple(policy), out)
+                request.return_point, timeout, _retry_tuple(policy), out)
         except _ext.StatusError as e:
-            raise to_error(e.args) from None
+            error = to_error(e.args)
+            explained = self._security.explain(error, "Step")
+            explained.attempts = error.attempts
+            raise explained from None
 
 
 class LazyTransport:

@@ -19,6 +19,7 @@ from optd.client import (DEFAULT, NPZ_FORMAT, CheckpointResult, Client, Gradient
                          RetryPolicy, StepResult, default_worker_id)
 from optd.errors import (AbortedError, FailedPreconditionError, InvalidArgumentError, OptdError,
                          StepOutcomeUnknownError)
+from optd.security import retriable
 from optd.state import OptimizerState
 from optd.stream import StepStream, _Slot
 from optd.tensors import DTypeLike
@@ -218,10 +219,10 @@ class Session:
 
     def pull(self, names: Optional[Sequence[str]] = None, *, dtype: DTypeLike = "f32",
              rows: Optional[Mapping[str, Sequence[int]]] = None, optimizer_state: bool = False,
-             timeout: Any = DEFAULT) -> PullResult:
+             point: Union[str, int] = "training", timeout: Any = DEFAULT) -> PullResult:
         """Client.pull on this session; the worker's version becomes the pulled one."""
         result = self.client.pull(self.session_id, names, dtype=dtype, rows=rows,
-                                  optimizer_state=optimizer_state, timeout=timeout)
+                                  optimizer_state=optimizer_state, point=point, timeout=timeout)
         self._observe_server(result.server_incarnation, result.durable_version)
         with self._lock:
             self.version = result.version
@@ -270,12 +271,14 @@ class Session:
 
     def request(self, gradients: Gradients, *, loss: Optional[float] = None,
                 version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",
-                return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32"):
+                return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32",
+                return_point: Union[str, int] = "training"):
         """The next StepRequest of this worker (joins first if it has not; reserves a sequence
         number)."""
         return self._next_request(self.client.step_request, gradients, loss=loss,
                                   version=version, return_parameters=return_parameters,
-                                  return_dtype=return_dtype, gradient_dtype=gradient_dtype)
+                                  return_dtype=return_dtype, gradient_dtype=gradient_dtype,
+                                  return_point=return_point)
 
     def _next_request(self, build, gradients: Gradients, *, version: Any, **fields: Any):
         """The next request of this worker, made by ``build`` (Client.step_request, or
@@ -291,7 +294,8 @@ class Session:
              version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",
              return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32",
              timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None,
-             out: Optional[Mapping[str, np.ndarray]] = None) -> StepResult:
+             out: Optional[Mapping[str, np.ndarray]] = None,
+             return_point: Union[str, int] = "training") -> StepResult:
         """One step with this worker's incarnation and next sequence number (retried safely, see
         Client.step; the worker joins first if it has not).
 
@@ -316,7 +320,8 @@ class Session:
         self._ensure_joined(timeout)
         request = self._next_request(self.client._new_step, gradients, loss=loss,  # pylint: disable=protected-access
                                      version=version, return_parameters=return_parameters,
-                                     return_dtype=return_dtype, gradient_dtype=gradient_dtype)
+                                     return_dtype=return_dtype, gradient_dtype=gradient_dtype,
+                                     return_point=return_point)
         server_before = self.server_incarnation
         resends = 0
         while True:
@@ -399,7 +404,8 @@ class Session:
                         if stream is not None and stream.closed:
                             stream.cancel()
                             stream = None
-                            if e.code in policy.retry_codes and attempt < policy.max_attempts:
+                            if retriable(e, policy.retry_codes) and \
+                                    attempt < policy.max_attempts:
                                 time.sleep(policy.backoff(attempt))
                                 # A resend is a retry only if the failed stream sent it.
                                 slot = _Slot(slot.request, True,

@@ -13,7 +13,7 @@ import grpc
 
 from optd.client import DEFAULT, Client, StepResult
 from optd.errors import (DeadlineExceededError, FailedPreconditionError, InternalError,
-                         InvalidArgumentError, OptdError, UnavailableError, error_from_rpc,
+                         InvalidArgumentError, OptdError, UnavailableError,
                          error_from_status)
 
 
@@ -84,7 +84,7 @@ class StepStream:
                 self._replies.put(reply)
             self._replies.put(None)  # clean end
         except grpc.RpcError as e:
-            self._replies.put(error_from_rpc(e))
+            self._replies.put(self.client.rpc_error(e, "StreamSteps"))
         except Exception as e:  # pylint: disable=broad-except
             self._replies.put(InternalError(f"stream reader failed: {e!r}"))
 
@@ -194,9 +194,10 @@ class StepStream:
             slot.done = True
             return
         e = item.error
-        error = error_from_status(e.code, e.message,
-                                  e.current_version if e.current_version >= 0 else None, e.rejoin,
-                                  e.server_incarnation)
+        error = self.client.security.explain(
+            error_from_status(e.code, e.message,
+                              e.current_version if e.current_version >= 0 else None, e.rejoin,
+                              e.server_incarnation), "StreamSteps (Step)")
         error.attempts = slot.attempts
         rejoin = isinstance(error, FailedPreconditionError) and error.rejoin
         if self.session is not None and request.session_id == self.session.session_id and \

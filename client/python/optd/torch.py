@@ -91,6 +91,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         session: attach to this session (a Session, or a session id with ``client``/``address``)
             instead of creating one.
         client / address: the server (a Client, or an address to make one).
+        tls, tls_ca, tls_cert, tls_key, token: with ``address``, the Client's TLS and token
+            arguments (see optd.Client; token None reads ``OPTD_TOKEN``).
         optimizer: when creating, the kind ("adam", "sgd", "adagrad", "rmsprop",
             "normalized_gd", ...) or an OptimizerConfig; torch-style hyperparameters as keywords
             (``lr``, ``betas``, ``momentum``, ...).
@@ -110,7 +112,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
                  clipping: Any = None, consistency: Any = None,
                  worker_id: Optional[str] = None, pull: bool = True,
                  return_dtype: str = "f32", gradient_dtype: str = "f32",
-                 timeout: Any = DEFAULT, **hyperparameters: Any) -> None:
+                 timeout: Any = DEFAULT, tls: bool = False, tls_ca: Any = None,
+                 tls_cert: Any = None, tls_key: Any = None, token: Optional[str] = None,
+                 **hyperparameters: Any) -> None:
         for key in _TORCH_ONLY:
             hyperparameters.pop(key, None)
         groups, names = self._split_names(params)
@@ -127,12 +131,17 @@ class RemoteOptimizer(torch.optim.Optimizer):
         #: restored parameters were pulled instead).
         self.skipped_steps: int = 0
 
+        security_given = tls or any(v is not None for v in (tls_ca, tls_cert, tls_key, token))
+        if security_given and (isinstance(session, Session) or client is not None):
+            raise InvalidArgumentError("RemoteOptimizer: tls/tls_ca/tls_cert/tls_key/token go "
+                                       "with address=; a given Client or Session has its own")
         if isinstance(session, Session):
             self.client = session.client
         elif client is not None:
             self.client = client
         elif address is not None:
-            self.client = Client(address)
+            self.client = Client(address, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert,
+                                 tls_key=tls_key, token=token)
         else:
             raise InvalidArgumentError("RemoteOptimizer needs session=Session, or client= / "
                                        "address= to create or attach a session")

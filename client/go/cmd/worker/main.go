@@ -5,6 +5,9 @@
 //
 //	optd-go-worker -server 127.0.0.1:50051 -session demo -steps 200 -worker go-worker
 //
+// Against a server with TLS and tokens: -tls_ca ca.pem (-tls_cert PEM -tls_key PEM for mTLS), and
+// the token in OPTD_TOKEN (or -token).
+//
 // It creates the session (Adam, lr 0.1) when it does not exist yet and otherwise steps the
 // existing one, so several workers (in any language) can share a session. By default it steps
 // over one StreamSteps stream (Client.StreamLoop); -unary sends one Step call per step
@@ -46,7 +49,18 @@ func main() {
 	unary := flag.Bool("unary", false, "one Step call per step instead of a StreamSteps stream")
 	maxLoss := flag.Float64("max_loss", 1e-2, "exit 2 if the final loss is not below this")
 	timeout := flag.Duration("timeout", 10*time.Minute, "bound on the whole run")
+	tlsCA := flag.String("tls_ca", "", "PEM file of the CA of the server's certificate (turns TLS on)")
+	tlsCert := flag.String("tls_cert", "", "PEM file of the client certificate (mTLS), with -tls_key")
+	tlsKey := flag.String("tls_key", "", "PEM file of the client certificate's key")
+	token := flag.String("token", "", "bearer token (default: the OPTD_TOKEN environment variable)")
 	flag.Parse()
+	var dialOpts []optd.Option
+	if *tlsCA != "" || *tlsCert != "" || *tlsKey != "" {
+		dialOpts = append(dialOpts, optd.WithTLS(*tlsCA, *tlsCert, *tlsKey))
+	}
+	if *token != "" {
+		dialOpts = append(dialOpts, optd.WithToken(*token))
+	}
 	if *dim < 1 || *steps < 0 {
 		fmt.Fprintln(os.Stderr, "worker: -dim must be >= 1 and -steps >= 0")
 		os.Exit(1)
@@ -54,7 +68,8 @@ func main() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	code, err := run(ctx, *server, *session, *dim, *steps, *worker, *firstSeq, *unary, *maxLoss)
+	code, err := run(ctx, *server, *session, *dim, *steps, *worker, *firstSeq, *unary, *maxLoss,
+		dialOpts)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
 	}
@@ -62,8 +77,8 @@ func main() {
 }
 
 func run(ctx context.Context, server, session string, dim, steps int, worker string, firstSeq int64,
-	unary bool, maxLoss float64) (int, error) {
-	c, err := optd.Dial(ctx, server)
+	unary bool, maxLoss float64, dialOpts []optd.Option) (int, error) {
+	c, err := optd.Dial(ctx, server, dialOpts...)
 	if err != nil {
 		return 1, err
 	}
