@@ -49,7 +49,7 @@ def _bits(a):
 def _same_result(a, b):
     for field in ("version", "parameters_version", "gradient_norm", "learning_rate", "duplicate",
                   "workers", "missing_workers", "staleness", "sequence", "attempts",
-                  "worker_incarnation", "durable_version"):
+                  "worker_incarnation", "durable_version", "point", "estimates"):
         assert getattr(a, field) == getattr(b, field), field
     assert list(a.parameters) == list(b.parameters)
     for name in a.parameters:
@@ -78,6 +78,26 @@ def test_both_paths_give_the_same_steps_bit_for_bit(clients, gradient_dtype, ret
     pulls = [s.pull() for s in sessions]
     for name in init:
         np.testing.assert_array_equal(_bits(pulls[0].tensors[name]), _bits(pulls[1].tensors[name]))
+    for s in sessions:
+        s.delete()
+
+
+@pytest.mark.parametrize("kind", ["schedulefree_adamw", "prodigy", "dog"])
+def test_estimates_and_evaluation_points_are_the_same_on_both_paths(clients, kind):
+    # #15's StepResult fields: the optimizer's estimates after the step, and which point the
+    # returned parameters are (return_point="evaluation": Schedule-Free's x, DoG's average).
+    init = {"w": RNG.standard_normal((8, 5)).astype(np.float32),
+            "b": RNG.standard_normal(5).astype(np.float32)}
+    hyper = {"dog": {"averaging": True}}.get(kind, {})
+    sessions = [c.create_session(init, kind, **hyper) for c in clients]
+    for step in range(4):
+        grads = {"w": RNG.standard_normal((8, 5)).astype(np.float32),
+                 "b": RNG.standard_normal(5).astype(np.float32)}
+        point = "evaluation" if step % 2 else "training"
+        results = [s.step(grads, return_point=point) for s in sessions]
+        _same_result(*results)
+        assert results[0].point == point
+        assert results[0].estimates and all(np.isfinite(v) for v in results[0].estimates.values())
     for s in sessions:
         s.delete()
 

@@ -537,3 +537,24 @@ def test_a_step_where_every_grad_is_none_changes_nothing(client):
     opt.step()
     assert opt.session.info().version == 0
     opt.session.delete()
+
+
+@pytest.mark.parametrize("kind", ["prodigy", "dadapt_adam", "dadapt_sgd", "dog", "ldog"])
+def test_optimizers_that_refuse_partial_steps_raise_before_sending(client, kind):
+    # Their estimate sums over every tensor's state each step: a skipped parameter cannot be
+    # emulated, so step() names the parameters whose .grad is None and sends nothing; the server
+    # refuses such a step the same way when another client sends it.
+    model = make_mlp(10)
+    opt = optd.torch.RemoteOptimizer(model.named_parameters(), client=client, optimizer=kind)
+    x, y = next(iter(batches(1)))
+    train_step(model, opt, x, y)
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    model[4].weight.grad = None
+    with pytest.raises(optd.InvalidArgumentError, match=f"{kind} refuses a partial step.*4.weight"):
+        opt.step()
+    assert opt.session.info().version == 1
+    with pytest.raises(optd.InvalidArgumentError, match=f"{kind} refuses a partial step"):
+        opt.session.step({"0.weight": np.zeros((32, 12), np.float32)})
+    assert opt.session.info().version == 1
+    opt.session.delete()

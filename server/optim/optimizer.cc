@@ -267,6 +267,9 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
   if (absent == tensors.size()) {
     return absl::InvalidArgumentError("a step needs the gradient of at least one tensor");
   }
+  if (absent > 0) {
+    if (absl::Status s = PartialSteps(); !s.ok()) return s;
+  }
   // Absent tensors: a zero gradient for the update pass, and their parameters and state kept
   // aside to be put back after it (allocated before anything changes).
   std::vector<TensorGrad> substituted;

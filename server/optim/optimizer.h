@@ -102,10 +102,14 @@ class Optimizer {
   // given at creation.
   //
   // Absent tensors (TensorGrad::absent) are left exactly as they were; at least one must be
-  // present. The step's probe also sees the absent tensors' discarded zero-gradient update.
+  // present, and the optimizer must take partial steps (PartialSteps()). The step's probe also
+  // sees the absent tensors' discarded zero-gradient update. Model-wide scalars that do not depend
+  // on the gradients (Schedule-Free's k, weight_sum, lr_max) advance as upstream's per-group
+  // counters do when it skips a parameter whose grad is None.
   //
   // Returns InvalidArgument, and changes nothing, if the number of tensors or any size differs
-  // from creation, every tensor is absent, a param and grad size differ, a row-sparse gradient is
+  // from creation, every tensor is absent, some are absent and PartialSteps() refuses, a param
+  // and grad size differ, a row-sparse gradient is
   // malformed or not taken by this optimizer (RowSparse() is not kLazy), or `lr` is not finite and
   // >= 0. Does not check that gradients are finite: the caller does, before calling.
   //
@@ -125,6 +129,11 @@ class Optimizer {
   // How row-sparse gradients are applied with the options in force, or InvalidArgument naming the
   // option that forbids them (as torch raises, e.g. Adagrad with weight decay).
   virtual absl::StatusOr<RowSparseRule> RowSparse() const { return RowSparseRule::kDensify; }
+
+  // Whether a step may leave some tensors out (TensorGrad::absent, torch's grad None): OK, or
+  // InvalidArgument naming the optimizer and why it cannot (a model-wide estimate summed over
+  // every tensor's state each step: Prodigy, D-Adaptation, DoG and L-DoG).
+  virtual absl::Status PartialSteps() const { return absl::OkStatus(); }
 
   // Replaces the options for the next step, keeping all state (moments, accumulators, step
   // counters), as changing a torch param_group does. Returns InvalidArgument, and changes nothing,

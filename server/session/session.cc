@@ -174,6 +174,15 @@ void Session::StepLocked(const StepInput& input, std::vector<Gradient> gradients
     break;
   }
   if (!sync) {
+    for (const Gradient& g : gradients) {
+      if (!g.absent()) continue;
+      // Prodigy, D-Adaptation, DoG and L-DoG sum over every tensor's state: no partial steps.
+      if (absl::Status partial = optimizer_->PartialSteps(); !partial.ok()) {
+        return reports->Add(std::move(done), partial, bytes, input.version ? *staleness : -1,
+                            RefusalReason::kInvalid);
+      }
+      break;
+    }
     return ApplyNowLocked(input, std::move(gradients), *staleness, measure, *std::move(encoding),
                           std::move(done), reports);
   }

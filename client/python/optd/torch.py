@@ -44,8 +44,10 @@ hyperparameters to the session.
 
 Parameters whose ``.grad`` is None (frozen layers, parameters a loss did not reach) are skipped as
 torch skips them: the step carries the other gradients only, and the server leaves those tensors,
-their state and their step counters exactly as they were (a partial step; every optimizer). In a
-SYNC session, which combines every worker's gradient of every tensor, they are sent as zeros.
+their state and their step counters exactly as they were (a partial step). In a SYNC session,
+which combines every worker's gradient of every tensor, they are sent as zeros. Prodigy,
+D-Adaptation, DoG and L-DoG refuse partial steps (their estimate sums over every tensor's state):
+with them step() raises InvalidArgumentError naming the parameters whose ``.grad`` is None.
 
 Differences from a local torch optimizer: the server's state is float32 (parameters of other dtypes
 are sent and written back through float32); sparse ``.grad``
@@ -79,6 +81,8 @@ _TORCH_CLASSES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "adagrad": "Ad
 _STEP_TENSOR = {"adam", "adamw", "adagrad", "nadam", "radam", "adamax"}
 _STEP_INT = {"rmsprop", "adadelta", "lamb"}
 _NO_STEP = {"sgd", "lion", "lars", "normalized_gd"}
+#: Optimizers whose server refuses a partial step (README "Partial steps").
+_NO_PARTIAL_STEPS = {"prodigy", "dadapt_adam", "dadapt_sgd", "dog", "ldog"}
 
 
 class RemoteOptimizer(torch.optim.Optimizer):
@@ -311,6 +315,13 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if g is None:
                 if self._sync:  # a SYNC step needs every tensor: a zero gradient stands in
                     grads.append((name, np.zeros(tuple(p.shape), dtype=np.float32)))
+                    continue
+                if self.kind in _NO_PARTIAL_STEPS:
+                    missing = [n for n, q in zip(self._names, self._params()) if q.grad is None]
+                    raise InvalidArgumentError(
+                        f"RemoteOptimizer: {self.kind} refuses a partial step (its estimate sums "
+                        f"over every parameter's state each step); .grad is None for "
+                        f"{', '.join(missing)}: give every parameter a gradient")
                 continue  # skipped as torch skips it: the server leaves it and its state alone
             elif g.is_sparse:
                 g = g.coalesce()
