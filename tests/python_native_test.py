@@ -93,7 +93,7 @@ def test_estimates_and_evaluation_points_are_the_same_on_both_paths(clients, kin
     for step in range(4):
         grads = {"w": RNG.standard_normal((8, 5)).astype(np.float32),
                  "b": RNG.standard_normal(5).astype(np.float32)}
-        point = "evaluation" if step % 2 else "training"
+        point = "evaluation" if step % 2 and kind != "prodigy" else "training"
         results = [s.step(grads, return_point=point) for s in sessions]
         _same_result(*results)
         assert results[0].point == point
