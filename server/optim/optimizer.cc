@@ -321,10 +321,12 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
   for (const Segment& s : segments_) tensor_non_finite[s.tensor] += segment_non_finite[s.index];
   result->non_finite_parameters = 0;
   result->non_finite_tensors.clear();
+  result->non_finite_counts.clear();
   for (size_t t = 0; t < tensor_non_finite.size(); ++t) {
     if (tensor_non_finite[t] == 0) continue;
     result->non_finite_parameters += tensor_non_finite[t];
     result->non_finite_tensors.push_back(static_cast<int>(t));
+    result->non_finite_counts.push_back(tensor_non_finite[t]);
   }
   return absl::OkStatus();
 }

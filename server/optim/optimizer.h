@@ -85,6 +85,8 @@ struct StepResult {
   int64_t non_finite_parameters = 0;
   // The tensors holding them (indexes into Step's `tensors`), in increasing order, each once.
   std::vector<int> non_finite_tensors;
+  // How many each of those tensors holds (the same order).
+  std::vector<int64_t> non_finite_counts;
 };
 
 // How an optimizer applies row-sparse gradients.
@@ -306,6 +308,9 @@ class Optimizer {
   }
 
  private:
+  // Steps each of its groups with an optimizer of its own (grouped_optimizer.h).
+  friend class GroupedOptimizer;
+
   // An absent tensor of a partial step: the zero gradient the update pass reads, and what it had
   // before the step (parameters, step counter, arrays and scalars in StateOf's order).
   struct AbsentTensor {

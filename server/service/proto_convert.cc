@@ -539,6 +539,7 @@ absl::StatusOr<SessionConfig> ConfigFromProto(const v1::SessionConfig& config) {
   absl::StatusOr<ConsistencyOptions> consistency = ConsistencyFromProto(config.consistency());
   if (!consistency.ok()) return consistency.status();
   out.consistency = *std::move(consistency);
+  if (absl::Status s = ParamGroupsFromProto(config, &out); !s.ok()) return s;
   return out;
 }
 
@@ -548,6 +549,11 @@ void ConfigToProto(const SessionConfig& config, v1::SessionConfig* out) {
   out->mutable_clipping()->set_max_norm(config.clipping.max_norm);
   out->mutable_clipping()->set_clip_value(config.clipping.clip_value);
   ConsistencyToProto(config.consistency, out->mutable_consistency());
+  for (const ParamGroupConfig& group : config.param_groups) {
+    v1::ParamGroup* g = out->add_param_groups();
+    for (const std::string& name : group.tensors) g->add_tensors(name);
+    WriteOneof(group.optimizer, g->mutable_optimizer());
+  }
 }
 
 void SessionInfoToProto(const SessionInfo& info, v1::Session* out) {

@@ -308,7 +308,9 @@ class Client(_SessionsFromFiles):
     def create_session(self, tensors: Gradients, optimizer: Any = "adam", *,
                        session_id: str = "", schedule: Any = None, clipping: Any = None,
                        consistency: Any = None, worker_id: Optional[str] = None,
-                       timeout: Any = DEFAULT, **hyperparameters: Any) -> "Session":
+                       timeout: Any = DEFAULT,
+                       param_groups: Optional[Sequence[Mapping[str, Any]]] = None,
+                       **hyperparameters: Any) -> "Session":
         """Creates a session and returns it as a Session (this process's worker on it).
 
         Args:
@@ -320,6 +322,9 @@ class Client(_SessionsFromFiles):
             schedule, clipping, consistency: see optd.schedule / optd.clipping /
                 optd.consistency (a message, a dict or a name).
             worker_id: the Session's worker id (default: generated, unique per process).
+            param_groups: parameter groups (torch.optim's param_groups), each a dict
+                {"tensors": [names], hyperparameter: value, ...} whose values override the
+                session's for those tensors; the tensors in no group take the session's.
 
         Raises AlreadyExistsError, InvalidArgumentError (the message names the field),
         ResourceExhaustedError.
@@ -327,13 +332,14 @@ class Client(_SessionsFromFiles):
         pb2 = self.pb2
         if isinstance(optimizer, pb2.SessionConfig):
             if hyperparameters or schedule is not None or clipping is not None or \
-                    consistency is not None:
+                    consistency is not None or param_groups is not None:
                 raise InvalidArgumentError("create_session: with a SessionConfig, give no other "
                                            "configuration arguments")
             config = optimizer
         else:
             config = _config.session_config(optimizer, schedule=schedule, clipping=clipping,
-                                            consistency=consistency, **hyperparameters)
+                                            consistency=consistency, param_groups=param_groups,
+                                            **hyperparameters)
         request = pb2.CreateSessionRequest(session_id=session_id, config=config,
                                            tensors=_tensors(tensors))
         info, _ = self._call("CreateSession", request, timeout)
@@ -388,7 +394,9 @@ class Client(_SessionsFromFiles):
 
     def update_session(self, session_id: str, optimizer: Any = None, *, schedule: Any = None,
                        clipping: Any = None, optimizer_state: Optional[OptimizerState] = None,
-                       timeout: Any = DEFAULT, **hyperparameters: Any):
+                       timeout: Any = DEFAULT,
+                       param_groups: Optional[Mapping[int, Mapping[str, Any]]] = None,
+                       **hyperparameters: Any):
         """Changes hyperparameters for the next step, keeping the optimizer state; returns the
         updated optd_pb2.Session.
 
@@ -398,14 +406,21 @@ class Client(_SessionsFromFiles):
         ``clipping`` replaces the clipping (a number means max_norm). ``optimizer_state`` (an
         optd.OptimizerState, or an optd_pb2.OptimizerState) replaces the optimizer state: refused
         whole (InvalidArgumentError, nothing changed) if it does not fit the session's optimizer.
+        ``param_groups`` {index: {hyperparameter: value}} changes parameter groups' (the
+        session's ``config.param_groups[index]``); the keywords change the session's own (the
+        tensors in no group).
         """
         pb2 = self.pb2
         request = pb2.UpdateSessionRequest(session_id=session_id)
-        if optimizer is None and hyperparameters:
+        if optimizer is None and (hyperparameters or param_groups):
             optimizer = _config.optimizer_kind(self.get_session(session_id,
                                                                 timeout=timeout).config.optimizer)
-        if optimizer is not None:
+        if optimizer is not None and (hyperparameters or not param_groups or
+                                      not isinstance(optimizer, str)):
             request.optimizer.CopyFrom(_config.optimizer_config(optimizer, **hyperparameters))
+        for index, fields in (param_groups or {}).items():
+            request.param_groups.add(index=index, optimizer=_config.optimizer_config(
+                _config.optimizer_kind(_config.optimizer_config(optimizer)), **fields))
         if schedule is not None:
             request.schedule.CopyFrom(_config._as(_config.schedule, schedule))
         if clipping is not None:

@@ -29,7 +29,13 @@ def _mismatches(wanted, held, path: str) -> List[str]:
     for field, value in wanted.ListFields():
         other = getattr(held, field.name)
         where = f"{path}.{field.name}"
-        if field.message_type is not None and field.label != field.LABEL_REPEATED:
+        if field.message_type is not None and field.label == field.LABEL_REPEATED:
+            if len(value) != len(other):
+                out.append(f"{where} has {len(other)} entries on the server, {len(value)} here")
+            else:
+                for i, (w, h) in enumerate(zip(value, other)):
+                    out += _mismatches(w, h, f"{where}[{i}]")
+        elif field.message_type is not None:
             if held.HasField(field.name):
                 out += _mismatches(value, other, where)
             else:
