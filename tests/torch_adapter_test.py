@@ -207,18 +207,31 @@ def test_attach_to_an_existing_session_and_state_dict(client):
 
 
 def test_param_group_rules(client):
+    # Several torch groups are the session's parameter groups: a group's own lr reaches the
+    # server's group (tests/torch_param_groups_test.py checks the numbers against torch).
     model = make_mlp()
     params = list(model.named_parameters())
     opt = optd.torch.RemoteOptimizer([{"params": params[:2]}, {"params": params[2:]}],
                                      client=client, optimizer="sgd", lr=0.1)
     assert len(opt.param_groups) == 2
     x, y = next(batches(1))
+    train_step(model, opt, x, y)
+    opt.param_groups[1]["lr"] = 0.5
+    train_step(model, opt, x, y)
+    held = opt.session.info().config.param_groups
+    assert [g.optimizer.sgd.lr for g in held] == pytest.approx([0.1, 0.5])
+    with pytest.raises(NotImplementedError, match="give every param group to the constructor"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+    opt.session.delete()
+    # An optimizer with model-wide state runs one set of hyperparameters for all groups.
+    params = list(model.named_parameters())
+    opt = optd.torch.RemoteOptimizer([{"params": params[:2]}, {"params": params[2:]}],
+                                     client=client, optimizer="dadapt_sgd")
+    assert len(opt.session.info().config.param_groups) == 0
     train_step(model, opt, x, y)  # equal hyperparameters: fine
     opt.param_groups[1]["lr"] = 0.5
-    with pytest.raises(optd.InvalidArgumentError, match=r"param_groups\[1\]\['lr'\]"):
+    with pytest.raises(optd.InvalidArgumentError, match=r"param_groups\[1\]\['lr'\].*model-wide"):
         train_step(model, opt, x, y)
-    with pytest.raises(NotImplementedError):
-        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
     opt.session.delete()
 
 

@@ -22,6 +22,7 @@ namespace optd {
 namespace {
 
 using ::testing::ElementsAre;
+using ::testing::FloatEq;
 using ::testing::HasSubstr;
 
 v1::Tensor F32(const std::string& name, std::vector<float> values) {
@@ -120,7 +121,7 @@ TEST_F(ParamGroupsGrpcTest, EachGroupStepsWithItsOwnHyperparametersAndCanChange)
     grpc::ClientContext context;
     ASSERT_TRUE(stub_->Step(&context, step, &reply).ok());
   }
-  EXPECT_THAT(Values(reply.parameters(0)), ElementsAre(0.4f));
+  EXPECT_THAT(Values(reply.parameters(0)), ElementsAre(FloatEq(0.9f - 0.5f)));
   EXPECT_THAT(Values(reply.parameters(1)), ElementsAre(-1.0f));
 
   // An index out of range, or a bad value, changes nothing.
