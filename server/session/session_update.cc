@@ -173,9 +173,11 @@ absl::Status Session::Update(const SessionUpdate& update) {
   }
   const OptimizerOptions old_options = optimizer_->options();
   std::vector<std::pair<size_t, OptimizerOptions>> old_groups;
-  // Puts back what was applied (every old value was valid) when a later part is refused.
+  // Puts back what was applied (every old value was valid) when a later part is refused. (The
+  // optimizer is read here, under mu_: the lambda itself is not analysed as holding it.)
+  Optimizer* const optimizer = optimizer_.get();
   auto undo = [&] {
-    if (update.optimizer) optimizer_->UpdateOptions(old_options).IgnoreError();
+    if (update.optimizer) optimizer->UpdateOptions(old_options).IgnoreError();
     for (const auto& [group, o] : old_groups) grouped->UpdateGroupOptions(group, o).IgnoreError();
   };
   if (update.optimizer) {
