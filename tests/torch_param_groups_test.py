@@ -257,3 +257,18 @@ def test_other_refusals(client):
     assert info.config.param_groups[0].optimizer.adam.lr == 0.5
     assert info.config.optimizer.adam.lr == pytest.approx(0.1)
     session.delete()
+
+
+def test_keys_the_optimizer_does_not_have_stay_local(client):
+    # A group carried over from another optimizer (a scheduler's initial_lr, torch-only options)
+    # is accepted as torch accepts it: those keys stay in the local group, not in the session.
+    model = make_mlp(7)
+    opt = optd.torch.RemoteOptimizer(
+        [{"params": model[0].named_parameters(), "lr": 0.01, "initial_lr": 0.01,
+          "foreach": None},
+         {"params": model[2].named_parameters(), "lr": 0.02}], client=client, optimizer="adam")
+    assert opt.param_groups[0]["initial_lr"] == 0.01
+    assert [g.optimizer.adam.lr for g in opt.session.info().config.param_groups] == \
+        pytest.approx([0.01, 0.02])
+    train_step(model, opt, *next(iter(batches(1))))
+    opt.session.delete()

@@ -154,7 +154,7 @@ class RemoteOptimizer(_TorchStateDict, torch.optim.Optimizer):
         server_groups = None
         if len(groups) > 1 and session is None and _config.optimizer_kind(
                 _config.optimizer_config(optimizer)) not in _MODEL_WIDE:
-            server_groups = self._server_groups_of(groups, names)
+            server_groups = self._server_groups_of(groups, names, optimizer)
         #: True if this RemoteOptimizer created its session, False if it attached to one.
         self.created = session is None
         if session is None:
@@ -251,14 +251,18 @@ class RemoteOptimizer(_TorchStateDict, torch.optim.Optimizer):
                                            f"{info.session_id} has {list(remote[name])}")
 
     @staticmethod
-    def _server_groups_of(groups: List[Dict[str, Any]], names: List[str]) -> List[Dict[str, Any]]:
+    def _server_groups_of(groups: List[Dict[str, Any]], names: List[str],
+                          optimizer: Any) -> List[Dict[str, Any]]:
         """The session's param_groups for torch groups: each group's tensor names and its own
-        hyperparameters (proto names), over the constructor's."""
+        hyperparameters (proto names), over the constructor's. Keys the optimizer does not have
+        (a scheduler's ``initial_lr``, torch-only options) stay local, as torch keeps them."""
+        config = _config.optimizer_config(optimizer)
+        fields = getattr(config, _config.optimizer_kind(config)).DESCRIPTOR.fields_by_name
         out, start = [], 0
         for group in groups:
             n = len(group["params"])
             own = {k: (tuple(v) if isinstance(v, list) else v) for k, v in group.items()
-                   if k != "params" and k not in _TORCH_ONLY}
+                   if k in fields or (k == "betas" and "beta1" in fields)}
             out.append(dict(_proto_fields(own), tensors=names[start:start + n]))
             start += n
         return out
