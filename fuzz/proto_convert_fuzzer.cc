@@ -258,7 +258,7 @@ void CheckSnapshotRestore(Session& session) {
   SessionInfoToProto(info_a, &a);
   SessionInfoToProto(info_b, &b);
   // Only the original holds what is not in a snapshot: older parameter buffers its replies still
-  // hold (this input's calls keep them) and an open SYNC barrier's sums.
+  // hold (this input's calls keep them) and the gradients an open SYNC barrier keeps.
   for (v1::Session* s : {&a, &b}) {
     v1::MemoryUse* m = s->mutable_memory();
     m->set_total_bytes(m->total_bytes() - m->reply_bytes() - m->barrier_bytes());

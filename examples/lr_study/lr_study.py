@@ -31,6 +31,7 @@ decades.png, ngd_near_minimum.png, results.md (the tables) and results.json (eve
 """
 
 import argparse
+import copy
 import json
 import math
 import multiprocessing as mp
@@ -207,7 +208,10 @@ def digits_run(job):
     first_loss = [None] * workers
 
     def worker(rank):
-        net = td.make_model(hidden, job["seed"])
+        # The session's initial parameters, copied: not make_model again, whose torch.manual_seed
+        # is process-wide, so four threads seeding and drawing at once raced (a worker's first
+        # gradient then came from other weights, and 1 run in 3 did not repeat).
+        net = copy.deepcopy(model)
         params = dict(net.named_parameters())
         xs = torch.from_numpy(x_train[rank * shard:(rank + 1) * shard])
         ys = torch.from_numpy(y_train[rank * shard:(rank + 1) * shard])

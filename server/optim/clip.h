@@ -14,8 +14,14 @@
 // 5.4); given some anyway, these functions behave like torch: a NaN makes the norm NaN and every
 // gradient NaN, an infinity gives coef = 0 (inf * 0 = NaN, every finite element becomes 0).
 //
+// Every pass here is cut, run and reduced as an optimizer's are (model_segments.h): the norm is a
+// double partial per segment of kBlockElements elements of each tensor, added in segment order,
+// then in tensor order; the same bits on one thread or N, and the same bits whether measured here,
+// while a gradient is decoded (FillAndSquaredNorm), or in an optimizer's reduction phase
+// (normalized GD's global norm). Scaling and clamping are one element-wise pass over the segments.
+//
 // Stateless functions; a call may run concurrently with others on different gradients. Large
-// norms are summed on the process-wide ThreadPool (parallel.h).
+// passes run on the pool given, by default the process-wide ThreadPool::Default().
 
 #ifndef OPTD_SERVER_OPTIM_CLIP_H_
 #define OPTD_SERVER_OPTIM_CLIP_H_
@@ -26,6 +32,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "base/thread_pool.h"
+#include "server/optim/model_segments.h"
 
 namespace optd {
 
@@ -43,41 +51,48 @@ struct ClipOptions {
   bool enabled() const { return max_norm > 0 || clip_value > 0; }
 };
 
-// The sum of the squares of `values`, accumulated in double in a fixed order, so the bits do not
-// depend on the machine or the pool. Not finite (inf or NaN) exactly when some value is not: a
-// float squared cannot overflow a double, nor can a sum of fewer than 2^900 of them, so one pass
-// both measures a gradient and checks it. Spans of Optimizer::kParallelMinElements or more run on
+// The sum of the squares of `values`, a tensor's elements: one double partial per segment (a
+// tensor's own cut, ModelSegments), added in order, so the bits depend neither on the machine nor
+// on the pool. Not finite (inf or NaN) exactly when some value is not: a float squared cannot
+// overflow a double, nor can a sum of fewer than 2^900 of them, so one pass both measures a
+// gradient and checks it. Spans of ModelSegments::kParallelMinElements or more run on
 // ThreadPool::Default() (so not from inside a ParallelFor).
 double SquaredNorm(absl::Span<const float> values);
 
 // SquaredNorm of the `n` values at `values` that fill(begin, end) writes first (a gradient being
-// decoded, say), block by block on the same blocks and threads, each block summed right after it
+// decoded, say), segment by segment on the same segments and threads, each summed right after it
 // is written, while it is still in cache. The same bits as fill(0, n) then SquaredNorm. fill
 // must only write [begin, end) and must not call ParallelFor.
 double FillAndSquaredNorm(int64_t n, const std::function<void(int64_t begin, int64_t end)>& fill,
                           const float* values);
 
 // The L2 norm over every element of every tensor: the square root of the sum of each tensor's
-// SquaredNorm, added in tensor order. 0 for no tensors.
+// SquaredNorm, added in tensor order (ModelSegments::SumOverModel). 0 for no tensors.
 double GlobalNorm(absl::Span<const absl::Span<const float>> grads);
 
-// torch clip_grad_norm_: scales every gradient by min(1, max_norm / (total + 1e-6)), where total
-// is GlobalNorm(grads), and returns total (the norm before clipping). Gradients whose norm is at
-// most about max_norm are left unchanged (torch multiplies them by 1.0, which changes nothing).
-// REQUIRES: max_norm >= 0 (max_norm = 0 zeroes the gradients, as torch does).
-double ClipByGlobalNorm(absl::Span<const absl::Span<float>> grads, double max_norm);
+// Clips `grads`, whose global norm as received is `norm` (GlobalNorm(grads), or the sum of
+// their SquaredNorms measured while decoding: the same bits), in one element-wise pass over
+// `layout`'s segments, on `pool` when large: global-norm clipping (torch clip_grad_norm_: every
+// element times min(1, max_norm / (norm + 1e-6)), skipped when that is 1), then value clipping
+// (torch clip_grad_value_: clamped to [-clip_value, clip_value]; NaN stays NaN). The result
+// satisfies both bounds: scaling down cannot break the value bound, and clamping only lowers the
+// norm. Does nothing when !options.enabled().
+// REQUIRES: options.Validate() is OK; layout.tensor_sizes() are the sizes of `grads`.
+void ClipToNorm(const ClipOptions& options, double norm, const ModelSegments& layout,
+                absl::Span<const absl::Span<float>> grads,
+                ThreadPool* pool = ThreadPool::Default());
 
-// torch clip_grad_value_: clamps every element to [-clip_value, clip_value]. NaN stays NaN.
-// REQUIRES: clip_value >= 0.
-void ClipByValue(absl::Span<const absl::Span<float>> grads, double clip_value);
-
-// Applies `options` to `grads` and returns the global norm of the gradients as received (before
-// any clipping), which the service reports and records, whether or not clipping is on.
-// Order when both are on: global-norm clipping first, then value clipping. The result satisfies
-// both bounds (scaling down cannot break the value bound, and clamping only lowers the norm), and
-// the reported norm is the one global-norm clipping measured, computed in the same pass.
+// Measures `grads` (GlobalNorm), clips them (ClipToNorm) and returns the norm measured (before
+// any clipping), which the service reports whether or not clipping is on.
 // REQUIRES: options.Validate() is OK.
 double Clip(const ClipOptions& options, absl::Span<const absl::Span<float>> grads);
+
+// Clip with global-norm clipping only (max_norm = 0 zeroes the gradients, as torch does).
+// REQUIRES: max_norm >= 0.
+double ClipByGlobalNorm(absl::Span<const absl::Span<float>> grads, double max_norm);
+
+// Clip with value clipping only. REQUIRES: clip_value >= 0.
+void ClipByValue(absl::Span<const absl::Span<float>> grads, double clip_value);
 
 }  // namespace optd
 

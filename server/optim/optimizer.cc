@@ -131,22 +131,8 @@ struct OptimizerFor<MuonOptions> {
 
 }  // namespace
 
-Optimizer::Optimizer(std::vector<int64_t> tensor_sizes) : tensor_sizes_(std::move(tensor_sizes)) {
-  for (size_t t = 0; t < tensor_sizes_.size(); ++t) {
-    for (int64_t begin = 0; begin < tensor_sizes_[t];) {
-      const int64_t flat = total_elements_ + begin;
-      const int64_t block = flat / kBlockElements;
-      const int64_t end = std::min(tensor_sizes_[t], begin + (block + 1) * kBlockElements - flat);
-      while (static_cast<int64_t>(block_first_segment_.size()) <= block) {
-        block_first_segment_.push_back(segments_.size());
-      }
-      segments_.push_back(Segment{segments_.size(), t, begin, end});
-      begin = end;
-    }
-    total_elements_ += tensor_sizes_[t];
-  }
-  block_first_segment_.push_back(segments_.size());
-}
+Optimizer::Optimizer(std::vector<int64_t> tensor_sizes)
+    : tensor_sizes_(std::move(tensor_sizes)), layout_(tensor_sizes_) {}
 
 void Optimizer::UpdateSegments(const std::function<int64_t(const Segment&)>& fn) const {
   // Each segment writes only its own slot; Step adds them up after the pass.
@@ -162,19 +148,6 @@ void Optimizer::UpdateSegments(const std::function<int64_t(const Segment&)>& fn)
     const int64_t count = fn(s);
     probe_->AfterSegment(s.index, params);
     if (!counts.empty()) counts[s.index] = count;
-  });
-}
-
-void Optimizer::RunSegments(const std::function<void(const Segment&)>& fn) const {
-  if (pool_ == nullptr || pool_->num_threads() == 1 || total_elements_ < kParallelMinElements) {
-    for (const Segment& s : segments_) fn(s);
-    return;
-  }
-  pool_->ParallelFor(total_elements_, kBlockElements, [&](int64_t begin, int64_t /*end*/) {
-    const size_t block = static_cast<size_t>(begin / kBlockElements);
-    for (size_t i = block_first_segment_[block]; i < block_first_segment_[block + 1]; ++i) {
-      fn(segments_[i]);
-    }
   });
 }
 
@@ -294,19 +267,19 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
   std::vector<int64_t> segment_non_finite;
   std::vector<int64_t> tensor_non_finite;
   if (result != nullptr) {
-    segment_non_finite.assign(segments_.size(), 0);
+    segment_non_finite.assign(segments().size(), 0);
     tensor_non_finite.assign(tensor_sizes_.size(), 0);
     segment_non_finite_ = absl::MakeSpan(segment_non_finite);
     tensor_non_finite_ = absl::MakeSpan(tensor_non_finite);
   }
   probe_ = probe;
   current_ = tensors;
-  if (probe != nullptr) probe->BeginStep(segments_.size());
+  if (probe != nullptr) probe->BeginStep(segments().size());
   StepImpl(tensors, lr);
   for (AbsentTensor& k : kept) PutBack(std::move(k), tensors[k.tensor].param);
   if (result != nullptr) {
     for (const AbsentTensor& k : kept) {
-      for (const Segment& seg : segments_) {
+      for (const Segment& seg : segments()) {
         if (seg.tensor == k.tensor) segment_non_finite[seg.index] = 0;
       }
       tensor_non_finite[k.tensor] = 0;
@@ -318,7 +291,7 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
   tensor_non_finite_ = {};
   if (result == nullptr) return absl::OkStatus();
 
-  for (const Segment& s : segments_) tensor_non_finite[s.tensor] += segment_non_finite[s.index];
+  for (const Segment& s : segments()) tensor_non_finite[s.tensor] += segment_non_finite[s.index];
   result->non_finite_parameters = 0;
   result->non_finite_tensors.clear();
   result->non_finite_counts.clear();

@@ -22,7 +22,8 @@
 // per-tensor norms, Prodigy's and D-Adaptation's sums, DoG's distance) first fold partial sums per
 // segment in double (SumPerTensor, SumOverModel: one partial per segment, added in segment order,
 // then in tensor order), compute their scalars from the reduced sums, then finish each segment
-// with them. The result has the same bits whatever the pool size or block split. The
+// with them. The result has the same bits whatever the pool size or block split. The cut and the
+// reduction are ModelSegments' (model_segments.h), which gradient clipping uses too. The
 // learning-rate-free optimizers keep their model-wide scalars (d, eta, step counts) in the
 // exported state (OptimizerState::scalars), so checkpoints carry them.
 //
@@ -47,6 +48,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "base/thread_pool.h"
+#include "server/optim/model_segments.h"
 #include "server/optim/optimizer_options.h"
 #include "server/optim/optimizer_state.h"
 #include "server/optim/step_probe.h"
@@ -186,9 +188,13 @@ class Optimizer {
   ThreadPool* pool() const { return pool_; }
 
   // Steps with at least this many elements in all run on the pool.
-  static constexpr int64_t kParallelMinElements = 256 * 1024;
-  // The elements of all tensors, laid end to end, are cut into blocks of this many.
-  static constexpr int64_t kBlockElements = 64 * 1024;
+  static constexpr int64_t kParallelMinElements = ModelSegments::kParallelMinElements;
+  // Each tensor is cut into segments of this many elements (model_segments.h).
+  static constexpr int64_t kBlockElements = ModelSegments::kBlockElements;
+
+  // How the tensors are cut into segments and sums over them reduced: the layout clipping must use
+  // for the same bits (clip.h).
+  const ModelSegments& layout() const { return layout_; }
 
  protected:
   // REQUIRES: tensor_sizes non-empty and every size >= 1 (CreateOptimizer checks).
@@ -233,16 +239,11 @@ class Optimizer {
   }
 
   // Elements [begin, end) of tensor `tensor`; segments()[index] is this segment.
-  struct Segment {
-    size_t index;
-    size_t tensor;
-    int64_t begin;
-    int64_t end;
-  };
+  using Segment = ModelSegments::Segment;
 
-  // The elements of all tensors, laid end to end in order, cut every kBlockElements elements and
-  // at every tensor boundary. Fixed at creation: depends only on tensor_sizes().
-  const std::vector<Segment>& segments() const { return segments_; }
+  // Every tensor cut every kBlockElements elements from its own start (model_segments.h). Fixed
+  // at creation: depends only on tensor_sizes().
+  const std::vector<Segment>& segments() const { return layout_.segments(); }
 
   // Calls fn once for every segment: the update pass of a step, which writes the parameters (each
   // StepImpl calls it once). Inline and in order when the step has fewer than
@@ -286,13 +287,7 @@ class Optimizer {
   template <size_t kWidth>
   std::vector<std::array<double, kWidth>> SumPerTensor(
       const std::function<std::array<double, kWidth>(const Segment&)>& value) const {
-    std::vector<std::array<double, kWidth>> partials(segments_.size());
-    RunSegments([&](const Segment& s) { partials[s.index] = value(s); });
-    std::vector<std::array<double, kWidth>> sums(tensor_sizes_.size());  // zeros
-    for (const Segment& s : segments_) {
-      for (size_t k = 0; k < kWidth; ++k) sums[s.tensor][k] += partials[s.index][k];
-    }
-    return sums;
+    return layout_.SumPerTensor<kWidth>(pool_, value);
   }
 
   // The kWidth sums over the whole model: SumPerTensor's per-tensor sums added in tensor order,
@@ -300,11 +295,7 @@ class Optimizer {
   template <size_t kWidth>
   std::array<double, kWidth> SumOverModel(
       const std::function<std::array<double, kWidth>(const Segment&)>& value) const {
-    std::array<double, kWidth> total = {};
-    for (const std::array<double, kWidth>& t : SumPerTensor<kWidth>(value)) {
-      for (size_t k = 0; k < kWidth; ++k) total[k] += t[k];
-    }
-    return total;
+    return layout_.SumOverModel<kWidth>(pool_, value);
   }
 
  private:
@@ -327,14 +318,10 @@ class Optimizer {
   void PutBack(AbsentTensor kept, absl::Span<float> param);
 
   // UpdateSegments without measuring or counting (reductions).
-  void RunSegments(const std::function<void(const Segment&)>& fn) const;
+  void RunSegments(const std::function<void(const Segment&)>& fn) const { layout_.Run(pool_, fn); }
 
   const std::vector<int64_t> tensor_sizes_;
-  int64_t total_elements_ = 0;
-  std::vector<Segment> segments_;
-  // Block k (elements [k, k + 1) * kBlockElements of all tensors) is segments
-  // [block_first_segment_[k], block_first_segment_[k + 1]).
-  std::vector<size_t> block_first_segment_;
+  const ModelSegments layout_;
   ThreadPool* pool_ = ThreadPool::Default();
 
   // The call context of the step in progress (Step is not reentrant), null and empty between

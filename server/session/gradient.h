@@ -56,6 +56,17 @@ class Gradient {
   // copied first).
   std::vector<float>& Own();
 
+  // Makes the values outlive the request they were decoded from, for a caller that keeps them
+  // (a SYNC barrier): copies them only if they are read in place from the request's bytes.
+  void Detach() {
+    if (borrowed_ && buffer_ == nullptr) Own();
+  }
+
+  // The bytes the values (and rows) take.
+  int64_t bytes() const {
+    return static_cast<int64_t>(values().size() * sizeof(float) + rows_.size() * sizeof(int64_t));
+  }
+
   // A dense gradient with `values`.
   static Gradient Dense(std::vector<float> values);
   // A row-sparse gradient of `rows` (sorted, unique) with rows.size() * row size `values`.

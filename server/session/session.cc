@@ -4,6 +4,7 @@
 #include <cmath>
 #include <memory>
 #include <new>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -231,20 +232,17 @@ void Session::ApplyNowLocked(const StepInput& input, std::vector<Gradient> gradi
 void Session::JoinBarrierLocked(const StepInput& input, std::vector<Gradient> gradients,
                                 bool measure, std::shared_ptr<MemoryReservation> encoding,
                                 StepCallback done, Reports* reports) {
-  MemoryReservation sums;
-  if (barrier_.contributions() == 0) {
-    absl::StatusOr<MemoryReservation> reserved =
-        budget_->Reserve(barrier_.SumBytes(), absl::StrCat("the SYNC barrier of session ", id_));
-    if (!reserved.ok()) {
-      return reports->Add(std::move(done), reserved.status(), input.bytes(), -1,
-                          RefusalReason::kInvalid);
-    }
-    sums = *std::move(reserved);
+  // The barrier keeps the gradients until it completes (values read in place from the request
+  // are copied): their bytes come from the memory budget first.
+  absl::StatusOr<MemoryReservation> kept = budget_->Reserve(
+      SyncBarrier::ContributionBytes(gradients), absl::StrCat("the SYNC barrier of session ", id_));
+  if (!kept.ok()) {
+    return reports->Add(std::move(done), kept.status(), input.bytes(), -1, RefusalReason::kInvalid);
   }
   SyncBarrier::Waiter waiter = WaiterFor(input, std::move(done));
   waiter.encoding = std::move(encoding);
   if (barrier_.Add(std::move(gradients), input.loss, std::move(waiter), clock_->Now(),
-                   std::move(sums))) {
+                   *std::move(kept))) {
     scheduler_->Schedule(barrier_.opened() + consistency_.barrier_timeout,
                          [weak = weak_from_this(), id = barrier_.id()] {
                            if (std::shared_ptr<Session> s = weak.lock()) s->ExpireBarrier(id);
@@ -279,19 +277,28 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
       gradients[k] = Gradient::Dense(std::move(gradients[k]).Densify(specs_[k]));
     }
   }
-  // The norm of the gradient the optimizer uses (SYNC: the combined one), before clipping. Only
-  // clipping writes the gradients; without it they stay where they are (borrowed ones too).
+  // The norm of the gradient the optimizer uses (SYNC: the combined one), before clipping, from
+  // the sums measured while decoding where they still hold: the same bits as GlobalNorm, since
+  // both cut and reduce as ModelSegments does. Only clipping writes the gradients; without it they
+  // stay where they are (borrowed ones too).
+  double squares = 0;
+  for (const Gradient& g : gradients) {
+    squares += g.squares().has_value() ? *g.squares() : SquaredNorm(g.values());
+  }
+  out->gradient_norm = std::sqrt(squares);
   if (clipping_.enabled()) {
     std::vector<absl::Span<float>> grad_spans;
-    for (Gradient& g : gradients) grad_spans.push_back(absl::MakeSpan(g.Own()));
-    out->gradient_norm = Clip(clipping_, grad_spans);
-  } else {
-    // GlobalNorm, from the sums measured while decoding where they still hold.
-    double squares = 0;
-    for (const Gradient& g : gradients) {
-      squares += g.squares().has_value() ? *g.squares() : SquaredNorm(g.values());
+    std::vector<int64_t> sizes;
+    for (Gradient& g : gradients) {
+      grad_spans.push_back(absl::MakeSpan(g.Own()));
+      sizes.push_back(static_cast<int64_t>(grad_spans.back().size()));
     }
-    out->gradient_norm = std::sqrt(squares);
+    // One pass over the optimizer's own segments, on its pool (lazy row-sparse gradients, which
+    // hold only the rows sent, have a layout of their own).
+    std::optional<ModelSegments> own;
+    if (sizes != optimizer_->tensor_sizes()) own.emplace(std::move(sizes));
+    ClipToNorm(clipping_, out->gradient_norm, own ? *own : optimizer_->layout(), grad_spans,
+               optimizer_->pool());
   }
   std::vector<TensorGrad> step(gradients.size());
   for (int k = 0; k < specs_.size(); ++k) {
@@ -337,7 +344,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
 }
 
 void Session::CompleteBarrierLocked(bool measure, Reports* reports) {
-  SyncBarrier::Reduced reduced = barrier_.Take(clock_->Now());
+  SyncBarrier::Reduced reduced = barrier_.Take(clock_->Now(), optimizer_->pool());
   reports->barrier = {absl::ToDoubleSeconds(reduced.waited),
                       consistency_.workers - reduced.workers};
   StepOutput out;
@@ -490,7 +497,7 @@ SessionMemory Session::MemoryLocked() const {
   m.reserved_state_bytes =
       std::max<int64_t>(0, state_reservation_.bytes() - m.optimizer_state_bytes);
   m.reply_bytes = std::max<int64_t>(0, parameters_.live_bytes() - m.parameter_bytes);
-  m.barrier_bytes = barrier_.contributions() > 0 ? barrier_.SumBytes() : 0;
+  m.barrier_bytes = barrier_.bytes();
   m.exactly_once_bytes = exactly_once_.MemoryBytes();
   return m;
 }

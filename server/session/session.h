@@ -33,7 +33,7 @@
 //   FailedPrecondition  a keyed step the session cannot tell apart from a retry of an applied one
 //                       (exactly_once.h); NeedsRejoin (step.h) when the worker must join again
 //   ResourceExhausted   the reply would exceed SessionEnv::max_reply_bytes, or the memory budget
-//                       cannot pay for the step (a barrier's sums, a decoded gradient, a copy)
+//                       cannot pay for the step (a barrier's gradients, a decoded gradient, a copy)
 //   Unavailable         the session was closed (deleted, or the server is stopping) mid-barrier
 
 #ifndef OPTD_SERVER_SESSION_SESSION_H_
@@ -79,7 +79,7 @@ struct SessionMemory {
   int64_t optimizer_state_bytes = 0;  // allocated so far
   int64_t reserved_state_bytes = 0;   // reserved for first steps, not yet allocated
   int64_t reply_bytes = 0;            // older parameter buffers replies still hold
-  int64_t barrier_bytes = 0;          // the open SYNC barrier's sums
+  int64_t barrier_bytes = 0;          // the gradients the open SYNC barrier keeps
   int64_t exactly_once_bytes = 0;     // an estimate
   int64_t total() const {
     return parameter_bytes + optimizer_state_bytes + reserved_state_bytes + reply_bytes +

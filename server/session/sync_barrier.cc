@@ -1,9 +1,16 @@
 #include "server/session/sync_barrier.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <iterator>
+#include <string>
 #include <utility>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "server/optim/model_segments.h"
 
 namespace optd {
 
@@ -28,44 +35,30 @@ void SyncBarrier::AttachRetry(Waiter waiter) {
 }
 
 bool SyncBarrier::HasContributed(absl::string_view worker_id) const {
-  return std::find(contributors_.begin(), contributors_.end(), worker_id) != contributors_.end();
+  return std::any_of(contributions_.begin(), contributions_.end(),
+                     [&](const Contribution& c) { return c.worker_id == worker_id; });
+}
+
+std::vector<std::string> SyncBarrier::contributors() const {
+  std::vector<std::string> out;
+  for (const Contribution& c : contributions_) out.push_back(c.worker_id);
+  return out;
+}
+
+int64_t SyncBarrier::ContributionBytes(const std::vector<Gradient>& gradients) {
+  int64_t bytes = 0;
+  for (const Gradient& g : gradients) bytes += g.bytes();
+  return bytes;
 }
 
 bool SyncBarrier::Add(std::vector<Gradient> gradients, std::optional<double> loss, Waiter waiter,
-                      absl::Time now, MemoryReservation sums) {
-  const bool opens = contributors_.empty();
-  if (opens) {
-    opened_ = now;
-    sum_reservation_ = std::move(sums);
-    sum_.resize(gradients.size());
-    dense_.assign(gradients.size(), false);
-    touched_.assign(gradients.size(), {});
-    for (size_t k = 0; k < gradients.size(); ++k) {
-      sum_[k].assign((*specs_)[k].num_elements, 0.0);
-    }
-  }
-  for (size_t k = 0; k < gradients.size(); ++k) {
-    double* sum = sum_[k].data();
-    const absl::Span<const float> values = gradients[k].values();
-    const float* g = values.data();
-    if (!gradients[k].sparse()) {
-      dense_[k] = true;
-      for (size_t i = 0; i < values.size(); ++i) sum[i] += g[i];
-      continue;
-    }
-    const int64_t row_size = (*specs_)[k].row_size();
-    const std::vector<int64_t>& rows = gradients[k].rows();
-    for (size_t r = 0; r < rows.size(); ++r) {
-      double* dst = sum + rows[r] * row_size;
-      for (int64_t j = 0; j < row_size; ++j) dst[j] += g[r * row_size + j];
-    }
-    std::vector<int64_t> merged;
-    std::set_union(touched_[k].begin(), touched_[k].end(), rows.begin(), rows.end(),
-                   std::back_inserter(merged));
-    touched_[k] = std::move(merged);
-  }
-  contributors_.push_back(waiter.worker_id);
-  if (loss.has_value()) losses_.push_back(*loss);
+                      absl::Time now, MemoryReservation memory) {
+  const bool opens = contributions_.empty();
+  if (opens) opened_ = now;
+  for (Gradient& g : gradients) g.Detach();
+  bytes_ += ContributionBytes(gradients);
+  contributions_.push_back(
+      Contribution{waiter.worker_id, std::move(gradients), loss, std::move(memory)});
   waiters_.push_back(std::move(waiter));
   return opens;
 }
@@ -80,52 +73,114 @@ std::vector<std::string> SyncBarrier::MissingWorkers() const {
   return missing;
 }
 
-SyncBarrier::Reduced SyncBarrier::Take(absl::Time now) {
+void SyncBarrier::ReduceTensor(size_t k, const std::vector<const Contribution*>& order,
+                               double scale, ThreadPool* pool, Reduced* out) const {
+  const int64_t n = (*specs_)[k].num_elements;
+  const bool dense = std::any_of(order.begin(), order.end(),
+                                 [&](const Contribution* c) { return !c->gradients[k].sparse(); });
+  std::atomic<bool> finite{true};
+  if (dense && std::none_of(order.begin(), order.end(),
+                            [&](const Contribution* c) { return c->gradients[k].sparse(); })) {
+    // All dense: block by block, each element summed over the contributions in order.
+    std::vector<float> values(static_cast<size_t>(n));
+    constexpr int64_t kBlock = ModelSegments::kBlockElements;
+    auto block = [&](int64_t begin, int64_t end) {
+      std::vector<double> acc(static_cast<size_t>(end - begin), 0.0);
+      for (const Contribution* c : order) {
+        const float* g = c->gradients[k].values().data() + begin;
+        for (size_t i = 0; i < acc.size(); ++i) acc[i] += g[i];
+      }
+      bool ok = true;
+      for (size_t i = 0; i < acc.size(); ++i) {
+        values[begin + i] = static_cast<float>(acc[i] * scale);
+        ok &= std::isfinite(values[begin + i]);
+      }
+      if (!ok) finite = false;
+    };
+    if (pool == nullptr || n < ModelSegments::kParallelMinElements) {
+      for (int64_t b = 0; b < n; b += kBlock) block(b, std::min(n, b + kBlock));
+    } else {
+      pool->ParallelFor(n, kBlock, block);
+    }
+    out->gradients[k] = Gradient::Dense(std::move(values));
+  } else {
+    // Some sparse: into a dense sum, contribution by contribution in order (rows for sparse
+    // ones); the result is dense if any contribution was, else sparse over the rows touched.
+    const int64_t row_size = (*specs_)[k].row_size();
+    std::vector<double> sum(static_cast<size_t>(n), 0.0);
+    std::vector<int64_t> touched;
+    for (const Contribution* c : order) {
+      const Gradient& g = c->gradients[k];
+      const float* values = g.values().data();
+      if (!g.sparse()) {
+        for (int64_t i = 0; i < n; ++i) sum[i] += values[i];
+        continue;
+      }
+      for (size_t r = 0; r < g.rows().size(); ++r) {
+        double* dst = sum.data() + g.rows()[r] * row_size;
+        for (int64_t j = 0; j < row_size; ++j) dst[j] += values[r * row_size + j];
+      }
+      std::vector<int64_t> merged;
+      std::set_union(touched.begin(), touched.end(), g.rows().begin(), g.rows().end(),
+                     std::back_inserter(merged));
+      touched = std::move(merged);
+    }
+    auto round = [&](const double* from, int64_t count, float* to) {
+      for (int64_t i = 0; i < count; ++i) {
+        to[i] = static_cast<float>(from[i] * scale);
+        if (!std::isfinite(to[i])) finite = false;
+      }
+    };
+    if (dense) {
+      std::vector<float> values(static_cast<size_t>(n));
+      round(sum.data(), n, values.data());
+      out->gradients[k] = Gradient::Dense(std::move(values));
+    } else {
+      std::vector<float> values(touched.size() * row_size);
+      for (size_t r = 0; r < touched.size(); ++r) {
+        round(sum.data() + touched[r] * row_size, row_size, values.data() + r * row_size);
+      }
+      out->touched[k] = touched;
+      out->gradients[k] = Gradient::Sparse(std::move(touched), std::move(values));
+    }
+  }
+  // An overflow is noted, not hidden.
+  if (!finite && out->overflow_tensor < 0) out->overflow_tensor = static_cast<int>(k);
+}
+
+SyncBarrier::Reduced SyncBarrier::Take(absl::Time now, ThreadPool* pool) {
   Reduced out;
   const int n = contributions();
   out.workers = n;
   out.waited = now - opened_;
   const double scale =
       options_.reduce == ConsistencyOptions::Reduce::kMean ? 1.0 / static_cast<double>(n) : 1.0;
-  // The reduced values, rounded to float32 once; an overflow is noted, not hidden.
-  auto reduce = [&](size_t k, const double* sum, int64_t count, float* out_values) {
-    bool finite = true;
-    for (int64_t i = 0; i < count; ++i) {
-      out_values[i] = static_cast<float>(sum[i] * scale);
-      finite &= std::isfinite(out_values[i]);
-    }
-    if (!finite && out.overflow_tensor < 0) out.overflow_tensor = static_cast<int>(k);
-  };
   if (n < options_.workers) out.missing_workers = MissingWorkers();
-  for (const std::string& w : contributors_) {
-    if (std::find(known_workers_.begin(), known_workers_.end(), w) == known_workers_.end() &&
+  // The reduction order: by worker id, whatever the arrival order.
+  std::vector<const Contribution*> order;
+  for (const Contribution& c : contributions_) order.push_back(&c);
+  std::sort(order.begin(), order.end(), [](const Contribution* a, const Contribution* b) {
+    return a->worker_id < b->worker_id;
+  });
+  for (const Contribution* c : order) {
+    if (std::find(known_workers_.begin(), known_workers_.end(), c->worker_id) ==
+            known_workers_.end() &&
         known_workers_.size() < static_cast<size_t>(ConsistencyOptions::kMaxSyncWorkers)) {
-      known_workers_.push_back(w);
+      known_workers_.push_back(c->worker_id);
     }
   }
-  if (!losses_.empty()) {
-    double total = 0;
-    for (double l : losses_) total += l;
-    out.loss = total / losses_.size();
+  double losses = 0;
+  int reported = 0;
+  for (const Contribution* c : order) {
+    if (!c->loss.has_value()) continue;
+    losses += *c->loss;
+    ++reported;
   }
-  out.gradients.resize(sum_.size());
-  out.touched.resize(sum_.size());
-  for (size_t k = 0; k < sum_.size(); ++k) {
-    if (dense_[k]) {
-      std::vector<float> values(sum_[k].size());
-      reduce(k, sum_[k].data(), static_cast<int64_t>(values.size()), values.data());
-      out.gradients[k] = Gradient::Dense(std::move(values));
-      continue;
-    }
-    // Only sparse contributions: the combined gradient is sparse over the rows they touched.
-    const int64_t row_size = (*specs_)[k].row_size();
-    std::vector<float> values(touched_[k].size() * row_size);
-    for (size_t r = 0; r < touched_[k].size(); ++r) {
-      reduce(k, sum_[k].data() + touched_[k][r] * row_size, row_size, values.data() + r * row_size);
-    }
-    out.touched[k] = touched_[k];
-    out.gradients[k] = Gradient::Sparse(std::move(touched_[k]), std::move(values));
-  }
+  if (reported > 0) out.loss = losses / reported;
+  const size_t tensors = specs_->size();
+  out.gradients.resize(tensors);
+  out.touched.resize(tensors);
+  for (size_t k = 0; k < tensors; ++k) ReduceTensor(k, order, scale, pool, &out);
   out.waiters = std::move(waiters_);
   Reset();
   return out;
@@ -140,12 +195,8 @@ std::vector<SyncBarrier::Waiter> SyncBarrier::Fail() {
 void SyncBarrier::Reset() {
   ++id_;
   opened_ = absl::Time();
-  contributors_.clear();
-  sum_.clear();
-  sum_reservation_.Release();
-  dense_.clear();
-  touched_.clear();
-  losses_.clear();
+  contributions_.clear();
+  bytes_ = 0;
   waiters_.clear();
 }
 

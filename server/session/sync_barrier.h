@@ -1,12 +1,16 @@
 // File: sync_barrier.h
 //
 // SyncBarrier: the SYNC barrier of a session's current version. Each of K workers contributes one
-// gradient; the barrier sums them in double (sparse contributions by row: finite float32 values
-// cannot overflow it, and the result does not depend on their order but in the last bits of
-// extreme cases), keeps the calls waiting for the result, and hands everything over in one piece
-// when it completes (K gradients, or a quorum at its deadline) or fails (quorum not reached,
-// session closed). Then the next barrier opens, with a new id, so a deadline set for an old barrier
-// finds it gone.
+// gradient; the barrier keeps them and the calls waiting for the result, and hands everything
+// over in one piece when it completes (K gradients, or a quorum at its deadline) or fails (quorum
+// not reached, session closed). Then the next barrier opens, with a new id, so a deadline set for
+// an old barrier finds it gone.
+//
+// The reduction does not depend on the order the contributions arrived in: at completion they
+// are summed in double in the order of their workers' ids (sparse ones by row; finite float32
+// values cannot overflow a double), and the mean or sum rounded to float32 once. So the same
+// workers sending the same gradients give the same bits however the network orders them (a double
+// sum of float32 values depends on its order once they span more than ~29 bits of magnitude).
 //
 // A retry of a contribution still waiting (same worker, same sequence) waits for the same outcome
 // (IsPending, AttachRetry) instead of contributing twice. The barrier also remembers every worker
@@ -26,6 +30,7 @@
 
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "base/thread_pool.h"
 #include "server/session/consistency.h"
 #include "server/session/gradient.h"
 #include "server/session/memory_budget.h"
@@ -74,7 +79,7 @@ class SyncBarrier {
 
   // Changes every time a barrier completes or fails.
   int64_t id() const { return id_; }
-  int contributions() const { return static_cast<int>(contributors_.size()); }
+  int contributions() const { return static_cast<int>(contributions_.size()); }
   // When the first contribution of the open barrier came.
   absl::Time opened() const { return opened_; }
 
@@ -87,16 +92,19 @@ class SyncBarrier {
 
   bool HasContributed(absl::string_view worker_id) const;
 
-  // The bytes an open barrier's sums take (8 per element of every tensor): what the session
-  // reserves before the first contribution.
-  int64_t SumBytes() const { return 8 * specs_->num_elements(); }
+  // The bytes the barrier keeps for a contribution of `gradients` (its values and rows): what
+  // the session reserves from the memory budget before Add.
+  static int64_t ContributionBytes(const std::vector<Gradient>& gradients);
+  // The bytes the open barrier keeps (its contributions).
+  int64_t bytes() const { return bytes_; }
 
-  // Adds `worker`'s gradients (one per tensor, from DecodeGradients) and its waiting call.
-  // Returns true if this contribution opened the barrier (its deadline is then opened() +
-  // options.barrier_timeout); the barrier then keeps `sums` (SumBytes() of the memory budget)
-  // until it completes or fails. REQUIRES: !HasContributed(waiter.worker_id).
+  // Adds `worker`'s gradients (one per tensor, from DecodeGradients; values read in place from
+  // the request are copied) and its waiting call. Returns true if this contribution opened the
+  // barrier (its deadline is then opened() + options.barrier_timeout). The barrier keeps
+  // `memory` (ContributionBytes(gradients) of the memory budget) until it completes or fails.
+  // REQUIRES: !HasContributed(waiter.worker_id).
   bool Add(std::vector<Gradient> gradients, std::optional<double> loss, Waiter waiter,
-           absl::Time now, MemoryReservation sums = MemoryReservation());
+           absl::Time now, MemoryReservation memory = MemoryReservation());
 
   // All K workers have contributed.
   bool full() const { return contributions() == options_.workers; }
@@ -107,10 +115,11 @@ class SyncBarrier {
   // ever contributed).
   std::vector<std::string> MissingWorkers() const;
   // The workers that contributed, in arrival order.
-  const std::vector<std::string>& contributors() const { return contributors_; }
+  std::vector<std::string> contributors() const;
 
-  // Hands over the open barrier (REQUIRES: contributions() > 0) and opens the next one.
-  Reduced Take(absl::Time now);
+  // Hands over the open barrier, its gradients reduced in worker-id order on `pool` when large
+  // (REQUIRES: contributions() > 0), and opens the next one.
+  Reduced Take(absl::Time now, ThreadPool* pool = ThreadPool::Default());
 
   // Hands over the waiters of the open barrier, for the caller to fail, and opens the next one.
   std::vector<Waiter> Fail();
@@ -121,18 +130,24 @@ class SyncBarrier {
   void set_known_workers(std::vector<std::string> workers) { known_workers_ = std::move(workers); }
 
  private:
+  struct Contribution {
+    std::string worker_id;
+    std::vector<Gradient> gradients;  // one per tensor, owning their values
+    std::optional<double> loss;
+    MemoryReservation memory;  // ContributionBytes(gradients) of the budget
+  };
+
   void Reset();
+  // Tensor k's reduction of `order`'s contributions into `out` (and its touched rows).
+  void ReduceTensor(size_t k, const std::vector<const Contribution*>& order, double scale,
+                    ThreadPool* pool, Reduced* out) const;
 
   const ConsistencyOptions options_;
   const TensorSpecs* const specs_;
   int64_t id_ = 0;
   absl::Time opened_;
-  std::vector<std::string> contributors_;      // in arrival order
-  std::vector<std::vector<double>> sum_;       // per tensor, dense
-  MemoryReservation sum_reservation_;          // the memory budget SumBytes() came from
-  std::vector<bool> dense_;                    // per tensor: a dense contribution came
-  std::vector<std::vector<int64_t>> touched_;  // per tensor: the rows sparse ones touched
-  std::vector<double> losses_;
+  std::vector<Contribution> contributions_;  // in arrival order
+  int64_t bytes_ = 0;                        // their ContributionBytes
   std::vector<Waiter> waiters_;
   std::vector<std::string> known_workers_;
 };

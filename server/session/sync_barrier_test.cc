@@ -1,10 +1,15 @@
 #include "server/session/sync_barrier.h"
 
+#include <algorithm>
+#include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "base/thread_pool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/optim/model_segments.h"
 
 namespace optd {
 namespace {
@@ -133,15 +138,84 @@ TEST(SyncBarrierTest, ASumBeyondFloat32IsReportedNotHidden) {
 TEST(SyncBarrierTest, HoldsItsMemoryReservationWhileOpen) {
   MemoryBudget budget(1000);
   SyncBarrier barrier(Sync(2), &Specs());
-  EXPECT_EQ(barrier.SumBytes(), 32);
+  std::vector<Gradient> g = Dense({1, 1, 1, 1});
+  EXPECT_EQ(SyncBarrier::ContributionBytes(g), 16);
   int answered = 0;
-  auto reservation = budget.Reserve(barrier.SumBytes(), "sums");
+  auto reservation = budget.Reserve(SyncBarrier::ContributionBytes(g), "kept");
   ASSERT_TRUE(reservation.ok());
-  barrier.Add(Dense({1, 1, 1, 1}), std::nullopt, Waiter("a", 1, &answered), absl::Time(),
+  barrier.Add(std::move(g), std::nullopt, Waiter("a", 1, &answered), absl::Time(),
               *std::move(reservation));
-  EXPECT_EQ(budget.in_use(), 32);
+  EXPECT_EQ(budget.in_use(), 16);
+  EXPECT_EQ(barrier.bytes(), 16);
   barrier.Fail();
   EXPECT_EQ(budget.in_use(), 0);
+  EXPECT_EQ(barrier.bytes(), 0);
+}
+
+// A double sum of float32 values depends on its order once they span more than ~29 bits of
+// magnitude: 2^30 + 2^-30 - 2^30 is 0 in that order and 2^-30 in another. The barrier sums in
+// worker-id order, so every arrival order gives the bits of that one.
+TEST(SyncBarrierTest, TheReductionDoesNotDependOnTheArrivalOrder) {
+  const float big = std::ldexp(1.0f, 30);
+  const float tiny = std::ldexp(1.0f, -30);
+  const std::vector<std::pair<std::string, std::vector<float>>> contributions = {
+      {"a", {big, 1, -big, 3}}, {"b", {tiny, 2, tiny, 5}}, {"c", {-big, 4, big, 7}}};
+  std::vector<float> first;
+  std::vector<int> order = {0, 1, 2};
+  int permutations = 0;
+  do {
+    ConsistencyOptions sum = Sync(3);
+    sum.reduce = ConsistencyOptions::Reduce::kSum;
+    SyncBarrier barrier(sum, &Specs());
+    int answered = 0;
+    for (int i : order) {
+      barrier.Add(Dense(contributions[i].second), std::nullopt,
+                  Waiter(contributions[i].first, 1, &answered), absl::Time());
+    }
+    const SyncBarrier::Reduced r = barrier.Take(absl::Time());
+    const std::vector<float> values(r.gradients[0].values().begin(), r.gradients[0].values().end());
+    // Worker-id order a, b, c: (2^30 + 2^-30) rounds to 2^30, then - 2^30 gives 0; and
+    // (-2^30 + 2^-30) rounds to -2^30, then + 2^30 gives 0.
+    EXPECT_THAT(values, ElementsAre(0.0f, 7.0f, 0.0f, 15.0f));
+    if (first.empty()) first = values;
+    EXPECT_EQ(values, first);
+    ++permutations;
+  } while (std::next_permutation(order.begin(), order.end()));
+  EXPECT_EQ(permutations, 6);
+}
+
+// The same on a pool, for a tensor large enough to be reduced block by block on it.
+TEST(SyncBarrierTest, LargeReductionsAreTheSameBitsOnAPool) {
+  const int64_t n = ModelSegments::kParallelMinElements + 12345;
+  const TensorSpecs specs({{"w", {n}, n}});
+  std::vector<std::vector<float>> grads(3, std::vector<float>(static_cast<size_t>(n)));
+  for (int64_t i = 0; i < n; ++i) {
+    grads[0][i] = std::ldexp(1.0f, 30 - static_cast<int>(i % 7));
+    grads[1][i] = std::ldexp(1.0f, -30 + static_cast<int>(i % 5));
+    grads[2][i] = -grads[0][i] + static_cast<float>(i % 3);
+  }
+  std::vector<float> reference;
+  for (int threads : {1, 3}) {
+    ThreadPoolOptions options;
+    options.num_threads = threads;
+    ThreadPool pool(options);
+    SyncBarrier barrier(Sync(3), &specs);
+    int answered = 0;
+    for (int i : {2, 0, 1}) {
+      barrier.Add(Dense(grads[i]), std::nullopt, Waiter(std::string(1, 'a' + i), 1, &answered),
+                  absl::Time());
+    }
+    const SyncBarrier::Reduced r = barrier.Take(absl::Time(), &pool);
+    const std::vector<float> values(r.gradients[0].values().begin(), r.gradients[0].values().end());
+    if (reference.empty()) {
+      reference = values;
+      for (int64_t i = 0; i < n; ++i) {  // a, b, c in order, in double, then the mean
+        const double sum = (double{grads[0][i]} + grads[1][i]) + grads[2][i];
+        ASSERT_EQ(values[i], static_cast<float>(sum * (1.0 / 3))) << "element " << i;
+      }
+    }
+    EXPECT_EQ(values, reference) << "threads " << threads;
+  }
 }
 
 }  // namespace

@@ -3794,7 +3794,7 @@ type MemoryUse struct {
 	OptimizerStateBytes int64 `protobuf:"varint,2,opt,name=optimizer_state_bytes,json=optimizerStateBytes,proto3" json:"optimizer_state_bytes,omitempty"` // state allocated so far
 	ReservedStateBytes  int64 `protobuf:"varint,3,opt,name=reserved_state_bytes,json=reservedStateBytes,proto3" json:"reserved_state_bytes,omitempty"`    // state reserved for tensors' first steps, not yet allocated
 	ReplyBytes          int64 `protobuf:"varint,4,opt,name=reply_bytes,json=replyBytes,proto3" json:"reply_bytes,omitempty"`                              // older parameter buffers still held by replies in flight
-	BarrierBytes        int64 `protobuf:"varint,5,opt,name=barrier_bytes,json=barrierBytes,proto3" json:"barrier_bytes,omitempty"`                        // the open SYNC barrier's sums
+	BarrierBytes        int64 `protobuf:"varint,5,opt,name=barrier_bytes,json=barrierBytes,proto3" json:"barrier_bytes,omitempty"`                        // the gradients the open SYNC barrier keeps
 	ExactlyOnceBytes    int64 `protobuf:"varint,6,opt,name=exactly_once_bytes,json=exactlyOnceBytes,proto3" json:"exactly_once_bytes,omitempty"`          // the exactly-once table (an estimate)
 	TotalBytes          int64 `protobuf:"varint,7,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
 }
