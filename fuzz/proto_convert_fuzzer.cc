@@ -443,6 +443,7 @@ void FuzzUpdate(const v1::UpdateSessionRequest& request, uint8_t recipe) {
       return MergeOptimizerFromProto(request.optimizer(), /*require_same_kind=*/true, "", options);
     };
   }
+  ParamGroupUpdatesFromProto(request, &update);
   if (request.has_schedule()) {
     absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(request.schedule(), "");
     if (schedule.ok()) {

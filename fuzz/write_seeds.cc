@@ -273,6 +273,25 @@ void ProtoConvertSeeds() {
     *r.add_tensors() = TensorOf("deep", {1, 1, 1, 1, 1, 1, 1, 2}, v1::DTYPE_F32, Floats({1, -1}));
     Write(f, "create-sgd-sync-quorum-scalar-rank8", Convert(0, 1, r));
   }
+  {
+    v1::CreateSessionRequest r;  // parameter groups: w with its own lr and weight decay
+    r.set_session_id("groups");
+    r.mutable_config()->mutable_optimizer()->mutable_adam()->set_lr(0.01);
+    v1::ParamGroup* g = r.mutable_config()->add_param_groups();
+    g->add_tensors("w");
+    g->mutable_optimizer()->mutable_adam()->set_lr(0.1);
+    g->mutable_optimizer()->mutable_adam()->set_weight_decay(0.01);
+    *r.add_tensors() =
+        TensorOf("w", {4, 3}, v1::DTYPE_F32,
+                 Floats({0, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f, 1.0f, 1.1f}));
+    *r.add_tensors() = TensorOf("b", {3}, v1::DTYPE_F32, Floats({1, 2, 3}));
+    Write(f, "create-adam-param-groups", Convert(0, 0, r));
+    r.set_session_id("groups-bad");  // a tensor in two groups, one unknown: refused
+    v1::ParamGroup* bad = r.mutable_config()->add_param_groups();
+    bad->add_tensors("w");
+    bad->add_tensors("zz");
+    Write(f, "create-param-groups-refused", Convert(0, 1, r));
+  }
 
   // Update: options, schedules, clipping; one that changes the kind (refused).
   {
@@ -297,6 +316,12 @@ void ProtoConvertSeeds() {
     lars.mutable_optimizer()->mutable_lars()->set_trust_coefficient(0.01);
     lars.mutable_clipping()->set_clip_value(0.1);
     Write(f, "update-lars-bounded", Convert(1, 23, lars));
+    v1::UpdateSessionRequest groups;  // the base session has no groups: refused
+    groups.set_session_id("s1");
+    v1::ParamGroupUpdate* change = groups.add_param_groups();
+    change->set_index(0);
+    change->mutable_optimizer()->mutable_adam()->set_lr(0.5);
+    Write(f, "update-param-groups-no-groups", Convert(1, 1, groups));
   }
 
   // Pull: everything, names, rows (repeated), dtypes.

@@ -19,6 +19,15 @@ echo "== optd-bench --suite"
 echo "== optd-bench --compare_tls"
 "$BUILD_DIR/bench/optd-bench" --compare_tls | tee "$BUILD_DIR/bench/optd_bench_tls.txt"
 
+# Python workers (issue #14): the native data path vs the pure-Python one vs the C++ client
+# (optd-bench) vs a torch.distributed.rpc parameter server (bench/torch_rpc_ps.py), at 1K and 1M
+# parameters, 1 and 4 workers, F32 and BF16 on the wire, side by side in one run; prints the README
+# table ("Benchmarks → Python workers"). About 10 minutes. Extra flags in OPTD_PYTHON_BENCH_FLAGS.
+echo "== python workers"
+# shellcheck disable=SC2086
+OPTD_BUILD_DIR="$BUILD_DIR" /usr/bin/python3 bench/python_client_bench.py ${OPTD_PYTHON_BENCH_FLAGS:-} |
+  tee "$BUILD_DIR/bench/python_client_bench.txt"
+
 # metrics_overhead: steps/s with the Prometheus metrics on vs off (gRPC interceptor, session
 # observer, exporter scraped every second), two in-process servers alternated in one run, for unary
 # Step and StreamSteps; target ratio >= 0.95 (README "Metrics").

@@ -26,6 +26,9 @@ PACKAGES=(
   libeigen3-dev
   # Python: clients, torch-parity tests (always /usr/bin/python3)
   python3 python3-grpcio python3-protobuf python3-numpy python3-torch python3-pytest
+  # the Python client's native data path (client/python/native, a pybind11 module) and the venv
+  # the README installs it into
+  pybind11-dev python3-pybind11 python3-dev python3-venv
   # the digits example (examples/digits): scikit-learn's bundled data set, matplotlib for its PNG;
   # pip and setuptools to install client/python offline
   python3-sklearn python3-matplotlib python3-pip python3-setuptools python3-wheel

@@ -23,6 +23,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 
@@ -30,7 +31,7 @@ import numpy as np
 import pytest
 import torch
 
-from optd_testing import REPO_ROOT, OptdProcess, load_stubs
+from optd_testing import REPO_ROOT, OptdProcess, load_stubs, stub_dir as load_stubs_dir
 
 sys.path.insert(0, str(REPO_ROOT / "client" / "python"))
 if "optd" in sys.modules and getattr(sys.modules["optd"], "__file__", None) is None:
@@ -445,3 +446,67 @@ def test_a_fork_with_another_learning_rate(client):
         client.create_session_from_checkpoint("fork-d", from_session="no-such-session")
     with pytest.raises(optd.InvalidArgumentError):
         client.create_session_from_checkpoint("fork-e")
+
+
+# -- a server that is down for a while (issue #14) -------------------------------------------------
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "pure"])
+def test_a_keyed_step_sent_while_the_server_is_down_outlasts_the_restart(server, native):
+    # The server is killed and comes back 4 s later on the same port: a step sent meanwhile is
+    # retried (same key) past gRPC's reconnect backoff and applied once by the restarted server.
+    # Once the retries are spent, the error names the address and what was tried.
+    if native and not optd.native.available():
+        pytest.skip(optd.native.reason())  # the pure suite (OPTD_PURE_PYTHON) has no native path
+    with optd.Client(server.address, timeout=20.0, native=native) as c:
+        session = c.create_session(initial(), "sgd", lr=0.1, session_id="down")
+        session.step(grads(SHAPES))
+        c.checkpoint("down")
+        server.kill()
+        restarter = threading.Timer(4.0, server.restart)
+        restarter.start()
+        try:
+            start = time.monotonic()
+            r = session.step(grads(SHAPES))
+            elapsed = time.monotonic() - start
+        finally:
+            restarter.join()
+        assert r.version == 2 and r.attempts > 1 and r.server_restarted, r
+        assert 3.5 < elapsed < 15, elapsed
+        server.kill()
+        with pytest.raises(optd.UnavailableError) as e:
+            session.step(grads(SHAPES), retry=optd.RetryPolicy(max_attempts=3,
+                                                               initial_backoff=0.05))
+        assert f"[Step to {server.address}: 3 attempts in " in e.value.message, e.value.message
+        server.restart()
+
+
+# -- README's Python snippets (issue #14) ----------------------------------------------------------
+
+def test_every_readme_python_snippet_is_run_and_the_durability_ones_run_here(server):
+    # Every ```python block of README.md is marked: optd-checkpoint-reader (run above, against
+    # Pull), optd-security-snippet (run by tests/security_clients_test.py against a server with
+    # TLS and tokens) or optd-readme-python, run as written by a test against a real optd: the "Python client"
+    # section's by tests/python_install_test.py (with the installed package), the others here,
+    # against a server with --checkpoint_dir, twice each (a snippet leaves no session behind).
+    import subprocess  # pylint: disable=import-outside-toplevel
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    python_client = (text.index("## Python client"), text.index("## Go client"))
+    snippets = []
+    for block in re.finditer(r"```python\n(.*?)\n *```", text, re.S):
+        mark = text[:block.start()].rstrip().rsplit("\n", 1)[-1].strip()
+        assert mark in ("<!-- optd-readme-python -->", "<!-- optd-checkpoint-reader -->",
+                        "<!-- optd-security-snippet -->"), \
+            f"README: an unmarked Python snippet (line {text[:block.start()].count(chr(10)) + 1})"
+        if mark == "<!-- optd-readme-python -->" and \
+                not python_client[0] < block.start() < python_client[1]:
+            snippets.append(textwrap.dedent(block.group(1)))
+    assert len(snippets) >= 3
+    env = dict(os.environ, OPTD_ADDRESS=server.address,
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "client" / "python"),
+                                           str(load_stubs_dir())]))
+    for i, snippet in enumerate(snippets):
+        for attempt in (1, 2):
+            run = subprocess.run(["/usr/bin/python3", "-c", snippet], env=env, capture_output=True,
+                                 text=True, timeout=120, check=False)
+            assert run.returncode == 0, (f"README snippet {i + 1}, run {attempt}:\n{snippet}\n"
+                                         f"{run.stdout}\n{run.stderr}")

@@ -43,6 +43,25 @@ def client(optd_server):
         yield c
 
 
+@pytest.fixture(scope="module")
+def pure_client(optd_server):
+    """A client whose steps go through grpcio whatever the path under test: the tests that inject
+    faults by replacing ``client.stub.Step`` (the native path's retries are the C++ client's,
+    tested in client/cpp/retry_test.cc)."""
+    with optd.Client(optd_server.address, timeout=20.0, native=False) as c:
+        yield c
+
+
+def test_the_path_under_test_is_the_one_asked_for(client):
+    # ctest runs this file twice: python_client_test (OPTD_EXPECT_NATIVE=1: the extension must be
+    # there and used) and python_client_pure_test (OPTD_PURE_PYTHON=1).
+    if os.environ.get("OPTD_EXPECT_NATIVE") == "1":
+        assert optd.native.available(), optd.native.reason()
+        assert client.native
+    if os.environ.get("OPTD_PURE_PYTHON") == "1":
+        assert not optd.native.available() and not client.native
+
+
 def _unique(prefix):
     _unique.n = getattr(_unique, "n", 0) + 1
     return f"{prefix}-{os.getpid()}-{_unique.n}"
@@ -368,7 +387,9 @@ def test_deadline_exceeded_is_per_call(client):
 # ---------------------------------------------------------------------------------------------------
 # Retries: same idempotency key, applied once.
 
-def test_retry_after_a_lost_reply_is_answered_as_duplicate_and_applied_once(client, monkeypatch):
+def test_retry_after_a_lost_reply_is_answered_as_duplicate_and_applied_once(pure_client,
+                                                                            monkeypatch):
+    client = pure_client
     w0 = np.ones(3, np.float32)
     session = client.create_session({"w": w0}, "sgd", lr=0.5)
     real_step = client.stub.Step
@@ -608,6 +629,10 @@ def test_a_forgotten_worker_joins_again_and_its_step_is_applied_once(client):
 
     # A retry after a lost reply, across a forced forget: the first attempt was applied, the
     # server forgot the worker, the retry is refused and the client cannot know the outcome.
+    # Injected into grpcio's stub: on the pure path only.
+    if client.native:
+        session.delete()
+        return
     real_step = client.stub.Step
     calls = []
 
@@ -678,8 +703,10 @@ def test_pip_installs_offline_into_a_target_and_works(tmp_path, optd_server):
     shutil.copytree(REPO_ROOT / "proto", src / "proto")
     target = tmp_path / "site"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    # OPTD_NATIVE=0: the pure package (the copy has no C++ sources); the install with the native
+    # extension, in a venv as README says, is tests/python_install_test.py.
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
-               PYTHONDONTWRITEBYTECODE="1")
+               PYTHONDONTWRITEBYTECODE="1", OPTD_NATIVE="0")
     env.pop("PYTHONPATH", None)
     start = time.monotonic()
     proc = subprocess.run(

@@ -485,3 +485,51 @@ def test_admin_sees_tenants(server, pki):
             assert [r.split()[:2] for r in rows] == [["acme", "cli-tenants"]], p.stdout
         finally:
             writer.delete_session("cli-tenants")
+
+
+# (name, tls arguments given pki, token) of steps the server or the handshake refuses.
+STEP_REFUSALS = [
+    ("wrong CA", lambda p: tls_args(p, ca="other_ca"), WRITER),
+    ("no client certificate", lambda p: tls_args(p, cert=None), WRITER),
+    ("wrong token", tls_args, "not-a-valid-token"),
+    ("reader", tls_args, READER),
+]
+
+
+@pytest.mark.parametrize("name,tls,token", STEP_REFUSALS, ids=[c[0] for c in STEP_REFUSALS])
+def test_steps_over_tls_are_the_same_on_the_native_and_pure_paths(server, pki, name, tls, token):
+    # The native data path makes its channel of the PEM bytes optd.Client read and sends the same
+    # token; a refused step says the same on both paths (same class, message, tls_failure,
+    # attempts), keyed or not.
+    import optd.native  # pylint: disable=import-outside-toplevel
+    if not optd.native.available():
+        pytest.skip(f"native path unavailable: {optd.native.reason()}")
+    sid = "py-both-paths"
+    with optd.Client(server.address, token=WRITER, timeout=10, **tls_args(pki)) as writer:
+        writer.create_session({"w": np.zeros(2, np.float32)}, "sgd", lr=0.5, session_id=sid)
+        try:
+            for native in (True, False):  # both succeed with the right settings
+                with optd.Client(server.address, token=WRITER, timeout=10, native=native,
+                                 **tls_args(pki)) as client:
+                    assert client.native is native
+                    assert client.step(sid, {"w": np.ones(2, np.float32)}).version == \
+                        (1 if native else 2)
+            seen = {}
+            for native in (True, False):
+                with optd.Client(server.address, token=token, timeout=10, native=native,
+                                 retry=optd.RetryPolicy(max_attempts=2, initial_backoff=0.05),
+                                 **tls(pki)) as client:
+                    for keyed in (False, True):
+                        with pytest.raises(optd.OptdError) as e:
+                            client.step(sid, {"w": np.ones(2, np.float32)},
+                                        worker_id="w1" if keyed else "",
+                                        sequence=1 if keyed else 0)
+                        text = re.sub(r"in \d+\.\d\d s", "in T s", str(e.value))
+                        seen[(native, keyed)] = (type(e.value), text, e.value.tls_failure,
+                                                 e.value.attempts)
+                        assert_no_token(text)
+            for keyed in (False, True):
+                assert seen[(True, keyed)] == seen[(False, keyed)], (name, keyed, seen)
+            assert writer.pull(sid).version == 2  # nothing applied
+        finally:
+            writer.delete_session(sid)

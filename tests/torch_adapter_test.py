@@ -10,6 +10,7 @@ incarnation and its steps are applied), closures, param-group rules, None and sp
 Run: /usr/bin/python3 -m pytest -q tests/torch_adapter_test.py   (OPTD_BUILD_DIR picks the build)
 """
 
+import os
 import sys
 
 import numpy as np
@@ -206,18 +207,31 @@ def test_attach_to_an_existing_session_and_state_dict(client):
 
 
 def test_param_group_rules(client):
+    # Several torch groups are the session's parameter groups: a group's own lr reaches the
+    # server's group (tests/torch_param_groups_test.py checks the numbers against torch).
     model = make_mlp()
     params = list(model.named_parameters())
     opt = optd.torch.RemoteOptimizer([{"params": params[:2]}, {"params": params[2:]}],
                                      client=client, optimizer="sgd", lr=0.1)
     assert len(opt.param_groups) == 2
     x, y = next(batches(1))
+    train_step(model, opt, x, y)
+    opt.param_groups[1]["lr"] = 0.5
+    train_step(model, opt, x, y)
+    held = opt.session.info().config.param_groups
+    assert [g.optimizer.sgd.lr for g in held] == pytest.approx([0.1, 0.5])
+    with pytest.raises(NotImplementedError, match="give every param group to the constructor"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+    opt.session.delete()
+    # An optimizer with model-wide state runs one set of hyperparameters for all groups.
+    params = list(model.named_parameters())
+    opt = optd.torch.RemoteOptimizer([{"params": params[:2]}, {"params": params[2:]}],
+                                     client=client, optimizer="dadapt_sgd")
+    assert len(opt.session.info().config.param_groups) == 0
     train_step(model, opt, x, y)  # equal hyperparameters: fine
     opt.param_groups[1]["lr"] = 0.5
-    with pytest.raises(optd.InvalidArgumentError, match=r"param_groups\[1\]\['lr'\]"):
+    with pytest.raises(optd.InvalidArgumentError, match=r"param_groups\[1\]\['lr'\].*model-wide"):
         train_step(model, opt, x, y)
-    with pytest.raises(NotImplementedError):
-        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
     opt.session.delete()
 
 
@@ -406,3 +420,154 @@ def test_a_state_dict_of_another_optimizer_is_refused_with_nothing_changed(clien
     assert [dict(g, params=None) for g in remote.param_groups] == groups_before
     assert remote.session.info().config.optimizer.adam.lr == pytest.approx(1e-2)
     remote.session.delete()
+
+
+def test_the_path_under_test_is_the_one_asked_for():
+    # ctest runs this file twice: torch_adapter_test (OPTD_EXPECT_NATIVE=1: RemoteOptimizer steps
+    # through the extension) and torch_adapter_pure_test (OPTD_PURE_PYTHON=1).
+    if os.environ.get("OPTD_EXPECT_NATIVE") == "1":
+        assert optd.native.available(), optd.native.reason()
+    if os.environ.get("OPTD_PURE_PYTHON") == "1":
+        assert not optd.native.available()
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch fidelity (issue #14): the class as optimizer=, get-or-create, groups with repeated names.
+
+def test_a_torch_optim_class_is_accepted_as_the_optimizer(client):
+    remote, local = make_mlp(4), make_mlp(4)
+    opt = optd.torch.RemoteOptimizer(remote.named_parameters(), client=client,
+                                     optimizer=torch.optim.AdamW, lr=5e-3, weight_decay=0.05)
+    ref = torch.optim.AdamW(local.parameters(), lr=5e-3, weight_decay=0.05)
+    assert opt.kind == "adamw" and opt.created
+    for i, (x, y) in enumerate(batches(5)):
+        train_step(remote, opt, x, y)
+        train_step(local, ref, x, y)
+        assert_same(remote, local, i)
+    opt.session.delete()
+    with pytest.raises(optd.InvalidArgumentError, match="no optd counterpart"):
+        optd.torch.RemoteOptimizer(remote.parameters(), client=client,
+                                   optimizer=torch.optim.LBFGS)
+
+
+def _get_or_create(address, session_id, rank, lr, paths, queue):
+    sys.path[:0] = paths
+    import optd.torch as ot  # pylint: disable=import-outside-toplevel,redefined-outer-name
+    model = make_mlp(seed=100 + rank)  # every rank starts from other values
+    try:
+        opt = ot.RemoteOptimizer(model.named_parameters(), address=address,
+                                 session_id=session_id, optimizer=torch.optim.Adam, lr=lr)
+        queue.put((rank, opt.created, [p.detach().numpy().copy() for p in model.parameters()]))
+    except Exception as e:  # pylint: disable=broad-except
+        queue.put((rank, type(e).__name__, str(e)))
+
+
+def test_every_rank_runs_the_same_script_one_creates_the_others_attach(client, optd_server):
+    import multiprocessing  # pylint: disable=import-outside-toplevel
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    sid = f"get-or-create-{os.getpid()}"
+    paths = [p for p in sys.path if p]
+    procs = [ctx.Process(target=_get_or_create,
+                         args=(optd_server.address, sid, r, 1e-3, paths, queue))
+             for r in range(4)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert all(isinstance(r[1], bool) for r in results), results
+    assert sum(r[1] for r in results) == 1, "exactly one rank creates the session"
+    creator = next(r for r in results if r[1])
+    for _, _, params in results:  # the others pulled the creator's parameters
+        for a, b in zip(params, creator[2]):
+            np.testing.assert_array_equal(a, b)
+    # Another configuration under the same id: a clear error naming the difference.
+    with pytest.raises(optd.AlreadyExistsError, match=r"optimizer\.adam\.lr = 0\.001 on the "
+                                                      r"server, 0\.01 here"):
+        optd.torch.RemoteOptimizer(make_mlp().named_parameters(), client=client, session_id=sid,
+                                   optimizer="adam", lr=1e-2)
+    with pytest.raises(optd.AlreadyExistsError, match="optimizer"):
+        optd.torch.RemoteOptimizer(make_mlp().named_parameters(), client=client, session_id=sid,
+                                   optimizer=torch.optim.SGD, lr=1e-3)
+    client.delete_session(sid)
+
+
+def test_groups_from_submodules_with_repeated_short_names(client):
+    remote, local = make_mlp(6), make_mlp(6)
+    groups = [{"params": remote[0].named_parameters()}, {"params": remote[2].named_parameters()},
+              {"params": remote[4].named_parameters()}]
+    opt = optd.torch.RemoteOptimizer(groups, client=client, optimizer="adam", lr=1e-2)
+    assert [n for n, _ in opt.named_parameters()][:3] == ["0.weight", "0.bias", "1.weight"]
+    ref = torch.optim.Adam([{"params": local[i].parameters()} for i in (0, 2, 4)], lr=1e-2)
+    for i, (x, y) in enumerate(batches(5)):
+        train_step(remote, opt, x, y)
+        train_step(local, ref, x, y)
+        assert_same(remote, local, i)
+    opt.session.delete()
+
+
+NONE_GRAD_CASES = [
+    (torch.optim.Adam, dict(lr=1e-2)),
+    (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    (torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
+    (torch.optim.RMSprop, dict(lr=3e-3, momentum=0.5, weight_decay=0.01)),
+    (torch.optim.Adagrad, dict(lr=0.05, weight_decay=0.01)),
+]
+
+
+@pytest.mark.parametrize("cls,hp", NONE_GRAD_CASES, ids=[c.__name__ for c, _ in NONE_GRAD_CASES])
+def test_parameters_whose_grad_is_none_are_skipped_as_torch_skips_them(client, cls, hp):
+    # A frozen first layer (its .grad stays None) and a last layer whose .grad becomes None after
+    # two steps: both must stay exactly where torch leaves them (no weight decay, no momentum),
+    # and the rest must follow torch.optim step by step.
+    remote, local = make_mlp(8), make_mlp(8)
+    for m in (remote, local):
+        m[0].weight.requires_grad_(False)
+    frozen = remote[0].weight.detach().clone()
+    opt = optd.torch.RemoteOptimizer(remote.named_parameters(), client=client, optimizer=cls, **hp)
+    ref = cls(local.parameters(), **hp)
+    for i, (x, y) in enumerate(batches(6, seed=3)):
+        for model, o in ((remote, opt), (local, ref)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            if i >= 2:
+                model[4].weight.grad = None
+            o.step()
+        assert remote[0].weight.grad is None
+        assert torch.equal(remote[0].weight, frozen), f"the frozen layer moved at step {i}"
+        if i >= 2:
+            assert torch.equal(remote[4].weight, last_weight), f"a None .grad moved at step {i}"
+        last_weight = remote[4].weight.detach().clone()
+        assert_same(remote, local, i)
+    opt.session.delete()
+
+
+def test_a_step_where_every_grad_is_none_changes_nothing(client):
+    model = make_mlp(9)
+    opt = optd.torch.RemoteOptimizer(model.named_parameters(), client=client, optimizer="adam")
+    opt.zero_grad(set_to_none=True)
+    opt.step()
+    assert opt.session.info().version == 0
+    opt.session.delete()
+
+
+@pytest.mark.parametrize("kind", ["prodigy", "dadapt_adam", "dadapt_sgd", "dog", "ldog"])
+def test_optimizers_that_refuse_partial_steps_raise_before_sending(client, kind):
+    # Their estimate sums over every tensor's state each step: a skipped parameter cannot be
+    # emulated, so step() names the parameters whose .grad is None and sends nothing; the server
+    # refuses such a step the same way when another client sends it.
+    model = make_mlp(10)
+    opt = optd.torch.RemoteOptimizer(model.named_parameters(), client=client, optimizer=kind)
+    x, y = next(iter(batches(1)))
+    train_step(model, opt, x, y)
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    model[4].weight.grad = None
+    with pytest.raises(optd.InvalidArgumentError, match=f"{kind} refuses a partial step.*4.weight"):
+        opt.step()
+    assert opt.session.info().version == 1
+    with pytest.raises(optd.InvalidArgumentError, match=f"{kind} refuses a partial step"):
+        opt.session.step({"0.weight": np.zeros((32, 12), np.float32)})
+    assert opt.session.info().version == 1
+    opt.session.delete()

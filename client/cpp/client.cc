@@ -240,21 +240,23 @@ void Client::Prepare(grpc::ClientContext* context, absl::Duration timeout) const
 
 template <typename Call>
 absl::Status Client::Retry(absl::string_view method, const RetryPolicy& retry, Call call,
-                           int* attempts) {
+                           int* attempts, std::optional<absl::Duration> timeout) {
   const absl::Time start = absl::Now();
   std::optional<absl::BitGen> gen;  // seeded only if a retry needs it
   for (int attempt = 1;; ++attempt) {
     grpc::ClientContext context;
-    Prepare(&context, options_.timeout);
+    Prepare(&context, timeout.value_or(options_.timeout));
     absl::Status s = call(&context);
     if (attempts != nullptr) *attempts = attempt;
     if (s.ok()) return s;
-    s = security_.Explain(s, method);
+    absl::Status explained = security_.Explain(s, method);
+    const bool tls_failure = IsTlsFailure(explained);
+    if (options_.explain_refusals) s = std::move(explained);
     const bool transport = s.code() == absl::StatusCode::kUnavailable ||
                            s.code() == absl::StatusCode::kDeadlineExceeded;
     // A failed TLS handshake fails the same way again: not retried, already explained.
-    if (!retry.Retries(s.code()) || attempt >= retry.max_attempts || IsTlsFailure(s)) {
-      if (!transport || IsTlsFailure(s)) return s;
+    if (!retry.Retries(s.code()) || attempt >= retry.max_attempts || tls_failure) {
+      if (!transport || tls_failure) return s;
       return Annotate(
           s, absl::StrFormat("%s to %s: %d attempt%s in %.2f s%s", method, target_, attempt,
                              attempt == 1 ? "" : "s", absl::ToDoubleSeconds(absl::Now() - start),
@@ -486,21 +488,27 @@ absl::StatusOr<StepResult> Client::Step(absl::string_view session_id,
 
 absl::StatusOr<StepResult> Client::SendStep(const v1::StepRequest& request,
                                             const RetryPolicy& retry, int* attempts) {
+  v1::StepResponse response;
+  int made = 0;
+  absl::Status s = SendStepRaw(request, retry, options_.timeout, &response, &made);
+  if (attempts != nullptr) *attempts = made;
+  if (!s.ok()) return s;
+  return DecodeStepResponse(response, request, made);
+}
+
+absl::Status Client::SendStepRaw(const v1::StepRequest& request, const RetryPolicy& retry,
+                                 absl::Duration timeout, v1::StepResponse* response,
+                                 int* attempts) {
   if (attempts != nullptr) *attempts = 0;
   if (absl::Status s = retry.Validate(); !s.ok()) return s;
   // A step without a key could be applied twice if its reply were lost: never retried.
   const RetryPolicy& policy = Keyed(request) ? retry : RetryPolicy::None();
-  v1::StepResponse response;
-  int made = 0;
-  absl::Status s = Retry(
+  return Retry(
       "Step", policy,
       [&](grpc::ClientContext* context) {
-        return FromGrpcStatus(stub_->Step(context, request, &response), context);
+        return FromGrpcStatus(stub_->Step(context, request, response), context);
       },
-      &made);
-  if (attempts != nullptr) *attempts = made;
-  if (!s.ok()) return s;
-  return DecodeStepResponse(response, request, made);
+      attempts, timeout);
 }
 
 absl::StatusOr<JoinResult> Client::JoinSession(absl::string_view session_id,

@@ -115,6 +115,11 @@ struct ClientOptions {
   // Connect only: the channel's credentials, for callers that build their own (not with the tls
   // fields); null means insecure unless the tls fields are given.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // false: refusals (UNAUTHENTICATED, PERMISSION_DENIED, a failed TLS handshake) come back with
+  // gRPC's own message, for a caller that explains them itself (the Python native path: its
+  // optd.Client explains them in Python, as its pure path does). A failed handshake is still
+  // recognised, and not retried.
+  bool explain_refusals = true;
 
   absl::Status Validate() const;
 };
@@ -313,6 +318,11 @@ class Client {
   explicit Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options = {},
                   std::string target = "");
 
+  // As above, with the Security that explains refusals and recognises failed TLS handshakes
+  // (Security::ForChannel for a channel made with known credentials).
+  Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options, std::string target,
+         Security security);
+
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
   ~Client();
@@ -373,6 +383,13 @@ class Client {
     return SendStep(request, options_.retry);
   }
 
+  // SendStep leaving the reply undecoded in `*response` (the Python extension decodes it straight
+  // into the caller's arrays), each attempt with deadline `timeout` (InfiniteDuration: none).
+  // Same retries and errors as SendStep.
+  absl::Status SendStepRaw(const v1::StepRequest& request, const RetryPolicy& retry,
+                           absl::Duration timeout, v1::StepResponse* response,
+                           int* attempts = nullptr);
+
   // Starts a new incarnation of `worker_id` on the session (JoinSession): its keyed steps then
   // carry JoinResult::worker_incarnation and sequences from next_sequence, and steps of its earlier
   // incarnations (a previous process with the same id) are refused. A Worker joins by itself; this
@@ -400,18 +417,16 @@ class Client {
  private:
   friend class StepStream;
 
-  Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options, std::string target,
-         Security security);
-
   // Sets the deadline, wait-for-ready and metadata of a call.
   void Prepare(grpc::ClientContext* context, absl::Duration timeout) const;
 
   // Runs `call` (one attempt, given a fresh prepared context) until it succeeds, fails with a code
   // `retry` does not retry, or attempts run out; names `method` and target_ in a final transport
   // error. *attempts (if not null) receives the attempts made.
+  // Each attempt's deadline is `timeout` when given, else ClientOptions::timeout.
   template <typename Call>
   absl::Status Retry(absl::string_view method, const RetryPolicy& retry, Call call,
-                     int* attempts = nullptr);
+                     int* attempts = nullptr, std::optional<absl::Duration> timeout = std::nullopt);
 
   const ClientOptions options_;
   const std::string target_;

@@ -209,16 +209,23 @@ TEST_F(ClientTest, StepCanReturnNothingOrACompactDType) {
   EXPECT_THAT(r->parameters[0].values, ElementsAre(0.25f, 0.5f));
 }
 
-TEST_F(ClientTest, StepWithAMissingGradientIsInvalidArgumentAndChangesNothing) {
+// A partial step (torch: a .grad that is None): the tensors without a gradient stay as they are;
+// a step with no gradient at all is refused.
+TEST_F(ClientTest, StepWithSomeGradientsLeavesTheOthersAndWithNoneIsInvalidArgument) {
   ASSERT_TRUE(
       client_->CreateSession("step-missing", Sgd(1), {{"w", {1}, {1}}, {"b", {1}, {1}}}).ok());
-  absl::StatusOr<StepResult> r = client_->Step("step-missing", {{"w", {1}, {1}}});
+  absl::StatusOr<StepResult> r = client_->Step("step-missing", {{"w", {1}, {0.5f}}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->version, 1);
+  ASSERT_EQ(r->parameters.size(), 2u);
+  EXPECT_THAT(r->parameters[0].values, ElementsAre(0.5f));
+  EXPECT_THAT(r->parameters[1].values, ElementsAre(1.0f));  // b: no gradient, unchanged
+  r = client_->Step("step-missing", {});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
-  EXPECT_THAT(r.status().message(), HasSubstr("b"));
+  EXPECT_THAT(r.status().message(), HasSubstr("gradients is empty"));
   absl::StatusOr<PullResult> pulled = client_->Pull("step-missing");
   ASSERT_TRUE(pulled.ok()) << pulled.status();
-  EXPECT_EQ(pulled->version, 0);
-  EXPECT_EQ(pulled->tensors[0].values, std::vector<float>{1});
+  EXPECT_EQ(pulled->version, 1);
 }
 
 TEST_F(ClientTest, StepWithANonFiniteGradientIsInvalidArgument) {

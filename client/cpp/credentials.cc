@@ -196,6 +196,12 @@ absl::StatusOr<Security> Security::Make(std::string address, const SecurityOptio
   return security;
 }
 
+Security Security::ForChannel(std::string address, bool tls) {
+  Security security(std::move(address));
+  security.tls_ = tls;
+  return security;
+}
+
 absl::Status Security::Explain(const absl::Status& status, absl::string_view method) const {
   switch (status.code()) {
     case absl::StatusCode::kUnauthenticated: {

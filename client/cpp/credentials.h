@@ -69,6 +69,12 @@ class Security {
   // A Security without TLS or token, for messages about a server at `address`.
   explicit Security(std::string address = "the server") : address_(std::move(address)) {}
 
+  // A Security for a channel the caller made itself with TLS (`tls`) or plaintext: no token of
+  // its own (the caller's metadata carries it) and no credentials to hand out; failed handshakes
+  // are recognised as on a channel Make would have made. The Python native path's channel, whose
+  // optd.Client read the PEM files, is the one caller.
+  static Security ForChannel(std::string address, bool tls);
+
   // The channel credentials for TLS (null without TLS: the caller decides).
   const std::shared_ptr<grpc::ChannelCredentials>& credentials() const { return credentials_; }
   bool tls() const { return tls_; }

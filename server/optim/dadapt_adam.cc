@@ -77,6 +77,11 @@ DAdaptAdam::DAdaptAdam(const DAdaptAdamOptions& options, std::vector<int64_t> te
       state_(this->tensor_sizes().size()),
       d_(options.d0) {}
 
+absl::Status DAdaptAdam::PartialSteps() const {
+  return optim_internal::RefusesPartialSteps("dadapt_adam",
+                                             "its estimate of d sums every tensor's s each step");
+}
+
 absl::StatusOr<RowSparseRule> DAdaptAdam::RowSparse() const {
   return optim_internal::NeedsDenseGradients("dadapt_adam", "the estimate of d");
 }

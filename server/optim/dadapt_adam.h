@@ -44,6 +44,7 @@ class DAdaptAdam final : public Optimizer {
   OptimizerOptions options() const override { return options_; }
   int64_t StateBytesPerElement() const override { return 3 * sizeof(float); }
   absl::StatusOr<RowSparseRule> RowSparse() const override;
+  absl::Status PartialSteps() const override;
   // {"d", d}, {"effective_lr", d * lr} with the options' lr.
   std::vector<std::pair<std::string, double>> Estimates() const override;
 

@@ -57,6 +57,11 @@ DAdaptSgd::DAdaptSgd(const DAdaptSgdOptions& options, std::vector<int64_t> tenso
       state_(this->tensor_sizes().size()),
       d_(options.d0) {}
 
+absl::Status DAdaptSgd::PartialSteps() const {
+  return optim_internal::RefusesPartialSteps("dadapt_sgd",
+                                             "its estimate of d sums every tensor's s each step");
+}
+
 absl::StatusOr<RowSparseRule> DAdaptSgd::RowSparse() const {
   return optim_internal::NeedsDenseGradients("dadapt_sgd", "the estimate of d");
 }

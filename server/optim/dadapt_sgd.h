@@ -42,6 +42,7 @@ class DAdaptSgd final : public Optimizer {
   OptimizerOptions options() const override { return options_; }
   int64_t StateBytesPerElement() const override { return 3 * sizeof(float); }
   absl::StatusOr<RowSparseRule> RowSparse() const override;
+  absl::Status PartialSteps() const override;
   // {"d", d}, {"effective_lr", d * lr / g0_norm} with the options' lr (0 before the first step).
   std::vector<std::pair<std::string, double>> Estimates() const override;
 

@@ -110,6 +110,15 @@ int64_t Dog::StateBytesPerElement() const {
   return static_cast<int64_t>((options_.averaging ? 2 : 1) * sizeof(float));
 }
 
+absl::Status Dog::PartialSteps() const {
+  return optim_internal::RefusesPartialSteps(
+      layerwise_ ? "ldog" : "dog",
+      layerwise_ ? "its step count and iterate average are model-wide and every tensor's distance "
+                   "is measured each step"
+                 : "its eta divides the distance of the whole model by the sum of every tensor's "
+                   "gradients");
+}
+
 absl::StatusOr<RowSparseRule> Dog::RowSparse() const {
   return optim_internal::NeedsDenseGradients(layerwise_ ? "ldog" : "dog",
                                              "the distance and gradient sums");

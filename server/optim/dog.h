@@ -48,6 +48,7 @@ class Dog final : public Optimizer {
   OptimizerOptions options() const override;
   int64_t StateBytesPerElement() const override;
   absl::StatusOr<RowSparseRule> RowSparse() const override;
+  absl::Status PartialSteps() const override;
   bool HasEvaluationPoint() const override { return options_.averaging; }
   // DoG: {"eta", "rbar", "G"}; L-DoG: the same per tensor, as "eta[i]", ...
   std::vector<std::pair<std::string, double>> Estimates() const override;

@@ -108,6 +108,16 @@ inline absl::Status NeedsDenseGradients(std::string_view optimizer, std::string_
       optimizer, why));
 }
 
+// The refusal of a partial step (some tensors without a gradient, torch's grad None) by an
+// optimizer whose model-wide estimate sums over every tensor's state in every step.
+inline absl::Status RefusesPartialSteps(std::string_view optimizer, std::string_view why) {
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "%s refuses a partial step (a gradient for some tensors only): %s, so leaving a tensor out "
+      "would not be the same as upstream skipping it; send a gradient for every tensor (zeros "
+      "included) or use another optimizer",
+      optimizer, why));
+}
+
 }  // namespace optim_internal
 }  // namespace optd
 

@@ -179,6 +179,7 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
     return absl::InvalidArgumentError(absl::StrFormat(
         "step has %d tensors, expected %d (as at creation)", tensors.size(), tensor_sizes_.size()));
   }
+  size_t absent = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const int64_t param_size = static_cast<int64_t>(tensors[i].param.size());
     const int64_t grad_size = static_cast<int64_t>(tensors[i].grad.size());
@@ -187,7 +188,13 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
           absl::StrFormat("tensor %d has %d parameters, expected %d (as at creation)", i,
                           param_size, tensor_sizes_[i]));
     }
-    if (tensors[i].sparse()) {
+    if (tensors[i].absent) {
+      if (grad_size != 0 || tensors[i].sparse()) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("tensor %d is absent from the step but has a gradient", i));
+      }
+      ++absent;
+    } else if (tensors[i].sparse()) {
       absl::StatusOr<RowSparseRule> rule = RowSparse();
       if (!rule.ok()) return rule.status();
       if (*rule != RowSparseRule::kLazy) {
@@ -230,6 +237,32 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
     return absl::ResourceExhaustedError(absl::StrFormat(
         "%s: no memory for the optimizer state of the first step", OptimizerName(options())));
   }
+  if (absent == tensors.size()) {
+    return absl::InvalidArgumentError("a step needs the gradient of at least one tensor");
+  }
+  if (absent > 0) {
+    if (absl::Status s = PartialSteps(); !s.ok()) return s;
+  }
+  // Absent tensors: a zero gradient for the update pass, and their parameters and state kept
+  // aside to be put back after it (allocated before anything changes).
+  std::vector<TensorGrad> substituted;
+  std::vector<AbsentTensor> kept;
+  if (absent > 0) {
+    try {
+      substituted.assign(tensors.begin(), tensors.end());
+      kept.reserve(absent);
+      for (size_t t = 0; t < tensors.size(); ++t) {
+        if (!tensors[t].absent) continue;
+        kept.push_back(Keep(t, tensors[t].param));
+        substituted[t].grad = kept.back().zeros;
+        substituted[t].absent = false;
+      }
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "%s: no memory to keep the absent tensors of a partial step", OptimizerName(options())));
+    }
+    tensors = substituted;
+  }
   // The call context, cleared before returning: the optimizer keeps nothing of it.
   std::vector<int64_t> segment_non_finite;
   std::vector<int64_t> tensor_non_finite;
@@ -243,6 +276,15 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
   current_ = tensors;
   if (probe != nullptr) probe->BeginStep(segments().size());
   StepImpl(tensors, lr);
+  for (AbsentTensor& k : kept) PutBack(std::move(k), tensors[k.tensor].param);
+  if (result != nullptr) {
+    for (const AbsentTensor& k : kept) {
+      for (const Segment& seg : segments()) {
+        if (seg.tensor == k.tensor) segment_non_finite[seg.index] = 0;
+      }
+      tensor_non_finite[k.tensor] = 0;
+    }
+  }
   probe_ = nullptr;
   current_ = {};
   segment_non_finite_ = {};
@@ -252,12 +294,37 @@ absl::Status Optimizer::Step(absl::Span<const TensorGrad> tensors, double lr, St
   for (const Segment& s : segments()) tensor_non_finite[s.tensor] += segment_non_finite[s.index];
   result->non_finite_parameters = 0;
   result->non_finite_tensors.clear();
+  result->non_finite_counts.clear();
   for (size_t t = 0; t < tensor_non_finite.size(); ++t) {
     if (tensor_non_finite[t] == 0) continue;
     result->non_finite_parameters += tensor_non_finite[t];
     result->non_finite_tensors.push_back(static_cast<int>(t));
+    result->non_finite_counts.push_back(tensor_non_finite[t]);
   }
   return absl::OkStatus();
+}
+
+Optimizer::AbsentTensor Optimizer::Keep(size_t tensor, absl::Span<const float> param) {
+  AbsentTensor k;
+  k.tensor = tensor;
+  k.zeros.assign(param.size(), 0.0f);
+  k.param.assign(param.begin(), param.end());
+  StateRefs refs = StateOf(tensor);
+  if (refs.step != nullptr) k.step = *refs.step;
+  for (const auto& [name, values] : refs.arrays) k.arrays.push_back(*values);
+  for (const auto& [name, value] : refs.scalars) k.scalars.push_back(*value);
+  return k;
+}
+
+void Optimizer::PutBack(AbsentTensor kept, absl::Span<float> param) {
+  std::copy(kept.param.begin(), kept.param.end(), param.begin());
+  StateRefs refs = StateOf(kept.tensor);
+  if (refs.step != nullptr) *refs.step = kept.step;
+  for (size_t i = 0; i < refs.arrays.size(); ++i) {
+    // Moved back: an array the zero-gradient pass created (a first step) is empty again.
+    refs.arrays[i].second->swap(kept.arrays[i]);
+  }
+  for (size_t i = 0; i < refs.scalars.size(); ++i) *refs.scalars[i].second = kept.scalars[i];
 }
 
 absl::Status Optimizer::EvaluationPoint(size_t tensor, absl::Span<const float> param,

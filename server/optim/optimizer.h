@@ -61,11 +61,20 @@ namespace optd {
 // Row-sparse (row_size > 0): the tensor is a matrix of rows of `row_size` elements and `grad`
 // holds only the rows listed in `rows` (sorted, unique, in range), rows.size() * row_size values.
 // Only optimizers whose RowSparse() is kLazy take them; the caller densifies for the others.
+//
+// Absent (a partial step; torch: the parameter's .grad is None): the tensor is skipped exactly as
+// torch.optim skips it: its parameters, its state and its step counter are left as they were (no
+// weight decay, no moment decay). `grad` must be empty. Every optimizer here keeps its state per
+// tensor (StateOf), so Step applies the others with a zero gradient for the absent ones and
+// restores the absent ones' parameters and state afterwards; a quantity over the whole model
+// (normalized GD's global norm, clipping's) is then the one over the tensors sent, as in torch.
+// An optimizer with state that is not per tensor must not accept absent tensors.
 struct TensorGrad {
   absl::Span<float> param;
   absl::Span<const float> grad;
   absl::Span<const int64_t> rows;
   int64_t row_size = 0;
+  bool absent = false;
   bool sparse() const { return row_size > 0; }
 };
 
@@ -78,6 +87,8 @@ struct StepResult {
   int64_t non_finite_parameters = 0;
   // The tensors holding them (indexes into Step's `tensors`), in increasing order, each once.
   std::vector<int> non_finite_tensors;
+  // How many each of those tensors holds (the same order).
+  std::vector<int64_t> non_finite_counts;
 };
 
 // How an optimizer applies row-sparse gradients.
@@ -94,10 +105,17 @@ class Optimizer {
   // lr is the base) to every tensor. `tensors` lists the tensors in the order and with the sizes
   // given at creation.
   //
+  // Absent tensors (TensorGrad::absent) are left exactly as they were; at least one must be
+  // present, and the optimizer must take partial steps (PartialSteps()). The step's probe also
+  // sees the absent tensors' discarded zero-gradient update. Model-wide scalars that do not depend
+  // on the gradients (Schedule-Free's k, weight_sum, lr_max) advance as upstream's per-group
+  // counters do when it skips a parameter whose grad is None.
+  //
   // Returns InvalidArgument, and changes nothing, if the number of tensors or any size differs
-  // from creation, a param and grad size differ, a row-sparse gradient is malformed or not taken
-  // by this optimizer (RowSparse() is not kLazy), or `lr` is not finite and >= 0. Does not check
-  // that gradients are finite: the caller does, before calling.
+  // from creation, every tensor is absent, some are absent and PartialSteps() refuses, a param
+  // and grad size differ, a row-sparse gradient is
+  // malformed or not taken by this optimizer (RowSparse() is not kLazy), or `lr` is not finite and
+  // >= 0. Does not check that gradients are finite: the caller does, before calling.
   //
   // With a `probe`, calls it around the update of every segment and with the squares of changes
   // made outside that pass (step_probe.h); the optimizer keeps nothing of it after Step returns.
@@ -115,6 +133,11 @@ class Optimizer {
   // How row-sparse gradients are applied with the options in force, or InvalidArgument naming the
   // option that forbids them (as torch raises, e.g. Adagrad with weight decay).
   virtual absl::StatusOr<RowSparseRule> RowSparse() const { return RowSparseRule::kDensify; }
+
+  // Whether a step may leave some tensors out (TensorGrad::absent, torch's grad None): OK, or
+  // InvalidArgument naming the optimizer and why it cannot (a model-wide estimate summed over
+  // every tensor's state each step: Prodigy, D-Adaptation, DoG and L-DoG).
+  virtual absl::Status PartialSteps() const { return absl::OkStatus(); }
 
   // Replaces the options for the next step, keeping all state (moments, accumulators, step
   // counters), as changing a torch param_group does. Returns InvalidArgument, and changes nothing,
@@ -276,6 +299,24 @@ class Optimizer {
   }
 
  private:
+  // Steps each of its groups with an optimizer of its own (grouped_optimizer.h).
+  friend class GroupedOptimizer;
+
+  // An absent tensor of a partial step: the zero gradient the update pass reads, and what it had
+  // before the step (parameters, step counter, arrays and scalars in StateOf's order).
+  struct AbsentTensor {
+    size_t tensor = 0;
+    std::vector<float> zeros;
+    std::vector<float> param;
+    int64_t step = 0;
+    std::vector<std::vector<float>> arrays;
+    std::vector<float> scalars;
+  };
+  // Copies tensor `tensor`'s parameters and state aside (may throw std::bad_alloc).
+  AbsentTensor Keep(size_t tensor, absl::Span<const float> param);
+  // Puts them back after the update pass.
+  void PutBack(AbsentTensor kept, absl::Span<float> param);
+
   // UpdateSegments without measuring or counting (reductions).
   void RunSegments(const std::function<void(const Segment&)>& fn) const { layout_.Run(pool_, fn); }
 

@@ -99,6 +99,11 @@ Prodigy::Prodigy(const ProdigyOptions& options, std::vector<int64_t> tensor_size
       d_(options.d0),
       d_max_(options.d0) {}
 
+absl::Status Prodigy::PartialSteps() const {
+  return optim_internal::RefusesPartialSteps(
+      "prodigy", "its estimate of d sums every tensor's s and moments each step");
+}
+
 absl::StatusOr<RowSparseRule> Prodigy::RowSparse() const {
   return optim_internal::NeedsDenseGradients("prodigy", "the estimate of d");
 }

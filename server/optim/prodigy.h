@@ -53,6 +53,7 @@ class Prodigy final : public Optimizer {
   OptimizerOptions options() const override { return options_; }
   int64_t StateBytesPerElement() const override;
   absl::StatusOr<RowSparseRule> RowSparse() const override;
+  absl::Status PartialSteps() const override;
 
   // {"d", d}, {"effective_lr", d * lr} with the options' lr: what the next step uses.
   std::vector<std::pair<std::string, double>> Estimates() const override {

@@ -306,8 +306,8 @@ TEST_F(OptimizerServiceTest, BadStepsAreInvalidArgumentAndChangeNothing) {
   CreateSgd("bad");
   std::vector<std::pair<v1::StepRequest, const char*>> cases;
   v1::StepRequest r = StepRequest("bad", 1, 1);
-  r.mutable_gradients()->RemoveLast();
-  cases.push_back({r, "no entry for tensor \"b\""});
+  r.mutable_gradients()->Clear();
+  cases.push_back({r, "gradients is empty"});
   r = StepRequest("bad", 1, 1);
   *r.add_gradients() = F32("extra", {1}, {1});
   cases.push_back({r, "\"extra\" is not a tensor of session bad"});

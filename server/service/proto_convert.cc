@@ -544,6 +544,7 @@ absl::StatusOr<SessionConfig> ConfigFromProto(const v1::SessionConfig& config) {
     if (!placement.ok()) return placement.status();
     out.placement = *std::move(placement);
   }
+  if (absl::Status s = ParamGroupsFromProto(config, &out); !s.ok()) return s;
   return out;
 }
 
@@ -554,6 +555,11 @@ void ConfigToProto(const SessionConfig& config, v1::SessionConfig* out) {
   out->mutable_clipping()->set_clip_value(config.clipping.clip_value);
   ConsistencyToProto(config.consistency, out->mutable_consistency());
   if (config.placement.has_value()) PlacementToProto(*config.placement, out->mutable_placement());
+  for (const ParamGroupConfig& group : config.param_groups) {
+    v1::ParamGroup* g = out->add_param_groups();
+    for (const std::string& name : group.tensors) g->add_tensors(name);
+    WriteOneof(group.optimizer, g->mutable_optimizer());
+  }
 }
 
 void SessionInfoToProto(const SessionInfo& info, v1::Session* out) {

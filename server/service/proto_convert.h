@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "optd/v1/optd.pb.h"
 #include "server/service/placement_convert.h"
+#include "server/service/param_group_convert.h"
 #include "server/service/state_convert.h"
 #include "server/service/step_convert.h"
 #include "server/session/session.h"

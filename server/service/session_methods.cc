@@ -165,6 +165,7 @@ absl::Status OptimizerServiceImpl::DoUpdateSession(const Caller& caller,
       return MergeOptimizerFromProto(request.optimizer(), /*require_same_kind=*/true, "", options);
     };
   }
+  ParamGroupUpdatesFromProto(request, &update);
   if (request.has_schedule()) {
     absl::StatusOr<ScheduleOptions> schedule = ScheduleFromProto(request.schedule(), "");
     if (!schedule.ok()) return schedule.status();
@@ -307,6 +308,11 @@ absl::Status OptimizerServiceImpl::DoFork(const Caller& caller,
     return absl::InvalidArgumentError(
         "config.consistency cannot be given with a checkpoint: a fork keeps the checkpoint's "
         "(change it with a new session instead)");
+  }
+  if (config.param_groups_size() > 0) {
+    return absl::InvalidArgumentError(
+        "config.param_groups cannot be given with a checkpoint: a fork keeps the checkpoint's "
+        "parameter groups (change their hyperparameters with UpdateSession)");
   }
   if (config.has_optimizer()) {
     const OptimizerOptions before = state->config.optimizer;

@@ -184,12 +184,12 @@ absl::StatusOr<std::vector<Gradient>> DecodeGradients(const TensorSpecs& specs,
       }
     }
   }
+  if (gradients.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "gradients is empty; a step needs the gradient of at least one of the ", n, " tensors"));
+  }
   for (int k = 0; k < n; ++k) {
-    if (!seen[k]) {
-      return absl::InvalidArgumentError(absl::StrCat("gradients has no entry for tensor ",
-                                                     Quote(specs[k].name), "; every one of the ", n,
-                                                     " tensors needs a gradient"));
-    }
+    if (!seen[k]) grads[k].absent_ = true;  // a partial step: the optimizer skips it
   }
   return grads;
 }

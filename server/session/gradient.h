@@ -2,8 +2,9 @@
 //
 // Gradient: one tensor's gradient as the session applies it, decoded from a request's wire bytes
 // (DecodeGradients): dense, or row-sparse with sorted unique rows (repeated rows summed in the
-// order they came). Decoding validates the request against the session's tensors (every tensor
-// exactly once, by name, with its shape; rows in range; every value finite) and measures each
+// order they came), or absent (none sent: a partial step). Decoding validates the request against
+// the session's tensors (each tensor at most once and at least one, by name, with its shape; rows
+// in range; every value finite) and measures each
 // dense gradient's squared norm in the same pass that checks it is finite.
 //
 // A dense F32 gradient that arrives in one piece is read in place (borrowed from the request's
@@ -37,6 +38,9 @@ namespace optd {
 class Gradient {
  public:
   bool sparse() const { return sparse_; }
+  // No gradient was sent for the tensor (a partial step; torch: its .grad is None): the optimizer
+  // skips it (TensorGrad::absent). values() is empty.
+  bool absent() const { return absent_; }
   // Row-sparse only: sorted, unique.
   const std::vector<int64_t>& rows() const { return rows_; }
 
@@ -86,6 +90,7 @@ class Gradient {
   absl::Span<float> Allocate(size_t n);
 
   bool sparse_ = false;
+  bool absent_ = false;
   std::vector<int64_t> rows_;
   std::optional<double> squares_;
   std::unique_ptr<float[]> buffer_;  // what Allocate() lent, if anything
@@ -99,8 +104,9 @@ class Gradient {
 // memory budget first. Gradients it will refuse count 0.
 int64_t DecodeBytes(const TensorSpecs& specs, absl::Span<const WireTensorView> gradients);
 
-// Decodes `gradients` into one Gradient per tensor of `specs`, in creation order. The dense ones
-// may borrow the gradients' bytes, which must outlive them. On failure sets `*reason` (kInvalid or
+// Decodes `gradients` into one Gradient per tensor of `specs`, in creation order; a tensor with no
+// entry is absent() (a partial step), but at least one must have one. The dense ones may borrow
+// the gradients' bytes, which must outlive them. On failure sets `*reason` (kInvalid or
 // kNonFinite). `session_id` is for messages only.
 absl::StatusOr<std::vector<Gradient>> DecodeGradients(const TensorSpecs& specs,
                                                       absl::string_view session_id,

@@ -196,8 +196,27 @@ void Session::StepLocked(const StepInput& input, std::vector<Gradient> gradients
     break;
   }
   if (!sync) {
+    for (const Gradient& g : gradients) {
+      if (!g.absent()) continue;
+      // Prodigy, D-Adaptation, DoG and L-DoG sum over every tensor's state: no partial steps.
+      if (absl::Status partial = optimizer_->PartialSteps(); !partial.ok()) {
+        return reports->Add(std::move(done), partial, bytes, input.version ? *staleness : -1,
+                            RefusalReason::kInvalid);
+      }
+      break;
+    }
     return ApplyNowLocked(input, std::move(gradients), *staleness, measure, *std::move(encoding),
                           std::move(done), reports);
+  }
+  for (int k = 0; k < specs_.size(); ++k) {
+    if (!gradients[k].absent()) continue;
+    return reports->Add(
+        std::move(done),
+        absl::InvalidArgumentError(absl::StrCat(
+            "gradients has no entry for tensor ", Quote(specs_[k].name),
+            "; a SYNC step combines every worker's gradient of every tensor, so partial steps "
+            "(some tensors only) are ASYNC and BOUNDED only")),
+        bytes, input.version ? *staleness : -1, RefusalReason::kInvalid);
   }
   if (barrier_.HasContributed(input.worker_id)) {
     return reports->Add(
@@ -305,7 +324,7 @@ absl::Status Session::ApplyLocked(std::vector<Gradient>& gradients, std::optiona
   std::vector<TensorGrad> step(gradients.size());
   for (int k = 0; k < specs_.size(); ++k) {
     step[k] = {params[k], gradients[k].values(), gradients[k].rows(),
-               gradients[k].sparse() ? specs_[k].row_size() : 0};
+               gradients[k].sparse() ? specs_[k].row_size() : 0, gradients[k].absent()};
   }
   const double lr = schedule_.Current();
   UpdateNormMeter norms;

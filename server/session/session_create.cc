@@ -7,12 +7,67 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/quote.h"
+#include "server/optim/grouped_optimizer.h"
 #include "server/session/session.h"
 
 namespace optd {
+namespace {
+
+// The session's optimizer: `config.optimizer` over every tensor, or with parameter groups one
+// optimizer per group (GroupedOptimizer), the tensors named by `names` (in the session's order).
+absl::StatusOr<std::unique_ptr<Optimizer>> MakeOptimizer(const SessionConfig& config,
+                                                         const std::vector<std::string>& names,
+                                                         const TensorShapes& shapes) {
+  if (config.param_groups.empty()) return CreateOptimizerForShapes(config.optimizer, shapes);
+  absl::flat_hash_map<absl::string_view, size_t> index;
+  for (size_t i = 0; i < names.size(); ++i) index[names[i]] = i;
+  std::vector<int> owner(names.size(), -1);
+  std::vector<ParamGroupSpec> groups(config.param_groups.size() + 1);
+  groups[0].options = config.optimizer;
+  for (size_t g = 0; g < config.param_groups.size(); ++g) {
+    const ParamGroupConfig& group = config.param_groups[g];
+    const std::string field = absl::StrCat("config.param_groups[", g, "]");
+    if (group.tensors.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".tensors is empty: a parameter group needs at least one tensor"));
+    }
+    groups[g + 1].options = group.optimizer;
+    for (size_t k = 0; k < group.tensors.size(); ++k) {
+      const std::string& name = group.tensors[k];
+      auto it = index.find(name);
+      if (it == index.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".tensors[", k, "] ", Quote(name),
+                                                       " is not one of the session's tensors"));
+      }
+      if (owner[it->second] >= 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".tensors[", k, "] ", Quote(name), " is already in ",
+                         owner[it->second] == static_cast<int>(g)
+                             ? std::string("this group")
+                             : absl::StrCat("config.param_groups[", owner[it->second], "]"),
+                         "; a tensor is in one group only"));
+      }
+      owner[it->second] = static_cast<int>(g);
+      groups[g + 1].tensors.push_back(it->second);
+    }
+  }
+  for (size_t t = 0; t < names.size(); ++t) {
+    if (owner[t] < 0) groups[0].tensors.push_back(t);
+  }
+  absl::StatusOr<std::unique_ptr<Optimizer>> optimizer =
+      CreateGroupedOptimizer(std::move(groups), shapes);
+  if (!optimizer.ok() && absl::StartsWith(optimizer.status().message(), "param_groups")) {
+    return absl::InvalidArgumentError(absl::StrCat("config.", optimizer.status().message()));
+  }
+  return optimizer;
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, SessionConfig config,
                                                          absl::Span<const WireTensorView> tensors,
@@ -51,8 +106,10 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, Session
         {std::string(t.name), std::vector<int64_t>(t.shape.begin(), t.shape.end()), *n});
     shapes.emplace_back(t.shape.begin(), t.shape.end());
   }
+  std::vector<std::string> tensor_names;
+  for (const TensorSpec& spec : specs) tensor_names.push_back(spec.name);
   absl::StatusOr<std::unique_ptr<Optimizer>> optimizer =
-      CreateOptimizerForShapes(config.optimizer, shapes);
+      MakeOptimizer(config, tensor_names, shapes);
   if (!optimizer.ok()) return optimizer.status();
   absl::StatusOr<LrSchedule> schedule =
       LrSchedule::Create(config.schedule, BaseLearningRate(config.optimizer));
@@ -60,6 +117,11 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Create(std::string id, Session
   if (absl::Status s = config.clipping.Validate(); !s.ok()) return s;
   TensorSpecs table(std::move(specs));
   if (config.placement.has_value()) {
+    if (!config.param_groups.empty()) {
+      return absl::FailedPreconditionError(
+          "config.param_groups: a shard of a sharded session (config.placement) has no parameter "
+          "groups yet; give each group its own session, or use one server");
+    }
     if (absl::Status s = CheckShard(*config.placement, config.optimizer, config.clipping, table);
         !s.ok()) {
       return s;
@@ -153,8 +215,10 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Restore(SessionState state,
     return absl::InvalidArgumentError(
         absl::StrCat("version = ", state.version, " is out of range: must be >= 0"));
   }
+  std::vector<std::string> tensor_names;
+  for (const TensorSpec& spec : state.tensors) tensor_names.push_back(spec.name);
   absl::StatusOr<std::unique_ptr<Optimizer>> optimizer =
-      CreateOptimizerForShapes(config.optimizer, shapes);
+      MakeOptimizer(config, tensor_names, shapes);
   if (!optimizer.ok()) return optimizer.status();
   absl::StatusOr<LrSchedule> schedule =
       LrSchedule::Create(config.schedule, BaseLearningRate(config.optimizer));
@@ -162,6 +226,11 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Restore(SessionState state,
   if (absl::Status s = schedule->RestoreState(state.schedule); !s.ok()) return s;
   TensorSpecs table(std::move(state.tensors));
   if (config.placement.has_value()) {
+    if (!config.param_groups.empty()) {
+      return absl::FailedPreconditionError(
+          "config.param_groups: a shard of a sharded session (config.placement) has no parameter "
+          "groups yet; give each group its own session, or use one server");
+    }
     if (absl::Status s = CheckShard(*config.placement, config.optimizer, config.clipping, table);
         !s.ok()) {
       return s;

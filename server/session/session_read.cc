@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/quote.h"
+#include "server/optim/grouped_optimizer.h"
 #include "server/session/session.h"
 
 namespace optd {
@@ -176,6 +177,14 @@ absl::StatusOr<PullOutput> Session::Pull(absl::Span<const absl::string_view> nam
 SessionConfig Session::ConfigLocked() const {
   SessionConfig config;
   config.optimizer = optimizer_->options();
+  if (const auto* grouped = dynamic_cast<const GroupedOptimizer*>(optimizer_.get())) {
+    for (size_t g = 1; g < grouped->num_groups(); ++g) {
+      ParamGroupConfig group;
+      for (size_t t : grouped->GroupTensors(g)) group.tensors.push_back(specs_[t].name);
+      group.optimizer = grouped->GroupOptions(g);
+      config.param_groups.push_back(std::move(group));
+    }
+  }
   config.schedule = schedule_.options();
   config.clipping = clipping_;
   config.consistency = consistency_;

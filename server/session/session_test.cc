@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/session/deadline_scheduler.h"
 
 namespace optd {
 namespace {
@@ -98,6 +99,58 @@ TEST(SessionTest, StepAppliesTheOptimizerAndReturnsNewParameters) {
   EXPECT_THAT(Floats(out->parameters[1]), ElementsAre(-2.0f));
 }
 
+// A partial step (torch: some .grad are None): the tensors sent step, the others, and their
+// state, stay exactly as they were; a global quantity (the gradient norm, clipping) is over the
+// tensors sent; the reply still carries every tensor.
+TEST(SessionTest, APartialStepLeavesTheTensorsNotSentAndTheirStateAlone) {
+  SgdOptions sgd;
+  sgd.lr = 0.5;
+  sgd.momentum = 0.9;
+  sgd.weight_decay = 0.1;
+  SessionConfig config{sgd};
+  config.clipping.max_norm = 1.0;
+  auto s = MakeSession({Make("w", {2}, {1.0f, 2.0f}), Make("b", {1}, {3.0f})}, config);
+  ASSERT_TRUE(StepWith(*s, {Make("w", {2}, {0.0f, 0.0f}), Make("b", {1}, {1.0f})}).ok());
+  auto pull = [&s] { return s->Pull({}, WireDType::kF32, {}, true).value(); };
+  const PullOutput before = pull();
+  const std::vector<float> b_after_one = Floats(before.tensors[1]);
+  const OptimizerState& state_before = *before.optimizer_state;
+  absl::StatusOr<StepOutput> out = StepWith(*s, {Make("w", {2}, {3.0f, 4.0f})});
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->version, 2);
+  EXPECT_DOUBLE_EQ(out->gradient_norm, 5.0);  // of w alone (then clipped to 1)
+  ASSERT_EQ(out->parameters.size(), 2u);
+  EXPECT_EQ(Floats(out->parameters[1]), b_after_one);  // no weight decay, no momentum
+  const PullOutput after = pull();
+  const OptimizerState& state_after = *after.optimizer_state;
+  EXPECT_EQ(state_after.tensors[1].arrays[0].values, state_before.tensors[1].arrays[0].values);
+  EXPECT_NE(state_after.tensors[0].arrays[0].values, state_before.tensors[0].arrays[0].values);
+}
+
+TEST(SessionTest, SyncSessionsRefusePartialSteps) {
+  SessionConfig config = Sgd(1);
+  config.consistency.mode = ConsistencyOptions::Mode::kSync;
+  config.consistency.workers = 2;
+  DeadlineScheduler scheduler;
+  SessionEnv env;
+  env.scheduler = &scheduler;
+  const OwnedTensor w0 = Make("w", {2}, {1.0f, 2.0f}), b0 = Make("b", {1}, {3.0f});
+  std::vector<WireTensorView> init = {w0.view(), b0.view()};
+  absl::StatusOr<std::shared_ptr<Session>> created = Session::Create("s1", config, init, env);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::shared_ptr<Session> s = *created;
+  const OwnedTensor w = Make("w", {2}, {1.0f, 1.0f});
+  std::vector<WireTensorView> views = {w.view()};
+  StepInput in;
+  in.gradients = views;
+  in.worker_id = "a";
+  in.version = 0;
+  absl::StatusOr<StepOutput> out = s->StepAndWait(in);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("no entry for tensor \"b\"; a SYNC step"));
+  EXPECT_EQ(s->Info().version, 0);
+}
+
 // Records the parameter copies each applied step reports.
 class CopyRecorder : public SessionObserver {
  public:
@@ -180,7 +233,7 @@ TEST(SessionTest, MalformedStepsAreRefusedAndChangeNothing) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<BadStep> cases = {
-      {"missing", {Make("w", {2}, {1, 1})}, "no entry for tensor \"b\""},
+      {"empty", {}, "gradients is empty"},
       {"unknown",
        {Make("w", {2}, {1, 1}), Make("b", {1}, {1}), Make("x", {1}, {1})},
        "gradients[2].name \"x\" is not a tensor of session s1"},

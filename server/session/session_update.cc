@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/quote.h"
+#include "server/optim/grouped_optimizer.h"
 #include "server/session/session.h"
 
 namespace optd {
@@ -108,6 +109,28 @@ absl::Status Session::Update(const SessionUpdate& update) {
       return s;
     }
   }
+  // Parameter groups' new options (index into SessionConfig::param_groups = group - 1), checked
+  // here and applied with the session's own below: all of them or none.
+  auto* grouped = dynamic_cast<GroupedOptimizer*>(optimizer_.get());
+  std::vector<std::pair<size_t, OptimizerOptions>> group_options;
+  for (const auto& [index, edit] : update.param_groups) {
+    const size_t groups = grouped == nullptr ? 0 : grouped->num_groups() - 1;
+    if (index < 0 || static_cast<size_t>(index) >= groups) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("param_groups: index = ", index, " is out of range: the session has ",
+                       groups, " parameter groups",
+                       groups == 0 ? "" : absl::StrCat(" (indexes 0 to ", groups - 1, ")")));
+    }
+    for (const auto& [seen, unused] : group_options) {
+      if (seen == static_cast<size_t>(index) + 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("param_groups: index ", index, " is given twice; once per group"));
+      }
+    }
+    OptimizerOptions o = grouped->GroupOptions(index + 1);
+    if (absl::Status s = edit(&o); !s.ok()) return s;
+    group_options.emplace_back(index + 1, std::move(o));
+  }
   const double base_lr = update.optimizer ? BaseLearningRate(options) : schedule_.base_lr();
   // Build the new schedule first: nothing changes unless every part is valid.
   LrSchedule schedule = schedule_;
@@ -133,6 +156,12 @@ absl::Status Session::Update(const SessionUpdate& update) {
     absl::StatusOr<std::unique_ptr<Optimizer>> probe = CreateOptimizer(options, {1});
     if (probe.ok()) needed = specs_.num_elements() * (*probe)->StateBytesPerElement();
   }
+  for (const auto& [group, o] : group_options) {  // a group's state may grow too (at most all)
+    absl::StatusOr<std::unique_ptr<Optimizer>> probe = CreateOptimizer(o, {1});
+    if (probe.ok()) {
+      needed = std::max(needed, specs_.num_elements() * (*probe)->StateBytesPerElement());
+    }
+  }
   int64_t imported = 0;
   if (update.optimizer_state.has_value()) {
     for (const OptimizerState::Tensor& t : update.optimizer_state->tensors) {
@@ -149,12 +178,28 @@ absl::Status Session::Update(const SessionUpdate& update) {
     more = *std::move(reserved);
   }
   const OptimizerOptions old_options = optimizer_->options();
+  std::vector<std::pair<size_t, OptimizerOptions>> old_groups;
+  // Puts back what was applied (every old value was valid) when a later part is refused. (The
+  // optimizer is read here, under mu_: the lambda itself is not analysed as holding it.)
+  Optimizer* const optimizer = optimizer_.get();
+  auto undo = [&] {
+    if (update.optimizer) optimizer->UpdateOptions(old_options).IgnoreError();
+    for (const auto& [group, o] : old_groups) grouped->UpdateGroupOptions(group, o).IgnoreError();
+  };
   if (update.optimizer) {
     if (absl::Status s = optimizer_->UpdateOptions(options); !s.ok()) return s;
   }
+  for (const auto& [group, o] : group_options) {
+    const OptimizerOptions old = grouped->GroupOptions(group);
+    if (absl::Status s = grouped->UpdateGroupOptions(group, o); !s.ok()) {
+      undo();
+      return s;
+    }
+    old_groups.emplace_back(group, old);
+  }
   if (update.optimizer_state.has_value()) {
     if (absl::Status s = ImportStateLocked(*update.optimizer_state); !s.ok()) {
-      if (update.optimizer) optimizer_->UpdateOptions(old_options).IgnoreError();  // were valid
+      undo();
       return s;
     }
   }

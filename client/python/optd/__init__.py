@@ -52,6 +52,7 @@ from optd.client import (  # noqa: E402
     StepResult, StepStream)
 from optd import checkpoint  # noqa: E402
 from optd.sharded import ShardedClient, ShardedSession  # noqa: E402
+from optd import native  # noqa: E402
 
 __all__ = [
     "Client", "Session", "ShardedClient", "ShardedSession", "StepStream", "StepResult", "PullResult", "CheckpointResult",

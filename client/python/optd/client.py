@@ -48,7 +48,6 @@ go on. ``stream_steps`` reopens a failed stream and resends the unanswered step 
 sequence number, within the retry budget.
 """
 
-import json
 import os
 import re
 import secrets
@@ -58,11 +57,13 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
-from google.protobuf import json_format
 
 from optd import _health, _pb
 from optd import config as _config
-from optd.errors import InvalidArgumentError, OptdError, error_from_rpc
+from optd import native as _native
+# DEFAULT: "use the client's (or session's) setting", for ``timeout`` and ``version``.
+from optd.forks import DEFAULT, NPZ_FORMAT, _SessionsFromFiles  # noqa: F401 (NPZ_FORMAT)
+from optd.errors import InvalidArgumentError, OptdError, UnimplementedError, error_from_rpc
 # The results and the retry policy live in results.py; they stay importable from here.
 from optd.results import (NO_RETRY, CheckpointResult, PullResult, RetryPolicy, StepResult,
                           _decode_all, _point_name, _point_value)
@@ -80,21 +81,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 #: (gRPC's own default is 120 s), so a restarted server is found within about a second.
 DEFAULT_MAX_RECONNECT_BACKOFF = 1.0
 
-#: The "format" of the config.json inside a Session.to_npz file.
-NPZ_FORMAT = "optd-session-npz-1"
-
 #: Gradients (or initial values): a mapping name -> array-like / RowSparse / torch tensor, or a
 #: sequence of (name, value) pairs.
 Gradients = Union[Mapping[str, Any], Sequence[Tuple[str, Any]]]
-
-
-class _Default:
-    def __repr__(self) -> str:
-        return "DEFAULT"
-
-
-#: "Use the client's (or session's) setting", for ``timeout`` and ``version`` arguments.
-DEFAULT: Any = _Default()
 
 
 def _items(values: Gradients) -> List[Tuple[str, Any]]:
@@ -113,6 +102,10 @@ def _tensors(values: Gradients, dtype: DTypeLike = "f32") -> list:
 
 
 _RETURN = {"all": 0, "none": 1, "touched": 2}
+_RETURN_MODES = dict(_RETURN)  # the exact names, for the step path's fast lookup
+#: Codes of a server that could not be reached or answer in time: their errors name the address
+#: and the attempts made.
+_TRANSPORT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def _return_mode(value: Union[str, bool, int]) -> int:
@@ -139,7 +132,7 @@ def default_worker_id() -> str:
     return f"py-{host}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-class Client:
+class Client(_SessionsFromFiles):
     """A connection to one optd server (the optd.v1.Optimizer service and grpc.health.v1).
 
     Args:
@@ -168,6 +161,9 @@ class Client:
             option ``grpc.max_reconnect_backoff_ms``) so a restarted server is found quickly.
         channel_options: extra gRPC channel arguments (they win over the ones above).
         channel: use this channel instead of making one (address and channel options are ignored).
+        native: steps through the native extension (optd.native): None (default) when available
+            and possible (no ``credentials``, no ``channel``; TLS and the token as above are
+            carried over), False never, True always (else UnimplementedError saying why not).
 
     Connecting is lazy: an unreachable server shows up as UnavailableError on the first call.
     Use as a context manager, or call close().
@@ -191,7 +187,8 @@ class Client:
                  wait_for_ready: bool = False,
                  max_reconnect_backoff: float = DEFAULT_MAX_RECONNECT_BACKOFF,
                  channel_options: Sequence[Tuple[str, Any]] = (),
-                 channel: Optional[grpc.Channel] = None) -> None:
+                 channel: Optional[grpc.Channel] = None,
+                 native: Optional[bool] = None) -> None:
         if channel is None and not address:
             raise InvalidArgumentError("address is empty; expected host:port")
         if not 1 <= max_message_bytes <= 2**31 - 1:
@@ -233,6 +230,21 @@ class Client:
                        if credentials is not None else
                        grpc.insecure_channel(address, options=options))
         self.channel: grpc.Channel = channel
+        # Steps take the native path (optd/native.py) when the extension can make the same channel
+        # (plaintext or this client's TLS settings; not the caller's credentials= or channel=).
+        self._native: Optional[_native.LazyTransport] = None
+        possible = (_native.available() and self._owns_channel and
+                    not self.security.custom_credentials)
+        if native and not possible:
+            raise UnimplementedError(
+                "native=True: " + (_native.reason() or "the native path makes its own channel; "
+                                   "not with credentials= or channel="))
+        if possible and native is not False:
+            self._native = _native.LazyTransport(
+                address, timeout=timeout, max_message_bytes=max_message_bytes,
+                wait_for_ready=wait_for_ready, max_reconnect_backoff=max_reconnect_backoff,
+                metadata=self.metadata, security=self.security,
+                channel_options=self.security.channel_options() + list(channel_options))
         self.pb2 = _pb.pb2()
         self.stub = _pb.pb2_grpc().OptimizerStub(channel)
         self._health = channel.unary_unary("/grpc.health.v1.Health/Check",
@@ -245,6 +257,8 @@ class Client:
         """Closes the channel (if the client made it). Idempotent."""
         if self._owns_channel and self.channel is not None:
             self.channel.close()
+        if self._native is not None:
+            self._native.close()
         self._owns_channel = False
 
     def __enter__(self) -> "Client":
@@ -255,6 +269,11 @@ class Client:
 
     def __repr__(self) -> str:
         return f"optd.Client({self.address!r})"
+
+    @property
+    def native(self) -> bool:
+        """Whether this client's steps take the native path (optd.native)."""
+        return self._native is not None
 
     # -- calls -------------------------------------------------------------------------------------
 
@@ -269,7 +288,7 @@ class Client:
         policy = retry or NO_RETRY
         fn = getattr(self.stub, method)
         deadline = self._deadline(timeout)
-        attempt = 0
+        attempt, start = 0, time.monotonic()
         while True:
             attempt += 1
             try:
@@ -280,6 +299,13 @@ class Client:
                 error = self.rpc_error(e, method)
             if attempt >= policy.max_attempts or not retriable(error, policy.retry_codes):
                 error.attempts = attempt
+                # Name what was tried, as the C++ client does (not for an explained TLS failure).
+                if error.code in _TRANSPORT_CODES and not getattr(error, "tls_failure", False):
+                    error.message = (f"{error.message} [{method} to {self.address}: {attempt} "
+                                     f"attempt{'' if attempt == 1 else 's'} in "
+                                     f"{time.monotonic() - start:.2f} s"
+                                     f"{', not retried' if policy.max_attempts == 1 else ''}]")
+                    error.args = (error.message,)
                 raise error
             time.sleep(policy.backoff(attempt))
 
@@ -291,7 +317,9 @@ class Client:
     def create_session(self, tensors: Gradients, optimizer: Any = "adam", *,
                        session_id: str = "", schedule: Any = None, clipping: Any = None,
                        consistency: Any = None, worker_id: Optional[str] = None,
-                       timeout: Any = DEFAULT, **hyperparameters: Any) -> "Session":
+                       timeout: Any = DEFAULT,
+                       param_groups: Optional[Sequence[Mapping[str, Any]]] = None,
+                       **hyperparameters: Any) -> "Session":
         """Creates a session and returns it as a Session (this process's worker on it).
 
         Args:
@@ -303,6 +331,9 @@ class Client:
             schedule, clipping, consistency: see optd.schedule / optd.clipping /
                 optd.consistency (a message, a dict or a name).
             worker_id: the Session's worker id (default: generated, unique per process).
+            param_groups: parameter groups (torch.optim's param_groups), each a dict
+                {"tensors": [names], hyperparameter: value, ...} whose values override the
+                session's for those tensors; the tensors in no group take the session's.
 
         Raises AlreadyExistsError, InvalidArgumentError (the message names the field),
         ResourceExhaustedError.
@@ -310,111 +341,19 @@ class Client:
         pb2 = self.pb2
         if isinstance(optimizer, pb2.SessionConfig):
             if hyperparameters or schedule is not None or clipping is not None or \
-                    consistency is not None:
+                    consistency is not None or param_groups is not None:
                 raise InvalidArgumentError("create_session: with a SessionConfig, give no other "
                                            "configuration arguments")
             config = optimizer
         else:
             config = _config.session_config(optimizer, schedule=schedule, clipping=clipping,
-                                            consistency=consistency, **hyperparameters)
+                                            consistency=consistency, param_groups=param_groups,
+                                            **hyperparameters)
         request = pb2.CreateSessionRequest(session_id=session_id, config=config,
                                            tensors=_tensors(tensors))
         info, _ = self._call("CreateSession", request, timeout)
         return Session(self, info.session_id, worker_id=worker_id, version=info.version,
                        info=info)
-
-    def create_session_from_checkpoint(self, session_id: str, path: Optional[str] = None, *,
-                                       from_session: Optional[str] = None, optimizer: Any = None,
-                                       worker_id: Optional[str] = None, timeout: Any = DEFAULT,
-                                       **hyperparameters: Any) -> "Session":
-        """Creates session ``session_id`` from a checkpoint (a fork): its parameters, optimizer
-        state, schedule state and version, with a new exactly-once table.
-
-        Args:
-            session_id: the new session's id.
-            path: a checkpoint file on the server (CheckpointResult.path), or
-            from_session: a session id whose newest checkpoint to use (exactly one of the two).
-            optimizer, hyperparameters: new hyperparameters replacing the checkpoint's (same
-                optimizer kind), e.g. ``lr=0.01``. With only keywords the kind is read from
-                ``from_session`` (GetSession) or, for ``path``, from the file when this machine
-                can read it; otherwise give ``optimizer=``.
-            worker_id: the returned Session's worker id.
-
-        Needs a server with --checkpoint_dir (FailedPreconditionError without); NotFoundError for
-        no such checkpoint.
-        """
-        if (path is None) == (from_session is None):
-            raise InvalidArgumentError("create_session_from_checkpoint: give exactly one of path= "
-                                       "and from_session=")
-        pb2 = self.pb2
-        request = pb2.CreateSessionRequest(session_id=session_id, from_checkpoint=path or "",
-                                           from_session_checkpoint=from_session or "")
-        if optimizer is not None or hyperparameters:
-            if optimizer is None:
-                optimizer = self._checkpoint_kind(path, from_session, timeout)
-            request.config.optimizer.CopyFrom(_config.optimizer_config(optimizer,
-                                                                       **hyperparameters))
-        info, _ = self._call("CreateSession", request, timeout)
-        return Session(self, info.session_id, worker_id=worker_id, version=info.version,
-                       info=info)
-
-    def _checkpoint_kind(self, path: Optional[str], from_session: Optional[str],
-                         timeout: Any) -> str:
-        """The optimizer kind of a checkpoint, to build a config from bare hyperparameters."""
-        if from_session is not None:
-            return _config.optimizer_kind(self.get_session(from_session,
-                                                           timeout=timeout).config.optimizer)
-        try:
-            from optd import checkpoint as _checkpoint  # pylint: disable=import-outside-toplevel
-            manifest = _checkpoint.read_manifest(path)
-        except (OSError, OptdError) as e:
-            raise InvalidArgumentError(f"create_session_from_checkpoint: cannot tell the optimizer "
-                                       f"kind of {path} from here ({e}); give optimizer=") from None
-        kinds = list(manifest.get("config", {}).get("optimizer", {}))
-        if len(kinds) != 1:
-            raise InvalidArgumentError(f"checkpoint {path} names optimizer {kinds}; give "
-                                       f"optimizer=")
-        return _config._canonical_kind(kinds[0])
-
-    def create_session_from_npz(self, path: str, *, session_id: str = "",
-                                worker_id: Optional[str] = None, timeout: Any = DEFAULT,
-                                **hyperparameters: Any) -> "Session":
-        """Creates a session from a file written by Session.to_npz: CreateSession with its
-        parameters and configuration (``hyperparameters`` replace the saved ones, same kind),
-        then UpdateSession with its optimizer state. The new session starts at version 0 (its
-        step counters and state are the saved ones). If the state is refused the new session is
-        deleted and the error raised."""
-        data = np.load(path, allow_pickle=False)
-        try:
-            meta = json.loads(bytes(data["config.json"]).decode("utf-8"))
-            if meta.get("format") != NPZ_FORMAT:
-                raise InvalidArgumentError(f"{path} is not an optd session npz (format "
-                                           f"{meta.get('format')!r})")
-            config = json_format.Parse(json.dumps(meta["config"]), self.pb2.SessionConfig())
-            if hyperparameters:
-                kind = _config.optimizer_kind(config.optimizer)
-                sub = getattr(config.optimizer, kind)
-                _config._fill(sub, hyperparameters, f"optimizer.{kind}")
-            names = list(meta["tensors"])
-            tensors = [(name, np.asarray(data["parameters/" + name], dtype=np.float32))
-                       for name in names]
-            state = OptimizerState.from_flat(data, names, meta["optimizer_arrays"])
-        except KeyError as e:
-            raise InvalidArgumentError(f"{path} lacks {e} (not written by Session.to_npz?)") \
-                from None
-        finally:
-            data.close()
-        session = self.create_session(tensors, config, session_id=session_id,
-                                      worker_id=worker_id, timeout=timeout)
-        try:
-            session.import_optimizer_state(state, timeout=timeout)
-        except OptdError:
-            try:
-                session.delete(timeout=timeout)
-            except OptdError:
-                pass
-            raise
-        return session
 
     def checkpoint(self, session_id: str, *, timeout: Any = DEFAULT) -> CheckpointResult:
         """Checkpoint RPC: writes a checkpoint of the session now and returns when it is durable
@@ -464,7 +403,9 @@ class Client:
 
     def update_session(self, session_id: str, optimizer: Any = None, *, schedule: Any = None,
                        clipping: Any = None, optimizer_state: Optional[OptimizerState] = None,
-                       timeout: Any = DEFAULT, **hyperparameters: Any):
+                       timeout: Any = DEFAULT,
+                       param_groups: Optional[Mapping[int, Mapping[str, Any]]] = None,
+                       **hyperparameters: Any):
         """Changes hyperparameters for the next step, keeping the optimizer state; returns the
         updated optd_pb2.Session.
 
@@ -474,14 +415,21 @@ class Client:
         ``clipping`` replaces the clipping (a number means max_norm). ``optimizer_state`` (an
         optd.OptimizerState, or an optd_pb2.OptimizerState) replaces the optimizer state: refused
         whole (InvalidArgumentError, nothing changed) if it does not fit the session's optimizer.
+        ``param_groups`` {index: {hyperparameter: value}} changes parameter groups' (the
+        session's ``config.param_groups[index]``); the keywords change the session's own (the
+        tensors in no group).
         """
         pb2 = self.pb2
         request = pb2.UpdateSessionRequest(session_id=session_id)
-        if optimizer is None and hyperparameters:
+        if optimizer is None and (hyperparameters or param_groups):
             optimizer = _config.optimizer_kind(self.get_session(session_id,
                                                                 timeout=timeout).config.optimizer)
-        if optimizer is not None:
+        if optimizer is not None and (hyperparameters or not param_groups or
+                                      not isinstance(optimizer, str)):
             request.optimizer.CopyFrom(_config.optimizer_config(optimizer, **hyperparameters))
+        for index, fields in (param_groups or {}).items():
+            request.param_groups.add(index=index, optimizer=_config.optimizer_config(
+                _config.optimizer_kind(_config.optimizer_config(optimizer)), **fields))
         if schedule is not None:
             request.schedule.CopyFrom(_config._as(_config.schedule, schedule))
         if clipping is not None:
@@ -548,6 +496,7 @@ class Client:
              return_parameters: Union[str, bool] = "all", return_dtype: DTypeLike = "f32",
              gradient_dtype: DTypeLike = "f32", timeout: Any = DEFAULT,
              retry: Optional[RetryPolicy] = None, worker_incarnation: int = 0,
+             out: Optional[Mapping[str, np.ndarray]] = None,
              return_point: Union[str, int] = "training") -> StepResult:
         """Applies one gradient per session tensor (dense arrays or RowSparse): all or nothing.
 
@@ -562,27 +511,69 @@ class Client:
         "f32", "bf16" or "f16" on the wire. ``return_point="evaluation"``: the returned parameters
         are the evaluation point (Schedule-Free's x; with "all" or "none").
 
+        ``out`` {name: writable float32 C-contiguous array}: each dense returned parameter of that
+        name and size is written into its array (in place; StepResult.parameters holds the array).
+
         Raises NotFoundError, InvalidArgumentError, AbortedError (``.current_version``),
         FailedPreconditionError (a reused sequence; ``.rejoin`` when the worker must join
         again), DeadlineExceededError, UnavailableError.
         """
-        request = self.step_request(session_id, gradients, worker_id=worker_id, sequence=sequence,
-                                    version=version, loss=loss,
-                                    return_parameters=return_parameters,
-                                    return_dtype=return_dtype, gradient_dtype=gradient_dtype,
-                                    worker_incarnation=worker_incarnation,
-                                    return_point=return_point)
-        return self.send_step(request, timeout=timeout, retry=retry)
+        request = self._new_step(session_id, gradients, worker_id=worker_id, sequence=sequence,
+                                 version=version, loss=loss, return_parameters=return_parameters,
+                                 return_dtype=return_dtype, gradient_dtype=gradient_dtype,
+                                 worker_incarnation=worker_incarnation, return_point=return_point)
+        return self.send_step(request, timeout=timeout, retry=retry, out=out)
 
-    def send_step(self, request, *, timeout: Any = DEFAULT,
-                  retry: Optional[RetryPolicy] = None) -> StepResult:
-        """Sends a built StepRequest (see step_request); retried only if it has a key. A failure
-        raises its OptdError with ``attempts`` set to the calls made."""
+    def _new_step(self, session_id: str, gradients: Gradients, *, worker_id: str = "",
+                  sequence: int = 0, version: Optional[int] = None, loss: Optional[float] = None,
+                  return_parameters: Union[str, bool] = "all", return_dtype: DTypeLike = "f32",
+                  gradient_dtype: DTypeLike = "f32", worker_incarnation: int = 0,
+                  return_point: Union[str, int] = "training"):
+        """The request step() sends: an optd.native.NativeStep when the native path takes it
+        (dense gradients), else the optd_pb2.StepRequest of step_request."""
+        if self._native is not None:
+            if isinstance(gradients, dict):
+                names, values = list(gradients), list(gradients.values())
+            else:
+                items = _items(gradients)
+                names, values = [n for n, _ in items], [v for _, v in items]
+            arrays = [_native.float32_view(v) for v in values]
+            if not any(a is None for a in arrays):
+                return _native.NativeStep(
+                    session_id, names, arrays, worker_id or "", sequence, worker_incarnation,
+                    version, loss, _RETURN_MODES.get(return_parameters) if
+                    isinstance(return_parameters, str) and return_parameters in _RETURN_MODES
+                    else _return_mode(return_parameters),
+                    dtype_value(return_dtype), dtype_value(gradient_dtype),
+                    _point_value(return_point))
+        return self.step_request(session_id, gradients, worker_id=worker_id, sequence=sequence,
+                                 version=version, loss=loss, return_parameters=return_parameters,
+                                 return_dtype=return_dtype, gradient_dtype=gradient_dtype,
+                                 worker_incarnation=worker_incarnation, return_point=return_point)
+
+    def send_step(self, request, *, timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None,
+                  out: Optional[Mapping[str, np.ndarray]] = None) -> StepResult:
+        """Sends a built StepRequest (see step_request; or a NativeStep); retried only if it has
+        a key. ``out``: see step. A failure raises its OptdError with ``attempts`` set to the
+        calls made."""
         keyed = bool(request.worker_id) and request.sequence > 0
         policy = (retry or self.retry) if keyed else NO_RETRY
+        if isinstance(request, _native.NativeStep):
+            f = self._native.get().step(request, self._deadline(timeout), policy,
+                                        dict(out) if out else None)
+            return StepResult(*f[:9], sequence=request.sequence, attempts=f[9],
+                              worker_incarnation=request.worker_incarnation,
+                              server_incarnation=f[10], durable_version=f[11],
+                              point=_point_name(f[12]), estimates=f[13])
         reply, attempts = self._call("Step", request, timeout, policy)
-        return StepResult.from_proto(reply, sequence=request.sequence, attempts=attempts,
-                                     worker_incarnation=request.worker_incarnation)
+        result = StepResult.from_proto(reply, sequence=request.sequence, attempts=attempts,
+                                       worker_incarnation=request.worker_incarnation)
+        for name, target in (out or {}).items():
+            value = result.parameters.get(name)
+            if isinstance(value, np.ndarray) and value.size == target.size:
+                np.copyto(target, value.reshape(target.shape))
+                result.parameters[name] = target
+        return result
 
     def stream(self, *, timeout: Any = None) -> "StepStream":
         """Opens a StreamSteps stream for steps of any session (see StepStream). ``timeout`` is

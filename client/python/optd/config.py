@@ -12,7 +12,7 @@ built message (returned unchanged) and a ``dict``. An unknown name raises Invali
 before any RPC; values are range-checked by the server.
 """
 
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from optd import _pb
 from optd.errors import InvalidArgumentError
@@ -196,13 +196,31 @@ def _as(builder, value):
 _schedule, _clipping, _consistency = schedule, clipping, consistency
 
 
+def param_group(kind: str, group: Mapping[str, Any]):
+    """A ParamGroup of an optimizer of ``kind``: ``group`` = {"tensors": [names], hyperparameter:
+    value, ...} (proto names; ``betas=`` accepted), each overriding the session's."""
+    pb2 = _pb.pb2()
+    fields = dict(group)
+    tensors = fields.pop("tensors", None)
+    if not tensors or isinstance(tensors, str):
+        raise InvalidArgumentError(f"param group {dict(group)!r} needs 'tensors': a list of the "
+                                   f"session's tensor names")
+    return pb2.ParamGroup(tensors=list(tensors), optimizer=optimizer_config(kind, **fields))
+
+
 def session_config(optimizer: Union[str, Any], *, schedule: Optional[Any] = None,
                    clipping: Optional[Any] = None, consistency: Optional[Any] = None,
+                   param_groups: Optional[Sequence[Mapping[str, Any]]] = None,
                    **hyperparameters: Any):
     """A SessionConfig: the optimizer (a kind and its hyperparameters, or an OptimizerConfig) and
-    optionally a schedule, clipping and consistency (messages, dicts or names, as above)."""
+    optionally a schedule, clipping and consistency (messages, dicts or names, as above), and
+    parameter groups (dicts for param_group, or ParamGroup messages)."""
     pb2 = _pb.pb2()
     config = pb2.SessionConfig(optimizer=optimizer_config(optimizer, **hyperparameters))
+    kind = optimizer_kind(config.optimizer)
+    for group in param_groups or ():
+        config.param_groups.append(group if isinstance(group, pb2.ParamGroup)
+                                   else param_group(kind, group))
     if schedule is not None:
         config.schedule.CopyFrom(_as(_schedule, schedule))
     if clipping is not None:

@@ -137,6 +137,8 @@ class Security:
                 raise InvalidArgumentError(f"{self.cert_name} and {key_name}: the key does not "
                                            f"go with the certificate ({e.reason or e})") from None
         self.tls = bool(tls) or ca is not None or cert is not None
+        #: The PEM bytes read (None where not given): the native path makes its channel of them.
+        self.pems: Tuple[Optional[bytes], Optional[bytes], Optional[bytes]] = (ca, cert, key)
         if credentials is not None and self.tls:
             raise InvalidArgumentError("give either credentials= or tls/tls_ca/tls_cert/tls_key, "
                                        "not both")

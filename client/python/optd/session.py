@@ -278,21 +278,33 @@ class Session:
                 return_point: Union[str, int] = "training"):
         """The next StepRequest of this worker (joins first if it has not; reserves a sequence
         number)."""
+        return self._next_request(self.client.step_request, gradients, loss=loss,
+                                  version=version, return_parameters=return_parameters,
+                                  return_dtype=return_dtype, gradient_dtype=gradient_dtype,
+                                  return_point=return_point)
+
+    def _next_request(self, build, gradients: Gradients, *, version: Any, **fields: Any):
+        """The next request of this worker, made by ``build`` (Client.step_request, or
+        Client._new_step for the native path)."""
         self._ensure_joined()
         if version is DEFAULT:
             version = self.version
-        request = self.client.step_request(
-            self.session_id, gradients, worker_id=self.worker_id, sequence=self.next_sequence(),
-            version=version, loss=loss, return_parameters=return_parameters,
-            return_dtype=return_dtype, gradient_dtype=gradient_dtype,
-            worker_incarnation=self.incarnation or 0, return_point=return_point)
-        request.placement_fingerprint = self.placement_fingerprint
+        if self.placement_fingerprint:
+            # A shard of a sharded session (optd.sharded): the grpcio request, which carries the
+            # placement's fingerprint (the native path does not yet).
+            build = self.client.step_request
+        request = build(self.session_id, gradients, worker_id=self.worker_id,
+                        sequence=self.next_sequence(), version=version,
+                        worker_incarnation=self.incarnation or 0, **fields)
+        if self.placement_fingerprint:
+            request.placement_fingerprint = self.placement_fingerprint
         return request
 
     def step(self, gradients: Gradients, *, loss: Optional[float] = None,
              version: Any = DEFAULT, return_parameters: Union[str, bool] = "all",
              return_dtype: DTypeLike = "f32", gradient_dtype: DTypeLike = "f32",
              timeout: Any = DEFAULT, retry: Optional[RetryPolicy] = None,
+             out: Optional[Mapping[str, np.ndarray]] = None,
              return_point: Union[str, int] = "training") -> StepResult:
         """One step with this worker's incarnation and next sequence number (retried safely, see
         Client.step; the worker joins first if it has not).
@@ -311,16 +323,20 @@ class Session:
         worker joins again and the step is resent under the new incarnation when the refused
         call was its first attempt (``StepResult.rejoins`` counts this); after a retry it raises
         StepOutcomeUnknownError (see there).
+
+        ``out`` {name: writable float32 array}: returned parameters written in place (see
+        Client.step).
         """
         self._ensure_joined(timeout)
-        request = self.request(gradients, loss=loss, version=version,
-                               return_parameters=return_parameters, return_dtype=return_dtype,
-                               gradient_dtype=gradient_dtype, return_point=return_point)
+        request = self._next_request(self.client._new_step, gradients, loss=loss,  # pylint: disable=protected-access
+                                     version=version, return_parameters=return_parameters,
+                                     return_dtype=return_dtype, gradient_dtype=gradient_dtype,
+                                     return_point=return_point)
         server_before = self.server_incarnation
         resends = 0
         while True:
             try:
-                result = self.client.send_step(request, timeout=timeout, retry=retry)
+                result = self.client.send_step(request, timeout=timeout, retry=retry, out=out)
                 break
             except FailedPreconditionError as e:
                 if not e.rejoin:

@@ -13,17 +13,29 @@
         opt.step(loss=loss.item())   # sends every .grad, writes the new parameters in place
         sched.step()
 
-Creating: from parameters and a torch-style optimizer spec (a new session holding the current
-parameter values), or attached to an existing session (``session=`` a Session or a session id;
+Creating: from parameters and a torch-style optimizer spec (a kind name such as "adam", or the
+torch.optim class, ``optimizer=torch.optim.Adam``; a new session holding the current parameter
+values), or attached to an existing session (``session=`` a Session or a session id;
 the local parameters are then overwritten with the server's unless ``pull=False``). Several
 processes attached to one SYNC session train data-parallel: each sends its shard's gradient and
 all receive the same new parameters.
 
+One script for every worker: with a ``session_id``, the first RemoteOptimizer to reach the server
+creates the session and the others attach to it (CreateSession is atomic; ALREADY_EXISTS means
+attach) after checking that its configuration is the one they asked for (AlreadyExistsError
+naming each difference otherwise) and its tensors match; they then pull its parameters.
+``created`` tells which one created it.
+
 Hyperparameters live in ``param_groups`` under torch's names (``lr``, ``betas``, ``eps``,
 ``weight_decay``, ``momentum``, ...). Changing one (by hand or through a torch lr_scheduler) is
 noticed at the next ``step()`` and sent with UpdateSession before stepping, so it applies to that
-step as it would in torch. All param groups share the session's hyperparameters: groups with
-different values are refused at step().
+step as it would in torch. Several param groups become the session's parameter groups
+(SessionConfig.param_groups: torch group i is the server's group i), each with its own
+hyperparameters, changed per group (UpdateSession.param_groups), so torch schedulers act on each
+group. With the optimizers that keep model-wide state (Prodigy, D-Adaptation, DoG, L-DoG,
+Schedule-Free) all groups share the session's hyperparameters (different values are refused at
+step()). ``add_param_group`` after construction raises NotImplementedError: a session's tensors
+are fixed at creation.
 
 Server restarts: if the server restarts and restores the session from a checkpoint older than
 the local parameters, ``step()`` pulls the restored parameters into the model and returns without
@@ -35,9 +47,15 @@ keyed by parameter index, ``step`` as torch stores it), so ``torch.optim.Adam(..
 continues from it; ``load_state_dict`` of a torch optimizer's state dict sends its state and
 hyperparameters to the session.
 
+Parameters whose ``.grad`` is None (frozen layers, parameters a loss did not reach) are skipped as
+torch skips them: the step carries the other gradients only, and the server leaves those tensors,
+their state and their step counters exactly as they were (a partial step). In a SYNC session,
+which combines every worker's gradient of every tensor, they are sent as zeros. Prodigy,
+D-Adaptation, DoG and L-DoG refuse partial steps (their estimate sums over every tensor's state):
+with them step() raises InvalidArgumentError naming the parameters whose ``.grad`` is None.
+
 Differences from a local torch optimizer: the server's state is float32 (parameters of other dtypes
-are sent and written back through float32); a parameter whose ``.grad`` is None is stepped with a
-zero gradient (torch would skip it; identical for zero_grad(set_to_none=False)); sparse ``.grad``
+are sent and written back through float32); sparse ``.grad``
 (nn.Embedding(sparse=True)) is sent row-sparse. Torch-only options (foreach, capturable,
 differentiable, fused) are accepted and ignored.
 """
@@ -50,56 +68,21 @@ import torch
 
 from optd import config as _config
 from optd.client import DEFAULT, Client, Session, StepResult
-from optd.errors import AbortedError, InvalidArgumentError
-from optd.state import OptimizerState, TensorState
+from optd.torch_config import (_kind, _mismatches, _proto_fields, _same,
+                               _torch_hyperparameters)
+from optd.torch_state import _TORCH_ONLY, _TorchStateDict
+from optd.errors import AbortedError, AlreadyExistsError, InvalidArgumentError
 from optd.tensors import RowSparse
 
 __all__ = ["RemoteOptimizer"]
 
-_TORCH_ONLY = ("foreach", "capturable", "differentiable", "fused")
-
-#: The torch.optim class of each optimizer kind torch has (the others keep optd's own layout).
-_TORCH_CLASSES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "adagrad": "Adagrad",
-                  "rmsprop": "RMSprop", "adadelta": "Adadelta", "nadam": "NAdam",
-                  "radam": "RAdam"}
-#: How torch 1.13 stores ``state["step"]``: a float32 0-d tensor, an int, or not at all.
-_STEP_TENSOR = {"adam", "adamw", "adagrad", "nadam", "radam", "adamax"}
-_STEP_INT = {"rmsprop", "adadelta", "lamb"}
-_NO_STEP = {"sgd", "lion", "lars", "normalized_gd"}
+#: Optimizers whose server refuses a partial step (README "Partial steps").
+_NO_PARTIAL_STEPS = {"prodigy", "dadapt_adam", "dadapt_sgd", "dog", "ldog"}
+#: Optimizers with model-wide state: their sessions take no parameter groups.
+_MODEL_WIDE = _NO_PARTIAL_STEPS | {"schedulefree_adamw", "schedulefree_sgd"}
 
 
-def _torch_hyperparameters(optimizer_config) -> Dict[str, Any]:
-    """torch-style group hyperparameters from a (filled-in) OptimizerConfig."""
-    hp = dict(_config.optimizer_hyperparameters(optimizer_config))
-    if "beta1" in hp or "beta2" in hp:
-        kind = _config.optimizer_kind(optimizer_config)
-        message = getattr(optimizer_config, kind)
-        hp["betas"] = (float(message.beta1), float(message.beta2))
-        hp.pop("beta1", None)
-        hp.pop("beta2", None)
-    return hp
-
-
-def _proto_fields(torch_hp: Dict[str, Any]) -> Dict[str, Any]:
-    out = {}
-    for key, value in torch_hp.items():
-        if key == "betas":
-            out["beta1"], out["beta2"] = float(value[0]), float(value[1])
-        else:
-            out[key] = value
-    return out
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return a == b
-
-
-class RemoteOptimizer(torch.optim.Optimizer):
+class RemoteOptimizer(_TorchStateDict, torch.optim.Optimizer):
     """A torch.optim.Optimizer backed by an optd session.
 
     Args:
@@ -137,7 +120,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             hyperparameters.pop(key, None)
         groups, names = self._split_names(params)
         if len(set(names)) != len(names):
-            raise InvalidArgumentError(f"parameter names must be unique: {names}")
+            raise InvalidArgumentError(f"parameter names must be unique: {names} (names repeated "
+                                       f"in one param group)")
         self._names: List[str] = names
         self._return_dtype = return_dtype
         self._gradient_dtype = gradient_dtype
@@ -163,12 +147,44 @@ class RemoteOptimizer(torch.optim.Optimizer):
             raise InvalidArgumentError("RemoteOptimizer needs session=Session, or client= / "
                                        "address= to create or attach a session")
         flat = [p for g in groups for p in g["params"]]
+        optimizer = _kind(optimizer)
+        # Several param groups become the session's parameter groups (each torch group i is the
+        # server's param_groups[i], with its own hyperparameters over the constructor's), unless
+        # the optimizer keeps model-wide state (then all groups share one set).
+        server_groups = None
+        if len(groups) > 1 and session is None and _config.optimizer_kind(
+                _config.optimizer_config(optimizer)) not in _MODEL_WIDE:
+            server_groups = self._server_groups_of(groups, names, optimizer)
+        #: True if this RemoteOptimizer created its session, False if it attached to one.
+        self.created = session is None
         if session is None:
             values = {n: p.detach().to(torch.float32).cpu().numpy() for n, p in zip(names, flat)}
-            self.session = self.client.create_session(
-                values, optimizer, session_id=session_id, schedule=schedule, clipping=clipping,
-                consistency=consistency, worker_id=worker_id, timeout=timeout, **hyperparameters)
-            info = self.session.cached_info
+            try:
+                self.session = self.client.create_session(
+                    values, optimizer, session_id=session_id, schedule=schedule,
+                    clipping=clipping, consistency=consistency, worker_id=worker_id,
+                    timeout=timeout, param_groups=server_groups, **hyperparameters)
+                info = self.session.cached_info
+            except AlreadyExistsError:
+                if not session_id:
+                    raise
+                # Get-or-create: every worker runs the same script; CreateSession is atomic on
+                # the server, so exactly one creates and the others attach here, after checking
+                # that the session is the one they would have created.
+                self.created = False
+                self.session = self.client.session(session_id, worker_id=worker_id)
+                info = self.session.info(timeout=timeout)
+                wanted = _config.session_config(optimizer, schedule=schedule, clipping=clipping,
+                                                consistency=consistency,
+                                                param_groups=server_groups, **hyperparameters)
+                differences = _mismatches(wanted, info.config, "config")
+                if differences:
+                    raise AlreadyExistsError(
+                        f"session {session_id!r} exists with another configuration: "
+                        f"{'; '.join(differences)} (delete it, or use another session_id)")
+                self._check_tensors(info, dict(zip(names, flat)))
+                if pull:
+                    session = self.session  # pulled below, once param_groups exist
         else:
             if hyperparameters or schedule is not None or clipping is not None or \
                     consistency is not None or session_id:
@@ -180,12 +196,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
             info = self.session.info(timeout=timeout)
             self._check_tensors(info, dict(zip(names, flat)))
         self.kind: str = _config.optimizer_kind(info.config.optimizer)
+        self._sync = info.config.consistency.mode == 1  # MODE_SYNC
         defaults = _torch_hyperparameters(info.config.optimizer)
-        # What the server holds, in torch names: a param_groups change is a difference from this.
-        self._sent: Dict[str, Any] = dict(defaults)
         self._adding_allowed = True
         super().__init__(groups, defaults)
         self._adding_allowed = False
+        self._take_server_groups(info)
         if session is not None and pull:
             self.pull()
 
@@ -199,6 +215,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             raise InvalidArgumentError("RemoteOptimizer got an empty parameter list")
         raw_groups = items if isinstance(items[0], dict) else [{"params": items}]
         groups, names, counter = [], [], 0
+        group_names: List[List[str]] = []
         for raw in raw_groups:
             group = dict(raw)
             ps = raw["params"]
@@ -214,6 +231,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 counter += 1
             group["params"] = tensors
             groups.append(group)
+            group_names.append(names[len(names) - len(tensors):])
+        if len(raw_groups) > 1 and len(set(names)) != len(names):
+            # Groups from submodules' named_parameters() repeat short names ("weight", "bias"):
+            # the session's names are then qualified by the group's index ("0.weight").
+            names = [f"{i}.{n}" for i, group_names_i in enumerate(group_names)
+                     for n in group_names_i]
         return groups, names
 
     def _check_tensors(self, info, local: Dict[str, torch.Tensor]) -> None:
@@ -227,10 +250,57 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 raise InvalidArgumentError(f"parameter {name!r} has shape {list(p.shape)}; session "
                                            f"{info.session_id} has {list(remote[name])}")
 
+    @staticmethod
+    def _server_groups_of(groups: List[Dict[str, Any]], names: List[str],
+                          optimizer: Any) -> List[Dict[str, Any]]:
+        """The session's param_groups for torch groups: each group's tensor names and its own
+        hyperparameters (proto names), over the constructor's. Keys the optimizer does not have
+        (a scheduler's ``initial_lr``, torch-only options) stay local, as torch keeps them."""
+        config = _config.optimizer_config(optimizer)
+        fields = getattr(config, _config.optimizer_kind(config)).DESCRIPTOR.fields_by_name
+        out, start = [], 0
+        for group in groups:
+            n = len(group["params"])
+            own = {k: (tuple(v) if isinstance(v, list) else v) for k, v in group.items()
+                   if k in fields or (k == "betas" and "beta1" in fields)}
+            out.append(dict(_proto_fields(own), tensors=names[start:start + n]))
+            start += n
+        return out
+
+    def _take_server_groups(self, info, set_groups: bool = True) -> None:
+        """Sets every param group's hyperparameters to the server's (unless not ``set_groups``),
+        and what was sent (_sent: per group, torch names) to them. With the session's parameter
+        groups (_server_groups), torch group i is the server's param_groups[i]; else every group
+        has the session's."""
+        remote = list(info.config.param_groups)
+        self._server_groups = bool(remote)
+        if remote:
+            start, sizes = 0, [len(g["params"]) for g in self.param_groups]
+            held = [list(g.tensors) for g in remote]
+            mine = []
+            for n in sizes:
+                mine.append(self._names[start:start + n])
+                start += n
+            if held != mine:
+                raise InvalidArgumentError(
+                    f"session {info.session_id} has parameter groups {held}; these param_groups "
+                    f"are {mine}: give the same groups in the same order")
+            hps = [_torch_hyperparameters(g.optimizer) for g in remote]
+        else:
+            hps = [_torch_hyperparameters(info.config.optimizer)] * len(self.param_groups)
+        for group, hp in zip(self.param_groups, hps):
+            if set_groups:
+                group.update(hp)
+        # What the server holds, in torch names: a param_groups change is a difference from this.
+        self._sent: List[Dict[str, Any]] = [dict(hp) for hp in hps]
+
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         if not getattr(self, "_adding_allowed", False):
-            raise NotImplementedError("RemoteOptimizer: a session's tensors are fixed at creation; "
-                                      "parameters cannot be added later")
+            raise NotImplementedError(
+                "RemoteOptimizer: a session's tensors are fixed at creation, so add_param_group "
+                "cannot add parameters to a live session; give every param group to the "
+                "constructor (each may have its own hyperparameters), or make a new "
+                "RemoteOptimizer (a new session) with all of them")
         super().add_param_group(param_group)
 
     # -- parameters --------------------------------------------------------------------------------
@@ -266,25 +336,44 @@ class RemoteOptimizer(torch.optim.Optimizer):
     # -- hyperparameters ---------------------------------------------------------------------------
 
     def _group_hyperparameters(self) -> Dict[str, Any]:
-        first = {k: self.param_groups[0].get(k) for k in self._sent}
+        """Group 0's hyperparameters; without the session's parameter groups every group must
+        have the same."""
+        first = {k: self.param_groups[0].get(k) for k in self._sent[0]}
+        if self._server_groups:
+            return first
         for i, group in enumerate(self.param_groups[1:], start=1):
             for k, v in first.items():
                 if not _same(group.get(k), v):
                     raise InvalidArgumentError(
                         f"param_groups[{i}][{k!r}] = {group.get(k)!r} differs from "
-                        f"param_groups[0][{k!r}] = {v!r}; one optd session has one set of "
-                        f"hyperparameters")
+                        f"param_groups[0][{k!r}] = {v!r}; {self.kind} keeps model-wide state, "
+                        f"so its session has one set of hyperparameters")
         return first
 
     def sync_hyperparameters(self) -> bool:
-        """Sends param_groups hyperparameters that differ from the server's (UpdateSession).
-        Called by step(); returns True if an update was sent."""
-        current = self._group_hyperparameters()
-        changed = {k: v for k, v in current.items() if not _same(v, self._sent[k])}
-        if not changed:
+        """Sends param_groups hyperparameters that differ from the server's (UpdateSession: the
+        session's own, or each parameter group's). Called by step(); returns True if an update
+        was sent."""
+        if not self._server_groups:
+            current = self._group_hyperparameters()
+            changed = {k: v for k, v in current.items() if not _same(v, self._sent[0][k])}
+            if not changed:
+                return False
+            self.session.update(self.kind, timeout=self._timeout, **_proto_fields(changed))
+            self._sent[0].update(changed)
+            return True
+        updates = {}
+        for i, (group, sent) in enumerate(zip(self.param_groups, self._sent)):
+            changed = {k: group.get(k) for k in sent if not _same(group.get(k), sent[k])}
+            if changed:
+                updates[i] = changed
+        if not updates:
             return False
-        self.session.update(self.kind, timeout=self._timeout, **_proto_fields(changed))
-        self._sent.update(changed)
+        self.client.update_session(
+            self.session.session_id, self.kind, timeout=self._timeout,
+            param_groups={i: _proto_fields(c) for i, c in updates.items()})
+        for i, changed in updates.items():
+            self._sent[i].update(changed)
         return True
 
     # -- stepping ----------------------------------------------------------------------------------
@@ -294,7 +383,16 @@ class RemoteOptimizer(torch.optim.Optimizer):
         for name, p in zip(self._names, self._params()):
             g = p.grad
             if g is None:
-                grads.append((name, np.zeros(tuple(p.shape), dtype=np.float32)))
+                if self._sync:  # a SYNC step needs every tensor: a zero gradient stands in
+                    grads.append((name, np.zeros(tuple(p.shape), dtype=np.float32)))
+                    continue
+                if self.kind in _NO_PARTIAL_STEPS:
+                    missing = [n for n, q in zip(self._names, self._params()) if q.grad is None]
+                    raise InvalidArgumentError(
+                        f"RemoteOptimizer: {self.kind} refuses a partial step (its estimate sums "
+                        f"over every parameter's state each step); .grad is None for "
+                        f"{', '.join(missing)}: give every parameter a gradient")
+                continue  # skipped as torch skips it: the server leaves it and its state alone
             elif g.is_sparse:
                 g = g.coalesce()
                 grads.append((name, RowSparse(g.indices()[0].cpu().numpy(),
@@ -303,6 +401,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
             else:
                 grads.append((name, g.detach().to(torch.float32).cpu().numpy()))
         return grads
+
+    def _storage(self) -> Dict[str, np.ndarray]:
+        """numpy views of the parameters' own storage (float32, contiguous, CPU ones): the step's
+        reply is decoded straight into them (natively, without the GIL, on the native path)."""
+        out = {}
+        for name, p in zip(self._names, self._params()):
+            if p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous():
+                out[name] = p.detach().numpy()
+        return out
 
     def step(self, closure=None, *, loss: Optional[float] = None):  # pylint: disable=arguments-differ
         """Sends every parameter's .grad (float32) and writes the returned parameters in place.
@@ -317,11 +424,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if loss is None and result_loss is not None:
             loss = float(result_loss)
         self.sync_hyperparameters()
+        grads = self._gradients()
+        if not grads:  # every .grad is None: torch's step changes nothing either
+            return result_loss
+        out = self._storage()
         try:
-            result = self.session.step(self._gradients(), loss=loss,
+            result = self.session.step(grads, loss=loss,
                                        return_dtype=self._return_dtype,
                                        gradient_dtype=self._gradient_dtype,
-                                       timeout=self._timeout)
+                                       timeout=self._timeout, out=out)
         except AbortedError as e:
             if not e.server_restarted:
                 raise
@@ -330,227 +441,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             self.pull()
             self.skipped_steps += 1
             return result_loss
-        self._write(result.parameters)
+        self._write({name: value for name, value in result.parameters.items()
+                     if out.get(name) is not value})  # the rest was written in place
         self.last_result = result
         return result_loss
-
-    # -- checkpoints -------------------------------------------------------------------------------
-
-    def _torch_class(self):
-        name = _TORCH_CLASSES.get(self.kind)
-        return getattr(torch.optim, name) if name else None
-
-    def _reference_group(self) -> Dict[str, Any]:
-        """A param group as a real torch optimizer of the session's kind makes it (with torch's
-        own keys, e.g. foreach / capturable), holding the session's hyperparameters."""
-        hp = self._group_hyperparameters()
-        cls = self._torch_class()
-        if cls is None:
-            return dict(hp)
-        dummy = torch.nn.Parameter(torch.zeros(1))
-        ref = cls([dummy], **{k: (tuple(v) if isinstance(v, list) else v) for k, v in hp.items()})
-        group = {k: v for k, v in ref.param_groups[0].items() if k != "params"}
-        group.update(hp)
-        return group
-
-    def _state_layout(self) -> List[str]:
-        """The optimizer state array names of the session's optimizer, in the server's order."""
-        info = self.session.cached_info or self.session.info(timeout=self._timeout)
-        config = getattr(info.config.optimizer, self.kind)
-        names = {"adam": ["exp_avg", "exp_avg_sq"], "adamw": ["exp_avg", "exp_avg_sq"],
-                 "nadam": ["exp_avg", "exp_avg_sq"], "radam": ["exp_avg", "exp_avg_sq"],
-                 "lamb": ["exp_avg", "exp_avg_sq"], "sgd": ["momentum_buffer"],
-                 "lars": ["momentum_buffer"], "lion": ["exp_avg"], "adagrad": ["sum"],
-                 "adadelta": ["square_avg", "acc_delta"], "rmsprop": ["square_avg"],
-                 "normalized_gd": []}[self.kind]
-        if self.kind in ("adam", "adamw") and config.amsgrad:
-            names.append("max_exp_avg_sq")
-        if self.kind == "rmsprop":
-            if config.momentum != 0:
-                names.append("momentum_buffer")
-            if config.centered:
-                names.append("grad_avg")
-        return names
-
-    def _torch_step(self, step: int) -> Any:
-        if self.kind in _STEP_TENSOR:
-            return torch.tensor(float(step), dtype=torch.float32)
-        return int(step)
-
-    def state_dict(self) -> Dict[str, Any]:
-        """torch 1.13's ``state_dict`` layout for the session's optimizer, from the server's
-        state (one Pull, consistent with the version): ``state`` keyed by parameter index with
-        torch's names and dtypes (float32 tensors shaped like the parameter; ``step`` a float32
-        0-d tensor for Adam/AdamW/Adagrad/NAdam/RAdam, an int for RMSprop/Adadelta, absent for
-        SGD; NAdam's ``mu_product`` a float32 0-d tensor; SGD without momentum
-        ``momentum_buffer: None``), and ``param_groups`` as a torch optimizer of that kind makes
-        them, with the session's hyperparameters. A parameter that has not stepped has no entry
-        (Adagrad: step 0 and its initial ``sum``, as torch). ``torch.optim.<Kind>(params)
-        .load_state_dict(sd)`` continues from it exactly (drop nothing: torch ignores ``optd``).
-
-        ``optd`` adds what the client knows: address, session id, worker id, incarnation and last
-        sequence (for information), version, optimizer kind and tensor names."""
-        pulled = self.session.pull(optimizer_state=True, timeout=self._timeout)
-        state = pulled.optimizer_state or OptimizerState()
-        info = self.session.cached_info or self.session.info(timeout=self._timeout)
-        config = getattr(info.config.optimizer, self.kind)
-        torch_state: Dict[int, Dict[str, Any]] = {}
-        for index, (name, p) in enumerate(self.named_parameters()):
-            t = state.tensors.get(name, TensorState())
-            stepped = t.step > 0 or any(a.size for a in t.arrays.values()) or \
-                (self.kind in _NO_STEP and pulled.version > 0)
-            entry: Dict[str, Any] = {}
-            if not stepped:
-                if self.kind == "adagrad":  # torch makes Adagrad's state at construction
-                    entry["step"] = self._torch_step(0)
-                    entry["sum"] = torch.full(tuple(p.shape), float(
-                        config.initial_accumulator_value), dtype=torch.float32)
-                    torch_state[index] = entry
-                continue
-            if self.kind not in _NO_STEP:
-                entry["step"] = self._torch_step(t.step)
-            for key, value in t.scalars.items():  # NAdam's mu_product, before the arrays
-                entry[key] = torch.tensor(value, dtype=torch.float32)
-            for key, values in t.arrays.items():
-                entry[key] = (torch.from_numpy(np.array(values, dtype=np.float32))
-                              .reshape(tuple(p.shape)) if values.size else None)
-            torch_state[index] = entry
-        groups, index = [], 0
-        reference = self._reference_group()
-        for group in self.param_groups:
-            packed = dict(reference)
-            packed.update({k: v for k, v in group.items() if k != "params" and k in reference})
-            packed["params"] = list(range(index, index + len(group["params"])))
-            index += len(group["params"])
-            groups.append(packed)
-        return {
-            "state": torch_state,
-            "param_groups": groups,
-            "optd": {
-                "address": self.client.address,
-                "session_id": self.session.session_id,
-                "worker_id": self.session.worker_id,
-                "worker_incarnation": self.session.incarnation,
-                "sequence": self.session.sequence,
-                "version": pulled.version,
-                "optimizer": self.kind,
-                "names": list(self._names),
-            },
-        }
-
-    def _optimizer_state_from_torch(self, torch_state: Dict[Any, Dict[str, Any]]) -> OptimizerState:
-        """The OptimizerState of a torch state dict's ``state``, checked against the session's
-        optimizer (InvalidArgumentError, before any RPC, if it does not fit)."""
-        layout = self._state_layout()
-        params = self._params()
-        out = OptimizerState()
-        extra = [k for k in torch_state if not (isinstance(k, int) and 0 <= k < len(params))]
-        if extra:
-            raise InvalidArgumentError(f"state_dict['state'] has keys {extra[:5]}; this optimizer "
-                                       f"has parameters 0..{len(params) - 1}")
-        for index, (name, p) in enumerate(self.named_parameters()):
-            entry = dict(torch_state.get(index, {}))
-            step_value = entry.pop("step", None)
-            step = int(step_value.item() if isinstance(step_value, torch.Tensor)
-                       else (step_value or 0))
-            scalars = {}
-            if self.kind == "nadam" and "mu_product" in entry:
-                mu = entry.pop("mu_product")
-                scalars["mu_product"] = float(mu.item() if isinstance(mu, torch.Tensor) else mu)
-            unknown = sorted(set(entry) - set(layout))
-            missing = sorted(set(layout) - set(entry))
-            if unknown or (missing and entry):
-                raise InvalidArgumentError(
-                    f"state_dict['state'][{index}] has {sorted(entry)}; a {self.kind} session "
-                    f"keeps {layout}: a state dict of another optimizer (or other options) does "
-                    f"not fit; nothing was changed")
-            if step_value is not None and self.kind in _NO_STEP:
-                raise InvalidArgumentError(f"state_dict['state'][{index}] has a step; {self.kind} "
-                                           f"counts none: a state dict of another optimizer does "
-                                           f"not fit; nothing was changed")
-            counts = self.kind not in _NO_STEP
-            arrays = {}
-            for key in layout:
-                value = entry.get(key)
-                if value is None or (counts and step == 0):
-                    arrays[key] = np.zeros((0,), np.float32)
-                    continue
-                arr = (value.detach().to(torch.float32).cpu().numpy()
-                       if isinstance(value, torch.Tensor) else np.asarray(value, np.float32))
-                if tuple(arr.shape) != tuple(p.shape):
-                    raise InvalidArgumentError(f"state_dict['state'][{index}][{key!r}] has shape "
-                                               f"{list(arr.shape)}; parameter {name} has "
-                                               f"{list(p.shape)}; nothing was changed")
-                arrays[key] = arr
-            if self.kind == "nadam" and not scalars:
-                scalars["mu_product"] = 1.0
-            out.tensors[name] = TensorState(step=step if counts else 0, arrays=arrays,
-                                            scalars=scalars)
-        return out
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Loads a state dict.
-
-        A torch optimizer's state dict (``torch.optim.Adam(...).state_dict()``, or this class's
-        without ``optd``): its optimizer state and its param_groups' hyperparameters are sent to
-        the session in one UpdateSession, so the session continues exactly as the torch optimizer
-        would. It must be of the session's optimizer kind with the same state options (Adam and
-        AdamW share a layout): a state dict of another optimizer is refused
-        (InvalidArgumentError) with nothing changed, locally or on the server. The parameters are
-        the session's: create the RemoteOptimizer from the model after loading its weights.
-
-        A state dict of this class (with ``optd``) restores the worker instead: the param_groups
-        hyperparameters (sent at the next step if they differ from the server's) and, from
-        ``optd``, the session id, worker id and version; the optimizer state stays the server's
-        (it is newer). A different session or worker id than this optimizer's makes a new worker
-        handle, which joins the session at its next step as a new incarnation (the saved
-        incarnation and sequence belong to the process that saved them and are not reused: its
-        late steps are refused, never mistaken for the restored worker's)."""
-        sd = dict(state_dict)
-        meta = sd.pop("optd", None)
-        if meta is None:
-            self._import_torch_state_dict(sd)
-            return
-        super().load_state_dict({"state": {}, "param_groups": sd["param_groups"]})
-        if list(meta.get("names", self._names)) != self._names:
-            raise InvalidArgumentError(f"state_dict is for tensors {meta.get('names')}, this "
-                                       f"optimizer has {self._names}")
-        if meta["session_id"] != self.session.session_id or \
-                meta["worker_id"] != self.session.worker_id:
-            self.session = self.client.session(meta["session_id"], worker_id=meta["worker_id"])
-        self.session.version = meta.get("version")
-        info = self.session.info(timeout=self._timeout)
-        self.kind = _config.optimizer_kind(info.config.optimizer)
-        self._sent = _torch_hyperparameters(info.config.optimizer)
-
-    def _import_torch_state_dict(self, sd: Dict[str, Any]) -> None:
-        groups = sd.get("param_groups")
-        if not isinstance(groups, list) or len(groups) != len(self.param_groups) or \
-                [len(g.get("params", ())) for g in groups] != \
-                [len(g["params"]) for g in self.param_groups]:
-            raise InvalidArgumentError("state_dict['param_groups'] does not match this "
-                                       "optimizer's parameter groups; nothing was changed")
-        expected = set(self._sent)
-        for i, group in enumerate(groups):
-            keys = {k for k in group if k != "params" and k not in _TORCH_ONLY}
-            if keys != expected:
-                raise InvalidArgumentError(
-                    f"state_dict['param_groups'][{i}] has hyperparameters {sorted(keys)}; a "
-                    f"{self.kind} session has {sorted(expected)}: a state dict of another "
-                    f"optimizer does not fit; nothing was changed")
-        first = {k: groups[0][k] for k in expected}
-        for i, group in enumerate(groups[1:], start=1):
-            for k, v in first.items():
-                if not _same(group[k], v):
-                    raise InvalidArgumentError(
-                        f"state_dict['param_groups'][{i}][{k!r}] differs from group 0; one optd "
-                        f"session has one set of hyperparameters; nothing was changed")
-        state = self._optimizer_state_from_torch(sd.get("state", {}))
-        hp = {k: (tuple(v) if isinstance(v, list) else v) for k, v in first.items()}
-        self.session.client.update_session(
-            self.session.session_id, self.kind, optimizer_state=state, timeout=self._timeout,
-            **_proto_fields(hp))
-        for group in self.param_groups:
-            group.update(hp)
-        self._sent = dict(hp)
-        self.session.info(timeout=self._timeout)
