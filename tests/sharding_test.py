@@ -127,6 +127,23 @@ def test_one_worker_gives_the_bits_of_one_server(shards, whole):
     single.delete()
 
 
+def test_row_sparse_gradients_are_cut_by_rows(shards, whole):
+    sessions = [c.create_session(model(), "sgd", session_id="sparse", lr=0.1, **kw)
+                for c, kw in ((shards, {"split_min_elements": SPLIT}), (whole, {}))]
+    rows = np.array([5, 400, 401, 999], dtype=np.int64)  # shards 0, 1, 1 and 2
+    grads = gradients(0)
+    grads["emb"] = optd.RowSparse(rows, np.ones((4, 16), np.float32), SHAPES["emb"])
+    results = [s.step(grads) for s in sessions]
+    for name in SHAPES:
+        np.testing.assert_array_equal(results[0].parameters[name], results[1].parameters[name])
+    # Rows on one shard only: the others get an empty row set and apply nothing to emb.
+    grads["emb"] = optd.RowSparse(np.array([3]), np.ones((1, 16), np.float32), SHAPES["emb"])
+    results = [s.step(grads) for s in sessions]
+    np.testing.assert_array_equal(results[0].parameters["emb"], results[1].parameters["emb"])
+    for s in sessions:
+        s.delete()
+
+
 def run_sync(client, session_id, workers, steps, **create):
     ids = [f"worker-{i}" for i in range(workers)]
     session = client.create_session(

@@ -262,11 +262,10 @@ class ShardedSession:
         parts: List[Dict[str, Any]] = [{} for _ in self.sessions]
         for s in self._slices:
             g = given[s.tensor]
-            if isinstance(g, RowSparse):
-                rows = np.asarray(g.rows, dtype=np.int64)
-                keep = (rows >= s.row_begin) & (rows < s.row_end)
-                parts[s.shard][s.name] = RowSparse(rows[keep] - s.row_begin,
-                                                   np.asarray(g.values)[keep])
+            if isinstance(g, RowSparse):  # the rows in the slice, renumbered from its first
+                keep = (g.indices >= s.row_begin) & (g.indices < s.row_end)
+                parts[s.shard][s.name] = RowSparse(g.indices[keep] - s.row_begin, g.values[keep],
+                                                   (s.row_end - s.row_begin, *s.shape[1:]))
             else:
                 parts[s.shard][s.name] = _rows(np.asarray(g, dtype=np.float32), s)
         return parts
