@@ -485,7 +485,8 @@ def test_a_keyed_step_sent_while_the_server_is_down_outlasts_the_restart(server,
 def test_every_readme_python_snippet_is_run_and_the_durability_ones_run_here(server):
     # Every ```python block of README.md is marked: optd-checkpoint-reader (run above, against
     # Pull), optd-security-snippet (run by tests/security_clients_test.py against a server with
-    # TLS and tokens) or optd-readme-python, run as written by a test against a real optd: the "Python client"
+    # TLS and tokens), optd-sharding-snippet (run by tests/sharding_test.py against three shards)
+    # or optd-readme-python, run as written by a test against a real optd: the "Python client"
     # section's by tests/python_install_test.py (with the installed package), the others here,
     # against a server with --checkpoint_dir, twice each (a snippet leaves no session behind).
     import subprocess  # pylint: disable=import-outside-toplevel
@@ -495,7 +496,7 @@ def test_every_readme_python_snippet_is_run_and_the_durability_ones_run_here(ser
     for block in re.finditer(r"```python\n(.*?)\n *```", text, re.S):
         mark = text[:block.start()].rstrip().rsplit("\n", 1)[-1].strip()
         assert mark in ("<!-- optd-readme-python -->", "<!-- optd-checkpoint-reader -->",
-                        "<!-- optd-security-snippet -->"), \
+                        "<!-- optd-security-snippet -->", "<!-- optd-sharding-snippet -->"), \
             f"README: an unmarked Python snippet (line {text[:block.start()].count(chr(10)) + 1})"
         if mark == "<!-- optd-readme-python -->" and \
                 not python_client[0] < block.start() < python_client[1]:
