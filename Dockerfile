@@ -18,7 +18,7 @@ COPY scripts/install_deps.sh scripts/install_deps.sh
 RUN bash scripts/install_deps.sh --build-only && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-          -DOPTD_BUILD_TESTS=OFF -DOPTD_BUILD_BENCH=OFF > /dev/null \
+          -DOPTD_BUILD_TESTS=OFF -DOPTD_BUILD_BENCH=OFF -DOPTD_BUILD_PYTHON_NATIVE=OFF > /dev/null \
  && cmake --build /build --target optd optctl \
  && strip /build/server/optd /build/client/cpp/optctl
 
