@@ -26,7 +26,7 @@ version, exactly-once table and SYNC barrier):
 
 import concurrent.futures
 import socket
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -336,7 +336,3 @@ class ShardedSession:
             if isinstance(o, Exception):
                 raise o
 
-
-def placement_table(placement) -> List[Tuple[str, int, int, int]]:
-    """(tensor, row_begin, row_end, shard) of every slice: for printing a placement."""
-    return [(s.tensor, s.row_begin, s.row_end, s.shard) for s in placement.slices]
