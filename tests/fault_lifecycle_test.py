@@ -23,6 +23,8 @@ import concurrent.futures
 import queue
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -30,9 +32,12 @@ import grpc
 import numpy as np
 import pytest
 
-from optd_testing import (StepStream, binary_path, from_tensor, start_optd, to_sparse_tensor,
-                          to_tensor)
+from optd_testing import (REPO_ROOT, StepStream, binary_path, from_tensor, load_stubs, start_optd,
+                          to_sparse_tensor, to_tensor)
 from raw_http2 import RawGrpcConnection
+
+sys.path.insert(0, str(REPO_ROOT / "client" / "python"))
+load_stubs()
 
 RPC_TIMEOUT_S = 30.0
 GRACE_S = 2
@@ -246,6 +251,56 @@ def test_sigterm_after_large_messages_exits_0_within_grace():
         assert code == 0 and elapsed < GRACE_S + EXIT_MARGIN_S, (
             f"server {attempt + 1}: nothing in flight, SIGTERM: exit status {code} after "
             f"{elapsed:.1f} s (--shutdown_grace={GRACE_S}s)\n{server.output()}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# SIGTERM with idle clients: nothing to wait for.
+
+def test_sigterm_with_idle_clients_and_idle_streams_exits_at_once_not_after_the_grace():
+    """Connected clients that carry no call (an idle grpcio channel, an idle C++ channel of the
+    Python native path) and streams waiting for their next request hold nothing that shutdown must
+    finish: optd exits 0 at once, not after --shutdown_grace (60 s here). gRPC alone waits for each
+    client to answer its GOAWAY (an idle client polls seconds later, or never) and for every open
+    stream until the grace ends. The streams' next steps get UNAVAILABLE; the steps made before
+    SIGTERM are in the shutdown checkpoint."""
+    import optd  # pylint: disable=import-outside-toplevel
+    grace_s = 60
+    with tempfile.TemporaryDirectory() as folder:
+        server = start_optd([f"--shutdown_grace={grace_s}s", f"--checkpoint_dir={folder}"])
+        clients = [optd.Client(server.address, native=native)
+                   for native in ([False, True] if optd.native.available() else [False])]
+        session = clients[0].create_session({"w": np.zeros(4, np.float32)}, "sgd", lr=1.0)
+        streams = []
+        for i, client in enumerate(clients):
+            worker = client.session(session.session_id, worker_id=f"idle{i}")
+            worker.step({"w": np.ones(4, np.float32)})  # the channel is connected, then idle
+            stream = worker.stream().__enter__()
+            stream.step({"w": np.ones(4, np.float32)})  # the stream waits for its next request
+            streams.append(stream)
+        raw = grpc.insecure_channel(server.address)
+        raw_stream = StepStream(server.pb2_grpc.OptimizerStub(raw), timeout=RPC_TIMEOUT_S)
+        try:
+            code, elapsed = sigterm_and_wait(server)
+            assert code == 0 and elapsed < EXIT_MARGIN_S, (
+                f"SIGTERM with idle clients and streams: exit status {code} after {elapsed:.1f} s "
+                f"(--shutdown_grace={grace_s}s)\n{server.output()}")
+            for stream in streams:
+                with pytest.raises(optd.UnavailableError):
+                    stream.step({"w": np.ones(4, np.float32)})
+        finally:
+            raw_stream.cancel()
+            raw.close()
+            for client in clients:
+                client.close()
+        restarted = start_optd([f"--checkpoint_dir={folder}"])
+        try:
+            with optd.Client(restarted.address) as client:
+                pulled = client.session(session.session_id).pull()
+                assert pulled.version == 2 * len(clients)
+                np.testing.assert_array_equal(pulled.tensors["w"],
+                                              np.full(4, -2.0 * len(clients), np.float32))
+        finally:
+            restarted.stop()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -74,10 +74,11 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
       FinishAndRecord(ToGrpcStatus(admitted));
       return;
     }
-    StartRead(&read_);
+    ReadNext();
   }
 
   void OnReadDone(bool ok) override {
+    if (service_->calls() != nullptr) service_->calls()->LeaveIdle();
     if (!ok) {  // the client half-closed (or the call ended)
       FinishAndRecord(grpc::Status::OK);
       return;
@@ -118,12 +119,18 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
           grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream closed while writing a reply"));
       return;
     }
-    StartRead(&read_);
+    ReadNext();
   }
 
   void OnDone() override { delete this; }
 
  private:
+  // Waits for the next request; until it comes, shutdown need not wait for this stream.
+  void ReadNext() {
+    if (service_->calls() != nullptr) service_->calls()->EnterIdle();
+    StartRead(&read_);
+  }
+
   void Reply(absl::StatusOr<StepOutput> out) {
     absl::Status status = out.status();
     if (out.ok()) {

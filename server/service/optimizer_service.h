@@ -47,6 +47,7 @@
 #include "server/auth/audit_log.h"
 #include "server/metrics/grpc_metrics_interceptor.h"
 #include "server/persist/checkpointer.h"
+#include "server/service/call_tracker.h"
 #include "server/service/caller.h"
 #include "server/service/message_bytes.h"
 #include "server/session/session_store.h"
@@ -78,6 +79,9 @@ struct OptimizerServiceOptions {
   // Who may call and what (server/auth); null: every caller is the anonymous admin.
   AccessControl* access = nullptr;
   AuditLog* audit = nullptr;  // null: no audit lines
+  // Told when a StreamSteps stream waits for its next request (idle: shutdown need not wait for
+  // it); null: nobody is.
+  CallTracker* calls = nullptr;
 };
 
 class OptimizerServiceImpl final : public OptimizerCallbackService {
@@ -112,6 +116,7 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
       grpc::CallbackServerContext* context) override;
 
   MemoryBudget* budget() const { return options_.budget; }
+  CallTracker* calls() const { return options_.calls; }
   const std::string& server_incarnation() const { return options_.server_incarnation; }
   // The session's newest checkpointed version, or -1.
   // With --checkpoint_dir: writes a new session's first checkpoint before CreateSession answers.

@@ -1,8 +1,10 @@
 #include "server/service/server.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -11,7 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
 #include "google/protobuf/descriptor.h"
+#include "grpc/grpc.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -20,6 +24,12 @@
 #include "server/service/optimizer_service.h"
 
 namespace optd {
+namespace {
+
+// How often Shutdown looks again whether the calls have ended.
+constexpr absl::Duration kShutdownPoll = absl::Milliseconds(20);
+
+}  // namespace
 
 GrpcType GrpcTypeOf(const google::protobuf::MethodDescriptor& method) {
   if (method.client_streaming()) {
@@ -156,6 +166,7 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
   service_options.server_incarnation = server->incarnation_;
   service_options.access = server->access_.get();
   service_options.audit = server->audit_.get();
+  service_options.calls = &server->calls_;
   server->service_ = std::make_unique<OptimizerServiceImpl>(
       server->store_.get(), server->metrics_ != nullptr ? &server->metrics_->grpc() : nullptr,
       std::move(service_options));
@@ -175,11 +186,11 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->service_.get());
-  if (server->metrics_ != nullptr) {
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  creators.push_back(server->calls_.NewInterceptorFactory());
+  if (server->metrics_ != nullptr)
     creators.push_back(server->metrics_->grpc().NewInterceptorFactory());
-    builder.experimental().SetInterceptorCreators(std::move(creators));
-  }
+  builder.experimental().SetInterceptorCreators(std::move(creators));
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat(
@@ -208,7 +219,25 @@ void OptdServer::Shutdown(absl::Time deadline, const std::function<void()>& call
   server_->GetHealthCheckService()->Shutdown();
   // Calls waiting at SYNC barriers would otherwise hold shutdown until the deadline.
   store_->CloseSyncSessions(absl::UnavailableError("the server is shutting down"));
-  server_->Shutdown(absl::ToChronoTime(deadline));
+  absl::Notification grpc_shut_down;
+  std::thread grpc_shutdown([&] {
+    server_->Shutdown(absl::ToChronoTime(deadline));
+    grpc_shut_down.Notify();
+  });
+  // gRPC's shutdown waits for every call, streams included however long their clients keep them
+  // open, then for every connection to close, which a client does when it answers the GOAWAY:
+  // an idle client only when it next polls its socket (seconds later, or never). Once every call
+  // left is a stream waiting for its next request, nothing is lost by cancelling them and
+  // closing the connections (as gRPC does at the deadline): the clients see UNAVAILABLE and
+  // reopen to the next server. Again each poll, as connections made just before gRPC's shutdown
+  // began may still open calls. A step that starts in between is cancelled, applied or not; its
+  // client retries it, and the shutdown checkpoint (after gRPC's shutdown) holds what it did.
+  while (!grpc_shut_down.WaitForNotificationWithTimeout(kShutdownPoll)) {
+    if (calls_.WaitForIdle(std::min(deadline, absl::Now() + kShutdownPoll))) {
+      grpc_server_cancel_all_calls(server_->c_server());
+    }
+  }
+  grpc_shutdown.join();
   if (calls_ended) calls_ended();
   // No call runs any more: the last steps are made durable.
   if (checkpointer_ != nullptr) checkpointer_->CheckpointAll(CheckpointReason::kShutdown);

@@ -29,6 +29,7 @@
 #include "server/auth/audit_log.h"
 #include "server/metrics/metrics.h"
 #include "server/persist/checkpointer.h"
+#include "server/service/call_tracker.h"
 #include "server/service/tls_credentials.h"
 #include "server/session/memory_budget.h"
 #include "server/session/session_store.h"
@@ -111,8 +112,9 @@ class OptdServer {
   Metrics* metrics() { return metrics_.get(); }
 
   // Marks the services NOT_SERVING, stops accepting calls, lets in-flight calls finish until
-  // `deadline`, then cancels the rest; calls `calls_ended` (if set) once no call runs any more;
-  // then checkpoints every session that moved (durability).
+  // `deadline`, then cancels the rest; closes client connections as soon as no call is open (it
+  // does not wait for idle clients to answer gRPC's GOAWAY); calls `calls_ended` (if set) once
+  // no call runs any more; then checkpoints every session that moved (durability).
   void Shutdown(absl::Time deadline, const std::function<void()>& calls_ended = {});
 
   // Re-reads the access file now (main.cc calls it on SIGHUP); an error keeps the previous one.
@@ -138,6 +140,7 @@ class OptdServer {
   // First: replies in flight hold reservations of the budget until gRPC has sent them.
   std::unique_ptr<MemoryBudget> budget_;
   std::unique_ptr<Metrics> metrics_;  // outlives the store and the server that report to it
+  CallTracker calls_;                 // outlives the server: its interceptors report to it
   std::unique_ptr<SessionStore> store_;
   std::unique_ptr<ConfigCodec> codec_;
   std::unique_ptr<AccessControl> access_;
