@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -688,5 +689,66 @@ func TestExampleWorkerAgainstShards(t *testing.T) {
 	p, err := s.Pull(testContext(t), nil)
 	if err != nil || fmt.Sprint(p.ShardVersions) != "[300 300 300]" || len(s.Placement().GetSlices()) != 3 {
 		t.Fatalf("after two workers of 150 steps: %+v, %v; placement %v", p, err, s.Placement())
+	}
+}
+
+// A step whose replies are lost on some shards is retried there with the same sequence and
+// answered as a duplicate: applied once on every shard.
+func TestShardedStepRetriesAreAppliedOnce(t *testing.T) {
+	ctx := testContext(t)
+	lose, calls := loseFirstReplies(2)
+	sc, err := optd.NewShardedClient(shardAddresses(t), lose, fastRetry,
+		optd.WithTimeout(20*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	id := sessionID(t)
+	s := createSharded(t, ctx, sc, id, optd.SGD(0.5), 6)
+	whole := createWhole(t, ctx, id, optd.SGD(0.5), 6)
+	w, ref := s.NewWorker("retried"), whole.NewWorker(id, "retried")
+	if err := w.Join(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for k, wk := range w.Workers() {
+		if wk.Incarnation() <= 0 || wk.NextSequence() != 1 {
+			t.Fatalf("shard %d after Join: incarnation %d, next sequence %d", k, wk.Incarnation(),
+				wk.NextSequence())
+		}
+	}
+	for step := 0; step < 2; step++ {
+		r, err := w.Step(ctx, gradientsAt(step, 0), nil)
+		if err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		want, err := ref.Step(ctx, gradientsAt(step, 0), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameBits(t, fmt.Sprintf("step %d", step), r.Parameters, want.Parameters)
+		duplicates := 0
+		for _, sr := range r.Shards {
+			if sr.Duplicate {
+				duplicates++
+			}
+			if sr.Sequence != int64(step+1) {
+				t.Fatalf("step %d sent sequence %d to a shard", step, sr.Sequence)
+			}
+		}
+		wantDup, wantAttempts := 0, 1
+		if step == 0 {
+			wantDup, wantAttempts = 2, 2
+		}
+		if r.Version != int64(step+1) || duplicates != wantDup || r.Duplicate ||
+			r.Attempts != wantAttempts {
+			t.Fatalf("step %d = %+v: %d shards answered duplicate, want %d", step, r, duplicates, wantDup)
+		}
+	}
+	if n := atomic.LoadInt32(calls); n != 8 {
+		t.Errorf("%d Step calls, want 8 (3 + 2 retries + 3)", n)
+	}
+	p, err := s.Pull(ctx, nil)
+	if err != nil || fmt.Sprint(p.ShardVersions) != "[2 2 2]" {
+		t.Fatalf("pull: %+v, %v", p, err)
 	}
 }
