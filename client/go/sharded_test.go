@@ -752,3 +752,42 @@ func TestShardedStepRetriesAreAppliedOnce(t *testing.T) {
 		t.Fatalf("pull: %+v, %v", p, err)
 	}
 }
+
+var readmeGoSnippet = regexp.MustCompile("(?s)<!-- optd-sharding-go-snippet -->\n```go\n(.*?\n)```")
+
+// README "Sharding": the Go program runs as written against the three shards, twice (it deletes
+// its session).
+func TestReadmeShardingGoSnippet(t *testing.T) {
+	if os.Getenv("GOPATH") == "" || os.Getenv("GO111MODULE") != "off" {
+		t.Skip("needs the GOPATH-mode environment client/go/test.sh sets")
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := readmeGoSnippet.FindSubmatch(readme)
+	if m == nil {
+		t.Fatal("README.md: no Go block after <!-- optd-sharding-go-snippet -->")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(dir+"/main.go", m[1], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	build := exec.CommandContext(ctx, "go", "build", "-o", dir+"/snippet", dir+"/main.go")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build of the README snippet: %v\n%s", err, out)
+	}
+	for run := 0; run < 2; run++ {
+		cmd := exec.CommandContext(ctx, dir+"/snippet")
+		cmd.Env = append(os.Environ(), "OPTD_SHARDS="+strings.Join(shardAddresses(t), ","))
+		out, err := cmd.CombinedOutput()
+		for _, want := range []string{"emb rows [333, 666) on shard 1\n", "w rows [0, 16) on shard 0\n",
+			"version 1 emb [1000 16] shard versions [1 1 1]\n"} {
+			if err != nil || !strings.Contains(string(out), want) {
+				t.Fatalf("run %d: %v; want %q in\n%s", run, err, want, out)
+			}
+		}
+	}
+}
