@@ -551,9 +551,19 @@ func TestAStepNamingAnotherPlacementIsRefused(t *testing.T) {
 	if err != nil || r.Version != 1 {
 		t.Fatalf("step with the right fingerprint = %+v, %v", r, err)
 	}
+	// Shard 0 is a step ahead: the shards' versions disagree, and the results say so.
+	w := s.NewWorker("stale-map")
+	sr, err := w.Step(ctx, gradientsAt(0, 0), nil)
+	if err != nil || fmt.Sprint(sr.ShardVersions) != "[2 1 1]" || sr.ShardVersions.Agree() ||
+		sr.Version != 1 {
+		t.Fatalf("step with shard 0 ahead = %+v, %v; want shard versions [2 1 1], Version 1", sr, err)
+	}
+	if p, err := s.Pull(ctx, nil); err != nil || fmt.Sprint(p.ShardVersions) != "[2 1 1]" ||
+		p.ShardVersions.Agree() || p.Version != 1 {
+		t.Fatalf("pull with shard 0 ahead = %+v, %v", p, err)
+	}
 
 	// The session is created again with emb whole: an old worker's map is refused everywhere.
-	w := s.NewWorker("stale-map")
 	if err := s.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -650,8 +660,9 @@ func TestShardedCreateIsAllOrNothingAndBadInputsAreRefused(t *testing.T) {
 	}
 }
 
-var workerSummary = regexp.MustCompile(`worker (\S+) steps (\d+) duplicates \d+ aborted \d+ ` +
-	`first_sequence 1 last_sequence \d+ incarnation [1-9]\d* version (\d+) final loss \S+ shards 3`)
+var workerSummary = regexp.MustCompile(`(?m)^sharded over 3 shards: placement fingerprint 0x[0-9a-f]+\n` +
+	`worker (\S+) steps 150 duplicates \d+ aborted \d+ first_sequence 1 last_sequence \d+ ` +
+	`incarnation [1-9]\d* version (\d+) final loss \S+$`)
 
 // The example worker (cmd/worker, $OPTD_GO_WORKER as test.sh builds it) with -addresses: two of
 // them at once against the three shards; one creates the session, the other attaches.

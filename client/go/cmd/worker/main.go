@@ -32,11 +32,17 @@
 // not exist it is created (Adam, lr 0.1), w cut into one row range per shard: w is split when it
 // has at least -split_min_elements elements (default 1: always; 0 takes the server's default of
 // 4Mi, which leaves a small w whole and the plan refused, since every shard needs a slice);
-// otherwise the worker attaches to it, waiting up to 10 s for a creator still creating it. Each
+// otherwise the worker attaches to it (a session of the one tensor w of -dim elements, created by
+// any client), waiting up to 10 s for a creator still creating it. -unary is implied (no streams
+// yet) and -first_sequence works as above, on every shard. Each
 // step sends the version its gradient was computed at, so the worker runs in ASYNC, BOUNDED and
 // SYNC sessions (created by another program with more workers); a stale gradient (ABORTED) is
-// recomputed after a pull. The summary line is the same, with the sequence and incarnation of
-// shard 0 and " shards N" at the end:
+// recomputed after a pull. Before the summary line (the same, with shard 0's sequences and
+// incarnation) it prints
+//
+//	sharded over N shards: placement fingerprint F
+//
+// For example:
 //
 //	optd-go-worker -addresses 127.0.0.1:50061,127.0.0.1:50062,127.0.0.1:50063 -session demo
 package main
@@ -236,9 +242,11 @@ func runSharded(ctx context.Context, addresses []string, session string, dim, st
 	if r != nil {
 		last = r.Sequence
 	}
+	fmt.Printf("sharded over %d shards: placement fingerprint %#x\n", len(addresses),
+		s.Placement().GetFingerprint())
 	fmt.Printf("worker %s steps %d duplicates %d aborted %d first_sequence %d last_sequence %d "+
-		"incarnation %d version %d final loss %.6f shards %d\n", worker, applied, duplicates,
-		aborted, first, last, incarnation, version, loss, len(addresses))
+		"incarnation %d version %d final loss %.6f\n", worker, applied, duplicates, aborted, first,
+		last, incarnation, version, loss)
 	if loss < maxLoss {
 		return 0, nil
 	}
