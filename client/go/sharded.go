@@ -192,7 +192,8 @@ func (s *ShardedClient) PlanPlacement(ctx context.Context, config *optdv1.Sessio
 // the id: of several clients creating the same session at once, one creates it and the others get
 // ALREADY_EXISTS having created nothing (they may attach instead; AttachShardedSession is
 // NOT_FOUND until every shard has it). If a shard refuses, the shards already created are deleted
-// again, so no half-created session is left, and its error is returned (a *ShardError).
+// again, so no half-created session is left, and its error is returned (a *ShardError); deleting
+// is best effort (a shard unreachable by then keeps its part: Client.DeleteSession removes it).
 //
 // sessionID is required (every shard holds the session under it); params are dense. The config's
 // Placement is ignored (the plan's is used) and param groups are refused by the shards.
@@ -256,7 +257,7 @@ func (s *ShardedClient) CreateShardedSession(ctx context.Context, sessionID stri
 		})
 		return nil, err
 	}
-	return newShardedSession(sessionID, placement, s.clients, s.addresses, infos)
+	return newShardedSession(sessionID, placement, s.clients, s.addresses, isSync(infos[0]))
 }
 
 // cleanupTimeout bounds deleting the shards of a session whose creation failed.
@@ -314,12 +315,13 @@ func (s *ShardedClient) AttachShardedSession(ctx context.Context, sessionID stri
 		byShard[k] = i + 1
 	}
 	// n distinct indices in [0, n): every shard is there once.
-	clients, addresses, ordered := make([]*Client, n), make([]string, n), make([]*optdv1.Session, n)
+	clients, addresses := make([]*Client, n), make([]string, n)
 	for k, i := range byShard {
-		clients[k], addresses[k], ordered[k] = s.clients[i-1], s.addresses[i-1], infos[i-1]
+		clients[k], addresses[k] = s.clients[i-1], s.addresses[i-1]
 	}
-	return newShardedSession(sessionID, ordered[0].GetConfig().GetPlacement(), clients, addresses,
-		ordered)
+	shard0 := infos[byShard[0]-1]
+	return newShardedSession(sessionID, shard0.GetConfig().GetPlacement(), clients, addresses,
+		isSync(shard0))
 }
 
 // ShardedSession is a session sharded over several optd servers, as CreateShardedSession or
@@ -330,7 +332,6 @@ type ShardedSession struct {
 	placement *optdv1.Placement // shard 0's copy
 	clients   []*Client         // clients[k] holds shard k
 	addresses []string          // addresses[k] is clients[k]'s
-	infos     []*optdv1.Session // when created or attached, in shard order
 	sync      bool              // a SYNC session: the shards' versions must agree
 	names     []string          // the model's tensors, in order
 	shapes    map[string][]int64
@@ -338,10 +339,9 @@ type ShardedSession struct {
 }
 
 func newShardedSession(id string, placement *optdv1.Placement, clients []*Client,
-	addresses []string, infos []*optdv1.Session) (*ShardedSession, error) {
+	addresses []string, sync bool) (*ShardedSession, error) {
 	s := &ShardedSession{id: id, placement: placement, clients: clients, addresses: addresses,
-		infos: infos, shapes: map[string][]int64{}, slices: map[string][]*optdv1.PlacedSlice{},
-		sync: infos[0].GetConfig().GetConsistency().GetMode() == optdv1.Consistency_MODE_SYNC}
+		sync: sync, shapes: map[string][]int64{}, slices: map[string][]*optdv1.PlacedSlice{}}
 	for _, sl := range placement.GetSlices() {
 		name := sl.GetTensor()
 		if _, ok := s.shapes[name]; !ok {
@@ -355,6 +355,11 @@ func newShardedSession(id string, placement *optdv1.Placement, clients []*Client
 		s.slices[name] = append(s.slices[name], sl)
 	}
 	return s, nil
+}
+
+// isSync reports whether a session is SYNC (its shards' versions must then agree).
+func isSync(info *optdv1.Session) bool {
+	return info.GetConfig().GetConsistency().GetMode() == optdv1.Consistency_MODE_SYNC
 }
 
 // ID is the session id (the same on every shard).
