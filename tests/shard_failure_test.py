@@ -96,12 +96,12 @@ def worker_loop(session, worker, outcome, progress=None):
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
         while time.monotonic() < deadline:
-            pulled = session.pull()
-            if progress is not None:
-                progress(pulled.version)
-            if pulled.version >= FINAL:
-                return
             try:
+                pulled = session.pull()
+                if progress is not None:
+                    progress(pulled.version)
+                if pulled.version >= FINAL:
+                    return
                 session.step(gradient(pulled.tensors, pulled.version, worker))
             except optd.ShardRestartedError as e:
                 outcome.setdefault("restarted", []).append((worker, e.current_version))

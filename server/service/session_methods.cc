@@ -206,6 +206,12 @@ absl::Status OptimizerServiceImpl::RestoreVersion(const Caller& caller,
     return absl::InvalidArgumentError(absl::StrCat(
         "restore_version = ", version, " is out of range: must be >= 0 (a checkpointed version)"));
   }
+  // Already there (restored by another worker, or never moved past it): left as it is, with
+  // its barrier and steps in flight, so that workers recovering at once do not undo each other.
+  if (session.Info().version == version) {
+    Describe(caller, session, response);
+    return absl::OkStatus();
+  }
   absl::StatusOr<SessionState> state = options_.checkpointer->ReadVersion(session.id(), version);
   absl::StatusOr<std::shared_ptr<Session>> restored =
       state.ok()

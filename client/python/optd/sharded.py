@@ -26,13 +26,14 @@ version, exactly-once table and SYNC barrier):
 
 import concurrent.futures
 import socket
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from optd import config as _config
 from optd.client import DEFAULT, Client, Gradients, _items
-from optd.errors import (FailedPreconditionError, InvalidArgumentError, OptdError,
+from optd.errors import (AbortedError, FailedPreconditionError, InvalidArgumentError, OptdError,
                          ShardRestartedError)
 from optd.results import PullResult, StepResult
 from optd.session import Session
@@ -42,6 +43,8 @@ __all__ = ["ShardedClient", "ShardedSession", "DEFAULT_CHECKPOINT_EVERY"]
 
 #: Placement.checkpoint_every_versions of the sessions ShardedClient creates.
 DEFAULT_CHECKPOINT_EVERY = 100
+#: How long ShardedSession.pull waits for a SYNC session's shards to agree on a version.
+PULL_AGREE_TIMEOUT_S = 10.0
 
 
 class ShardedClient:
@@ -240,6 +243,7 @@ class ShardedSession:
         for s in sessions:
             s.placement_fingerprint = placement.fingerprint
         self._slices = list(placement.slices)
+        self._is_sync: Optional[bool] = None
         self._names: List[str] = []
         for s in self._slices:
             if not self._names or self._names[-1] != s.tensor:
@@ -329,13 +333,39 @@ class ShardedSession:
             estimates=dict(first.estimates))
 
     def pull(self, *, timeout: Any = DEFAULT, **options: Any) -> PullResult:
-        """Every tensor, whole, from every shard at once (the lowest of their versions)."""
-        results = _map(self._pool, lambda s: s.pull(timeout=timeout, **options), self.sessions)
+        """Every tensor, whole, from every shard at once (the lowest of their versions).
+
+        SYNC: the shards step together, so their versions differ only while a shard is down or
+        being restored (recover); the pull is repeated until they agree (for up to
+        PULL_AGREE_TIMEOUT_S), so that a gradient is never computed on slices of two versions,
+        else AbortedError. ASYNC: shards may be a step apart (steps in flight); the slices are
+        returned as they are."""
+        deadline = time.monotonic() + PULL_AGREE_TIMEOUT_S
+        while True:
+            results = _map(self._pool, lambda s: s.pull(timeout=timeout, **options),
+                           self.sessions)
+            versions = [r.version for r in results]
+            if len(set(versions)) == 1 or not self._sync():
+                break
+            if time.monotonic() > deadline:
+                raise AbortedError(
+                    f"session {self.session_id}: its shards are at versions {versions}, not one "
+                    f"(a shard failed, or a recovery is under way): pull again",
+                    current_version=min(versions))
+            time.sleep(0.05)
         return PullResult(version=min(r.version for r in results),
                           tensors=self._join([r.tensors for r in results]),
                           server_incarnation=results[0].server_incarnation,
                           durable_version=min(r.durable_version for r in results),
                           point=results[0].point)
+
+    def _sync(self) -> bool:
+        """Whether the session is SYNC (read once from shard 0)."""
+        if self._is_sync is None:
+            info = self.sessions[0]._info or self.sessions[0].info()  # pylint: disable=protected-access
+            self._is_sync = (info.config.consistency.mode ==
+                             self.client.clients[0].pb2.Consistency.MODE_SYNC)
+        return self._is_sync
 
     def recover(self, *, timeout: Any = DEFAULT) -> int:
         """Brings every shard back to one version after a shard restarted from a checkpoint, and
