@@ -4463,7 +4463,8 @@ type UpdateSessionRequest struct {
 	// Session.checkpoint_versions): parameters, optimizer state, schedule, exactly-once table and
 	// version become the checkpoint's, and the checkpoints of later versions are removed. Calls at
 	// the SYNC barrier and steps in flight end ABORTED; later steps continue from the restored
-	// version. Alone (no other field set). FAILED_PRECONDITION without --checkpoint_dir, NOT_FOUND
+	// version. A session already at that version is left as it is (nothing ends), so that several
+	// workers restoring at once do not undo each other. Alone (no other field set). FAILED_PRECONDITION without --checkpoint_dir, NOT_FOUND
 	// for a version with no checkpoint (the message lists those there are). A sharded session uses
 	// it to return every shard to a common version after one restarted (README, Sharding).
 	RestoreVersion *int64 `protobuf:"varint,7,opt,name=restore_version,json=restoreVersion,proto3,oneof" json:"restore_version,omitempty"`
