@@ -65,7 +65,12 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Restore(SessionState stat
 
 absl::StatusOr<std::shared_ptr<Session>> SessionStore::Replace(SessionState state,
                                                                const absl::Status& why) {
-  absl::MutexLock reloading(&reload_mu_);  // not while a reload or a deletion runs
+  absl::MutexLock reloading(&reload_mu_);  // not while a reload, a deletion or a Replace runs
+  // Already at that version (another Replace to it came first): left as it is.
+  if (std::shared_ptr<Session> current = Loaded(state.id);
+      current != nullptr && current->Info().version == state.version) {
+    return current;
+  }
   absl::StatusOr<std::shared_ptr<Session>> session = Session::Restore(std::move(state), env_);
   if (!session.ok()) return session.status();
   std::shared_ptr<Session> replaced;  // closed and freed after the lock is released

@@ -106,7 +106,9 @@ class SessionStore {
 
   // Puts the session `state` describes (Session::Restore) in the place of the loaded session of
   // its id, which is closed with `why` (calls at its barrier and later steps to it fail with it);
-  // nothing changes if the state does not restore. NotFound if no session of that id is loaded.
+  // nothing changes if the state does not restore, or if the loaded session is already at the
+  // state's version (then it is returned as it is: concurrent Replaces to one version make one).
+  // NotFound if no session of that id is loaded.
   absl::StatusOr<std::shared_ptr<Session>> Replace(SessionState state, const absl::Status& why);
 
   // Removes the session and closes it: calls waiting at its SYNC barrier fail with Unavailable.

@@ -129,7 +129,8 @@ class ShardedClient:
                        schedule: Any = None, clipping: Any = None, consistency: Any = None,
                        split_min_elements: int = 0, worker_id: Optional[str] = None,
                        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-                       timeout: Any = DEFAULT, **hyperparameters: Any) -> "ShardedSession":
+                       recovery: str = "auto", timeout: Any = DEFAULT,
+                       **hyperparameters: Any) -> "ShardedSession":
         """Creates the session on every shard (shard i on addresses[i]) and returns it.
 
         ``session_id`` is required (every shard holds the session under it). The placement is
@@ -138,7 +139,8 @@ class ShardedClient:
         ``split_min_elements``: tensors of at least this many elements (and two rows) are split
         into row ranges (0: the server's default, 4Mi). ``checkpoint_every``: shards started with
         --checkpoint_dir checkpoint the session at every multiple of this version, so that after
-        a shard restarts every shard can go back to a common version (0: never; see recover)."""
+        a shard restarts every shard can go back to a common version (0: never; see recover).
+        ``recovery``: see ShardedSession.recovery."""
         if not session_id:
             raise InvalidArgumentError("session_id is required for a sharded session (every "
                                        "shard holds it under the same id)")
@@ -171,10 +173,10 @@ class ShardedClient:
                     except OptdError:
                         pass
             raise failed[0]
-        return ShardedSession(self, session_id, outcomes, placement)
+        return ShardedSession(self, session_id, outcomes, placement, recovery=recovery)
 
     def session(self, session_id: str, *, worker_id: Optional[str] = None,
-                timeout: Any = DEFAULT) -> "ShardedSession":
+                recovery: str = "auto", timeout: Any = DEFAULT) -> "ShardedSession":
         """Attaches to an existing sharded session: reads its placement from every shard
         (FailedPreconditionError if they disagree, or a shard holds no shard of it)."""
         infos = self.map(lambda c: c.get_session(session_id, timeout=timeout), self.clients)
@@ -199,7 +201,7 @@ class ShardedClient:
             by_shard[p.shard] = Session(client, session_id, worker_id=worker_id,
                                         version=info.version, info=info)
         sessions = [by_shard[i] for i in range(len(self.clients))]
-        return ShardedSession(self, session_id, sessions, placement)
+        return ShardedSession(self, session_id, sessions, placement, recovery=recovery)
 
 
 def _map(pool, fn, items):
@@ -229,7 +231,16 @@ class ShardedSession:
     all with the same worker id. Steps and pulls take and give whole tensors."""
 
     def __init__(self, client: ShardedClient, session_id: str, sessions: List[Session],
-                 placement) -> None:
+                 placement, *, recovery: str = "auto") -> None:
+        if recovery not in ("auto", "wait"):
+            raise InvalidArgumentError(f"recovery = {recovery!r}: must be 'auto' (this worker "
+                                       f"restores the shards after one restarted) or 'wait' "
+                                       f"(another worker does)")
+        #: After a shard restarted: "auto", this worker's step restores every shard to their
+        #: newest common checkpoint (recover); "wait", another worker does, and this one's pulls
+        #: wait for the shards to agree. In a SYNC job give one worker "auto" and the others
+        #: "wait": two workers restoring at once can leave a barrier half-filled on some shards.
+        self.recovery = recovery
         self.client = client
         self.session_id = session_id
         self.sessions = sessions
@@ -306,12 +317,17 @@ class ShardedSession:
             range(len(self.sessions)))
         restarted = [i for i, r in enumerate(results) if getattr(r, "server_restarted", False)]
         if restarted:
+            which = (f"shard {', '.join(str(i) for i in restarted)} of session {self.session_id} "
+                     f"({', '.join(self.sessions[i].client.address for i in restarted)})")
+            if self.recovery == "wait":
+                raise ShardRestartedError(
+                    f"{which} restarted from a checkpoint; another worker restores every shard "
+                    f"to a common version: pull (it waits for them) and step again", None,
+                    restarted)
             version = self.recover(timeout=timeout)
             raise ShardRestartedError(
-                f"shard {', '.join(str(i) for i in restarted)} of session {self.session_id} "
-                f"({', '.join(self.sessions[i].client.address for i in restarted)}) restarted "
-                f"from a checkpoint; every shard is restored to version {version}: pull and step "
-                f"again", version, restarted)
+                f"{which} restarted from a checkpoint; every shard is restored to version "
+                f"{version}: pull and step again", version, restarted)
         for r in results:
             if isinstance(r, Exception):
                 raise r
