@@ -12,6 +12,8 @@
 //   p50 ms        median latency of a worker's step (all shards answered);
 //   CPU s/step    each shard process's user + system CPU over the phase (/proc/<pid>/stat, utime
 //                 + stime) per step, and their sum;
+//   client CPU    this process's CPU (the workers: cutting, encoding, decoding, assembling) per
+//                 step, likewise;
 //   MB/step       per shard, the message bytes of one worker step's request (gradients) and reply
 //                 (parameters, RETURN_PARAMETERS_ALL), protobuf sizes.
 // The phases alternate over --rounds rounds (1 2 4, 4 2 1, ...); a cell is the median over rounds
@@ -21,7 +23,7 @@
 // beginning; a phase of N shards uses the first N. They are stopped by pid at the end (SIGTERM,
 // then SIGKILL), on error paths too (bench/child_process.h).
 //
-//   optd-shard-bench                       # 8M parameters, 4 workers, 1 2 4 shards, 2 rounds
+//   optd-shard-bench                       # 8M parameters, 4 workers, 1 2 4 shards, 3 rounds
 //   optd-shard-bench --mode=sync --rounds=3
 //   optd-shard-bench --tensors=1 --rows=8192 --cols=1024 --split_min_elements=1048576
 
@@ -72,7 +74,7 @@ ABSL_FLAG(int64_t, split_min_elements, 0,
 ABSL_FLAG(std::string, mode, "async", "async, or sync (a barrier of --workers gradients).");
 ABSL_FLAG(int, steps, 6, "Steps per worker per phase.");
 ABSL_FLAG(double, seconds, 20, "At most this long per phase (workers stop after their step).");
-ABSL_FLAG(int, rounds, 2, "Rounds; the phases alternate their order from round to round.");
+ABSL_FLAG(int, rounds, 3, "Rounds; the phases alternate their order from round to round.");
 
 namespace {
 
@@ -106,6 +108,7 @@ struct Phase {
   double seconds = 0;
   double p50_ms = 0;
   std::vector<double> cpu_per_step;    // by shard
+  double client_cpu_per_step = 0;      // this process
   std::vector<double> sent_mb;         // by shard, one worker step's request
   std::vector<double> received_mb;     // by shard, its reply
   double steps_per_s() const { return steps / seconds; }
@@ -240,6 +243,8 @@ absl::StatusOr<Phase> RunPhase(const std::vector<std::unique_ptr<ChildProcess>>&
     if (absl::Status s = joins[w](); !s.ok()) return s;
   }
 
+  absl::StatusOr<double> client_before = CpuSeconds(getpid());
+  if (!client_before.ok()) return client_before.status();
   std::vector<double> cpu_before(n);
   for (int i = 0; i < n; ++i) {
     absl::StatusOr<double> cpu = CpuSeconds(servers[i]->pid());
@@ -267,6 +272,8 @@ absl::StatusOr<Phase> RunPhase(const std::vector<std::unique_ptr<ChildProcess>>&
   }
   for (std::thread& t : threads) t.join();
   phase.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  absl::StatusOr<double> client_after = CpuSeconds(getpid());
+  if (!client_after.ok()) return client_after.status();
   for (const absl::Status& f : failures) {
     if (!f.ok()) return f;
   }
@@ -276,6 +283,7 @@ absl::StatusOr<Phase> RunPhase(const std::vector<std::unique_ptr<ChildProcess>>&
   std::sort(all.begin(), all.end());
   phase.steps = static_cast<int64_t>(all.size());
   phase.p50_ms = all[all.size() / 2];
+  phase.client_cpu_per_step = (*client_after - *client_before) / phase.steps;
   for (int i = 0; i < n; ++i) {
     absl::StatusOr<double> cpu = CpuSeconds(servers[i]->pid());
     if (!cpu.ok()) return cpu.status();
@@ -350,9 +358,11 @@ int Run() {
                      phase.status().ToString().c_str());
         return 1;
       }
-      std::printf("round %d  %d shard%s  %5.2f steps/s  p50 %7.1f ms  CPU s/step [%s]\n",
-                  round + 1, counts[c], counts[c] == 1 ? " " : "s", phase->steps_per_s(),
-                  phase->p50_ms, absl::StrJoin(phase->cpu_per_step, " ", [](std::string* out,
+      std::printf(
+          "round %d  %d shard%s  %5.2f steps/s  p50 %7.1f ms  client CPU s/step %.3f  shards' "
+          "CPU s/step [%s]\n",
+          round + 1, counts[c], counts[c] == 1 ? " " : "s", phase->steps_per_s(), phase->p50_ms,
+          phase->client_cpu_per_step, absl::StrJoin(phase->cpu_per_step, " ", [](std::string* out,
                                                                              double v) {
                     absl::StrAppend(out, absl::StrFormat("%.3f", v));
                   }).c_str());
@@ -361,14 +371,16 @@ int Run() {
     }
   }
 
-  std::printf("\n| shards | steps/s | p50 ms | server CPU s/step (sum) | CPU s/step per shard | "
-              "MB/step per shard sent / received |\n|---|---|---|---|---|---|\n");
+  std::printf(
+      "\n| shards | steps/s | p50 ms | shards' CPU s/step (sum) | CPU s/step per shard | client "
+      "CPU s/step | MB/step per shard sent / received |\n|---|---|---|---|---|---|---|\n");
   for (size_t c = 0; c < counts.size(); ++c) {
-    std::vector<double> rate, p50, cpu_sum;
+    std::vector<double> rate, p50, cpu_sum, client_cpu;
     std::vector<std::vector<double>> cpu(counts[c]);
     for (const Phase& p : phases[c]) {
       rate.push_back(p.steps_per_s());
       p50.push_back(p.p50_ms);
+      client_cpu.push_back(p.client_cpu_per_step);
       double sum = 0;
       for (int i = 0; i < counts[c]; ++i) {
         cpu[i].push_back(p.cpu_per_step[i]);
@@ -382,9 +394,10 @@ int Run() {
       bytes.push_back(absl::StrFormat("%.1f / %.1f", phases[c][0].sent_mb[i],
                                       phases[c][0].received_mb[i]));
     }
-    std::printf("| %d | %s | %s | %s | %s | %s |\n", counts[c], Cell(rate, 2).c_str(),
+    std::printf("| %d | %s | %s | %s | %s | %s | %s |\n", counts[c], Cell(rate, 2).c_str(),
                 Cell(p50, 0).c_str(), Cell(cpu_sum, 3).c_str(),
-                absl::StrJoin(per_shard_cpu, ", ").c_str(), absl::StrJoin(bytes, "; ").c_str());
+                absl::StrJoin(per_shard_cpu, ", ").c_str(), Cell(client_cpu, 3).c_str(),
+                absl::StrJoin(bytes, "; ").c_str());
   }
   for (std::unique_ptr<ChildProcess>& s : servers) s->Terminate();
   for (std::unique_ptr<ChildProcess>& s : servers) s->Stop().IgnoreError();
