@@ -107,10 +107,10 @@ struct Phase {
   int64_t steps = 0;
   double seconds = 0;
   double p50_ms = 0;
-  std::vector<double> cpu_per_step;    // by shard
-  double client_cpu_per_step = 0;      // this process
-  std::vector<double> sent_mb;         // by shard, one worker step's request
-  std::vector<double> received_mb;     // by shard, its reply
+  std::vector<double> cpu_per_step;  // by shard
+  double client_cpu_per_step = 0;    // this process
+  std::vector<double> sent_mb;       // by shard, one worker step's request
+  std::vector<double> received_mb;   // by shard, its reply
   double steps_per_s() const { return steps / seconds; }
 };
 
@@ -326,10 +326,10 @@ int Run() {
   const int max_shards = *std::max_element(counts.begin(), counts.end());
   std::vector<std::unique_ptr<ChildProcess>> servers;
   for (int i = 0; i < max_shards; ++i) {
-    absl::StatusOr<std::unique_ptr<ChildProcess>> optd = ChildProcess::Start(
-        {absl::GetFlag(FLAGS_optd_binary), "--listen=127.0.0.1:0", "--metrics_listen=",
-         "--shutdown_grace=0s", "--audit_log="},
-        absl::Seconds(30));
+    absl::StatusOr<std::unique_ptr<ChildProcess>> optd =
+        ChildProcess::Start({absl::GetFlag(FLAGS_optd_binary), "--listen=127.0.0.1:0",
+                             "--metrics_listen=", "--shutdown_grace=0s", "--audit_log="},
+                            absl::Seconds(30));
     if (!optd.ok()) {
       std::fprintf(stderr, "optd-shard-bench: %s\n", optd.status().ToString().c_str());
       return 1;
@@ -340,13 +340,13 @@ int Run() {
   const std::vector<oc::HostTensor> grads = Model(0.01f);
   int64_t params = 0;
   for (const oc::HostTensor& t : model) params += t.num_elements();
-  std::printf("optd-shard-bench: %lld float32 parameters (%d x [%lld, %lld]), Adam, %s, %d "
-              "workers, %d steps each, %d rounds; shards on 127.0.0.1, %ld cores\n",
-              static_cast<long long>(params), absl::GetFlag(FLAGS_tensors),
-              static_cast<long long>(absl::GetFlag(FLAGS_rows)),
-              static_cast<long long>(absl::GetFlag(FLAGS_cols)), mode.c_str(),
-              absl::GetFlag(FLAGS_workers), absl::GetFlag(FLAGS_steps),
-              absl::GetFlag(FLAGS_rounds), sysconf(_SC_NPROCESSORS_ONLN));
+  std::printf(
+      "optd-shard-bench: %lld float32 parameters (%d x [%lld, %lld]), Adam, %s, %d "
+      "workers, %d steps each, %d rounds; shards on 127.0.0.1, %ld cores\n",
+      static_cast<long long>(params), absl::GetFlag(FLAGS_tensors),
+      static_cast<long long>(absl::GetFlag(FLAGS_rows)),
+      static_cast<long long>(absl::GetFlag(FLAGS_cols)), mode.c_str(), absl::GetFlag(FLAGS_workers),
+      absl::GetFlag(FLAGS_steps), absl::GetFlag(FLAGS_rounds), sysconf(_SC_NPROCESSORS_ONLN));
 
   std::vector<std::vector<Phase>> phases(counts.size());  // by shard count, by round
   for (int round = 0; round < absl::GetFlag(FLAGS_rounds); ++round) {
@@ -362,10 +362,10 @@ int Run() {
           "round %d  %d shard%s  %5.2f steps/s  p50 %7.1f ms  client CPU s/step %.3f  shards' "
           "CPU s/step [%s]\n",
           round + 1, counts[c], counts[c] == 1 ? " " : "s", phase->steps_per_s(), phase->p50_ms,
-          phase->client_cpu_per_step, absl::StrJoin(phase->cpu_per_step, " ", [](std::string* out,
-                                                                             double v) {
-                    absl::StrAppend(out, absl::StrFormat("%.3f", v));
-                  }).c_str());
+          phase->client_cpu_per_step,
+          absl::StrJoin(phase->cpu_per_step, " ", [](std::string* out, double v) {
+            absl::StrAppend(out, absl::StrFormat("%.3f", v));
+          }).c_str());
       std::fflush(stdout);
       phases[c].push_back(*std::move(phase));
     }
@@ -391,8 +391,8 @@ int Run() {
     std::vector<std::string> per_shard_cpu, bytes;
     for (int i = 0; i < counts[c]; ++i) {
       per_shard_cpu.push_back(absl::StrFormat("%.3f", Median(cpu[i])));
-      bytes.push_back(absl::StrFormat("%.1f / %.1f", phases[c][0].sent_mb[i],
-                                      phases[c][0].received_mb[i]));
+      bytes.push_back(
+          absl::StrFormat("%.1f / %.1f", phases[c][0].sent_mb[i], phases[c][0].received_mb[i]));
     }
     std::printf("| %d | %s | %s | %s | %s | %s | %s |\n", counts[c], Cell(rate, 2).c_str(),
                 Cell(p50, 0).c_str(), Cell(cpu_sum, 3).c_str(),

@@ -67,8 +67,8 @@ HostTensor CutRows(const HostTensor& tensor, const v1::PlacedSlice& s) {
 
 absl::StatusOr<ShardSlices> ShardSlices::FromPlacement(const v1::Placement& placement) {
   if (placement.shards() < 2 || placement.shards() > 64) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "placement.shards = ", placement.shards(), "; a sharded session has 2 to 64 shards"));
+    return absl::InvalidArgumentError(absl::StrCat("placement.shards = ", placement.shards(),
+                                                   "; a sharded session has 2 to 64 shards"));
   }
   if (placement.slices_size() == 0) {
     return absl::InvalidArgumentError("placement.slices is empty");
@@ -82,8 +82,8 @@ absl::StatusOr<ShardSlices> ShardSlices::FromPlacement(const v1::Placement& plac
     const v1::PlacedSlice& s = out.slices_[i];
     const std::string field = absl::StrCat("placement.slices[", i, "] (", s.name(), ")");
     if (s.shard() >= placement.shards()) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ": shard = ", s.shard(),
-                                                     "; must be below ", placement.shards()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": shard = ", s.shard(), "; must be below ", placement.shards()));
     }
     for (int64_t d : s.shape()) {
       if (d < 0) return absl::InvalidArgumentError(absl::StrCat(field, ": negative dimension"));
@@ -96,8 +96,8 @@ absl::StatusOr<ShardSlices> ShardSlices::FromPlacement(const v1::Placement& plac
     if (s.row_begin() != expected_begin || s.row_end() <= s.row_begin() ||
         s.row_end() > RowsOf(s)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          field, ": rows [", s.row_begin(), ", ", s.row_end(), ") of tensor ", s.tensor(),
-          " of ", RowsOf(s), " rows; a tensor's slices must cover its rows in order"));
+          field, ": rows [", s.row_begin(), ", ", s.row_end(), ") of tensor ", s.tensor(), " of ",
+          RowsOf(s), " rows; a tensor's slices must cover its rows in order"));
     }
     if (!continues) {
       if (!seen.insert(s.tensor()).second) {
@@ -105,8 +105,8 @@ absl::StatusOr<ShardSlices> ShardSlices::FromPlacement(const v1::Placement& plac
             absl::StrCat(field, ": the slices of tensor ", s.tensor(), " are not consecutive"));
       }
       if (i > 0 && out.slices_[i - 1].row_end() != RowsOf(out.slices_[i - 1])) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "placement: tensor ", out.names_.back(), "'s slices do not reach its last row"));
+        return absl::InvalidArgumentError(absl::StrCat("placement: tensor ", out.names_.back(),
+                                                       "'s slices do not reach its last row"));
       }
       out.names_.push_back(s.tensor());
       out.ranges_.push_back(Range{i, 0});
@@ -114,8 +114,8 @@ absl::StatusOr<ShardSlices> ShardSlices::FromPlacement(const v1::Placement& plac
     ++out.ranges_.back().count;
   }
   if (out.slices_.back().row_end() != RowsOf(out.slices_.back())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "placement: tensor ", out.names_.back(), "'s slices do not reach its last row"));
+    return absl::InvalidArgumentError(absl::StrCat("placement: tensor ", out.names_.back(),
+                                                   "'s slices do not reach its last row"));
   }
   return out;
 }
@@ -152,9 +152,9 @@ absl::StatusOr<std::vector<std::vector<HostTensor>>> ShardSlices::Split(
     const HostTensor& tensor = *given.at(names_[t]);
     const v1::PlacedSlice& first = slices_[ranges_[t].first];
     if (tensor.shape != ShapeOf(first)) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", tensor.name, " has shape ",
-                                                     ShapeString(tensor.shape), "; the session's is ",
-                                                     ShapeString(ShapeOf(first))));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", tensor.name, " has shape ", ShapeString(tensor.shape),
+                       "; the session's is ", ShapeString(ShapeOf(first))));
     }
     const size_t want = tensor.row_sparse() ? tensor.rows->size() * tensor.row_size()
                                             : static_cast<size_t>(tensor.num_elements());
@@ -231,10 +231,9 @@ absl::StatusOr<std::vector<HostTensor>> ShardSlices::Assemble(
       if (piece == nullptr) continue;
       const v1::PlacedSlice& s = slices_[ranges_[t].first + i];
       if (piece->shape != SliceShape(s)) {
-        return absl::InternalError(absl::StrCat("shard ", s.shard(), " returned slice ", s.name(),
-                                                " of shape ", ShapeString(piece->shape),
-                                                "; the placement's is ",
-                                                ShapeString(SliceShape(s))));
+        return absl::InternalError(absl::StrCat(
+            "shard ", s.shard(), " returned slice ", s.name(), " of shape ",
+            ShapeString(piece->shape), "; the placement's is ", ShapeString(SliceShape(s))));
       }
       if (piece->row_sparse()) {
         for (int64_t r : *piece->rows) whole.rows->push_back(r + s.row_begin());
@@ -261,8 +260,8 @@ absl::StatusOr<std::vector<std::optional<PullOptions>>> ShardSlices::SplitPull(
   std::set<std::string> wanted_set;
   for (const std::string& name : wanted) {
     if (!Find(name).has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat("names: no tensor ", name, "; the session has [",
-                                                     absl::StrJoin(names_, ", "), "]"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "names: no tensor ", name, "; the session has [", absl::StrJoin(names_, ", "), "]"));
     }
     wanted_set.insert(name);
   }
@@ -328,8 +327,7 @@ absl::StatusOr<HostTensor> ReorderRows(const HostTensor& tensor,
   for (int64_t index : indices) {
     const auto it = position.find(index);
     if (it == position.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor ", tensor.name, " lacks row ", index));
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", tensor.name, " lacks row ", index));
     }
     out.rows->push_back(index);
     out.values.insert(out.values.end(), tensor.values.begin() + it->second * row,

@@ -56,9 +56,8 @@ absl::Status AtShard(const absl::Status& status, int shard, absl::string_view ad
   if (status.ok()) return status;
   absl::Status out(status.code(),
                    absl::StrCat("shard ", shard, " (", address, "): ", status.message()));
-  status.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) {
-    out.SetPayload(url, payload);
-  });
+  status.ForEachPayload(
+      [&out](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
   return out;
 }
 
@@ -183,9 +182,9 @@ absl::StatusOr<ShardedSession> ShardedClient::Attach(absl::string_view session_i
   for (int i = 0; i < n; ++i) {
     const v1::Placement& p = read[i]->config().placement();
     if (p.shards() == 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "session ", session_id, " on ", addresses_[i],
-          " is not sharded: attach to it with a Client of that address alone"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("session ", session_id, " on ", addresses_[i],
+                       " is not sharded: attach to it with a Client of that address alone"));
     }
     if (p.shards() != static_cast<uint32_t>(n)) {
       return absl::FailedPreconditionError(absl::StrFormat(

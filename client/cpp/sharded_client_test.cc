@@ -88,8 +88,8 @@ void ExpectSameBits(const std::vector<HostTensor>& a, const std::vector<HostTens
     EXPECT_EQ(a[i].shape, b[i].shape) << a[i].name;
     EXPECT_EQ(a[i].rows, b[i].rows) << a[i].name;
     ASSERT_EQ(a[i].values.size(), b[i].values.size()) << a[i].name;
-    EXPECT_EQ(0, std::memcmp(a[i].values.data(), b[i].values.data(),
-                             a[i].values.size() * sizeof(float)))
+    EXPECT_EQ(
+        0, std::memcmp(a[i].values.data(), b[i].values.data(), a[i].values.size() * sizeof(float)))
         << a[i].name;
   }
 }
@@ -143,8 +143,7 @@ class ShardedTest : public ::testing::Test {
 TEST_F(ShardedTest, TheServerPlansRowRangesForTheLargeTensorAndBalancesTheRest) {
   ShardedCreateOptions options;
   options.split_min_elements = kSplit;
-  absl::StatusOr<v1::Placement> placement =
-      sharded_->PlanPlacement(AdamConfig(), Model(), options);
+  absl::StatusOr<v1::Placement> placement = sharded_->PlanPlacement(AdamConfig(), Model(), options);
   ASSERT_TRUE(placement.ok()) << placement.status();
   std::vector<std::string> emb;
   for (const v1::PlacedSlice& s : placement->slices()) {
@@ -197,7 +196,7 @@ TEST_F(ShardedTest, TwoSyncWorkersGiveTheBitsOfOneServer) {
   std::vector<std::thread> threads;
   for (int w = 0; w < 2; ++w) {
     threads.emplace_back([&, w] {  // sharded worker w
-      WorkerOptions options;  // the version from the session
+      WorkerOptions options;       // the version from the session
       options.worker_id = absl::StrCat("worker-", w);
       ShardedWorker worker(sharded_.get(), session, options);
       worker.Join().IgnoreError();
@@ -309,8 +308,7 @@ TEST_F(ShardedTest, AttachingWithTheAddressesInAnotherOrderFindsEveryShard) {
 
 TEST_F(ShardedTest, AShardRefusesAStepNamingAnotherPlacementOrNone) {
   ShardedSession session = Create("fingerprint", AdamConfig());
-  absl::StatusOr<std::vector<std::vector<HostTensor>>> parts =
-      session.slices->Split(Gradients(0));
+  absl::StatusOr<std::vector<std::vector<HostTensor>>> parts = session.slices->Split(Gradients(0));
   ASSERT_TRUE(parts.ok()) << parts.status();
   Client* shard0 = sharded_->ShardClient(session, 0);
   StepOptions options;

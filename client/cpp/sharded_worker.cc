@@ -74,8 +74,7 @@ StepResult Merge(const std::vector<absl::StatusOr<StepResult>>& results) {
 bool ShardedStepResult::versions_agree() const { return AllEqual(shard_versions); }
 bool ShardedPullResult::versions_agree() const { return AllEqual(shard_versions); }
 
-ShardedWorker::ShardedWorker(ShardedClient* client, ShardedSession session,
-                             WorkerOptions options)
+ShardedWorker::ShardedWorker(ShardedClient* client, ShardedSession session, WorkerOptions options)
     : client_(client),
       session_(std::move(session)),
       worker_id_(options.worker_id.empty() ? DefaultWorkerId() : options.worker_id) {
@@ -103,8 +102,7 @@ absl::Status ShardedWorker::Join() {
   const int n = num_shards();
   std::vector<absl::Status> joined(n);
   FanOut(n, [&](int shard) {
-    joined[shard] =
-        AtShard(workers_[shard]->Join(), shard, client_->ShardAddress(session_, shard));
+    joined[shard] = AtShard(workers_[shard]->Join(), shard, client_->ShardAddress(session_, shard));
   });
   for (const absl::Status& s : joined) {
     if (!s.ok()) return s;
@@ -182,9 +180,9 @@ absl::StatusOr<ShardedStepResult> ShardedWorker::Step(const std::vector<HostTens
     const absl::Status& s = results[failed].status();
     absl::Status out = AtShard(s, failed, client_->ShardAddress(session_, failed));
     if (!applied.empty()) {
-      absl::Status noted(out.code(), absl::StrCat(out.message(), " [shards ",
-                                                  absl::StrJoin(applied, ", "),
-                                                  " applied the step]"));
+      absl::Status noted(out.code(),
+                         absl::StrCat(out.message(), " [shards ", absl::StrJoin(applied, ", "),
+                                      " applied the step]"));
       out.ForEachPayload([&noted](absl::string_view url, const absl::Cord& payload) {
         noted.SetPayload(url, payload);
       });
@@ -203,9 +201,9 @@ absl::StatusOr<ShardedStepResult> ShardedWorker::Step(const std::vector<HostTens
   }
   if (!out.versions_agree() && session_.mode() == v1::Consistency::MODE_SYNC) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "the shards of SYNC session ", session_.session_id,
-        " answered step sequence ", out.merged.sequence, " of worker ", worker_id_,
-        " with different versions (", VersionsText(*client_, session_, out.shard_versions),
+        "the shards of SYNC session ", session_.session_id, " answered step sequence ",
+        out.merged.sequence, " of worker ", worker_id_, " with different versions (",
+        VersionsText(*client_, session_, out.shard_versions),
         "): a shard was restored from an older checkpoint than the others, or stepped without "
         "them; the step was applied on every shard"));
   }

@@ -119,9 +119,8 @@ absl::StatusOr<oc::ShardedSession> AttachOrCreate(oc::ShardedClient* client,
     }
     oc::ShardedCreateOptions options;
     options.split_min_elements = absl::GetFlag(FLAGS_split_min_elements);
-    absl::StatusOr<oc::ShardedSession> created =
-        client->CreateSession(session, AdamConfig(), {{"w", {dim}, std::vector<float>(dim)}},
-                              options);
+    absl::StatusOr<oc::ShardedSession> created = client->CreateSession(
+        session, AdamConfig(), {{"w", {dim}, std::vector<float>(dim)}}, options);
     if (created.ok() || created.status().code() != absl::StatusCode::kAlreadyExists) {
       return created;
     }
@@ -181,8 +180,8 @@ int main(int argc, char** argv) {
     };
     driver.step = [&](const oc::HostTensor& grad,
                       const oc::StepOptions& step) -> absl::StatusOr<Stepped> {
-      absl::StatusOr<oc::StepResult> r = stream ? stream->Step({grad}, step)
-                                                : worker->Step({grad}, step);
+      absl::StatusOr<oc::StepResult> r =
+          stream ? stream->Step({grad}, step) : worker->Step({grad}, step);
       if (!r.ok()) return r.status();
       return Stepped{r->version, r->duplicate, r->sequence, r->worker_incarnation,
                      r->parameters[0].values};
