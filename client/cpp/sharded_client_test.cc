@@ -323,6 +323,28 @@ TEST_F(ShardedTest, AShardRefusesAStepNamingAnotherPlacementOrNone) {
   EXPECT_EQ(pulled->version, 0);  // nothing applied
 }
 
+TEST_F(ShardedTest, SyncShardsAnsweringDifferentVersionsAreAnError) {
+  ShardedSession created = Create("diverged", SyncAdam(1));
+  // Shard 0 alone steps once (as a shard restored from another checkpoint would be off by one).
+  absl::StatusOr<std::vector<std::vector<HostTensor>>> parts = created.slices->Split(Gradients(0));
+  ASSERT_TRUE(parts.ok()) << parts.status();
+  StepOptions alone;
+  alone.worker_id = "alone";
+  alone.version = 0;
+  alone.placement_fingerprint = created.fingerprint();
+  ASSERT_TRUE(sharded_->ShardClient(created, 0)->Step("diverged", (*parts)[0], alone).ok());
+
+  absl::StatusOr<ShardedSession> attached = sharded_->Attach("diverged");
+  ASSERT_TRUE(attached.ok()) << attached.status();
+  WorkerOptions options;  // each shard's worker at its shard's version: 1, 0, 0
+  options.worker_id = "w";
+  ShardedWorker worker(sharded_.get(), *attached, options);
+  absl::StatusOr<ShardedStepResult> r = worker.Step(Gradients(1));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr(absl::StrCat("shard 0 (", Address(0), ") at 2")));
+  EXPECT_THAT(r.status().message(), HasSubstr(absl::StrCat("shard 1 (", Address(1), ") at 1")));
+}
+
 TEST_F(ShardedTest, BadAddressesAreRefusedBeforeAnyCall) {
   absl::StatusOr<std::unique_ptr<ShardedClient>> one = ShardedClient::Connect({Address(0)});
   EXPECT_EQ(one.status().code(), absl::StatusCode::kInvalidArgument);
