@@ -5,8 +5,8 @@
 // by ShardedWorkers (client/cpp/sharded_worker.h), each step cut along the placement and sent to
 // every shard at once.
 //
-// Each phase creates the session, lets every worker join, then runs --steps steps per worker (or
-// until --seconds pass) and reports, per shard count:
+// About 20 seconds with the defaults on 2 cores. Each phase creates the session, lets every worker
+// join, then runs --steps steps per worker (or until --seconds pass) and reports, per shard count:
 //   steps/s       steps applied per second, all workers together (one worker's step on every
 //                 shard counts once);
 //   p50 ms        median latency of a worker's step (all shards answered);
@@ -19,9 +19,12 @@
 // The phases alternate over --rounds rounds (1 2 4, 4 2 1, ...); a cell is the median over rounds
 // with the range [min-max] beside it.
 //
-// Servers: --max_shards optd processes (--optd_binary, 127.0.0.1:0, no metrics) started at the
-// beginning; a phase of N shards uses the first N. They are stopped by pid at the end (SIGTERM,
-// then SIGKILL), on error paths too (bench/child_process.h).
+// This process tunes glibc malloc as optd does (server/malloc_tuning.h), so that the workers'
+// multi-megabyte buffers are reused rather than page-faulted in anew at every step.
+//
+// Servers: as many optd processes as the largest --shards count (--optd_binary, 127.0.0.1:0, no
+// metrics), started at the beginning; a phase of N shards uses the first N. They are stopped by
+// pid at the end (SIGTERM, then SIGKILL), on error paths too (bench/child_process.h).
 //
 //   optd-shard-bench                       # 8M parameters, 4 workers, 1 2 4 shards, 3 rounds
 //   optd-shard-bench --mode=sync --rounds=3
@@ -57,6 +60,7 @@
 #include "client/cpp/sharded_client.h"
 #include "client/cpp/sharded_worker.h"
 #include "client/cpp/worker.h"
+#include "server/malloc_tuning.h"
 
 #ifndef OPTD_BENCH_OPTD_BINARY
 #define OPTD_BENCH_OPTD_BINARY "optd"
@@ -411,5 +415,8 @@ int main(int argc, char** argv) {
       "optd-shard-bench: one session's steps/s over 1, 2 and 4 optd shards (see the top of "
       "bench/shard_bench.cc)");
   absl::ParseCommandLine(argc, argv);
+  // The workers move 33.6 MB each way per step, as optd does: reuse freed buffers rather than
+  // page-fault fresh ones (server/malloc_tuning.h), like optd on the other side.
+  optd::TuneMallocForLargeMessages();
   return Run();
 }

@@ -30,7 +30,7 @@ OPTD_BUILD_DIR="$BUILD_DIR" /usr/bin/python3 bench/python_client_bench.py ${OPTD
 
 # optd-shard-bench: one 8M-parameter Adam session, 4 workers, held by 1, 2 and 4 optd shard
 # processes side by side in one run: steps/s, p50, each shard's CPU and bytes per step (README
-# "Sharding", Benchmark). About 30 seconds. Extra flags in OPTD_SHARD_BENCH_FLAGS.
+# "Sharding", Benchmark). About 20 seconds. Extra flags in OPTD_SHARD_BENCH_FLAGS.
 echo "== optd-shard-bench"
 # shellcheck disable=SC2086
 "$BUILD_DIR/bench/optd-shard-bench" ${OPTD_SHARD_BENCH_FLAGS:-} |

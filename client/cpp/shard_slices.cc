@@ -186,18 +186,18 @@ absl::StatusOr<std::vector<std::vector<HostTensor>>> ShardSlices::Split(
 }
 
 absl::StatusOr<std::vector<HostTensor>> ShardSlices::Assemble(
-    const std::vector<std::vector<HostTensor>>& per_shard) const {
+    std::vector<std::vector<HostTensor>> per_shard) const {
   if (per_shard.size() != static_cast<size_t>(shards_)) {
     return absl::InternalError(
         absl::StrCat("slices of ", per_shard.size(), " shards for a placement of ", shards_));
   }
-  std::vector<absl::flat_hash_map<std::string, const HostTensor*>> by_name(shards_);
+  std::vector<absl::flat_hash_map<std::string, HostTensor*>> by_name(shards_);
   for (int shard = 0; shard < shards_; ++shard) {
-    for (const HostTensor& t : per_shard[shard]) by_name[shard].emplace(t.name, &t);
+    for (HostTensor& t : per_shard[shard]) by_name[shard].emplace(t.name, &t);
   }
   std::vector<HostTensor> out;
   for (size_t t = 0; t < names_.size(); ++t) {
-    std::vector<const HostTensor*> pieces(ranges_[t].count, nullptr);
+    std::vector<HostTensor*> pieces(ranges_[t].count, nullptr);
     size_t present = 0, sparse = 0;
     for (size_t i = 0; i < pieces.size(); ++i) {
       const v1::PlacedSlice& s = slices_[ranges_[t].first + i];
@@ -227,7 +227,7 @@ absl::StatusOr<std::vector<HostTensor>> ShardSlices::Assemble(
     whole.shape = ShapeOf(first);
     if (sparse != 0) whole.rows.emplace();
     for (size_t i = 0; i < pieces.size(); ++i) {
-      const HostTensor* piece = pieces[i];
+      HostTensor* piece = pieces[i];
       if (piece == nullptr) continue;
       const v1::PlacedSlice& s = slices_[ranges_[t].first + i];
       if (piece->shape != SliceShape(s)) {
@@ -239,7 +239,7 @@ absl::StatusOr<std::vector<HostTensor>> ShardSlices::Assemble(
         for (int64_t r : *piece->rows) whole.rows->push_back(r + s.row_begin());
       }
       if (pieces.size() == 1) {
-        whole.values = piece->values;
+        whole.values = std::move(piece->values);  // a whole tensor: no copy
       } else {
         whole.values.insert(whole.values.end(), piece->values.begin(), piece->values.end());
       }

@@ -56,9 +56,10 @@ class ShardSlices {
   // returned them, by slice name, any order). A tensor of which no shard returned a slice is left
   // out (e.g. RETURN_PARAMETERS_NONE, or a pull of some tensors); one with some slices missing is
   // Internal. Row-sparse slices (TOUCHED replies, pulls of rows) give a row-sparse tensor whose
-  // indices are the model's, in slice order.
+  // indices are the model's, in slice order. Takes the slices by value: a whole tensor's values
+  // are moved, not copied.
   absl::StatusOr<std::vector<HostTensor>> Assemble(
-      const std::vector<std::vector<HostTensor>>& per_shard) const;
+      std::vector<std::vector<HostTensor>> per_shard) const;
 
   // What each shard is asked for a Pull of `options` (names and rows renamed and cut to the
   // shard's slices; nullopt for a shard that holds none of the tensors asked). InvalidArgument for

@@ -141,7 +141,7 @@ absl::StatusOr<ShardedPullResult> ShardedWorker::Pull(const PullOptions& options
     out.merged.durable_version = std::min(out.merged.durable_version, r.durable_version);
     per_shard[shard] = std::move(r.tensors);
   }
-  absl::StatusOr<std::vector<HostTensor>> whole = session_.slices->Assemble(per_shard);
+  absl::StatusOr<std::vector<HostTensor>> whole = session_.slices->Assemble(std::move(per_shard));
   if (!whole.ok()) return whole.status();
   for (HostTensor& t : *whole) {  // rows in the order asked
     for (const TensorRows& rows : options.rows) {
@@ -207,7 +207,7 @@ absl::StatusOr<ShardedStepResult> ShardedWorker::Step(const std::vector<HostTens
         "): a shard was restored from an older checkpoint than the others, or stepped without "
         "them; the step was applied on every shard"));
   }
-  absl::StatusOr<std::vector<HostTensor>> whole = session_.slices->Assemble(per_shard);
+  absl::StatusOr<std::vector<HostTensor>> whole = session_.slices->Assemble(std::move(per_shard));
   if (!whole.ok()) return whole.status();
   out.merged.parameters = *std::move(whole);
   return out;
