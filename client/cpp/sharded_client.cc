@@ -120,6 +120,11 @@ absl::StatusOr<ShardedSession> ShardedClient::CreateSession(std::string session_
     return absl::InvalidArgumentError(
         "session_id is required for a sharded session (every shard holds it under the same id)");
   }
+  if (options.checkpoint_every_versions < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint_every_versions = ",
+                                                   options.checkpoint_every_versions,
+                                                   "; must be >= 0 (0: none)"));
+  }
   if (config.has_placement()) {
     return absl::InvalidArgumentError(
         "config.placement is set; a ShardedClient plans the placement itself");
@@ -143,6 +148,8 @@ absl::StatusOr<ShardedSession> ShardedClient::CreateSession(std::string session_
     v1::SessionConfig shard_config = config;
     *shard_config.mutable_placement() = *placement;
     shard_config.mutable_placement()->set_shard(static_cast<uint32_t>(shard));
+    shard_config.mutable_placement()->set_checkpoint_every_versions(
+        options.checkpoint_every_versions);
     created[shard] = clients_[shard]->CreateSession(session_id, shard_config, (*parts)[shard]);
   });
   for (int shard = 0; shard < n; ++shard) {
@@ -156,6 +163,7 @@ absl::StatusOr<ShardedSession> ShardedClient::CreateSession(std::string session_
   ShardedSession session;
   session.session_id = std::move(session_id);
   session.placement = *std::move(placement);
+  session.placement.set_checkpoint_every_versions(options.checkpoint_every_versions);
   session.slices = std::make_shared<const ShardSlices>(*std::move(slices));
   for (int shard = 0; shard < n; ++shard) {
     session.client_of_shard.push_back(shard);

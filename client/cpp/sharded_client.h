@@ -77,6 +77,11 @@ struct ShardedCreateOptions {
   // Tensors of at least this many elements (and two rows) are cut into one row range per shard
   // when the optimizer is element-wise; 0: the server's default (4Mi elements).
   int64_t split_min_elements = 0;
+  // Placement.checkpoint_every_versions: shards started with --checkpoint_dir checkpoint the
+  // session at every multiple of this version, so that after a shard restarts every shard can go
+  // back to a common version (README "Sharding"; 0: never). >= 0; 100 as in the Python and Go
+  // clients.
+  int64_t checkpoint_every_versions = 100;
 };
 
 class ShardedClient {

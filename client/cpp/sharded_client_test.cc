@@ -171,6 +171,7 @@ TEST_F(ShardedTest, OneAsyncWorkerGivesTheBitsOfOneServer) {
     ASSERT_TRUE(s.ok()) << s.status();
   }
   EXPECT_EQ(r->merged.version, 8);
+  EXPECT_EQ(session.placement.checkpoint_every_versions(), 100);  // the default
   EXPECT_THAT(r->shard_versions, ElementsAre(8, 8, 8));
   EXPECT_THAT(r->shard_sequences, ElementsAre(8, 8, 8));
   EXPECT_TRUE(r->versions_agree());

@@ -82,8 +82,38 @@
 //		optd.CheckpointSource{SessionID: "demo"}, optd.Adam(0.001)) // a fork, another lr
 //	p, err := c.Pull(ctx, "demo", &optd.PullOptions{OptimizerState: true}) // p.OptimizerState
 //
+// # Sharded sessions
+//
+// A session can span several optd servers ("shards", README "Sharding"): each holds an ordinary
+// session of the same id over its slices of the model, whole tensors or row ranges of a large one
+// (under an element-wise optimizer). A ShardedClient holds a Client per shard:
+//
+//	sc, err := optd.NewShardedClient([]string{"10.0.0.1:50051", "10.0.0.2:50051"}) // >= 2, any order
+//	// or: addrs, err := optd.ResolveShards(ctx, "optd-shards", 50051) // a headless service
+//	s, err := sc.CreateShardedSession(ctx, "big", optd.Adam(1e-3), model,
+//		&optd.PlacementOptions{SplitMinElements: 1 << 20}) // 0: the server's 4Mi
+//	// another process: s, err := sc.AttachShardedSession(ctx, "big")
+//	w := s.NewWorker("w0")
+//	r, err := w.Step(ctx, grads, &optd.StepOptions{Version: &version}) // whole tensors in and out
+//	// r.Version, r.ShardVersions, r.Parameters; s.Pull(ctx, nil); s.Delete(ctx)
+//
+// CreateShardedSession has a server plan the placement (PlanPlacement), creates shard 0, then the
+// others at once, each with its slices and the whole placement; if a shard refuses, the created
+// ones are deleted again. AttachShardedSession reads the placement back from every shard and
+// checks they agree and hold every part once, so the addresses may come in any order. A
+// ShardedWorker is one Worker per shard: Step cuts the gradients along the placement (a
+// row-sparse gradient by its rows), sends each shard its part at once (each request carrying the
+// placement's fingerprint, which a shard holding another placement refuses with
+// FAILED_PRECONDITION, applying nothing) and puts the replies back together; joins, sequence
+// numbers, retries and exactly-once are each shard's Worker's. The shards' versions come back in
+// ShardVersions: in ASYNC sessions several workers' steps may reach the shards in different
+// orders, so they may differ (Version is then the lowest); in a SYNC session they must agree, and
+// a step after which they do not is a *ShardVersionsError. A shard's failure is a *ShardError
+// naming the shard and address, wrapping that shard's error (errors.Is, Code and status.Code see
+// its code). The cmd/worker example steps shards with -addresses.
+//
 // # Concurrency
 //
-// A Client is safe for concurrent use by any number of goroutines. A Worker and a StepStream are
-// not: one goroutine drives each.
+// A Client, a ShardedClient and a ShardedSession are safe for concurrent use by any number of
+// goroutines. A Worker, a ShardedWorker and a StepStream are not: one goroutine drives each.
 package optd

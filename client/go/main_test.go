@@ -19,8 +19,9 @@ import (
 	optd "github.com/optd/optd/client/go"
 )
 
-// The tests drive one real optd process, started by TestMain on 127.0.0.1:0 and stopped by PID.
-// Its binary: $OPTD_BINARY, else $OPTD_BUILD_DIR/server/optd, else <repo>/build/server/optd. A
+// The tests drive one real optd process, started by TestMain on 127.0.0.1:0 and stopped by PID
+// (and three more, the shards of sharded_test.go, started when first needed).
+// The binary: $OPTD_BINARY, else $OPTD_BUILD_DIR/server/optd, else <repo>/build/server/optd. A
 // missing binary FAILS the run (in CI that is a bug, not a reason to skip).
 
 var serverAddr string
@@ -151,6 +152,10 @@ func TestMain(m *testing.M) {
 	}
 	serverAddr = p.addr
 	code := m.Run()
+	if err := stopShards(); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: a shard did not stop cleanly: %v\n", err)
+		code = 1
+	}
 	if err := p.stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: optd did not stop cleanly: %v\n%s", err, p.stderrTail())
 		code = 1

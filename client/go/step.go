@@ -40,6 +40,10 @@ type StepOptions struct {
 	// Which point the returned parameters are: the training point (zero value) or the evaluation
 	// point of an optimizer that keeps one (Schedule-Free's x, DoG's average; with all or none).
 	ReturnPoint optdv1.ParameterPoint
+	// The fingerprint of the placement of a sharded session (Placement.Fingerprint); 0 for a
+	// session that is not sharded. A ShardedWorker fills it in; a shard refuses any other value
+	// with FAILED_PRECONDITION, applying nothing.
+	PlacementFingerprint uint64
 }
 
 // StepResult is the outcome of one step.
@@ -180,6 +184,7 @@ func (o *StepOptions) request(op, sessionID string, grads []Tensor) (*optdv1.Ste
 		SessionId: sessionID, WorkerId: o.WorkerID, Gradients: tensors, Loss: o.Loss,
 		ReturnParameters: o.Return, ReturnDtype: o.ReturnDType, Sequence: o.Sequence,
 		Version: o.Version, WorkerIncarnation: o.WorkerIncarnation, ReturnPoint: o.ReturnPoint,
+		PlacementFingerprint: o.PlacementFingerprint,
 	}, nil
 }
 

@@ -23,5 +23,7 @@ export OPTD_BINARY=${1:-${OPTD_BINARY:-$BUILD/server/optd}}
 export GO111MODULE=off GOPROXY=off GOFLAGS='' GOSUMDB=off GOENV=off GOTOOLCHAIN=local GOWORK=off
 export CGO_ENABLED=0 GOCACHE="$OUT/cache" GOPATH="$OUT/gopath:/usr/share/gocode"
 cd "$OUT/gopath/src/github.com/optd/optd/client/go"
+# The example worker build.sh made, for the test running it against shards.
+export OPTD_GO_WORKER="$OUT/bin/optd-go-worker"
 # -count=1: always run against the binary (test results are not cached).
 go test -count=1 -timeout 300s ./...

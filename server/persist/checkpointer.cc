@@ -24,6 +24,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "base/quote.h"
 
@@ -86,6 +87,8 @@ absl::string_view CheckpointReasonName(CheckpointReason reason) {
       return "idle";
     case CheckpointReason::kCreate:
       return "create";
+    case CheckpointReason::kAligned:
+      return "aligned";
   }
   return "unknown";
 }
@@ -266,8 +269,22 @@ absl::StatusOr<CheckpointResult> Checkpointer::Checkpoint(const Session& session
   if (!store_->Holds(session)) {
     return absl::NotFoundError(absl::StrCat("session ", session.id(), " was deleted"));
   }
+  return WriteLocked(session, session.Snapshot(), reason);  // the snapshot: under its lock
+}
+
+absl::StatusOr<CheckpointResult> Checkpointer::Write(const Session& session, SessionState state,
+                                                     CheckpointReason reason) {
+  absl::MutexLock write(&write_mu_);
+  if (!store_->Holds(session)) {
+    return absl::NotFoundError(absl::StrCat("session ", session.id(), " was deleted"));
+  }
+  return WriteLocked(session, state, reason);
+}
+
+absl::StatusOr<CheckpointResult> Checkpointer::WriteLocked(const Session& session,
+                                                           const SessionState& state,
+                                                           CheckpointReason reason) {
   const absl::Time start = clock_->Now();
-  const SessionState state = session.Snapshot();  // the only part under the session's lock
   const std::string folder = FolderOf(state.id);
   const std::string path =
       absl::StrFormat("%s/%020d%s", folder, static_cast<long long>(state.version), kSuffix);
@@ -293,20 +310,65 @@ absl::StatusOr<CheckpointResult> Checkpointer::Checkpoint(const Session& session
   }
   {
     absl::MutexLock lock(&mu_);
-    durable_[state.id] = {state.version, state.revision, &session};
+    Durable& durable = durable_[state.id];
+    // An aligned snapshot written after a later checkpoint of the same session is not newer.
+    if (durable.session != &session || state.revision >= durable.revision) {
+      durable = {state.version, state.revision, &session};
+    }
   }
-  Prune(folder);
+  Prune(folder,
+        state.config.placement.has_value() ? state.config.placement->checkpoint_every_versions : 0);
   const absl::Time end = clock_->Now();
   if (observer_ != nullptr) observer_->OnCheckpointWritten(state.id, meta.bytes, end - start, end);
   return CheckpointResult{state.version, path, meta.bytes};
 }
 
-void Checkpointer::Prune(const std::string& folder) {
+void Checkpointer::Prune(const std::string& folder, int64_t aligned_every) {
   const auto files = Files(folder);
   std::error_code error;
+  int aligned_kept = 0;
   for (size_t i = static_cast<size_t>(options_.keep); i < files.size(); ++i) {
+    if (aligned_every > 0 && files[i].first % aligned_every == 0 && aligned_kept < options_.keep) {
+      ++aligned_kept;
+      continue;
+    }
     fs::remove(files[i].second, error);
   }
+}
+
+std::vector<int64_t> Checkpointer::Versions(absl::string_view id) const {
+  std::vector<int64_t> versions;
+  absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> files = FilesOf(id);
+  if (files.ok()) {
+    for (const auto& file : *files) versions.push_back(file.first);
+  }
+  return versions;
+}
+
+absl::StatusOr<SessionState> Checkpointer::ReadVersion(absl::string_view id,
+                                                       int64_t version) const {
+  absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> files = FilesOf(id);
+  if (!files.ok()) return files.status();
+  std::vector<int64_t> versions;
+  for (const auto& [v, path] : *files) {
+    if (v == version) return ReadFileOf(id, path);
+    versions.push_back(v);
+  }
+  return absl::NotFoundError(absl::StrCat("restore_version = ", version, ": session ", id,
+                                          " has no checkpoint of that version here (it has ",
+                                          absl::StrJoin(versions, ", "), ")"));
+}
+
+void Checkpointer::ForgetAfter(const Session& session, int64_t version) {
+  absl::MutexLock write(&write_mu_);  // after a write in flight; none of the old session follows
+  absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> files = FilesOf(session.id());
+  std::error_code error;
+  if (files.ok()) {
+    for (const auto& [v, path] : *files) {
+      if (v > version) fs::remove(path, error);
+    }
+  }
+  Adopt(session);
 }
 
 void Checkpointer::CheckpointAll(CheckpointReason reason) {

@@ -57,7 +57,9 @@ struct CheckpointerOptions {
 // Why a checkpoint was written, for logs and metrics.
 // Why a checkpoint is written: kCreate is a new session's first (CreateSession, forks included),
 // so that a crash never loses a session whose creation was answered.
-enum class CheckpointReason { kInterval, kRequest, kShutdown, kIdle, kCreate };
+// kAligned: a sharded session reached a version its placement checkpoints
+// (Placement::checkpoint_every_versions).
+enum class CheckpointReason { kInterval, kRequest, kShutdown, kIdle, kCreate, kAligned };
 absl::string_view CheckpointReasonName(CheckpointReason reason);
 
 // Hears of checkpoints (server/metrics implements it). Called outside every lock; thread-safe.
@@ -93,6 +95,25 @@ class Checkpointer {
   absl::StatusOr<int> Restore();
 
   absl::StatusOr<CheckpointResult> Checkpoint(const Session& session, CheckpointReason reason);
+
+  // Writes `state`, a snapshot of `session` taken by the caller (a step reaching an aligned
+  // version), as Checkpoint would.
+  absl::StatusOr<CheckpointResult> Write(const Session& session, SessionState state,
+                                         CheckpointReason reason);
+
+  // The versions of session `id`'s checkpoints, newest first (empty if it has none).
+  std::vector<int64_t> Versions(absl::string_view id) const;
+
+  // The state of session `id` from its checkpoint at exactly `version` (for
+  // UpdateSessionRequest.restore_version). NotFound naming the versions there are; the file's
+  // error if it does not read back.
+  absl::StatusOr<SessionState> ReadVersion(absl::string_view id, int64_t version) const;
+
+  // Removes session `id`'s checkpoints of versions after `version` (a history the session went
+  // back from: a restart must not restore it), and records `session`, just restored from the
+  // checkpoint at `version`, as durable. Call it after the store holds `session`, so that no step
+  // of the session it replaced can write a checkpoint afterwards.
+  void ForgetAfter(const Session& session, int64_t version);
 
   // Checkpoints every session of the store whose version moved since its last checkpoint.
   void CheckpointAll(CheckpointReason reason);
@@ -143,7 +164,12 @@ class Checkpointer {
   // of writes a crash interrupted.
   std::vector<std::pair<int64_t, std::string>> Files(const std::string& folder,
                                                      bool remove_partial = false) const;
-  void Prune(const std::string& folder);
+  // Keeps the newest options_.keep files, and as many more of versions that are multiples of
+  // `aligned_every` (> 0: a sharded session's aligned checkpoints).
+  void Prune(const std::string& folder, int64_t aligned_every);
+  absl::StatusOr<CheckpointResult> WriteLocked(const Session& session, const SessionState& state,
+                                               CheckpointReason reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   void Run();
 
   const CheckpointerOptions options_;

@@ -135,6 +135,35 @@ TEST_F(CheckpointerTest, KeepsTheNewestAndFallsBackWhenTheNewestIsCorrupt) {
   EXPECT_THAT(recorder_.skipped, ::testing::ElementsAre("a"));
 }
 
+// UpdateSessionRequest.restore_version: the session at a checkpointed version takes the place of
+// the loaded one, whose later checkpoints are removed; steps to the old object are ABORTED.
+TEST_F(CheckpointerTest, ASessionGoesBackToACheckpointedVersion) {
+  SessionStore store;
+  auto checkpointer = Open(&store, /*keep=*/5);
+  auto a = Create(store, "a");
+  for (int i = 0; i < 4; ++i) {
+    Step(*a, 0.5f);
+    if (i % 2 == 1) ASSERT_OK(checkpointer->Checkpoint(*a, CheckpointReason::kRequest));
+  }
+  EXPECT_THAT(checkpointer->Versions("a"), ::testing::ElementsAre(4, 2));
+  EXPECT_THAT(checkpointer->ReadVersion("a", 3),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("it has 4, 2)")));
+  absl::StatusOr<SessionState> state = checkpointer->ReadVersion("a", 2);
+  ASSERT_OK(state);
+  absl::StatusOr<std::shared_ptr<Session>> restored =
+      store.Replace(*std::move(state), absl::AbortedError("restored"));
+  ASSERT_OK(restored);
+  checkpointer->ForgetAfter(**restored, 2);
+  EXPECT_EQ((*store.Find("a"))->Info().version, 2);
+  EXPECT_THAT(checkpointer->Versions("a"), ::testing::ElementsAre(2));
+  EXPECT_EQ(checkpointer->DurableVersion("a"), 2);
+  StepInput in;
+  in.gradients = grads_.emplace_back(tensors_.Model(0.5f));
+  EXPECT_THAT(a->StepAndWait(in), StatusIs(absl::StatusCode::kAborted));  // the replaced object
+  Step(**restored, 0.5f);
+  EXPECT_EQ((*restored)->Info().version, 3);
+}
+
 TEST_F(CheckpointerTest, ADeletedSessionIsForgotten) {
   {
     SessionStore store;

@@ -150,6 +150,9 @@ class OptimizerServiceImpl final : public OptimizerCallbackService {
                               v1::ListSessionsResponse* response);
   absl::Status DoUpdateSession(const Caller& caller, const v1::UpdateSessionRequest& request,
                                v1::Session* response);
+  // UpdateSessionRequest.restore_version: `session` replaced by its checkpoint at that version.
+  absl::Status RestoreVersion(const Caller& caller, const v1::UpdateSessionRequest& request,
+                              const Session& session, v1::Session* response);
   absl::Status DoDeleteSession(const Caller& caller, const v1::DeleteSessionRequest& request,
                                v1::DeleteSessionResponse* response);
   absl::Status DoJoinSession(const Caller& caller, const v1::JoinSessionRequest& request,

@@ -64,6 +64,11 @@ absl::StatusOr<Placement> PlacementFromProto(const v1::Placement& placement,
                                      static_cast<int>(s.shard()), s.name()});
   }
   out.fingerprint = placement.fingerprint();
+  if (placement.checkpoint_every_versions() < 0) {
+    return OutOfRange(field + ".checkpoint_every_versions", placement.checkpoint_every_versions(),
+                      ">= 0 (0: no aligned checkpoints)");
+  }
+  out.checkpoint_every_versions = placement.checkpoint_every_versions();
   return out;
 }
 
@@ -72,6 +77,7 @@ void PlacementToProto(const Placement& placement, v1::Placement* out) {
   out->set_shard(static_cast<uint32_t>(placement.shard));
   out->set_split_min_elements(placement.split_min_elements);
   out->set_fingerprint(placement.fingerprint);
+  out->set_checkpoint_every_versions(placement.checkpoint_every_versions);
   for (const PlacedSlice& s : placement.slices) {
     v1::PlacedSlice* slice = out->add_slices();
     slice->set_tensor(s.tensor);

@@ -145,6 +145,11 @@ absl::StatusOr<std::unique_ptr<OptdServer>> OptdServer::Start(const ServerOption
     };
     store_options.reloaded = [raw](const Session& session) { raw->checkpointer_->Adopt(session); };
     store_options.forget = [raw](absl::string_view id) { raw->checkpointer_->Forget(id); };
+    store_options.aligned_checkpoint = [raw](const Session& session, SessionState state) {
+      // A failure is logged and counted by the checkpointer; the step stands.
+      raw->checkpointer_->Write(session, std::move(state), CheckpointReason::kAligned)
+          .IgnoreError();
+    };
   }
   server->store_ =
       std::make_unique<SessionStore>(store_options, observer, Clock::Real(), server->budget_.get());

@@ -159,6 +159,7 @@ absl::Status OptimizerServiceImpl::DoUpdateSession(const Caller& caller,
                                                    v1::Session* response) {
   absl::StatusOr<std::shared_ptr<Session>> session = Find(caller, request.session_id());
   if (!session.ok()) return session.status();
+  if (request.has_restore_version()) return RestoreVersion(caller, request, **session, response);
   SessionUpdate update;
   if (request.has_optimizer()) {
     update.optimizer = [&request](OptimizerOptions* options) {
@@ -184,6 +185,46 @@ absl::Status OptimizerServiceImpl::DoUpdateSession(const Caller& caller,
   }
   if (absl::Status s = (*session)->Update(update); !s.ok()) return s;
   Describe(caller, **session, response);
+  return absl::OkStatus();
+}
+
+absl::Status OptimizerServiceImpl::RestoreVersion(const Caller& caller,
+                                                  const v1::UpdateSessionRequest& request,
+                                                  const Session& session, v1::Session* response) {
+  const int64_t version = request.restore_version();
+  if (request.has_optimizer() || request.has_schedule() || request.has_clipping() ||
+      request.has_optimizer_state() || request.param_groups_size() > 0) {
+    return absl::InvalidArgumentError(
+        "restore_version must be alone in its UpdateSessionRequest (optimizer, schedule, "
+        "clipping, optimizer_state and param_groups unset): restore first, then update");
+  }
+  if (options_.checkpointer == nullptr) {
+    return absl::FailedPreconditionError(
+        "restore_version: this server keeps no checkpoints: start it with --checkpoint_dir");
+  }
+  if (version < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "restore_version = ", version, " is out of range: must be >= 0 (a checkpointed version)"));
+  }
+  // Already there (restored by another worker, or never moved past it): left as it is, with
+  // its barrier and steps in flight, so that workers recovering at once do not undo each other.
+  if (session.Info().version == version) {
+    Describe(caller, session, response);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<SessionState> state = options_.checkpointer->ReadVersion(session.id(), version);
+  absl::StatusOr<std::shared_ptr<Session>> restored =
+      state.ok()
+          ? store_->Replace(*std::move(state),
+                            absl::AbortedError(absl::StrCat(
+                                "session ", request.session_id(), " was restored to version ",
+                                version, "; pull its parameters and step again from there")))
+          : absl::StatusOr<std::shared_ptr<Session>>(state.status());
+  AuditCall(options_.audit, "session.restore", caller, Action::kUpdateSession, request.session_id(),
+            restored.status());
+  if (!restored.ok()) return restored.status();
+  options_.checkpointer->ForgetAfter(**restored, version);
+  Describe(caller, **restored, response);
   return absl::OkStatus();
 }
 
@@ -412,6 +453,9 @@ void OptimizerServiceImpl::Describe(const Caller& caller, const Session& session
   out->set_tenant(std::string(TenantOfSessionId(session.id())));
   out->set_server_incarnation(options_.server_incarnation);
   out->set_durable_version(DurableVersion(session.id()));
+  if (options_.checkpointer != nullptr) {
+    for (int64_t v : options_.checkpointer->Versions(session.id())) out->add_checkpoint_versions(v);
+  }
 }
 
 absl::Status OptimizerServiceImpl::DoJoinSession(const Caller& caller,

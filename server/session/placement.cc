@@ -287,4 +287,21 @@ absl::Status CheckShard(const Placement& placement, const OptimizerOptions& opti
   return absl::OkStatus();
 }
 
+absl::Status CheckStepFingerprint(const std::optional<Placement>& placement,
+                                  absl::string_view session_id, uint64_t fingerprint) {
+  const uint64_t mine = placement.has_value() ? placement->fingerprint : 0;
+  if (fingerprint == mine) return absl::OkStatus();
+  if (!placement.has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session ", session_id, " is not sharded, but the step names placement fingerprint ",
+        fingerprint, ": the client holds a map of another session; read it again"));
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "session ", session_id, " is shard ", placement->shard, " of ", placement->shards,
+      " (placement fingerprint ", mine, "); the step names ",
+      fingerprint == 0 ? std::string("none") : absl::StrCat("fingerprint ", fingerprint),
+      ": step through a client given every shard's address, which reads the placement from "
+      "GetSession; nothing was applied"));
+}
+
 }  // namespace optd

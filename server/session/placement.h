@@ -27,6 +27,7 @@
 #define OPTD_SERVER_SESSION_PLACEMENT_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,9 @@ struct Placement {
   std::vector<PlacedSlice> slices;
   // Of shards, split_min_elements and slices (not `shard`): the same on every shard.
   uint64_t fingerprint = 0;
+  // With checkpoints: each shard writes one at every multiple of this version (0: none); not in
+  // the fingerprint (the proto's Placement.checkpoint_every_versions).
+  int64_t checkpoint_every_versions = 0;
 
   // The slices of `shard`, in model order.
   std::vector<PlacedSlice> SlicesOf(int shard) const;
@@ -96,6 +100,11 @@ absl::Status CheckShardable(const Placement& placement, const OptimizerOptions& 
 // and `specs` are exactly this shard's slices (names and shapes, in any order).
 absl::Status CheckShard(const Placement& placement, const OptimizerOptions& optimizer,
                         const ClipOptions& clipping, const TensorSpecs& specs);
+
+// OK if a step naming `fingerprint` may step session `session_id`, sharded per `placement` (or not
+// sharded: fingerprint 0); FailedPrecondition saying which map the client should hold otherwise.
+absl::Status CheckStepFingerprint(const std::optional<Placement>& placement,
+                                  absl::string_view session_id, uint64_t fingerprint);
 
 // The fingerprint of shards, split_min_elements and slices: 64-bit FNV-1a over their canonical
 // bytes (a check against mismatched maps, not against forgery).

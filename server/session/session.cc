@@ -63,6 +63,8 @@ struct Session::Reports {
 
   std::vector<Answer> answers;
   std::optional<StepEvent> step;
+  // The session as the step left it, when it reached a version its placement checkpoints.
+  std::optional<SessionState> aligned;
   // A SYNC barrier completed or expired: how long its first gradient waited, workers missing.
   std::optional<std::pair<double, int>> barrier;
 };
@@ -78,6 +80,7 @@ Session::Session(std::string id, TensorSpecs specs, ParameterBuffers parameters,
       create_time_(create_time),
       clock_(env.clock),
       observer_(env.observer),
+      on_aligned_(env.on_aligned_snapshot),
       scheduler_(env.scheduler),
       budget_(env.budget),
       max_reply_bytes_(env.max_reply_bytes),
@@ -90,29 +93,13 @@ Session::Session(std::string id, TensorSpecs specs, ParameterBuffers parameters,
       exactly_once_(env.exactly_once),
       barrier_(consistency_, &specs_) {}
 
-absl::Status Session::CheckPlacement(uint64_t fingerprint) const {
-  const uint64_t mine = placement_.has_value() ? placement_->fingerprint : 0;
-  if (fingerprint == mine) return absl::OkStatus();
-  if (!placement_.has_value()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("session ", id_, " is not sharded, but the step names placement fingerprint ",
-                     fingerprint, ": the client holds a map of another session; read it again"));
-  }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "session ", id_, " is shard ", placement_->shard, " of ", placement_->shards,
-      " (placement fingerprint ", mine, "); the step names ",
-      fingerprint == 0 ? std::string("none") : absl::StrCat("fingerprint ", fingerprint),
-      ": step through a client given every shard's address, which reads the placement from "
-      "GetSession; nothing was applied"));
-}
-
 void Session::Step(const StepInput& input, StepCallback done) {
   Touch();
   Reports reports;
   RefusalReason reason;
   absl::Status checked = CheckStepRequest(consistency_, input, &reason);
   if (checked.ok()) {
-    checked = CheckPlacement(input.placement_fingerprint);
+    checked = CheckStepFingerprint(placement_, id_, input.placement_fingerprint);
     if (!checked.ok()) reason = RefusalReason::kInvalid;
   }
   // What decoding allocates is paid for first, and held until the step is answered.
@@ -245,6 +232,7 @@ void Session::ApplyNowLocked(const StepInput& input, std::vector<Gradient> gradi
   }
   reports->step = event;
   exactly_once_.Record(input.worker_id, input.worker_incarnation, input.sequence, out);
+  SnapshotIfAlignedLocked(reports);
   ShareParameters(input.return_mode, input.return_dtype, touched, &out, input.return_point);
   out.encoding = std::move(encoding);
   reports->Add(std::move(done), std::move(out), input.bytes(), known_staleness);
@@ -411,6 +399,13 @@ void Session::CompleteBarrierLocked(bool measure, Reports* reports) {
     reply.encoding = std::move(w.encoding);
     reports->Add(std::move(w.done), std::move(reply), w.bytes_received, 0);
   }
+  if (applied.ok()) SnapshotIfAlignedLocked(reports);
+}
+
+void Session::SnapshotIfAlignedLocked(Reports* reports) const {
+  if (!on_aligned_ || !placement_.has_value()) return;
+  const int64_t every = placement_->checkpoint_every_versions;
+  if (every > 0 && version_ % every == 0) reports->aligned = SnapshotLocked();
 }
 
 void Session::ExpireBarrier(int64_t barrier_id) {
@@ -545,6 +540,8 @@ bool Session::WantsNorms() const {
 }
 
 void Session::Report(Reports reports) {
+  // Written before the step is answered: a reply at that version means its checkpoint exists.
+  if (reports.aligned.has_value()) on_aligned_(*this, *std::move(reports.aligned));
   if (observer_ != nullptr) {
     if (reports.step.has_value()) observer_->OnStep(*reports.step);
     if (reports.barrier.has_value()) {

@@ -41,6 +41,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -129,6 +130,8 @@ struct PullOutput {
 };
 
 // What a session needs from the server around it. Each pointer must outlive the session.
+class Session;
+
 struct SessionEnv {
   Clock* clock = Clock::Real();
   SessionObserver* observer = nullptr;     // may be null; told of every step and refusal
@@ -142,6 +145,9 @@ struct SessionEnv {
   // The most parameters (elements of all tensors) a session may hold; 0: no limit.
   int64_t max_parameters = 0;
   ExactlyOnceOptions exactly_once;
+  // Called (outside the session's lock, before the step is answered) with the session's state at
+  // each version that is a multiple of its placement's checkpoint_every_versions; null: never.
+  std::function<void(const Session&, SessionState)> on_aligned_snapshot;
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -309,6 +315,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // The config in force.
   SessionConfig ConfigLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  SessionState SnapshotLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Puts SnapshotLocked() in `reports` when the version just reached is one the placement
+  // checkpoints (Placement::checkpoint_every_versions).
+  void SnapshotIfAlignedLocked(Reports* reports) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   // Replaces the optimizer state (SessionUpdate::optimizer_state), matching arrays by name.
   absl::Status ImportStateLocked(const OptimizerState& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -322,10 +332,6 @@ class Session : public std::enable_shared_from_this<Session> {
   // Records a use now (last_used).
   void Touch() const { last_used_ns_.store(absl::ToUnixNanos(clock_->Now())); }
 
-  // FailedPrecondition unless a step's placement fingerprint is the session's (0 for a session
-  // that is not sharded).
-  absl::Status CheckPlacement(uint64_t fingerprint) const;
-
   // Answers the calls in `reports` and tells the observer; no lock may be held.
   void Report(Reports reports);
 
@@ -336,7 +342,8 @@ class Session : public std::enable_shared_from_this<Session> {
   const std::optional<Placement> placement_;  // set on a shard of a sharded session
   const absl::Time create_time_;
   Clock* const clock_;
-  SessionObserver* const observer_;     // may be null; thread-safe itself
+  SessionObserver* const observer_;  // may be null; thread-safe itself
+  const std::function<void(const Session&, SessionState)> on_aligned_;  // may be empty
   DeadlineScheduler* const scheduler_;  // may be null unless SYNC; thread-safe itself
   MemoryBudget* const budget_;          // thread-safe itself
   const int64_t max_reply_bytes_;

@@ -211,11 +211,15 @@ SessionInfo Session::Info() const {
 }
 
 SessionState Session::Snapshot() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return SnapshotLocked();
+}
+
+SessionState Session::SnapshotLocked() const {
   SessionState state;
   state.id = id_;
   state.tensors = specs_.all();
   state.create_time = create_time_;
-  absl::ReaderMutexLock lock(&mu_);
   state.config = ConfigLocked();
   state.parameters.reserve(specs_.size());
   for (int k = 0; k < specs_.size(); ++k) state.parameters.push_back(parameters_.Share(k));

@@ -63,6 +63,25 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Restore(SessionState stat
   return Insert(*std::move(session));
 }
 
+absl::StatusOr<std::shared_ptr<Session>> SessionStore::Replace(SessionState state,
+                                                               const absl::Status& why) {
+  absl::MutexLock reloading(&reload_mu_);  // not while a reload or a deletion runs
+  absl::StatusOr<std::shared_ptr<Session>> session = Session::Restore(std::move(state), env_);
+  if (!session.ok()) return session.status();
+  std::shared_ptr<Session> replaced;  // closed and freed after the lock is released
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sessions_.find((*session)->id());
+    if (it == sessions_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("session ", ShownSessionId((*session)->id()), " not found"));
+    }
+    replaced = std::exchange(it->second, *session);
+  }
+  replaced->Close(why);
+  return session;
+}
+
 absl::StatusOr<std::shared_ptr<Session>> SessionStore::Insert(std::shared_ptr<Session> session) {
   {
     absl::MutexLock lock(&mu_);

@@ -64,6 +64,9 @@ struct SessionStoreOptions {
   // asked to remove a deleted session's checkpoints (before Delete returns).
   std::function<void(const Session&)> reloaded;
   std::function<void(absl::string_view id)> forget;
+  // With durability: writes the checkpoint of a sharded session at a version its placement names
+  // (SessionEnv::on_aligned_snapshot).
+  std::function<void(const Session&, SessionState)> aligned_checkpoint;
 };
 
 class SessionStore {
@@ -85,7 +88,8 @@ class SessionStore {
              budget,
              options.max_reply_bytes,
              options.max_session_parameters,
-             options.exactly_once} {
+             options.exactly_once,
+             options.aligned_checkpoint} {
     ScheduleIdleSweep(clock->Now());
   }
 
@@ -99,6 +103,11 @@ class SessionStore {
 
   // With SessionStoreOptions::reload, a session unloaded for being idle is loaded again here.
   absl::StatusOr<std::shared_ptr<Session>> Find(absl::string_view id);
+
+  // Puts the session `state` describes (Session::Restore) in the place of the loaded session of
+  // its id, which is closed with `why` (calls at its barrier and later steps to it fail with it);
+  // nothing changes if the state does not restore. NotFound if no session of that id is loaded.
+  absl::StatusOr<std::shared_ptr<Session>> Replace(SessionState state, const absl::Status& why);
 
   // Removes the session and closes it: calls waiting at its SYNC barrier fail with Unavailable.
   // OK too for a session only on disk (SessionStoreOptions::stored); with durability its

@@ -38,8 +38,8 @@ from optd.errors import (  # noqa: E402
     AbortedError, AlreadyExistsError, CancelledError, DataLossError, DeadlineExceededError,
     FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError, OptdError,
     OutOfRangeError, PermissionDeniedError, ResourceExhaustedError, StepOutcomeUnknownError,
-    UnauthenticatedError, UnavailableError, UnimplementedError, UnknownError, error_from_rpc,
-    error_from_status, CheckpointError)
+    ShardRestartedError, UnauthenticatedError, UnavailableError, UnimplementedError, UnknownError,
+    error_from_rpc, error_from_status, CheckpointError)
 from optd.state import OptimizerState, TensorState  # noqa: E402
 from optd.tensors import (  # noqa: E402
     RowSparse, bf16_bits_to_float32, decode, dtype_name, dtype_value, encode,
@@ -62,7 +62,7 @@ __all__ = [
     "NotFoundError", "AlreadyExistsError", "PermissionDeniedError", "ResourceExhaustedError",
     "FailedPreconditionError", "AbortedError", "OutOfRangeError", "UnimplementedError",
     "InternalError", "UnavailableError", "DataLossError", "UnauthenticatedError",
-    "StepOutcomeUnknownError", "error_from_rpc", "error_from_status",
+    "StepOutcomeUnknownError", "ShardRestartedError", "error_from_rpc", "error_from_status",
     "RowSparse", "encode", "decode", "to_tensor", "from_tensor", "dtype_value", "dtype_name",
     "float32_to_bf16_bits", "bf16_bits_to_float32",
     "OPTIMIZERS", "optimizer_config", "optimizer_kind", "optimizer_hyperparameters", "schedule",

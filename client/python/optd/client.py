@@ -440,6 +440,17 @@ class Client(_SessionsFromFiles):
                 else optimizer_state)
         return self._call("UpdateSession", request, timeout)[0]
 
+    def restore_session(self, session_id: str, version: int, *, timeout: Any = DEFAULT):
+        """Restores the session to its checkpoint at exactly ``version`` (one of
+        ``get_session(id).checkpoint_versions``; UpdateSessionRequest.restore_version): its
+        parameters, optimizer state, schedule and exactly-once table become the checkpoint's and
+        later checkpoints are removed; steps in flight end with AbortedError. Returns the
+        restored optd_pb2.Session. FailedPreconditionError without --checkpoint_dir,
+        NotFoundError for a version with no checkpoint."""
+        request = self.pb2.UpdateSessionRequest(session_id=session_id,
+                                                restore_version=int(version))
+        return self._call("UpdateSession", request, timeout)[0]
+
     def delete_session(self, session_id: str, *, timeout: Any = DEFAULT) -> None:
         """Deletes the session. NotFoundError if there is none."""
         self._call("DeleteSession", self.pb2.DeleteSessionRequest(session_id=session_id), timeout)

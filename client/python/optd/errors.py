@@ -34,7 +34,7 @@ __all__ = [
     "NotFoundError", "AlreadyExistsError", "PermissionDeniedError", "ResourceExhaustedError",
     "FailedPreconditionError", "AbortedError", "OutOfRangeError", "UnimplementedError",
     "InternalError", "UnavailableError", "DataLossError", "UnauthenticatedError",
-    "StepOutcomeUnknownError", "CheckpointError", "error_from_rpc", "error_from_status",
+    "StepOutcomeUnknownError", "ShardRestartedError", "CheckpointError", "error_from_rpc", "error_from_status",
     "CURRENT_VERSION_METADATA_KEY", "REJOIN_METADATA_KEY", "SERVER_INCARNATION_METADATA_KEY",
 ]
 
@@ -185,6 +185,18 @@ class AbortedError(OptdError):
         return (f"AbortedError(code=ABORTED, message={self.message!r}, "
                 f"current_version={self.current_version}, "
                 f"server_restarted={self.server_restarted})")
+
+
+class ShardRestartedError(AbortedError):
+    """A shard of a sharded session restarted (from a checkpoint older than the others' state),
+    and the step's worker restored every shard to their newest common checkpoint: version
+    ``current_version``. ``shards``: the shards seen restarted. The step was not applied
+    everywhere: pull (at ``current_version``) and step again (README, Sharding)."""
+
+    def __init__(self, message: str, current_version: int, shards) -> None:
+        super().__init__(message, grpc.StatusCode.ABORTED, current_version)
+        self.server_restarted = True
+        self.shards = list(shards)
 
 
 class OutOfRangeError(OptdError):

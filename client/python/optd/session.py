@@ -362,6 +362,14 @@ class Session:
                                                 **hyperparameters)
         return self._info
 
+    def restore(self, version: int, *, timeout: Any = DEFAULT):
+        """Restores the session to its checkpoint at ``version`` (Client.restore_session); this
+        worker's version becomes it. Returns the restored optd_pb2.Session."""
+        self._info = self.client.restore_session(self.session_id, version, timeout=timeout)
+        with self._lock:
+            self.version = self._info.version
+        return self._info
+
     def delete(self, *, timeout: Any = DEFAULT) -> None:
         """DeleteSession."""
         self.client.delete_session(self.session_id, timeout=timeout)

@@ -26,18 +26,25 @@ version, exactly-once table and SYNC barrier):
 
 import concurrent.futures
 import socket
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from optd import config as _config
 from optd.client import DEFAULT, Client, Gradients, _items
-from optd.errors import FailedPreconditionError, InvalidArgumentError, OptdError
+from optd.errors import (AbortedError, FailedPreconditionError, InvalidArgumentError, OptdError,
+                         ShardRestartedError)
 from optd.results import PullResult, StepResult
 from optd.session import Session
 from optd.tensors import RowSparse
 
-__all__ = ["ShardedClient", "ShardedSession"]
+__all__ = ["ShardedClient", "ShardedSession", "DEFAULT_CHECKPOINT_EVERY"]
+
+#: Placement.checkpoint_every_versions of the sessions ShardedClient creates.
+DEFAULT_CHECKPOINT_EVERY = 100
+#: How long ShardedSession.pull waits for a SYNC session's shards to agree on a version.
+PULL_AGREE_TIMEOUT_S = 10.0
 
 
 class ShardedClient:
@@ -121,6 +128,7 @@ class ShardedClient:
     def create_session(self, tensors: Gradients, optimizer: Any = "adam", *, session_id: str,
                        schedule: Any = None, clipping: Any = None, consistency: Any = None,
                        split_min_elements: int = 0, worker_id: Optional[str] = None,
+                       checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
                        timeout: Any = DEFAULT, **hyperparameters: Any) -> "ShardedSession":
         """Creates the session on every shard (shard i on addresses[i]) and returns it.
 
@@ -128,7 +136,9 @@ class ShardedClient:
         planned first; each shard then gets its slices' initial values and the whole map. If a
         shard refuses, the shards that had accepted are deleted again and the error is raised.
         ``split_min_elements``: tensors of at least this many elements (and two rows) are split
-        into row ranges (0: the server's default, 4Mi)."""
+        into row ranges (0: the server's default, 4Mi). ``checkpoint_every``: shards started with
+        --checkpoint_dir checkpoint the session at every multiple of this version, so that after
+        a shard restarts every shard can go back to a common version (0: never; see recover)."""
         if not session_id:
             raise InvalidArgumentError("session_id is required for a sharded session (every "
                                        "shard holds it under the same id)")
@@ -145,6 +155,7 @@ class ShardedClient:
             shard_config.CopyFrom(config)
             shard_config.placement.CopyFrom(placement)
             shard_config.placement.shard = shard
+            shard_config.placement.checkpoint_every_versions = int(checkpoint_every)
             mine = {s.name: _rows(by_name[s.tensor], s) for s in placement.slices
                     if s.shard == shard}
             return client.create_session(mine, shard_config, session_id=session_id,
@@ -232,6 +243,7 @@ class ShardedSession:
         for s in sessions:
             s.placement_fingerprint = placement.fingerprint
         self._slices = list(placement.slices)
+        self._is_sync: Optional[bool] = None
         self._names: List[str] = []
         for s in self._slices:
             if not self._names or self._names[-1] != s.tensor:
@@ -292,6 +304,14 @@ class ShardedSession:
         results = _map(self._pool, _guarded(
             lambda i: self.sessions[i].step(parts[i], loss=loss, timeout=timeout, **options)),
             range(len(self.sessions)))
+        restarted = [i for i, r in enumerate(results) if getattr(r, "server_restarted", False)]
+        if restarted:
+            version = self.recover(timeout=timeout)
+            raise ShardRestartedError(
+                f"shard {', '.join(str(i) for i in restarted)} of session {self.session_id} "
+                f"({', '.join(self.sessions[i].client.address for i in restarted)}) restarted "
+                f"from a checkpoint; every shard is restored to version {version}: pull and step "
+                f"again", version, restarted)
         for r in results:
             if isinstance(r, Exception):
                 raise r
@@ -313,13 +333,76 @@ class ShardedSession:
             estimates=dict(first.estimates))
 
     def pull(self, *, timeout: Any = DEFAULT, **options: Any) -> PullResult:
-        """Every tensor, whole, from every shard at once (the lowest of their versions)."""
-        results = _map(self._pool, lambda s: s.pull(timeout=timeout, **options), self.sessions)
+        """Every tensor, whole, from every shard at once (the lowest of their versions).
+
+        SYNC: the shards step together, so their versions differ only while a shard is down or
+        being restored (recover); the pull is repeated until they agree (for up to
+        PULL_AGREE_TIMEOUT_S), so that a gradient is never computed on slices of two versions,
+        else AbortedError. ASYNC: shards may be a step apart (steps in flight); the slices are
+        returned as they are."""
+        deadline = time.monotonic() + PULL_AGREE_TIMEOUT_S
+        while True:
+            results = _map(self._pool, lambda s: s.pull(timeout=timeout, **options),
+                           self.sessions)
+            versions = [r.version for r in results]
+            if len(set(versions)) == 1 or not self._sync():
+                break
+            if time.monotonic() > deadline:
+                raise AbortedError(
+                    f"session {self.session_id}: its shards are at versions {versions}, not one "
+                    f"(a shard failed, or a recovery is under way): pull again",
+                    current_version=min(versions))
+            time.sleep(0.05)
         return PullResult(version=min(r.version for r in results),
                           tensors=self._join([r.tensors for r in results]),
                           server_incarnation=results[0].server_incarnation,
                           durable_version=min(r.durable_version for r in results),
                           point=results[0].point)
+
+    def _sync(self) -> bool:
+        """Whether the session is SYNC (read once from shard 0)."""
+        if self._is_sync is None:
+            info = self.sessions[0]._info or self.sessions[0].info()  # pylint: disable=protected-access
+            self._is_sync = (info.config.consistency.mode ==
+                             self.client.clients[0].pb2.Consistency.MODE_SYNC)
+        return self._is_sync
+
+    def recover(self, *, timeout: Any = DEFAULT) -> int:
+        """Brings every shard back to one version after a shard restarted from a checkpoint, and
+        returns it. When the shards' versions already agree, nothing changes. Otherwise the
+        version is the newest one every shard holds a checkpoint of, at or below every shard's
+        current version (Session.checkpoint_versions; the aligned checkpoints of
+        ``checkpoint_every`` make sure there is one), and every shard at another version is
+        restored to it (Client.restore_session). Steps in flight end with AbortedError.
+        FailedPreconditionError if the shards hold no common checkpoint. Called by ``step`` when
+        a shard is seen restarted; safe to call from several workers at once in SYNC (they agree
+        on the version and nobody steps meanwhile). In ASYNC a worker stepping while another
+        recovers may lose that step on some shards: stop stepping until recover returns."""
+        infos = self.info(timeout=timeout)
+        versions = [info.version for info in infos]
+        if len(set(versions)) == 1:
+            target = versions[0]
+        else:
+            common = set(infos[0].checkpoint_versions).intersection(
+                *(info.checkpoint_versions for info in infos[1:]))
+            candidates = [v for v in common if v <= min(versions)]
+            if not candidates:
+                raise FailedPreconditionError(
+                    f"session {self.session_id}: the shards are at versions {versions} and hold "
+                    f"no checkpoint of a common version at or below {min(versions)} (checkpoints: "
+                    f"{[sorted(info.checkpoint_versions) for info in infos]}); start the shards "
+                    f"with --checkpoint_dir and create the session with checkpoint_every > 0")
+            target = max(candidates)
+            behind = [i for i, v in enumerate(versions) if v != target]
+            outcomes = _map(self._pool, _guarded(
+                lambda i: self.sessions[i].restore(target, timeout=timeout)), behind)
+            for o in outcomes:
+                if isinstance(o, Exception):
+                    raise o
+        for s in self.sessions:
+            with s._lock:  # pylint: disable=protected-access
+                s.version = target
+        return target
 
     def info(self, *, timeout: Any = DEFAULT) -> List[Any]:
         """Every shard's optd_pb2.Session, in shard order."""
