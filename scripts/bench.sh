@@ -28,6 +28,14 @@ echo "== python workers"
 OPTD_BUILD_DIR="$BUILD_DIR" /usr/bin/python3 bench/python_client_bench.py ${OPTD_PYTHON_BENCH_FLAGS:-} |
   tee "$BUILD_DIR/bench/python_client_bench.txt"
 
+# optd-shard-bench: one 8M-parameter Adam session, 4 workers, held by 1, 2 and 4 optd shard
+# processes side by side in one run: steps/s, p50, each shard's CPU and bytes per step (README
+# "Sharding", Benchmark). About 20 seconds. Extra flags in OPTD_SHARD_BENCH_FLAGS.
+echo "== optd-shard-bench"
+# shellcheck disable=SC2086
+"$BUILD_DIR/bench/optd-shard-bench" ${OPTD_SHARD_BENCH_FLAGS:-} |
+  tee "$BUILD_DIR/bench/optd_shard_bench.txt"
+
 # metrics_overhead: steps/s with the Prometheus metrics on vs off (gRPC interceptor, session
 # observer, exporter scraped every second), two in-process servers alternated in one run, for unary
 # Step and StreamSteps; target ratio >= 0.95 (README "Metrics").

@@ -5,10 +5,11 @@ same session whole.
 Shows: the placement (PlanPlacement: large tensors split into row ranges under element-wise
 optimizers, the rest balanced whole; the same plan from every shard), one worker's steps and a
 4-worker SYNC session giving the same bits as one server, 4 ASYNC workers applying every step once
-on every shard, attaching from another client (addresses in any order), the placement surviving a
-restart (from each shard's checkpoint), and every refusal: a step naming another placement or none,
-a placement that is not its model's plan, a shard given other tensors, optimizers and clipping
-that need the whole model, UpdateSession turning those on.
+on every shard, two C++ workers (examples/cpp/quadratic_worker --addresses: the C++
+ShardedWorker) on a session Python created, attaching from another client (addresses in any
+order), the placement surviving a restart (from each shard's checkpoint), and every refusal: a
+step naming another placement or none, a placement that is not its model's plan, a shard given
+other tensors, optimizers and clipping that need the whole model, UpdateSession turning those on.
 
 Run: /usr/bin/python3 -m pytest -q tests/sharding_test.py   (OPTD_BUILD_DIR picks the build)
 """
@@ -212,6 +213,40 @@ def test_async_workers_step_every_shard_once_per_step(shards):
     pulled = session.pull()
     for name in SHAPES:
         np.testing.assert_allclose(pulled.tensors[name], expected[name], rtol=1e-5, atol=1e-6)
+    session.delete()
+
+
+def test_cpp_workers_step_a_session_python_created(servers, shards):
+    """Two C++ quadratic_worker processes (ShardedWorker) on a session created from Python, each
+    given the shard addresses in another order; every step reaches every shard once."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+
+    from optd_testing import build_dir  # pylint: disable=import-outside-toplevel
+    binary = build_dir() / "examples" / "cpp" / "quadratic_worker"
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: build the quadratic_worker target", pytrace=False)
+    shards.create_session({"w": np.zeros(8, np.float32)}, "adam", session_id="cpp-quadratic",
+                          lr=0.1, split_min_elements=1)
+    addresses = [s.address for s in servers[:3]]
+    procs = [subprocess.Popen([str(binary), "--addresses=" + ",".join(order), "--nocreate",
+                               "--session=cpp-quadratic", f"--worker=cpp-{i}", "--steps=100",
+                               "--max_loss=1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, order in enumerate((addresses, addresses[::-1]))]
+    try:
+        outcomes = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (out, err) in zip(procs, outcomes):
+        assert p.returncode == 0, (out, err)
+        assert "steps 100 duplicates 0" in out, out
+    session = shards.session("cpp-quadratic")
+    assert [info.version for info in session.info()] == [200, 200, 200]
+    w = session.pull().tensors["w"]
+    np.testing.assert_allclose(w, np.arange(8, dtype=np.float32) - 4, atol=0.1)
     session.delete()
 
 

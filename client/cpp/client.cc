@@ -154,6 +154,7 @@ absl::StatusOr<v1::StepRequest> MakeStepRequest(absl::string_view session_id,
   request.set_return_parameters(options.return_parameters);
   request.set_return_dtype(options.return_dtype);
   request.set_return_point(options.return_point);
+  request.set_placement_fingerprint(options.placement_fingerprint);
   return request;
 }
 
@@ -307,6 +308,15 @@ absl::StatusOr<v1::Session> Client::GetSession(absl::string_view session_id) {
   });
   if (!s.ok()) return s;
   return session;
+}
+
+absl::StatusOr<v1::Placement> Client::PlanPlacement(const v1::PlanPlacementRequest& request) {
+  v1::Placement placement;
+  absl::Status s = Retry("PlanPlacement", options_.retry, [&](grpc::ClientContext* context) {
+    return FromGrpcStatus(stub_->PlanPlacement(context, request, &placement), context);
+  });
+  if (!s.ok()) return s;
+  return placement;
 }
 
 absl::StatusOr<std::vector<v1::Session>> Client::ListSessions(int32_t page_size) {

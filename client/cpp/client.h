@@ -153,6 +153,10 @@ struct StepOptions {
   v1::ParameterPoint return_point = v1::PARAMETER_POINT_TRAINING;
   // Overrides ClientOptions::retry for this step (a keyed step only; unkeyed ones never retry).
   std::optional<RetryPolicy> retry;
+  // The fingerprint of the placement of a sharded session (v1::Placement::fingerprint) that the
+  // step names (StepRequest.placement_fingerprint); 0 for a session that is not sharded. A shard
+  // refuses a step naming another placement, or none. (A ShardedWorker fills it in.)
+  uint64_t placement_fingerprint = 0;
 };
 
 // The outcome of one step (v1::StepResponse, decoded).
@@ -335,6 +339,12 @@ class Client {
                                             const std::vector<HostTensor>& tensors);
 
   absl::StatusOr<v1::Session> GetSession(absl::string_view session_id);
+
+  // The server's placement of a model over request.shards() shards (PlanPlacement; it holds
+  // nothing, so it is retried like a read). INVALID_ARGUMENT for a bad model or shard count;
+  // FAILED_PRECONDITION for an optimizer or clipping a sharded session cannot run. Sharded
+  // sessions are created by a ShardedClient (sharded_client.h), which calls this.
+  absl::StatusOr<v1::Placement> PlanPlacement(const v1::PlanPlacementRequest& request);
 
   // Every session, sorted by id, following page tokens until the last page. `page_size` is the
   // number asked for per call: 0 takes the server's default (100); at most 1000.
