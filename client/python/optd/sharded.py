@@ -312,11 +312,22 @@ class ShardedSession:
         raised after every shard has answered; the shards that applied it keep it (each shard's
         exactly-once table makes a resend of that step with the same sequence safe)."""
         parts = self._split(gradients)
-        results = _map(self._pool, _guarded(
-            lambda i: self.sessions[i].step(parts[i], loss=loss, timeout=timeout, **options)),
-            range(len(self.sessions)))
-        restarted = [i for i, r in enumerate(results) if getattr(r, "server_restarted", False)]
+        futures = [self._pool.submit(_guarded(
+            lambda i: self.sessions[i].step(parts[i], loss=loss, timeout=timeout, **options)), i)
+            for i in range(len(self.sessions))]
+        restarted: List[int] = []
+        version = None
+        for done in concurrent.futures.as_completed(futures):
+            if not getattr(done.result(), "server_restarted", False):
+                continue
+            restarted.append(futures.index(done))
+            # At once, not after every shard has answered: in SYNC the other shards' parts wait
+            # at barriers for workers that wait for this recovery (restoring ends those waits).
+            if self.recovery == "auto" and version is None:
+                version = self.recover(timeout=timeout)
+        results = [f.result() for f in futures]
         if restarted:
+            restarted.sort()
             which = (f"shard {', '.join(str(i) for i in restarted)} of session {self.session_id} "
                      f"({', '.join(self.sessions[i].client.address for i in restarted)})")
             if self.recovery == "wait":
@@ -324,7 +335,6 @@ class ShardedSession:
                     f"{which} restarted from a checkpoint; another worker restores every shard "
                     f"to a common version: pull (it waits for them) and step again", None,
                     restarted)
-            version = self.recover(timeout=timeout)
             raise ShardRestartedError(
                 f"{which} restarted from a checkpoint; every shard is restored to version "
                 f"{version}: pull and step again", version, restarted)
@@ -394,7 +404,7 @@ class ShardedSession:
         a shard is seen restarted; safe to call from several workers at once in SYNC (they agree
         on the version and nobody steps meanwhile). In ASYNC a worker stepping while another
         recovers may lose that step on some shards: stop stepping until recover returns."""
-        infos = self.info(timeout=timeout)
+        infos = [s.info(timeout=timeout) for s in self.sessions]
         versions = [info.version for info in infos]
         if len(set(versions)) == 1:
             target = versions[0]
@@ -410,11 +420,10 @@ class ShardedSession:
                     f"with --checkpoint_dir and create the session with checkpoint_every > 0")
             target = max(candidates)
             behind = [i for i, v in enumerate(versions) if v != target]
-            outcomes = _map(self._pool, _guarded(
-                lambda i: self.sessions[i].restore(target, timeout=timeout)), behind)
-            for o in outcomes:
-                if isinstance(o, Exception):
-                    raise o
+            # One after another, on this thread: the worker's own threads may all be waiting at
+            # barriers that these restores end.
+            for i in behind:
+                self.sessions[i].restore(target, timeout=timeout)
         for s in self.sessions:
             with s._lock:  # pylint: disable=protected-access
                 s.version = target
