@@ -361,10 +361,11 @@ class ShardedSession:
     def pull(self, *, timeout: Any = DEFAULT, **options: Any) -> PullResult:
         """Every tensor, whole, from every shard at once (the lowest of their versions).
 
-        SYNC: the shards step together, so their versions differ only while a shard is down or
-        being restored (recover); the pull is repeated until they agree (for up to
-        PULL_AGREE_TIMEOUT_S), so that a gradient is never computed on slices of two versions,
-        else AbortedError. ASYNC: shards may be a step apart (steps in flight); the slices are
+        SYNC: the shards step together, so their versions differ only after a shard restarted
+        behind the others, or while they are being restored. With ``recovery="auto"`` the pull
+        restores them (recover) and pulls again; with ``"wait"`` it pulls again until they agree
+        (for up to PULL_AGREE_TIMEOUT_S, else AbortedError). So a gradient is never computed on
+        slices of two versions. ASYNC: shards may be a step apart (steps in flight); the slices are
         returned as they are."""
         deadline = time.monotonic() + PULL_AGREE_TIMEOUT_S
         while True:
@@ -373,6 +374,12 @@ class ShardedSession:
             versions = [r.version for r in results]
             if len(set(versions)) == 1 or not self._sync():
                 break
+            if self.recovery == "auto":
+                # SYNC shards cannot drift apart while this worker pulls (no barrier completes
+                # without it): a shard restarted behind the others. Restore them now; a worker
+                # that only pulls would otherwise never see the restart in a step.
+                self.recover(timeout=timeout)
+                continue
             if time.monotonic() > deadline:
                 raise AbortedError(
                     f"session {self.session_id}: its shards are at versions {versions}, not one "
