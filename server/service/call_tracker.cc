@@ -46,11 +46,6 @@ CallTracker::NewInterceptorFactory() {
   return std::make_unique<CountingInterceptorFactory>(this);
 }
 
-int64_t CallTracker::open_calls() const {
-  absl::MutexLock lock(&mu_);
-  return open_;
-}
-
 bool CallTracker::WaitForIdle(absl::Time deadline) const {
   absl::MutexLock lock(&mu_);
   return mu_.AwaitWithDeadline(absl::Condition(this, &CallTracker::Idle), deadline);

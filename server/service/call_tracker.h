@@ -42,9 +42,6 @@ class CallTracker {
   void EnterIdle();
   void LeaveIdle();
 
-  // Calls open now (created by gRPC and not yet destroyed), idle streams included.
-  int64_t open_calls() const;
-
   // Blocks until every open call is an idle stream, or until `deadline`; returns whether every
   // one is (then nothing is lost by cancelling them all).
   bool WaitForIdle(absl::Time deadline) const;
